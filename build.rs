@@ -1,0 +1,138 @@
+//! Build script: links libtorch so CUDA is found at run time, compiles the C++ ops in `kernels/`
+//! against the libtorch headers, and compiles the CUDA sources with nvcc when nvcc is present.
+//!
+//! libtorch comes from torch-sys (`DEP_TCH_LIBTORCH_LIB`, set by its `links = "tch"` key).
+//! nvcc is looked up as `$NVCC`, then the pip `cuda-toolkit` wheel next to torch
+//! (`site-packages/nvidia/cu13/bin/nvcc`, installed by `make`), then `nvcc` on `PATH`.
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// CUDA targets: real code for Ampere and Hopper, plus PTX for later GPUs.
+const CUDA_GENCODE: &[(&str, &str)] = &[
+    ("compute_80", "sm_80"),
+    ("compute_90", "sm_90"),
+    ("compute_90", "compute_90"),
+];
+
+fn main() {
+    println!("cargo::rustc-check-cfg=cfg(fwp_cuda)");
+    println!("cargo:rerun-if-env-changed=NVCC");
+    println!("cargo:rerun-if-env-changed=FWP_NO_CUDA");
+
+    let lib_dir = PathBuf::from(
+        env::var("DEP_TCH_LIBTORCH_LIB")
+            .expect("torch-sys did not export DEP_TCH_LIBTORCH_LIB; is libtorch found?"),
+    );
+    let torch_root = lib_dir
+        .parent()
+        .expect("libtorch lib dir has a parent")
+        .to_path_buf();
+    let includes = [
+        torch_root.join("include"),
+        torch_root.join("include/torch/csrc/api/include"),
+    ];
+
+    // The same trick as tch: keep libtorch.so (and through it libtorch_cuda.so) in the link even
+    // though Rust code references no symbol of it directly, or CUDA is reported unavailable.
+    println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib_dir.display());
+    println!("cargo:rustc-link-search=native={}", lib_dir.display());
+    println!("cargo:rustc-link-arg=-ltorch");
+
+    let cu_sources = sources("kernels", "cu");
+    let cpp_sources = sources("kernels", "cpp");
+    for f in sources("kernels", "h")
+        .iter()
+        .chain(&cu_sources)
+        .chain(&cpp_sources)
+    {
+        println!("cargo:rerun-if-changed={}", f.display());
+    }
+
+    let nvcc = if env::var_os("FWP_NO_CUDA").is_some() {
+        None
+    } else {
+        find_nvcc(&torch_root)
+    };
+    let with_cuda = match &nvcc {
+        Some(nvcc) => {
+            build_cuda(nvcc, &cu_sources);
+            true
+        }
+        None => {
+            println!(
+                "cargo:warning=nvcc not found (looked at $NVCC, the pip cuda-toolkit next to torch, \
+                 and PATH): building fwp WITHOUT CUDA kernels; CPU paths only"
+            );
+            false
+        }
+    };
+
+    let mut cpp = cc::Build::new();
+    cpp.cpp(true)
+        .pic(true)
+        .includes(&includes)
+        .flag("-std=c++17")
+        .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
+        .flag("-DGLOG_USE_GLOG_EXPORT")
+        .flag_if_supported("-Wno-unused-parameter")
+        .files(&cpp_sources);
+    if with_cuda {
+        cpp.define("FWP_WITH_CUDA", None);
+    }
+    cpp.compile("fwp_ops");
+}
+
+/// The files with extension `ext` directly inside `dir`, sorted.
+fn sources(dir: &str, ext: &str) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("cannot read {dir}/: {e}"))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == ext))
+        .collect();
+    out.sort();
+    out
+}
+
+fn find_nvcc(torch_root: &Path) -> Option<PathBuf> {
+    if let Some(p) = env::var_os("NVCC") {
+        return Some(PathBuf::from(p));
+    }
+    // torch_root = .../site-packages/torch
+    let wheel = torch_root.parent()?.join("nvidia/cu13/bin/nvcc");
+    if wheel.is_file() {
+        return Some(wheel);
+    }
+    let on_path = Command::new("nvcc").arg("--version").output().ok()?;
+    on_path.status.success().then(|| PathBuf::from("nvcc"))
+}
+
+fn build_cuda(nvcc: &Path, cu_sources: &[PathBuf]) {
+    // cudart comes from the same place as nvcc (bin/../lib), the pip wheel's layout.
+    let cuda_root = nvcc
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.parent()?.parent().map(Path::to_path_buf));
+    // cc picks nvcc (and its flag translation) from the NVCC variable.
+    env::set_var("NVCC", nvcc);
+    let mut cu = cc::Build::new();
+    cu.cuda(true).cudart("none").pic(true).flag("-std=c++17");
+    for (arch, code) in CUDA_GENCODE {
+        cu.flag(format!("-gencode=arch={arch},code={code}"));
+    }
+    cu.files(cu_sources).compile("fwp_cuda");
+
+    if let Some(root) = cuda_root {
+        let lib = root.join("lib");
+        if lib.is_dir() {
+            println!("cargo:rustc-link-search=native={}", lib.display());
+            println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
+        }
+    }
+    println!("cargo:rustc-link-lib=dylib:+verbatim=libcudart.so.13");
+    println!("cargo:rustc-cfg=fwp_cuda");
+    let archs: Vec<&str> = CUDA_GENCODE.iter().map(|(_, code)| *code).collect();
+    println!("cargo:rustc-env=FWP_CUDA_ARCHS={}", archs.join(","));
+}

@@ -1,0 +1,109 @@
+//! A decoder-only language model: token embedding + sinusoidal positions, a stack of
+//! [`Block`]s, and an output layer tied to the embedding (paper.md Sec. 6).
+
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+use tch::{nn, Kind, Tensor};
+
+use crate::attention::FastWeightState;
+use crate::block::{Block, BlockConfig, LayerNormPlacement};
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    pub vocab: i64,
+    pub n_layers: i64,
+    pub block: BlockConfig,
+}
+
+#[derive(Debug)]
+pub struct LanguageModel {
+    pub cfg: ModelConfig,
+    embedding: nn::Embedding,
+    blocks: Vec<Block>,
+    /// Final LayerNorm, pre-LN models only (post-LN blocks already end in one).
+    ln_final: Option<nn::LayerNorm>,
+}
+
+impl LanguageModel {
+    pub fn new(p: nn::Path, cfg: ModelConfig) -> Result<Self> {
+        crate::check::positive("vocab", cfg.vocab)?;
+        crate::check::positive("n_layers", cfg.n_layers)?;
+        let d = cfg.block.attention.d_model;
+        let init = nn::EmbeddingConfig {
+            ws_init: nn::Init::Randn {
+                mean: 0.0,
+                stdev: 0.02,
+            },
+            ..Default::default()
+        };
+        let embedding = nn::embedding(&p / "embedding", cfg.vocab, d, init);
+        let blocks = (0..cfg.n_layers)
+            .map(|i| Block::new(&p / "blocks" / i, cfg.block))
+            .collect::<Result<Vec<_>>>()?;
+        let ln_final = (cfg.block.layer_norm == LayerNormPlacement::Pre)
+            .then(|| nn::layer_norm(&p / "ln_final", vec![d], Default::default()));
+        Ok(LanguageModel {
+            cfg,
+            embedding,
+            blocks,
+            ln_final,
+        })
+    }
+
+    /// tokens `[B, T]` (int64) -> logits `[B, T, vocab]`, and each layer's carried state.
+    /// `offset` is the absolute position of the first token (for segment-wise evaluation).
+    pub fn forward_t(
+        &self,
+        tokens: &Tensor,
+        states: Option<&[Option<FastWeightState>]>,
+        offset: i64,
+        train: bool,
+    ) -> Result<(Tensor, Vec<Option<FastWeightState>>)> {
+        let size = crate::check::shape(
+            "tokens",
+            tokens,
+            &[crate::check::Dim("B", None), crate::check::Dim("T", None)],
+        )?;
+        if tokens.kind() != Kind::Int64 {
+            bail!("tokens: expected int64 token ids, got {:?}", tokens.kind());
+        }
+        if let Some(states) = states {
+            if states.len() != self.blocks.len() {
+                bail!(
+                    "states: expected one per layer ({}), got {}",
+                    self.blocks.len(),
+                    states.len()
+                );
+            }
+        }
+        let d = self.cfg.block.attention.d_model;
+        let pos = sinusoidal_positions(offset, size[1], d, tokens.device())?; // [T, d]
+        let mut x = (tokens.apply(&self.embedding) * (d as f64).sqrt() + pos)
+            .dropout(self.cfg.block.dropout, train);
+        let mut new_states = Vec::with_capacity(self.blocks.len());
+        for (i, block) in self.blocks.iter().enumerate() {
+            let state = states.and_then(|s| s[i].as_ref());
+            let (y, s) = block.forward_t(&x, state, train)?;
+            x = y;
+            new_states.push(s);
+        }
+        if let Some(ln) = &self.ln_final {
+            x = x.apply(ln);
+        }
+        // tied output layer: logits = x E^T
+        let logits = x.f_matmul(&self.embedding.ws.f_transpose(0, 1)?)?;
+        Ok((logits, new_states))
+    }
+}
+
+/// Sinusoidal absolute positions (Vaswani et al.) for positions offset..offset+T: `[T, d]`.
+pub fn sinusoidal_positions(offset: i64, t: i64, d: i64, device: tch::Device) -> Result<Tensor> {
+    let pos = Tensor::f_arange_start(offset, offset + t, (Kind::Float, device))?.f_unsqueeze(1)?; // [T, 1]
+    let half = (d + 1) / 2;
+    let freq = (Tensor::f_arange(half, (Kind::Float, device))?
+        * (-2.0 * (10000f64).ln() / d as f64))
+        .f_exp()?; // [d/2]
+    let angle = pos * freq.f_unsqueeze(0)?; // [T, d/2]
+    let pe = Tensor::f_stack(&[angle.f_sin()?, angle.f_cos()?], -1)?.f_reshape([t, 2 * half])?;
+    Ok(pe.f_narrow(1, 0, d)?)
+}

@@ -1,0 +1,79 @@
+//! `Backend::Chunked`: the chunkwise-parallel form of the recurrence (kernels.md Sec. 2; Yang et
+//! al. 2024, the WY/UT representation of products of Householder-like transitions).
+//!
+//! For a chunk of C steps with keys K, queries Q (C x d_k), values V (C x d_v), write strengths
+//! beta (C) and entering state S:
+//!
+//! ```text
+//! A  = tril(diag(beta) K K^T, -1)          strictly lower, C x C
+//! T  = (I + A)^{-1} diag(beta)             lower triangular (triangular solve)
+//! W  = T K,  U = T V
+//! U' = U - W S                             row r = u_r of the recurrence
+//! O  = Q S + tril(Q K^T) U'                tril including the diagonal
+//! S' = S + K^T U'
+//! ```
+//!
+//! The sum rule is the special case U' = V. Everything but the S pass is batched over all chunks.
+//! T is padded with zero steps to a multiple of C: a zero key writes nothing, so the state and
+//! the real outputs are unchanged; the padded outputs are dropped.
+
+use anyhow::Result;
+use tch::Tensor;
+
+use super::{FastWeightOutput, Inputs, UpdateRule};
+
+pub fn fast_weight_chunked(x: &Inputs, chunk_size: i64) -> Result<FastWeightOutput> {
+    let d = x.dims;
+    let c = chunk_size.min(d.t);
+    let n = (d.t + c - 1) / c; // number of chunks
+    let pad = n * c - d.t;
+    // [B, H, T, d] -> [B, H, N, C, d]
+    let chunks = |t: &Tensor, width: i64| -> Result<Tensor> {
+        Ok(t.f_constant_pad_nd([0, 0, 0, pad])?
+            .f_reshape([d.b, d.h, n, c, width])?)
+    };
+    let q = chunks(x.q, d.d_k)?;
+    let k = chunks(x.k, d.d_k)?;
+    let v = chunks(x.v, d.d_v)?;
+
+    // Within-chunk causal scores, tril(Q K^T): [B, H, N, C, C]
+    let qk = q.f_matmul(&k.f_transpose(-1, -2)?)?.f_tril(0)?;
+    // Delta rule: W = T K and U = T V with T = (I + A)^{-1} diag(beta); sum rule: U = V, no W.
+    let (w, u) = match x.rule {
+        UpdateRule::Sum => (None, v),
+        UpdateRule::Delta => {
+            let beta = x
+                .beta()?
+                .f_constant_pad_nd([0, pad])?
+                .f_reshape([d.b, d.h, n, c, 1])?;
+            let a = (&beta * k.f_matmul(&k.f_transpose(-1, -2)?)?).f_tril(-1)?; // [B, H, N, C, C]
+            let eye = Tensor::f_eye(c, (a.kind(), a.device()))?;
+            let i_plus_a = a + eye;
+            // (I + A) [W | U] = diag(beta) [K | V], solved by forward substitution
+            let rhs = Tensor::f_cat(&[&beta * &k, &beta * &v], -1)?;
+            let wu = i_plus_a.f_linalg_solve_triangular(&rhs, false, true, true)?;
+            let w = wu.f_narrow(-1, 0, d.d_k)?; // [B, H, N, C, d_k]
+            let u = wu.f_narrow(-1, d.d_k, d.d_v)?; // [B, H, N, C, d_v]
+            (Some(w), u)
+        }
+    };
+
+    let mut s = x.initial_state()?; // [B, H, d_k, d_v]
+    let mut outs = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let q_i = q.f_select(2, i)?; // [B, H, C, d_k]
+        let k_i = k.f_select(2, i)?;
+        let u_i = match &w {
+            None => u.f_select(2, i)?, // sum rule: U' = V
+            Some(w) => u.f_select(2, i)? - w.f_select(2, i)?.f_matmul(&s)?, // U' = U - W S
+        }; // [B, H, C, d_v]
+           // O = Q S + tril(Q K^T) U'
+        outs.push(q_i.f_matmul(&s)? + qk.f_select(2, i)?.f_matmul(&u_i)?);
+        // S' = S + K^T U'
+        s = s + k_i.f_transpose(-1, -2)?.f_matmul(&u_i)?;
+    }
+    let out = Tensor::f_stack(&outs, 2)?
+        .f_reshape([d.b, d.h, n * c, d.d_v])?
+        .f_narrow(2, 0, d.t)?;
+    Ok(FastWeightOutput { out, state: s })
+}

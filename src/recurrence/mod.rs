@@ -1,0 +1,229 @@
+//! The causal fast-weight recurrence (paper.md Sec. 1 and 3; kernels.md Sec. 1), behind one
+//! public function, [`fast_weight`].
+//!
+//! Per (batch, head) the state S is `d_k x d_v`, key-major (S = W^T of the paper):
+//!
+//! ```text
+//! sum rule:    u_t = v_t
+//! delta rule:  u_t = beta_t (v_t - S_{t-1}^T k_t)
+//! both:        S_t = S_{t-1} + k_t u_t^T,   o_t = S_t^T q_t
+//! ```
+//!
+//! `k` and `q` are the already feature-mapped (and, if used, sum-normalised) keys and queries.
+
+mod chunked;
+mod reference;
+
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+use crate::check::{self, Dim};
+
+pub use chunked::fast_weight_chunked;
+pub use reference::fast_weight_reference;
+
+/// How the fast weights are written (paper.md Sec. 1 and 3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UpdateRule {
+    /// `W_t = W_{t-1} + v_t k_t^T`: purely additive (linear attention).
+    Sum,
+    /// `W_t = W_{t-1} + beta_t (v_t - W_{t-1} k_t) k_t^T`: replaces the value stored under `k_t`.
+    Delta,
+}
+
+/// Which implementation of the recurrence runs. All give the same numbers up to rounding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Backend {
+    /// The step-by-step recurrence as the paper writes it; gradients by libtorch autograd.
+    /// Slow, O(T) small ops, but the ground truth every other backend is tested against.
+    Reference,
+    /// The chunkwise-parallel form (kernels.md Sec. 2): matrix-matrix work inside chunks of
+    /// `chunk_size` steps, a sequential pass over chunks only. Any T, also not a multiple of it.
+    Chunked { chunk_size: i64 },
+}
+
+impl Default for Backend {
+    fn default() -> Self {
+        Backend::Chunked { chunk_size: 64 }
+    }
+}
+
+/// Result of [`fast_weight`].
+#[derive(Debug)]
+pub struct FastWeightOutput {
+    /// `o_t = S_t^T q_t`, shape `[B, H, T, d_v]`, dtype of the inputs.
+    pub out: Tensor,
+    /// The state after the last step, `S_T`, shape `[B, H, d_k, d_v]`, dtype of the inputs.
+    pub state: Tensor,
+}
+
+/// Runs the causal fast-weight recurrence.
+///
+/// * `q`, `k`: `[B, H, T, d_k]` mapped queries and keys;
+/// * `v`: `[B, H, T, d_v]` values;
+/// * `beta`: `[B, H, T]` write strengths in (0, 1); required by [`UpdateRule::Delta`], and must be
+///   `None` for [`UpdateRule::Sum`], which has none;
+/// * `initial`: optional `[B, H, d_k, d_v]` state `S_0` (zeros when `None`).
+///
+/// All tensors share one floating dtype and one device. Half-precision inputs are computed with
+/// an f32 state and cast back. Gradients reach every input, the initial state included.
+pub fn fast_weight(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    beta: Option<&Tensor>,
+    initial: Option<&Tensor>,
+    rule: UpdateRule,
+    backend: Backend,
+) -> Result<FastWeightOutput> {
+    let dims = validate(q, k, v, beta, initial, rule)?;
+    if let Backend::Chunked { chunk_size } = backend {
+        check::positive("chunk_size", chunk_size)?;
+    }
+    if dims.t == 0 {
+        bail!("q: the sequence is empty (T = 0); need at least one step");
+    }
+    let kind = q.f_kind()?;
+    let compute = match kind {
+        Kind::Half | Kind::BFloat16 => Kind::Float,
+        other => other,
+    };
+    let up = |t: &Tensor| t.f_to_kind(compute);
+    let (q32, k32, v32) = (up(q)?, up(k)?, up(v)?);
+    let beta32 = beta.map(up).transpose()?;
+    let init32 = initial.map(up).transpose()?;
+    let inputs = Inputs {
+        q: &q32,
+        k: &k32,
+        v: &v32,
+        beta: beta32.as_ref(),
+        initial: init32.as_ref(),
+        dims,
+        rule,
+    };
+    let result = match backend {
+        Backend::Reference => fast_weight_reference(&inputs)?,
+        Backend::Chunked { chunk_size } => fast_weight_chunked(&inputs, chunk_size)?,
+    };
+    Ok(FastWeightOutput {
+        out: result.out.f_to_kind(kind)?,
+        state: result.state.f_to_kind(kind)?,
+    })
+}
+
+/// Sizes of one call.
+#[derive(Clone, Copy, Debug)]
+pub struct Dims {
+    pub b: i64,
+    pub h: i64,
+    pub t: i64,
+    pub d_k: i64,
+    pub d_v: i64,
+}
+
+/// Checked inputs, already in the compute dtype, handed to a backend.
+pub struct Inputs<'a> {
+    pub q: &'a Tensor,
+    pub k: &'a Tensor,
+    pub v: &'a Tensor,
+    pub beta: Option<&'a Tensor>,
+    pub initial: Option<&'a Tensor>,
+    pub dims: Dims,
+    pub rule: UpdateRule,
+}
+
+impl Inputs<'_> {
+    /// `S_0`: the initial state or zeros, `[B, H, d_k, d_v]`.
+    fn initial_state(&self) -> Result<Tensor> {
+        let Dims { b, h, d_k, d_v, .. } = self.dims;
+        Ok(match self.initial {
+            Some(s) => s.shallow_clone(),
+            None => Tensor::f_zeros([b, h, d_k, d_v], (self.q.kind(), self.q.device()))?,
+        })
+    }
+
+    fn beta(&self) -> Result<&Tensor> {
+        self.beta
+            .ok_or_else(|| anyhow::anyhow!("beta: required by the delta rule"))
+    }
+}
+
+fn validate(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    beta: Option<&Tensor>,
+    initial: Option<&Tensor>,
+    rule: UpdateRule,
+) -> Result<Dims> {
+    let qs = check::shape(
+        "q",
+        q,
+        &[
+            Dim("B", None),
+            Dim("H", None),
+            Dim("T", None),
+            Dim("d_k", None),
+        ],
+    )?;
+    let (b, h, t, d_k) = (qs[0], qs[1], qs[2], qs[3]);
+    check::float_like("q", q, None)?;
+    check::shape(
+        "k",
+        k,
+        &[
+            Dim("B", Some(b)),
+            Dim("H", Some(h)),
+            Dim("T", Some(t)),
+            Dim("d_k", Some(d_k)),
+        ],
+    )?;
+    check::float_like("k", k, Some(("q", q)))?;
+    let vs = check::shape(
+        "v",
+        v,
+        &[
+            Dim("B", Some(b)),
+            Dim("H", Some(h)),
+            Dim("T", Some(t)),
+            Dim("d_v", None),
+        ],
+    )?;
+    check::float_like("v", v, Some(("q", q)))?;
+    let d_v = vs[3];
+    if d_k == 0 || d_v == 0 {
+        bail!("q, v: feature sizes must be positive, got d_k = {d_k}, d_v = {d_v}");
+    }
+    match (rule, beta) {
+        (UpdateRule::Delta, None) => {
+            bail!("beta: the delta rule needs beta of shape [B, H, T] = [{b}, {h}, {t}]")
+        }
+        (UpdateRule::Sum, Some(_)) => {
+            bail!("beta: the sum rule takes no beta; pass None (or use UpdateRule::Delta)")
+        }
+        (UpdateRule::Delta, Some(beta)) => {
+            check::shape(
+                "beta",
+                beta,
+                &[Dim("B", Some(b)), Dim("H", Some(h)), Dim("T", Some(t))],
+            )?;
+            check::float_like("beta", beta, Some(("q", q)))?;
+        }
+        (UpdateRule::Sum, None) => {}
+    }
+    if let Some(s) = initial {
+        check::shape(
+            "initial state",
+            s,
+            &[
+                Dim("B", Some(b)),
+                Dim("H", Some(h)),
+                Dim("d_k", Some(d_k)),
+                Dim("d_v", Some(d_v)),
+            ],
+        )?;
+        check::float_like("initial state", s, Some(("q", q)))?;
+    }
+    Ok(Dims { b, h, t, d_k, d_v })
+}
