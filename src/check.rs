@@ -25,6 +25,9 @@ pub fn shape(name: &str, t: &Tensor, dims: &[Dim]) -> Result<Vec<i64>> {
 /// `[B, H, T, d_k] = [2, 3, ?, 16]`-style rendering of an expected shape.
 pub fn describe(dims: &[Dim]) -> String {
     let names: Vec<&str> = dims.iter().map(|d| d.0).collect();
+    if dims.iter().all(|d| d.1.is_none()) {
+        return format!("[{}]", names.join(", "));
+    }
     let sizes: Vec<String> = dims
         .iter()
         .map(|d| d.1.map_or("?".to_string(), |s| s.to_string()))

@@ -1,0 +1,120 @@
+//! Feature maps: DPFP on a hand-computed example, widths, FAVOR+ as an estimator of exp(q . k),
+//! and the FAVOR+ matrix saved with the model.
+
+mod common;
+
+use common::assert_close;
+use fwp::feature_map::{self, dpfp, favor, orthogonal_gaussian};
+use fwp::{FavorRedraw, FeatureMap, Phi};
+use tch::{nn, Device, Kind, Tensor};
+
+#[test]
+fn dpfp_hand_computed() {
+    // x = [1, 2, -3]: r = ReLU([x, -x]) = [1, 2, 0, 0, 0, 3]
+    // roll(r, 1) = [3, 1, 2, 0, 0, 0] -> r * roll = [3, 2, 0, 0, 0, 0]
+    // roll(r, 2) = [0, 3, 1, 2, 0, 0] -> r * roll = [0, 6, 0, 0, 0, 0]
+    let x = Tensor::from_slice(&[1.0f64, 2.0, -3.0]);
+    let want1 = Tensor::from_slice(&[3.0f64, 2.0, 0.0, 0.0, 0.0, 0.0]);
+    let want2 = Tensor::from_slice(&[3.0f64, 2.0, 0.0, 0.0, 0.0, 0.0, 0.0, 6.0, 0.0, 0.0, 0.0, 0.0]);
+    assert_close("dpfp nu=1", &dpfp(&x, 1).unwrap(), &want1, 0.0, 0.0);
+    assert_close("dpfp nu=2", &dpfp(&x, 2).unwrap(), &want2, 0.0, 0.0);
+    // and batched, [2, 3] -> [2, 6 nu]
+    let xb = Tensor::stack(&[&x, &(-&x)], 0);
+    assert_eq!(dpfp(&xb, 3).unwrap().size(), vec![2, 18]);
+}
+
+#[test]
+fn widths() {
+    assert_eq!(FeatureMap::Linear.width(64), 64);
+    assert_eq!(FeatureMap::Identity.width(64), 64);
+    assert_eq!(FeatureMap::Dpfp { nu: 3 }.width(64), 384);
+    assert_eq!(FeatureMap::Favor { m: 128 }.width(64), 256);
+    // Each map really produces its reported width.
+    let vs = nn::VarStore::new(Device::Cpu);
+    let x = Tensor::randn([2, 5, 16], (Kind::Float, Device::Cpu));
+    for map in [FeatureMap::Linear, FeatureMap::Identity, FeatureMap::Dpfp { nu: 2 }, FeatureMap::Favor { m: 24 }] {
+        let phi = Phi::new(vs.root() / map.to_string(), map, 16, FavorRedraw::Never).unwrap();
+        assert_eq!(phi.forward_t(&x, false).unwrap().size(), vec![2, 5, map.width(16)], "{map}");
+    }
+}
+
+#[test]
+fn linear_is_elu_plus_one_and_positive() {
+    let x = Tensor::from_slice(&[-3.0f64, -0.5, 0.0, 2.0]);
+    let got = feature_map::apply(FeatureMap::Linear, &x).unwrap();
+    let want = Tensor::from_slice(&[(-3.0f64).exp(), (-0.5f64).exp(), 1.0, 3.0]);
+    assert_close("elu+1", &got, &want, 1e-15, 1e-15);
+}
+
+#[test]
+fn favor_estimates_exp_dot_product() {
+    // Unbiased estimator, d = 16, |q|, |k| ~ 1, m = 256 (fixed seed): the mean over 512 pairs of
+    // phi(q) . phi(k) is within 4% of the mean of exp(q . k), and single pairs within 10% on average
+    // (measured: 1.8% and 5.0%; a wrong scale or norm term misses by far more).
+    tch::manual_seed(7);
+    let d = 16;
+    let q = Tensor::randn([512, d], (Kind::Double, Device::Cpu)) * (1.0 / (d as f64).sqrt());
+    let k = Tensor::randn([512, d], (Kind::Double, Device::Cpu)) * (1.0 / (d as f64).sqrt());
+    let r = orthogonal_gaussian(256, d, Kind::Double, Device::Cpu).unwrap();
+    let est = (favor(&q, &r).unwrap() * favor(&k, &r).unwrap()).sum_dim_intlist(-1, false, Kind::Double);
+    let exact = (&q * &k).sum_dim_intlist(-1, false, Kind::Double).exp();
+    let rel = ((&est - &exact).abs() / &exact).mean(Kind::Double);
+    let bias = f64::try_from((est.mean(Kind::Double) - exact.mean(Kind::Double)).abs() / exact.mean(Kind::Double)).unwrap();
+    let rel = f64::try_from(rel).unwrap();
+    println!("FAVOR+ m=256: mean relative error {rel:.4}, relative error of the mean {bias:.5}");
+    assert!(rel < 0.1, "mean relative error {rel}");
+    assert!(bias < 0.04, "relative error of the mean {bias}");
+    assert!(bool::try_from(est.gt(0.0).all()).unwrap(), "FAVOR+ features must be positive");
+}
+
+#[test]
+fn orthogonal_rows_are_orthogonal_within_blocks() {
+    tch::manual_seed(8);
+    let r = orthogonal_gaussian(20, 8, Kind::Double, Device::Cpu).unwrap(); // blocks of 8, 8, 4
+    let block = r.narrow(0, 0, 8);
+    let gram = block.matmul(&block.transpose(0, 1));
+    let off_diag = &gram - gram.diagonal(0, 0, 1).diag_embed(0, -2, -1);
+    assert!(f64::try_from(off_diag.abs().max()).unwrap() < 1e-10);
+}
+
+#[test]
+fn favor_matrix_is_saved_and_fixed_unless_redrawn() {
+    tch::manual_seed(9);
+    let dir = std::env::temp_dir().join(format!("fwp-favor-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("phi.safetensors");
+    let x = Tensor::randn([3, 8], (Kind::Float, Device::Cpu));
+
+    let vs = nn::VarStore::new(Device::Cpu);
+    let phi = Phi::new(vs.root() / "phi", FeatureMap::Favor { m: 16 }, 8, FavorRedraw::Never).unwrap();
+    let y1 = phi.forward_t(&x, true).unwrap();
+    assert_close("no redraw", &phi.forward_t(&x, true).unwrap(), &y1, 0.0, 0.0);
+    assert!(vs.trainable_variables().is_empty(), "the FAVOR+ matrix must not be trained");
+    vs.save(&file).unwrap();
+
+    let mut vs2 = nn::VarStore::new(Device::Cpu);
+    let phi2 = Phi::new(vs2.root() / "phi", FeatureMap::Favor { m: 16 }, 8, FavorRedraw::Never).unwrap();
+    assert!(f64::try_from((phi2.forward_t(&x, false).unwrap() - &y1).abs().max()).unwrap() > 0.0);
+    vs2.load(&file).unwrap();
+    assert_close("reloaded", &phi2.forward_t(&x, false).unwrap(), &y1, 0.0, 0.0);
+
+    let vs3 = nn::VarStore::new(Device::Cpu);
+    let phi3 = Phi::new(vs3.root() / "phi", FeatureMap::Favor { m: 16 }, 8, FavorRedraw::EveryTrainingStep).unwrap();
+    let a = phi3.forward_t(&x, true).unwrap();
+    let b = phi3.forward_t(&x, true).unwrap();
+    assert!(f64::try_from((&a - &b).abs().max()).unwrap() > 0.0, "training step must redraw");
+    let e1 = phi3.forward_t(&x, false).unwrap();
+    assert_close("eval does not redraw", &phi3.forward_t(&x, false).unwrap(), &e1, 0.0, 0.0);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn parse_feature_maps() {
+    assert_eq!("linear".parse::<FeatureMap>().unwrap(), FeatureMap::Linear);
+    assert_eq!("dpfp:3".parse::<FeatureMap>().unwrap(), FeatureMap::Dpfp { nu: 3 });
+    assert_eq!("favor:64".parse::<FeatureMap>().unwrap(), FeatureMap::Favor { m: 64 });
+    for bad in ["dpfp", "dpfp:x", "softmax", "linear:2"] {
+        let e = bad.parse::<FeatureMap>().unwrap_err().to_string();
+        assert!(e.contains(bad), "error for '{bad}' should name it: {e}");
+    }
+}
