@@ -48,6 +48,14 @@ impl FastWeightConfig {
         }
     }
 
+    /// "sum" or "delta", for names of runs and logs.
+    pub fn rule_name(&self) -> &'static str {
+        match self.rule {
+            UpdateRule::Sum => "sum",
+            UpdateRule::Delta => "delta",
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
         if self.rule == UpdateRule::Delta && self.normalisation.attention_normalises() {
             bail!(

@@ -15,10 +15,22 @@ fn check_against_reference(device: Device, kind: Kind, tol: f64) {
     let eps = 1e-3;
     let fast = ops::sum_norm(&x, eps).unwrap();
     let reference = sum_normalise_reference(&x, eps).unwrap();
-    assert_close(&format!("{device:?} {kind:?} y"), &fast, &reference, tol, tol);
+    assert_close(
+        &format!("{device:?} {kind:?} y"),
+        &fast,
+        &reference,
+        tol,
+        tol,
+    );
     let dx_fast = grads(&(&fast * &g).sum(kind), &[&x]);
     let dx_ref = grads(&(&reference * &g).sum(kind), &[&x]);
-    assert_close(&format!("{device:?} {kind:?} dx"), &dx_fast[0], &dx_ref[0], tol, tol);
+    assert_close(
+        &format!("{device:?} {kind:?} dx"),
+        &dx_fast[0],
+        &dx_ref[0],
+        tol,
+        tol,
+    );
 }
 
 #[test]
@@ -46,8 +58,16 @@ fn sum_norm_is_finite_on_all_zero_features() {
 #[test]
 fn sum_norm_rows_sum_to_one() {
     let x = Tensor::rand([5, 9], (Kind::Double, Device::Cpu)) + 0.5;
-    let s = ops::sum_norm(&x, 0.0).unwrap().sum_dim_intlist(-1, false, Kind::Double);
-    assert_close("row sums", &s, &Tensor::ones([5], (Kind::Double, Device::Cpu)), 1e-15, 1e-15);
+    let s = ops::sum_norm(&x, 0.0)
+        .unwrap()
+        .sum_dim_intlist(-1, false, Kind::Double);
+    assert_close(
+        "row sums",
+        &s,
+        &Tensor::ones([5], (Kind::Double, Device::Cpu)),
+        1e-15,
+        1e-15,
+    );
 }
 
 #[test]

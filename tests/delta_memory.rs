@@ -12,17 +12,35 @@ const BACKENDS: [Backend; 2] = [Backend::Reference, Backend::Chunked { chunk_siz
 
 /// n orthonormal keys of width d: `[n, d]`.
 fn orthonormal_keys(n: i64, d: i64) -> Tensor {
-    let (q, _) = Tensor::linalg_qr(&Tensor::randn([d, d], (Kind::Double, Device::Cpu)), "reduced");
+    let (q, _) = Tensor::linalg_qr(
+        &Tensor::randn([d, d], (Kind::Double, Device::Cpu)),
+        "reduced",
+    );
     q.transpose(0, 1).narrow(0, 0, n)
 }
 
 /// Writes (keys[i], values[i]) in order and queries with `queries`: returns (outputs, final state).
-fn write(keys: &Tensor, values: &Tensor, queries: &Tensor, rule: UpdateRule, backend: Backend) -> (Tensor, Tensor) {
+fn write(
+    keys: &Tensor,
+    values: &Tensor,
+    queries: &Tensor,
+    rule: UpdateRule,
+    backend: Backend,
+) -> (Tensor, Tensor) {
     let t = keys.size()[0];
     let shape = |x: &Tensor| x.view([1, 1, t, -1]);
     let beta = Tensor::ones([1, 1, t], (Kind::Double, Device::Cpu));
     let beta = (rule == UpdateRule::Delta).then_some(&beta);
-    let r = fast_weight(&shape(queries), &shape(keys), &shape(values), beta, None, rule, backend).unwrap();
+    let r = fast_weight(
+        &shape(queries),
+        &shape(keys),
+        &shape(values),
+        beta,
+        None,
+        rule,
+        backend,
+    )
+    .unwrap();
     (r.out.view([t, -1]), r.state.view([keys.size()[1], -1]))
 }
 
@@ -35,7 +53,13 @@ fn delta_rule_stores_and_retrieves_exactly() {
         let (_, state) = write(&keys, &values, &keys, UpdateRule::Delta, backend);
         // retrieval S^T k_i for every stored key
         let retrieved = keys.matmul(&state);
-        assert_close(&format!("{backend:?} retrieved"), &retrieved, &values, 1e-12, 1e-12);
+        assert_close(
+            &format!("{backend:?} retrieved"),
+            &retrieved,
+            &values,
+            1e-12,
+            1e-12,
+        );
     }
 }
 
@@ -51,15 +75,33 @@ fn second_write_replaces_with_delta_and_adds_with_sum() {
     for backend in BACKENDS {
         let (out, _) = write(&keys7, &values7, &keys7, UpdateRule::Delta, backend);
         // The last output queries key 2 right after its second write: the new value only.
-        assert_close(&format!("{backend:?} delta replaces"), &out.narrow(0, 6, 1), &new_value, 1e-12, 1e-12);
+        assert_close(
+            &format!("{backend:?} delta replaces"),
+            &out.narrow(0, 6, 1),
+            &new_value,
+            1e-12,
+            1e-12,
+        );
         // Other keys are untouched (orthogonal).
         let (_, state) = write(&keys7, &values7, &keys7, UpdateRule::Delta, backend);
         let others = keys.index_select(0, &Tensor::from_slice(&[0i64, 1, 3, 4, 5]));
         let want = values.index_select(0, &Tensor::from_slice(&[0i64, 1, 3, 4, 5]));
-        assert_close(&format!("{backend:?} others kept"), &others.matmul(&state), &want, 1e-12, 1e-12);
+        assert_close(
+            &format!("{backend:?} others kept"),
+            &others.matmul(&state),
+            &want,
+            1e-12,
+            1e-12,
+        );
 
         let (out_sum, _) = write(&keys7, &values7, &keys7, UpdateRule::Sum, backend);
         let summed = values.narrow(0, 2, 1) + &new_value;
-        assert_close(&format!("{backend:?} sum adds"), &out_sum.narrow(0, 6, 1), &summed, 1e-12, 1e-12);
+        assert_close(
+            &format!("{backend:?} sum adds"),
+            &out_sum.narrow(0, 6, 1),
+            &summed,
+            1e-12,
+            1e-12,
+        );
     }
 }

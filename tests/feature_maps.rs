@@ -15,7 +15,9 @@ fn dpfp_hand_computed() {
     // roll(r, 2) = [0, 3, 1, 2, 0, 0] -> r * roll = [0, 6, 0, 0, 0, 0]
     let x = Tensor::from_slice(&[1.0f64, 2.0, -3.0]);
     let want1 = Tensor::from_slice(&[3.0f64, 2.0, 0.0, 0.0, 0.0, 0.0]);
-    let want2 = Tensor::from_slice(&[3.0f64, 2.0, 0.0, 0.0, 0.0, 0.0, 0.0, 6.0, 0.0, 0.0, 0.0, 0.0]);
+    let want2 = Tensor::from_slice(&[
+        3.0f64, 2.0, 0.0, 0.0, 0.0, 0.0, 0.0, 6.0, 0.0, 0.0, 0.0, 0.0,
+    ]);
     assert_close("dpfp nu=1", &dpfp(&x, 1).unwrap(), &want1, 0.0, 0.0);
     assert_close("dpfp nu=2", &dpfp(&x, 2).unwrap(), &want2, 0.0, 0.0);
     // and batched, [2, 3] -> [2, 6 nu]
@@ -32,9 +34,18 @@ fn widths() {
     // Each map really produces its reported width.
     let vs = nn::VarStore::new(Device::Cpu);
     let x = Tensor::randn([2, 5, 16], (Kind::Float, Device::Cpu));
-    for map in [FeatureMap::Linear, FeatureMap::Identity, FeatureMap::Dpfp { nu: 2 }, FeatureMap::Favor { m: 24 }] {
+    for map in [
+        FeatureMap::Linear,
+        FeatureMap::Identity,
+        FeatureMap::Dpfp { nu: 2 },
+        FeatureMap::Favor { m: 24 },
+    ] {
         let phi = Phi::new(vs.root() / map.to_string(), map, 16, FavorRedraw::Never).unwrap();
-        assert_eq!(phi.forward_t(&x, false).unwrap().size(), vec![2, 5, map.width(16)], "{map}");
+        assert_eq!(
+            phi.forward_t(&x, false).unwrap().size(),
+            vec![2, 5, map.width(16)],
+            "{map}"
+        );
     }
 }
 
@@ -56,15 +67,22 @@ fn favor_estimates_exp_dot_product() {
     let q = Tensor::randn([512, d], (Kind::Double, Device::Cpu)) * (1.0 / (d as f64).sqrt());
     let k = Tensor::randn([512, d], (Kind::Double, Device::Cpu)) * (1.0 / (d as f64).sqrt());
     let r = orthogonal_gaussian(256, d, Kind::Double, Device::Cpu).unwrap();
-    let est = (favor(&q, &r).unwrap() * favor(&k, &r).unwrap()).sum_dim_intlist(-1, false, Kind::Double);
+    let est =
+        (favor(&q, &r).unwrap() * favor(&k, &r).unwrap()).sum_dim_intlist(-1, false, Kind::Double);
     let exact = (&q * &k).sum_dim_intlist(-1, false, Kind::Double).exp();
     let rel = ((&est - &exact).abs() / &exact).mean(Kind::Double);
-    let bias = f64::try_from((est.mean(Kind::Double) - exact.mean(Kind::Double)).abs() / exact.mean(Kind::Double)).unwrap();
+    let bias = f64::try_from(
+        (est.mean(Kind::Double) - exact.mean(Kind::Double)).abs() / exact.mean(Kind::Double),
+    )
+    .unwrap();
     let rel = f64::try_from(rel).unwrap();
     println!("FAVOR+ m=256: mean relative error {rel:.4}, relative error of the mean {bias:.5}");
     assert!(rel < 0.1, "mean relative error {rel}");
     assert!(bias < 0.04, "relative error of the mean {bias}");
-    assert!(bool::try_from(est.gt(0.0).all()).unwrap(), "FAVOR+ features must be positive");
+    assert!(
+        bool::try_from(est.gt(0.0).all()).unwrap(),
+        "FAVOR+ features must be positive"
+    );
 }
 
 #[test]
@@ -86,33 +104,81 @@ fn favor_matrix_is_saved_and_fixed_unless_redrawn() {
     let x = Tensor::randn([3, 8], (Kind::Float, Device::Cpu));
 
     let vs = nn::VarStore::new(Device::Cpu);
-    let phi = Phi::new(vs.root() / "phi", FeatureMap::Favor { m: 16 }, 8, FavorRedraw::Never).unwrap();
+    let phi = Phi::new(
+        vs.root() / "phi",
+        FeatureMap::Favor { m: 16 },
+        8,
+        FavorRedraw::Never,
+    )
+    .unwrap();
     let y1 = phi.forward_t(&x, true).unwrap();
-    assert_close("no redraw", &phi.forward_t(&x, true).unwrap(), &y1, 0.0, 0.0);
-    assert!(vs.trainable_variables().is_empty(), "the FAVOR+ matrix must not be trained");
+    assert_close(
+        "no redraw",
+        &phi.forward_t(&x, true).unwrap(),
+        &y1,
+        0.0,
+        0.0,
+    );
+    assert!(
+        vs.trainable_variables().is_empty(),
+        "the FAVOR+ matrix must not be trained"
+    );
     vs.save(&file).unwrap();
 
     let mut vs2 = nn::VarStore::new(Device::Cpu);
-    let phi2 = Phi::new(vs2.root() / "phi", FeatureMap::Favor { m: 16 }, 8, FavorRedraw::Never).unwrap();
+    let phi2 = Phi::new(
+        vs2.root() / "phi",
+        FeatureMap::Favor { m: 16 },
+        8,
+        FavorRedraw::Never,
+    )
+    .unwrap();
     assert!(f64::try_from((phi2.forward_t(&x, false).unwrap() - &y1).abs().max()).unwrap() > 0.0);
     vs2.load(&file).unwrap();
-    assert_close("reloaded", &phi2.forward_t(&x, false).unwrap(), &y1, 0.0, 0.0);
+    assert_close(
+        "reloaded",
+        &phi2.forward_t(&x, false).unwrap(),
+        &y1,
+        0.0,
+        0.0,
+    );
 
     let vs3 = nn::VarStore::new(Device::Cpu);
-    let phi3 = Phi::new(vs3.root() / "phi", FeatureMap::Favor { m: 16 }, 8, FavorRedraw::EveryTrainingStep).unwrap();
+    let phi3 = Phi::new(
+        vs3.root() / "phi",
+        FeatureMap::Favor { m: 16 },
+        8,
+        FavorRedraw::EveryTrainingStep,
+    )
+    .unwrap();
     let a = phi3.forward_t(&x, true).unwrap();
     let b = phi3.forward_t(&x, true).unwrap();
-    assert!(f64::try_from((&a - &b).abs().max()).unwrap() > 0.0, "training step must redraw");
+    assert!(
+        f64::try_from((&a - &b).abs().max()).unwrap() > 0.0,
+        "training step must redraw"
+    );
     let e1 = phi3.forward_t(&x, false).unwrap();
-    assert_close("eval does not redraw", &phi3.forward_t(&x, false).unwrap(), &e1, 0.0, 0.0);
+    assert_close(
+        "eval does not redraw",
+        &phi3.forward_t(&x, false).unwrap(),
+        &e1,
+        0.0,
+        0.0,
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
 fn parse_feature_maps() {
     assert_eq!("linear".parse::<FeatureMap>().unwrap(), FeatureMap::Linear);
-    assert_eq!("dpfp:3".parse::<FeatureMap>().unwrap(), FeatureMap::Dpfp { nu: 3 });
-    assert_eq!("favor:64".parse::<FeatureMap>().unwrap(), FeatureMap::Favor { m: 64 });
+    assert_eq!(
+        "dpfp:3".parse::<FeatureMap>().unwrap(),
+        FeatureMap::Dpfp { nu: 3 }
+    );
+    assert_eq!(
+        "favor:64".parse::<FeatureMap>().unwrap(),
+        FeatureMap::Favor { m: 64 }
+    );
     for bad in ["dpfp", "dpfp:x", "softmax", "linear:2"] {
         let e = bad.parse::<FeatureMap>().unwrap_err().to_string();
         assert!(e.contains(bad), "error for '{bad}' should name it: {e}");

@@ -6,8 +6,8 @@ mod common;
 
 use common::assert_close;
 use fwp::{
-    AttentionConfig, AttentionKind, Backend, BlockConfig, FastWeightConfig, FeatureMap, LanguageModel,
-    LayerNormPlacement, ModelConfig, MultiHeadAttention, Normalisation,
+    AttentionConfig, AttentionKind, Backend, BlockConfig, FastWeightConfig, FeatureMap,
+    LanguageModel, LayerNormPlacement, ModelConfig, MultiHeadAttention, Normalisation,
 };
 use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
 
@@ -15,23 +15,58 @@ fn variants() -> Vec<(&'static str, AttentionKind)> {
     let fw = |c: FastWeightConfig| AttentionKind::FastWeight(c);
     vec![
         ("softmax", AttentionKind::Softmax),
-        ("linear sum attn-norm", fw(FastWeightConfig::sum(FeatureMap::Linear))),
-        ("dpfp1 sum sum+attn-norm", fw(FastWeightConfig { normalisation: Normalisation::SumAndAttention, ..FastWeightConfig::sum(FeatureMap::Dpfp { nu: 1 }) })),
-        ("favor16 sum attn-norm scaled", fw(FastWeightConfig { scale_output: true, ..FastWeightConfig::sum(FeatureMap::Favor { m: 16 }) })),
-        ("linear delta sum-norm", fw(FastWeightConfig::delta(FeatureMap::Linear))),
-        ("dpfp2 delta sum-norm", fw(FastWeightConfig::delta(FeatureMap::Dpfp { nu: 2 }))),
-        ("identity delta none", fw(FastWeightConfig { normalisation: Normalisation::None, ..FastWeightConfig::delta(FeatureMap::Identity) })),
+        (
+            "linear sum attn-norm",
+            fw(FastWeightConfig::sum(FeatureMap::Linear)),
+        ),
+        (
+            "dpfp1 sum sum+attn-norm",
+            fw(FastWeightConfig {
+                normalisation: Normalisation::SumAndAttention,
+                ..FastWeightConfig::sum(FeatureMap::Dpfp { nu: 1 })
+            }),
+        ),
+        (
+            "favor16 sum attn-norm scaled",
+            fw(FastWeightConfig {
+                scale_output: true,
+                ..FastWeightConfig::sum(FeatureMap::Favor { m: 16 })
+            }),
+        ),
+        (
+            "linear delta sum-norm",
+            fw(FastWeightConfig::delta(FeatureMap::Linear)),
+        ),
+        (
+            "dpfp2 delta sum-norm",
+            fw(FastWeightConfig::delta(FeatureMap::Dpfp { nu: 2 })),
+        ),
+        (
+            "identity delta none",
+            fw(FastWeightConfig {
+                normalisation: Normalisation::None,
+                ..FastWeightConfig::delta(FeatureMap::Identity)
+            }),
+        ),
     ]
 }
 
 fn layer(vs: &nn::VarStore, kind: AttentionKind) -> MultiHeadAttention {
-    let cfg = AttentionConfig { d_model: 12, n_heads: 3, d_head: 4, kind, attn_dropout: 0.0 };
+    let cfg = AttentionConfig {
+        d_model: 12,
+        n_heads: 3,
+        d_head: 4,
+        kind,
+        attn_dropout: 0.0,
+    };
     MultiHeadAttention::new(vs.root() / "attn", cfg).unwrap()
 }
 
 fn with_backend(kind: AttentionKind, backend: Backend) -> AttentionKind {
     match kind {
-        AttentionKind::FastWeight(c) => AttentionKind::FastWeight(FastWeightConfig { backend, ..c }),
+        AttentionKind::FastWeight(c) => {
+            AttentionKind::FastWeight(FastWeightConfig { backend, ..c })
+        }
         softmax => softmax,
     }
 }
@@ -49,8 +84,16 @@ fn every_variant_is_causal() {
         let _ = x2.narrow(1, 13, 7).fill_(5.0); // change the future from t = 13
         let (y2, _) = l.forward_t(&x2, None, false).unwrap();
         println!("{name}");
-        assert_close("past outputs", &y2.narrow(1, 0, 13), &y.narrow(1, 0, 13), 1e-12, 1e-12);
-        assert!(f64::try_from((y2.narrow(1, 13, 7) - y.narrow(1, 13, 7)).abs().max()).unwrap() > 1e-6);
+        assert_close(
+            "past outputs",
+            &y2.narrow(1, 0, 13),
+            &y.narrow(1, 0, 13),
+            1e-12,
+            1e-12,
+        );
+        assert!(
+            f64::try_from((y2.narrow(1, 13, 7) - y.narrow(1, 13, 7)).abs().max()).unwrap() > 1e-6
+        );
     }
 }
 
@@ -62,7 +105,10 @@ fn chunked_layer_matches_reference_layer_with_parameter_gradients() {
         let l_ref = layer(&vs_ref, with_backend(kind, Backend::Reference));
         vs_ref.double();
         let mut vs_fast = nn::VarStore::new(Device::Cpu);
-        let l_fast = layer(&vs_fast, with_backend(kind, Backend::Chunked { chunk_size: 8 }));
+        let l_fast = layer(
+            &vs_fast,
+            with_backend(kind, Backend::Chunked { chunk_size: 8 }),
+        );
         vs_fast.double();
         vs_fast.copy(&vs_ref).unwrap();
         let x = Tensor::randn([2, 21, 12], (Kind::Double, Device::Cpu));
@@ -76,7 +122,13 @@ fn chunked_layer_matches_reference_layer_with_parameter_gradients() {
         let (p_ref, p_fast) = (vs_ref.variables(), vs_fast.variables());
         for (pname, p) in &p_ref {
             if p.requires_grad() {
-                assert_close(&format!("d{pname}"), &p_fast[pname].grad(), &p.grad(), 1e-10, 1e-10);
+                assert_close(
+                    &format!("d{pname}"),
+                    &p_fast[pname].grad(),
+                    &p.grad(),
+                    1e-10,
+                    1e-10,
+                );
             }
         }
     }
@@ -92,9 +144,17 @@ fn segments_with_carried_state_equal_the_whole_sequence() {
         let x = Tensor::randn([2, 30, 12], (Kind::Double, Device::Cpu));
         let (whole, _) = l.forward_t(&x, None, false).unwrap();
         let (first, state) = l.forward_t(&x.narrow(1, 0, 11), None, false).unwrap();
-        let (second, _) = l.forward_t(&x.narrow(1, 11, 19), state.as_ref(), false).unwrap();
+        let (second, _) = l
+            .forward_t(&x.narrow(1, 11, 19), state.as_ref(), false)
+            .unwrap();
         println!("{name}");
-        assert_close("segmented", &Tensor::cat(&[first, second], 1), &whole, 1e-12, 1e-12);
+        assert_close(
+            "segmented",
+            &Tensor::cat(&[first, second], 1),
+            &whole,
+            1e-12,
+            1e-12,
+        );
     }
 }
 
@@ -104,18 +164,33 @@ fn language_model_trains_post_and_pre_ln() {
         for (name, kind) in [variants()[0], variants()[4]] {
             tch::manual_seed(34);
             let vs = nn::VarStore::new(Device::Cpu);
-            let attention = AttentionConfig { d_model: 32, n_heads: 2, d_head: 16, kind, attn_dropout: 0.0 };
+            let attention = AttentionConfig {
+                d_model: 32,
+                n_heads: 2,
+                d_head: 16,
+                kind,
+                attn_dropout: 0.0,
+            };
             let cfg = ModelConfig {
                 vocab: 20,
                 n_layers: 2,
-                block: BlockConfig { attention, d_ff: 64, dropout: 0.0, layer_norm },
+                block: BlockConfig {
+                    attention,
+                    d_ff: 64,
+                    dropout: 0.0,
+                    layer_norm,
+                },
             };
             let model = LanguageModel::new(vs.root(), cfg).unwrap();
             let tokens = Tensor::randint(20, [4, 16], (Kind::Int64, Device::Cpu));
             let loss = |train| {
-                let (logits, _) = model.forward_t(&tokens.narrow(1, 0, 15), None, 0, train).unwrap();
+                let (logits, _) = model
+                    .forward_t(&tokens.narrow(1, 0, 15), None, 0, train)
+                    .unwrap();
                 assert_eq!(logits.size(), vec![4, 15, 20]);
-                logits.view([-1, 20]).cross_entropy_for_logits(&tokens.narrow(1, 1, 15).reshape([-1]))
+                logits
+                    .view([-1, 20])
+                    .cross_entropy_for_logits(&tokens.narrow(1, 1, 15).reshape([-1]))
             };
             let before = f64::try_from(loss(false)).unwrap();
             let mut opt = nn::Adam::default().build(&vs, 3e-3).unwrap();
@@ -124,7 +199,10 @@ fn language_model_trains_post_and_pre_ln() {
             }
             let after = f64::try_from(loss(false)).unwrap();
             println!("{name} {layer_norm:?}: loss {before:.3} -> {after:.3}");
-            assert!(after < 0.7 * before, "{name} {layer_norm:?}: loss {before} -> {after}");
+            assert!(
+                after < 0.7 * before,
+                "{name} {layer_norm:?}: loss {before} -> {after}"
+            );
         }
     }
 }

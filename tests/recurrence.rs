@@ -26,7 +26,8 @@ impl Case {
             k: unit_rows(&[b, h, t, d_k], kind),
             v: leaf(&[b, h, t, d_v], kind),
             beta: Tensor::rand([b, h, t], (kind, tch::Device::Cpu)).set_requires_grad(true),
-            s0: (Tensor::randn([b, h, d_k, d_v], (kind, tch::Device::Cpu)) * 0.5).set_requires_grad(true),
+            s0: (Tensor::randn([b, h, d_k, d_v], (kind, tch::Device::Cpu)) * 0.5)
+                .set_requires_grad(true),
             w_out: Tensor::randn([b, h, t, d_v], (kind, tch::Device::Cpu)),
             w_state: Tensor::randn([b, h, d_k, d_v], (kind, tch::Device::Cpu)),
         }
@@ -35,8 +36,18 @@ impl Case {
     /// Outputs, final state and the gradients of (q, k, v, [beta,] S_0).
     fn run(&self, rule: UpdateRule, backend: Backend) -> (Tensor, Tensor, Vec<Tensor>) {
         let beta = (rule == UpdateRule::Delta).then_some(&self.beta);
-        let r = fast_weight(&self.q, &self.k, &self.v, beta, Some(&self.s0), rule, backend).unwrap();
-        let loss = (&r.out * &self.w_out).sum(Kind::Double) + (&r.state * &self.w_state).sum(Kind::Double);
+        let r = fast_weight(
+            &self.q,
+            &self.k,
+            &self.v,
+            beta,
+            Some(&self.s0),
+            rule,
+            backend,
+        )
+        .unwrap();
+        let loss =
+            (&r.out * &self.w_out).sum(Kind::Double) + (&r.state * &self.w_state).sum(Kind::Double);
         let mut inputs = vec![&self.q, &self.k, &self.v, &self.s0];
         if rule == UpdateRule::Delta {
             inputs.push(&self.beta);
@@ -48,7 +59,12 @@ impl Case {
 
 const GRAD_NAMES: [&str; 5] = ["dq", "dk", "dv", "dS0", "dbeta"];
 
-fn compare(label: &str, got: &(Tensor, Tensor, Vec<Tensor>), want: &(Tensor, Tensor, Vec<Tensor>), tol: f64) {
+fn compare(
+    label: &str,
+    got: &(Tensor, Tensor, Vec<Tensor>),
+    want: &(Tensor, Tensor, Vec<Tensor>),
+    tol: f64,
+) {
     println!("{label}");
     assert_close("out", &got.0, &want.0, tol, tol);
     assert_close("state", &got.1, &want.1, tol, tol);
@@ -68,7 +84,12 @@ fn chunked_matches_reference_float64() {
             let want = case.run(rule, Backend::Reference);
             for chunk_size in [16, 64] {
                 let got = case.run(rule, Backend::Chunked { chunk_size });
-                compare(&format!("{rule:?} T={t} chunk={chunk_size}"), &got, &want, 1e-10);
+                compare(
+                    &format!("{rule:?} T={t} chunk={chunk_size}"),
+                    &got,
+                    &want,
+                    1e-10,
+                );
             }
         }
     }
@@ -89,14 +110,24 @@ fn chunked_matches_reference_float32_and_wide_values() {
 fn quadratic_form_equals_sum_rule() {
     // y = tril(Q K^T) V (paper.md Sec. 1), with S_0 = 0.
     tch::manual_seed(2);
-    let (q, k, v) = (leaf(&[2, 3, 37, 6], Kind::Double), leaf(&[2, 3, 37, 6], Kind::Double), leaf(&[2, 3, 37, 4], Kind::Double));
+    let (q, k, v) = (
+        leaf(&[2, 3, 37, 6], Kind::Double),
+        leaf(&[2, 3, 37, 6], Kind::Double),
+        leaf(&[2, 3, 37, 4], Kind::Double),
+    );
     let quadratic = q.matmul(&k.transpose(-1, -2)).tril(0).matmul(&v);
     for backend in [Backend::Reference, Backend::Chunked { chunk_size: 16 }] {
         let r = fast_weight(&q, &k, &v, None, None, UpdateRule::Sum, backend).unwrap();
         println!("{backend:?}");
         assert_close("out", &r.out, &quadratic, 1e-10, 1e-10);
         // The final state is sum_t k_t v_t^T = K^T V.
-        assert_close("state", &r.state, &k.transpose(-1, -2).matmul(&v), 1e-10, 1e-10);
+        assert_close(
+            "state",
+            &r.state,
+            &k.transpose(-1, -2).matmul(&v),
+            1e-10,
+            1e-10,
+        );
     }
 }
 
@@ -109,12 +140,36 @@ fn half_precision_inputs_keep_their_dtype_and_stay_close() {
     for (kind, rtol) in [(Kind::BFloat16, 8e-3), (Kind::Half, 1e-3)] {
         let h = |t: &Tensor| t.detach().to_kind(kind);
         let f = |t: &Tensor| h(t).to_kind(Kind::Double);
-        let want = fast_weight(&f(&case.q), &f(&case.k), &f(&case.v), Some(&f(&case.beta)), None, UpdateRule::Delta, Backend::Reference).unwrap();
-        let r = fast_weight(&h(&case.q), &h(&case.k), &h(&case.v), Some(&h(&case.beta)), None, UpdateRule::Delta, Backend::default()).unwrap();
+        let want = fast_weight(
+            &f(&case.q),
+            &f(&case.k),
+            &f(&case.v),
+            Some(&f(&case.beta)),
+            None,
+            UpdateRule::Delta,
+            Backend::Reference,
+        )
+        .unwrap();
+        let r = fast_weight(
+            &h(&case.q),
+            &h(&case.k),
+            &h(&case.v),
+            Some(&h(&case.beta)),
+            None,
+            UpdateRule::Delta,
+            Backend::default(),
+        )
+        .unwrap();
         assert_eq!(r.out.kind(), kind);
         assert_eq!(r.state.kind(), kind);
         assert_close(&format!("{kind:?} out"), &r.out, &want.out, 1e-3, rtol);
-        assert_close(&format!("{kind:?} state"), &r.state, &want.state, 1e-3, rtol);
+        assert_close(
+            &format!("{kind:?} state"),
+            &r.state,
+            &want.state,
+            1e-3,
+            rtol,
+        );
     }
 }
 
@@ -126,7 +181,10 @@ fn gradient_reaches_initial_state_and_beta() {
         let (_, _, g) = case.run(UpdateRule::Delta, backend);
         for (name, grad) in GRAD_NAMES.iter().zip(&g) {
             assert!(grad.defined(), "{backend:?}: {name} is undefined");
-            assert!(f64::try_from(grad.abs().sum(Kind::Double)).unwrap() > 0.0, "{backend:?}: {name} is zero");
+            assert!(
+                f64::try_from(grad.abs().sum(Kind::Double)).unwrap() > 0.0,
+                "{backend:?}: {name} is zero"
+            );
         }
     }
 }

@@ -11,12 +11,26 @@ pub fn assert_close(name: &str, got: &Tensor, want: &Tensor, atol: f64, rtol: f6
     assert_eq!(got.size(), want.size(), "{name}: shape differs");
     let g = got.to_kind(Kind::Double).to_device(Device::Cpu);
     let w = want.to_kind(Kind::Double).to_device(Device::Cpu);
-    assert!(bool::try_from(g.isfinite().all()).unwrap(), "{name}: result has NaN or inf");
-    assert!(bool::try_from(w.isfinite().all()).unwrap(), "{name}: expected value has NaN or inf");
+    assert!(
+        bool::try_from(g.isfinite().all()).unwrap(),
+        "{name}: result has NaN or inf"
+    );
+    assert!(
+        bool::try_from(w.isfinite().all()).unwrap(),
+        "{name}: expected value has NaN or inf"
+    );
     let diff = (&g - &w).abs();
-    let max_abs = if diff.numel() > 0 { f64::try_from(diff.max()).unwrap() } else { 0.0 };
+    let max_abs = if diff.numel() > 0 {
+        f64::try_from(diff.max()).unwrap()
+    } else {
+        0.0
+    };
     let rel = &diff / (w.abs() + 1e-300);
-    let max_rel = if diff.numel() > 0 { f64::try_from(rel.max()).unwrap() } else { 0.0 };
+    let max_rel = if diff.numel() > 0 {
+        f64::try_from(rel.max()).unwrap()
+    } else {
+        0.0
+    };
     let bad = i64::try_from(diff.gt_tensor(&(w.abs() * rtol + atol)).sum(Kind::Int64)).unwrap();
     println!("  {name}: max abs err {max_abs:.3e}, max rel err {max_rel:.3e}");
     assert!(
