@@ -29,10 +29,14 @@ fn main() {
         .parent()
         .expect("libtorch lib dir has a parent")
         .to_path_buf();
-    let includes = [
+    // As system headers: libtorch's own warnings stay out of our build output.
+    let includes: Vec<String> = [
         torch_root.join("include"),
         torch_root.join("include/torch/csrc/api/include"),
-    ];
+    ]
+    .iter()
+    .map(|p| format!("-isystem{}", p.display()))
+    .collect();
 
     // The same trick as tch: keep libtorch.so (and through it libtorch_cuda.so) in the link even
     // though Rust code references no symbol of it directly, or CUDA is reported unavailable.
@@ -71,18 +75,41 @@ fn main() {
     };
 
     let mut cpp = cc::Build::new();
-    cpp.cpp(true)
-        .pic(true)
-        .includes(&includes)
-        .flag("-std=c++17")
+    cpp.cpp(true).pic(true);
+    for inc in &includes {
+        cpp.flag(inc);
+    }
+    cpp.flag("-std=c++17")
         .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
         .flag("-DGLOG_USE_GLOG_EXPORT")
-        .flag_if_supported("-Wno-unused-parameter")
+        .flag("-fopenmp-simd")
         .files(&cpp_sources);
     if with_cuda {
         cpp.define("FWP_WITH_CUDA", None);
     }
+    // The CPU fast-weight kernels once more with AVX2 + FMA, picked at run time on CPUs that have
+    // them (kernels/fast_weight_op.cpp); the baseline build above stays for the others.
+    let x86_64 = env::var("CARGO_CFG_TARGET_ARCH").as_deref() == Ok("x86_64");
+    if x86_64 {
+        cpp.define("FWP_HAVE_AVX2", None);
+    }
     cpp.compile("fwp_ops");
+    if x86_64 {
+        let mut avx2 = cc::Build::new();
+        avx2.cpp(true).pic(true);
+        for inc in &includes {
+            avx2.flag(inc);
+        }
+        avx2.flag("-std=c++17")
+            .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
+            .flag("-DGLOG_USE_GLOG_EXPORT")
+            .flag("-fopenmp-simd")
+            .flag("-mavx2")
+            .flag("-mfma")
+            .define("FWP_CPU_ISA", "avx2")
+            .file("kernels/fast_weight_cpu.cpp")
+            .compile("fwp_ops_avx2");
+    }
 }
 
 /// The files with extension `ext` directly inside `dir`, sorted.
@@ -118,7 +145,11 @@ fn build_cuda(nvcc: &Path, cu_sources: &[PathBuf]) {
     // cc picks nvcc (and its flag translation) from the NVCC variable.
     env::set_var("NVCC", nvcc);
     let mut cu = cc::Build::new();
-    cu.cuda(true).cudart("none").pic(true).flag("-std=c++17");
+    cu.cuda(true)
+        .cudart("none")
+        .pic(true)
+        .flag("-std=c++17")
+        .flag("-lineinfo");
     for (arch, code) in CUDA_GENCODE {
         cu.flag(format!("-gencode=arch={arch},code={code}"));
     }

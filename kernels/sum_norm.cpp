@@ -80,7 +80,7 @@ at::Tensor sum_norm_autograd(const at::Tensor& x, double eps) { return SumNorm::
 
 }  // namespace
 
-TORCH_LIBRARY(fwp, m) { m.def("sum_norm(Tensor x, float eps) -> Tensor"); }
+TORCH_LIBRARY_FRAGMENT(fwp, m) { m.def("sum_norm(Tensor x, float eps) -> Tensor"); }
 TORCH_LIBRARY_IMPL(fwp, CPU, m) { m.impl("sum_norm", &sum_norm_cpu); }
 TORCH_LIBRARY_IMPL(fwp, CUDA, m) { m.impl("sum_norm", &sum_norm_cuda); }
 TORCH_LIBRARY_IMPL(fwp, Autograd, m) { m.impl("sum_norm", &sum_norm_autograd); }

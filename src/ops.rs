@@ -6,7 +6,7 @@
 use std::ffi::{c_char, c_int, CStr};
 
 use anyhow::{bail, Result};
-use tch::Tensor;
+use tch::{Kind, Tensor};
 use torch_sys::C_tensor;
 
 use crate::check;
@@ -15,6 +15,21 @@ extern "C" {
     fn fwp_free_error(msg: *mut c_char);
     fn fwp_built_with_cuda() -> c_int;
     fn fwp_sum_norm(x: *const C_tensor, eps: f64, out: *mut *mut C_tensor) -> *mut c_char;
+    fn fwp_fast_weight_fused(
+        q: *const C_tensor,
+        k: *const C_tensor,
+        v: *const C_tensor,
+        beta: *const C_tensor,
+        s0: *const C_tensor,
+        out: *mut *mut C_tensor,
+        state: *mut *mut C_tensor,
+    ) -> *mut c_char;
+    fn fwp_fused_cuda_max_dk(
+        device: c_int,
+        d_v: i64,
+        acc_bytes: c_int,
+        out: *mut i64,
+    ) -> *mut c_char;
 }
 
 /// Turns a C error string (NULL = success) into a `Result`, freeing it.
@@ -53,4 +68,51 @@ pub fn sum_norm(x: &Tensor, eps: f64) -> Result<Tensor> {
         fwp_sum_norm(x.as_ptr(), eps, &mut out)
     })?;
     Ok(unsafe { Tensor::from_ptr(out) })
+}
+
+/// The fused recurrence, `fwp::delta_rule` (when `beta` is given) or `fwp::sum_rule`
+/// (kernels/fast_weight_op.cpp), through the dispatcher so that autograd and the TorchScript tracer
+/// record it. Expects inputs already checked by [`crate::recurrence::fast_weight`]; returns
+/// (out in the inputs' dtype, final state in the accumulation dtype: f64 for f64 inputs, else f32).
+pub fn fast_weight_fused(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    beta: Option<&Tensor>,
+    initial: Option<&Tensor>,
+) -> Result<(Tensor, Tensor)> {
+    let ptr = |t: Option<&Tensor>| t.map_or(std::ptr::null(), |t| t.as_ptr() as *const C_tensor);
+    let mut out: *mut C_tensor = std::ptr::null_mut();
+    let mut state: *mut C_tensor = std::ptr::null_mut();
+    let op = if beta.is_some() {
+        "fwp::delta_rule"
+    } else {
+        "fwp::sum_rule"
+    };
+    // SAFETY: all pointers are live tensors or NULL where the C side allows it; on success both
+    // outputs are new at::Tensor* that we own.
+    status(op, unsafe {
+        fwp_fast_weight_fused(
+            q.as_ptr(),
+            k.as_ptr(),
+            v.as_ptr(),
+            ptr(beta),
+            ptr(initial),
+            &mut out,
+            &mut state,
+        )
+    })?;
+    Ok(unsafe { (Tensor::from_ptr(out), Tensor::from_ptr(state)) })
+}
+
+/// The largest d_k the CUDA fused kernels take on CUDA device `device` for inputs of dtype `kind`
+/// (limited by the device's shared memory); 0 without CUDA kernels or without that device.
+pub fn fused_cuda_max_dk(device: usize, d_v: i64, kind: Kind) -> Result<i64> {
+    let acc_bytes = if kind == Kind::Double { 8 } else { 4 };
+    let mut out = 0i64;
+    // SAFETY: plain values in, one i64 out.
+    status("fused_cuda_max_dk", unsafe {
+        fwp_fused_cuda_max_dk(device as c_int, d_v, acc_bytes, &mut out)
+    })?;
+    Ok(out)
 }

@@ -58,19 +58,27 @@ pub fn fast_weight_chunked(x: &Inputs, chunk_size: i64) -> Result<FastWeightOutp
         }
     };
 
+    // Split once: one backward node for all chunks (a select per chunk would make the backward
+    // allocate a full-size gradient per chunk, quadratic in T).
+    let (q, k, u, qk) = (
+        q.f_unbind(2)?,
+        k.f_unbind(2)?,
+        u.f_unbind(2)?,
+        qk.f_unbind(2)?,
+    ); // N x [B, H, C, .]
+    let w = w.map(|w| w.f_unbind(2)).transpose()?;
     let mut s = x.initial_state()?; // [B, H, d_k, d_v]
     let mut outs = Vec::with_capacity(n as usize);
-    for i in 0..n {
-        let q_i = q.f_select(2, i)?; // [B, H, C, d_k]
-        let k_i = k.f_select(2, i)?;
+    for i in 0..n as usize {
+        // U' = U - W S (delta rule); U' = V (sum rule): [B, H, C, d_v]
         let u_i = match &w {
-            None => u.f_select(2, i)?, // sum rule: U' = V
-            Some(w) => u.f_select(2, i)? - w.f_select(2, i)?.f_matmul(&s)?, // U' = U - W S
-        }; // [B, H, C, d_v]
-           // O = Q S + tril(Q K^T) U'
-        outs.push(q_i.f_matmul(&s)? + qk.f_select(2, i)?.f_matmul(&u_i)?);
+            None => u[i].shallow_clone(),
+            Some(w) => &u[i] - w[i].f_matmul(&s)?,
+        };
+        // O = Q S + tril(Q K^T) U'
+        outs.push(q[i].f_matmul(&s)? + qk[i].f_matmul(&u_i)?);
         // S' = S + K^T U'
-        s = s + k_i.f_transpose(-1, -2)?.f_matmul(&u_i)?;
+        s = s + k[i].f_transpose(-1, -2)?.f_matmul(&u_i)?;
     }
     let out = Tensor::f_stack(&outs, 2)?
         .f_reshape([d.b, d.h, n * c, d.d_v])?

@@ -16,7 +16,7 @@ mod reference;
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::check::{self, Dim};
 
@@ -41,11 +41,44 @@ pub enum Backend {
     /// The chunkwise-parallel form (kernels.md Sec. 2): matrix-matrix work inside chunks of
     /// `chunk_size` steps, a sequential pass over chunks only. Any T, also not a multiple of it.
     Chunked { chunk_size: i64 },
+    /// Our fused kernels (kernels/fast_weight*.{cpp,cu}): the recurrence in one pass with an
+    /// explicit backward that replays chunks from saved checkpoints; CPU and CUDA. Registered as the
+    /// libtorch ops `fwp::sum_rule` / `fwp::delta_rule`, so traced TorchScript records them.
+    Fused,
+    /// `Fused` wherever it supports the device, dtype and sizes, else `Chunked { chunk_size: 64 }`;
+    /// [`Backend::resolve`] says which.
+    Auto,
 }
 
 impl Default for Backend {
     fn default() -> Self {
-        Backend::Chunked { chunk_size: 64 }
+        Backend::Auto
+    }
+}
+
+impl Backend {
+    /// The backend that runs for inputs on `device` of dtype `kind` and sizes `d_k`, `d_v`: `Auto`
+    /// resolved, the others as they are. For logs.
+    pub fn resolve(self, device: Device, kind: Kind, d_k: i64, d_v: i64) -> Backend {
+        match self {
+            Backend::Auto if fused_supported(device, kind, d_k, d_v) => Backend::Fused,
+            Backend::Auto => Backend::Chunked { chunk_size: 64 },
+            other => other,
+        }
+    }
+}
+
+/// Whether the fused kernels take these inputs: any size on CPU; on CUDA when the kernels were
+/// compiled in and d_k fits the device's shared memory.
+pub fn fused_supported(device: Device, kind: Kind, d_k: i64, d_v: i64) -> bool {
+    match device {
+        Device::Cpu => check::is_float(kind),
+        Device::Cuda(i) => {
+            check::is_float(kind)
+                && crate::ops::built_with_cuda()
+                && crate::ops::fused_cuda_max_dk(i, d_v, kind).is_ok_and(|max| d_k <= max)
+        }
+        _ => false,
     }
 }
 
@@ -67,7 +100,7 @@ pub struct FastWeightOutput {
 /// * `initial`: optional `[B, H, d_k, d_v]` state `S_0` (zeros when `None`).
 ///
 /// All tensors share one floating dtype and one device. Half-precision inputs are computed with
-/// an f32 state and cast back. Gradients reach every input, the initial state included.
+/// an f32 state (and f32 arithmetic) and cast back. Gradients reach every input, the initial state included.
 pub fn fast_weight(
     q: &Tensor,
     k: &Tensor,
@@ -85,6 +118,14 @@ pub fn fast_weight(
         bail!("q: the sequence is empty (T = 0); need at least one step");
     }
     let kind = q.f_kind()?;
+    let backend = backend.resolve(q.device(), kind, dims.d_k, dims.d_v);
+    if backend == Backend::Fused {
+        let (out, state) = crate::ops::fast_weight_fused(q, k, v, beta, initial)?;
+        return Ok(FastWeightOutput {
+            out,
+            state: state.f_to_kind(kind)?,
+        });
+    }
     let compute = match kind {
         Kind::Half | Kind::BFloat16 => Kind::Float,
         other => other,
@@ -105,6 +146,7 @@ pub fn fast_weight(
     let result = match backend {
         Backend::Reference => fast_weight_reference(&inputs)?,
         Backend::Chunked { chunk_size } => fast_weight_chunked(&inputs, chunk_size)?,
+        Backend::Fused | Backend::Auto => unreachable!("resolved above"),
     };
     Ok(FastWeightOutput {
         out: result.out.f_to_kind(kind)?,

@@ -1,0 +1,66 @@
+// The causal fast-weight recurrence (kernels.md Sec. 1), shared by the CPU (fast_weight_cpu.cpp)
+// and CUDA (fast_weight.cu) kernels.
+//
+// Per (batch, head) the state S is d_k x d_v, key-major, in the accumulation type acc_t (fp32, or
+// fp64 for fp64 inputs):
+//   sum rule:    u_t = v_t
+//   delta rule:  r_t = v_t - S_{t-1}^T k_t,  u_t = beta_t r_t
+//   both:        S_t = S_{t-1} + k_t u_t^T,  o_t = S_t^T q_t
+// Backward, reverse in time, dS starting at the gradient of the final state:
+//   dS += q_t dO_t^T;  dq_t = S_t dO_t;  du_t = dS^T k_t;  dk_t = dS u_t
+//   sum rule:   dv_t = du_t
+//   delta rule: dv_t = beta_t du_t;  dbeta_t = du_t . r_t;  g_t = -beta_t du_t
+//               dk_t += S_{t-1} g_t;  dS += k_t g_t^T
+// The forward saves S at every `chunk`-th step (checkpoints [B, H, N, d_k, d_v], N = ceil(T/chunk));
+// the backward replays each chunk forward from its checkpoint, in acc_t, to get S_{t-1} and S_t.
+// Nothing is "un-done" by subtraction, and no T x d_k x d_v tensor is ever stored.
+//
+// The per-element arithmetic lives in the FWP_HD helpers below so that the CPU tests exercise
+// the same expressions the GPU runs.
+#pragma once
+
+#include <cstdint>
+
+#ifdef __CUDACC__
+#define FWP_HD __host__ __device__ __forceinline__
+#else
+#define FWP_HD inline
+#endif
+
+namespace fwp {
+
+// u_t[m]: the value written into column m (sum rule: v; delta rule: beta * r).
+template <typename acc_t>
+FWP_HD acc_t written_value(bool delta, acc_t beta, acc_t v, acc_t r) {
+  return delta ? beta * r : v;
+}
+
+// The delta rule's residual r_t[m] = v_t[m] - (S_{t-1}^T k_t)[m], given the retrieved value.
+template <typename acc_t>
+FWP_HD acc_t delta_residual(acc_t v, acc_t retrieved) {
+  return v - retrieved;
+}
+
+// dv_t[m] from du_t[m].
+template <typename acc_t>
+FWP_HD acc_t value_grad(bool delta, acc_t beta, acc_t du) {
+  return delta ? beta * du : du;
+}
+
+// g_t[m] = -beta_t du_t[m], the gradient through S_{t-1}^T k_t (delta rule only).
+template <typename acc_t>
+FWP_HD acc_t retrieval_grad(acc_t beta, acc_t du) {
+  return -beta * du;
+}
+
+// Sizes of one call.
+struct Dims {
+  int64_t batch_heads;  // B * H
+  int64_t T;
+  int64_t d_k;
+  int64_t d_v;
+  int64_t chunk;  // checkpoint interval
+  int64_t n_chunks() const { return (T + chunk - 1) / chunk; }
+};
+
+}  // namespace fwp

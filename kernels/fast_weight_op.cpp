@@ -1,0 +1,316 @@
+// The fused fast-weight ops: schemas, CPU and CUDA kernels, one autograd Function per rule, and
+// the C entry point for Rust.
+//
+// Public ops (what a traced TorchScript module records):
+//   fwp::sum_rule(q, k, v, initial_state?)         -> (out, final_state)
+//   fwp::delta_rule(q, k, v, beta, initial_state?) -> (out, final_state)
+// Internal ops used by their autograd Functions:
+//   fwp::fast_weight_forward(...)  -> (out, final_state, checkpoints)
+//   fwp::fast_weight_backward(...) -> (dq, dk, dv, dbeta, d_initial_state)
+// Shapes: q, k [B, H, T, d_k]; v [B, H, T, d_v]; beta [B, H, T]; states [B, H, d_k, d_v];
+// checkpoints [B, H, N, d_k, d_v] with N = ceil(T / chunk). The final state and the checkpoints
+// are in the accumulation dtype (fp64 for fp64 inputs, fp32 otherwise); the rest in the inputs'.
+
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/core/DeviceGuard.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <tuple>
+
+#include "fast_weight_cpu.h"
+#include "fast_weight_cuda.h"
+#include "ffi.h"
+
+namespace fwp {
+namespace {
+
+using at::Tensor;
+using OptTensor = std::optional<Tensor>;
+
+at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+bool has(const OptTensor& t) { return t.has_value() && t->defined(); }
+
+// Checks shapes, dtypes and devices (the Rust side checks first; this guards other callers).
+Dims check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const OptTensor& beta,
+                  const OptTensor& s0, int64_t chunk) {
+  TORCH_CHECK(q.dim() == 4, "q: expected shape [B, H, T, d_k], got ", q.sizes());
+  const int64_t B = q.size(0), H = q.size(1), T = q.size(2), dk = q.size(3);
+  TORCH_CHECK(k.sizes() == q.sizes(), "k: expected shape ", q.sizes(), " (as q), got ", k.sizes());
+  TORCH_CHECK(v.dim() == 4 && v.size(0) == B && v.size(1) == H && v.size(2) == T,
+              "v: expected shape [B, H, T, d_v] = [", B, ", ", H, ", ", T, ", ?], got ", v.sizes());
+  const int64_t dv = v.size(3);
+  TORCH_CHECK(T >= 1 && dk >= 1 && dv >= 1, "q, v: T, d_k and d_v must be >= 1, got T = ", T,
+              ", d_k = ", dk, ", d_v = ", dv);
+  TORCH_CHECK(chunk >= 1, "chunk must be >= 1, got ", chunk);
+  TORCH_CHECK(at::isFloatingType(q.scalar_type()), "q: expected a floating-point dtype, got ",
+              q.scalar_type());
+  for (auto [name, t] : {std::pair<const char*, const Tensor*>{"k", &k}, {"v", &v}}) {
+    TORCH_CHECK(t->scalar_type() == q.scalar_type(), name, ": dtype ", t->scalar_type(),
+                " does not match q's ", q.scalar_type());
+    TORCH_CHECK(t->device() == q.device(), name, ": on ", t->device(), " but q is on ", q.device());
+  }
+  if (has(beta)) {
+    TORCH_CHECK(beta->dim() == 3 && beta->size(0) == B && beta->size(1) == H && beta->size(2) == T,
+                "beta: expected shape [B, H, T] = [", B, ", ", H, ", ", T, "], got ", beta->sizes());
+    TORCH_CHECK(beta->scalar_type() == q.scalar_type(), "beta: dtype ", beta->scalar_type(),
+                " does not match q's ", q.scalar_type());
+    TORCH_CHECK(beta->device() == q.device(), "beta: on ", beta->device(), " but q is on ", q.device());
+  }
+  if (has(s0)) {
+    TORCH_CHECK(s0->dim() == 4 && s0->size(0) == B && s0->size(1) == H && s0->size(2) == dk &&
+                    s0->size(3) == dv,
+                "initial state: expected shape [B, H, d_k, d_v] = [", B, ", ", H, ", ", dk, ", ", dv,
+                "], got ", s0->sizes());
+    TORCH_CHECK(at::isFloatingType(s0->scalar_type()), "initial state: expected a floating-point dtype");
+    TORCH_CHECK(s0->device() == q.device(), "initial state: on ", s0->device(), " but q is on ",
+                q.device());
+  }
+  return Dims{B * H, T, dk, dv, chunk};
+}
+
+// The CPU kernels for this processor: AVX2 + FMA where the build has them and the CPU supports them,
+// unless FWP_CPU_GENERIC is set (read once; tests use it to check the baseline variant too).
+bool use_avx2() {
+#ifdef FWP_HAVE_AVX2
+  static const bool yes = std::getenv("FWP_CPU_GENERIC") == nullptr && __builtin_cpu_supports("avx2") &&
+                          __builtin_cpu_supports("fma");
+  return yes;
+#else
+  return false;
+#endif
+}
+
+// Checkpoint interval: 64 steps, fewer where the backward's replay buffer of chunk + 1 states would
+// pass 16 MiB per CPU thread; on CUDA, what the device's shared memory allows (fast_weight.cu).
+int64_t choose_chunk(const Tensor& q, int64_t dk, int64_t dv) {
+  const int64_t acc_bytes = acc_type(q.scalar_type()) == at::kDouble ? 8 : 4;
+  if (q.is_cuda()) return cuda_chunk(q, dk, dv, acc_bytes);
+  const int64_t budget = int64_t(16) << 20;
+  const int64_t per_state = dk * dv * acc_bytes;
+  return std::max<int64_t>(1, std::min<int64_t>(64, budget / per_state - 1));
+}
+
+std::tuple<Tensor, Tensor, Tensor> forward_kernel(const Tensor& q, const Tensor& k, const Tensor& v,
+                                                  const OptTensor& beta, const OptTensor& s0,
+                                                  int64_t chunk) {
+  const Dims d = check_inputs(q, k, v, beta, s0, chunk);
+  const bool delta = has(beta);
+  c10::DeviceGuard guard(q.device());
+  const int64_t B = q.size(0), H = q.size(1);
+  const auto acc = q.options().dtype(acc_type(q.scalar_type()));
+  auto flat = [&](const Tensor& t, int64_t w) { return t.contiguous().view({d.batch_heads, d.T, w}); };
+  Tensor q3 = flat(q, d.d_k), k3 = flat(k, d.d_k), v3 = flat(v, d.d_v);
+  Tensor b2 = delta ? beta->contiguous().view({d.batch_heads, d.T}) : Tensor();
+  Tensor init = has(s0) ? s0->to(acc.dtype()).contiguous().view({d.batch_heads, d.d_k, d.d_v})
+                        : at::zeros({d.batch_heads, d.d_k, d.d_v}, acc);
+  Tensor out = at::empty({d.batch_heads, d.T, d.d_v}, q.options());
+  Tensor state = at::empty({d.batch_heads, d.d_k, d.d_v}, acc);
+  Tensor ckpt = at::empty({d.batch_heads, d.n_chunks(), d.d_k, d.d_v}, acc);
+  if (q.is_cuda()) {
+    forward_cuda(q3, k3, v3, b2, init, out, state, ckpt, d, delta);
+  } else {
+    TORCH_CHECK(q.is_cpu(), "fwp fused fast weights: unsupported device ", q.device());
+    if (use_avx2()) {
+      avx2::forward_cpu(q3, k3, v3, b2, init, out, state, ckpt, d, delta);
+    } else {
+      generic::forward_cpu(q3, k3, v3, b2, init, out, state, ckpt, d, delta);
+    }
+  }
+  return {out.view({B, H, d.T, d.d_v}), state.view({B, H, d.d_k, d.d_v}),
+          ckpt.view({B, H, d.n_chunks(), d.d_k, d.d_v})};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_kernel(
+    const Tensor& grad_out, const OptTensor& grad_state, const Tensor& q, const Tensor& k,
+    const Tensor& v, const OptTensor& beta, const Tensor& checkpoints, int64_t chunk) {
+  const Dims d = check_inputs(q, k, v, beta, std::nullopt, chunk);
+  const bool delta = has(beta);
+  TORCH_CHECK(grad_out.dim() == 4 && grad_out.size(2) == d.T && grad_out.size(3) == d.d_v,
+              "grad_out: expected the shape of out, got ", grad_out.sizes());
+  TORCH_CHECK(checkpoints.dim() == 5 && checkpoints.size(2) == d.n_chunks(),
+              "checkpoints: expected [B, H, ", d.n_chunks(), ", d_k, d_v], got ", checkpoints.sizes());
+  c10::DeviceGuard guard(q.device());
+  const int64_t B = q.size(0), H = q.size(1);
+  const auto acc = q.options().dtype(acc_type(q.scalar_type()));
+  auto flat = [&](const Tensor& t, int64_t w) { return t.contiguous().view({d.batch_heads, d.T, w}); };
+  Tensor go = flat(grad_out.to(q.scalar_type()), d.d_v);
+  Tensor q3 = flat(q, d.d_k), k3 = flat(k, d.d_k), v3 = flat(v, d.d_v);
+  Tensor b2 = delta ? beta->contiguous().view({d.batch_heads, d.T}) : Tensor();
+  Tensor gs = has(grad_state) ? grad_state->to(acc.dtype()).contiguous().view({d.batch_heads, d.d_k, d.d_v})
+                              : at::zeros({d.batch_heads, d.d_k, d.d_v}, acc);
+  Tensor ckpt = checkpoints.contiguous();
+  Tensor dq = at::empty_like(q3), dk = at::empty_like(k3), dv = at::empty_like(v3);
+  Tensor dbeta = delta ? at::empty_like(b2) : at::empty({0}, q.options());
+  Tensor ds0 = at::empty({d.batch_heads, d.d_k, d.d_v}, acc);
+  if (q.is_cuda()) {
+    backward_cuda(go, gs, q3, k3, v3, b2, ckpt, dq, dk, dv, dbeta, ds0, d, delta);
+  } else {
+    TORCH_CHECK(q.is_cpu(), "fwp fused fast weights: unsupported device ", q.device());
+    if (use_avx2()) {
+      avx2::backward_cpu(go, gs, q3, k3, v3, b2, ckpt, dq, dk, dv, dbeta, ds0, d, delta);
+    } else {
+      generic::backward_cpu(go, gs, q3, k3, v3, b2, ckpt, dq, dk, dv, dbeta, ds0, d, delta);
+    }
+  }
+  return {dq.view({B, H, d.T, d.d_k}), dk.view({B, H, d.T, d.d_k}), dv.view({B, H, d.T, d.d_v}),
+          delta ? dbeta.view({B, H, d.T}) : dbeta, ds0.view({B, H, d.d_k, d.d_v})};
+}
+
+// Typed handles on the internal ops, so autograd Functions call them through the dispatcher.
+std::tuple<Tensor, Tensor, Tensor> call_forward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                                const OptTensor& beta, const OptTensor& s0, int64_t chunk) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("fwp::fast_weight_forward", "")
+                       .typed<std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
+                                                                 const OptTensor&, const OptTensor&, int64_t)>();
+  return op.call(q, k, v, beta, s0, chunk);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> call_backward(const Tensor& grad_out,
+                                                                 const OptTensor& grad_state,
+                                                                 const Tensor& q, const Tensor& k,
+                                                                 const Tensor& v, const OptTensor& beta,
+                                                                 const Tensor& checkpoints, int64_t chunk) {
+  static auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("fwp::fast_weight_backward", "")
+          .typed<std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>(
+              const Tensor&, const OptTensor&, const Tensor&, const Tensor&, const Tensor&,
+              const OptTensor&, const Tensor&, int64_t)>();
+  return op.call(grad_out, grad_state, q, k, v, beta, checkpoints, chunk);
+}
+
+// Forward without autograd (inference, or below the Autograd key).
+std::tuple<Tensor, Tensor> run_rule(const Tensor& q, const Tensor& k, const Tensor& v,
+                                    const OptTensor& beta, const OptTensor& s0) {
+  auto [out, state, ckpt] = call_forward(q, k, v, beta, s0, choose_chunk(q, q.size(-1), v.size(-1)));
+  return {out, state};
+}
+
+// One autograd Function per rule: Delta = false for the sum rule, true for the delta rule.
+template <bool Delta>
+struct RuleFunction : public torch::autograd::Function<RuleFunction<Delta>> {
+  using variable_list = torch::autograd::variable_list;
+
+  static variable_list forward(torch::autograd::AutogradContext* ctx, const Tensor& q, const Tensor& k,
+                               const Tensor& v, const OptTensor& beta, const OptTensor& s0) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    const int64_t chunk = choose_chunk(q, q.size(-1), v.size(-1));
+    auto [out, state, ckpt] = call_forward(q, k, v, Delta ? beta : std::nullopt, s0, chunk);
+    if (Delta) {
+      ctx->save_for_backward({q, k, v, ckpt, *beta});
+    } else {
+      ctx->save_for_backward({q, k, v, ckpt});
+    }
+    ctx->saved_data["chunk"] = chunk;
+    ctx->saved_data["has_s0"] = has(s0);
+    if (has(s0)) ctx->saved_data["s0_dtype"] = static_cast<int64_t>(s0->scalar_type());
+    return {out, state};
+  }
+
+  static variable_list backward(torch::autograd::AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const Tensor &q = saved[0], &k = saved[1], &v = saved[2], &ckpt = saved[3];
+    const OptTensor beta = Delta ? OptTensor(saved[4]) : std::nullopt;
+    Tensor grad_out = grads[0].defined() ? grads[0] : at::zeros({q.size(0), q.size(1), q.size(2), v.size(3)}, v.options());
+    const OptTensor grad_state = grads[1].defined() ? OptTensor(grads[1]) : std::nullopt;
+    auto [dq, dk, dv, dbeta, ds0] =
+        call_backward(grad_out, grad_state, q, k, v, beta, ckpt, ctx->saved_data["chunk"].toInt());
+    Tensor ds0_out;
+    if (ctx->saved_data["has_s0"].toBool()) {
+      ds0_out = ds0.to(static_cast<at::ScalarType>(ctx->saved_data["s0_dtype"].toInt()));
+    }
+    return {dq, dk, dv, Delta ? dbeta : Tensor(), ds0_out};
+  }
+};
+
+std::tuple<Tensor, Tensor> sum_rule_kernel(const Tensor& q, const Tensor& k, const Tensor& v,
+                                           const OptTensor& s0) {
+  return run_rule(q, k, v, std::nullopt, s0);
+}
+
+std::tuple<Tensor, Tensor> delta_rule_kernel(const Tensor& q, const Tensor& k, const Tensor& v,
+                                             const Tensor& beta, const OptTensor& s0) {
+  return run_rule(q, k, v, beta, s0);
+}
+
+std::tuple<Tensor, Tensor> sum_rule_autograd(const Tensor& q, const Tensor& k, const Tensor& v,
+                                             const OptTensor& s0) {
+  auto r = RuleFunction<false>::apply(q, k, v, OptTensor(), s0);
+  return {r[0], r[1]};
+}
+
+std::tuple<Tensor, Tensor> delta_rule_autograd(const Tensor& q, const Tensor& k, const Tensor& v,
+                                               const Tensor& beta, const OptTensor& s0) {
+  auto r = RuleFunction<true>::apply(q, k, v, OptTensor(beta), s0);
+  return {r[0], r[1]};
+}
+
+}  // namespace
+}  // namespace fwp
+
+TORCH_LIBRARY_FRAGMENT(fwp, m) {
+  m.def("sum_rule(Tensor q, Tensor k, Tensor v, Tensor? initial_state=None) -> (Tensor, Tensor)");
+  m.def("delta_rule(Tensor q, Tensor k, Tensor v, Tensor beta, Tensor? initial_state=None) -> (Tensor, Tensor)");
+  m.def("fast_weight_forward(Tensor q, Tensor k, Tensor v, Tensor? beta, Tensor? initial_state, int chunk)"
+        " -> (Tensor, Tensor, Tensor)");
+  m.def("fast_weight_backward(Tensor grad_out, Tensor? grad_state, Tensor q, Tensor k, Tensor v, Tensor? beta,"
+        " Tensor checkpoints, int chunk) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(fwp, CPU, m) {
+  m.impl("sum_rule", &fwp::sum_rule_kernel);
+  m.impl("delta_rule", &fwp::delta_rule_kernel);
+  m.impl("fast_weight_forward", &fwp::forward_kernel);
+  m.impl("fast_weight_backward", &fwp::backward_kernel);
+}
+
+TORCH_LIBRARY_IMPL(fwp, CUDA, m) {
+  m.impl("sum_rule", &fwp::sum_rule_kernel);
+  m.impl("delta_rule", &fwp::delta_rule_kernel);
+  m.impl("fast_weight_forward", &fwp::forward_kernel);
+  m.impl("fast_weight_backward", &fwp::backward_kernel);
+}
+
+TORCH_LIBRARY_IMPL(fwp, Autograd, m) {
+  m.impl("sum_rule", &fwp::sum_rule_autograd);
+  m.impl("delta_rule", &fwp::delta_rule_autograd);
+}
+
+extern "C" {
+
+// (out, final_state) = fwp::delta_rule(q, k, v, beta, s0) when beta is non-NULL, else
+// fwp::sum_rule(q, k, v, s0); s0 may be NULL. Through the dispatcher: autograd and the tracer see it.
+char* fwp_fast_weight_fused(const at::Tensor* q, const at::Tensor* k, const at::Tensor* v,
+                            const at::Tensor* beta, const at::Tensor* s0, at::Tensor** out,
+                            at::Tensor** state) {
+  return fwp::guarded([&] {
+    static auto sum_op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("fwp::sum_rule", "")
+                             .typed<std::tuple<at::Tensor, at::Tensor>(
+                                 const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                 const std::optional<at::Tensor>&)>();
+    static auto delta_op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("fwp::delta_rule", "")
+                               .typed<std::tuple<at::Tensor, at::Tensor>(
+                                   const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                   const at::Tensor&, const std::optional<at::Tensor>&)>();
+    const std::optional<at::Tensor> init = s0 ? std::optional<at::Tensor>(*s0) : std::nullopt;
+    auto [o, s] = beta ? delta_op.call(*q, *k, *v, *beta, init) : sum_op.call(*q, *k, *v, init);
+    *out = new at::Tensor(std::move(o));
+    *state = new at::Tensor(std::move(s));
+  });
+}
+
+// The largest d_k the CUDA kernels take for this d_v and dtype on `device` (0 when CUDA is not
+// compiled in or no such device); used by Backend::Auto.
+char* fwp_fused_cuda_max_dk(int device, int64_t d_v, int acc_bytes, int64_t* out) {
+  return fwp::guarded([&] { *out = fwp::cuda_max_dk(device, d_v, acc_bytes); });
+}
+
+}  // extern "C"

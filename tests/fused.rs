@@ -1,0 +1,510 @@
+//! `Backend::Fused` (kernels/fast_weight*.{cpp,cu}) against the step-by-step `Reference`: outputs,
+//! final state and every gradient, both rules, float64 and float32, awkward sizes; finite
+//! differences; a long sequence; bad input; a traced TorchScript module. Every test body runs on
+//! the CPU and, where one is visible, on the GPU (the CUDA variants print SKIPPED otherwise).
+
+mod common;
+
+use common::{assert_close, grads};
+use fwp::{fast_weight, ops, Backend, UpdateRule};
+use tch::{CModule, Device, Kind, Tensor};
+
+const RULES: [UpdateRule; 2] = [UpdateRule::Sum, UpdateRule::Delta];
+
+/// One set of inputs, created in float64 on the CPU and moved/cast per run.
+struct Case {
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    beta: Tensor,
+    s0: Tensor,
+    w_out: Tensor,
+    w_state: Tensor,
+}
+
+impl Case {
+    fn new(b: i64, h: i64, t: i64, d_k: i64, d_v: i64) -> Case {
+        let f = (Kind::Double, Device::Cpu);
+        let k = Tensor::randn([b, h, t, d_k], f);
+        Case {
+            q: Tensor::randn([b, h, t, d_k], f) / (d_k as f64).sqrt(),
+            k: &k / k.norm_scalaropt_dim(2, [-1i64].as_slice(), true), // unit keys: a stable delta rule
+            v: Tensor::randn([b, h, t, d_v], f),
+            beta: Tensor::rand([b, h, t], f),
+            s0: Tensor::randn([b, h, d_k, d_v], f) * 0.3,
+            w_out: Tensor::randn([b, h, t, d_v], f),
+            w_state: Tensor::randn([b, h, d_k, d_v], f),
+        }
+    }
+
+    /// (out, state, [dq, dk, dv, dS0, dbeta]) for `rule` with `backend`, inputs as `kind` on `device`.
+    fn run(
+        &self,
+        rule: UpdateRule,
+        backend: Backend,
+        kind: Kind,
+        device: Device,
+    ) -> (Tensor, Tensor, Vec<Tensor>) {
+        let leaf = |t: &Tensor| {
+            t.to_device(device)
+                .to_kind(kind)
+                .detach()
+                .set_requires_grad(true)
+        };
+        let (q, k, v, beta, s0) = (
+            leaf(&self.q),
+            leaf(&self.k),
+            leaf(&self.v),
+            leaf(&self.beta),
+            leaf(&self.s0),
+        );
+        let beta_arg = (rule == UpdateRule::Delta).then_some(&beta);
+        let r = fast_weight(&q, &k, &v, beta_arg, Some(&s0), rule, backend).unwrap();
+        assert_eq!(r.out.kind(), kind);
+        assert_eq!(r.state.kind(), kind);
+        let w = |t: &Tensor| t.to_device(device).to_kind(kind);
+        let loss = (&r.out * w(&self.w_out)).sum(kind) + (&r.state * w(&self.w_state)).sum(kind);
+        let mut inputs = vec![&q, &k, &v, &s0];
+        if rule == UpdateRule::Delta {
+            inputs.push(&beta);
+        }
+        let g = grads(&loss, &inputs);
+        (r.out.detach(), r.state.detach(), g)
+    }
+}
+
+const NAMES: [&str; 5] = ["dq", "dk", "dv", "dS0", "dbeta"];
+
+/// Compares with tolerance `atol + rtol |want|`, where atol is `tol` times the largest |want|.
+fn compare(
+    label: &str,
+    got: &(Tensor, Tensor, Vec<Tensor>),
+    want: &(Tensor, Tensor, Vec<Tensor>),
+    tol: f64,
+) {
+    println!("{label}");
+    let check = |name: &str, g: &Tensor, w: &Tensor| {
+        let scale = f64::try_from(w.abs().max().to_kind(Kind::Double))
+            .unwrap()
+            .max(1e-30);
+        assert_close(
+            name,
+            &g.to_device(Device::Cpu),
+            &w.to_device(Device::Cpu),
+            tol * scale,
+            tol,
+        );
+    };
+    check("out", &got.0, &want.0);
+    check("state", &got.1, &want.1);
+    assert_eq!(got.2.len(), want.2.len());
+    for (i, (g, w)) in got.2.iter().zip(&want.2).enumerate() {
+        check(NAMES[i], g, w);
+    }
+}
+
+fn devices(test: &str) -> Vec<Device> {
+    if tch::Cuda::is_available() {
+        vec![Device::Cpu, Device::Cuda(0)]
+    } else {
+        println!("SKIPPED {test} on CUDA: no CUDA GPU visible");
+        vec![Device::Cpu]
+    }
+}
+
+/// Fused vs Reference over the grid: T in {1, 2, 63, 64, 65, 1000} x d in {1, 16, 60, 64,
+/// 128, 256} (d_k = d_v = d), both rules, f64 and f32, batch 1 with 3 heads.
+fn grid_on(device: Device) {
+    tch::manual_seed(40);
+    for d in [1, 16, 60, 64, 128, 256] {
+        for t in [1, 2, 63, 64, 65, 1000] {
+            let case = Case::new(1, 3, t, d, d);
+            for rule in RULES {
+                let want = case.run(rule, Backend::Reference, Kind::Double, Device::Cpu);
+                let got = case.run(rule, Backend::Fused, Kind::Double, device);
+                compare(
+                    &format!("{device:?} {rule:?} f64 T={t} d={d}"),
+                    &got,
+                    &want,
+                    1e-10,
+                );
+                // f32 against the f64 reference of the same inputs
+                let got = case.run(rule, Backend::Fused, Kind::Float, device);
+                compare(
+                    &format!("{device:?} {rule:?} f32 T={t} d={d}"),
+                    &got,
+                    &want,
+                    2e-4,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn fused_matches_reference_grid_cpu() {
+    grid_on(Device::Cpu);
+}
+
+#[test]
+fn fused_matches_reference_grid_cuda() {
+    for device in devices("fused_matches_reference_grid").into_iter().skip(1) {
+        grid_on(device);
+    }
+}
+
+#[test]
+fn fused_rectangular_states() {
+    // DPFP nu=3 at d_head 64 (384 x 64) and one-hot values of the retrieval task (64 x 600), batch 2.
+    tch::manual_seed(41);
+    for device in devices("fused_rectangular_states") {
+        for (d_k, d_v, t) in [(384, 64, 70), (64, 600, 33)] {
+            let case = Case::new(2, 1, t, d_k, d_v);
+            for rule in RULES {
+                let want = case.run(rule, Backend::Reference, Kind::Double, Device::Cpu);
+                let got = case.run(rule, Backend::Fused, Kind::Double, device);
+                compare(
+                    &format!("{device:?} {rule:?} {d_k}x{d_v} f64"),
+                    &got,
+                    &want,
+                    1e-10,
+                );
+                let got = case.run(rule, Backend::Fused, Kind::Float, device);
+                compare(
+                    &format!("{device:?} {rule:?} {d_k}x{d_v} f32"),
+                    &got,
+                    &want,
+                    2e-4,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn fused_half_precision_inputs() {
+    // bf16/fp16 inputs, fp32 state: against the f64 reference of the same rounded inputs, so only
+    // f32 arithmetic and the rounding of outputs and gradients to the input dtype remain.
+    tch::manual_seed(42);
+    for device in devices("fused_half_precision_inputs") {
+        for (kind, tol) in [(Kind::BFloat16, 1e-2), (Kind::Half, 2e-3)] {
+            let base = Case::new(1, 2, 80, 32, 24);
+            let round = |t: &Tensor| t.to_kind(kind).to_kind(Kind::Double);
+            let case = Case {
+                q: round(&base.q),
+                k: round(&base.k),
+                v: round(&base.v),
+                beta: round(&base.beta),
+                s0: round(&base.s0),
+                w_out: round(&base.w_out),
+                w_state: round(&base.w_state),
+            };
+            for rule in RULES {
+                let want = case.run(rule, Backend::Reference, Kind::Double, Device::Cpu);
+                let got = case.run(rule, Backend::Fused, kind, device);
+                compare(&format!("{device:?} {rule:?} {kind:?}"), &got, &want, tol);
+            }
+        }
+    }
+}
+
+#[test]
+fn fused_non_contiguous_inputs() {
+    tch::manual_seed(43);
+    for device in devices("fused_non_contiguous_inputs") {
+        let f = (Kind::Double, device);
+        // [B, T, H, d] storage viewed as [B, H, T, d]; beta from a [B, T, H] tensor; S_0 transposed.
+        let q = Tensor::randn([2, 20, 3, 8], f).transpose(1, 2);
+        let k = Tensor::randn([2, 20, 3, 8], f).transpose(1, 2);
+        let k = &k / k.norm_scalaropt_dim(2, [-1i64].as_slice(), true);
+        let v = Tensor::randn([2, 20, 3, 5], f).transpose(1, 2);
+        let beta = Tensor::rand([2, 20, 3], f).transpose(1, 2);
+        let s0 = Tensor::randn([2, 3, 5, 8], f).transpose(2, 3);
+        assert!(!q.is_contiguous() && !beta.is_contiguous() && !s0.is_contiguous());
+        for rule in RULES {
+            let b = (rule == UpdateRule::Delta).then_some(&beta);
+            let want = fast_weight(
+                &q.contiguous(),
+                &k.contiguous(),
+                &v.contiguous(),
+                b.map(|b| b.contiguous()).as_ref(),
+                Some(&s0.contiguous()),
+                rule,
+                Backend::Reference,
+            )
+            .unwrap();
+            let got = fast_weight(&q, &k, &v, b, Some(&s0), rule, Backend::Fused).unwrap();
+            println!("{device:?} {rule:?} non-contiguous");
+            assert_close(
+                "out",
+                &got.out.to_device(Device::Cpu),
+                &want.out.to_device(Device::Cpu),
+                1e-12,
+                1e-12,
+            );
+            assert_close(
+                "state",
+                &got.state.to_device(Device::Cpu),
+                &want.state.to_device(Device::Cpu),
+                1e-12,
+                1e-12,
+            );
+        }
+    }
+}
+
+#[test]
+fn fused_gradients_match_finite_differences() {
+    // Central differences of L = sum(out * W) + sum(state * W2) on a tiny float64 problem.
+    tch::manual_seed(44);
+    let case = Case::new(1, 2, 5, 3, 2);
+    let eps = 1e-6;
+    for rule in RULES {
+        let (_, _, analytic) = case.run(rule, Backend::Fused, Kind::Double, Device::Cpu);
+        let loss_at = |inputs: &[Tensor]| -> f64 {
+            let beta = (rule == UpdateRule::Delta).then_some(&inputs[4]);
+            let r = fast_weight(
+                &inputs[0],
+                &inputs[1],
+                &inputs[2],
+                beta,
+                Some(&inputs[3]),
+                rule,
+                Backend::Fused,
+            )
+            .unwrap();
+            f64::try_from(
+                (&r.out * &case.w_out).sum(Kind::Double)
+                    + (&r.state * &case.w_state).sum(Kind::Double),
+            )
+            .unwrap()
+        };
+        let base = [&case.q, &case.k, &case.v, &case.s0, &case.beta];
+        let n_inputs = if rule == UpdateRule::Delta { 5 } else { 4 };
+        for i in 0..n_inputs {
+            let numel = base[i].numel() as i64;
+            let mut numeric = Vec::with_capacity(numel as usize);
+            for e in 0..numel {
+                let shifted = |delta: f64| -> Vec<Tensor> {
+                    base.iter()
+                        .enumerate()
+                        .map(|(j, t)| {
+                            let t = t.copy();
+                            if j == i {
+                                let _ = t.view([-1]).get(e).g_add_scalar_(delta);
+                            }
+                            t
+                        })
+                        .collect()
+                };
+                numeric.push((loss_at(&shifted(eps)) - loss_at(&shifted(-eps))) / (2.0 * eps));
+            }
+            let numeric = Tensor::from_slice(&numeric).view(base[i].size().as_slice());
+            println!("{rule:?} finite differences");
+            assert_close(NAMES[i], &analytic[i], &numeric, 1e-7, 1e-6);
+        }
+    }
+}
+
+#[test]
+fn fused_long_sequence_stays_close_to_float64() {
+    // T = 65536 in f32 against f64: outputs and final state against the step-by-step Reference,
+    // gradients against Chunked in f64 (itself checked against Reference in tests/recurrence.rs).
+    // Stated tolerance: every entry within 1e-4 of the tensor's largest magnitude. Measured: the
+    // delta rule (bounded state) ~1e-6 of it; the sum rule (a state summing 65536 outer products)
+    // ~1e-5 of it, both from f32 rounding that grows like sqrt(T), not drift.
+    tch::manual_seed(45);
+    let t = 65536;
+    let case = Case::new(1, 1, t, 16, 16);
+    for device in devices("fused_long_sequence_stays_close_to_float64") {
+        for rule in RULES {
+            let clock = std::time::Instant::now();
+            let got = case.run(rule, Backend::Fused, Kind::Float, device);
+            let fused_s = clock.elapsed().as_secs_f64();
+            let beta = (rule == UpdateRule::Delta).then_some(&case.beta);
+            let reference = tch::no_grad(|| {
+                fast_weight(
+                    &case.q,
+                    &case.k,
+                    &case.v,
+                    beta,
+                    Some(&case.s0),
+                    rule,
+                    Backend::Reference,
+                )
+                .unwrap()
+            });
+            let reference_s = clock.elapsed().as_secs_f64() - fused_s;
+            let chunked = case.run(
+                rule,
+                Backend::Chunked { chunk_size: 64 },
+                Kind::Double,
+                Device::Cpu,
+            );
+            let chunked_s = clock.elapsed().as_secs_f64() - fused_s - reference_s;
+            println!("{device:?} {rule:?} T={t} (fused {fused_s:.1} s, reference {reference_s:.1} s, chunked {chunked_s:.1} s)");
+            let scaled = |name: &str, g: &Tensor, w: &Tensor| {
+                let scale = f64::try_from(w.abs().max()).unwrap();
+                let err = f64::try_from(
+                    (g.to_device(Device::Cpu).to_kind(Kind::Double) - w)
+                        .abs()
+                        .max(),
+                )
+                .unwrap();
+                println!(
+                    "  {name}: max error / max |reference| = {:.2e}",
+                    err / scale
+                );
+                assert_close(name, &g.to_device(Device::Cpu), w, 1e-4 * scale, 0.0);
+            };
+            scaled("out", &got.0, &reference.out);
+            scaled("state", &got.1, &reference.state);
+            for (i, (g, w)) in got.2.iter().zip(&chunked.2).enumerate() {
+                scaled(NAMES[i], g, w);
+            }
+        }
+    }
+}
+
+#[test]
+fn fused_bad_input_is_an_error() {
+    let f = (Kind::Float, Device::Cpu);
+    let (q, v) = (
+        Tensor::randn([1, 2, 4, 3], f),
+        Tensor::randn([1, 2, 4, 5], f),
+    );
+    // The C++ checks (for callers that bypass fast_weight's) come back as Err, not as a crash.
+    let e = ops::fast_weight_fused(&q, &Tensor::randn([1, 2, 4, 4], f), &v, None, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("fwp::sum_rule") && e.contains("k: expected shape"),
+        "{e}"
+    );
+    let e = ops::fast_weight_fused(&q, &q, &v, Some(&Tensor::rand([1, 2, 3], f)), None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("beta: expected shape [B, H, T]"), "{e}");
+    let e = ops::fast_weight_fused(&q, &q.to_kind(Kind::Double), &v, None, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("k: dtype"), "{e}");
+    let e = ops::fast_weight_fused(&q, &q, &v, None, Some(&Tensor::zeros([1, 2, 5, 3], f)))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("initial state: expected shape"), "{e}");
+    // and through the public function, as for every backend
+    let e = fast_weight(
+        &q,
+        &q,
+        &v.to_kind(Kind::Int),
+        None,
+        None,
+        UpdateRule::Sum,
+        Backend::Fused,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("v:"), "{e}");
+    println!("errors come back as Err");
+}
+
+#[test]
+fn fused_cuda_device_mismatch_and_size_limit() {
+    if !tch::Cuda::is_available() {
+        println!("SKIPPED fused_cuda_device_mismatch_and_size_limit: no CUDA GPU visible");
+        return;
+    }
+    let f = (Kind::Float, Device::Cuda(0));
+    let q = Tensor::randn([1, 1, 4, 8], f);
+    let e = ops::fast_weight_fused(&q, &q.to_device(Device::Cpu), &q, None, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("k: on"), "{e}");
+    let max = ops::fused_cuda_max_dk(0, 8, Kind::Float).unwrap();
+    assert!(
+        max >= 512,
+        "the CUDA kernels must take d_k = 512, max here {max}"
+    );
+    let big = Tensor::randn([1, 1, 2, max + 1], f);
+    let e = fast_weight(
+        &big,
+        &big,
+        &Tensor::randn([1, 1, 2, 8], f),
+        None,
+        None,
+        UpdateRule::Sum,
+        Backend::Fused,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("too large"), "{e}");
+    assert_eq!(
+        Backend::Auto.resolve(Device::Cuda(0), Kind::Float, max + 1, 8),
+        Backend::Chunked { chunk_size: 64 }
+    );
+    assert_eq!(
+        Backend::Auto.resolve(Device::Cuda(0), Kind::Float, 512, 8),
+        Backend::Fused
+    );
+}
+
+#[test]
+fn auto_picks_fused_on_cpu() {
+    assert_eq!(
+        Backend::Auto.resolve(Device::Cpu, Kind::Float, 384, 600),
+        Backend::Fused
+    );
+    assert_eq!(
+        Backend::Chunked { chunk_size: 8 }.resolve(Device::Cpu, Kind::Float, 4, 4),
+        Backend::Chunked { chunk_size: 8 }
+    );
+}
+
+#[test]
+fn traced_torchscript_module_records_the_fused_op() {
+    tch::manual_seed(46);
+    let dir = std::env::temp_dir().join(format!("fwp-trace-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for device in devices("traced_torchscript_module_records_the_fused_op") {
+        for rule in RULES {
+            let f = (Kind::Float, device);
+            let inputs = |seed: i64| {
+                tch::manual_seed(seed);
+                vec![
+                    Tensor::randn([2, 3, 9, 4], f),
+                    Tensor::randn([2, 3, 9, 4], f).softmax(-1, Kind::Float),
+                    Tensor::randn([2, 3, 9, 5], f),
+                    Tensor::rand([2, 3, 9], f),
+                ]
+            };
+            let run = move |x: &[Tensor]| -> Vec<Tensor> {
+                let beta = (rule == UpdateRule::Delta).then_some(&x[3]);
+                let r = fast_weight(&x[0], &x[1], &x[2], beta, None, rule, Backend::Fused).unwrap();
+                // one output (what a saved TorchScript method may return): out and state, flattened
+                vec![Tensor::cat(
+                    &[r.out.flatten(0, -1), r.state.flatten(0, -1)],
+                    0,
+                )]
+            };
+            let module =
+                CModule::create_by_tracing("FastWeight", "forward", &inputs(1), &mut |x| run(x))
+                    .unwrap();
+            let file = dir.join(format!("fw-{rule:?}-{}.pt", device.is_cuda()));
+            module.save(&file).unwrap();
+            let loaded = CModule::load_on_device(&file, device).unwrap();
+            // fresh inputs: a trace that had not recorded the op would replay constants
+            let x = inputs(2);
+            let got = loaded.forward_ts(&x).unwrap();
+            let want = run(&x);
+            assert_close(
+                &format!("{device:?} {rule:?} reloaded"),
+                &got.to_device(Device::Cpu),
+                &want[0].to_device(Device::Cpu),
+                0.0,
+                0.0,
+            );
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
