@@ -7,7 +7,8 @@
 //! - [`norm`]: attention and sum normalisation;
 //! - [`attention`], [`block`], [`model`]: layers built from these, softmax attention beside them;
 //! - [`ops`]: the C++/CUDA ops in `kernels/`, behind checked wrappers;
-//! - [`info`]: what this build was compiled with and which GPUs it sees.
+//! - [`info`]: what this build was compiled with and which GPUs it sees;
+//! - [`speed`]: a quick timing of the backends against softmax attention (`fwp speed`).
 
 pub mod attention;
 pub mod block;
@@ -18,6 +19,7 @@ pub mod model;
 pub mod norm;
 pub mod ops;
 pub mod recurrence;
+pub mod speed;
 
 pub use attention::{AttentionConfig, AttentionKind, FastWeightConfig, MultiHeadAttention};
 pub use block::{Block, BlockConfig, LayerNormPlacement};

@@ -151,7 +151,11 @@ fn wrong_dtypes() {
 #[test]
 fn mismatched_devices() {
     if !tch::Cuda::is_available() {
-        println!("SKIPPED mismatched_devices: no CUDA GPU visible");
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED mismatched_devices on CUDA: no CUDA GPU visible"
+        );
         return;
     }
     let q = t(&[1, 1, 3, 4]);

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{assert_close, grads};
+use common::{assert_close, devices, grads, skip_notice};
 use fwp::{fast_weight, ops, Backend, UpdateRule};
 use tch::{CModule, Device, Kind, Tensor};
 
@@ -100,15 +100,6 @@ fn compare(
     assert_eq!(got.2.len(), want.2.len());
     for (i, (g, w)) in got.2.iter().zip(&want.2).enumerate() {
         check(NAMES[i], g, w);
-    }
-}
-
-fn devices(test: &str) -> Vec<Device> {
-    if tch::Cuda::is_available() {
-        vec![Device::Cpu, Device::Cuda(0)]
-    } else {
-        println!("SKIPPED {test} on CUDA: no CUDA GPU visible");
-        vec![Device::Cpu]
     }
 }
 
@@ -412,7 +403,7 @@ fn fused_bad_input_is_an_error() {
 #[test]
 fn fused_cuda_device_mismatch_and_size_limit() {
     if !tch::Cuda::is_available() {
-        println!("SKIPPED fused_cuda_device_mismatch_and_size_limit: no CUDA GPU visible");
+        skip_notice("fused_cuda_device_mismatch_and_size_limit");
         return;
     }
     let f = (Kind::Float, Device::Cuda(0));

@@ -98,37 +98,36 @@ fn every_variant_is_causal() {
 }
 
 #[test]
-fn chunked_layer_matches_reference_layer_with_parameter_gradients() {
+fn fast_layers_match_reference_layer_with_parameter_gradients() {
     tch::manual_seed(32);
     for (name, kind) in variants().into_iter().skip(1) {
-        let mut vs_ref = nn::VarStore::new(Device::Cpu);
-        let l_ref = layer(&vs_ref, with_backend(kind, Backend::Reference));
-        vs_ref.double();
-        let mut vs_fast = nn::VarStore::new(Device::Cpu);
-        let l_fast = layer(
-            &vs_fast,
-            with_backend(kind, Backend::Chunked { chunk_size: 8 }),
-        );
-        vs_fast.double();
-        vs_fast.copy(&vs_ref).unwrap();
-        let x = Tensor::randn([2, 21, 12], (Kind::Double, Device::Cpu));
-        let w = Tensor::randn([2, 21, 12], (Kind::Double, Device::Cpu));
-        println!("{name}");
-        let (y_ref, _) = l_ref.forward_t(&x, None, false).unwrap();
-        let (y_fast, _) = l_fast.forward_t(&x, None, false).unwrap();
-        assert_close("y", &y_fast, &y_ref, 1e-10, 1e-10);
-        (&y_ref * &w).sum(Kind::Double).backward();
-        (&y_fast * &w).sum(Kind::Double).backward();
-        let (p_ref, p_fast) = (vs_ref.variables(), vs_fast.variables());
-        for (pname, p) in &p_ref {
-            if p.requires_grad() {
-                assert_close(
-                    &format!("d{pname}"),
-                    &p_fast[pname].grad(),
-                    &p.grad(),
-                    1e-10,
-                    1e-10,
-                );
+        for backend in [Backend::Chunked { chunk_size: 8 }, Backend::Fused] {
+            let mut vs_ref = nn::VarStore::new(Device::Cpu);
+            let l_ref = layer(&vs_ref, with_backend(kind, Backend::Reference));
+            vs_ref.double();
+            let mut vs_fast = nn::VarStore::new(Device::Cpu);
+            let l_fast = layer(&vs_fast, with_backend(kind, backend));
+            vs_fast.double();
+            vs_fast.copy(&vs_ref).unwrap();
+            let x = Tensor::randn([2, 21, 12], (Kind::Double, Device::Cpu));
+            let w = Tensor::randn([2, 21, 12], (Kind::Double, Device::Cpu));
+            println!("{name} {backend:?}");
+            let (y_ref, _) = l_ref.forward_t(&x, None, false).unwrap();
+            let (y_fast, _) = l_fast.forward_t(&x, None, false).unwrap();
+            assert_close("y", &y_fast, &y_ref, 1e-10, 1e-10);
+            (&y_ref * &w).sum(Kind::Double).backward();
+            (&y_fast * &w).sum(Kind::Double).backward();
+            let (p_ref, p_fast) = (vs_ref.variables(), vs_fast.variables());
+            for (pname, p) in &p_ref {
+                if p.requires_grad() {
+                    assert_close(
+                        &format!("d{pname}"),
+                        &p_fast[pname].grad(),
+                        &p.grad(),
+                        1e-10,
+                        1e-10,
+                    );
+                }
             }
         }
     }

@@ -1,14 +1,25 @@
-//! `fwp`: the toolkit's utility command. `fwp info` prints the compiled CUDA architectures and the
-//! GPUs this machine shows (through the CUDA driver, via cudarc) and whether libtorch sees CUDA.
+//! `fwp`: the toolkit's utility command.
+//! - `fwp info` prints the compiled CUDA architectures, the GPUs this machine shows (through the CUDA
+//!   driver, via cudarc) and whether libtorch sees CUDA.
+//! - `fwp speed` times the Fused and Chunked fast-weight backends against causal softmax attention.
 
-use anyhow::Result;
-use clap::{Parser, Subcommand};
+use anyhow::{bail, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use tch::{Device, Kind};
 
 #[derive(Parser)]
 #[command(version, about = "Fast Weight Programmers toolkit")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum DType {
+    F32,
+    Bf16,
+    F16,
+    F64,
 }
 
 #[derive(Subcommand)]
@@ -19,6 +30,46 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Time Fused and Chunked fast weights (sum and delta rules) against softmax attention.
+    Speed {
+        /// cpu, or cuda / cuda:N
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        #[arg(long, value_enum, default_value = "f32")]
+        dtype: DType,
+        #[arg(long, default_value_t = 2)]
+        batch: i64,
+        #[arg(long, default_value_t = 8)]
+        heads: i64,
+        #[arg(long, default_value_t = 64)]
+        d_head: i64,
+        /// sequence lengths, comma-separated
+        #[arg(long, value_delimiter = ',', default_value = "512,2048")]
+        t: Vec<i64>,
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_device(s: &str) -> Result<Device> {
+    let device = match s {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::Cuda(0),
+        _ => match s.strip_prefix("cuda:").and_then(|i| i.parse().ok()) {
+            Some(i) => Device::Cuda(i),
+            None => bail!("unknown device '{s}': expected cpu, cuda or cuda:N"),
+        },
+    };
+    if let Device::Cuda(i) = device {
+        let n = tch::Cuda::device_count() as usize;
+        if i >= n {
+            bail!("device '{s}': libtorch sees {n} CUDA device(s)");
+        }
+    }
+    Ok(device)
 }
 
 fn main() -> Result<()> {
@@ -29,6 +80,45 @@ fn main() -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&info)?);
             } else {
                 print!("{info}");
+            }
+        }
+        Command::Speed {
+            device,
+            dtype,
+            batch,
+            heads,
+            d_head,
+            t,
+            repeats,
+            json,
+        } => {
+            let kind = match dtype {
+                DType::F32 => Kind::Float,
+                DType::Bf16 => Kind::BFloat16,
+                DType::F16 => Kind::Half,
+                DType::F64 => Kind::Double,
+            };
+            let cfg = fwp::speed::SpeedConfig {
+                batch,
+                heads,
+                d_head,
+                kind,
+                device: parse_device(&device)?,
+                repeats,
+            };
+            for (name, v) in [("batch", batch), ("heads", heads), ("d_head", d_head)] {
+                fwp::check::positive(name, v)?;
+            }
+            let mut rows = Vec::new();
+            for &len in &t {
+                fwp::check::positive("t", len)?;
+                rows.extend(fwp::speed::measure(&cfg, len)?);
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!("fwp speed: {device}, {dtype:?}, B={batch} H={heads} d={d_head}, median of {repeats}");
+                print!("{}", fwp::speed::table(&rows));
             }
         }
     }

@@ -61,7 +61,27 @@ pub fn grads(loss: &Tensor, inputs: &[&Tensor]) -> Vec<Tensor> {
 pub fn cuda_or_skip(test: &str) -> bool {
     let ok = tch::Cuda::is_available();
     if !ok {
-        println!("SKIPPED {test}: no CUDA GPU visible");
+        skip_notice(test);
     }
     ok
+}
+
+/// Prints "SKIPPED <test> on CUDA" straight to stderr, past libtest's output capture, so the notice
+/// shows in a normal `cargo test` run.
+pub fn skip_notice(test: &str) {
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test} on CUDA: no CUDA GPU visible"
+    );
+}
+
+/// The devices to run a test body on: the CPU, and the first GPU where one is visible.
+pub fn devices(test: &str) -> Vec<tch::Device> {
+    if tch::Cuda::is_available() {
+        vec![Device::Cpu, Device::Cuda(0)]
+    } else {
+        skip_notice(test);
+        vec![Device::Cpu]
+    }
 }
