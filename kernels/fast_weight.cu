@@ -272,9 +272,23 @@ int64_t fwp_cuda_smem_limit(int device) {
   return e == cudaSuccess ? int64_t(bytes) : -int64_t(e);
 }
 
+int fwp_cuda_kernels_loadable(int device) {
+  // The kernels exist for this GPU when the build holds SASS for it or PTX it can compile
+  // (sm_80, sm_90, compute_90); older GPUs have no image.
+  int current = 0;
+  if (cudaGetDevice(&current) != cudaSuccess) return 0;
+  if (cudaSetDevice(device) != cudaSuccess) return 0;
+  cudaFuncAttributes attr;
+  const cudaError_t e = cudaFuncGetAttributes(&attr, forward_kernel<float, float>);
+  cudaSetDevice(current);
+  if (e != cudaSuccess) cudaGetLastError();  // reset, so that later calls do not report it
+  return e == cudaSuccess ? 1 : 0;
+}
+
 int fwp_cuda_forward(int dtype, const void* q, const void* k, const void* v, const void* beta,
                      const void* s0, void* out, void* state, void* ckpt, int64_t BH, int64_t T,
                      int64_t dk, int64_t dv, int64_t chunk, void* stream) {
+  if (BH == 0) return cudaSuccess;  // nothing to do (an empty grid is an invalid launch)
   if (!launchable(BH, dv)) return cudaErrorInvalidConfiguration;
   auto s = static_cast<cudaStream_t>(stream);
   switch (dtype) {
@@ -290,6 +304,7 @@ int fwp_cuda_backward(int dtype, const void* go, const void* gs, const void* q, 
                       const void* v, const void* beta, const void* ckpt, void* dq, void* dk_acc,
                       void* dv_out, void* db, void* ds0, int64_t BH, int64_t T, int64_t dk, int64_t dv,
                       int64_t chunk, void* stream) {
+  if (BH == 0) return cudaSuccess;
   if (!launchable(BH, dv)) return cudaErrorInvalidConfiguration;
   auto s = static_cast<cudaStream_t>(stream);
   switch (dtype) {

@@ -48,21 +48,31 @@ void check_launch(int code, const char* what) {
 }  // namespace
 
 int64_t cuda_chunk(const at::Tensor& q, int64_t d_k, int64_t d_v, int64_t acc_bytes) {
+  TORCH_CHECK(fwp_cuda_kernels_loadable(q.get_device()) == 1, "fwp fused fast weights: this build's CUDA ",
+              "kernels (sm_80, sm_90, PTX compute_90) cannot run on CUDA device ", q.get_device(),
+              "; use Backend::Chunked there");
   const int64_t limit = smem_limit(q.get_device());
   TORCH_CHECK(fwp_cuda_backward_smem_bytes(d_k, 1, acc_bytes) <= limit, "fwp fused fast weights: d_k = ", d_k,
               " is too large for the CUDA kernels on this device (needs ",
               fwp_cuda_backward_smem_bytes(d_k, 1, acc_bytes), " bytes of shared memory per block, the device has ",
               limit, "); the largest d_k here is ", cuda_max_dk(q.get_device(), d_v, int(acc_bytes)),
               ". Use Backend::Chunked for larger keys.");
-  int64_t chunk = 64;
-  while (chunk > 1 && fwp_cuda_backward_smem_bytes(d_k, chunk, acc_bytes) > limit) --chunk;
+  // Up to 64 steps, preferring a buffer of at most a quarter of the limit, so that several blocks
+  // share a multiprocessor; else the longest chunk that fits at all. Never longer than T.
+  const int64_t longest = std::min<int64_t>(64, q.size(2));
+  int64_t chunk = longest;
+  while (chunk > 1 && fwp_cuda_backward_smem_bytes(d_k, chunk, acc_bytes) > limit / 4) --chunk;
+  if (chunk == 1) {
+    chunk = longest;
+    while (chunk > 1 && fwp_cuda_backward_smem_bytes(d_k, chunk, acc_bytes) > limit) --chunk;
+  }
   return chunk;
 }
 
 int64_t cuda_max_dk(int device, int64_t d_v, int acc_bytes) {
   (void)d_v;  // any d_v: value columns are tiled over blocks
   const int64_t limit = device < 0 ? 0 : fwp_cuda_smem_limit(device);
-  if (limit <= 0) return 0;
+  if (limit <= 0 || fwp_cuda_kernels_loadable(device) != 1) return 0;
   int64_t lo = 0, hi = 1 << 20;  // largest d_k with a one-step chunk that fits
   while (lo < hi) {
     const int64_t mid = (lo + hi + 1) / 2;

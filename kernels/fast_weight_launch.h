@@ -14,6 +14,9 @@ int64_t fwp_cuda_backward_smem_bytes(int64_t d_k, int64_t chunk, int64_t acc_byt
 // The device's opt-in shared-memory limit per block, in bytes (or a negative cudaError_t).
 int64_t fwp_cuda_smem_limit(int device);
 
+// 1 when the kernels can run on `device` (SASS or PTX for its architecture is in the build).
+int fwp_cuda_kernels_loadable(int device);
+
 // q, k [BH, T, d_k], v [BH, T, d_v], beta [BH, T] or NULL (sum rule), s0 [BH, d_k, d_v] (acc):
 // writes out [BH, T, d_v], state [BH, d_k, d_v] (acc) and checkpoints [BH, N, d_k, d_v] (acc).
 int fwp_cuda_forward(int dtype, const void* q, const void* k, const void* v, const void* beta,

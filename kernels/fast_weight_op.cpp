@@ -92,7 +92,7 @@ int64_t choose_chunk(const Tensor& q, int64_t dk, int64_t dv) {
   if (q.is_cuda()) return cuda_chunk(q, dk, dv, acc_bytes);
   const int64_t budget = int64_t(16) << 20;
   const int64_t per_state = dk * dv * acc_bytes;
-  return std::max<int64_t>(1, std::min<int64_t>(64, budget / per_state - 1));
+  return std::max<int64_t>(1, std::min<int64_t>({64, q.size(2), budget / per_state - 1}));
 }
 
 std::tuple<Tensor, Tensor, Tensor> forward_kernel(const Tensor& q, const Tensor& k, const Tensor& v,

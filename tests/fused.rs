@@ -499,3 +499,21 @@ fn traced_torchscript_module_records_the_fused_op() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn fused_empty_batch_gives_empty_outputs() {
+    for device in devices("fused_empty_batch_gives_empty_outputs") {
+        for rule in RULES {
+            let f = (Kind::Float, device);
+            let q = Tensor::randn([0, 2, 5, 4], f).set_requires_grad(true);
+            let v = Tensor::randn([0, 2, 5, 3], f);
+            let beta = Tensor::rand([0, 2, 5], f);
+            let b = (rule == UpdateRule::Delta).then_some(&beta);
+            let r = fast_weight(&q, &q, &v, b, None, rule, Backend::Fused).unwrap();
+            assert_eq!(r.out.size(), vec![0, 2, 5, 3]);
+            assert_eq!(r.state.size(), vec![0, 2, 4, 3]);
+            let g = grads(&r.out.sum(Kind::Float), &[&q]);
+            assert_eq!(g[0].size(), vec![0, 2, 5, 4]);
+        }
+    }
+}
