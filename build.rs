@@ -74,16 +74,8 @@ fn main() {
         }
     };
 
-    let mut cpp = cc::Build::new();
-    cpp.cpp(true).pic(true);
-    for inc in &includes {
-        cpp.flag(inc);
-    }
-    cpp.flag("-std=c++17")
-        .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
-        .flag("-DGLOG_USE_GLOG_EXPORT")
-        .flag("-fopenmp-simd")
-        .files(&cpp_sources);
+    let mut cpp = cpp_build(&includes);
+    cpp.files(&cpp_sources);
     if with_cuda {
         cpp.define("FWP_WITH_CUDA", None);
     }
@@ -95,21 +87,27 @@ fn main() {
     }
     cpp.compile("fwp_ops");
     if x86_64 {
-        let mut avx2 = cc::Build::new();
-        avx2.cpp(true).pic(true);
-        for inc in &includes {
-            avx2.flag(inc);
-        }
-        avx2.flag("-std=c++17")
-            .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
-            .flag("-DGLOG_USE_GLOG_EXPORT")
-            .flag("-fopenmp-simd")
+        cpp_build(&includes)
             .flag("-mavx2")
             .flag("-mfma")
             .define("FWP_CPU_ISA", "avx2")
             .file("kernels/fast_weight_cpu.cpp")
             .compile("fwp_ops_avx2");
     }
+}
+
+/// A C++ build against the libtorch headers (given as `-isystem` flags), as torch-sys builds.
+fn cpp_build(includes: &[String]) -> cc::Build {
+    let mut b = cc::Build::new();
+    b.cpp(true).pic(true);
+    for inc in includes {
+        b.flag(inc);
+    }
+    b.flag("-std=c++17")
+        .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
+        .flag("-DGLOG_USE_GLOG_EXPORT")
+        .flag("-fopenmp-simd");
+    b
 }
 
 /// The files with extension `ext` directly inside `dir`, sorted.

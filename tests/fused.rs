@@ -5,75 +5,11 @@
 
 mod common;
 
-use common::{assert_close, devices, grads, skip_notice};
+use common::{assert_close, devices, grads, skip_notice, Case, GRAD_NAMES as NAMES};
 use fwp::{fast_weight, ops, Backend, UpdateRule};
 use tch::{CModule, Device, Kind, Tensor};
 
 const RULES: [UpdateRule; 2] = [UpdateRule::Sum, UpdateRule::Delta];
-
-/// One set of inputs, created in float64 on the CPU and moved/cast per run.
-struct Case {
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    beta: Tensor,
-    s0: Tensor,
-    w_out: Tensor,
-    w_state: Tensor,
-}
-
-impl Case {
-    fn new(b: i64, h: i64, t: i64, d_k: i64, d_v: i64) -> Case {
-        let f = (Kind::Double, Device::Cpu);
-        let k = Tensor::randn([b, h, t, d_k], f);
-        Case {
-            q: Tensor::randn([b, h, t, d_k], f) / (d_k as f64).sqrt(),
-            k: &k / k.norm_scalaropt_dim(2, [-1i64].as_slice(), true), // unit keys: a stable delta rule
-            v: Tensor::randn([b, h, t, d_v], f),
-            beta: Tensor::rand([b, h, t], f),
-            s0: Tensor::randn([b, h, d_k, d_v], f) * 0.3,
-            w_out: Tensor::randn([b, h, t, d_v], f),
-            w_state: Tensor::randn([b, h, d_k, d_v], f),
-        }
-    }
-
-    /// (out, state, [dq, dk, dv, dS0, dbeta]) for `rule` with `backend`, inputs as `kind` on `device`.
-    fn run(
-        &self,
-        rule: UpdateRule,
-        backend: Backend,
-        kind: Kind,
-        device: Device,
-    ) -> (Tensor, Tensor, Vec<Tensor>) {
-        let leaf = |t: &Tensor| {
-            t.to_device(device)
-                .to_kind(kind)
-                .detach()
-                .set_requires_grad(true)
-        };
-        let (q, k, v, beta, s0) = (
-            leaf(&self.q),
-            leaf(&self.k),
-            leaf(&self.v),
-            leaf(&self.beta),
-            leaf(&self.s0),
-        );
-        let beta_arg = (rule == UpdateRule::Delta).then_some(&beta);
-        let r = fast_weight(&q, &k, &v, beta_arg, Some(&s0), rule, backend).unwrap();
-        assert_eq!(r.out.kind(), kind);
-        assert_eq!(r.state.kind(), kind);
-        let w = |t: &Tensor| t.to_device(device).to_kind(kind);
-        let loss = (&r.out * w(&self.w_out)).sum(kind) + (&r.state * w(&self.w_state)).sum(kind);
-        let mut inputs = vec![&q, &k, &v, &s0];
-        if rule == UpdateRule::Delta {
-            inputs.push(&beta);
-        }
-        let g = grads(&loss, &inputs);
-        (r.out.detach(), r.state.detach(), g)
-    }
-}
-
-const NAMES: [&str; 5] = ["dq", "dk", "dv", "dS0", "dbeta"];
 
 /// Compares with tolerance `atol + rtol |want|`, where atol is `tol` times the largest |want|.
 fn compare(

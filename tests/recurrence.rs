@@ -3,61 +3,11 @@
 
 mod common;
 
-use common::{assert_close, grads, leaf, unit_rows};
+use common::{assert_close, leaf, Case, GRAD_NAMES};
 use fwp::{fast_weight, Backend, UpdateRule};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
-/// Inputs of one case: q, k `[B, H, T, d_k]`, v `[B, H, T, d_v]`, beta `[B, H, T]`, S_0.
-struct Case {
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    beta: Tensor,
-    s0: Tensor,
-    /// Random weights that make the loss depend on every output and state entry.
-    w_out: Tensor,
-    w_state: Tensor,
-}
-
-impl Case {
-    fn new(b: i64, h: i64, t: i64, d_k: i64, d_v: i64, kind: Kind) -> Case {
-        Case {
-            q: leaf(&[b, h, t, d_k], kind),
-            k: unit_rows(&[b, h, t, d_k], kind),
-            v: leaf(&[b, h, t, d_v], kind),
-            beta: Tensor::rand([b, h, t], (kind, tch::Device::Cpu)).set_requires_grad(true),
-            s0: (Tensor::randn([b, h, d_k, d_v], (kind, tch::Device::Cpu)) * 0.5)
-                .set_requires_grad(true),
-            w_out: Tensor::randn([b, h, t, d_v], (kind, tch::Device::Cpu)),
-            w_state: Tensor::randn([b, h, d_k, d_v], (kind, tch::Device::Cpu)),
-        }
-    }
-
-    /// Outputs, final state and the gradients of (q, k, v, [beta,] S_0).
-    fn run(&self, rule: UpdateRule, backend: Backend) -> (Tensor, Tensor, Vec<Tensor>) {
-        let beta = (rule == UpdateRule::Delta).then_some(&self.beta);
-        let r = fast_weight(
-            &self.q,
-            &self.k,
-            &self.v,
-            beta,
-            Some(&self.s0),
-            rule,
-            backend,
-        )
-        .unwrap();
-        let loss =
-            (&r.out * &self.w_out).sum(Kind::Double) + (&r.state * &self.w_state).sum(Kind::Double);
-        let mut inputs = vec![&self.q, &self.k, &self.v, &self.s0];
-        if rule == UpdateRule::Delta {
-            inputs.push(&self.beta);
-        }
-        let g = grads(&loss, &inputs);
-        (r.out.detach(), r.state.detach(), g)
-    }
-}
-
-const GRAD_NAMES: [&str; 5] = ["dq", "dk", "dv", "dS0", "dbeta"];
+const F64: (Kind, Device) = (Kind::Double, Device::Cpu);
 
 fn compare(
     label: &str,
@@ -80,10 +30,10 @@ fn chunked_matches_reference_float64() {
     // Odd head count, d_k != d_v, T around and not multiples of the chunk sizes.
     for rule in [UpdateRule::Sum, UpdateRule::Delta] {
         for t in [1, 7, 63, 64, 65, 200] {
-            let case = Case::new(2, 3, t, 12, 5, Kind::Double);
-            let want = case.run(rule, Backend::Reference);
+            let case = Case::new(2, 3, t, 12, 5);
+            let want = case.run(rule, Backend::Reference, F64.0, F64.1);
             for chunk_size in [16, 64] {
-                let got = case.run(rule, Backend::Chunked { chunk_size });
+                let got = case.run(rule, Backend::Chunked { chunk_size }, F64.0, F64.1);
                 compare(
                     &format!("{rule:?} T={t} chunk={chunk_size}"),
                     &got,
@@ -99,9 +49,14 @@ fn chunked_matches_reference_float64() {
 fn chunked_matches_reference_float32_and_wide_values() {
     tch::manual_seed(1);
     for rule in [UpdateRule::Sum, UpdateRule::Delta] {
-        let case = Case::new(1, 1, 130, 7, 33, Kind::Float);
-        let want = case.run(rule, Backend::Reference);
-        let got = case.run(rule, Backend::Chunked { chunk_size: 32 });
+        let case = Case::new(1, 1, 130, 7, 33);
+        let want = case.run(rule, Backend::Reference, F64.0, F64.1);
+        let got = case.run(
+            rule,
+            Backend::Chunked { chunk_size: 32 },
+            Kind::Float,
+            Device::Cpu,
+        );
         compare(&format!("{rule:?} f32"), &got, &want, 1e-4);
     }
 }
@@ -136,7 +91,7 @@ fn half_precision_inputs_keep_their_dtype_and_stay_close() {
     // Compared with the f64 reference run on the same rounded inputs, so only the f32 compute and
     // the final rounding of the outputs remain (bf16: 2^-9 relative, f16: 2^-12).
     tch::manual_seed(3);
-    let case = Case::new(1, 2, 50, 16, 16, Kind::Double);
+    let case = Case::new(1, 2, 50, 16, 16);
     for (kind, rtol) in [(Kind::BFloat16, 8e-3), (Kind::Half, 1e-3)] {
         let h = |t: &Tensor| t.detach().to_kind(kind);
         let f = |t: &Tensor| h(t).to_kind(Kind::Double);
@@ -176,9 +131,9 @@ fn half_precision_inputs_keep_their_dtype_and_stay_close() {
 #[test]
 fn gradient_reaches_initial_state_and_beta() {
     tch::manual_seed(4);
-    let case = Case::new(1, 1, 5, 3, 2, Kind::Double);
+    let case = Case::new(1, 1, 5, 3, 2);
     for backend in [Backend::Reference, Backend::Chunked { chunk_size: 2 }] {
-        let (_, _, g) = case.run(UpdateRule::Delta, backend);
+        let (_, _, g) = case.run(UpdateRule::Delta, backend, F64.0, F64.1);
         for (name, grad) in GRAD_NAMES.iter().zip(&g) {
             assert!(grad.defined(), "{backend:?}: {name} is undefined");
             assert!(

@@ -166,6 +166,16 @@ fn main() -> Result<()> {
     let mut opt = nn::Adam::default().build(&vs, args.lr)?;
     let held_out = make_batch(&args, 512);
     let chance = (args.symbols as f64).ln();
+    if let AttentionKind::FastWeight(c) = kind {
+        let d_head = cfg.block.attention.d_head;
+        let picked = c.backend.resolve(
+            Device::Cpu,
+            Kind::Float,
+            c.feature_map.width(d_head),
+            d_head,
+        );
+        println!("fast-weight backend: {:?} -> {picked:?}", c.backend);
+    }
     println!(
         "demo: {variant}, {} pairs + {} queries over {} symbols; chance loss {chance:.3}",
         args.pairs, args.queries, args.symbols

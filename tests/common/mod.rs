@@ -1,6 +1,7 @@
 //! Shared test helpers.
 #![allow(dead_code)]
 
+use fwp::{fast_weight, Backend, UpdateRule};
 use tch::{Device, Kind, Tensor};
 
 pub const F64: (Kind, Device) = (Kind::Double, Device::Cpu);
@@ -85,3 +86,70 @@ pub fn devices(test: &str) -> Vec<tch::Device> {
         vec![Device::Cpu]
     }
 }
+
+/// Names of the gradients `Case::run` returns, in order.
+pub const GRAD_NAMES: [&str; 5] = ["dq", "dk", "dv", "dS0", "dbeta"];
+
+/// One set of inputs, created in float64 on the CPU and moved/cast per run.
+pub struct Case {
+    pub q: Tensor,
+    pub k: Tensor,
+    pub v: Tensor,
+    pub beta: Tensor,
+    pub s0: Tensor,
+    pub w_out: Tensor,
+    pub w_state: Tensor,
+}
+
+impl Case {
+    pub fn new(b: i64, h: i64, t: i64, d_k: i64, d_v: i64) -> Case {
+        let f = (Kind::Double, Device::Cpu);
+        let k = Tensor::randn([b, h, t, d_k], f);
+        Case {
+            q: Tensor::randn([b, h, t, d_k], f) / (d_k as f64).sqrt(),
+            k: &k / k.norm_scalaropt_dim(2, [-1i64].as_slice(), true), // unit keys: a stable delta rule
+            v: Tensor::randn([b, h, t, d_v], f),
+            beta: Tensor::rand([b, h, t], f),
+            s0: Tensor::randn([b, h, d_k, d_v], f) * 0.3,
+            w_out: Tensor::randn([b, h, t, d_v], f),
+            w_state: Tensor::randn([b, h, d_k, d_v], f),
+        }
+    }
+
+    /// (out, state, [dq, dk, dv, dS0, dbeta]) for `rule` with `backend`, inputs as `kind` on `device`.
+    pub fn run(
+        &self,
+        rule: UpdateRule,
+        backend: Backend,
+        kind: Kind,
+        device: Device,
+    ) -> (Tensor, Tensor, Vec<Tensor>) {
+        let leaf = |t: &Tensor| {
+            t.to_device(device)
+                .to_kind(kind)
+                .detach()
+                .set_requires_grad(true)
+        };
+        let (q, k, v, beta, s0) = (
+            leaf(&self.q),
+            leaf(&self.k),
+            leaf(&self.v),
+            leaf(&self.beta),
+            leaf(&self.s0),
+        );
+        let beta_arg = (rule == UpdateRule::Delta).then_some(&beta);
+        let r = fast_weight(&q, &k, &v, beta_arg, Some(&s0), rule, backend).unwrap();
+        assert_eq!(r.out.kind(), kind);
+        assert_eq!(r.state.kind(), kind);
+        let w = |t: &Tensor| t.to_device(device).to_kind(kind);
+        let loss = (&r.out * w(&self.w_out)).sum(kind) + (&r.state * w(&self.w_state)).sum(kind);
+        let mut inputs = vec![&q, &k, &v, &s0];
+        if rule == UpdateRule::Delta {
+            inputs.push(&beta);
+        }
+        let g = grads(&loss, &inputs);
+        (r.out.detach(), r.state.detach(), g)
+    }
+}
+
+const NAMES: [&str; 5] = ["dq", "dk", "dv", "dS0", "dbeta"];
