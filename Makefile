@@ -1,4 +1,5 @@
-# Two commands on a fresh machine:  `make run` (the main job) and `make test` (every test).
+# Two commands on a fresh machine:  `make run` (the main job: the retrieval capacity sweep) and
+# `make test` (every test).
 # Both create a project-local Python environment holding the pinned libtorch (PyPI torch 2.11.0)
 # and the pinned CUDA compiler wheels, once; re-running reinstalls nothing already there.
 
@@ -28,8 +29,9 @@ build: setup
 test: setup
 	cargo test $(CARGO_FLAGS)
 
+# The main job: the retrieval experiment's quick capacity sweep (table and plot in runs/retrieval-quick/).
 run: setup
-	cargo run $(CARGO_FLAGS) --bin demo
+	cargo run $(CARGO_FLAGS) --bin retrieval -- --preset quick
 
 fmt:
 	cargo fmt --all

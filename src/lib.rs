@@ -19,6 +19,8 @@ pub mod model;
 pub mod norm;
 pub mod ops;
 pub mod recurrence;
+pub mod report;
+pub mod retrieval;
 pub mod speed;
 
 pub use attention::{AttentionConfig, AttentionKind, FastWeightConfig, MultiHeadAttention};

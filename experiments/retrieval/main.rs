@@ -1,0 +1,462 @@
+//! Experiment `retrieval`: the paper's synthetic associative-retrieval experiments (Schlag et al.
+//! 2021, Sec. 4.1 / paper.md Sec. 5). Setting 1 (capacity): a sum-rule fast-weight memory fails once
+//! it holds more than about d_dot associations, at a point that grows with the feature map's d_dot.
+//! Setting 2 (updates): the delta rule updates associations, the sum rule cannot.
+//!
+//! Runs a sweep over variants x S x seeds with the paper's protocol (Adam 1e-3, batch 32, eval every
+//! 100 steps on 20 fresh sequences, stop at eval loss <= 0.001 or after 10 evaluations without
+//! improvement) and writes, into the output folder: `results.jsonl` (one record per finished run,
+//! appended atomically; a restarted sweep skips finished runs), `table.md`, `plot.png`, `plot.svg`.
+//!
+//! Run:
+//!   make run                                         # the `quick` preset: capacity at d_key = 16, ~10 min
+//!   cargo run --release --bin retrieval -- --preset paper1 --variants sum:linear --s 20:200:20
+//!   cargo run --release --bin retrieval -- --help
+//! Expected (quick preset): softmax solves every S; sum:linear (d_dot 16) fails beyond S = 16 and
+//! sum:dpfp:1 (d_dot 32) beyond S = 24. Results at d_key = 64: docs/retrieval.md.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, ValueEnum};
+use fwp::report::{append_record, line_plot, markdown_table, read_records, Axis, Series};
+use fwp::retrieval::{
+    train, ModelConfig, RetrievalModel, RunResult, Setting, TrainConfig, Variant,
+};
+use fwp::{Backend, Normalisation};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use tch::{nn, Device};
+
+#[derive(Clone, Copy, Debug, ValueEnum, Serialize, Deserialize, PartialEq, Eq)]
+enum Preset {
+    /// Setting 1 at d_key = 16 (d_dot 16 for linear, 32 for DPFP-1): softmax, sum:linear,
+    /// sum:dpfp:1 over S = 8..56, seeds 0 and 1; about 10 minutes on 2 CPU cores.
+    Quick,
+    /// The paper's Setting 1: d_key = 64, S = 20..600 step 20, every variant of paper.md Sec. 5.
+    Paper1,
+    /// The paper's Setting 2: d_key = 64, S = 20..200 step 20, DPFP-1 sum vs the delta rule.
+    Paper2,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, Serialize, Deserialize)]
+enum BackendArg {
+    Auto,
+    Fused,
+    Chunked,
+    Reference,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, Serialize, Deserialize)]
+enum NormArg {
+    Sum,
+    Attention,
+    SumAndAttention,
+    None,
+}
+
+#[derive(Parser, Debug, Serialize, Deserialize)]
+#[command(
+    about = "Synthetic associative retrieval (paper Sec. 4.1): capacity and update experiments"
+)]
+struct Args {
+    /// Named defaults; the flags below override them.
+    #[arg(long, value_enum, default_value = "quick")]
+    preset: Preset,
+    /// 1 (capacity) or 2 (updates)
+    #[arg(long)]
+    setting: Option<u8>,
+    /// Number of keys S: one value, a list `8,16,32`, or a range `START:END:STEP` (END included)
+    #[arg(long)]
+    s: Option<String>,
+    /// Comma-separated: softmax, sum:linear, sum:dpfp:NU, sum:favor:M, delta:..., e.g. `softmax,sum:linear`
+    #[arg(long)]
+    variants: Option<String>,
+    #[arg(long)]
+    d_key: Option<i64>,
+    /// Comma-separated seeds
+    #[arg(long)]
+    seeds: Option<String>,
+    #[arg(long)]
+    max_steps: Option<usize>,
+    #[arg(long, value_enum, default_value = "sum")]
+    normalisation: NormArg,
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendArg,
+    /// cpu, cuda or cuda:N
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Output folder (default: runs/retrieval-<preset>)
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// libtorch CPU threads (default: libtorch's choice); 1 lets two sweeps share 2 cores well
+    #[arg(long)]
+    threads: Option<i32>,
+}
+
+/// Everything that defines one run, saved in its record.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+struct RunConfig {
+    setting: u8,
+    variant: String,
+    s: i64,
+    seed: i64,
+    d_key: i64,
+    model: ModelConfig,
+    train: TrainConfig,
+    device: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Record {
+    config: RunConfig,
+    result: RunResult,
+}
+
+/// The sweep after presets and flags are combined.
+struct Sweep {
+    setting: Setting,
+    s: Vec<i64>,
+    variants: Vec<Variant>,
+    d_key: i64,
+    seeds: Vec<i64>,
+    train: TrainConfig,
+}
+
+fn parse_s(spec: &str) -> Result<Vec<i64>> {
+    let bad = || format!("--s '{spec}': expected N, N,M,... or START:END:STEP");
+    let nums = |parts: &[&str]| -> Result<Vec<i64>> {
+        parts
+            .iter()
+            .map(|p| p.trim().parse::<i64>().with_context(bad))
+            .collect()
+    };
+    let out = if spec.contains(':') {
+        let p = nums(&spec.split(':').collect::<Vec<_>>())?;
+        if p.len() != 3 || p[2] <= 0 || p[0] > p[1] {
+            bail!("{}", bad());
+        }
+        (p[0]..=p[1]).step_by(p[2] as usize).collect()
+    } else {
+        nums(&spec.split(',').collect::<Vec<_>>())?
+    };
+    if let Some(bad_s) = out.iter().find(|&&s| s < 1) {
+        bail!("--s '{spec}': S must be >= 1, got {bad_s}");
+    }
+    Ok(out)
+}
+
+fn sweep(args: &Args) -> Result<Sweep> {
+    let (setting, s, variants, d_key, seeds) = match args.preset {
+        Preset::Quick => (1, "8:56:8", "softmax,sum:linear,sum:dpfp:1", 16, "0,1"),
+        Preset::Paper1 => (
+            1,
+            "20:600:20",
+            "sum:linear,sum:dpfp:1,sum:dpfp:2,sum:dpfp:3,sum:favor:64,sum:favor:128,sum:favor:512,softmax",
+            64,
+            "0",
+        ),
+        Preset::Paper2 => (2, "20:200:20", "sum:dpfp:1,delta:linear,delta:dpfp:1,delta:dpfp:2,delta:favor:64", 64, "0"),
+    };
+    let seeds = args.seeds.as_deref().unwrap_or(seeds);
+    let setting = Setting::from_number(args.setting.unwrap_or(setting))?;
+    let variants = args
+        .variants
+        .as_deref()
+        .unwrap_or(variants)
+        .split(',')
+        .map(|v| Variant::parse(v.trim()))
+        .collect::<Result<Vec<_>>>()?;
+    let seeds = seeds
+        .split(',')
+        .map(|x| {
+            x.trim()
+                .parse::<i64>()
+                .with_context(|| format!("--seeds '{seeds}': not an integer list"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let d_key = args.d_key.unwrap_or(d_key);
+    fwp::check::positive("--d-key", d_key)?;
+    for v in &variants {
+        if let Variant::FastWeight { map, .. } = v {
+            map.validate(d_key)?;
+        }
+    }
+    let train = TrainConfig {
+        max_steps: args.max_steps.unwrap_or(100_000),
+        ..TrainConfig::default()
+    };
+    Ok(Sweep {
+        setting,
+        s: parse_s(args.s.as_deref().unwrap_or(s))?,
+        variants,
+        d_key,
+        seeds,
+        train,
+    })
+}
+
+fn parse_device(s: &str) -> Result<Device> {
+    let d = match s {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::Cuda(0),
+        _ => Device::Cuda(
+            s.strip_prefix("cuda:")
+                .and_then(|i| i.parse().ok())
+                .with_context(|| format!("--device '{s}': expected cpu, cuda or cuda:N"))?,
+        ),
+    };
+    if let Device::Cuda(i) = d {
+        if i as i64 >= tch::Cuda::device_count() {
+            bail!(
+                "--device '{s}': libtorch sees {} CUDA device(s)",
+                tch::Cuda::device_count()
+            );
+        }
+    }
+    Ok(d)
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if let Some(n) = args.threads {
+        fwp::check::positive("--threads", n as i64)?;
+        tch::set_num_threads(n);
+    }
+    let plan = sweep(&args)?;
+    let device = parse_device(&args.device)?;
+    let out = args.out.clone().unwrap_or_else(|| {
+        PathBuf::from(format!(
+            "runs/retrieval-{}",
+            format!("{:?}", args.preset).to_lowercase()
+        ))
+    });
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let results = out.join("results.jsonl");
+    let backend = match args.backend {
+        BackendArg::Auto => Backend::Auto,
+        BackendArg::Fused => Backend::Fused,
+        BackendArg::Chunked => Backend::Chunked { chunk_size: 64 },
+        BackendArg::Reference => Backend::Reference,
+    };
+    let normalisation = match args.normalisation {
+        NormArg::Sum => Normalisation::Sum,
+        NormArg::Attention => Normalisation::Attention,
+        NormArg::SumAndAttention => Normalisation::SumAndAttention,
+        NormArg::None => Normalisation::None,
+    };
+
+    // Every run of the sweep, minus those already in results.jsonl.
+    let done: Vec<Record> = read_records(&results)?;
+    let mut todo = Vec::new();
+    for &s in &plan.s {
+        for v in &plan.variants {
+            for &seed in &plan.seeds {
+                let model = ModelConfig {
+                    s,
+                    d_key: plan.d_key,
+                    variant: *v,
+                    normalisation,
+                    eps: 1e-6,
+                    backend,
+                };
+                let cfg = RunConfig {
+                    setting: plan.setting.number(),
+                    variant: v.name(),
+                    s,
+                    seed,
+                    d_key: plan.d_key,
+                    model,
+                    train: plan.train,
+                    device: args.device.clone(),
+                };
+                if !done.iter().any(|r| r.config == cfg) {
+                    todo.push(cfg);
+                }
+            }
+        }
+    }
+    let total = plan.s.len() * plan.variants.len() * plan.seeds.len();
+    println!(
+        "retrieval: setting {}, d_key {}, {} runs ({} already in {}), output in {}",
+        plan.setting.number(),
+        plan.d_key,
+        total,
+        total - todo.len(),
+        results.display(),
+        out.display()
+    );
+    std::fs::write(out.join("sweep.json"), serde_json::to_string_pretty(&args)?)?;
+
+    let multi = MultiProgress::new();
+    let sweep_bar = multi.add(ProgressBar::new(todo.len() as u64));
+    sweep_bar.set_style(ProgressStyle::with_template(
+        "sweep {bar:30} {pos}/{len} runs [{elapsed}<{eta}]",
+    )?);
+    for cfg in &todo {
+        tch::manual_seed(cfg.seed * 1_000_003 + cfg.s);
+        let vs = nn::VarStore::new(device);
+        let model = RetrievalModel::new(vs.root(), cfg.model)?;
+        let bar = multi.add(ProgressBar::new(cfg.train.max_steps as u64));
+        bar.set_style(ProgressStyle::with_template(
+            "{prefix:>22} {bar:20} {pos} steps {msg}",
+        )?);
+        bar.set_prefix(format!("{} S={} seed={}", cfg.variant, cfg.s, cfg.seed));
+        let mut last_eval = f64::NAN;
+        let result = train(
+            &model,
+            &vs,
+            plan.setting,
+            &cfg.train,
+            &mut |step, eval, rate| {
+                if let Some(e) = eval {
+                    last_eval = e;
+                }
+                if step % 20 == 0 || eval.is_some() {
+                    bar.set_position(step as u64);
+                    bar.set_message(format!("eval loss {last_eval:.4}, {rate:.0} steps/s"));
+                }
+            },
+        )?;
+        bar.finish_and_clear();
+        multi.remove(&bar);
+        multi.suspend(|| {
+            println!(
+                "{:<16} S={:<4} seed={} final eval loss {:.5} (best {:.5}) after {} steps, {:.0} s{}",
+                cfg.variant,
+                cfg.s,
+                cfg.seed,
+                result.final_eval_loss,
+                result.best_eval_loss,
+                result.steps,
+                result.seconds,
+                if result.solved { ", solved" } else { "" }
+            )
+        });
+        append_record(
+            &results,
+            &Record {
+                config: cfg.clone(),
+                result,
+            },
+        )?;
+        sweep_bar.inc(1);
+    }
+    sweep_bar.finish_and_clear();
+
+    let records: Vec<Record> = read_records(&results)?;
+    let records: Vec<&Record> = records
+        .iter()
+        .filter(|r| r.config.setting == plan.setting.number() && r.config.d_key == plan.d_key)
+        .collect();
+    report(&out, &plan, &records)
+}
+
+/// Writes table.md and plot.{png,svg} from every record of this setting and d_key.
+fn report(out: &std::path::Path, plan: &Sweep, records: &[&Record]) -> Result<()> {
+    let mut variants: Vec<String> = Vec::new();
+    let mut sizes: Vec<i64> = Vec::new();
+    for r in records {
+        if !variants.contains(&r.config.variant) {
+            variants.push(r.config.variant.clone());
+        }
+        if !sizes.contains(&r.config.s) {
+            sizes.push(r.config.s);
+        }
+    }
+    sizes.sort();
+    // mean final eval loss over seeds, and whether every seed solved it
+    let cell = |v: &str, s: i64| -> Option<(f64, bool, usize)> {
+        let rs: Vec<&&Record> = records
+            .iter()
+            .filter(|r| r.config.variant == v && r.config.s == s)
+            .collect();
+        (!rs.is_empty()).then(|| {
+            let mean = rs.iter().map(|r| r.result.final_eval_loss).sum::<f64>() / rs.len() as f64;
+            (mean, rs.iter().all(|r| r.result.solved), rs.len())
+        })
+    };
+    let mut header = vec!["S".to_string()];
+    header.extend(variants.iter().cloned());
+    let rows: Vec<Vec<String>> = sizes
+        .iter()
+        .map(|&s| {
+            let mut row = vec![s.to_string()];
+            for v in &variants {
+                row.push(match cell(v, s) {
+                    Some((loss, solved, _)) => {
+                        format!("{loss:.4}{}", if solved { " ✓" } else { "" })
+                    }
+                    None => "".into(),
+                });
+            }
+            row
+        })
+        .collect();
+    let header_refs: Vec<&str> = header.iter().map(String::as_str).collect();
+    let mut table = format!(
+        "Final eval loss (mean over seeds; ✓ = every seed solved, loss <= {}), setting {}, d_key {}\n\n",
+        plan.train.solved_loss,
+        plan.setting.number(),
+        plan.d_key
+    );
+    table += &markdown_table(&header_refs, &rows);
+    table += "\nLargest S solved (every S up to it solved):\n\n";
+    for v in &variants {
+        let mut last = None;
+        for &s in &sizes {
+            match cell(v, s) {
+                Some((_, true, _)) => last = Some(s),
+                Some((_, false, _)) => break,
+                None => {}
+            }
+        }
+        table += &format!(
+            "- {v}: {}\n",
+            last.map_or("none".to_string(), |s| s.to_string())
+        );
+    }
+    std::fs::write(out.join("table.md"), &table)?;
+    println!("\n{table}");
+    let mut series: Vec<Series> = variants
+        .iter()
+        .map(|v| Series {
+            name: v.clone(),
+            points: sizes
+                .iter()
+                .filter_map(|&s| cell(v, s).map(|(loss, _, _)| (s as f64, loss)))
+                .collect(),
+        })
+        .collect();
+    if let (Some(&lo), Some(&hi)) = (sizes.first(), sizes.last()) {
+        let t = plan.train.solved_loss;
+        series.push(Series {
+            name: format!("solved (<= {t})"),
+            points: vec![(lo as f64, t), (hi as f64, t)],
+        });
+    }
+    line_plot(
+        &out.join("plot"),
+        &format!(
+            "Setting {} (d_key = {}): final eval loss against S",
+            plan.setting.number(),
+            plan.d_key
+        ),
+        &Axis {
+            label: "number of keys S".into(),
+            log: false,
+        },
+        &Axis {
+            label: "final eval loss".into(),
+            log: true,
+        },
+        &series,
+    )?;
+    println!(
+        "wrote {}, {}, {}",
+        out.join("table.md").display(),
+        out.join("plot.png").display(),
+        out.join("plot.svg").display()
+    );
+    Ok(())
+}

@@ -1,0 +1,160 @@
+use std::path::Path;
+use std::sync::Once;
+
+use anyhow::{anyhow, Result};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+/// One line of a plot: its name and its (x, y) points.
+#[derive(Clone, Debug)]
+pub struct Series {
+    pub name: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// An axis label and whether the axis is logarithmic.
+#[derive(Clone, Debug)]
+pub struct Axis {
+    pub label: String,
+    pub log: bool,
+}
+
+static FONT: Once = Once::new();
+
+/// Distinguishable line colours (the "tab10" palette), cycled.
+const COLOURS: [(u8, u8, u8); 10] = [
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+];
+
+/// The bitmap backend draws text with a font registered from bytes (no system fonts needed).
+fn register_font() {
+    FONT.call_once(|| {
+        let bytes: &'static [u8] = epaint_default_fonts::UBUNTU_LIGHT;
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, bytes);
+    });
+}
+
+/// Draws `series` as lines with markers into `<stem>.png` and `<stem>.svg`.
+pub fn line_plot(stem: &Path, title: &str, x: &Axis, y: &Axis, series: &[Series]) -> Result<()> {
+    register_font();
+    let png = stem.with_extension("png");
+    let svg = stem.with_extension("svg");
+    draw(
+        BitMapBackend::new(&png, (900, 600)).into_drawing_area(),
+        title,
+        x,
+        y,
+        series,
+    )?;
+    draw(
+        SVGBackend::new(&svg, (900, 600)).into_drawing_area(),
+        title,
+        x,
+        y,
+        series,
+    )?;
+    Ok(())
+}
+
+fn range(points: impl Iterator<Item = f64>, log: bool) -> (f64, f64) {
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for p in points.filter(|p| p.is_finite() && (!log || *p > 0.0)) {
+        lo = lo.min(p);
+        hi = hi.max(p);
+    }
+    if !lo.is_finite() {
+        return (1.0, 10.0);
+    }
+    if log {
+        (lo / 1.5, hi * 1.5)
+    } else {
+        let pad = ((hi - lo) * 0.05).max(1e-9);
+        (lo - pad, hi + pad)
+    }
+}
+
+fn draw<DB: DrawingBackend>(
+    area: DrawingArea<DB, Shift>,
+    title: &str,
+    x: &Axis,
+    y: &Axis,
+    series: &[Series],
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("drawing the plot: {e:?}");
+    area.fill(&WHITE).map_err(err)?;
+    let all = || series.iter().flat_map(|s| s.points.iter());
+    let (x0, x1) = range(all().map(|p| p.0), x.log);
+    let (y0, y1) = range(all().map(|p| p.1), y.log);
+    let mut builder = ChartBuilder::on(&area);
+    builder
+        .caption(title, ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(70);
+    // Four coordinate combinations have different types, hence the macro.
+    macro_rules! finish {
+        ($chart:expr) => {{
+            let mut chart = $chart;
+            chart
+                .configure_mesh()
+                .x_desc(x.label.as_str())
+                .y_desc(y.label.as_str())
+                .label_style(("sans-serif", 15))
+                .draw()
+                .map_err(err)?;
+            for (i, s) in series.iter().enumerate() {
+                let (r, g, b) = COLOURS[i % COLOURS.len()];
+                let color = RGBColor(r, g, b).to_rgba();
+                let pts: Vec<(f64, f64)> = s
+                    .points
+                    .iter()
+                    .copied()
+                    .filter(|p| p.1.is_finite() && (!y.log || p.1 > 0.0))
+                    .collect();
+                chart
+                    .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+                    .map_err(err)?
+                    .label(s.name.as_str())
+                    .legend(move |(px, py)| {
+                        PathElement::new(vec![(px, py), (px + 20, py)], color.stroke_width(2))
+                    });
+                chart
+                    .draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))
+                    .map_err(err)?;
+            }
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .label_font(("sans-serif", 15))
+                .draw()
+                .map_err(err)?;
+        }};
+    }
+    match (x.log, y.log) {
+        (false, false) => finish!(builder.build_cartesian_2d(x0..x1, y0..y1).map_err(err)?),
+        (false, true) => finish!(builder
+            .build_cartesian_2d(x0..x1, (y0..y1).log_scale())
+            .map_err(err)?),
+        (true, false) => finish!(builder
+            .build_cartesian_2d((x0..x1).log_scale(), y0..y1)
+            .map_err(err)?),
+        (true, true) => finish!(builder
+            .build_cartesian_2d((x0..x1).log_scale(), (y0..y1).log_scale())
+            .map_err(err)?),
+    }
+    area.present().map_err(err)?;
+    Ok(())
+}
