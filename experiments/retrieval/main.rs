@@ -89,6 +89,9 @@ struct Args {
     /// Output folder (default: runs/retrieval-<preset>)
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Only rewrite table.md and the plots from the results already in the output folder
+    #[arg(long)]
+    report_only: bool,
     /// libtorch CPU threads (default: libtorch's choice); 1 lets two sweeps share 2 cores well
     #[arg(long)]
     threads: Option<i32>,
@@ -288,6 +291,9 @@ fn main() -> Result<()> {
     );
     std::fs::write(out.join("sweep.json"), serde_json::to_string_pretty(&args)?)?;
 
+    if args.report_only {
+        todo.clear();
+    }
     let multi = MultiProgress::new();
     let sweep_bar = multi.add(ProgressBar::new(todo.len() as u64));
     sweep_bar.set_style(ProgressStyle::with_template(
@@ -411,8 +417,12 @@ fn report(out: &std::path::Path, plan: &Sweep, records: &[&Record]) -> Result<()
                 None => {}
             }
         }
+        let d_dot = match Variant::parse(v) {
+            Ok(Variant::FastWeight { map, .. }) => format!(" (d_dot {})", map.width(plan.d_key)),
+            _ => String::new(),
+        };
         table += &format!(
-            "- {v}: {}\n",
+            "- {v}{d_dot}: {}\n",
             last.map_or("none".to_string(), |s| s.to_string())
         );
     }
