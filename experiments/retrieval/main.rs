@@ -372,14 +372,19 @@ fn report(out: &std::path::Path, plan: &Sweep, records: &[&Record]) -> Result<()
     }
     sizes.sort();
     // mean final eval loss over seeds, and whether every seed solved it
-    let cell = |v: &str, s: i64| -> Option<(f64, bool, usize)> {
+    // (mean final eval loss over seeds, seeds that solved it, seeds run)
+    let cell = |v: &str, s: i64| -> Option<(f64, usize, usize)> {
         let rs: Vec<&&Record> = records
             .iter()
             .filter(|r| r.config.variant == v && r.config.s == s)
             .collect();
         (!rs.is_empty()).then(|| {
             let mean = rs.iter().map(|r| r.result.final_eval_loss).sum::<f64>() / rs.len() as f64;
-            (mean, rs.iter().all(|r| r.result.solved), rs.len())
+            (
+                mean,
+                rs.iter().filter(|r| r.result.solved).count(),
+                rs.len(),
+            )
         })
     };
     let mut header = vec!["S".to_string()];
@@ -390,9 +395,9 @@ fn report(out: &std::path::Path, plan: &Sweep, records: &[&Record]) -> Result<()
             let mut row = vec![s.to_string()];
             for v in &variants {
                 row.push(match cell(v, s) {
-                    Some((loss, solved, _)) => {
-                        format!("{loss:.4}{}", if solved { " ✓" } else { "" })
-                    }
+                    Some((loss, solved, n)) if solved == n => format!("{loss:.4} ✓"),
+                    Some((loss, 0, _)) => format!("{loss:.4}"),
+                    Some((loss, solved, n)) => format!("{loss:.4} ({solved}/{n} solved)"),
                     None => "".into(),
                 });
             }
@@ -401,30 +406,30 @@ fn report(out: &std::path::Path, plan: &Sweep, records: &[&Record]) -> Result<()
         .collect();
     let header_refs: Vec<&str> = header.iter().map(String::as_str).collect();
     let mut table = format!(
-        "Final eval loss (mean over seeds; ✓ = every seed solved, loss <= {}), setting {}, d_key {}\n\n",
+        "Final eval loss (mean over seeds; ✓ = every seed solved, i.e. reached loss <= {}), setting {}, d_key {}\n\n",
         plan.train.solved_loss,
         plan.setting.number(),
         plan.d_key
     );
     table += &markdown_table(&header_refs, &rows);
-    table += "\nLargest S solved (every S up to it solved):\n\n";
+    table += "\nLargest S solved, by every seed / by at least one seed:\n\n";
     for v in &variants {
-        let mut last = None;
-        for &s in &sizes {
-            match cell(v, s) {
-                Some((_, true, _)) => last = Some(s),
-                Some((_, false, _)) => break,
-                None => {}
-            }
-        }
+        let largest = |need_all: bool| {
+            sizes
+                .iter()
+                .filter(|&&s| {
+                    cell(v, s).is_some_and(
+                        |(_, solved, n)| if need_all { solved == n } else { solved > 0 },
+                    )
+                })
+                .max()
+                .map_or("none".to_string(), |s| s.to_string())
+        };
         let d_dot = match Variant::parse(v) {
             Ok(Variant::FastWeight { map, .. }) => format!(" (d_dot {})", map.width(plan.d_key)),
             _ => String::new(),
         };
-        table += &format!(
-            "- {v}{d_dot}: {}\n",
-            last.map_or("none".to_string(), |s| s.to_string())
-        );
+        table += &format!("- {v}{d_dot}: {} / {}\n", largest(true), largest(false));
     }
     std::fs::write(out.join("table.md"), &table)?;
     println!("\n{table}");
