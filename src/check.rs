@@ -74,3 +74,23 @@ pub fn positive(name: &str, value: i64) -> Result<()> {
     }
     Ok(())
 }
+
+/// Parses a device name from the command line: `cpu`, `cuda` (GPU 0) or `cuda:N`, checking that
+/// libtorch sees that GPU.
+pub fn device(s: &str) -> Result<Device> {
+    let device = match s {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::Cuda(0),
+        _ => match s.strip_prefix("cuda:").and_then(|i| i.parse().ok()) {
+            Some(i) => Device::Cuda(i),
+            None => bail!("unknown device '{s}': expected cpu, cuda or cuda:N"),
+        },
+    };
+    if let Device::Cuda(i) = device {
+        let n = tch::Cuda::device_count();
+        if i as i64 >= n {
+            bail!("device '{s}': libtorch sees {n} CUDA device(s)");
+        }
+    }
+    Ok(device)
+}

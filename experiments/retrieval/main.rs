@@ -26,7 +26,7 @@ use fwp::retrieval::{
 use fwp::{Backend, Normalisation};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
-use tch::{nn, Device};
+use tch::nn;
 
 #[derive(Clone, Copy, Debug, ValueEnum, Serialize, Deserialize, PartialEq, Eq)]
 enum Preset {
@@ -199,27 +199,6 @@ fn sweep(args: &Args) -> Result<Sweep> {
     })
 }
 
-fn parse_device(s: &str) -> Result<Device> {
-    let d = match s {
-        "cpu" => Device::Cpu,
-        "cuda" => Device::Cuda(0),
-        _ => Device::Cuda(
-            s.strip_prefix("cuda:")
-                .and_then(|i| i.parse().ok())
-                .with_context(|| format!("--device '{s}': expected cpu, cuda or cuda:N"))?,
-        ),
-    };
-    if let Device::Cuda(i) = d {
-        if i as i64 >= tch::Cuda::device_count() {
-            bail!(
-                "--device '{s}': libtorch sees {} CUDA device(s)",
-                tch::Cuda::device_count()
-            );
-        }
-    }
-    Ok(d)
-}
-
 fn main() -> Result<()> {
     let args = Args::parse();
     if let Some(n) = args.threads {
@@ -227,7 +206,7 @@ fn main() -> Result<()> {
         tch::set_num_threads(n);
     }
     let plan = sweep(&args)?;
-    let device = parse_device(&args.device)?;
+    let device = fwp::check::device(&args.device)?;
     let out = args.out.clone().unwrap_or_else(|| {
         PathBuf::from(format!(
             "runs/retrieval-{}",

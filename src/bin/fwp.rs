@@ -3,9 +3,9 @@
 //!   driver, via cudarc) and whether libtorch sees CUDA.
 //! - `fwp speed` times the Fused and Chunked fast-weight backends against causal softmax attention.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
-use tch::{Device, Kind};
+use tch::Kind;
 
 #[derive(Parser)]
 #[command(version, about = "Fast Weight Programmers toolkit")]
@@ -54,24 +54,6 @@ enum Command {
     },
 }
 
-fn parse_device(s: &str) -> Result<Device> {
-    let device = match s {
-        "cpu" => Device::Cpu,
-        "cuda" => Device::Cuda(0),
-        _ => match s.strip_prefix("cuda:").and_then(|i| i.parse().ok()) {
-            Some(i) => Device::Cuda(i),
-            None => bail!("unknown device '{s}': expected cpu, cuda or cuda:N"),
-        },
-    };
-    if let Device::Cuda(i) = device {
-        let n = tch::Cuda::device_count() as usize;
-        if i >= n {
-            bail!("device '{s}': libtorch sees {n} CUDA device(s)");
-        }
-    }
-    Ok(device)
-}
-
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Info { json } => {
@@ -103,7 +85,7 @@ fn main() -> Result<()> {
                 heads,
                 d_head,
                 kind,
-                device: parse_device(&device)?,
+                device: fwp::check::device(&device)?,
                 repeats,
             };
             for (name, v) in [("batch", batch), ("heads", heads), ("d_head", d_head)] {
