@@ -6,8 +6,7 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, nn::Module, Tensor};
 
 use crate::feature_map::{FavorRedraw, FeatureMap, Phi};
-use crate::norm::{attention_normalise, sum_normalise_reference, Normalisation};
-use crate::ops;
+use crate::norm::{attention_normalise, sum_normalise, Normalisation};
 use crate::recurrence::{fast_weight, Backend, UpdateRule};
 
 /// Everything that defines a fast-weight layer.
@@ -219,13 +218,8 @@ impl MultiHeadAttention {
         let mut q = phi.forward_t(q, train)?; // [B, H, T, d_dot]
         let mut k = phi.forward_t(k, train)?;
         if fw.normalisation.sum_normalises() {
-            // The Reference backend stays free of custom ops end to end.
-            let sum_norm = |x: &Tensor| match fw.backend {
-                Backend::Reference => sum_normalise_reference(x, fw.eps),
-                _ => ops::sum_norm(x, fw.eps),
-            };
-            q = sum_norm(&q)?;
-            k = sum_norm(&k)?;
+            q = sum_normalise(&q, fw.eps, fw.backend)?;
+            k = sum_normalise(&k, fw.eps, fw.backend)?;
         }
         let r = fast_weight(&q, &k, v, beta, state.map(|s| &s.s), fw.rule, fw.backend)?;
         let (mut y, z) = if fw.normalisation.attention_normalises() {

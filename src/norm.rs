@@ -6,6 +6,8 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
+use crate::recurrence::Backend;
+
 /// Which normalisation the fast-weight layer applies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Normalisation {
@@ -38,6 +40,15 @@ impl Normalisation {
 pub fn sum_normalise_reference(x: &Tensor, eps: f64) -> Result<Tensor> {
     let s = x.f_sum_dim_intlist([-1i64].as_slice(), true, None::<Kind>)?;
     Ok(x.f_div(&(s + eps))?)
+}
+
+/// Sum normalisation as a layer with `backend` uses it: the reference twin for
+/// `Backend::Reference` (which stays free of custom ops end to end), the C++ op otherwise.
+pub fn sum_normalise(x: &Tensor, eps: f64, backend: Backend) -> Result<Tensor> {
+    match backend {
+        Backend::Reference => sum_normalise_reference(x, eps),
+        _ => crate::ops::sum_norm(x, eps),
+    }
 }
 
 /// Attention normalisation: `out / (z_t . q_t + eps)` with `z_t = sum_{i<=t} k_i`.

@@ -39,6 +39,26 @@ fn compare(
     }
 }
 
+/// Fused (f64, then f32) on `device` against the f64 Reference on the CPU for one case and rule.
+fn check_fused(case: &Case, rule: UpdateRule, device: Device, label: &str) {
+    let want = case.run(rule, Backend::Reference, Kind::Double, Device::Cpu);
+    let got = case.run(rule, Backend::Fused, Kind::Double, device);
+    compare(
+        &format!("{device:?} {rule:?} f64 {label}"),
+        &got,
+        &want,
+        1e-10,
+    );
+    // f32 against the f64 reference of the same inputs
+    let got = case.run(rule, Backend::Fused, Kind::Float, device);
+    compare(
+        &format!("{device:?} {rule:?} f32 {label}"),
+        &got,
+        &want,
+        2e-4,
+    );
+}
+
 /// Fused vs Reference over the grid: T in {1, 2, 63, 64, 65, 1000} x d in {1, 16, 60, 64,
 /// 128, 256} (d_k = d_v = d), both rules, f64 and f32, batch 1 with 3 heads.
 fn grid_on(device: Device) {
@@ -47,22 +67,7 @@ fn grid_on(device: Device) {
         for t in [1, 2, 63, 64, 65, 1000] {
             let case = Case::new(1, 3, t, d, d);
             for rule in RULES {
-                let want = case.run(rule, Backend::Reference, Kind::Double, Device::Cpu);
-                let got = case.run(rule, Backend::Fused, Kind::Double, device);
-                compare(
-                    &format!("{device:?} {rule:?} f64 T={t} d={d}"),
-                    &got,
-                    &want,
-                    1e-10,
-                );
-                // f32 against the f64 reference of the same inputs
-                let got = case.run(rule, Backend::Fused, Kind::Float, device);
-                compare(
-                    &format!("{device:?} {rule:?} f32 T={t} d={d}"),
-                    &got,
-                    &want,
-                    2e-4,
-                );
+                check_fused(&case, rule, device, &format!("T={t} d={d}"));
             }
         }
     }
@@ -88,21 +93,7 @@ fn fused_rectangular_states() {
         for (d_k, d_v, t) in [(384, 64, 70), (64, 600, 33)] {
             let case = Case::new(2, 1, t, d_k, d_v);
             for rule in RULES {
-                let want = case.run(rule, Backend::Reference, Kind::Double, Device::Cpu);
-                let got = case.run(rule, Backend::Fused, Kind::Double, device);
-                compare(
-                    &format!("{device:?} {rule:?} {d_k}x{d_v} f64"),
-                    &got,
-                    &want,
-                    1e-10,
-                );
-                let got = case.run(rule, Backend::Fused, Kind::Float, device);
-                compare(
-                    &format!("{device:?} {rule:?} {d_k}x{d_v} f32"),
-                    &got,
-                    &want,
-                    2e-4,
-                );
+                check_fused(&case, rule, device, &format!("{d_k}x{d_v}"));
             }
         }
     }

@@ -18,8 +18,7 @@ use tch::{nn, nn::Module, Kind, Tensor};
 
 use super::data::Batch;
 use crate::feature_map::{FavorRedraw, FeatureMap, Phi};
-use crate::norm::{sum_normalise_reference, Normalisation};
-use crate::ops;
+use crate::norm::{sum_normalise, Normalisation};
 use crate::recurrence::{fast_weight, Backend, UpdateRule};
 
 /// Which memory the model uses.
@@ -152,12 +151,8 @@ impl RetrievalModel {
                 let mut k = phi.forward_t(&k, false)?; // [B, L, d_dot]
                 let mut q = phi.forward_t(&q, false)?; // [B, Q, d_dot]
                 if self.cfg.normalisation.sum_normalises() {
-                    let norm = |x: &Tensor| match self.cfg.backend {
-                        Backend::Reference => sum_normalise_reference(x, self.cfg.eps),
-                        _ => ops::sum_norm(x, self.cfg.eps),
-                    };
-                    k = norm(&k)?;
-                    q = norm(&q)?;
+                    k = sum_normalise(&k, self.cfg.eps, self.cfg.backend)?;
+                    q = sum_normalise(&q, self.cfg.eps, self.cfg.backend)?;
                 }
                 let beta = match &self.w_beta {
                     Some(w) => Some(w.forward(&x).f_sigmoid()?.f_view([x.size()[0], 1, -1])?), // [B, 1, L]
