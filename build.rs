@@ -60,24 +60,30 @@ fn main() {
     } else {
         find_nvcc(&torch_root)
     };
-    let with_cuda = match &nvcc {
+    let cuda_include = match &nvcc {
         Some(nvcc) => {
-            build_cuda(nvcc, &cu_sources);
-            true
+            let include = build_cuda(nvcc, &cu_sources);
+            // kernels/cuda_memory.cpp reads PyTorch's CUDA allocator (libc10_cuda).
+            println!("cargo:rustc-link-arg=-lc10_cuda");
+            Some(include)
         }
         None => {
             println!(
                 "cargo:warning=nvcc not found (looked at $NVCC, the pip cuda-toolkit next to torch, \
                  and PATH): building fwp WITHOUT CUDA kernels; CPU paths only"
             );
-            false
+            None
         }
     };
 
     let mut cpp = cpp_build(&includes);
     cpp.files(&cpp_sources);
-    if with_cuda {
+    if let Some(include) = &cuda_include {
         cpp.define("FWP_WITH_CUDA", None);
+        if let Some(dir) = include {
+            cpp.flag(format!("-isystem{}", dir.display()));
+            cpp.define("FWP_WITH_CUDA_HEADERS", None);
+        }
     }
     // The CPU fast-weight kernels once more with AVX2 + FMA, picked at run time on CPUs that have
     // them (kernels/fast_weight_op.cpp); the baseline build above stays for the others.
@@ -106,7 +112,7 @@ fn cpp_build(includes: &[String]) -> cc::Build {
     b.flag("-std=c++17")
         .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
         .flag("-DGLOG_USE_GLOG_EXPORT")
-        .flag("-fopenmp-simd");
+        .flag("-fopenmp");
     b
 }
 
@@ -134,7 +140,8 @@ fn find_nvcc(torch_root: &Path) -> Option<PathBuf> {
     on_path.status.success().then(|| PathBuf::from("nvcc"))
 }
 
-fn build_cuda(nvcc: &Path, cu_sources: &[PathBuf]) {
+/// Compiles the CUDA sources and links cudart; returns the toolkit's include directory, if found.
+fn build_cuda(nvcc: &Path, cu_sources: &[PathBuf]) -> Option<PathBuf> {
     // cudart comes from the same place as nvcc (bin/../lib), the pip wheel's layout.
     let cuda_root = nvcc
         .canonicalize()
@@ -153,7 +160,7 @@ fn build_cuda(nvcc: &Path, cu_sources: &[PathBuf]) {
     }
     cu.files(cu_sources).compile("fwp_cuda");
 
-    if let Some(root) = cuda_root {
+    if let Some(root) = &cuda_root {
         let lib = root.join("lib");
         if lib.is_dir() {
             println!("cargo:rustc-link-search=native={}", lib.display());
@@ -164,4 +171,7 @@ fn build_cuda(nvcc: &Path, cu_sources: &[PathBuf]) {
     println!("cargo:rustc-cfg=fwp_cuda");
     let archs: Vec<&str> = CUDA_GENCODE.iter().map(|(_, code)| *code).collect();
     println!("cargo:rustc-env=FWP_CUDA_ARCHS={}", archs.join(","));
+    cuda_root
+        .map(|root| root.join("include"))
+        .filter(|dir| dir.join("cuda_runtime_api.h").is_file())
 }

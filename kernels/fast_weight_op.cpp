@@ -85,14 +85,15 @@ bool use_avx2() {
 #endif
 }
 
-// Checkpoint interval: 64 steps, fewer where the backward's replay buffer of chunk + 1 states would
-// pass 16 MiB per CPU thread; on CUDA, what the device's shared memory allows (fast_weight.cu).
+// Checkpoint interval. CPU: 64 steps, fewer where the backward's replay buffer of chunk + 1 column-tile
+// states (d_k x 64 bytes each, fast_weight_cpu.cpp) would pass 384 KiB, so that it stays in L2; never
+// under 8, which bounds the checkpoints at T/8 states. CUDA: what the device's shared memory allows
+// (fast_weight.cu).
 int64_t choose_chunk(const Tensor& q, int64_t dk, int64_t dv) {
   const int64_t acc_bytes = acc_type(q.scalar_type()) == at::kDouble ? 8 : 4;
   if (q.is_cuda()) return cuda_chunk(q, dk, dv, acc_bytes);
-  const int64_t budget = int64_t(16) << 20;
-  const int64_t per_state = dk * dv * acc_bytes;
-  return std::max<int64_t>(1, std::min<int64_t>({64, q.size(2), budget / per_state - 1}));
+  const int64_t fit = (int64_t(384) << 10) / (dk * 64) - 1;
+  return std::max<int64_t>(1, std::min<int64_t>({64, q.size(2), std::max<int64_t>(8, fit)}));
 }
 
 std::tuple<Tensor, Tensor, Tensor> forward_kernel(const Tensor& q, const Tensor& k, const Tensor& v,

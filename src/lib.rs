@@ -11,6 +11,7 @@
 //! - [`speed`]: a quick timing of the backends against softmax attention (`fwp speed`).
 
 pub mod attention;
+pub mod bench;
 pub mod block;
 pub mod check;
 pub mod feature_map;

@@ -24,6 +24,8 @@ extern "C" {
         out: *mut *mut C_tensor,
         state: *mut *mut C_tensor,
     ) -> *mut c_char;
+    fn fwp_cuda_memory_reset_peak(device: c_int) -> *mut c_char;
+    fn fwp_cuda_memory_allocated(device: c_int, current: *mut i64, peak: *mut i64) -> *mut c_char;
     fn fwp_fused_cuda_max_dk(
         device: c_int,
         d_v: i64,
@@ -115,4 +117,24 @@ pub fn fused_cuda_max_dk(device: usize, d_v: i64, kind: Kind) -> Result<i64> {
         fwp_fused_cuda_max_dk(device as c_int, d_v, acc_bytes, &mut out)
     })?;
     Ok(out)
+}
+
+/// Resets the peak statistics of PyTorch's CUDA caching allocator on `device`
+/// (kernels/cuda_memory.cpp); errors in a build without CUDA.
+pub fn cuda_memory_reset_peak(device: usize) -> Result<()> {
+    // SAFETY: plain integer argument; errors come back as a string.
+    status("fwp_cuda_memory_reset_peak", unsafe {
+        fwp_cuda_memory_reset_peak(device as c_int)
+    })
+}
+
+/// Bytes allocated through PyTorch's CUDA caching allocator on `device`: (now, peak since the last
+/// [`cuda_memory_reset_peak`]).
+pub fn cuda_memory_allocated(device: usize) -> Result<(i64, i64)> {
+    let (mut current, mut peak) = (0i64, 0i64);
+    // SAFETY: both pointers are valid i64s for the call to write.
+    status("fwp_cuda_memory_allocated", unsafe {
+        fwp_cuda_memory_allocated(device as c_int, &mut current, &mut peak)
+    })?;
+    Ok((current, peak))
 }

@@ -87,10 +87,18 @@ fn fused_matches_reference_grid_cuda() {
 
 #[test]
 fn fused_rectangular_states() {
-    // DPFP nu=3 at d_head 64 (384 x 64) and one-hot values of the retrieval task (64 x 600), batch 2.
+    // DPFP nu=3 at d_head 64 (384 x 64) and one-hot values of the retrieval task (64 x 600), batch 2;
+    // then row counts that leave tails after the CPU kernel's blocks of 4 and 8 rows, with full
+    // 16-column tiles (7 x 16, 13 x 48) and a full tile plus a narrow one (6 x 33).
     tch::manual_seed(41);
     for device in devices("fused_rectangular_states") {
-        for (d_k, d_v, t) in [(384, 64, 70), (64, 600, 33)] {
+        for (d_k, d_v, t) in [
+            (384, 64, 70),
+            (64, 600, 33),
+            (7, 16, 40),
+            (13, 48, 70),
+            (6, 33, 20),
+        ] {
             let case = Case::new(2, 1, t, d_k, d_v);
             for rule in RULES {
                 check_fused(&case, rule, device, &format!("{d_k}x{d_v}"));

@@ -1,0 +1,310 @@
+//! Experiment `bench`: speed and memory of every fast-weight backend (Reference, Chunked, Fused;
+//! sum and delta rules) against causal softmax attention (libtorch's scaled-dot-product attention),
+//! against this machine's own measured ceilings (kernels.md Sec. 4).
+//!
+//! For each case of a grid (B, H, T, d, dtype, device, op) it times the forward (no_grad) and the
+//! forward + backward: warm-up runs, then the median, min and max of the timed runs (synchronised
+//! wall clock); it measures peak memory above the inputs (CUDA allocator statistics on GPU, the RSS
+//! high-water mark on CPU). Into the output folder it writes:
+//! - `peak.json`: matmul GFLOP/s per dtype and copy GB/s, measured here (`--peak` measures only that);
+//! - `results.jsonl`: one record per case, appended as each finishes; a re-run skips recorded cases,
+//!   so an interrupted run loses at most the case in progress;
+//! - `table.md`: where each backend overtakes softmax, backend ratios, then every record;
+//! - `time-<device>-<dtype>-d<d>.{png,svg}` (log-log) and `memory-….{png,svg}`.
+//!
+//! Run:
+//!   cargo run --release --bin bench                      # the CPU grid, ~6 minutes on 2 cores
+//!   cargo run --release --bin bench -- --peak            # only the machine's ceilings
+//!   cargo run --release --bin bench -- --preset gpu      # H100/H200 grid (scripts/gpu-check)
+//!   cargo run --release --bin bench -- --t 1024 --d 64 --ops fused --rules delta --heads 4
+//! Results on this machine class: docs/performance.md.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use fwp::bench::{measure, peak, summary, DType, Grid, Op, Peak, Preset, Record};
+use fwp::report::{append_record, read_records};
+use fwp::UpdateRule;
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(Parser, Debug)]
+#[command(about = "Speed and memory of the fast-weight backends against softmax attention")]
+struct Args {
+    /// The grid to run; the flags below override its fields.
+    #[arg(long, value_enum, default_value = "cpu")]
+    preset: Preset,
+    /// cpu, cuda, cuda:N
+    #[arg(long)]
+    device: Option<String>,
+    /// comma-separated: f32, bf16, f16, f64
+    #[arg(long, value_delimiter = ',')]
+    dtypes: Option<Vec<DType>>,
+    /// sequence lengths, comma-separated
+    #[arg(long, value_delimiter = ',')]
+    t: Option<Vec<i64>>,
+    /// head sizes (d_k = d_v), comma-separated
+    #[arg(long, value_delimiter = ',')]
+    d: Option<Vec<i64>>,
+    /// comma-separated: reference, chunked, fused, softmax
+    #[arg(long, value_delimiter = ',')]
+    ops: Option<Vec<Op>>,
+    /// comma-separated: sum, delta
+    #[arg(long, value_delimiter = ',')]
+    rules: Option<Vec<String>>,
+    #[arg(long)]
+    batch: Option<i64>,
+    /// Fix batch x T at this many tokens (batch = max(1, tokens / T)) instead of a fixed batch.
+    #[arg(long)]
+    tokens: Option<i64>,
+    #[arg(long)]
+    heads: Option<i64>,
+    /// Chunk size of the Chunked backend.
+    #[arg(long)]
+    chunk: Option<i64>,
+    /// Run the Reference backend only up to this T.
+    #[arg(long)]
+    reference_max_t: Option<i64>,
+    #[arg(long)]
+    warmup: Option<usize>,
+    #[arg(long)]
+    repeats: Option<usize>,
+    /// CPU threads for libtorch and the kernels (default: libtorch's choice).
+    #[arg(long)]
+    threads: Option<i32>,
+    /// Output folder (default runs/bench-<preset>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Only measure this machine's ceilings (written to <out>/peak.json).
+    #[arg(long)]
+    peak: bool,
+    /// Re-measure the ceilings even if <out>/peak.json matches this device.
+    #[arg(long)]
+    remeasure_peak: bool,
+    /// Only rewrite table.md and the plots from results.jsonl.
+    #[arg(long)]
+    report_only: bool,
+}
+
+fn parse_rule(s: &str) -> Result<UpdateRule> {
+    match s {
+        "sum" => Ok(UpdateRule::Sum),
+        "delta" => Ok(UpdateRule::Delta),
+        _ => bail!("unknown update rule {s:?}: expected sum or delta"),
+    }
+}
+
+fn grid(args: &Args) -> Result<Grid> {
+    let mut g = Grid::preset(args.preset);
+    if let Some(v) = &args.device {
+        g.device = v.clone();
+    }
+    if let Some(v) = &args.dtypes {
+        g.dtypes = v.clone();
+    }
+    if let Some(v) = &args.t {
+        g.t = v.clone();
+    }
+    if let Some(v) = &args.d {
+        g.d = v.clone();
+    }
+    if let Some(v) = &args.ops {
+        g.ops = v.clone();
+    }
+    if let Some(v) = &args.rules {
+        g.rules = v.iter().map(|s| parse_rule(s)).collect::<Result<_>>()?;
+    }
+    if let Some(v) = args.batch {
+        g.batch = v;
+        g.tokens = None;
+    }
+    if let Some(v) = args.tokens {
+        g.tokens = Some(v);
+    }
+    if let Some(v) = args.heads {
+        g.heads = v;
+    }
+    if let Some(v) = args.chunk {
+        g.chunk = v;
+    }
+    if let Some(v) = args.reference_max_t {
+        g.reference_max_t = v;
+    }
+    if let Some(v) = args.warmup {
+        g.warmup = v;
+    }
+    if let Some(v) = args.repeats {
+        g.repeats = v;
+    }
+    // "cuda" means the first GPU; records name the device index.
+    if g.device == "cuda" {
+        g.device = "cuda:0".into();
+    }
+    Ok(g)
+}
+
+/// The saved ceilings if they were measured for this device, thread count and dtypes; else
+/// measures and saves them.
+fn ceilings(out: &Path, g: &Grid, remeasure: bool) -> Result<Peak> {
+    let path = out.join("peak.json");
+    if !remeasure && path.is_file() {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let saved: Peak =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let dtypes_ok = g
+            .dtypes
+            .iter()
+            .all(|d| saved.matmul_gflops.contains_key(d.name()));
+        if saved.device == g.device && saved.threads == tch::get_num_threads() && dtypes_ok {
+            return Ok(saved);
+        }
+    }
+    eprintln!(
+        "measuring the ceilings of {} ({:?}) ...",
+        g.device, g.dtypes
+    );
+    let p = peak::measure(&g.device, &g.dtypes)?;
+    std::fs::write(&path, serde_json::to_string_pretty(&p)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(p)
+}
+
+fn peak_lines(p: &Peak) -> String {
+    let rates: Vec<String> = p
+        .matmul_gflops
+        .iter()
+        .map(|(d, r)| format!("{d} matmul {r:.1} GFLOP/s (n = {})", p.matmul_n[d]))
+        .collect();
+    format!(
+        "{} ({}, {} threads): {}; copy {:.1} GB/s",
+        p.device,
+        p.hardware,
+        p.threads,
+        rates.join(", "),
+        p.copy_gb_s
+    )
+}
+
+fn report(out: &Path, records: &[Record], p: Option<&Peak>) -> Result<()> {
+    let mut md = String::from("# bench results\n\n");
+    if let Some(p) = p {
+        md += &format!("Measured ceilings: {}\n\n", peak_lines(p));
+    }
+    md += "## Where each fast-weight variant overtakes softmax attention\n\n";
+    md += &summary::crossover_table(records);
+    md += "\n## Time ratios, forward + backward (> 1: slower than Fused)\n\n";
+    md += &summary::ratio_table(records);
+    md += "\n## Every record (times: median (min–max) over the timed runs)\n\n";
+    md += &summary::full_table(records);
+    std::fs::write(out.join("table.md"), md)?;
+    let plots = summary::plots(records, out)?;
+    println!("wrote {}", out.join("table.md").display());
+    for p in plots {
+        println!("wrote {p}.png and .svg");
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if let Some(n) = args.threads {
+        if n < 1 {
+            bail!("--threads must be >= 1, got {n}");
+        }
+        tch::set_num_threads(n);
+    }
+    let g = grid(&args)?;
+    let cases = g.cases()?;
+    let preset = format!("{:?}", args.preset).to_lowercase();
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("runs/bench-{preset}")));
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let results = out.join("results.jsonl");
+
+    if args.peak {
+        let p = ceilings(&out, &g, true)?;
+        println!("{}", peak_lines(&p));
+        return Ok(());
+    }
+    let saved: Vec<Record> = if results.is_file() {
+        read_records(&results)?
+    } else {
+        Vec::new()
+    };
+    if args.report_only {
+        if saved.is_empty() {
+            bail!("{} holds no records to report", results.display());
+        }
+        let p = std::fs::read_to_string(out.join("peak.json"))
+            .ok()
+            .and_then(|s| serde_json::from_str::<Peak>(&s).ok());
+        return report(&out, &saved, p.as_ref());
+    }
+    let p = ceilings(&out, &g, args.remeasure_peak)?;
+    println!("{}", peak_lines(&p));
+    std::fs::write(
+        out.join("grid.json"),
+        serde_json::to_string_pretty(&g)? + "\n",
+    )?;
+
+    let todo: Vec<_> = cases
+        .into_iter()
+        .filter(|c| !saved.iter().any(|r| &r.case == c))
+        .collect();
+    println!(
+        "{} cases to run ({} already in {})",
+        todo.len(),
+        saved.len(),
+        results.display()
+    );
+    let bar = ProgressBar::new(todo.len() as u64);
+    bar.set_style(ProgressStyle::with_template(
+        "{bar:30} {pos}/{len} cases [{elapsed}<{eta}] {msg}",
+    )?);
+    let mut failures = Vec::new();
+    for case in &todo {
+        bar.set_message(format!(
+            "{} {} T={} d={}",
+            case.label(),
+            case.dtype,
+            case.t,
+            case.d_k
+        ));
+        match measure(case, g.warmup, g.repeats) {
+            Ok(m) => {
+                let record = Record::new(case.clone(), m, Some(&p));
+                append_record(&results, &record)?;
+            }
+            Err(e) => {
+                bar.println(format!(
+                    "FAILED {} {} T={}: {e:#}",
+                    case.label(),
+                    case.dtype,
+                    case.t
+                ));
+                failures.push(format!(
+                    "{} {} T={} d={}: {e:#}",
+                    case.label(),
+                    case.dtype,
+                    case.t,
+                    case.d_k
+                ));
+            }
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let all: Vec<Record> = read_records(&results)?;
+    report(&out, &all, Some(&p))?;
+    if !failures.is_empty() {
+        bail!(
+            "{} case(s) failed:\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
+    }
+    Ok(())
+}
