@@ -15,7 +15,7 @@ pub fn shape(name: &str, t: &Tensor, dims: &[Dim]) -> Result<Vec<i64>> {
         && dims
             .iter()
             .zip(&size)
-            .all(|(d, &s)| d.1.map_or(true, |want| want == s));
+            .all(|(d, &s)| d.1.is_none_or(|want| want == s));
     if !ok {
         bail!("{name}: expected shape {}, got {size:?}", describe(dims));
     }

@@ -83,7 +83,7 @@ pub fn fast_weight_fused(
     beta: Option<&Tensor>,
     initial: Option<&Tensor>,
 ) -> Result<(Tensor, Tensor)> {
-    let ptr = |t: Option<&Tensor>| t.map_or(std::ptr::null(), |t| t.as_ptr() as *const C_tensor);
+    let ptr = |t: Option<&Tensor>| t.map_or(std::ptr::null(), |t| t.as_ptr());
     let mut out: *mut C_tensor = std::ptr::null_mut();
     let mut state: *mut C_tensor = std::ptr::null_mut();
     let op = if beta.is_some() {

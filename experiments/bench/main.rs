@@ -225,6 +225,7 @@ fn main() -> Result<()> {
     let results = out.join("results.jsonl");
 
     if args.peak {
+        fwp::check::device(&g.device)?;
         let p = ceilings(&out, &g, true)?;
         println!("{}", peak_lines(&p));
         return Ok(());
@@ -243,6 +244,7 @@ fn main() -> Result<()> {
             .and_then(|s| serde_json::from_str::<Peak>(&s).ok());
         return report(&out, &saved, p.as_ref());
     }
+    fwp::check::device(&g.device)?;
     let p = ceilings(&out, &g, args.remeasure_peak)?;
     println!("{}", peak_lines(&p));
     std::fs::write(

@@ -45,8 +45,8 @@ impl GroupKey {
 /// Records by group, then by series label, sorted by T within a series (the last record of a
 /// configuration wins, so a re-run replaces an older one).
 pub fn groups(records: &[Record]) -> BTreeMap<GroupKey, BTreeMap<String, Vec<&Record>>> {
-    let mut out: BTreeMap<GroupKey, BTreeMap<String, BTreeMap<(i64, i64), &Record>>> =
-        BTreeMap::new();
+    type ByT<'a> = BTreeMap<(i64, i64), &'a Record>;
+    let mut out: BTreeMap<GroupKey, BTreeMap<String, ByT>> = BTreeMap::new();
     for r in records {
         let c = &r.case;
         let key = GroupKey {
@@ -191,6 +191,7 @@ pub fn crossover_table(records: &[Record]) -> String {
         "faster than softmax, fwd+bwd, from T =",
         "forward, from T =",
         "peak memory ∝ T^x (fwd+bwd)",
+        "peak bytes / head-token at the largest T",
     ];
     let mut rows = Vec::new();
     for (key, series) in groups(records) {
@@ -219,6 +220,13 @@ pub fn crossover_table(records: &[Record]) -> String {
                 train,
                 fwd,
                 memory_exponent(rs).map_or("–".into(), |x| format!("{x:.2}")),
+                rs.last()
+                    .and_then(|r| {
+                        Some(r.measurement.train_peak_bytes? as f64 / r.case.head_tokens())
+                    })
+                    .map_or("–".into(), |b| {
+                        format!("{b:.0} (T = {})", rs[rs.len() - 1].case.t)
+                    }),
             ]);
         }
     }

@@ -33,7 +33,7 @@ pub enum UpdateRule {
 }
 
 /// Which implementation of the recurrence runs. All give the same numbers up to rounding.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum Backend {
     /// The step-by-step recurrence as the paper writes it; gradients by libtorch autograd.
     /// Slow, O(T) small ops, but the ground truth every other backend is tested against.
@@ -47,13 +47,8 @@ pub enum Backend {
     Fused,
     /// `Fused` wherever it supports the device, dtype and sizes, else `Chunked { chunk_size: 64 }`;
     /// [`Backend::resolve`] says which.
+    #[default]
     Auto,
-}
-
-impl Default for Backend {
-    fn default() -> Self {
-        Backend::Auto
-    }
 }
 
 impl Backend {

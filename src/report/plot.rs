@@ -49,20 +49,35 @@ pub fn line_plot(stem: &Path, title: &str, x: &Axis, y: &Axis, series: &[Series]
     let png = stem.with_extension("png");
     let svg = stem.with_extension("svg");
     draw(
-        BitMapBackend::new(&png, (900, 600)).into_drawing_area(),
+        BitMapBackend::new(&png, (1100, 600)).into_drawing_area(),
         title,
         x,
         y,
         series,
     )?;
     draw(
-        SVGBackend::new(&svg, (900, 600)).into_drawing_area(),
+        SVGBackend::new(&svg, (1100, 600)).into_drawing_area(),
         title,
         x,
         y,
         series,
     )?;
     Ok(())
+}
+
+/// Room to the right of the plot for the legend, in pixels.
+const LEGEND_WIDTH: u32 = 210;
+
+/// A tick label: integers without decimals (1024, not 1024.0), else three significant digits.
+fn tick(v: f64) -> String {
+    if v.abs() >= 1.0 && (v - v.round()).abs() < 1e-9 {
+        format!("{}", v.round() as i64)
+    } else {
+        format!("{v:.3}")
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_string()
+    }
 }
 
 fn range(points: impl Iterator<Item = f64>, log: bool) -> (f64, f64) {
@@ -101,6 +116,7 @@ where
     builder
         .caption(title, ("sans-serif", 22))
         .margin(15)
+        .margin_right(LEGEND_WIDTH)
         .x_label_area_size(45)
         .y_label_area_size(70);
     // Four coordinate combinations have different types, hence the macro.
@@ -111,6 +127,10 @@ where
                 .configure_mesh()
                 .x_desc(x.label.as_str())
                 .y_desc(y.label.as_str())
+                .x_labels(8)
+                .y_labels(8)
+                .x_label_formatter(&|v| tick(*v))
+                .y_label_formatter(&|v| tick(*v))
                 .label_style(("sans-serif", 15))
                 .draw()
                 .map_err(err)?;
@@ -125,22 +145,31 @@ where
                     .collect();
                 chart
                     .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
-                    .map_err(err)?
-                    .label(s.name.as_str())
-                    .legend(move |(px, py)| {
-                        PathElement::new(vec![(px, py), (px + 20, py)], color.stroke_width(2))
-                    });
+                    .map_err(err)?;
                 chart
                     .draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))
                     .map_err(err)?;
             }
-            chart
-                .configure_series_labels()
-                .background_style(WHITE.mix(0.8))
-                .border_style(BLACK)
-                .label_font(("sans-serif", 15))
-                .draw()
+            // The legend, in the margin right of the plot (drawn on the whole canvas, since the
+            // chart clips to its plotting area).
+            let (left, _) = chart.plotting_area().get_pixel_range();
+            let x0 = left.end + 12;
+            for (i, s) in series.iter().enumerate() {
+                let (r, g, b) = COLOURS[i % COLOURS.len()];
+                let color = RGBColor(r, g, b).to_rgba();
+                let y = 70 + 24 * i as i32;
+                area.draw(&PathElement::new(
+                    vec![(x0, y), (x0 + 22, y)],
+                    color.stroke_width(3),
+                ))
                 .map_err(err)?;
+                area.draw(&Text::new(
+                    s.name.as_str(),
+                    (x0 + 28, y - 8),
+                    ("sans-serif", 15),
+                ))
+                .map_err(err)?;
+            }
         }};
     }
     match (x.log, y.log) {
