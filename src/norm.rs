@@ -23,6 +23,22 @@ pub enum Normalisation {
     SumAndAttention,
 }
 
+impl std::str::FromStr for Normalisation {
+    type Err = anyhow::Error;
+    /// `none`, `attention`, `sum` or `sum-and-attention`.
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "none" => Normalisation::None,
+            "attention" => Normalisation::Attention,
+            "sum" => Normalisation::Sum,
+            "sum-and-attention" => Normalisation::SumAndAttention,
+            _ => anyhow::bail!(
+                "normalisation '{s}': expected none, attention, sum or sum-and-attention"
+            ),
+        })
+    }
+}
+
 impl Normalisation {
     pub fn sum_normalises(&self) -> bool {
         matches!(self, Normalisation::Sum | Normalisation::SumAndAttention)
@@ -42,12 +58,13 @@ pub fn sum_normalise_reference(x: &Tensor, eps: f64) -> Result<Tensor> {
     Ok(x.f_div(&(s + eps))?)
 }
 
-/// Sum normalisation as a layer with `backend` uses it: the reference twin for
-/// `Backend::Reference` (which stays free of custom ops end to end), the C++ op otherwise.
+/// Sum normalisation as a layer with `backend` uses it: the reference twin for `Reference` and
+/// `Chunked`, which stay free of custom ops end to end (so a model traced with them loads in plain
+/// PyTorch), the C++ op with `Fused` and `Auto`.
 pub fn sum_normalise(x: &Tensor, eps: f64, backend: Backend) -> Result<Tensor> {
     match backend {
-        Backend::Reference => sum_normalise_reference(x, eps),
-        _ => crate::ops::sum_norm(x, eps),
+        Backend::Reference | Backend::Chunked { .. } => sum_normalise_reference(x, eps),
+        Backend::Fused | Backend::Auto => crate::ops::sum_norm(x, eps),
     }
 }
 

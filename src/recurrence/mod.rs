@@ -51,6 +51,28 @@ pub enum Backend {
     Auto,
 }
 
+impl std::str::FromStr for Backend {
+    type Err = anyhow::Error;
+    /// `auto`, `fused`, `reference`, `chunked` (64 steps per chunk) or `chunked:N`.
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "auto" => Backend::Auto,
+            "fused" => Backend::Fused,
+            "reference" => Backend::Reference,
+            "chunked" => Backend::Chunked { chunk_size: 64 },
+            _ => match s
+                .strip_prefix("chunked:")
+                .and_then(|n| n.parse::<i64>().ok())
+            {
+                Some(chunk_size) if chunk_size >= 1 => Backend::Chunked { chunk_size },
+                _ => bail!(
+                    "backend '{s}': expected auto, fused, reference, chunked or chunked:N (N >= 1)"
+                ),
+            },
+        })
+    }
+}
+
 impl Backend {
     /// The backend that runs for inputs on `device` of dtype `kind` and sizes `d_k`, `d_v`: `Auto`
     /// resolved, the others as they are. For logs.

@@ -17,53 +17,11 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, nn::Module, Kind, Tensor};
 
 use super::data::Batch;
-use crate::feature_map::{FavorRedraw, FeatureMap, Phi};
+use crate::feature_map::{FavorRedraw, Phi};
 use crate::norm::{sum_normalise, Normalisation};
 use crate::recurrence::{fast_weight, Backend, UpdateRule};
 
-/// Which memory the model uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Variant {
-    Softmax,
-    FastWeight { rule: UpdateRule, map: FeatureMap },
-}
-
-impl Variant {
-    /// `softmax`, or `RULE:MAP` with RULE `sum` or `delta` and MAP as [`FeatureMap`] parses it,
-    /// e.g. `sum:linear`, `delta:dpfp:2`, `sum:favor:64`.
-    pub fn parse(s: &str) -> Result<Self> {
-        if s == "softmax" {
-            return Ok(Variant::Softmax);
-        }
-        let Some((rule, map)) = s.split_once(':') else {
-            bail!("variant '{s}': expected softmax or RULE:MAP, e.g. sum:linear or delta:dpfp:2");
-        };
-        let rule = match rule {
-            "sum" => UpdateRule::Sum,
-            "delta" => UpdateRule::Delta,
-            other => bail!("variant '{s}': unknown rule '{other}' (sum or delta)"),
-        };
-        Ok(Variant::FastWeight {
-            rule,
-            map: map.parse()?,
-        })
-    }
-
-    /// The name [`Variant::parse`] reads back.
-    pub fn name(&self) -> String {
-        match self {
-            Variant::Softmax => "softmax".into(),
-            Variant::FastWeight {
-                rule: UpdateRule::Sum,
-                map,
-            } => format!("sum:{map}"),
-            Variant::FastWeight {
-                rule: UpdateRule::Delta,
-                map,
-            } => format!("delta:{map}"),
-        }
-    }
-}
+pub use crate::variant::Variant;
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {

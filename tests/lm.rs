@@ -1,0 +1,571 @@
+//! The language-modelling experiment (src/lm, experiments/lm): data and vocabulary, the Brown
+//! split, model shapes, overfitting a fixture, exact resumption, divergence handling, the
+//! evaluation protocols against naive twins, Adam against libtorch's, and TorchScript export
+//! loaded by plain Python.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Mutex, MutexGuard};
+
+use fwp::lm::adam::{clip_grad_norm, learning_rate, Adam};
+use fwp::lm::checkpoint::{self, RunConfig};
+use fwp::lm::config::{LmModel, Preset, TrainConfig};
+use fwp::lm::data::{Corpus, Vocab, EOS, UNK};
+use fwp::lm::eval::{evaluate, sliding_windows, EvalMode};
+use fwp::lm::train::{build_model, load_run, train, Outcome, StepLog, TrainOptions};
+use fwp::report::read_records;
+use fwp::Variant;
+use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
+
+/// libtorch's random generator is global to the process: tests that seed it and expect the same
+/// numbers twice hold this lock so that no other test draws in between.
+static RNG: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lm")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("fwp-lm-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// A small model on the fixture: 2 layers, d_model 32, 2 heads of 16, context 16.
+fn config(variant: &str, steps: usize) -> RunConfig {
+    let mut model = LmModel::preset(Preset::Tiny, Variant::parse(variant).unwrap());
+    (
+        model.n_layers,
+        model.d_model,
+        model.n_heads,
+        model.d_head,
+        model.d_ff,
+        model.context,
+    ) = (2, 32, 2, 16, 64, 16);
+    let mut train = TrainConfig::preset(Preset::Tiny);
+    train.steps = steps;
+    train.batch = 8;
+    train.warmup = 5;
+    train.lr = 3e-3;
+    train.log_every = 1;
+    train.eval_every = 1000;
+    train.checkpoint_every = 4;
+    RunConfig {
+        model,
+        train,
+        data: fixture(),
+    }
+}
+
+fn opts(stop: &AtomicBool, resume: bool, stop_after: Option<usize>) -> TrainOptions<'_> {
+    TrainOptions {
+        device: Device::Cpu,
+        resume,
+        stop,
+        stop_after,
+        progress: false,
+    }
+}
+
+#[test]
+fn corpus_reads_wikitext_layout_and_builds_vocab_from_train() {
+    let c = Corpus::load(&fixture(), 1).unwrap();
+    assert_eq!(&c.vocab.words[..2], &[UNK.to_string(), EOS.to_string()]);
+    // every line ends in <eos>, the empty line of valid.txt included
+    let lines = |f: &str| {
+        std::fs::read_to_string(fixture().join(f))
+            .unwrap()
+            .lines()
+            .count() as i64
+    };
+    let eos = c.vocab.id(EOS);
+    let count = |t: &Tensor, id: i64| i64::try_from(t.eq(id).sum(Kind::Int64)).unwrap();
+    assert_eq!(count(&c.train, eos), lines("train.txt"));
+    assert_eq!(count(&c.valid, eos), lines("valid.txt"));
+    // "zebra" is not in train: <unk>; words are ordered by count, so "the" comes first
+    assert_eq!(c.vocab.id("zebra"), c.vocab.unk());
+    assert!(count(&c.valid, c.vocab.unk()) >= 1);
+    assert_eq!(c.vocab.words[2], "the");
+    assert_eq!(c.vocab.word(c.vocab.id("river")), "river");
+    // a threshold drops rare words
+    let c2 = Corpus::load(&fixture(), 1000).unwrap();
+    assert_eq!(c2.vocab.len(), 2);
+}
+
+#[test]
+fn wiki_names_missing_and_empty_files() {
+    let dir = scratch("names");
+    std::fs::create_dir_all(&dir).unwrap();
+    for s in ["train", "valid", "test"] {
+        std::fs::copy(
+            fixture().join(format!("{s}.txt")),
+            dir.join(format!("wiki.{s}.tokens")),
+        )
+        .unwrap();
+    }
+    let c = Corpus::load(&dir, 1).unwrap();
+    assert_eq!(c.vocab, Corpus::load(&fixture(), 1).unwrap().vocab);
+    std::fs::remove_file(dir.join("wiki.test.tokens")).unwrap();
+    let e = Corpus::load(&dir, 1).unwrap_err().to_string();
+    assert!(
+        e.contains("no test split") && e.contains("wiki.test.tokens"),
+        "{e}"
+    );
+    std::fs::write(dir.join("test.txt"), "\n\n").unwrap();
+    let e = Corpus::load(&dir, 1).unwrap_err().to_string();
+    assert!(e.contains("holds no words"), "{e}");
+    let e = Corpus::load(&dir.join("nowhere"), 1)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("does not exist"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn brown_split_is_by_file_and_stratified() {
+    // The real package's genre sizes (a..r without i, o, q).
+    let sizes = [
+        ('a', 44),
+        ('b', 27),
+        ('c', 17),
+        ('d', 17),
+        ('e', 36),
+        ('f', 48),
+        ('g', 75),
+        ('h', 30),
+        ('j', 80),
+        ('k', 29),
+        ('l', 24),
+        ('m', 6),
+        ('n', 29),
+        ('p', 29),
+        ('r', 9),
+    ];
+    let names: Vec<String> = sizes
+        .iter()
+        .flat_map(|&(g, n)| (1..=n).map(move |i| format!("c{g}{i:02}")))
+        .collect();
+    assert_eq!(names.len(), 500);
+    let split = fwp::lm::brown::assign_splits(names);
+    let n = |s: &str| split.values().filter(|&&v| v == s).count();
+    assert_eq!((n("train"), n("valid"), n("test")), (450, 25, 25));
+    for (g, _) in sizes {
+        for s in ["valid", "test"] {
+            assert!(
+                split
+                    .iter()
+                    .any(|(f, &v)| f.as_bytes()[1] == g as u8 && v == s),
+                "genre {g} has no {s} file"
+            );
+        }
+    }
+    assert_eq!(split["cr09"], "test");
+    assert_eq!(split["cr08"], "valid");
+    let dir = scratch("brown");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("ca01"), "\tThe/at jury/nn ./.\n").unwrap();
+    let e = fwp::lm::brown::prepare(&dir, &dir.join("out"), 3)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("expected the 500 Brown files") && e.contains("found 1"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn model_shapes_and_presets() {
+    for v in [
+        "softmax",
+        "sum:linear",
+        "sum:dpfp:2",
+        "sum:favor:16",
+        "delta:linear",
+        "delta:dpfp:2",
+    ] {
+        let cfg = config(v, 1);
+        let (_vs, model) = build_model(&cfg, 50, Device::Cpu).unwrap();
+        let x = Tensor::randint(50, [3, 16], (Kind::Int64, Device::Cpu));
+        let (logits, states) = model.forward_t(&x, None, 0, false).unwrap();
+        assert_eq!(logits.size(), [3, 16, 50], "{v}");
+        assert_eq!(states.len(), 2);
+        assert_eq!(states[0].is_some(), v != "softmax", "{v}");
+    }
+    let small = LmModel::preset(Preset::Small, Variant::Softmax);
+    assert_eq!(
+        (
+            small.n_layers,
+            small.d_model,
+            small.n_heads,
+            small.d_head,
+            small.d_ff,
+            small.context
+        ),
+        (16, 128, 8, 16, 2048, 256)
+    );
+    let medium = LmModel::preset(Preset::Medium, Variant::Softmax);
+    assert_eq!(
+        (medium.d_model, medium.d_head, medium.context),
+        (256, 32, 384)
+    );
+    let mut bad = config("delta:linear", 1).model;
+    bad.normalisation = Some(fwp::Normalisation::Attention);
+    assert!(bad
+        .model_config(10)
+        .unwrap_err()
+        .to_string()
+        .contains("delta rule"));
+}
+
+#[test]
+fn tiny_model_overfits_the_fixture() {
+    let _rng = serial();
+    for v in ["softmax", "delta:linear"] {
+        let run = scratch(&format!("overfit-{}", v.replace(':', "-")));
+        let mut cfg = config(v, 300);
+        cfg.model.dropout = 0.0;
+        cfg.train.lr = 1e-2;
+        cfg.train.checkpoint_every = 1000;
+        let stop = AtomicBool::new(false);
+        assert_eq!(
+            train(&run, &cfg, &opts(&stop, false, None)).unwrap(),
+            Outcome::Finished { step: 300 }
+        );
+        let log: Vec<StepLog> = read_records(&run.join("train.jsonl")).unwrap();
+        let first = log[0].loss;
+        let last = log.iter().rev().take(10).map(|r| r.loss).sum::<f64>() / 10.0;
+        // From about ln(vocab) to at least 1 nat under the unigram entropy of the training text,
+        // which no model that only learned word frequencies can beat.
+        let c = Corpus::load(&fixture(), 1).unwrap();
+        let counts = c
+            .train
+            .bincount::<Tensor>(None, c.vocab.len() as i64)
+            .to_kind(Kind::Double);
+        let p = &counts / counts.sum(Kind::Double);
+        let unigram = -f64::try_from((&p * p.clamp_min(1e-300).log()).sum(Kind::Double)).unwrap();
+        assert!(first > 3.5, "{v}: initial loss {first:.2}");
+        assert!(
+            last < unigram - 1.0,
+            "{v}: loss {first:.2} -> {last:.2}, unigram entropy {unigram:.2}"
+        );
+        std::fs::remove_dir_all(&run).unwrap();
+    }
+}
+
+#[test]
+fn resumed_training_reproduces_the_uninterrupted_losses() {
+    let _rng = serial();
+    let cfg = config("delta:dpfp:2", 12);
+    let stop = AtomicBool::new(false);
+    let a = scratch("resume-a");
+    train(&a, &cfg, &opts(&stop, false, None)).unwrap();
+    let b = scratch("resume-b");
+    assert_eq!(
+        train(&b, &cfg, &opts(&stop, false, Some(5))).unwrap(),
+        Outcome::Interrupted { step: 5 }
+    );
+    // the periodic checkpoint at 4 was replaced by the interruption's at 5; nothing half-written
+    assert_eq!(checkpoint::find(&b).unwrap().1.step, 5);
+    assert!(!b.join("checkpoint.tmp").exists() && !b.join("checkpoint.old").exists());
+    assert!(train(&b, &cfg, &opts(&stop, false, None))
+        .unwrap_err()
+        .to_string()
+        .contains("--resume"));
+    assert_eq!(
+        train(&b, &cfg, &opts(&stop, true, None)).unwrap(),
+        Outcome::Finished { step: 12 }
+    );
+    let la: Vec<StepLog> = read_records(&a.join("train.jsonl")).unwrap();
+    let lb: Vec<StepLog> = read_records(&b.join("train.jsonl")).unwrap();
+    assert_eq!(la.len(), 12);
+    let steps: Vec<usize> = lb.iter().map(|r| r.step).collect();
+    assert_eq!(steps, (0..12).collect::<Vec<_>>());
+    for (x, y) in la.iter().zip(&lb) {
+        assert_eq!(x.loss, y.loss, "step {}", x.step);
+        assert_eq!(x.grad_norm, y.grad_norm, "step {}", x.step);
+    }
+    // A crash after the checkpoint at 8 (logs went on to 11): resuming drops the later records
+    // and gives the same losses again.
+    let c = scratch("resume-c");
+    std::fs::create_dir_all(&c).unwrap();
+    let mut cfg8 = cfg.clone();
+    cfg8.train.checkpoint_every = 4;
+    train(&c, &cfg8, &opts(&stop, false, Some(8))).unwrap();
+    std::fs::copy(a.join("train.jsonl"), c.join("train.jsonl")).unwrap();
+    train(&c, &cfg8, &opts(&stop, true, None)).unwrap();
+    let lc: Vec<StepLog> = read_records(&c.join("train.jsonl")).unwrap();
+    assert_eq!(
+        lc.iter().map(|r| r.loss).collect::<Vec<_>>(),
+        la.iter().map(|r| r.loss).collect::<Vec<_>>()
+    );
+    for d in [a, b, c] {
+        std::fs::remove_dir_all(d).unwrap();
+    }
+}
+
+#[test]
+fn diverging_loss_stops_and_keeps_the_last_checkpoint() {
+    let _rng = serial();
+    let run = scratch("nan");
+    let mut cfg = config("sum:linear", 20);
+    cfg.train.lr = 1e30;
+    cfg.train.warmup = 1;
+    cfg.train.clip = 1e30;
+    cfg.train.checkpoint_every = 1;
+    let stop = AtomicBool::new(false);
+    let e = train(&run, &cfg, &opts(&stop, false, None))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("training loss is") && e.contains("last good checkpoint (step"),
+        "{e}"
+    );
+    let (_, meta) = checkpoint::find(&run).unwrap();
+    assert!(meta.last_loss.unwrap().is_finite());
+    std::fs::remove_dir_all(&run).unwrap();
+}
+
+/// Perplexity by scoring every target alone with up to `context` tokens before it.
+fn naive_sliding(model: &fwp::LanguageModel, tokens: &Tensor, context: i64) -> f64 {
+    let n = tokens.size1().unwrap();
+    let mut nll = 0.0;
+    tch::no_grad(|| {
+        for t in 1..n {
+            let from = (t - context).max(0);
+            let x = tokens.narrow(0, from, t - from).unsqueeze(0);
+            let (logits, _) = model.forward_t(&x, None, 0, false).unwrap();
+            let lp = logits.select(1, -1).log_softmax(-1, Kind::Double);
+            nll -= f64::try_from(lp.get(0).get(i64::try_from(tokens.get(t)).unwrap())).unwrap();
+        }
+    });
+    (nll / (n - 1) as f64).exp()
+}
+
+#[test]
+fn sliding_window_perplexity_equals_the_naive_one() {
+    let c = Corpus::load(&fixture(), 1).unwrap();
+    let tokens = c.valid.narrow(0, 0, 70);
+    let aligned = c.valid.narrow(0, 0, 65); // 64 predictions: four whole segments
+    for v in ["softmax", "delta:linear"] {
+        let cfg = config(v, 1);
+        let (_vs, model) = build_model(&cfg, c.vocab.len() as i64, Device::Cpu).unwrap();
+        let want = naive_sliding(&model, &tokens, 16);
+        for batch in [1, 7] {
+            let got =
+                evaluate(&model, &tokens, 16, EvalMode::Sliding { stride: 1 }, batch).unwrap();
+            assert_eq!(got.count, 69);
+            assert!(
+                (got.perplexity() - want).abs() < 1e-3 * want,
+                "{v}: {} vs {want}",
+                got.perplexity()
+            );
+        }
+        // segments score every prediction once; stride = context is the same where the stream is
+        // whole segments (else sliding gives the last predictions a full window)
+        let seg = evaluate(&model, &aligned, 16, EvalMode::Segments, 4).unwrap();
+        let s16 = evaluate(&model, &aligned, 16, EvalMode::Sliding { stride: 16 }, 4).unwrap();
+        assert_eq!((seg.count, s16.count), (64, 64));
+        assert!((seg.nll - s16.nll).abs() < 1e-3 * seg.nll.abs());
+    }
+    // windows cover every prediction exactly once, whatever the stride
+    for (n, ctx, stride) in [(70, 16, 1), (70, 16, 5), (10, 16, 3), (17, 16, 16)] {
+        let mut covered = vec![0; (n - 1) as usize];
+        for (start, len, from) in sliding_windows(n, ctx, stride) {
+            assert!(len <= ctx);
+            for p in start + from..start + len {
+                covered[p as usize] += 1;
+            }
+        }
+        assert!(covered.iter().all(|&c| c == 1), "{n} {ctx} {stride}");
+    }
+}
+
+#[test]
+fn stateful_evaluation_carries_fast_weights() {
+    let c = Corpus::load(&fixture(), 1).unwrap();
+    let tokens = c.valid.narrow(0, 0, 49); // 48 predictions: three segments of 16
+    let cfg = config("delta:linear", 1);
+    let (_vs, model) = build_model(&cfg, c.vocab.len() as i64, Device::Cpu).unwrap();
+    let stateful = evaluate(&model, &tokens, 16, EvalMode::Stateful, 1).unwrap();
+    // the twin: the three segments by hand, state passed along
+    let mut nll = 0.0;
+    let mut states = None;
+    tch::no_grad(|| {
+        for s in 0..3 {
+            let x = tokens.narrow(0, 16 * s, 16).unsqueeze(0);
+            let y = tokens.narrow(0, 16 * s + 1, 16);
+            let (logits, st) = model.forward_t(&x, states.as_deref(), 0, false).unwrap();
+            let lp = logits
+                .get(0)
+                .log_softmax(-1, Kind::Double)
+                .gather(1, &y.unsqueeze(1), false);
+            nll -= f64::try_from(lp.sum(Kind::Double)).unwrap();
+            states = Some(st);
+        }
+    });
+    assert_eq!(stateful.count, 48);
+    assert!(
+        (stateful.nll - nll).abs() < 1e-6 * nll,
+        "{} vs {nll}",
+        stateful.nll
+    );
+    let seg = evaluate(&model, &tokens, 16, EvalMode::Segments, 4).unwrap();
+    assert!(
+        (seg.nll - stateful.nll).abs() > 1e-6,
+        "carrying the state changed nothing"
+    );
+    let (_vs, soft) =
+        build_model(&config("softmax", 1), c.vocab.len() as i64, Device::Cpu).unwrap();
+    let e = evaluate(&soft, &tokens, 16, EvalMode::Stateful, 1)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("softmax"), "{e}");
+    assert!("sliding:0".parse::<EvalMode>().is_err());
+    assert_eq!(
+        "sliding:4".parse::<EvalMode>().unwrap(),
+        EvalMode::Sliding { stride: 4 }
+    );
+}
+
+#[test]
+fn schedule_clipping_and_adam_match_their_references() {
+    let _rng = serial();
+    assert!((learning_rate(0, 1.0, 10, 100) - 0.1).abs() < 1e-12);
+    assert!((learning_rate(9, 1.0, 10, 100) - 1.0).abs() < 1e-12);
+    assert!((learning_rate(55, 1.0, 10, 100) - 0.5).abs() < 1e-12);
+    assert!(learning_rate(100, 1.0, 10, 100).abs() < 1e-12);
+    // our Adam against libtorch's on the same problem, five steps
+    let run = |ours: bool| -> Tensor {
+        tch::manual_seed(3);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let w = vs.root().randn("w", &[4, 3], 0.0, 1.0);
+        let target = Tensor::randn([4, 3], (Kind::Float, Device::Cpu));
+        let mut adam = Adam::new(&vs).unwrap();
+        let mut theirs = nn::Adam::default().build(&vs, 0.05).unwrap();
+        for _ in 0..5 {
+            let loss = (&w - &target).pow_tensor_scalar(4).sum(Kind::Float);
+            if ours {
+                adam.zero_grad();
+                loss.backward();
+                adam.step(0.05).unwrap();
+            } else {
+                theirs.backward_step(&loss);
+            }
+        }
+        w.detach().copy()
+    };
+    let (a, b) = (run(true), run(false));
+    let diff = f64::try_from((&a - &b).abs().max()).unwrap();
+    assert!(diff < 1e-5, "ours vs libtorch Adam: {diff:e}");
+    // clipping to norm 1
+    let vs = nn::VarStore::new(Device::Cpu);
+    let w = vs.root().ones("w", &[2, 2]);
+    (&w * 3.0).sum(Kind::Float).backward(); // grad 3 everywhere: norm 6
+    let adam = Adam::new(&vs).unwrap();
+    let norm = clip_grad_norm(adam.params(), 1.0).unwrap();
+    assert!((norm - 6.0).abs() < 1e-6);
+    let after = f64::try_from(w.grad().square().sum(Kind::Double).sqrt()).unwrap();
+    assert!((after - 1.0).abs() < 1e-5, "{after}");
+}
+
+/// The project's Python with torch: $VIRTUAL_ENV (set by make), else .venv.
+fn python() -> PathBuf {
+    let venv = std::env::var_os("VIRTUAL_ENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv"));
+    let p = venv.join("bin/python");
+    assert!(
+        p.is_file(),
+        "no Python at {} (run through make, which creates .venv)",
+        p.display()
+    );
+    p
+}
+
+#[test]
+fn exported_module_gives_the_same_logits_in_python() {
+    let _rng = serial();
+    let c = Corpus::load(&fixture(), 1).unwrap();
+    let dir = scratch("export");
+    std::fs::create_dir_all(&dir).unwrap();
+    for v in ["softmax", "delta:dpfp:2", "sum:favor:16"] {
+        let run = dir.join(v.replace(':', "-"));
+        let mut cfg = config(v, 3);
+        cfg.train.checkpoint_every = 3;
+        let stop = AtomicBool::new(false);
+        train(&run, &cfg, &opts(&stop, false, None)).unwrap();
+        // the Rust model with its training backend (Auto: the fused kernels) ...
+        let (_, _, _, model, _) = load_run(&run, Device::Cpu, None).unwrap();
+        let x = c.valid.narrow(0, 0, 16).unsqueeze(0);
+        let (want, _) = tch::no_grad(|| model.forward_t(&x, None, 0, false)).unwrap();
+        // ... against the export with standard ops, run by plain Python
+        let (_, _, mut vs, chunked, _) = load_run(
+            &run,
+            Device::Cpu,
+            Some(fwp::Backend::Chunked { chunk_size: 64 }),
+        )
+        .unwrap();
+        let file = run.join("model.pt");
+        fwp::lm::export::export(&chunked, &mut vs, 1, 16, &file).unwrap();
+        let ids: Vec<i64> = Vec::try_from(x.flatten(0, -1)).unwrap();
+        let script = "import json, sys, torch\n\
+                      m = torch.jit.load(sys.argv[1])\n\
+                      x = torch.tensor(json.loads(sys.argv[2])).view(1, -1)\n\
+                      print(json.dumps(m(x).flatten().tolist()))";
+        let out = std::process::Command::new(python())
+            .args(["-W", "ignore", "-c", script])
+            .arg(&file)
+            .arg(serde_json::to_string(&ids).unwrap())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{v}: python failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got: Vec<f64> = serde_json::from_slice(&out.stdout).unwrap();
+        let want: Vec<f64> = Vec::try_from(want.flatten(0, -1).to_kind(Kind::Double)).unwrap();
+        assert_eq!(got.len(), want.len());
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(worst < 1e-4, "{v}: python logits differ by {worst:e}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn sampling_continues_a_prompt_with_vocabulary_words() {
+    let _rng = serial();
+    let run = scratch("sample");
+    let cfg = config("delta:linear", 2);
+    let stop = AtomicBool::new(false);
+    train(&run, &cfg, &opts(&stop, false, None)).unwrap();
+    let (cfg, vocab, _, model, _) = load_run(&run, Device::Cpu, None).unwrap();
+    let prompt: Vec<String> = ["the", "cat"].iter().map(|s| s.to_string()).collect();
+    let o = fwp::lm::export::SampleOptions {
+        tokens: 20,
+        temperature: 1.0,
+        top_k: 5,
+        seed: 1,
+    };
+    let a = fwp::lm::export::sample(&model, &vocab, cfg.model.context, &prompt, o).unwrap();
+    let b = fwp::lm::export::sample(&model, &vocab, cfg.model.context, &prompt, o).unwrap();
+    assert_eq!(a.len(), 20);
+    assert_eq!(a, b, "same seed, same text");
+    assert!(a.iter().all(|w| vocab.words.contains(w)));
+    let bad = fwp::lm::export::SampleOptions {
+        temperature: -1.0,
+        ..o
+    };
+    assert!(fwp::lm::export::sample(&model, &vocab, 16, &prompt, bad).is_err());
+    let _ = Vocab::from_words(vec![]);
+    std::fs::remove_dir_all(&run).unwrap();
+}
