@@ -72,6 +72,24 @@ impl LanguageModel {
         offset: i64,
         train: bool,
     ) -> Result<(Tensor, Vec<Option<FastWeightState>>)> {
+        let (hidden, states) = self.hidden_t(tokens, states, offset, train)?;
+        Ok((self.logits(&hidden)?, states))
+    }
+
+    /// The output layer, tied to the embedding: hidden `[..., d_model]` -> logits `[..., vocab]`.
+    /// Apply it to the positions that are scored only, where that is not all of them.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        Ok(hidden.f_matmul(&self.embedding.ws.f_transpose(0, 1)?)?)
+    }
+
+    /// [`LanguageModel::forward_t`] without the output layer: hidden states `[B, T, d_model]`.
+    pub fn hidden_t(
+        &self,
+        tokens: &Tensor,
+        states: Option<&[Option<FastWeightState>]>,
+        offset: i64,
+        train: bool,
+    ) -> Result<(Tensor, Vec<Option<FastWeightState>>)> {
         let size = crate::check::shape(
             "tokens",
             tokens,
@@ -103,9 +121,7 @@ impl LanguageModel {
         if let Some(ln) = &self.ln_final {
             x = x.apply(ln);
         }
-        // tied output layer: logits = x E^T
-        let logits = x.f_matmul(&self.embedding.ws.f_transpose(0, 1)?)?;
-        Ok((logits, new_states))
+        Ok((x, new_states))
     }
 }
 

@@ -10,7 +10,7 @@ use std::sync::{Mutex, MutexGuard};
 use fwp::lm::adam::{clip_grad_norm, learning_rate, Adam};
 use fwp::lm::checkpoint::{self, RunConfig};
 use fwp::lm::config::{LmModel, Preset, TrainConfig};
-use fwp::lm::data::{Corpus, Vocab, EOS, UNK};
+use fwp::lm::data::{Corpus, EOS, UNK};
 use fwp::lm::eval::{evaluate, sliding_windows, EvalMode};
 use fwp::lm::train::{build_model, load_run, train, Outcome, StepLog, TrainOptions};
 use fwp::report::read_records;
@@ -303,6 +303,21 @@ fn resumed_training_reproduces_the_uninterrupted_losses() {
         lc.iter().map(|r| r.loss).collect::<Vec<_>>(),
         la.iter().map(|r| r.loss).collect::<Vec<_>>()
     );
+    // A crash between the checkpoint swap's renames leaves only checkpoint.old: it is found, a
+    // fresh run refuses to overwrite it, and resuming makes it current again.
+    std::fs::rename(c.join("checkpoint"), c.join("checkpoint.old")).unwrap();
+    assert_eq!(checkpoint::find(&c).unwrap().1.step, 12);
+    let mut longer = cfg8.clone();
+    longer.train.steps = 14;
+    assert!(train(&c, &longer, &opts(&stop, false, None))
+        .unwrap_err()
+        .to_string()
+        .contains("--resume"));
+    assert_eq!(
+        train(&c, &cfg8, &opts(&stop, true, Some(12))).unwrap(),
+        Outcome::Finished { step: 12 }
+    );
+    assert!(c.join("checkpoint/meta.json").is_file());
     for d in [a, b, c] {
         std::fs::remove_dir_all(d).unwrap();
     }
@@ -425,6 +440,10 @@ fn stateful_evaluation_carries_fast_weights() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("softmax"), "{e}");
+    let e = evaluate(&model, &tokens, 16, EvalMode::Sliding { stride: 17 }, 1)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("stride 17") && e.contains("context (16)"), "{e}");
     assert!("sliding:0".parse::<EvalMode>().is_err());
     assert_eq!(
         "sliding:4".parse::<EvalMode>().unwrap(),
@@ -566,6 +585,97 @@ fn sampling_continues_a_prompt_with_vocabulary_words() {
         ..o
     };
     assert!(fwp::lm::export::sample(&model, &vocab, 16, &prompt, bad).is_err());
-    let _ = Vocab::from_words(vec![]);
+    std::fs::remove_dir_all(&run).unwrap();
+}
+
+#[test]
+fn report_tables_a_folder_of_runs() {
+    let _rng = serial();
+    let dir = scratch("report");
+    let stop = AtomicBool::new(false);
+    for v in ["softmax", "delta:linear"] {
+        let run = dir.join(v.replace(':', "-"));
+        let mut cfg = config(v, 2);
+        cfg.train.eval_every = 1;
+        train(&run, &cfg, &opts(&stop, false, None)).unwrap();
+        let (cfg, vocab, _, model, _) = load_run(&run, Device::Cpu, None).unwrap();
+        let corpus = Corpus::load_with_vocab(&fixture(), vocab).unwrap();
+        let score = evaluate(
+            &model,
+            &corpus.test,
+            cfg.model.context,
+            EvalMode::Segments,
+            4,
+        )
+        .unwrap();
+        let record = serde_json::json!({"split": "test", "mode": "segments", "perplexity": score.perplexity()});
+        fwp::report::append_record(&run.join("results.jsonl"), &record).unwrap();
+    }
+    let runs = fwp::lm::report::runs_in(&dir).unwrap();
+    assert_eq!(runs.len(), 2);
+    let stem = dir.join("table-valid");
+    let table = fwp::lm::report::report(&runs, Some(&stem)).unwrap();
+    assert!(
+        table.contains("| softmax |") && table.contains("| delta:linear |"),
+        "{table}"
+    );
+    assert!(table.contains("test ppl (segments)"));
+    assert!(stem.with_extension("png").is_file());
+    assert!(fwp::lm::report::runs_in(&dir.join("softmax")).is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn ctrl_c_saves_a_checkpoint_and_exits_cleanly() {
+    let run = scratch("sigint");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lm"))
+        .args([
+            "train",
+            "--variant",
+            "delta:linear",
+            "--batch",
+            "4",
+            "--context",
+            "32",
+            "--steps",
+            "100000",
+        ])
+        .arg("--data")
+        .arg(fixture())
+        .arg("--run")
+        .arg(&run)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // wait for the first logged update, then interrupt
+    let log = run.join("train.jsonl");
+    let start = std::time::Instant::now();
+    while !log.is_file() {
+        assert!(
+            start.elapsed().as_secs() < 120,
+            "no training log after 120 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("interrupted after"), "{stdout}");
+    let (_, meta) = checkpoint::find(&run).unwrap();
+    assert!(
+        meta.step >= 10 && meta.step < 100000,
+        "checkpoint at step {}",
+        meta.step
+    );
     std::fs::remove_dir_all(&run).unwrap();
 }

@@ -9,7 +9,8 @@
 //! - `eval`: perplexity of a split: `--mode sliding` (the paper's, stride 1), `sliding:S`,
 //!   `segments` (non-overlapping) or `stateful` (fast weights carried across segments);
 //! - `export`: a traced TorchScript module that plain Python `torch.jit.load` runs;
-//! - `sample`: text from a checkpoint.
+//! - `sample`: text from a checkpoint;
+//! - `report`: the results table of a folder of runs.
 //!
 //! Run:
 //!   make data                                                   # data/brown/{train,valid,test}.txt
@@ -95,6 +96,15 @@ enum Command {
         #[arg(long)]
         t: Option<i64>,
     },
+    /// The results table of the runs in a folder (and a plot of validation perplexity).
+    Report {
+        /// The folder holding one sub-folder per run.
+        #[arg(long)]
+        runs: PathBuf,
+        /// Markdown output (default: print); the plot goes next to it as <stem>-valid.{png,svg}.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Generate text from a checkpoint.
     Sample {
         #[arg(long)]
@@ -120,8 +130,11 @@ struct TrainArgs {
     /// Run directory (checkpoints, logs).
     #[arg(long)]
     run: PathBuf,
-    /// Continue from <run>/checkpoint with its saved configuration.
-    #[arg(long)]
+    /// Continue from <run>/checkpoint with its saved configuration (which no other flag may change).
+    #[arg(long, conflicts_with_all = [
+        "data", "preset", "variant", "normalisation", "backend", "steps", "batch", "accumulate", "lr",
+        "warmup", "dropout", "context", "seed", "min_count", "eval_every", "checkpoint_every",
+    ])]
     resume: bool,
     #[arg(long, value_enum, default_value = "tiny")]
     preset: Preset,
@@ -321,6 +334,22 @@ fn main() -> Result<()> {
                 "wrote {} (tokens [{batch}, {t}] int64 -> logits; backend {backend:?})",
                 out.display()
             );
+        }
+        Command::Report { runs, out } => {
+            let dirs = fwp::lm::report::runs_in(&runs)?;
+            let stem = out.as_ref().map(|o| {
+                let name = o.file_stem().and_then(|s| s.to_str()).unwrap_or("table");
+                o.with_file_name(format!("{name}-valid"))
+            });
+            let table = fwp::lm::report::report(&dirs, stem.as_deref())?;
+            match out {
+                Some(o) => {
+                    std::fs::write(&o, &table)
+                        .with_context(|| format!("writing {}", o.display()))?;
+                    println!("wrote {}", o.display());
+                }
+                None => print!("{table}"),
+            }
         }
         Command::Sample {
             run,

@@ -53,6 +53,8 @@ fn dirs(run: &Path) -> (PathBuf, PathBuf, PathBuf) {
 /// Writes a checkpoint of `vs`, `adam` and `meta` (see the module docs).
 pub fn save(run: &Path, vs: &VarStore, adam: &Adam, meta: &Meta, vocab: &Vocab) -> Result<()> {
     let (cur, tmp, old) = dirs(run);
+    // so that a complete checkpoint exists at every moment of this save
+    recover(run)?;
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
     }
@@ -65,15 +67,26 @@ pub fn save(run: &Path, vs: &VarStore, adam: &Adam, meta: &Meta, vocab: &Vocab) 
         tmp.join("meta.json"),
         serde_json::to_string_pretty(meta)? + "\n",
     )?;
-    if old.exists() {
-        std::fs::remove_dir_all(&old)?;
-    }
     if cur.exists() {
+        if old.exists() {
+            std::fs::remove_dir_all(&old)?;
+        }
         std::fs::rename(&cur, &old)?;
     }
     std::fs::rename(&tmp, &cur)?;
     if old.exists() {
         std::fs::remove_dir_all(&old)?;
+    }
+    Ok(())
+}
+
+/// A crash between the two renames of [`save`] leaves only `checkpoint.old`: makes it
+/// `checkpoint` again (nothing to do otherwise).
+pub fn recover(run: &Path) -> Result<()> {
+    let (cur, _, old) = dirs(run);
+    if !cur.exists() && old.join("meta.json").is_file() {
+        std::fs::rename(&old, &cur)
+            .with_context(|| format!("restoring {} as {}", old.display(), cur.display()))?;
     }
     Ok(())
 }

@@ -64,11 +64,12 @@ impl Score {
     }
 }
 
-/// Sum of -log p(target) over positions `[from, T)` of every row; logits `[B, T, V]`.
-fn nll(logits: &Tensor, targets: &Tensor, from: i64) -> Result<Score> {
-    let t = logits.size()[1];
-    let lp = logits
-        .f_narrow(1, from, t - from)?
+/// Sum of -log p(target) over positions `[from, T)` of every row, from hidden states `[B, T, d]`
+/// (the output layer runs on the scored positions only).
+fn nll(model: &LanguageModel, hidden: &Tensor, targets: &Tensor, from: i64) -> Result<Score> {
+    let t = hidden.size()[1];
+    let lp = model
+        .logits(&hidden.f_narrow(1, from, t - from)?)?
         .f_log_softmax(-1, Kind::Float)?;
     let y = targets.f_narrow(1, from, t - from)?.f_unsqueeze(-1)?;
     let picked = lp.f_gather(-1, &y, false)?;
@@ -109,6 +110,11 @@ pub fn evaluate(
 ) -> Result<Score> {
     crate::check::positive("context", context)?;
     crate::check::positive("batch", batch)?;
+    if let EvalMode::Sliding { stride } = mode {
+        if !(1..=context).contains(&stride) {
+            bail!("sliding stride {stride} must be between 1 and the context ({context})");
+        }
+    }
     let device = model.device();
     let tokens = tokens.f_to_kind(Kind::Int64)?.f_to_device(device)?;
     let n = tokens.size1()?;
@@ -134,8 +140,8 @@ pub fn evaluate(
                         .iter()
                         .map(|w| tokens.narrow(0, w.0 + 1, len))
                         .collect();
-                    let (logits, _) = model.forward_t(&Tensor::f_stack(&xs, 0)?, None, 0, false)?;
-                    total.add(nll(&logits, &Tensor::f_stack(&ys, 0)?, from)?);
+                    let (hidden, _) = model.hidden_t(&Tensor::f_stack(&xs, 0)?, None, 0, false)?;
+                    total.add(nll(model, &hidden, &Tensor::f_stack(&ys, 0)?, from)?);
                     pending.clear();
                     Ok(())
                 };
@@ -166,8 +172,8 @@ pub fn evaluate(
                     let ys: Vec<Tensor> = (0..rows)
                         .map(|r| tokens.narrow(0, start + r * len + 1, len))
                         .collect();
-                    let (logits, _) = model.forward_t(&Tensor::f_stack(&xs, 0)?, None, 0, false)?;
-                    total.add(nll(&logits, &Tensor::f_stack(&ys, 0)?, 0)?);
+                    let (hidden, _) = model.hidden_t(&Tensor::f_stack(&xs, 0)?, None, 0, false)?;
+                    total.add(nll(model, &hidden, &Tensor::f_stack(&ys, 0)?, 0)?);
                     start += rows * len;
                 }
             }
@@ -182,8 +188,8 @@ pub fn evaluate(
                     let len = context.min(preds - start);
                     let x = tokens.narrow(0, start, len).f_unsqueeze(0)?;
                     let y = tokens.narrow(0, start + 1, len).f_unsqueeze(0)?;
-                    let (logits, s) = model.forward_t(&x, states.as_deref(), 0, false)?;
-                    total.add(nll(&logits, &y, 0)?);
+                    let (hidden, s) = model.hidden_t(&x, states.as_deref(), 0, false)?;
+                    total.add(nll(model, &hidden, &y, 0)?);
                     states = Some(s);
                     start += len;
                 }

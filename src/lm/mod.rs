@@ -5,7 +5,8 @@
 //! - [`batches`]: training segments as a pure function of the step;
 //! - [`adam`]: Adam with savable state, the warm-up + cosine schedule, gradient clipping;
 //! - [`checkpoint`]: atomic checkpoints; [`train`]: the training loop and resumption;
-//! - [`eval`]: sliding-window, segment and stateful perplexity; [`export`]: TorchScript and sampling.
+//! - [`eval`]: sliding-window, segment and stateful perplexity; [`export`]: TorchScript and sampling;
+//! - [`report`]: the results table of a set of runs.
 
 pub mod adam;
 pub mod batches;
@@ -15,4 +16,5 @@ pub mod config;
 pub mod data;
 pub mod eval;
 pub mod export;
+pub mod report;
 pub mod train;

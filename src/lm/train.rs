@@ -124,6 +124,7 @@ pub fn train(run: &Path, cfg: &RunConfig, opts: &TrainOptions) -> Result<Outcome
     let t = &cfg.train;
     // The corpus and vocabulary: from the checkpoint when resuming.
     let (corpus, start_meta) = if opts.resume {
+        checkpoint::recover(run)?;
         let (dir, meta) = checkpoint::find(run)?;
         if meta.config != *cfg {
             bail!(
@@ -135,7 +136,7 @@ pub fn train(run: &Path, cfg: &RunConfig, opts: &TrainOptions) -> Result<Outcome
         let corpus = Corpus::load_with_vocab(&cfg.data, checkpoint::load_vocab(&dir)?)?;
         (corpus, Some((dir, meta)))
     } else {
-        if run.join("checkpoint").exists() {
+        if checkpoint::find(run).is_ok() {
             bail!(
                 "{} already holds a checkpoint: pass --resume, or choose another --run",
                 run.display()
@@ -147,11 +148,21 @@ pub fn train(run: &Path, cfg: &RunConfig, opts: &TrainOptions) -> Result<Outcome
     let (mut vs, model) = build_model(cfg, vocab.len() as i64, opts.device)?;
     let mut adam = Adam::new(&vs)?;
     let mut step = 0usize;
+    let mut last_loss = None;
+    // Training time before this call (from the kept log), so that elapsed_s counts the whole run.
+    let mut elapsed_before = 0.0;
     if let Some((dir, meta)) = &start_meta {
         checkpoint::load_weights(dir, &mut vs)?;
         adam.load(&dir.join("optimizer.safetensors"), meta.step as i64)?;
         step = meta.step;
+        last_loss = meta.last_loss;
         truncate_logs(run, step)?;
+        let train_log = log_paths(run).0;
+        if train_log.is_file() {
+            elapsed_before = read_records::<StepLog>(&train_log)?
+                .last()
+                .map_or(0.0, |r| r.elapsed_s);
+        }
     } else {
         for p in [log_paths(run).0, log_paths(run).1] {
             if p.exists() {
@@ -191,8 +202,7 @@ pub fn train(run: &Path, cfg: &RunConfig, opts: &TrainOptions) -> Result<Outcome
     )?);
     bar.set_position(step as u64);
     let started = Instant::now();
-    let mut window = (Instant::now(), 0usize);
-    let mut last_loss = None;
+    let mut window = (Instant::now(), step);
     while step < t.steps {
         if opts.stop.load(Ordering::SeqCst) || opts.stop_after.is_some_and(|n| step >= n) {
             checkpoint::save(run, &vs, &adam, &meta_at(step, last_loss), vocab)?;
@@ -223,6 +233,14 @@ pub fn train(run: &Path, cfg: &RunConfig, opts: &TrainOptions) -> Result<Outcome
             );
         }
         let grad_norm = clip_grad_norm(adam.params(), t.clip)?;
+        if !grad_norm.is_finite() {
+            bar.finish_and_clear();
+            bail!(
+                "gradient norm is {grad_norm} at update {step} (loss {loss_sum}): stopped without \
+                 applying it; the last good checkpoint is kept in {}",
+                run.join("checkpoint").display()
+            );
+        }
         adam.step(lr)?;
         step += 1;
         last_loss = Some(loss_sum);
@@ -240,7 +258,7 @@ pub fn train(run: &Path, cfg: &RunConfig, opts: &TrainOptions) -> Result<Outcome
                     lr,
                     grad_norm,
                     tokens_per_s,
-                    elapsed_s: started.elapsed().as_secs_f64(),
+                    elapsed_s: elapsed_before + started.elapsed().as_secs_f64(),
                 },
             )?;
             bar.set_message(format!(
@@ -258,10 +276,15 @@ pub fn train(run: &Path, cfg: &RunConfig, opts: &TrainOptions) -> Result<Outcome
                     perplexity: score.perplexity(),
                 },
             )?;
-            bar.println(format!(
+            let line = format!(
                 "update {step}: valid perplexity {:.2} (segments)",
                 score.perplexity()
-            ));
+            );
+            if bar.is_hidden() {
+                eprintln!("{line}");
+            } else {
+                bar.println(line);
+            }
         }
         if step % t.checkpoint_every == 0 || step == t.steps {
             checkpoint::save(run, &vs, &adam, &meta_at(step, last_loss), vocab)?;
