@@ -628,7 +628,7 @@ fn report_tables_a_folder_of_runs() {
 #[test]
 fn ctrl_c_saves_a_checkpoint_and_exits_cleanly() {
     let run = scratch("sigint");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lm"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_lm"))
         .args([
             "train",
             "--variant",
