@@ -51,7 +51,8 @@ impl Record {
             gflops_train,
             peak_fraction_forward: peak_rate.map(|p| gflops_forward / p),
             peak_fraction_train: peak_rate.map(|p| gflops_train / p),
-            hardware: super::peak::hardware(device),
+            // the ceilings already name the hardware; ask the system only without them
+            hardware: peak.map_or_else(|| super::peak::hardware(device), |p| p.hardware.clone()),
             threads: tch::get_num_threads(),
             fwp_version: env!("CARGO_PKG_VERSION").into(),
             unix_time: std::time::SystemTime::now()
