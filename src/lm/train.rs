@@ -245,7 +245,7 @@ pub fn train(run: &Path, cfg: &RunConfig, opts: &TrainOptions) -> Result<Outcome
         step += 1;
         last_loss = Some(loss_sum);
         bar.set_position(step as u64);
-        if step % t.log_every == 0 || step == t.steps {
+        if step.is_multiple_of(t.log_every) || step == t.steps {
             let done = step - window.1;
             let secs = window.0.elapsed().as_secs_f64().max(1e-9);
             let tokens_per_s = (done as i64 * t.batch * context) as f64 / secs;
@@ -265,7 +265,7 @@ pub fn train(run: &Path, cfg: &RunConfig, opts: &TrainOptions) -> Result<Outcome
                 "loss {loss_sum:.3} lr {lr:.2e} {tokens_per_s:.0} tok/s"
             ));
         }
-        if step % t.eval_every == 0 || step == t.steps {
+        if step.is_multiple_of(t.eval_every) || step == t.steps {
             let score = evaluate(&model, &corpus.valid, context, EvalMode::Segments, t.batch)?;
             append_record(
                 &eval_log,
@@ -286,7 +286,7 @@ pub fn train(run: &Path, cfg: &RunConfig, opts: &TrainOptions) -> Result<Outcome
                 bar.println(line);
             }
         }
-        if step % t.checkpoint_every == 0 || step == t.steps {
+        if step.is_multiple_of(t.checkpoint_every) || step == t.steps {
             checkpoint::save(run, &vs, &adam, &meta_at(step, last_loss), vocab)?;
         }
     }
