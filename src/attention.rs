@@ -3,10 +3,11 @@
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
-use tch::{nn, nn::Module, Tensor};
+use tch::{nn, Tensor};
 
 use crate::feature_map::{FavorRedraw, FeatureMap, Phi};
 use crate::norm::{attention_normalise, sum_normalise, Normalisation};
+use crate::param::Linear;
 use crate::recurrence::{fast_weight, Backend, UpdateRule};
 
 /// Everything that defines a fast-weight layer.
@@ -47,11 +48,11 @@ impl FastWeightConfig {
         }
     }
 
-    /// "sum" or "delta", for names of runs and logs.
-    pub fn rule_name(&self) -> &'static str {
-        match self.rule {
-            UpdateRule::Sum => "sum",
-            UpdateRule::Delta => "delta",
+    /// The default layer of `rule`: [`FastWeightConfig::sum`] or [`FastWeightConfig::delta`].
+    pub fn new(rule: UpdateRule, feature_map: FeatureMap) -> Self {
+        match rule {
+            UpdateRule::Sum => Self::sum(feature_map),
+            UpdateRule::Delta => Self::delta(feature_map),
         }
     }
 
@@ -95,13 +96,21 @@ pub struct FastWeightState {
     pub z: Option<Tensor>,
 }
 
+/// What mixes the time steps of a layer: softmax attention, or a fast-weight memory with its
+/// feature map (which holds the FAVOR+ matrix, where there is one).
+#[derive(Debug)]
+enum Mixer {
+    Softmax,
+    FastWeight { cfg: FastWeightConfig, phi: Phi },
+}
+
 #[derive(Debug)]
 pub struct MultiHeadAttention {
     pub cfg: AttentionConfig,
     /// Fused projection x -> [q; k; v; beta] (beta only for the delta rule), no bias.
-    qkvb: nn::Linear,
-    out: nn::Linear,
-    phi: Option<Phi>,
+    qkvb: Linear,
+    out: Linear,
+    mixer: Mixer,
 }
 
 impl MultiHeadAttention {
@@ -114,25 +123,22 @@ impl MultiHeadAttention {
             crate::check::positive(name, v)?;
         }
         let (h, d) = (cfg.n_heads, cfg.d_head);
-        let (phi, n_beta) = match cfg.kind {
-            AttentionKind::Softmax => (None, 0),
+        let (mixer, n_beta) = match cfg.kind {
+            AttentionKind::Softmax => (Mixer::Softmax, 0),
             AttentionKind::FastWeight(fw) => {
                 fw.validate()?;
                 let phi = Phi::new(&p / "phi", fw.feature_map, d, fw.favor_redraw)?;
-                (Some(phi), if fw.rule == UpdateRule::Delta { h } else { 0 })
+                let n_beta = if fw.rule == UpdateRule::Delta { h } else { 0 };
+                (Mixer::FastWeight { cfg: fw, phi }, n_beta)
             }
         };
-        let no_bias = nn::LinearConfig {
-            bias: false,
-            ..Default::default()
-        };
-        let qkvb = nn::linear(&p / "qkv_beta", cfg.d_model, 3 * h * d + n_beta, no_bias);
-        let out = nn::linear(&p / "out", h * d, cfg.d_model, no_bias);
+        let qkvb = Linear::new(&(&p / "qkv_beta"), cfg.d_model, 3 * h * d + n_beta, false)?;
+        let out = Linear::new(&(&p / "out"), h * d, cfg.d_model, false)?;
         Ok(MultiHeadAttention {
             cfg,
             qkvb,
             out,
-            phi,
+            mixer,
         })
     }
 
@@ -153,9 +159,13 @@ impl MultiHeadAttention {
                 crate::check::Dim("d_model", Some(self.cfg.d_model)),
             ],
         )?;
+        let (kind, want) = (x.f_kind()?, self.qkvb.weight.f_kind()?);
+        if kind != want {
+            bail!("x: dtype {kind:?} does not match the layer's parameters ({want:?})");
+        }
         let (b, t) = (size[0], size[1]);
         let (h, d) = (self.cfg.n_heads, self.cfg.d_head);
-        let proj = self.qkvb.forward(x); // [B, T, 3 H d (+ H)]
+        let proj = self.qkvb.forward(x)?; // [B, T, 3 H d (+ H)]
         let heads = |i: i64| -> Result<Tensor> {
             // [B, T, H, d] -> [B, H, T, d]
             Ok(proj
@@ -164,8 +174,8 @@ impl MultiHeadAttention {
                 .f_transpose(1, 2)?)
         };
         let (q, k, v) = (heads(0)?, heads(1)?, heads(2)?);
-        let (y, new_state) = match (&self.cfg.kind, &self.phi) {
-            (AttentionKind::Softmax, _) => {
+        let (y, new_state) = match &self.mixer {
+            Mixer::Softmax => {
                 if state.is_some() {
                     bail!("state: softmax attention carries no state across segments");
                 }
@@ -182,7 +192,7 @@ impl MultiHeadAttention {
                 )?;
                 (y, None)
             }
-            (AttentionKind::FastWeight(fw), Some(phi)) => {
+            Mixer::FastWeight { cfg: fw, phi } => {
                 let beta = (fw.rule == UpdateRule::Delta)
                     .then(|| -> Result<Tensor> {
                         // beta_t = sigmoid(w_beta . x_t): [B, T, H] -> [B, H, T]
@@ -195,14 +205,10 @@ impl MultiHeadAttention {
                 let (y, s) = self.fast_weight(fw, phi, &q, &k, &v, beta.as_ref(), state, train)?;
                 (y, Some(s))
             }
-            (AttentionKind::FastWeight(_), None) => {
-                unreachable!("fast-weight layers are built with a feature map")
-            }
         };
         let y = y.f_transpose(1, 2)?.f_reshape([b, t, h * d])?; // [B, T, H d]
-        Ok((self.out.forward(&y), new_state))
+        Ok((self.out.forward(&y)?, new_state))
     }
-
     #[allow(clippy::too_many_arguments)]
     fn fast_weight(
         &self,

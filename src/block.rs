@@ -3,9 +3,10 @@
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
-use tch::{nn, nn::Module, Tensor};
+use tch::{nn, Tensor};
 
 use crate::attention::{AttentionConfig, FastWeightState, MultiHeadAttention};
+use crate::param::{LayerNorm, Linear};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LayerNormPlacement {
@@ -29,10 +30,10 @@ pub struct BlockConfig {
 pub struct Block {
     pub cfg: BlockConfig,
     attn: MultiHeadAttention,
-    ln_attn: nn::LayerNorm,
-    ln_ff: nn::LayerNorm,
-    ff_in: nn::Linear,
-    ff_out: nn::Linear,
+    ln_attn: LayerNorm,
+    ln_ff: LayerNorm,
+    ff_in: Linear,
+    ff_out: Linear,
 }
 
 impl Block {
@@ -42,18 +43,17 @@ impl Block {
         Ok(Block {
             cfg,
             attn: MultiHeadAttention::new(&p / "attn", cfg.attention)?,
-            ln_attn: nn::layer_norm(&p / "ln_attn", vec![d], Default::default()),
-            ln_ff: nn::layer_norm(&p / "ln_ff", vec![d], Default::default()),
-            ff_in: nn::linear(&p / "ff_in", d, cfg.d_ff, Default::default()),
-            ff_out: nn::linear(&p / "ff_out", cfg.d_ff, d, Default::default()),
+            ln_attn: LayerNorm::new(&(&p / "ln_attn"), d)?,
+            ln_ff: LayerNorm::new(&(&p / "ln_ff"), d)?,
+            ff_in: Linear::new(&(&p / "ff_in"), d, cfg.d_ff, true)?,
+            ff_out: Linear::new(&(&p / "ff_out"), cfg.d_ff, d, true)?,
         })
     }
 
-    fn feed_forward(&self, x: &Tensor, train: bool) -> Tensor {
+    fn feed_forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let p = self.cfg.dropout;
-        self.ff_out
-            .forward(&self.ff_in.forward(x).relu().dropout(p, train))
-            .dropout(p, train)
+        let hidden = self.ff_in.forward(x)?.f_relu()?.f_dropout(p, train)?;
+        Ok(self.ff_out.forward(&hidden)?.f_dropout(p, train)?)
     }
 
     /// x `[B, T, d_model]` -> `[B, T, d_model]`, and the attention's carried state.
@@ -67,16 +67,18 @@ impl Block {
         Ok(match self.cfg.layer_norm {
             LayerNormPlacement::Post => {
                 let (a, s) = self.attn.forward_t(x, state, train)?;
-                let x = self.ln_attn.forward(&(x + a.dropout(p, train)));
-                let x = self.ln_ff.forward(&(&x + self.feed_forward(&x, train)));
+                let x = self.ln_attn.forward(&x.f_add(&a.f_dropout(p, train)?)?)?;
+                let x = self
+                    .ln_ff
+                    .forward(&x.f_add(&self.feed_forward(&x, train)?)?)?;
                 (x, s)
             }
             LayerNormPlacement::Pre => {
                 let (a, s) = self
                     .attn
-                    .forward_t(&self.ln_attn.forward(x), state, train)?;
-                let x = x + a.dropout(p, train);
-                let x = &x + self.feed_forward(&self.ln_ff.forward(&x), train);
+                    .forward_t(&self.ln_attn.forward(x)?, state, train)?;
+                let x = x.f_add(&a.f_dropout(p, train)?)?;
+                let x = x.f_add(&self.feed_forward(&self.ln_ff.forward(&x)?, train)?)?;
                 (x, s)
             }
         })

@@ -74,7 +74,7 @@ impl Phi {
         map.validate(d_key)?;
         let projection = match map {
             FeatureMap::Favor { m } => {
-                let r = p.zeros_no_train("favor_projection", &[m, d_key]);
+                let r = crate::param::buffer(&p, "favor_projection", &[m, d_key])?;
                 let phi_r = tch::no_grad(|| orthogonal_gaussian(m, d_key, r.kind(), r.device()))?;
                 tch::no_grad(|| r.shallow_clone().f_copy_(&phi_r))?;
                 Some(r)

@@ -7,6 +7,7 @@
 //! - [`norm`]: attention and sum normalisation;
 //! - [`attention`], [`block`], [`model`]: layers built from these, softmax attention beside them;
 //! - [`ops`]: the C++/CUDA ops in `kernels/`, behind checked wrappers;
+//! - [`param`]: parameters and the linear, embedding and LayerNorm layers, created fallibly;
 //! - [`info`]: what this build was compiled with and which GPUs it sees;
 //! - [`bench`]: timing and peak memory of the backends against softmax attention (`bench`);
 //! - [`retrieval`], [`lm`], [`report`]: the retrieval and language-modelling experiments, and the
@@ -26,6 +27,7 @@ pub mod lm;
 pub mod model;
 pub mod norm;
 pub mod ops;
+pub mod param;
 pub mod recurrence;
 pub mod report;
 pub mod retrieval;

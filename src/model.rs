@@ -7,6 +7,7 @@ use tch::{nn, Kind, Tensor};
 
 use crate::attention::FastWeightState;
 use crate::block::{Block, BlockConfig, LayerNormPlacement};
+use crate::param::{Embedding, LayerNorm};
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {
@@ -18,10 +19,10 @@ pub struct ModelConfig {
 #[derive(Debug)]
 pub struct LanguageModel {
     pub cfg: ModelConfig,
-    embedding: nn::Embedding,
+    embedding: Embedding,
     blocks: Vec<Block>,
     /// Final LayerNorm, pre-LN models only (post-LN blocks already end in one).
-    ln_final: Option<nn::LayerNorm>,
+    ln_final: Option<LayerNorm>,
 }
 
 impl LanguageModel {
@@ -29,19 +30,17 @@ impl LanguageModel {
         crate::check::positive("vocab", cfg.vocab)?;
         crate::check::positive("n_layers", cfg.n_layers)?;
         let d = cfg.block.attention.d_model;
-        let init = nn::EmbeddingConfig {
-            ws_init: nn::Init::Randn {
-                mean: 0.0,
-                stdev: 0.02,
-            },
-            ..Default::default()
+        let init = nn::Init::Randn {
+            mean: 0.0,
+            stdev: 0.02,
         };
-        let embedding = nn::embedding(&p / "embedding", cfg.vocab, d, init);
+        let embedding = Embedding::new(&(&p / "embedding"), cfg.vocab, d, init)?;
         let blocks = (0..cfg.n_layers)
             .map(|i| Block::new(&p / "blocks" / i, cfg.block))
             .collect::<Result<Vec<_>>>()?;
         let ln_final = (cfg.block.layer_norm == LayerNormPlacement::Pre)
-            .then(|| nn::layer_norm(&p / "ln_final", vec![d], Default::default()));
+            .then(|| LayerNorm::new(&(&p / "ln_final"), d))
+            .transpose()?;
         Ok(LanguageModel {
             cfg,
             embedding,
@@ -52,7 +51,7 @@ impl LanguageModel {
 
     /// The device of the parameters.
     pub fn device(&self) -> tch::Device {
-        self.embedding.ws.device()
+        self.embedding.weight.device()
     }
 
     /// Whether the layers use fast weights (and so carry state across segments).
@@ -79,7 +78,7 @@ impl LanguageModel {
     /// The output layer, tied to the embedding: hidden `[..., d_model]` -> logits `[..., vocab]`.
     /// Apply it to the positions that are scored only, where that is not all of them.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        Ok(hidden.f_matmul(&self.embedding.ws.f_transpose(0, 1)?)?)
+        Ok(hidden.f_matmul(&self.embedding.weight.f_transpose(0, 1)?)?)
     }
 
     /// [`LanguageModel::forward_t`] without the output layer: hidden states `[B, T, d_model]`.
@@ -109,8 +108,14 @@ impl LanguageModel {
         }
         let d = self.cfg.block.attention.d_model;
         let pos = sinusoidal_positions(offset, size[1], d, tokens.device())?; // [T, d]
-        let mut x = (tokens.apply(&self.embedding) * (d as f64).sqrt() + pos)
-            .dropout(self.cfg.block.dropout, train);
+        let embedded = self.embedding.forward(tokens).map_err(|e| {
+            anyhow::anyhow!(
+                "tokens: {e} (the model's vocabulary has {} words)",
+                self.cfg.vocab
+            )
+        })?;
+        let mut x =
+            (embedded * (d as f64).sqrt() + pos).f_dropout(self.cfg.block.dropout, train)?;
         let mut new_states = Vec::with_capacity(self.blocks.len());
         for (i, block) in self.blocks.iter().enumerate() {
             let state = states.and_then(|s| s[i].as_ref());
@@ -119,7 +124,7 @@ impl LanguageModel {
             new_states.push(s);
         }
         if let Some(ln) = &self.ln_final {
-            x = x.apply(ln);
+            x = ln.forward(&x)?;
         }
         Ok((x, new_states))
     }

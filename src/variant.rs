@@ -1,7 +1,7 @@
 //! Which attention a model uses: softmax, or a fast-weight memory with an update rule and a
 //! feature map, written `softmax` or `RULE:MAP` on command lines and in run records.
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::feature_map::FeatureMap;
@@ -14,39 +14,31 @@ pub enum Variant {
     FastWeight { rule: UpdateRule, map: FeatureMap },
 }
 
-impl Variant {
-    /// `softmax`, or `RULE:MAP` with RULE `sum` or `delta` and MAP as [`FeatureMap`] parses it,
-    /// e.g. `sum:linear`, `delta:dpfp:2`, `sum:favor:64`.
-    pub fn parse(s: &str) -> Result<Self> {
+impl std::str::FromStr for Variant {
+    type Err = anyhow::Error;
+    /// `softmax`, or `RULE:MAP` with RULE as [`UpdateRule`] parses it and MAP as [`FeatureMap`]
+    /// does, e.g. `sum:linear`, `delta:dpfp:2`, `sum:favor:64`.
+    fn from_str(s: &str) -> Result<Self> {
         if s == "softmax" {
             return Ok(Variant::Softmax);
         }
         let Some((rule, map)) = s.split_once(':') else {
             bail!("variant '{s}': expected softmax or RULE:MAP, e.g. sum:linear or delta:dpfp:2");
         };
-        let rule = match rule {
-            "sum" => UpdateRule::Sum,
-            "delta" => UpdateRule::Delta,
-            other => bail!("variant '{s}': unknown rule '{other}' (sum or delta)"),
-        };
+        let rule: UpdateRule = rule.parse().map_err(|e| anyhow!("variant '{s}': {e}"))?;
         Ok(Variant::FastWeight {
             rule,
             map: map.parse()?,
         })
     }
+}
 
-    /// The name [`Variant::parse`] reads back.
-    pub fn name(&self) -> String {
+/// The name [`Variant::from_str`](std::str::FromStr) reads back: `softmax` or `RULE:MAP`.
+impl std::fmt::Display for Variant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Variant::Softmax => "softmax".into(),
-            Variant::FastWeight {
-                rule: UpdateRule::Sum,
-                map,
-            } => format!("sum:{map}"),
-            Variant::FastWeight {
-                rule: UpdateRule::Delta,
-                map,
-            } => format!("delta:{map}"),
+            Variant::Softmax => f.write_str("softmax"),
+            Variant::FastWeight { rule, map } => write!(f, "{rule}:{map}"),
         }
     }
 }

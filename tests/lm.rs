@@ -12,7 +12,7 @@ use fwp::lm::checkpoint::{self, RunConfig};
 use fwp::lm::config::{LmModel, Preset, TrainConfig};
 use fwp::lm::data::{Corpus, EOS, UNK};
 use fwp::lm::eval::{evaluate, sliding_windows, EvalMode};
-use fwp::lm::train::{build_model, load_run, train, Outcome, StepLog, TrainOptions};
+use fwp::lm::train::{build_model, load_run, train, LoadedRun, Outcome, StepLog, TrainOptions};
 use fwp::report::read_records;
 use fwp::Variant;
 use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
@@ -37,7 +37,7 @@ fn scratch(name: &str) -> PathBuf {
 
 /// A small model on the fixture: 2 layers, d_model 32, 2 heads of 16, context 16.
 fn config(variant: &str, steps: usize) -> RunConfig {
-    let mut model = LmModel::preset(Preset::Tiny, Variant::parse(variant).unwrap());
+    let mut model = LmModel::preset(Preset::Tiny, variant.parse::<Variant>().unwrap());
     (
         model.n_layers,
         model.d_model,
@@ -67,7 +67,7 @@ fn opts(stop: &AtomicBool, resume: bool, stop_after: Option<usize>) -> TrainOpti
         resume,
         stop,
         stop_after,
-        progress: false,
+        progress: None,
     }
 }
 
@@ -275,7 +275,7 @@ fn resumed_training_reproduces_the_uninterrupted_losses() {
     assert!(train(&b, &cfg, &opts(&stop, false, None))
         .unwrap_err()
         .to_string()
-        .contains("--resume"));
+        .contains("already holds a checkpoint: resume it"));
     assert_eq!(
         train(&b, &cfg, &opts(&stop, true, None)).unwrap(),
         Outcome::Finished { step: 12 }
@@ -312,7 +312,7 @@ fn resumed_training_reproduces_the_uninterrupted_losses() {
     assert!(train(&c, &longer, &opts(&stop, false, None))
         .unwrap_err()
         .to_string()
-        .contains("--resume"));
+        .contains("already holds a checkpoint: resume it"));
     assert_eq!(
         train(&c, &cfg8, &opts(&stop, true, Some(12))).unwrap(),
         Outcome::Finished { step: 12 }
@@ -519,11 +519,15 @@ fn exported_module_gives_the_same_logits_in_python() {
         let stop = AtomicBool::new(false);
         train(&run, &cfg, &opts(&stop, false, None)).unwrap();
         // the Rust model with its training backend (Auto: the fused kernels) ...
-        let (_, _, _, model, _) = load_run(&run, Device::Cpu, None).unwrap();
+        let model = load_run(&run, Device::Cpu, None).unwrap().model;
         let x = c.valid.narrow(0, 0, 16).unsqueeze(0);
         let (want, _) = tch::no_grad(|| model.forward_t(&x, None, 0, false)).unwrap();
         // ... against the export with standard ops, run by plain Python
-        let (_, _, mut vs, chunked, _) = load_run(
+        let LoadedRun {
+            mut vs,
+            model: chunked,
+            ..
+        } = load_run(
             &run,
             Device::Cpu,
             Some(fwp::Backend::Chunked { chunk_size: 64 }),
@@ -567,7 +571,12 @@ fn sampling_continues_a_prompt_with_vocabulary_words() {
     let cfg = config("delta:linear", 2);
     let stop = AtomicBool::new(false);
     train(&run, &cfg, &opts(&stop, false, None)).unwrap();
-    let (cfg, vocab, _, model, _) = load_run(&run, Device::Cpu, None).unwrap();
+    let LoadedRun {
+        config: cfg,
+        vocab,
+        model,
+        ..
+    } = load_run(&run, Device::Cpu, None).unwrap();
     let prompt: Vec<String> = ["the", "cat"].iter().map(|s| s.to_string()).collect();
     let o = fwp::lm::export::SampleOptions {
         tokens: 20,
@@ -598,7 +607,12 @@ fn report_tables_a_folder_of_runs() {
         let mut cfg = config(v, 2);
         cfg.train.eval_every = 1;
         train(&run, &cfg, &opts(&stop, false, None)).unwrap();
-        let (cfg, vocab, _, model, _) = load_run(&run, Device::Cpu, None).unwrap();
+        let LoadedRun {
+            config: cfg,
+            vocab,
+            model,
+            ..
+        } = load_run(&run, Device::Cpu, None).unwrap();
         let corpus = Corpus::load_with_vocab(&fixture(), vocab).unwrap();
         let score = evaluate(
             &model,

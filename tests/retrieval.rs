@@ -102,14 +102,7 @@ fn update_setting_targets_the_last_occurrence() {
 }
 
 fn config(variant: Variant, s: i64) -> ModelConfig {
-    ModelConfig {
-        s,
-        d_key: 8,
-        variant,
-        normalisation: Normalisation::Sum,
-        eps: 1e-6,
-        backend: Backend::Auto,
-    }
+    ModelConfig::new(s, 8, variant, Normalisation::Sum, Backend::Auto)
 }
 
 #[test]
@@ -158,10 +151,10 @@ fn model_shapes_and_zero_prediction_loss() {
 #[test]
 fn variant_names_round_trip() {
     for name in ["softmax", "sum:linear", "delta:dpfp:2", "sum:favor:64"] {
-        assert_eq!(Variant::parse(name).unwrap().name(), name);
+        assert_eq!(name.parse::<Variant>().unwrap().to_string(), name);
     }
     for bad in ["sum", "add:linear", "delta:dpfp"] {
-        assert!(Variant::parse(bad).is_err(), "{bad}");
+        assert!(bad.parse::<Variant>().is_err(), "{bad}");
     }
 }
 

@@ -13,7 +13,7 @@
 //! - `time-<device>-<dtype>-d<d>.{png,svg}` (log-log) and `memory-….{png,svg}`.
 //!
 //! Run:
-//!   cargo run --release --bin bench                      # the CPU grid, ~6 minutes on 2 cores
+//!   cargo run --release --bin bench                      # the CPU grid, ~3 minutes on 2 cores
 //!   cargo run --release --bin bench -- --peak            # only the machine's ceilings
 //!   cargo run --release --bin bench -- --preset gpu      # H100/H200 grid (scripts/gpu-check)
 //!   cargo run --release --bin bench -- --t 1024 --d 64 --ops fused --rules delta --heads 4
@@ -24,15 +24,17 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use fwp::bench::{measure, peak, summary, DType, Grid, Op, Peak, Preset, Record};
-use fwp::report::{append_record, read_records};
+use fwp::report::{append_record, atomic_write, read_records};
 use fwp::UpdateRule;
-use indicatif::{ProgressBar, ProgressStyle};
+
+#[path = "../common.rs"]
+mod common;
 
 #[derive(Parser, Debug)]
 #[command(about = "Speed and memory of the fast-weight backends against softmax attention")]
 struct Args {
-    /// The grid to run; the flags below override its fields.
-    #[arg(long, value_enum, default_value = "cpu")]
+    /// The grid to run (cpu, gpu or quick); the flags below override its fields.
+    #[arg(long, default_value = "cpu")]
     preset: Preset,
     /// cpu, cuda, cuda:N
     #[arg(long)]
@@ -51,7 +53,7 @@ struct Args {
     ops: Option<Vec<Op>>,
     /// comma-separated: sum, delta
     #[arg(long, value_delimiter = ',')]
-    rules: Option<Vec<String>>,
+    rules: Option<Vec<UpdateRule>>,
     #[arg(long)]
     batch: Option<i64>,
     /// Fix batch x T at this many tokens (batch = max(1, tokens / T)) instead of a fixed batch.
@@ -86,14 +88,6 @@ struct Args {
     report_only: bool,
 }
 
-fn parse_rule(s: &str) -> Result<UpdateRule> {
-    match s {
-        "sum" => Ok(UpdateRule::Sum),
-        "delta" => Ok(UpdateRule::Delta),
-        _ => bail!("unknown update rule {s:?}: expected sum or delta"),
-    }
-}
-
 fn grid(args: &Args) -> Result<Grid> {
     let mut g = Grid::preset(args.preset);
     if let Some(v) = &args.device {
@@ -112,7 +106,7 @@ fn grid(args: &Args) -> Result<Grid> {
         g.ops = v.clone();
     }
     if let Some(v) = &args.rules {
-        g.rules = v.iter().map(|s| parse_rule(s)).collect::<Result<_>>()?;
+        g.rules = v.clone();
     }
     if let Some(v) = args.batch {
         g.batch = v;
@@ -165,8 +159,7 @@ fn ceilings(out: &Path, g: &Grid, remeasure: bool) -> Result<Peak> {
         g.device, g.dtypes
     );
     let p = peak::measure(&g.device, &g.dtypes)?;
-    std::fs::write(&path, serde_json::to_string_pretty(&p)? + "\n")
-        .with_context(|| format!("writing {}", path.display()))?;
+    atomic_write(&path, (serde_json::to_string_pretty(&p)? + "\n").as_bytes())?;
     Ok(p)
 }
 
@@ -197,7 +190,7 @@ fn report(out: &Path, records: &[Record], p: Option<&Peak>) -> Result<()> {
     md += &summary::ratio_table(records);
     md += "\n## Every record (times: median (min–max) over the timed runs)\n\n";
     md += &summary::full_table(records);
-    std::fs::write(out.join("table.md"), md)?;
+    atomic_write(&out.join("table.md"), md.as_bytes())?;
     let plots = summary::plots(records, out)?;
     println!("wrote {}", out.join("table.md").display());
     for p in plots {
@@ -216,7 +209,7 @@ fn main() -> Result<()> {
     }
     let g = grid(&args)?;
     let cases = g.cases()?;
-    let preset = format!("{:?}", args.preset).to_lowercase();
+    let preset = args.preset.to_string();
     let out = args
         .out
         .clone()
@@ -247,9 +240,9 @@ fn main() -> Result<()> {
     fwp::check::device(&g.device)?;
     let p = ceilings(&out, &g, args.remeasure_peak)?;
     println!("{}", peak_lines(&p));
-    std::fs::write(
-        out.join("grid.json"),
-        serde_json::to_string_pretty(&g)? + "\n",
+    atomic_write(
+        &out.join("grid.json"),
+        (serde_json::to_string_pretty(&g)? + "\n").as_bytes(),
     )?;
 
     let todo: Vec<_> = cases
@@ -262,38 +255,41 @@ fn main() -> Result<()> {
         saved.len(),
         results.display()
     );
-    let bar = ProgressBar::new(todo.len() as u64);
-    bar.set_style(ProgressStyle::with_template(
+    let bar = common::bar(
+        todo.len() as u64,
         "{bar:30} {pos}/{len} cases [{elapsed}<{eta}] {msg}",
-    )?);
+    )?;
     let mut failures = Vec::new();
-    for case in &todo {
-        bar.set_message(format!(
-            "{} {} T={} d={}",
+    for (i, case) in todo.iter().enumerate() {
+        let name = format!(
+            "{} {} B={} T={} d={}",
             case.label(),
             case.dtype,
+            case.batch,
             case.t,
             case.d_k
-        ));
+        );
+        bar.set_message(name.clone());
         match measure(case, g.warmup, g.repeats) {
             Ok(m) => {
                 let record = Record::new(case.clone(), m, Some(&p));
+                if bar.is_hidden() {
+                    eprintln!(
+                        "[{}/{}] {name}: forward {:.3} ms, forward + backward {:.3} ms",
+                        i + 1,
+                        todo.len(),
+                        record.measurement.forward.median_ms,
+                        record.measurement.train.median_ms
+                    );
+                }
                 append_record(&results, &record)?;
             }
             Err(e) => {
-                bar.println(format!(
-                    "FAILED {} {} T={}: {e:#}",
-                    case.label(),
-                    case.dtype,
-                    case.t
-                ));
-                failures.push(format!(
-                    "{} {} T={} d={}: {e:#}",
-                    case.label(),
-                    case.dtype,
-                    case.t,
-                    case.d_k
-                ));
+                common::say(
+                    &bar,
+                    format!("[{}/{}] FAILED {name}: {e:#}", i + 1, todo.len()),
+                );
+                failures.push(format!("{name}: {e:#}"));
             }
         }
         bar.inc(1);

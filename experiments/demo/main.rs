@@ -6,44 +6,28 @@
 //! map, update rule, normalisation, chunked backend, blocks, training) in well under a minute on
 //! two CPU cores; the paper's own synthetic experiments come with the `retrieval` binary.
 //!
-//! Run: `make run`, or `cargo run --release --bin demo -- --help` for the options, e.g.
-//! `--attention softmax` for the softmax baseline or `--rule sum --feature-map dpfp:2`.
+//! Run: `cargo run --release --bin demo`, or with `-- --help` for the options, e.g.
+//! `--variant softmax` for the softmax baseline or `--variant sum:dpfp:2`.
 //! Writes `runs/demo-<variant>/config.json` and `metrics.json`.
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
-use clap::{Parser, ValueEnum};
+use anyhow::{bail, Context, Result};
+use clap::Parser;
 use fwp::{
-    AttentionConfig, AttentionKind, BlockConfig, FastWeightConfig, FeatureMap, LanguageModel,
-    LayerNormPlacement, ModelConfig,
+    AttentionConfig, AttentionKind, BlockConfig, FastWeightConfig, LanguageModel,
+    LayerNormPlacement, ModelConfig, Variant,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
 
-#[derive(Clone, Copy, Debug, ValueEnum, Serialize)]
-enum Attention {
-    Softmax,
-    FastWeight,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum, Serialize)]
-enum Rule {
-    Sum,
-    Delta,
-}
-
 #[derive(Parser, Debug, Serialize)]
 #[command(about = "Train a tiny fast-weight Transformer on associative recall")]
 struct Args {
-    #[arg(long, value_enum, default_value = "fast-weight")]
-    attention: Attention,
-    #[arg(long, value_enum, default_value = "delta")]
-    rule: Rule,
-    /// linear, identity, dpfp:NU or favor:M
-    #[arg(long, default_value = "linear")]
-    feature_map: String,
+    /// softmax, or RULE:MAP with RULE sum or delta and MAP linear, identity, dpfp:NU or favor:M
+    #[arg(long, default_value = "delta:linear")]
+    variant: Variant,
     #[arg(long, default_value_t = 1500)]
     steps: usize,
     #[arg(long, default_value_t = 32)]
@@ -119,23 +103,52 @@ fn recall_loss(
     Ok((at_queries.cross_entropy_for_logits(&targets), accuracy))
 }
 
+/// Sizes that make a batch: distinct keys need `pairs <= symbols`, queries ask stored keys.
+fn check(a: &Args) -> Result<()> {
+    for (name, v) in [
+        ("--batch", a.batch),
+        ("--pairs", a.pairs),
+        ("--queries", a.queries),
+        ("--symbols", a.symbols),
+    ] {
+        if v < 1 {
+            bail!("{name} must be >= 1, got {v}");
+        }
+    }
+    if a.steps == 0 {
+        bail!("--steps must be >= 1");
+    }
+    if a.pairs > a.symbols {
+        bail!(
+            "--pairs {} needs as many distinct keys, but there are only --symbols {}",
+            a.pairs,
+            a.symbols
+        );
+    }
+    if a.queries > a.pairs {
+        bail!(
+            "--queries {} asks more stored keys than the --pairs {} written",
+            a.queries,
+            a.pairs
+        );
+    }
+    if !(a.lr.is_finite() && a.lr > 0.0) {
+        bail!("--lr must be finite and > 0, got {}", a.lr);
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
+    check(&args)?;
     tch::manual_seed(args.seed);
-    let feature_map: FeatureMap = args.feature_map.parse()?;
-    let kind = match args.attention {
-        Attention::Softmax => AttentionKind::Softmax,
-        Attention::FastWeight => AttentionKind::FastWeight(match args.rule {
-            Rule::Sum => FastWeightConfig::sum(feature_map),
-            Rule::Delta => FastWeightConfig::delta(feature_map),
-        }),
-    };
-    let variant = match kind {
-        AttentionKind::Softmax => "softmax".to_string(),
-        AttentionKind::FastWeight(c) => {
-            format!("{}-{}", c.rule_name(), feature_map).replace(':', "")
+    let kind = match args.variant {
+        Variant::Softmax => AttentionKind::Softmax,
+        Variant::FastWeight { rule, map } => {
+            AttentionKind::FastWeight(FastWeightConfig::new(rule, map))
         }
     };
+    let variant = args.variant.to_string().replace(':', "-");
     let vocab = 2 * args.symbols;
     let cfg = ModelConfig {
         vocab,

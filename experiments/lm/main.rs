@@ -31,10 +31,15 @@ use fwp::lm::config::{LmModel, Preset, TrainConfig};
 use fwp::lm::data::Split;
 use fwp::lm::eval::{evaluate, EvalMode};
 use fwp::lm::export::{export, sample, SampleOptions};
-use fwp::lm::train::{load_run, parameter_count, train, Outcome, TrainOptions};
+use fwp::lm::train::{
+    load_run, parameter_count, train, LoadedRun, Outcome, TrainEvent, TrainOptions,
+};
 use fwp::report::append_record;
 use fwp::{Backend, Normalisation, Variant};
 use serde::{Deserialize, Serialize};
+
+#[path = "../common.rs"]
+mod common;
 
 #[derive(Parser)]
 #[command(
@@ -64,7 +69,8 @@ enum Command {
     Eval {
         #[arg(long)]
         run: PathBuf,
-        #[arg(long, value_enum, default_value = "valid")]
+        /// train, valid or test
+        #[arg(long, default_value = "valid")]
         split: Split,
         /// sliding (stride 1, the paper's), sliding:S, segments or stateful
         #[arg(long, default_value = "sliding")]
@@ -136,11 +142,12 @@ struct TrainArgs {
         "warmup", "dropout", "context", "seed", "min_count", "eval_every", "checkpoint_every",
     ])]
     resume: bool,
-    #[arg(long, value_enum, default_value = "tiny")]
+    /// tiny, small or medium
+    #[arg(long, default_value = "tiny")]
     preset: Preset,
     /// softmax, or RULE:MAP: sum:linear, sum:dpfp:2, sum:favor:16, delta:linear, delta:dpfp:2, ...
     #[arg(long, default_value = "delta:linear")]
-    variant: String,
+    variant: Variant,
     /// none, attention, sum or sum-and-attention (default: attention for sum, sum for delta).
     #[arg(long)]
     normalisation: Option<Normalisation>,
@@ -170,7 +177,8 @@ struct TrainArgs {
     checkpoint_every: Option<usize>,
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// CPU threads (default: libtorch's choice).
+    /// CPU threads (default: libtorch's choice; with --resume, the count the run was trained with,
+    /// which an exact resume needs).
     #[arg(long)]
     threads: Option<i32>,
 }
@@ -182,6 +190,7 @@ struct EvalRecord {
     preset: Preset,
     split: Split,
     mode: String,
+    #[serde(with = "fwp::report::real")]
     perplexity: f64,
     tokens_scored: i64,
     step: usize,
@@ -193,7 +202,7 @@ fn run_config(a: &TrainArgs) -> Result<RunConfig> {
     let Some(data) = a.data.clone() else {
         bail!("--data is required for a new run (the corpus directory, e.g. data/brown)");
     };
-    let mut model = LmModel::preset(a.preset, Variant::parse(&a.variant)?);
+    let mut model = LmModel::preset(a.preset, a.variant);
     model.normalisation = a.normalisation;
     model.backend = a.backend;
     if let Some(v) = a.dropout {
@@ -235,17 +244,19 @@ fn main() -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&s)?);
         }
         Command::Train(a) => {
-            if let Some(n) = a.threads {
-                fwp::check::positive("threads", n as i64)?;
+            let device = fwp::check::device(&a.device)?;
+            let (cfg, saved_threads) = if a.resume {
+                let (_, meta) = fwp::lm::checkpoint::find(&a.run)?;
+                (meta.config, meta.threads)
+            } else {
+                (run_config(&a)?, None)
+            };
+            if let Some(n) = a.threads.or(saved_threads) {
+                if n < 1 {
+                    bail!("--threads must be >= 1, got {n}");
+                }
                 tch::set_num_threads(n);
             }
-            let device = fwp::check::device(&a.device)?;
-            let cfg = if a.resume {
-                let (_, meta) = fwp::lm::checkpoint::find(&a.run)?;
-                meta.config
-            } else {
-                run_config(&a)?
-            };
             let stop = Arc::new(AtomicBool::new(false));
             let flag = stop.clone();
             ctrlc::set_handler(move || {
@@ -256,24 +267,59 @@ fn main() -> Result<()> {
                 eprintln!("interrupt: finishing the current update, then saving a checkpoint (Ctrl-C again to quit now)");
             })
             .context("installing the Ctrl-C handler")?;
-            let opts = TrainOptions {
-                device,
-                resume: a.resume,
-                stop: &stop,
-                stop_after: None,
-                progress: true,
-            };
             println!(
                 "{} {} on {}: {} updates of {} x {} tokens -> {}",
-                cfg.model.variant.name(),
-                format!("{:?}", cfg.model.preset).to_lowercase(),
+                cfg.model.variant,
+                cfg.model.preset,
                 cfg.data.display(),
                 cfg.train.steps,
                 cfg.train.batch,
                 cfg.model.context,
                 a.run.display()
             );
-            match train(&a.run, &cfg, &opts)? {
+            let bar = common::bar(
+                cfg.train.steps as u64,
+                "{bar:30} {pos}/{len} updates [{elapsed}<{eta}] {msg}",
+            )?;
+            let progress = |e: TrainEvent| match e {
+                TrainEvent::Start { step, .. } => bar.set_position(step as u64),
+                TrainEvent::Update {
+                    step,
+                    loss,
+                    lr,
+                    tokens_per_s,
+                } => {
+                    bar.set_position(step as u64);
+                    if let Some(rate) = tokens_per_s {
+                        let line = format!("loss {loss:.3} lr {lr:.2e} {rate:.0} tok/s");
+                        if bar.is_hidden() {
+                            eprintln!("update {step}: {line}");
+                        }
+                        bar.set_message(line);
+                    }
+                }
+                TrainEvent::Eval { step, perplexity } => common::say(
+                    &bar,
+                    format!("update {step}: valid perplexity {perplexity:.2} (segments)"),
+                ),
+            };
+            let opts = TrainOptions {
+                device,
+                resume: a.resume,
+                stop: &stop,
+                stop_after: None,
+                progress: Some(&progress),
+            };
+            let outcome = train(&a.run, &cfg, &opts);
+            bar.finish_and_clear();
+            let outcome = outcome.map_err(|e| {
+                if !a.resume && e.to_string().contains("already holds a checkpoint") {
+                    e.context("pass --resume to continue that run")
+                } else {
+                    e
+                }
+            });
+            match outcome? {
                 Outcome::Finished { step } => println!(
                     "finished: {step} updates; checkpoint in {}/checkpoint",
                     a.run.display()
@@ -293,13 +339,19 @@ fn main() -> Result<()> {
             device,
         } => {
             let device = fwp::check::device(&device)?;
-            let (cfg, vocab, vs, model, meta) = load_run(&run, device, backend)?;
+            let LoadedRun {
+                config: cfg,
+                vocab,
+                vs,
+                model,
+                meta,
+            } = load_run(&run, device, backend)?;
             let dir = data.unwrap_or_else(|| cfg.data.clone());
             let corpus = fwp::lm::data::Corpus::load_with_vocab(&dir, vocab)?;
             let started = std::time::Instant::now();
             let score = evaluate(&model, corpus.split(split), cfg.model.context, mode, batch)?;
             let record = EvalRecord {
-                variant: cfg.model.variant.name(),
+                variant: cfg.model.variant.to_string(),
                 preset: cfg.model.preset,
                 split,
                 mode: mode.to_string(),
@@ -327,9 +379,9 @@ fn main() -> Result<()> {
             batch,
             t,
         } => {
-            let (cfg, _, mut vs, model, _) = load_run(&run, tch::Device::Cpu, Some(backend))?;
-            let t = t.unwrap_or(cfg.model.context);
-            export(&model, &mut vs, batch, t, &out)?;
+            let mut loaded = load_run(&run, tch::Device::Cpu, Some(backend))?;
+            let t = t.unwrap_or(loaded.config.model.context);
+            export(&loaded.model, &mut loaded.vs, batch, t, &out)?;
             println!(
                 "wrote {} (tokens [{batch}, {t}] int64 -> logits; backend {backend:?})",
                 out.display()
@@ -344,8 +396,7 @@ fn main() -> Result<()> {
             let table = fwp::lm::report::report(&dirs, stem.as_deref())?;
             match out {
                 Some(o) => {
-                    std::fs::write(&o, &table)
-                        .with_context(|| format!("writing {}", o.display()))?;
+                    fwp::report::atomic_write(&o, table.as_bytes())?;
                     println!("wrote {}", o.display());
                 }
                 None => print!("{table}"),
@@ -359,7 +410,7 @@ fn main() -> Result<()> {
             top_k,
             seed,
         } => {
-            let (cfg, vocab, _, model, _) = load_run(&run, tch::Device::Cpu, None)?;
+            let loaded = load_run(&run, tch::Device::Cpu, None)?;
             let words: Vec<String> = prompt.split_whitespace().map(str::to_string).collect();
             let opts = SampleOptions {
                 tokens,
@@ -367,7 +418,13 @@ fn main() -> Result<()> {
                 top_k,
                 seed,
             };
-            let out = sample(&model, &vocab, cfg.model.context, &words, opts)?;
+            let out = sample(
+                &loaded.model,
+                &loaded.vocab,
+                loaded.config.model.context,
+                &words,
+                opts,
+            )?;
             println!(
                 "{} {}",
                 prompt,

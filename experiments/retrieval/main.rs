@@ -19,9 +19,9 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
-use fwp::report::{append_record, line_plot, markdown_table, read_records, Axis, Series};
+use fwp::report::{append_record, atomic_write, read_records};
 use fwp::retrieval::{
-    train, ModelConfig, RetrievalModel, RunResult, Setting, TrainConfig, Variant,
+    report, train, ModelConfig, Record, RetrievalModel, RunConfig, Setting, TrainConfig, Variant,
 };
 use fwp::{Backend, Normalisation};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
@@ -33,26 +33,10 @@ enum Preset {
     /// Setting 1 at d_key = 16 (d_dot 16 for linear, 32 for DPFP-1): softmax, sum:linear,
     /// sum:dpfp:1 over S = 8..56, seeds 0 and 1; about 10 minutes on 2 CPU cores.
     Quick,
-    /// The paper's Setting 1: d_key = 64, S = 20..600 step 20, every variant of paper.md Sec. 5.
+    /// The paper's Setting 1: d_key = 64, S = 20..600 step 20, every sum-rule variant and softmax.
     Paper1,
     /// The paper's Setting 2: d_key = 64, S = 20..200 step 20, DPFP-1 sum vs the delta rule.
     Paper2,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum, Serialize, Deserialize)]
-enum BackendArg {
-    Auto,
-    Fused,
-    Chunked,
-    Reference,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum, Serialize, Deserialize)]
-enum NormArg {
-    Sum,
-    Attention,
-    SumAndAttention,
-    None,
 }
 
 #[derive(Parser, Debug, Serialize, Deserialize)]
@@ -77,12 +61,15 @@ struct Args {
     /// Comma-separated seeds
     #[arg(long)]
     seeds: Option<String>,
+    /// Training steps at most (>= 1)
     #[arg(long)]
     max_steps: Option<usize>,
-    #[arg(long, value_enum, default_value = "sum")]
-    normalisation: NormArg,
-    #[arg(long, value_enum, default_value = "auto")]
-    backend: BackendArg,
+    /// none, attention, sum or sum-and-attention
+    #[arg(long, default_value = "sum")]
+    normalisation: Normalisation,
+    /// auto, fused, reference, chunked (64 steps) or chunked:N
+    #[arg(long, default_value = "auto")]
+    backend: Backend,
     /// cpu, cuda or cuda:N
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -97,25 +84,6 @@ struct Args {
     threads: Option<i32>,
 }
 
-/// Everything that defines one run, saved in its record.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-struct RunConfig {
-    setting: u8,
-    variant: String,
-    s: i64,
-    seed: i64,
-    d_key: i64,
-    model: ModelConfig,
-    train: TrainConfig,
-    device: String,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct Record {
-    config: RunConfig,
-    result: RunResult,
-}
-
 /// The sweep after presets and flags are combined.
 struct Sweep {
     setting: Setting,
@@ -125,6 +93,9 @@ struct Sweep {
     seeds: Vec<i64>,
     train: TrainConfig,
 }
+
+/// Sizes a sweep may hold at most (a range like 1:9000000000:1 is a typo, not a plan).
+const MAX_SIZES: i64 = 100_000;
 
 fn parse_s(spec: &str) -> Result<Vec<i64>> {
     let bad = || format!("--s '{spec}': expected N, N,M,... or START:END:STEP");
@@ -138,6 +109,10 @@ fn parse_s(spec: &str) -> Result<Vec<i64>> {
         let p = nums(&spec.split(':').collect::<Vec<_>>())?;
         if p.len() != 3 || p[2] <= 0 || p[0] > p[1] {
             bail!("{}", bad());
+        }
+        let count = (p[1] as i128 - p[0] as i128) / p[2] as i128 + 1;
+        if count > MAX_SIZES as i128 {
+            bail!("--s '{spec}': {count} sizes; a sweep takes at most {MAX_SIZES}");
         }
         (p[0]..=p[1]).step_by(p[2] as usize).collect()
     } else {
@@ -168,7 +143,7 @@ fn sweep(args: &Args) -> Result<Sweep> {
         .as_deref()
         .unwrap_or(variants)
         .split(',')
-        .map(|v| Variant::parse(v.trim()))
+        .map(|v| v.trim().parse::<Variant>())
         .collect::<Result<Vec<_>>>()?;
     let seeds = seeds
         .split(',')
@@ -179,7 +154,9 @@ fn sweep(args: &Args) -> Result<Sweep> {
         })
         .collect::<Result<Vec<_>>>()?;
     let d_key = args.d_key.unwrap_or(d_key);
-    fwp::check::positive("--d-key", d_key)?;
+    if d_key < 1 {
+        bail!("--d-key must be >= 1, got {d_key}");
+    }
     for v in &variants {
         if let Variant::FastWeight { map, .. } = v {
             map.validate(d_key)?;
@@ -189,6 +166,7 @@ fn sweep(args: &Args) -> Result<Sweep> {
         max_steps: args.max_steps.unwrap_or(100_000),
         ..TrainConfig::default()
     };
+    train.check().context("--max-steps")?;
     Ok(Sweep {
         setting,
         s: parse_s(args.s.as_deref().unwrap_or(s))?,
@@ -202,7 +180,9 @@ fn sweep(args: &Args) -> Result<Sweep> {
 fn main() -> Result<()> {
     let args = Args::parse();
     if let Some(n) = args.threads {
-        fwp::check::positive("--threads", n as i64)?;
+        if n < 1 {
+            bail!("--threads must be >= 1, got {n}");
+        }
         tch::set_num_threads(n);
     }
     let plan = sweep(&args)?;
@@ -215,18 +195,6 @@ fn main() -> Result<()> {
     });
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let results = out.join("results.jsonl");
-    let backend = match args.backend {
-        BackendArg::Auto => Backend::Auto,
-        BackendArg::Fused => Backend::Fused,
-        BackendArg::Chunked => Backend::Chunked { chunk_size: 64 },
-        BackendArg::Reference => Backend::Reference,
-    };
-    let normalisation = match args.normalisation {
-        NormArg::Sum => Normalisation::Sum,
-        NormArg::Attention => Normalisation::Attention,
-        NormArg::SumAndAttention => Normalisation::SumAndAttention,
-        NormArg::None => Normalisation::None,
-    };
 
     // Every run of the sweep, minus those already in results.jsonl.
     let done: Vec<Record> = read_records(&results)?;
@@ -234,21 +202,13 @@ fn main() -> Result<()> {
     for &s in &plan.s {
         for v in &plan.variants {
             for &seed in &plan.seeds {
-                let model = ModelConfig {
-                    s,
-                    d_key: plan.d_key,
-                    variant: *v,
-                    normalisation,
-                    eps: 1e-6,
-                    backend,
-                };
                 let cfg = RunConfig {
                     setting: plan.setting.number(),
-                    variant: v.name(),
+                    variant: v.to_string(),
                     s,
                     seed,
                     d_key: plan.d_key,
-                    model,
+                    model: ModelConfig::new(s, plan.d_key, *v, args.normalisation, args.backend),
                     train: plan.train,
                     device: args.device.clone(),
                 };
@@ -268,7 +228,10 @@ fn main() -> Result<()> {
         results.display(),
         out.display()
     );
-    std::fs::write(out.join("sweep.json"), serde_json::to_string_pretty(&args)?)?;
+    atomic_write(
+        &out.join("sweep.json"),
+        serde_json::to_string_pretty(&args)?.as_bytes(),
+    )?;
 
     if args.report_only {
         todo.clear();
@@ -330,122 +293,14 @@ fn main() -> Result<()> {
     sweep_bar.finish_and_clear();
 
     let records: Vec<Record> = read_records(&results)?;
-    let records: Vec<&Record> = records
-        .iter()
-        .filter(|r| r.config.setting == plan.setting.number() && r.config.d_key == plan.d_key)
-        .collect();
-    report(&out, &plan, &records)
-}
-
-/// Writes table.md and plot.{png,svg} from every record of this setting and d_key.
-fn report(out: &std::path::Path, plan: &Sweep, records: &[&Record]) -> Result<()> {
-    let mut variants: Vec<String> = Vec::new();
-    let mut sizes: Vec<i64> = Vec::new();
-    for r in records {
-        if !variants.contains(&r.config.variant) {
-            variants.push(r.config.variant.clone());
-        }
-        if !sizes.contains(&r.config.s) {
-            sizes.push(r.config.s);
-        }
-    }
-    sizes.sort();
-    // mean final eval loss over seeds, and whether every seed solved it
-    // (mean final eval loss over seeds, seeds that solved it, seeds run)
-    let cell = |v: &str, s: i64| -> Option<(f64, usize, usize)> {
-        let rs: Vec<&&Record> = records
-            .iter()
-            .filter(|r| r.config.variant == v && r.config.s == s)
-            .collect();
-        (!rs.is_empty()).then(|| {
-            let mean = rs.iter().map(|r| r.result.final_eval_loss).sum::<f64>() / rs.len() as f64;
-            (
-                mean,
-                rs.iter().filter(|r| r.result.solved).count(),
-                rs.len(),
-            )
-        })
-    };
-    let mut header = vec!["S".to_string()];
-    header.extend(variants.iter().cloned());
-    let rows: Vec<Vec<String>> = sizes
-        .iter()
-        .map(|&s| {
-            let mut row = vec![s.to_string()];
-            for v in &variants {
-                row.push(match cell(v, s) {
-                    Some((loss, solved, n)) if solved == n => format!("{loss:.4} ✓"),
-                    Some((loss, 0, _)) => format!("{loss:.4}"),
-                    Some((loss, solved, n)) => format!("{loss:.4} ({solved}/{n} solved)"),
-                    None => "".into(),
-                });
-            }
-            row
-        })
-        .collect();
-    let header_refs: Vec<&str> = header.iter().map(String::as_str).collect();
-    let mut table = format!(
-        "Final eval loss (mean over seeds; ✓ = every seed solved, i.e. reached loss <= {}), setting {}, d_key {}\n\n",
+    let table = report(
+        &out,
+        &records,
+        plan.setting,
+        plan.d_key,
         plan.train.solved_loss,
-        plan.setting.number(),
-        plan.d_key
-    );
-    table += &markdown_table(&header_refs, &rows);
-    table += "\nLargest S solved, by every seed / by at least one seed:\n\n";
-    for v in &variants {
-        let largest = |need_all: bool| {
-            sizes
-                .iter()
-                .filter(|&&s| {
-                    cell(v, s).is_some_and(
-                        |(_, solved, n)| if need_all { solved == n } else { solved > 0 },
-                    )
-                })
-                .max()
-                .map_or("none".to_string(), |s| s.to_string())
-        };
-        let d_dot = match Variant::parse(v) {
-            Ok(Variant::FastWeight { map, .. }) => format!(" (d_dot {})", map.width(plan.d_key)),
-            _ => String::new(),
-        };
-        table += &format!("- {v}{d_dot}: {} / {}\n", largest(true), largest(false));
-    }
-    std::fs::write(out.join("table.md"), &table)?;
-    println!("\n{table}");
-    let mut series: Vec<Series> = variants
-        .iter()
-        .map(|v| Series {
-            name: v.clone(),
-            points: sizes
-                .iter()
-                .filter_map(|&s| cell(v, s).map(|(loss, _, _)| (s as f64, loss)))
-                .collect(),
-        })
-        .collect();
-    if let (Some(&lo), Some(&hi)) = (sizes.first(), sizes.last()) {
-        let t = plan.train.solved_loss;
-        series.push(Series {
-            name: format!("solved (<= {t})"),
-            points: vec![(lo as f64, t), (hi as f64, t)],
-        });
-    }
-    line_plot(
-        &out.join("plot"),
-        &format!(
-            "Setting {} (d_key = {}): final eval loss against S",
-            plan.setting.number(),
-            plan.d_key
-        ),
-        &Axis {
-            label: "number of keys S".into(),
-            log: false,
-        },
-        &Axis {
-            label: "final eval loss".into(),
-            log: true,
-        },
-        &series,
     )?;
+    println!("\n{table}");
     println!(
         "wrote {}, {}, {}",
         out.join("table.md").display(),

@@ -126,7 +126,7 @@ impl Case {
             (op, _) => op.to_string(),
         };
         match self.rule {
-            Some(rule) => format!("{op} {}", format!("{rule:?}").to_lowercase()),
+            Some(rule) => format!("{op} {rule}"),
             None => op,
         }
     }

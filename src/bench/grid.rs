@@ -1,14 +1,13 @@
 //! Grids of benchmark cases, with presets for a 2-core CPU, an H100/H200 and the tests.
 
 use anyhow::{bail, Result};
-use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 
 use super::case::{Case, DType, Op};
 use crate::recurrence::UpdateRule;
 
 /// Named grids.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Preset {
     /// fp32 on this machine class (2 cores): B=2, H=4, d in {64, 128}, T = 256 .. 8192; the
@@ -19,6 +18,35 @@ pub enum Preset {
     Gpu,
     /// Tiny shapes for the tests: seconds.
     Quick,
+}
+
+impl Preset {
+    pub const ALL: [Preset; 3] = [Preset::Cpu, Preset::Gpu, Preset::Quick];
+
+    /// `cpu`, `gpu` or `quick`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Preset::Cpu => "cpu",
+            Preset::Gpu => "gpu",
+            Preset::Quick => "quick",
+        }
+    }
+}
+
+impl std::fmt::Display for Preset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Preset {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match Preset::ALL.iter().find(|p| p.name() == s) {
+            Some(p) => Ok(*p),
+            None => bail!("preset '{s}': expected cpu, gpu or quick"),
+        }
+    }
 }
 
 /// The cross product that [`Grid::cases`] expands.

@@ -9,6 +9,7 @@ use anyhow::Result;
 
 use super::case::{DType, Op};
 use super::record::Record;
+use crate::recurrence::UpdateRule;
 use crate::report::{line_plot, markdown_table, Axis, Series};
 
 /// Records that share everything but the op, the rule and T (batch may follow T on a token budget).
@@ -245,20 +246,19 @@ pub fn ratio_table(records: &[Record]) -> String {
     ];
     let mut rows = Vec::new();
     for (key, series) in groups(records) {
-        let time = |op: Op, rule: &str, t: i64| -> Option<f64> {
+        let time = |op: Op, rule: UpdateRule, t: i64| -> Option<f64> {
             series.values().flatten().find_map(|r| {
                 let c = &r.case;
-                let rule_ok = c.op == Op::Softmax
-                    || c.rule.map(|x| format!("{x:?}").to_lowercase()).as_deref() == Some(rule);
+                let rule_ok = c.op == Op::Softmax || c.rule == Some(rule);
                 (c.op == op && rule_ok && c.t == t).then_some(r.measurement.train.median_ms)
             })
         };
-        for rule in ["sum", "delta"] {
+        for rule in UpdateRule::ALL {
             let fused: Vec<&Record> = series
                 .values()
                 .flatten()
                 .copied()
-                .filter(|r| r.case.op == Op::Fused && r.case.label().ends_with(rule))
+                .filter(|r| r.case.op == Op::Fused && r.case.rule == Some(rule))
                 .collect();
             for r in fused {
                 let t = r.case.t;
@@ -267,7 +267,7 @@ pub fn ratio_table(records: &[Record]) -> String {
                     |op| time(op, rule, t).map_or("–".into(), |x| format!("{:.2}", x / f));
                 rows.push(vec![
                     key.title(),
-                    rule.into(),
+                    rule.to_string(),
                     t.to_string(),
                     ratio(Op::Chunked),
                     ratio(Op::Reference),

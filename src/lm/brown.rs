@@ -8,12 +8,13 @@
 //! seen fewer than `min_count` times in train become `<unk>` in every split, as in WikiText.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use super::data::UNK;
+use crate::report::atomic_write;
 
 /// What [`prepare`] wrote.
 #[derive(Clone, Debug, Serialize)]
@@ -133,24 +134,16 @@ pub fn prepare(package: &Path, out: &Path, min_count: usize) -> Result<Summary> 
             body += &line.join(" ");
             body.push('\n');
         }
-        write_atomically(&out.join(format!("{split}.txt")), body.as_bytes())?;
+        atomic_write(&out.join(format!("{split}.txt")), body.as_bytes())?;
         summary.sentences.insert(split.to_string(), sents.len());
         summary.words.insert(split.to_string(), words);
         summary
             .unk_rate
             .insert(split.to_string(), unks as f64 / words.max(1) as f64);
     }
-    write_atomically(
+    atomic_write(
         &out.join("summary.json"),
         (serde_json::to_string_pretty(&summary)? + "\n").as_bytes(),
     )?;
     Ok(summary)
-}
-
-/// Writes `path` through a temporary file and a rename, so a reader never sees half a file.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp: PathBuf = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
 }

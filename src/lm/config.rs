@@ -12,7 +12,7 @@ use crate::recurrence::Backend;
 use crate::variant::Variant;
 
 /// Model sizes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Preset {
     /// 4 layers, d_model 128, 4 heads x 32, d_ff 512, context 128; 400 updates of 32 x 128 tokens
@@ -22,6 +22,35 @@ pub enum Preset {
     Small,
     /// The paper's medium: 16 layers, d_model 256, 8 x 32, d_ff 2048, context 384, batch 56.
     Medium,
+}
+
+impl Preset {
+    pub const ALL: [Preset; 3] = [Preset::Tiny, Preset::Small, Preset::Medium];
+
+    /// `tiny`, `small` or `medium`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Preset::Tiny => "tiny",
+            Preset::Small => "small",
+            Preset::Medium => "medium",
+        }
+    }
+}
+
+impl std::fmt::Display for Preset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Preset {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match Preset::ALL.iter().find(|p| p.name() == s) {
+            Some(p) => Ok(*p),
+            None => bail!("preset '{s}': expected tiny, small or medium"),
+        }
+    }
 }
 
 /// The network, apart from the vocabulary size (which comes from the corpus).
@@ -69,16 +98,13 @@ impl LmModel {
     pub fn attention(&self) -> Result<AttentionKind> {
         Ok(match self.variant {
             Variant::Softmax => {
-                if self.normalisation.is_some() {
-                    bail!("--normalisation applies to fast-weight variants, not softmax");
+                if let Some(n) = self.normalisation {
+                    bail!("normalisation {n:?} applies to fast-weight variants, not to softmax");
                 }
                 AttentionKind::Softmax
             }
             Variant::FastWeight { rule, map } => {
-                let base = match rule {
-                    crate::UpdateRule::Sum => FastWeightConfig::sum(map),
-                    crate::UpdateRule::Delta => FastWeightConfig::delta(map),
-                };
+                let base = FastWeightConfig::new(rule, map);
                 let cfg = FastWeightConfig {
                     normalisation: self.normalisation.unwrap_or(base.normalisation),
                     backend: self.backend,

@@ -18,7 +18,7 @@ pub const UNK: &str = "<unk>";
 pub const EOS: &str = "<eos>";
 
 /// The three splits, by name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Split {
     Train,
@@ -27,11 +27,29 @@ pub enum Split {
 }
 
 impl Split {
+    pub const ALL: [Split; 3] = [Split::Train, Split::Valid, Split::Test];
+
     pub fn name(self) -> &'static str {
         match self {
             Split::Train => "train",
             Split::Valid => "valid",
             Split::Test => "test",
+        }
+    }
+}
+
+impl std::fmt::Display for Split {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Split {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match Split::ALL.iter().find(|x| x.name() == s) {
+            Some(x) => Ok(*x),
+            None => bail!("split '{s}': expected train, valid or test"),
         }
     }
 }

@@ -99,6 +99,13 @@ pub fn sample(
                 i64::try_from(last.f_argmax(0, false)?)?
             } else {
                 let mut scaled = last / opts.temperature;
+                if !bool::try_from(scaled.f_isfinite()?.f_all()?)? {
+                    bail!(
+                        "temperature {}: too small for these logits (dividing by it overflows); \
+                         use 0 to pick the most likely word, or a larger temperature",
+                        opts.temperature
+                    );
+                }
                 if opts.top_k > 0 && opts.top_k < scaled.size()[0] {
                     let (kth, _) = scaled.f_topk(opts.top_k, 0, true, true)?;
                     let cut = kth.f_select(0, opts.top_k - 1)?;

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
 use super::checkpoint;
@@ -17,6 +17,7 @@ use crate::report::{line_plot, markdown_table, read_records, Axis, Series};
 struct Evaluation {
     split: String,
     mode: String,
+    #[serde(with = "crate::report::real")]
     perplexity: f64,
 }
 
@@ -58,7 +59,7 @@ pub fn summarise(run: &Path) -> Result<RunSummary> {
     let last: Vec<f64> = steps.iter().rev().take(5).map(|s| s.loss).collect();
     Ok(RunSummary {
         dir: run.to_path_buf(),
-        variant: meta.config.model.variant.name(),
+        variant: meta.config.model.variant.to_string(),
         parameters: meta.parameters,
         updates: meta.step,
         tokens_per_s: median(steps.iter().map(|s| s.tokens_per_s).collect()),
@@ -77,7 +78,14 @@ pub fn summarise(run: &Path) -> Result<RunSummary> {
 
 /// Every run below `dir` (folders holding a checkpoint), in a stable order.
 pub fn runs_in(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)?
+    if !dir.is_dir() {
+        bail!(
+            "{}: no such directory (expected a folder of runs)",
+            dir.display()
+        );
+    }
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("listing {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             p.join("checkpoint/meta.json").is_file() || p.join("checkpoint.old/meta.json").is_file()

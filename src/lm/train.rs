@@ -1,31 +1,33 @@
 //! Training an LM run: Adam with the warm-up + cosine schedule, gradient clipping and accumulation,
 //! JSON-lines logs (`train.jsonl`, `eval.jsonl`), atomic checkpoints every N updates, at the end and
 //! on interruption, and exact resumption (the batch and the dropout masks of an update are functions
-//! of its step; see [`super::batches`] and [`super::checkpoint::RNG_RULE`]).
+//! of its step; see [`super::batches`] and [`super::checkpoint::RNG_RULE`]). One process trains a
+//! run directory at a time ([`checkpoint::RunLock`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 use super::adam::{clip_grad_norm, learning_rate, Adam};
 use super::batches::Segments;
-use super::checkpoint::{self, Meta, RunConfig, RNG_RULE};
+use super::checkpoint::{self, Meta, RunConfig, RunLock, RNG_RULE};
 use super::data::{Corpus, Vocab};
 use super::eval::{evaluate, EvalMode};
 use crate::model::LanguageModel;
-use crate::report::{append_record, read_records};
+use crate::report::{append_record, atomic_write, read_records, retain_records};
 
 /// One logged update.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StepLog {
     pub step: usize,
+    #[serde(with = "crate::report::real")]
     pub loss: f64,
     pub lr: f64,
+    #[serde(with = "crate::report::real")]
     pub grad_norm: f64,
     pub tokens_per_s: f64,
     pub elapsed_s: f64,
@@ -37,7 +39,25 @@ pub struct EvalLog {
     pub step: usize,
     pub split: String,
     pub mode: String,
+    /// NaN or infinite for a model that diverged (written as a string, see [`crate::report::real`]).
+    #[serde(with = "crate::report::real")]
     pub perplexity: f64,
+}
+
+/// What [`train`] reports as it goes, to a progress bar or a log.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum TrainEvent {
+    /// Training starts, or resumes, with `step` of `total` updates done.
+    Start { step: usize, total: usize },
+    /// An update is done (`step` updates in all); `tokens_per_s` on the updates that are logged.
+    Update {
+        step: usize,
+        loss: f64,
+        lr: f64,
+        tokens_per_s: Option<f64>,
+    },
+    /// Validation perplexity (non-overlapping segments) after `step` updates.
+    Eval { step: usize, perplexity: f64 },
 }
 
 /// How a call to [`train`] ended.
@@ -78,49 +98,41 @@ pub struct TrainOptions<'a> {
     pub stop: &'a AtomicBool,
     /// Stop as if interrupted once this many updates are done (tests).
     pub stop_after: Option<usize>,
-    pub progress: bool,
+    /// Told about every update and evaluation ([`TrainEvent`]).
+    pub progress: Option<&'a dyn Fn(TrainEvent)>,
 }
 
 fn log_paths(run: &Path) -> (PathBuf, PathBuf) {
     (run.join("train.jsonl"), run.join("eval.jsonl"))
 }
 
-/// Drops log records past `step` (written after the checkpoint a resumed run starts from).
+/// Drops log records past `step` (written after the checkpoint a resumed run starts from), keeping
+/// the other lines byte for byte.
 fn truncate_logs(run: &Path, step: usize) -> Result<()> {
     let (train_log, eval_log) = log_paths(run);
-    if train_log.is_file() {
-        let keep: Vec<StepLog> = read_records::<StepLog>(&train_log)?
-            .into_iter()
-            .filter(|r| r.step < step)
-            .collect();
-        rewrite(&train_log, &keep)?;
-    }
-    if eval_log.is_file() {
-        let keep: Vec<EvalLog> = read_records::<EvalLog>(&eval_log)?
-            .into_iter()
-            .filter(|r| r.step <= step)
-            .collect();
-        rewrite(&eval_log, &keep)?;
-    }
-    Ok(())
+    let step_of = |v: &serde_json::Value| v["step"].as_u64().map(|s| s as usize);
+    retain_records(&train_log, |v| step_of(v).is_some_and(|s| s < step))?;
+    retain_records(&eval_log, |v| step_of(v).is_some_and(|s| s <= step))
 }
 
-fn rewrite<T: Serialize>(path: &Path, records: &[T]) -> Result<()> {
-    let tmp = path.with_extension("jsonl.tmp");
-    let mut text = String::new();
-    for r in records {
-        text += &serde_json::to_string(r)?;
-        text.push('\n');
+/// Errors when a resumed CPU run would use another thread count than it was trained with.
+fn check_threads(meta: &Meta, device: Device) -> Result<()> {
+    let now = tch::get_num_threads();
+    match meta.threads {
+        Some(saved) if device == Device::Cpu && saved != now => bail!(
+            "the run was trained with {saved} CPU threads and this process has {now}: parallel sums \
+             round differently with another count, so the resumed run would not reproduce the \
+             uninterrupted one; resume with {saved} threads"
+        ),
+        _ => Ok(()),
     }
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
 }
 
 /// Trains (or resumes) the run in `run`.
 pub fn train(run: &Path, cfg: &RunConfig, opts: &TrainOptions) -> Result<Outcome> {
     cfg.train.check()?;
     std::fs::create_dir_all(run).with_context(|| format!("creating {}", run.display()))?;
+    let _lock = RunLock::acquire(run)?;
     let t = &cfg.train;
     // The corpus and vocabulary: from the checkpoint when resuming.
     let (corpus, start_meta) = if opts.resume {
@@ -133,17 +145,20 @@ pub fn train(run: &Path, cfg: &RunConfig, opts: &TrainOptions) -> Result<Outcome
                 run.display()
             );
         }
-        let corpus = Corpus::load_with_vocab(&cfg.data, checkpoint::load_vocab(&dir)?)?;
+        check_threads(&meta, opts.device)?;
+        checkpoint::check_corpus(&cfg.data, &meta)?;
+        let corpus = Corpus::load_with_vocab(&cfg.data, checkpoint::load_vocab(&dir, &meta)?)?;
         (corpus, Some((dir, meta)))
     } else {
         if checkpoint::find(run).is_ok() {
             bail!(
-                "{} already holds a checkpoint: pass --resume, or choose another --run",
+                "{} already holds a checkpoint: resume it, or choose another run directory",
                 run.display()
             );
         }
         (Corpus::load(&cfg.data, t.min_count)?, None)
     };
+    let corpus_sha256 = Some(checkpoint::corpus_checksums(&cfg.data)?);
     let vocab: &Vocab = &corpus.vocab;
     let (mut vs, model) = build_model(cfg, vocab.len() as i64, opts.device)?;
     let mut adam = Adam::new(&vs)?;
@@ -170,9 +185,9 @@ pub fn train(run: &Path, cfg: &RunConfig, opts: &TrainOptions) -> Result<Outcome
             }
         }
     }
-    std::fs::write(
-        run.join("config.json"),
-        serde_json::to_string_pretty(cfg)? + "\n",
+    atomic_write(
+        &run.join("config.json"),
+        (serde_json::to_string_pretty(cfg)? + "\n").as_bytes(),
     )?;
     let params = parameter_count(&vs);
     let context = cfg.model.context;
@@ -191,22 +206,24 @@ pub fn train(run: &Path, cfg: &RunConfig, opts: &TrainOptions) -> Result<Outcome
         unix_time: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
+        threads: Some(tch::get_num_threads()),
+        vocab_sha256: None, // filled in by checkpoint::save
+        corpus_sha256: corpus_sha256.clone(),
     };
-    let bar = if opts.progress {
-        ProgressBar::new(t.steps as u64)
-    } else {
-        ProgressBar::hidden()
+    let tell = |e: TrainEvent| {
+        if let Some(f) = opts.progress {
+            f(e)
+        }
     };
-    bar.set_style(ProgressStyle::with_template(
-        "{bar:30} {pos}/{len} updates [{elapsed}<{eta}] {msg}",
-    )?);
-    bar.set_position(step as u64);
+    tell(TrainEvent::Start {
+        step,
+        total: t.steps,
+    });
     let started = Instant::now();
     let mut window = (Instant::now(), step);
     while step < t.steps {
         if opts.stop.load(Ordering::SeqCst) || opts.stop_after.is_some_and(|n| step >= n) {
             checkpoint::save(run, &vs, &adam, &meta_at(step, last_loss), vocab)?;
-            bar.finish_and_clear();
             return Ok(Outcome::Interrupted { step });
         }
         tch::manual_seed(t.seed * 1_000_003 + step as i64);
@@ -223,7 +240,6 @@ pub fn train(run: &Path, cfg: &RunConfig, opts: &TrainOptions) -> Result<Outcome
             (loss / t.accumulate as f64).backward();
         }
         if !loss_sum.is_finite() {
-            bar.finish_and_clear();
             let kept = checkpoint::find(run).map(|(_, m)| format!("step {}", m.step));
             bail!(
                 "training loss is {loss_sum} at update {step}: stopped without applying it; the last good \
@@ -234,7 +250,6 @@ pub fn train(run: &Path, cfg: &RunConfig, opts: &TrainOptions) -> Result<Outcome
         }
         let grad_norm = clip_grad_norm(adam.params(), t.clip)?;
         if !grad_norm.is_finite() {
-            bar.finish_and_clear();
             bail!(
                 "gradient norm is {grad_norm} at update {step} (loss {loss_sum}): stopped without \
                  applying it; the last good checkpoint is kept in {}",
@@ -244,7 +259,7 @@ pub fn train(run: &Path, cfg: &RunConfig, opts: &TrainOptions) -> Result<Outcome
         adam.step(lr)?;
         step += 1;
         last_loss = Some(loss_sum);
-        bar.set_position(step as u64);
+        let mut logged_rate = None;
         if step.is_multiple_of(t.log_every) || step == t.steps {
             let done = step - window.1;
             let secs = window.0.elapsed().as_secs_f64().max(1e-9);
@@ -261,10 +276,14 @@ pub fn train(run: &Path, cfg: &RunConfig, opts: &TrainOptions) -> Result<Outcome
                     elapsed_s: elapsed_before + started.elapsed().as_secs_f64(),
                 },
             )?;
-            bar.set_message(format!(
-                "loss {loss_sum:.3} lr {lr:.2e} {tokens_per_s:.0} tok/s"
-            ));
+            logged_rate = Some(tokens_per_s);
         }
+        tell(TrainEvent::Update {
+            step,
+            loss: loss_sum,
+            lr,
+            tokens_per_s: logged_rate,
+        });
         if step.is_multiple_of(t.eval_every) || step == t.steps {
             let score = evaluate(&model, &corpus.valid, context, EvalMode::Segments, t.batch)?;
             append_record(
@@ -276,40 +295,46 @@ pub fn train(run: &Path, cfg: &RunConfig, opts: &TrainOptions) -> Result<Outcome
                     perplexity: score.perplexity(),
                 },
             )?;
-            let line = format!(
-                "update {step}: valid perplexity {:.2} (segments)",
-                score.perplexity()
-            );
-            if bar.is_hidden() {
-                eprintln!("{line}");
-            } else {
-                bar.println(line);
-            }
+            tell(TrainEvent::Eval {
+                step,
+                perplexity: score.perplexity(),
+            });
         }
         if step.is_multiple_of(t.checkpoint_every) || step == t.steps {
             checkpoint::save(run, &vs, &adam, &meta_at(step, last_loss), vocab)?;
         }
     }
-    bar.finish_and_clear();
     Ok(Outcome::Finished { step })
 }
 
-/// Loads the model of a checkpointed run for evaluation, export or sampling; `backend` replaces the
-/// fast-weight backend of the configuration if given.
-pub fn load_run(
-    run: &Path,
-    device: Device,
-    backend: Option<crate::Backend>,
-) -> Result<(RunConfig, Vocab, VarStore, LanguageModel, Meta)> {
+/// A checkpointed run, loaded for evaluation, export or sampling.
+pub struct LoadedRun {
+    /// The saved configuration, with the backend replaced where [`load_run`] was given one.
+    pub config: RunConfig,
+    pub vocab: Vocab,
+    pub vs: VarStore,
+    pub model: LanguageModel,
+    pub meta: Meta,
+}
+
+/// Loads the model of a checkpointed run; `backend` replaces the fast-weight backend of the
+/// configuration if given.
+pub fn load_run(run: &Path, device: Device, backend: Option<crate::Backend>) -> Result<LoadedRun> {
     let (dir, meta) = checkpoint::find(run)?;
-    let mut cfg = meta.config.clone();
+    let mut config = meta.config.clone();
     if let Some(b) = backend {
-        cfg.model.backend = b;
+        config.model.backend = b;
     }
-    let vocab = checkpoint::load_vocab(&dir)?;
-    let (mut vs, model) = build_model(&cfg, vocab.len() as i64, device)?;
+    let vocab = checkpoint::load_vocab(&dir, &meta)?;
+    let (mut vs, model) = build_model(&config, vocab.len() as i64, device)?;
     checkpoint::load_weights(&dir, &mut vs)?;
-    Ok((cfg, vocab, vs, model, meta))
+    Ok(LoadedRun {
+        config,
+        vocab,
+        vs,
+        model,
+        meta,
+    })
 }
 
 /// Mean cross-entropy of `logits` `[B, T, V]` against `targets` `[B, T]`, as a scalar tensor.

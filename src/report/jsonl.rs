@@ -1,16 +1,25 @@
+//! JSON-lines results files: one record per line, appended with a single synced write, read back
+//! line by line so that one bad line never costs the others.
+
 use std::fs::OpenOptions;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::{de::DeserializeOwned, Serialize};
+
+use super::finite::check_finite;
 
 /// Appends `record` as one JSON line with a single write (O_APPEND: concurrent appenders never
 /// interleave within a line) and syncs it to disk before returning.
 /// A last line left incomplete by a crash is cut off first, so the new record starts a line.
+/// A record holding a non-finite number that JSON cannot represent is refused (nothing is written):
+/// fields that may legitimately be NaN or infinite are written with [`super::real`].
 pub fn append_record<T: Serialize>(path: &Path, record: &T) -> Result<()> {
+    check_finite(record).with_context(|| format!("not appending to {}", path.display()))?;
     let mut line = serde_json::to_string(record)?;
     line.push('\n');
+    refuse_directory(path)?;
     let mut f = OpenOptions::new()
         .create(true)
         .append(true)
@@ -22,6 +31,16 @@ pub fn append_record<T: Serialize>(path: &Path, record: &T) -> Result<()> {
         .with_context(|| format!("appending to {}", path.display()))?;
     f.sync_data()
         .with_context(|| format!("syncing {}", path.display()))?;
+    Ok(())
+}
+
+fn refuse_directory(path: &Path) -> Result<()> {
+    if path.is_dir() {
+        bail!(
+            "{} is a directory, not a JSON-lines results file",
+            path.display()
+        );
+    }
     Ok(())
 }
 
@@ -45,34 +64,93 @@ fn cut_torn_tail(f: &mut std::fs::File) -> std::io::Result<()> {
     f.set_len(keep as u64)
 }
 
-/// Every record of a JSON-lines file (none if it does not exist). A last line cut short by a crash
-/// is skipped with a warning; a malformed line elsewhere is an error naming the line.
-pub fn read_records<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
-    let f = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+/// A line of a JSON-lines file that did not give a record.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BadLine {
+    /// 1-based line number.
+    pub line: usize,
+    pub reason: String,
+}
+
+/// The lines of `path` as (1-based number, bytes, complete): a last line without its newline is
+/// incomplete (an append cut short). None if the file does not exist.
+fn lines(path: &Path) -> Result<Option<Vec<(usize, Vec<u8>, bool)>>> {
+    refuse_directory(path)?;
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    let lines: Vec<String> = BufReader::new(f).lines().collect::<std::io::Result<_>>()?;
-    let mut out = Vec::with_capacity(lines.len());
-    for (i, line) in lines.iter().enumerate() {
-        if line.trim().is_empty() {
+    Ok(Some(
+        bytes
+            .split_inclusive(|&b| b == b'\n')
+            .enumerate()
+            .map(|(n, chunk)| match chunk.strip_suffix(b"\n") {
+                Some(body) => (n + 1, body.to_vec(), true),
+                None => (n + 1, chunk.to_vec(), false),
+            })
+            .collect(),
+    ))
+}
+
+fn parse<T: DeserializeOwned>(bytes: &[u8]) -> std::result::Result<T, String> {
+    let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8 ({e})"))?;
+    serde_json::from_str(text).map_err(|e| e.to_string())
+}
+
+/// Every record of a JSON-lines file (none if it does not exist), and the lines that gave none:
+/// blank lines are skipped; an incomplete last line (an append cut short by a crash) is dropped
+/// silently, since the next append removes it; any other line that does not parse is listed.
+pub fn read_records_checked<T: DeserializeOwned>(path: &Path) -> Result<(Vec<T>, Vec<BadLine>)> {
+    let Some(lines) = lines(path)? else {
+        return Ok((Vec::new(), Vec::new()));
+    };
+    let (mut records, mut bad) = (Vec::with_capacity(lines.len()), Vec::new());
+    for (line, bytes, complete) in lines {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        match serde_json::from_str(line) {
-            Ok(r) => out.push(r),
-            Err(e) if i + 1 == lines.len() => {
-                eprintln!(
-                    "warning: {}:{}: ignoring an incomplete last line ({e})",
-                    path.display(),
-                    i + 1
-                )
-            }
-            Err(e) => {
-                return Err(e)
-                    .with_context(|| format!("{}:{}: not a valid record", path.display(), i + 1))
-            }
+        match parse(&bytes) {
+            Ok(r) => records.push(r),
+            Err(_) if !complete => {}
+            Err(reason) => bad.push(BadLine { line, reason }),
         }
     }
-    Ok(out)
+    Ok((records, bad))
+}
+
+/// [`read_records_checked`], with a warning on stderr for each line that gave no record (its file,
+/// line and reason; the line stays in the file until it is mended or deleted).
+pub fn read_records<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
+    let (records, bad) = read_records_checked(path)?;
+    for b in &bad {
+        eprintln!(
+            "warning: {}:{}: skipped, not a valid record ({}); the other records are read. Mend or \
+             delete that line to silence this.",
+            path.display(),
+            b.line,
+            b.reason
+        );
+    }
+    Ok(records)
+}
+
+/// Rewrites `path` keeping, byte for byte, the complete lines whose JSON value `keep` accepts, and
+/// the lines that do not parse (they are not this function's to drop); an incomplete last line
+/// goes. Atomic: a crash leaves the old file or the new one.
+pub fn retain_records(path: &Path, keep: impl Fn(&serde_json::Value) -> bool) -> Result<()> {
+    let Some(lines) = lines(path)? else {
+        return Ok(());
+    };
+    let mut out = Vec::new();
+    for (_, bytes, complete) in lines {
+        if !complete {
+            continue;
+        }
+        if parse::<serde_json::Value>(&bytes).map_or(true, |v| keep(&v)) {
+            out.extend_from_slice(&bytes);
+            out.push(b'\n');
+        }
+    }
+    super::atomic_write(path, &out)
 }

@@ -1,11 +1,56 @@
 //! Writing results: JSON-lines records appended atomically (so an interrupted sweep loses nothing and
-//! resumes where it stopped), markdown tables, and line plots as PNG and SVG.
+//! resumes where it stopped), files replaced atomically, markdown tables, and line plots as PNG
+//! and SVG.
 
+mod finite;
 mod jsonl;
 mod plot;
+pub mod real;
 
-pub use jsonl::{append_record, read_records};
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+pub use finite::check_finite;
+pub use jsonl::{append_record, read_records, read_records_checked, retain_records, BadLine};
 pub use plot::{line_plot, Axis, Series};
+
+/// Replaces `path` with `bytes` so that a reader, or a crash at any moment, sees the old file or the
+/// new one, never a part: the bytes go to a temporary file beside it, which is synced to disk and
+/// renamed over `path`; then the directory is synced so that the rename itself is durable.
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    let name = path
+        .file_name()
+        .with_context(|| format!("{}: not a file path", path.display()))?;
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("writing {}", tmp.display()));
+    }
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => sync_dir(d),
+        _ => sync_dir(Path::new(".")),
+    }
+}
+
+/// Syncs a directory, so that the renames and new entries in it are on disk.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing the directory {}", dir.display()))
+}
 
 /// A markdown table from a header and rows of cells.
 pub fn markdown_table(header: &[&str], rows: &[Vec<String>]) -> String {

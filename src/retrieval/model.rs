@@ -14,42 +14,128 @@
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
-use tch::{nn, nn::Module, Kind, Tensor};
+use tch::{nn, Kind, Tensor};
 
 use super::data::Batch;
+use crate::attention::{AttentionKind, FastWeightConfig};
 use crate::feature_map::{FavorRedraw, Phi};
 use crate::norm::{sum_normalise, Normalisation};
+use crate::param::{Embedding, Linear};
 use crate::recurrence::{fast_weight, Backend, UpdateRule};
 
 pub use crate::variant::Variant;
 
+/// The model of one run: S keys, keys projected to d_key, and the memory.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(from = "ModelConfigRecord")]
 pub struct ModelConfig {
     /// Number of keys (and of values).
     pub s: i64,
     pub d_key: i64,
-    pub variant: Variant,
-    /// Normalisation of the fast-weight memory (the paper's synthetic runs: sum normalisation).
-    pub normalisation: Normalisation,
-    pub eps: f64,
-    pub backend: Backend,
+    /// Softmax attention over the written pairs, or a fast-weight memory: feature map, update
+    /// rule, normalisation (the paper's synthetic runs: sum normalisation), eps, backend.
+    pub memory: AttentionKind,
 }
 
 impl ModelConfig {
+    /// The model of `variant`: softmax, or the fast-weight layer of its rule and map with the given
+    /// normalisation and backend.
+    pub fn new(
+        s: i64,
+        d_key: i64,
+        variant: Variant,
+        normalisation: Normalisation,
+        backend: Backend,
+    ) -> Self {
+        let memory = match variant {
+            Variant::Softmax => AttentionKind::Softmax,
+            Variant::FastWeight { rule, map } => AttentionKind::FastWeight(FastWeightConfig {
+                normalisation,
+                backend,
+                ..FastWeightConfig::new(rule, map)
+            }),
+        };
+        ModelConfig { s, d_key, memory }
+    }
+
+    /// Softmax, or the memory's rule and feature map.
+    pub fn variant(&self) -> Variant {
+        match self.memory {
+            AttentionKind::Softmax => Variant::Softmax,
+            AttentionKind::FastWeight(fw) => Variant::FastWeight {
+                rule: fw.rule,
+                map: fw.feature_map,
+            },
+        }
+    }
+
     /// Width of the key embedding: int(2S * 1.1), as the authors' code.
     pub fn embedding_width(&self) -> i64 {
         (2.0 * self.s as f64 * 1.1) as i64
     }
 }
 
+/// How [`ModelConfig`] reads from run records: as written now, or as records written before the
+/// memory was a [`FastWeightConfig`] (variant, normalisation, eps and backend side by side).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ModelConfigRecord {
+    Current {
+        s: i64,
+        d_key: i64,
+        memory: AttentionKind,
+    },
+    Earlier {
+        s: i64,
+        d_key: i64,
+        variant: Variant,
+        normalisation: Normalisation,
+        eps: f64,
+        backend: Backend,
+    },
+}
+
+impl From<ModelConfigRecord> for ModelConfig {
+    fn from(r: ModelConfigRecord) -> Self {
+        match r {
+            ModelConfigRecord::Current { s, d_key, memory } => ModelConfig { s, d_key, memory },
+            ModelConfigRecord::Earlier {
+                s,
+                d_key,
+                variant,
+                normalisation,
+                eps,
+                backend,
+            } => {
+                let mut cfg = ModelConfig::new(s, d_key, variant, normalisation, backend);
+                if let AttentionKind::FastWeight(fw) = &mut cfg.memory {
+                    fw.eps = eps;
+                }
+                cfg
+            }
+        }
+    }
+}
+
+/// The memory of a built model.
+#[derive(Debug)]
+enum Memory {
+    Softmax,
+    FastWeight {
+        cfg: FastWeightConfig,
+        phi: Phi,
+        /// beta_t = sigmoid(w_beta . x_t); delta rule only.
+        w_beta: Option<Linear>,
+    },
+}
+
 #[derive(Debug)]
 pub struct RetrievalModel {
     pub cfg: ModelConfig,
-    embedding: nn::Embedding,
-    w_k: nn::Linear,
-    w_q: nn::Linear,
-    w_beta: Option<nn::Linear>,
-    phi: Option<Phi>,
+    embedding: Embedding,
+    w_k: Linear,
+    w_q: Linear,
+    memory: Memory,
 }
 
 impl RetrievalModel {
@@ -57,38 +143,37 @@ impl RetrievalModel {
         crate::check::positive("S", cfg.s)?;
         crate::check::positive("d_key", cfg.d_key)?;
         let e = cfg.embedding_width();
-        let emb_cfg = nn::EmbeddingConfig {
-            ws_init: nn::Init::Randn {
-                mean: 0.0,
-                stdev: 1.0,
-            },
-            ..Default::default()
-        };
-        let no_bias = nn::LinearConfig {
-            bias: false,
-            ..Default::default()
-        };
-        let (phi, w_beta) = match cfg.variant {
-            Variant::Softmax => (None, None),
-            Variant::FastWeight { rule, map } => {
-                if rule == UpdateRule::Delta && cfg.normalisation.attention_normalises() {
+        let memory = match cfg.memory {
+            AttentionKind::Softmax => Memory::Softmax,
+            AttentionKind::FastWeight(fw) => {
+                fw.validate()?;
+                if fw.favor_redraw != FavorRedraw::Never {
                     bail!(
-                        "normalisation {:?} is not supported with the delta rule",
-                        cfg.normalisation
+                        "favor_redraw {:?}: the retrieval model draws its FAVOR+ matrix once \
+                         (FavorRedraw::Never)",
+                        fw.favor_redraw
                     );
                 }
-                let phi = Phi::new(&p / "phi", map, cfg.d_key, FavorRedraw::Never)?;
-                let beta = (rule == UpdateRule::Delta)
-                    .then(|| nn::linear(&p / "w_beta", cfg.s + e, 1, Default::default()));
-                (Some(phi), beta)
+                let phi = Phi::new(&p / "phi", fw.feature_map, cfg.d_key, fw.favor_redraw)?;
+                let w_beta = (fw.rule == UpdateRule::Delta)
+                    .then(|| Linear::new(&(&p / "w_beta"), cfg.s + e, 1, true))
+                    .transpose()?;
+                Memory::FastWeight {
+                    cfg: fw,
+                    phi,
+                    w_beta,
+                }
             }
         };
+        let standard_normal = nn::Init::Randn {
+            mean: 0.0,
+            stdev: 1.0,
+        };
         Ok(RetrievalModel {
-            embedding: nn::embedding(&p / "key_embedding", cfg.s, e, emb_cfg),
-            w_k: nn::linear(&p / "w_k", cfg.s + e, cfg.d_key, no_bias),
-            w_q: nn::linear(&p / "w_q", e, cfg.d_key, no_bias),
-            w_beta,
-            phi,
+            embedding: Embedding::new(&(&p / "key_embedding"), cfg.s, e, standard_normal)?,
+            w_k: Linear::new(&(&p / "w_k"), cfg.s + e, cfg.d_key, false)?,
+            w_q: Linear::new(&(&p / "w_q"), e, cfg.d_key, false)?,
+            memory,
             cfg,
         })
     }
@@ -97,51 +182,48 @@ impl RetrievalModel {
     pub fn forward(&self, batch: &Batch) -> Result<Tensor> {
         let s = self.cfg.s;
         let v = batch.values.f_one_hot(s)?.f_to_kind(Kind::Float)?; // [B, L, S]
-        let x = Tensor::f_cat(&[&v, &batch.keys.apply(&self.embedding)], -1)?; // [B, L, S + e]
-        let k = self.w_k.forward(&x); // [B, L, d_key]
-        let q = batch.query.apply(&self.embedding).apply(&self.w_q); // [B, Q, d_key]
-        match (self.cfg.variant, &self.phi) {
-            (Variant::Softmax, _) => {
+        let x = Tensor::f_cat(&[&v, &self.embedding.forward(&batch.keys)?], -1)?; // [B, L, S + e]
+        let k = self.w_k.forward(&x)?; // [B, L, d_key]
+        let q = self.w_q.forward(&self.embedding.forward(&batch.query)?)?; // [B, Q, d_key]
+        let (fw, phi, w_beta) = match &self.memory {
+            Memory::Softmax => {
                 let scores = q.f_matmul(&k.f_transpose(1, 2)?)? / (self.cfg.d_key as f64).sqrt(); // [B, Q, L]
-                Ok(scores.f_softmax(-1, Kind::Float)?.f_matmul(&v)?)
+                return Ok(scores.f_softmax(-1, Kind::Float)?.f_matmul(&v)?);
             }
-            (Variant::FastWeight { rule, .. }, Some(phi)) => {
-                let mut k = phi.forward_t(&k, false)?; // [B, L, d_dot]
-                let mut q = phi.forward_t(&q, false)?; // [B, Q, d_dot]
-                if self.cfg.normalisation.sum_normalises() {
-                    k = sum_normalise(&k, self.cfg.eps, self.cfg.backend)?;
-                    q = sum_normalise(&q, self.cfg.eps, self.cfg.backend)?;
-                }
-                let beta = match &self.w_beta {
-                    Some(w) => Some(w.forward(&x).f_sigmoid()?.f_view([x.size()[0], 1, -1])?), // [B, 1, L]
-                    None => None,
-                };
-                // one head: [B, 1, L, .]; the outputs are not used, only the final fast weights
-                let k4 = k.f_unsqueeze(1)?;
-                let r = fast_weight(
-                    &k4,
-                    &k4,
-                    &v.f_unsqueeze(1)?,
-                    beta.as_ref(),
-                    None,
-                    rule,
-                    self.cfg.backend,
-                )?;
-                let w_final = r.state.f_squeeze_dim(1)?; // [B, d_dot, S]
-                let mut y = q.f_matmul(&w_final)?; // [B, Q, S]
-                if self.cfg.normalisation.attention_normalises() {
-                    let z = k.f_sum_dim_intlist([1i64].as_slice(), true, Kind::Float)?; // [B, 1, d_dot]
-                    let denom =
-                        (&q * z).f_sum_dim_intlist([-1i64].as_slice(), true, Kind::Float)?
-                            + self.cfg.eps;
-                    y = y.f_div(&denom)?;
-                }
-                Ok(y)
-            }
-            (Variant::FastWeight { .. }, None) => {
-                unreachable!("fast-weight models are built with a feature map")
-            }
+            Memory::FastWeight { cfg, phi, w_beta } => (cfg, phi, w_beta),
+        };
+        let mut k = phi.forward_t(&k, false)?; // [B, L, d_dot]
+        let mut q = phi.forward_t(&q, false)?; // [B, Q, d_dot]
+        if fw.normalisation.sum_normalises() {
+            k = sum_normalise(&k, fw.eps, fw.backend)?;
+            q = sum_normalise(&q, fw.eps, fw.backend)?;
         }
+        let beta = match w_beta {
+            Some(w) => Some(w.forward(&x)?.f_sigmoid()?.f_view([x.size()[0], 1, -1])?), // [B, 1, L]
+            None => None,
+        };
+        // one head: [B, 1, L, .]; the outputs are not used, only the final fast weights
+        let k4 = k.f_unsqueeze(1)?;
+        let r = fast_weight(
+            &k4,
+            &k4,
+            &v.f_unsqueeze(1)?,
+            beta.as_ref(),
+            None,
+            fw.rule,
+            fw.backend,
+        )?;
+        let w_final = r.state.f_squeeze_dim(1)?; // [B, d_dot, S]
+        let mut y = q.f_matmul(&w_final)?; // [B, Q, S]
+        if fw.normalisation.attention_normalises() {
+            let z = k.f_sum_dim_intlist([1i64].as_slice(), true, Kind::Float)?; // [B, 1, d_dot]
+            let denom = (&q * z).f_sum_dim_intlist([-1i64].as_slice(), true, Kind::Float)? + fw.eps;
+            y = y.f_div(&denom)?;
+        }
+        if fw.scale_output {
+            y = y / (self.cfg.d_key as f64).sqrt();
+        }
+        Ok(y)
     }
 
     /// The paper's loss: 0.5 |onehot(target) - y|^2 summed over the S outputs, averaged over the

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::OptimizerConfig, Device};
 
@@ -41,15 +41,48 @@ impl Default for TrainConfig {
     }
 }
 
-/// Outcome of one training run.
+impl TrainConfig {
+    /// Checks that every count is at least 1 and the rates are finite.
+    pub fn check(&self) -> Result<()> {
+        for (name, v) in [
+            ("max_steps", self.max_steps),
+            ("eval_every", self.eval_every),
+            ("patience", self.patience),
+        ] {
+            if v == 0 {
+                bail!("{name} must be >= 1, got 0");
+            }
+        }
+        for (name, v) in [
+            ("batch", self.batch),
+            ("eval_sequences", self.eval_sequences),
+            ("max_eval_queries", self.max_eval_queries),
+        ] {
+            crate::check::positive(name, v)?;
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            bail!("lr must be finite and > 0, got {}", self.lr);
+        }
+        if !self.solved_loss.is_finite() {
+            bail!("solved_loss must be finite, got {}", self.solved_loss);
+        }
+        Ok(())
+    }
+}
+
+/// Outcome of one training run. The losses can be NaN or infinite (written as strings, see
+/// [`crate::report::real`]).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunResult {
+    #[serde(with = "crate::report::real")]
     pub final_eval_loss: f64,
+    #[serde(with = "crate::report::real")]
     pub best_eval_loss: f64,
     pub steps: usize,
     pub seconds: f64,
     pub solved: bool,
     /// (step, eval loss) at every evaluation.
+    #[serde(with = "crate::report::real::pairs")]
     pub history: Vec<(usize, f64)>,
 }
 
@@ -82,6 +115,7 @@ pub fn train(
     cfg: &TrainConfig,
     progress: Progress,
 ) -> Result<RunResult> {
+    cfg.check()?;
     let device = vs.device();
     let mut opt = nn::Adam::default().build(vs, cfg.lr)?;
     let start = Instant::now();
@@ -97,7 +131,7 @@ pub fn train(
         if step % cfg.eval_every == 0 || step == cfg.max_steps {
             last = evaluate(model, setting, cfg, device)?;
             if !last.is_finite() {
-                anyhow::bail!("eval loss is {last} at step {step}: the run diverged");
+                bail!("eval loss is {last} at step {step}: the run diverged");
             }
             history.push((step, last));
             evaluated = Some(last);
