@@ -14,6 +14,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 
 #include "fast_weight.h"
@@ -21,8 +22,9 @@
 
 namespace {
 
-constexpr int kWarps = 8;  // value columns per block
+constexpr int kWarps = fwp::kCudaWarps;  // value columns per block
 constexpr int kThreads = kWarps * 32;
+constexpr int kMaxDevices = 64;  // per-device caches below; more devices are asked every time
 
 __device__ __forceinline__ float load(const float* p, int64_t i) { return p[i]; }
 __device__ __forceinline__ double load(const double* p, int64_t i) { return p[i]; }
@@ -223,19 +225,45 @@ int64_t forward_smem_bytes(int64_t dk, int64_t acc_bytes) { return (kWarps + 2) 
 
 int64_t tiles(int64_t dv) { return (dv + kWarps - 1) / kWarps; }
 
+// Lets `kernel` use the current device's whole opt-in shared memory, once per device (the
+// attribute is per device; `done` is one set of flags per kernel instantiation).
+template <typename Kernel>
+cudaError_t allow_shared_memory(Kernel kernel, std::atomic<bool>* done) {
+  int device = 0;
+  cudaError_t e = cudaGetDevice(&device);
+  if (e != cudaSuccess) return e;
+  if (device < kMaxDevices && done[device].load(std::memory_order_acquire)) return cudaSuccess;
+  const int64_t limit = fwp_cuda_smem_limit(device);
+  if (limit <= 0) return static_cast<cudaError_t>(-limit);
+  e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(limit));
+  if (e == cudaSuccess && device < kMaxDevices) done[device].store(true, std::memory_order_release);
+  return e;
+}
+
+// Launches, reporting only this launch's error: an error left pending by another library's earlier
+// call is cleared first (cudaGetLastError resets it), so that it is not blamed on this kernel.
+template <typename Launch>
+cudaError_t launch_checked(Launch launch) {
+  (void)cudaGetLastError();
+  launch();
+  return cudaGetLastError();
+}
+
 template <typename scalar_t, typename acc_t>
 int launch_forward(const void* q, const void* k, const void* v, const void* beta, const void* s0,
                    void* out, void* state, void* ckpt, int64_t BH, int64_t T, int64_t dk, int64_t dv,
                    int64_t chunk, cudaStream_t stream) {
+  static std::atomic<bool> allowed[kMaxDevices];
   const int64_t smem = forward_smem_bytes(dk, sizeof(acc_t));
   auto kernel = forward_kernel<scalar_t, acc_t>;
-  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  cudaError_t e = allow_shared_memory(kernel, allowed);
   if (e != cudaSuccess) return e;
-  kernel<<<dim3(unsigned(BH), unsigned(tiles(dv))), kThreads, size_t(smem), stream>>>(
-      static_cast<const scalar_t*>(q), static_cast<const scalar_t*>(k), static_cast<const scalar_t*>(v),
-      static_cast<const scalar_t*>(beta), static_cast<const acc_t*>(s0), static_cast<scalar_t*>(out),
-      static_cast<acc_t*>(state), static_cast<acc_t*>(ckpt), T, dk, dv, chunk);
-  return cudaGetLastError();
+  return launch_checked([&] {
+    kernel<<<dim3(unsigned(BH), unsigned(tiles(dv))), kThreads, size_t(smem), stream>>>(
+        static_cast<const scalar_t*>(q), static_cast<const scalar_t*>(k), static_cast<const scalar_t*>(v),
+        static_cast<const scalar_t*>(beta), static_cast<const acc_t*>(s0), static_cast<scalar_t*>(out),
+        static_cast<acc_t*>(state), static_cast<acc_t*>(ckpt), T, dk, dv, chunk);
+  });
 }
 
 template <typename scalar_t, typename acc_t>
@@ -243,16 +271,18 @@ int launch_backward(const void* go, const void* gs, const void* q, const void* k
                     const void* beta, const void* ckpt, void* dq, void* dkk, void* dvv, void* db,
                     void* ds0, int64_t BH, int64_t T, int64_t dk, int64_t dv, int64_t chunk,
                     cudaStream_t stream) {
-  const int64_t smem = fwp_cuda_backward_smem_bytes(dk, chunk, sizeof(acc_t));
+  static std::atomic<bool> allowed[kMaxDevices];
+  const int64_t smem = fwp::cuda_backward_smem_bytes(dk, chunk, sizeof(acc_t));
   auto kernel = backward_kernel<scalar_t, acc_t>;
-  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  cudaError_t e = allow_shared_memory(kernel, allowed);
   if (e != cudaSuccess) return e;
-  kernel<<<dim3(unsigned(BH), unsigned(tiles(dv))), kThreads, size_t(smem), stream>>>(
-      static_cast<const scalar_t*>(go), static_cast<const acc_t*>(gs), static_cast<const scalar_t*>(q),
-      static_cast<const scalar_t*>(k), static_cast<const scalar_t*>(v), static_cast<const scalar_t*>(beta),
-      static_cast<const acc_t*>(ckpt), static_cast<acc_t*>(dq), static_cast<acc_t*>(dkk),
-      static_cast<scalar_t*>(dvv), static_cast<acc_t*>(db), static_cast<acc_t*>(ds0), T, dk, dv, chunk);
-  return cudaGetLastError();
+  return launch_checked([&] {
+    kernel<<<dim3(unsigned(BH), unsigned(tiles(dv))), kThreads, size_t(smem), stream>>>(
+        static_cast<const scalar_t*>(go), static_cast<const acc_t*>(gs), static_cast<const scalar_t*>(q),
+        static_cast<const scalar_t*>(k), static_cast<const scalar_t*>(v), static_cast<const scalar_t*>(beta),
+        static_cast<const acc_t*>(ckpt), static_cast<acc_t*>(dq), static_cast<acc_t*>(dkk),
+        static_cast<scalar_t*>(dvv), static_cast<acc_t*>(db), static_cast<acc_t*>(ds0), T, dk, dv, chunk);
+  });
 }
 
 bool launchable(int64_t BH, int64_t dv) { return BH <= 0x7fffffffLL && tiles(dv) <= 65535; }
@@ -261,27 +291,40 @@ bool launchable(int64_t BH, int64_t dv) { return BH <= 0x7fffffffLL && tiles(dv)
 
 extern "C" {
 
-int64_t fwp_cuda_backward_smem_bytes(int64_t dk, int64_t chunk, int64_t acc_bytes) {
-  // states (chunk + 1) + dS + red_q + red_k per warp column, kb and qb, rs and us, red_b
-  return (dk * (kWarps * (chunk + 4) + 2) + kWarps * (2 * chunk + 1)) * acc_bytes;
-}
-
 int64_t fwp_cuda_smem_limit(int device) {
+  static std::atomic<int64_t> cache[kMaxDevices];  // 0: not read yet
+  if (device >= 0 && device < kMaxDevices) {
+    const int64_t known = cache[device].load(std::memory_order_acquire);
+    if (known > 0) return known;
+  }
   int bytes = 0;
   cudaError_t e = cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-  return e == cudaSuccess ? int64_t(bytes) : -int64_t(e);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();  // do not leave it pending for the next launch to report
+    return -int64_t(e);
+  }
+  if (device >= 0 && device < kMaxDevices) cache[device].store(bytes, std::memory_order_release);
+  return int64_t(bytes);
 }
 
 int fwp_cuda_kernels_loadable(int device) {
   // The kernels exist for this GPU when the build holds SASS for it or PTX it can compile
-  // (sm_80, sm_90, compute_90); older GPUs have no image.
+  // (sm_80, sm_90, compute_90); older GPUs have no image. Asked once per device.
+  static std::atomic<int> cache[kMaxDevices];  // 0: not asked, 1: no, 2: yes
+  if (device >= 0 && device < kMaxDevices) {
+    const int known = cache[device].load(std::memory_order_acquire);
+    if (known != 0) return known == 2 ? 1 : 0;
+  }
   int current = 0;
-  if (cudaGetDevice(&current) != cudaSuccess) return 0;
-  if (cudaSetDevice(device) != cudaSuccess) return 0;
+  if (cudaGetDevice(&current) != cudaSuccess || cudaSetDevice(device) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
   cudaFuncAttributes attr;
   const cudaError_t e = cudaFuncGetAttributes(&attr, forward_kernel<float, float>);
   cudaSetDevice(current);
-  if (e != cudaSuccess) cudaGetLastError();  // reset, so that later calls do not report it
+  if (e != cudaSuccess) (void)cudaGetLastError();  // reset, so that later calls do not report it
+  if (device >= 0 && device < kMaxDevices) cache[device].store(e == cudaSuccess ? 2 : 1, std::memory_order_release);
   return e == cudaSuccess ? 1 : 0;
 }
 

@@ -53,6 +53,34 @@ FWP_HD acc_t retrieval_grad(acc_t beta, acc_t du) {
   return -beta * du;
 }
 
+// Geometry of the recurrent CUDA kernels (fast_weight.cu), here so that the host code sizing their
+// launches, and the CPU tests, use the same numbers.
+constexpr int kCudaWarps = 8;  // value columns per block, one warp each
+
+// Shared-memory bytes of the CUDA backward kernel for (d_k, chunk, acc_bytes): per warp column the
+// chunk's chunk + 1 replayed states, dS and the two per-column reduction rows; k_t and q_t; r_t and
+// u_t per step and column; the per-column dbeta terms. The forward needs less.
+inline int64_t cuda_backward_smem_bytes(int64_t d_k, int64_t chunk, int64_t acc_bytes) {
+  return (d_k * (kCudaWarps * (chunk + 4) + 2) + kCudaWarps * (2 * chunk + 1)) * acc_bytes;
+}
+
+// The longest checkpoint interval in [1, longest] whose backward buffer fits `limit` bytes, or 0
+// when not even one step fits.
+inline int64_t cuda_longest_chunk(int64_t d_k, int64_t longest, int64_t acc_bytes, int64_t limit) {
+  for (int64_t c = longest; c >= 1; --c)
+    if (cuda_backward_smem_bytes(d_k, c, acc_bytes) <= limit) return c;
+  return 0;
+}
+
+// The CUDA kernels' checkpoint interval for sequences of T steps: the longest chunk of at most 64
+// steps (and at most T) whose replay buffer fits the device's `limit`. Checkpoints cost d_k d_v /
+// chunk state values per step, so a short chunk is expensive (a quarter of the limit gave chunk 2
+// at d = 256, 128 KiB per head-token), while one block per multiprocessor fills the GPU when there
+// are more (batch, head, value tile) blocks than multiprocessors.
+inline int64_t cuda_chunk_for(int64_t d_k, int64_t T, int64_t acc_bytes, int64_t limit) {
+  return cuda_longest_chunk(d_k, T < 64 ? T : 64, acc_bytes, limit);
+}
+
 // Sizes of one call.
 struct Dims {
   int64_t batch_heads;  // B * H

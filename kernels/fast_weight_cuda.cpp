@@ -52,21 +52,12 @@ int64_t cuda_chunk(const at::Tensor& q, int64_t d_k, int64_t d_v, int64_t acc_by
               "kernels (sm_80, sm_90, PTX compute_90) cannot run on CUDA device ", q.get_device(),
               "; use Backend::Chunked there");
   const int64_t limit = smem_limit(q.get_device());
-  TORCH_CHECK(fwp_cuda_backward_smem_bytes(d_k, 1, acc_bytes) <= limit, "fwp fused fast weights: d_k = ", d_k,
+  TORCH_CHECK(cuda_backward_smem_bytes(d_k, 1, acc_bytes) <= limit, "fwp fused fast weights: d_k = ", d_k,
               " is too large for the CUDA kernels on this device (needs ",
-              fwp_cuda_backward_smem_bytes(d_k, 1, acc_bytes), " bytes of shared memory per block, the device has ",
+              cuda_backward_smem_bytes(d_k, 1, acc_bytes), " bytes of shared memory per block, the device has ",
               limit, "); the largest d_k here is ", cuda_max_dk(q.get_device(), d_v, int(acc_bytes)),
               ". Use Backend::Chunked for larger keys.");
-  // Up to 64 steps, preferring a buffer of at most a quarter of the limit, so that several blocks
-  // share a multiprocessor; else the longest chunk that fits at all. Never longer than T.
-  const int64_t longest = std::min<int64_t>(64, q.size(2));
-  int64_t chunk = longest;
-  while (chunk > 1 && fwp_cuda_backward_smem_bytes(d_k, chunk, acc_bytes) > limit / 4) --chunk;
-  if (chunk == 1) {
-    chunk = longest;
-    while (chunk > 1 && fwp_cuda_backward_smem_bytes(d_k, chunk, acc_bytes) > limit) --chunk;
-  }
-  return chunk;
+  return cuda_chunk_for(d_k, q.size(2), acc_bytes, limit);
 }
 
 int64_t cuda_max_dk(int device, int64_t d_v, int acc_bytes) {
@@ -76,7 +67,7 @@ int64_t cuda_max_dk(int device, int64_t d_v, int acc_bytes) {
   int64_t lo = 0, hi = 1 << 20;  // largest d_k with a one-step chunk that fits
   while (lo < hi) {
     const int64_t mid = (lo + hi + 1) / 2;
-    if (fwp_cuda_backward_smem_bytes(mid, 1, acc_bytes) <= limit) lo = mid; else hi = mid - 1;
+    if (cuda_backward_smem_bytes(mid, 1, acc_bytes) <= limit) lo = mid; else hi = mid - 1;
   }
   return lo;
 }

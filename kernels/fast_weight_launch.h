@@ -8,13 +8,12 @@
 
 extern "C" {
 
-// Shared-memory bytes of the backward kernel for (d_k, chunk, acc_bytes); the forward needs less.
-int64_t fwp_cuda_backward_smem_bytes(int64_t d_k, int64_t chunk, int64_t acc_bytes);
-
-// The device's opt-in shared-memory limit per block, in bytes (or a negative cudaError_t).
+// The device's opt-in shared-memory limit per block, in bytes (or a negative cudaError_t); read
+// once per device.
 int64_t fwp_cuda_smem_limit(int device);
 
-// 1 when the kernels can run on `device` (SASS or PTX for its architecture is in the build).
+// 1 when the kernels can run on `device` (SASS or PTX for its architecture is in the build); asked
+// of the driver once per device.
 int fwp_cuda_kernels_loadable(int device);
 
 // q, k [BH, T, d_k], v [BH, T, d_v], beta [BH, T] or NULL (sum rule), s0 [BH, d_k, d_v] (acc):

@@ -14,6 +14,7 @@
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/DeviceGuard.h>
+#include <c10/core/GradMode.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
@@ -126,15 +127,44 @@ std::tuple<Tensor, Tensor, Tensor> forward_kernel(const Tensor& q, const Tensor&
           ckpt.view({B, H, d.n_chunks(), d.d_k, d.d_v})};
 }
 
+// Checks the backward's own inputs against q, k, v (the public schema takes them from anyone).
+void check_backward_inputs(const Tensor& grad_out, const OptTensor& grad_state, const Tensor& q,
+                           const Tensor& checkpoints, const Dims& d) {
+  const int64_t B = q.size(0), H = q.size(1);
+  TORCH_CHECK(grad_out.dim() == 4 && grad_out.size(0) == B && grad_out.size(1) == H &&
+                  grad_out.size(2) == d.T && grad_out.size(3) == d.d_v,
+              "grad_out: expected the shape of out [B, H, T, d_v] = [", B, ", ", H, ", ", d.T, ", ", d.d_v,
+              "], got ", grad_out.sizes());
+  TORCH_CHECK(at::isFloatingType(grad_out.scalar_type()), "grad_out: expected a floating-point dtype, got ",
+              grad_out.scalar_type());
+  TORCH_CHECK(grad_out.device() == q.device(), "grad_out: on ", grad_out.device(), " but q is on ", q.device());
+  if (has(grad_state)) {
+    TORCH_CHECK(grad_state->dim() == 4 && grad_state->size(0) == B && grad_state->size(1) == H &&
+                    grad_state->size(2) == d.d_k && grad_state->size(3) == d.d_v,
+                "grad_state: expected [B, H, d_k, d_v] = [", B, ", ", H, ", ", d.d_k, ", ", d.d_v, "], got ",
+                grad_state->sizes());
+    TORCH_CHECK(at::isFloatingType(grad_state->scalar_type()), "grad_state: expected a floating-point dtype");
+    TORCH_CHECK(grad_state->device() == q.device(), "grad_state: on ", grad_state->device(), " but q is on ",
+                q.device());
+  }
+  const at::ScalarType acc = acc_type(q.scalar_type());
+  TORCH_CHECK(checkpoints.dim() == 5 && checkpoints.size(0) == B && checkpoints.size(1) == H &&
+                  checkpoints.size(2) == d.n_chunks() && checkpoints.size(3) == d.d_k &&
+                  checkpoints.size(4) == d.d_v,
+              "checkpoints: expected [B, H, N, d_k, d_v] = [", B, ", ", H, ", ", d.n_chunks(), ", ", d.d_k, ", ",
+              d.d_v, "] (N = ceil(T / chunk) for chunk ", d.chunk, "), got ", checkpoints.sizes());
+  TORCH_CHECK(checkpoints.scalar_type() == acc, "checkpoints: expected dtype ", acc, " (the state dtype for ",
+              q.scalar_type(), " inputs), got ", checkpoints.scalar_type());
+  TORCH_CHECK(checkpoints.device() == q.device(), "checkpoints: on ", checkpoints.device(), " but q is on ",
+              q.device());
+}
+
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_kernel(
     const Tensor& grad_out, const OptTensor& grad_state, const Tensor& q, const Tensor& k,
     const Tensor& v, const OptTensor& beta, const Tensor& checkpoints, int64_t chunk) {
   const Dims d = check_inputs(q, k, v, beta, std::nullopt, chunk);
   const bool delta = has(beta);
-  TORCH_CHECK(grad_out.dim() == 4 && grad_out.size(2) == d.T && grad_out.size(3) == d.d_v,
-              "grad_out: expected the shape of out, got ", grad_out.sizes());
-  TORCH_CHECK(checkpoints.dim() == 5 && checkpoints.size(2) == d.n_chunks(),
-              "checkpoints: expected [B, H, ", d.n_chunks(), ", d_k, d_v], got ", checkpoints.sizes());
+  check_backward_inputs(grad_out, grad_state, q, checkpoints, d);
   c10::DeviceGuard guard(q.device());
   const int64_t B = q.size(0), H = q.size(1);
   const auto acc = q.options().dtype(acc_type(q.scalar_type()));
@@ -215,6 +245,12 @@ struct RuleFunction : public torch::autograd::Function<RuleFunction<Delta>> {
   }
 
   static variable_list backward(torch::autograd::AutogradContext* ctx, variable_list grads) {
+    // With create_graph the engine runs the backward with grad mode on and expects gradients that
+    // are themselves differentiable; the kernels' are not, so say so rather than return gradients
+    // whose own gradients would silently be missing.
+    TORCH_CHECK(!c10::GradMode::is_enabled(), Delta ? "fwp::delta_rule" : "fwp::sum_rule",
+                ": the fused kernels have no double backward (a backward with create_graph); use "
+                "Backend::Chunked or Backend::Reference for higher-order gradients");
     auto saved = ctx->get_saved_variables();
     const Tensor &q = saved[0], &k = saved[1], &v = saved[2], &ckpt = saved[3];
     const OptTensor beta = Delta ? OptTensor(saved[4]) : std::nullopt;
@@ -306,6 +342,44 @@ char* fwp_fast_weight_fused(const at::Tensor* q, const at::Tensor* k, const at::
     *out = new at::Tensor(std::move(o));
     *state = new at::Tensor(std::move(s));
   });
+}
+
+// The internal ops as registered, for callers of the raw schema (and the tests of its checks):
+// (out, final_state, checkpoints) = fwp::fast_weight_forward(q, k, v, beta?, s0?, chunk) and
+// (dq, dk, dv, dbeta, ds0) = fwp::fast_weight_backward(grad_out, grad_state?, q, k, v, beta?,
+// checkpoints, chunk). NULL stands for an absent optional tensor.
+char* fwp_fast_weight_forward_op(const at::Tensor* q, const at::Tensor* k, const at::Tensor* v,
+                                 const at::Tensor* beta, const at::Tensor* s0, int64_t chunk,
+                                 at::Tensor** out) {
+  return fwp::guarded([&] {
+    auto opt = [](const at::Tensor* t) { return t ? std::optional<at::Tensor>(*t) : std::nullopt; };
+    auto [o, s, c] = fwp::call_forward(*q, *k, *v, opt(beta), opt(s0), chunk);
+    out[0] = new at::Tensor(std::move(o));
+    out[1] = new at::Tensor(std::move(s));
+    out[2] = new at::Tensor(std::move(c));
+  });
+}
+
+char* fwp_fast_weight_backward_op(const at::Tensor* grad_out, const at::Tensor* grad_state,
+                                  const at::Tensor* q, const at::Tensor* k, const at::Tensor* v,
+                                  const at::Tensor* beta, const at::Tensor* checkpoints, int64_t chunk,
+                                  at::Tensor** out) {
+  return fwp::guarded([&] {
+    auto opt = [](const at::Tensor* t) { return t ? std::optional<at::Tensor>(*t) : std::nullopt; };
+    auto r = fwp::call_backward(*grad_out, opt(grad_state), *q, *k, *v, opt(beta), *checkpoints, chunk);
+    out[0] = new at::Tensor(std::move(std::get<0>(r)));
+    out[1] = new at::Tensor(std::move(std::get<1>(r)));
+    out[2] = new at::Tensor(std::move(std::get<2>(r)));
+    out[3] = new at::Tensor(std::move(std::get<3>(r)));
+    out[4] = new at::Tensor(std::move(std::get<4>(r)));
+  });
+}
+
+// The checkpoint interval the CUDA kernels take for (d_k, T) with `acc_bytes` state values on a
+// device with `smem_limit` bytes of opt-in shared memory per block; 0 when not even one step
+// fits. Arithmetic only (fast_weight.h): no GPU needed.
+char* fwp_fused_cuda_chunk_for(int64_t d_k, int64_t T, int acc_bytes, int64_t smem_limit, int64_t* out) {
+  return fwp::guarded([&] { *out = fwp::cuda_chunk_for(d_k, T, acc_bytes, smem_limit); });
 }
 
 // The largest d_k the CUDA kernels take for this d_v and dtype on `device` (0 when CUDA is not

@@ -87,17 +87,6 @@ TORCH_LIBRARY_IMPL(fwp, Autograd, m) { m.impl("sum_norm", &sum_norm_autograd); }
 
 extern "C" {
 
-void fwp_free_error(char* msg) { std::free(msg); }
-
-// 1 when the CUDA kernels were compiled in.
-int fwp_built_with_cuda() {
-#ifdef FWP_WITH_CUDA
-  return 1;
-#else
-  return 0;
-#endif
-}
-
 // y = fwp::sum_norm(x, eps), through the dispatcher (so autograd records it).
 char* fwp_sum_norm(const at::Tensor* x, double eps, at::Tensor** out) {
   return fwp::guarded([&] { *out = new at::Tensor(sum_norm_dispatch(*x, eps)); });

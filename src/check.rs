@@ -43,8 +43,19 @@ pub fn is_float(kind: Kind) -> bool {
     )
 }
 
-/// Checks that `t` is floating point and, if `like` is given, has its dtype and device.
+/// Checks that `t` is a dense (strided) tensor: the kernels and most libtorch ops need one.
+pub fn dense(name: &str, t: &Tensor) -> Result<()> {
+    let layout = crate::ops::layout(t)?;
+    if layout != "strided" {
+        bail!("{name}: expected a dense (strided) tensor, got layout {layout}; convert it with to_dense()");
+    }
+    Ok(())
+}
+
+/// Checks that `t` is a dense floating-point tensor and, if `like` is given, has its dtype and
+/// device.
 pub fn float_like(name: &str, t: &Tensor, like: Option<(&str, &Tensor)>) -> Result<()> {
+    dense(name, t)?;
     let kind = t.f_kind()?;
     if !is_float(kind) {
         bail!("{name}: expected a floating-point tensor (f32, f64, f16 or bf16), got {kind:?}");

@@ -14,6 +14,7 @@ use crate::check;
 extern "C" {
     fn fwp_free_error(msg: *mut c_char);
     fn fwp_built_with_cuda() -> c_int;
+    fn fwp_tensor_layout(t: *const C_tensor, out: *mut c_int) -> *mut c_char;
     fn fwp_sum_norm(x: *const C_tensor, eps: f64, out: *mut *mut C_tensor) -> *mut c_char;
     fn fwp_fast_weight_fused(
         q: *const C_tensor,
@@ -24,8 +25,36 @@ extern "C" {
         out: *mut *mut C_tensor,
         state: *mut *mut C_tensor,
     ) -> *mut c_char;
+    fn fwp_fast_weight_forward_op(
+        q: *const C_tensor,
+        k: *const C_tensor,
+        v: *const C_tensor,
+        beta: *const C_tensor,
+        s0: *const C_tensor,
+        chunk: i64,
+        out: *mut *mut C_tensor,
+    ) -> *mut c_char;
+    #[allow(clippy::too_many_arguments)]
+    fn fwp_fast_weight_backward_op(
+        grad_out: *const C_tensor,
+        grad_state: *const C_tensor,
+        q: *const C_tensor,
+        k: *const C_tensor,
+        v: *const C_tensor,
+        beta: *const C_tensor,
+        checkpoints: *const C_tensor,
+        chunk: i64,
+        out: *mut *mut C_tensor,
+    ) -> *mut c_char;
     fn fwp_cuda_memory_reset_peak(device: c_int) -> *mut c_char;
     fn fwp_cuda_memory_allocated(device: c_int, current: *mut i64, peak: *mut i64) -> *mut c_char;
+    fn fwp_fused_cuda_chunk_for(
+        d_k: i64,
+        t: i64,
+        acc_bytes: c_int,
+        smem_limit: i64,
+        out: *mut i64,
+    ) -> *mut c_char;
     fn fwp_fused_cuda_max_dk(
         device: c_int,
         d_v: i64,
@@ -51,6 +80,24 @@ fn status(op: &str, err: *mut c_char) -> Result<()> {
 pub fn built_with_cuda() -> bool {
     // SAFETY: a pure function without arguments.
     unsafe { fwp_built_with_cuda() != 0 }
+}
+
+/// The name of `t`'s memory layout: `strided` (dense), or a sparse or MKL-DNN layout.
+pub fn layout(t: &Tensor) -> Result<&'static str> {
+    let mut code: c_int = -1;
+    // SAFETY: t is a live tensor; one int out.
+    status("layout", unsafe { fwp_tensor_layout(t.as_ptr(), &mut code) })?;
+    Ok(match code {
+        0 => "strided",
+        1 => "sparse (COO)",
+        2 => "sparse CSR",
+        3 => "MKL-DNN",
+        4 => "sparse CSC",
+        5 => "sparse BSR",
+        6 => "sparse BSC",
+        7 => "jagged",
+        _ => "unknown",
+    })
 }
 
 /// Sum normalisation (paper.md Sec. 2) by the C++ op `fwp::sum_norm`: `x / (sum_j x_j + eps)` over
@@ -83,7 +130,6 @@ pub fn fast_weight_fused(
     beta: Option<&Tensor>,
     initial: Option<&Tensor>,
 ) -> Result<(Tensor, Tensor)> {
-    let ptr = |t: Option<&Tensor>| t.map_or(std::ptr::null(), |t| t.as_ptr());
     let mut out: *mut C_tensor = std::ptr::null_mut();
     let mut state: *mut C_tensor = std::ptr::null_mut();
     let op = if beta.is_some() {
@@ -98,13 +144,76 @@ pub fn fast_weight_fused(
             q.as_ptr(),
             k.as_ptr(),
             v.as_ptr(),
-            ptr(beta),
-            ptr(initial),
+            opt_ptr(beta),
+            opt_ptr(initial),
             &mut out,
             &mut state,
         )
     })?;
     Ok(unsafe { (Tensor::from_ptr(out), Tensor::from_ptr(state)) })
+}
+
+fn opt_ptr(t: Option<&Tensor>) -> *const C_tensor {
+    t.map_or(std::ptr::null(), |t| t.as_ptr())
+}
+
+/// The fused forward as the raw op `fwp::fast_weight_forward` (no autograd, no checks in Rust: the
+/// op checks its inputs itself): (out, final state, checkpoints `[B, H, ceil(T / chunk), d_k, d_v]`).
+/// For callers of the registered schema; [`crate::recurrence::fast_weight`] is the public entry.
+pub fn fast_weight_forward_op(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    beta: Option<&Tensor>,
+    initial: Option<&Tensor>,
+    chunk: i64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let mut out = [std::ptr::null_mut::<C_tensor>(); 3];
+    // SAFETY: live tensors or NULL; on success three new at::Tensor* that we own.
+    status("fwp::fast_weight_forward", unsafe {
+        fwp_fast_weight_forward_op(
+            q.as_ptr(),
+            k.as_ptr(),
+            v.as_ptr(),
+            opt_ptr(beta),
+            opt_ptr(initial),
+            chunk,
+            out.as_mut_ptr(),
+        )
+    })?;
+    let [o, s, c] = out.map(|p| unsafe { Tensor::from_ptr(p) });
+    Ok((o, s, c))
+}
+
+/// The fused backward as the raw op `fwp::fast_weight_backward`: (dq, dk, dv, dbeta, dS0) from the
+/// output's gradient, the final state's (optional), the inputs and the forward's checkpoints.
+#[allow(clippy::too_many_arguments)]
+pub fn fast_weight_backward_op(
+    grad_out: &Tensor,
+    grad_state: Option<&Tensor>,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    beta: Option<&Tensor>,
+    checkpoints: &Tensor,
+    chunk: i64,
+) -> Result<[Tensor; 5]> {
+    let mut out = [std::ptr::null_mut::<C_tensor>(); 5];
+    // SAFETY: live tensors or NULL; on success five new at::Tensor* that we own.
+    status("fwp::fast_weight_backward", unsafe {
+        fwp_fast_weight_backward_op(
+            grad_out.as_ptr(),
+            opt_ptr(grad_state),
+            q.as_ptr(),
+            k.as_ptr(),
+            v.as_ptr(),
+            opt_ptr(beta),
+            checkpoints.as_ptr(),
+            chunk,
+            out.as_mut_ptr(),
+        )
+    })?;
+    Ok(out.map(|p| unsafe { Tensor::from_ptr(p) }))
 }
 
 /// The largest d_k the CUDA fused kernels take on CUDA device `device` for inputs of dtype `kind`
@@ -115,6 +224,20 @@ pub fn fused_cuda_max_dk(device: usize, d_v: i64, kind: Kind) -> Result<i64> {
     // SAFETY: plain values in, one i64 out.
     status("fused_cuda_max_dk", unsafe {
         fwp_fused_cuda_max_dk(device as c_int, d_v, acc_bytes, &mut out)
+    })?;
+    Ok(out)
+}
+
+/// The checkpoint interval the recurrent CUDA kernels use for keys of width `d_k`, `t` steps and
+/// inputs of dtype `kind` on a GPU with `smem_limit` bytes of opt-in shared memory per block (227 KiB
+/// on H100/H200, 163 KiB on A100): the longest chunk of at most 64 steps whose backward buffer fits.
+/// 0 when not even one step fits. Arithmetic only: no GPU needed.
+pub fn fused_cuda_chunk_for(d_k: i64, t: i64, kind: Kind, smem_limit: i64) -> Result<i64> {
+    let acc_bytes = if kind == Kind::Double { 8 } else { 4 };
+    let mut out = 0i64;
+    // SAFETY: plain values in, one i64 out.
+    status("fused_cuda_chunk_for", unsafe {
+        fwp_fused_cuda_chunk_for(d_k, t, acc_bytes, smem_limit, &mut out)
     })?;
     Ok(out)
 }

@@ -229,3 +229,192 @@ fn bad_layer_configs() {
         &["x", "d_model", "[2, 5, 12]"],
     );
 }
+
+#[test]
+fn sparse_inputs_are_named_with_their_layout() {
+    let q = t(&[1, 1, 3, 4]);
+    let coo = q.to_sparse_sparse_dim(2);
+    assert_mentions(
+        &err(&coo, &q, &q, None, None, UpdateRule::Sum, Backend::default()),
+        &["q", "dense", "sparse (COO)"],
+    );
+    let csr = t(&[1, 1, 3, 4]).view([3, 4]).to_sparse_csr(None::<i64>);
+    let e = fwp::check::float_like("k", &csr, None).unwrap_err();
+    assert_mentions(&e.to_string(), &["k", "sparse CSR"]);
+}
+
+fn layer(kind: AttentionKind) -> MultiHeadAttention {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let cfg = AttentionConfig {
+        d_model: 8,
+        n_heads: 2,
+        d_head: 4,
+        kind,
+        attn_dropout: 0.0,
+    };
+    MultiHeadAttention::new(vs.root() / "attn", cfg).unwrap()
+}
+
+#[test]
+fn layers_refuse_inputs_of_another_dtype() {
+    for kind in [
+        AttentionKind::Softmax,
+        AttentionKind::FastWeight(FastWeightConfig::delta(FeatureMap::Linear)),
+    ] {
+        let l = layer(kind);
+        for bad in [Kind::Double, Kind::Int64] {
+            let x = Tensor::ones([2, 5, 8], (bad, Device::Cpu));
+            let e = l.forward_t(&x, None, false).unwrap_err().to_string();
+            assert_mentions(&e, &["x", &format!("{bad:?}"), "Float"]);
+        }
+    }
+}
+
+#[test]
+fn language_model_refuses_token_ids_outside_the_vocabulary() {
+    use fwp::{BlockConfig, LanguageModel, LayerNormPlacement, ModelConfig};
+    let vs = nn::VarStore::new(Device::Cpu);
+    let attention = AttentionConfig {
+        d_model: 8,
+        n_heads: 2,
+        d_head: 4,
+        kind: AttentionKind::FastWeight(FastWeightConfig::delta(FeatureMap::Linear)),
+        attn_dropout: 0.0,
+    };
+    let cfg = ModelConfig {
+        vocab: 10,
+        n_layers: 1,
+        block: BlockConfig {
+            attention,
+            d_ff: 16,
+            dropout: 0.0,
+            layer_norm: LayerNormPlacement::Post,
+        },
+    };
+    let model = LanguageModel::new(vs.root(), cfg).unwrap();
+    let ok = Tensor::from_slice(&[1i64, 2, 9]).view([1, 3]);
+    assert!(model.forward_t(&ok, None, 0, false).is_ok());
+    for (ids, bad) in [([1i64, 10, 2], "10"), ([-1i64, 3, 2], "-1")] {
+        let x = Tensor::from_slice(&ids).view([1, 3]);
+        let e = model.forward_t(&x, None, 0, false).unwrap_err().to_string();
+        assert_mentions(&e, &["tokens", bad, "10"]);
+    }
+}
+
+#[test]
+fn allocations_too_large_name_the_parameter_and_its_size() {
+    // FAVOR+ with 1e12 random features: a [1e12, 4] projection, 14.6 TiB of f32
+    let favor = FastWeightConfig::sum(FeatureMap::Favor { m: 1_000_000_000_000 });
+    let vs = nn::VarStore::new(Device::Cpu);
+    let cfg = AttentionConfig {
+        d_model: 8,
+        n_heads: 2,
+        d_head: 4,
+        kind: AttentionKind::FastWeight(favor),
+        attn_dropout: 0.0,
+    };
+    let e = MultiHeadAttention::new(vs.root() / "attn", cfg).unwrap_err();
+    assert_mentions(
+        &e.to_string(),
+        &["favor_projection", "[1000000000000, 4]", "TiB"],
+    );
+    // a retrieval model over 5e7 keys: an embedding of 5e7 x 1.1e8 floats
+    use fwp::retrieval::{ModelConfig, RetrievalModel, Variant};
+    let cfg = ModelConfig::new(
+        50_000_000,
+        64,
+        Variant::Softmax,
+        Normalisation::Sum,
+        Backend::Auto,
+    );
+    let e = RetrievalModel::new(vs.root() / "retrieval", cfg).unwrap_err();
+    assert_mentions(
+        &e.to_string(),
+        &["key_embedding.weight", "[50000000, 110000000]", "PiB"],
+    );
+    // a shape whose element count does not fit in an i64
+    let e = fwp::param::var(
+        &(vs.root() / "huge"),
+        "w",
+        &[1 << 40, 1 << 40],
+        nn::Init::Const(0.0),
+    )
+    .unwrap_err();
+    assert_mentions(&e.to_string(), &["huge.w", "elements"]);
+}
+
+#[test]
+fn fused_has_no_double_backward_and_says_so() {
+    let leaf = |s: &[i64]| t(s).set_requires_grad(true);
+    let (q, k, v) = (leaf(&[1, 2, 5, 4]), leaf(&[1, 2, 5, 4]), leaf(&[1, 2, 5, 3]));
+    let beta = Tensor::rand([1, 2, 5], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+    for (rule, b) in [(UpdateRule::Sum, None), (UpdateRule::Delta, Some(&beta))] {
+        for backend in [Backend::Fused, Backend::Auto] {
+            let r = fast_weight(&q, &k, &v, b, None, rule, backend).unwrap();
+            let loss = r.out.square().sum(Kind::Float);
+            let e = Tensor::f_run_backward(&[&loss], &[&q], true, true).unwrap_err();
+            assert_mentions(
+                &e.to_string(),
+                &["double backward", "Backend::Chunked", "Backend::Reference"],
+            );
+            // first order still works
+            assert!(Tensor::f_run_backward(&[&loss], &[&q], false, false).is_ok());
+        }
+        // the reference twins do have second-order gradients
+        let r = fast_weight(&q, &k, &v, b, None, rule, Backend::Chunked { chunk_size: 2 }).unwrap();
+        let g = Tensor::run_backward(&[r.out.square().sum(Kind::Float)], &[&q], true, true);
+        let gg = Tensor::run_backward(&[g[0].square().sum(Kind::Float)], &[&k], false, false);
+        assert!(gg[0].defined() && f64::try_from(gg[0].abs().sum(Kind::Float)).unwrap() > 0.0);
+    }
+}
+
+#[test]
+fn raw_backward_op_checks_its_checkpoints_and_gradients() {
+    let (q, k, v) = (t(&[1, 2, 9, 4]), t(&[1, 2, 9, 4]), t(&[1, 2, 9, 3]));
+    let (out, _, ckpt) = ops::fast_weight_forward_op(&q, &k, &v, None, None, 4).unwrap();
+    assert_eq!(ckpt.size(), [1, 2, 3, 4, 3]);
+    let go = out.ones_like();
+    let run = |go: &Tensor, ckpt: &Tensor, gs: Option<&Tensor>| {
+        ops::fast_weight_backward_op(go, gs, &q, &k, &v, None, ckpt, 4)
+    };
+    assert!(run(&go, &ckpt, None).is_ok());
+    let e = |r: anyhow::Result<[Tensor; 5]>| r.map(|_| ()).unwrap_err().to_string();
+    assert_mentions(
+        &e(run(&go, &ckpt.to_kind(Kind::Double), None)),
+        &["checkpoints", "Float", "Double"],
+    );
+    assert_mentions(
+        &e(run(&go, &ckpt.narrow(4, 0, 2), None)),
+        &["checkpoints", "[1, 2, 3, 4, 3]", "[1, 2, 3, 4, 2]"],
+    );
+    assert_mentions(
+        &e(run(&go, &ckpt.select(0, 0), None)),
+        &["checkpoints", "[2, 3, 4, 3]"],
+    );
+    assert_mentions(
+        &e(run(&go, &Tensor::zeros([1, 2, 3, 5, 3], (Kind::Float, Device::Cpu)), None)),
+        &["checkpoints", "d_k"],
+    );
+    assert_mentions(
+        &e(run(&go.narrow(1, 0, 1), &ckpt, None)),
+        &["grad_out", "[1, 2, 9, 3]"],
+    );
+    assert_mentions(
+        &e(run(&go, &ckpt, Some(&t(&[1, 2, 3, 3])))),
+        &["grad_state", "[1, 2, 4, 3]"],
+    );
+    if tch::Cuda::is_available() {
+        let gpu = ckpt.to_device(Device::Cuda(0));
+        assert_mentions(&e(run(&go, &gpu, None)), &["checkpoints", "cuda"]);
+        let go_gpu = go.to_device(Device::Cuda(0));
+        assert_mentions(&e(run(&go_gpu, &ckpt, None)), &["grad_out", "cuda"]);
+    } else {
+        common_skip("raw_backward_op_checks_its_checkpoints_and_gradients");
+    }
+}
+
+/// Prints the skip notice past libtest's capture.
+fn common_skip(test: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test} on CUDA: no CUDA GPU visible");
+}

@@ -143,3 +143,66 @@ fn gradient_reaches_initial_state_and_beta() {
         }
     }
 }
+
+/// A single non-finite input at step t0 leaves every output before t0 as it was, on every backend
+/// (a chunked product must not spread 0 * inf = NaN to the earlier steps of its chunk).
+#[test]
+fn non_finite_inputs_stay_causal_on_every_backend() {
+    tch::manual_seed(7);
+    let (b, h, t, d) = (1, 2, 12, 4);
+    let case = Case::new(b, h, t, d, d);
+    let t0 = 6; // inside a chunk of 4 (steps 4..8) and of 64
+    let backends = [
+        Backend::Reference,
+        Backend::Chunked { chunk_size: 4 },
+        Backend::Chunked { chunk_size: 64 },
+        Backend::Fused,
+    ];
+    type Poison = fn(&mut Tensor, &mut Tensor, &mut Tensor, i64);
+    let poisons: [(&str, Poison); 4] = [
+        ("+inf in v", |_, v, _, t0| {
+            let _ = v.narrow(2, t0, 1).narrow(3, 1, 1).fill_(f64::INFINITY);
+        }),
+        ("nan in v", |_, v, _, t0| {
+            let _ = v.narrow(2, t0, 1).fill_(f64::NAN);
+        }),
+        ("-inf in k", |k, _, _, t0| {
+            let _ = k.narrow(2, t0, 1).narrow(3, 0, 1).fill_(f64::NEG_INFINITY);
+        }),
+        ("nan in beta", |_, _, beta, t0| {
+            let _ = beta.narrow(2, t0, 1).fill_(f64::NAN);
+        }),
+    ];
+    for rule in [UpdateRule::Sum, UpdateRule::Delta] {
+        for backend in backends {
+            let run = |k: &Tensor, v: &Tensor, beta: &Tensor| {
+                let beta = (rule == UpdateRule::Delta).then_some(beta);
+                fast_weight(&case.q, k, v, beta, Some(&case.s0), rule, backend)
+                    .unwrap()
+                    .out
+            };
+            let clean = run(&case.k, &case.v, &case.beta);
+            for (what, poison) in poisons {
+                if rule == UpdateRule::Sum && what.contains("beta") {
+                    continue;
+                }
+                let (mut k, mut v, mut beta) = (case.k.copy(), case.v.copy(), case.beta.copy());
+                poison(&mut k, &mut v, &mut beta, t0);
+                let out = run(&k, &v, &beta);
+                println!("{rule:?} {backend:?} {what}");
+                assert_close(
+                    "outputs before the non-finite step",
+                    &out.narrow(2, 0, t0),
+                    &clean.narrow(2, 0, t0),
+                    1e-12,
+                    1e-12,
+                );
+                let later = out.narrow(2, t0, t - t0);
+                assert!(
+                    !bool::try_from(later.isfinite().all()).unwrap(),
+                    "{rule:?} {backend:?} {what}: the non-finite input reached no output"
+                );
+            }
+        }
+    }
+}

@@ -16,9 +16,14 @@
 //! The sum rule is the special case U' = V. Everything but the S pass is batched over all chunks.
 //! T is padded with zero steps to a multiple of C: a zero key writes nothing, so the state and
 //! the real outputs are unchanged; the padded outputs are dropped.
+//!
+//! Non-finite inputs stay causal, as in the step-by-step recurrence: the masked product
+//! tril(Q K^T) U' would multiply the zeros above the diagonal by a later infinite row of U' and
+//! spread 0 · ∞ = NaN to earlier steps of the chunk, so it runs on U' with its non-finite entries
+//! zeroed, and the outputs from the first non-finite entry of each column on are set to NaN.
 
 use anyhow::Result;
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 use super::{FastWeightOutput, Inputs, UpdateRule};
 
@@ -76,7 +81,7 @@ pub fn fast_weight_chunked(x: &Inputs, chunk_size: i64) -> Result<FastWeightOutp
             Some(w) => &u[i] - w[i].f_matmul(&s)?,
         };
         // O = Q S + tril(Q K^T) U'
-        outs.push(q[i].f_matmul(&s)? + qk[i].f_matmul(&u_i)?);
+        outs.push(q[i].f_matmul(&s)? + causal_product(&qk[i], &u_i)?);
         // S' = S + K^T U'
         s = s + k[i].f_transpose(-1, -2)?.f_matmul(&u_i)?;
     }
@@ -84,4 +89,18 @@ pub fn fast_weight_chunked(x: &Inputs, chunk_size: i64) -> Result<FastWeightOutp
         .f_reshape([d.b, d.h, n * c, d.d_v])?
         .f_narrow(2, 0, d.t)?;
     Ok(FastWeightOutput { out, state: s })
+}
+
+/// `a u` for a lower-triangular `a` `[.., C, C]` (zeros above the diagonal) and `u` `[.., C, d_v]`,
+/// such that a non-finite entry of `u` reaches only the rows at and after its own: the product of
+/// `u` with its non-finite entries zeroed, NaN from each column's first non-finite entry on.
+fn causal_product(a: &Tensor, u: &Tensor) -> Result<Tensor> {
+    let finite = u.f_isfinite()?;
+    let out = a.f_matmul(&u.f_where_scalarother(&finite, 0.0)?)?;
+    // reached[r, m]: some row <= r of column m is non-finite
+    let reached = finite
+        .f_logical_not()?
+        .f_cumsum(-2, Kind::Int64)?
+        .f_gt(0)?;
+    Ok(out.f_masked_fill(&reached, f64::NAN)?)
 }
