@@ -86,7 +86,9 @@ pub fn built_with_cuda() -> bool {
 pub fn layout(t: &Tensor) -> Result<&'static str> {
     let mut code: c_int = -1;
     // SAFETY: t is a live tensor; one int out.
-    status("layout", unsafe { fwp_tensor_layout(t.as_ptr(), &mut code) })?;
+    status("layout", unsafe {
+        fwp_tensor_layout(t.as_ptr(), &mut code)
+    })?;
     Ok(match code {
         0 => "strided",
         1 => "sparse (COO)",

@@ -235,7 +235,15 @@ fn sparse_inputs_are_named_with_their_layout() {
     let q = t(&[1, 1, 3, 4]);
     let coo = q.to_sparse_sparse_dim(2);
     assert_mentions(
-        &err(&coo, &q, &q, None, None, UpdateRule::Sum, Backend::default()),
+        &err(
+            &coo,
+            &q,
+            &q,
+            None,
+            None,
+            UpdateRule::Sum,
+            Backend::default(),
+        ),
         &["q", "dense", "sparse (COO)"],
     );
     let csr = t(&[1, 1, 3, 4]).view([3, 4]).to_sparse_csr(None::<i64>);
@@ -304,7 +312,9 @@ fn language_model_refuses_token_ids_outside_the_vocabulary() {
 #[test]
 fn allocations_too_large_name_the_parameter_and_its_size() {
     // FAVOR+ with 1e12 random features: a [1e12, 4] projection, 14.6 TiB of f32
-    let favor = FastWeightConfig::sum(FeatureMap::Favor { m: 1_000_000_000_000 });
+    let favor = FastWeightConfig::sum(FeatureMap::Favor {
+        m: 1_000_000_000_000,
+    });
     let vs = nn::VarStore::new(Device::Cpu);
     let cfg = AttentionConfig {
         d_model: 8,
@@ -346,7 +356,11 @@ fn allocations_too_large_name_the_parameter_and_its_size() {
 #[test]
 fn fused_has_no_double_backward_and_says_so() {
     let leaf = |s: &[i64]| t(s).set_requires_grad(true);
-    let (q, k, v) = (leaf(&[1, 2, 5, 4]), leaf(&[1, 2, 5, 4]), leaf(&[1, 2, 5, 3]));
+    let (q, k, v) = (
+        leaf(&[1, 2, 5, 4]),
+        leaf(&[1, 2, 5, 4]),
+        leaf(&[1, 2, 5, 3]),
+    );
     let beta = Tensor::rand([1, 2, 5], (Kind::Float, Device::Cpu)).set_requires_grad(true);
     for (rule, b) in [(UpdateRule::Sum, None), (UpdateRule::Delta, Some(&beta))] {
         for backend in [Backend::Fused, Backend::Auto] {
@@ -361,7 +375,16 @@ fn fused_has_no_double_backward_and_says_so() {
             assert!(Tensor::f_run_backward(&[&loss], &[&q], false, false).is_ok());
         }
         // the reference twins do have second-order gradients
-        let r = fast_weight(&q, &k, &v, b, None, rule, Backend::Chunked { chunk_size: 2 }).unwrap();
+        let r = fast_weight(
+            &q,
+            &k,
+            &v,
+            b,
+            None,
+            rule,
+            Backend::Chunked { chunk_size: 2 },
+        )
+        .unwrap();
         let g = Tensor::run_backward(&[r.out.square().sum(Kind::Float)], &[&q], true, true);
         let gg = Tensor::run_backward(&[g[0].square().sum(Kind::Float)], &[&k], false, false);
         assert!(gg[0].defined() && f64::try_from(gg[0].abs().sum(Kind::Float)).unwrap() > 0.0);
@@ -392,7 +415,11 @@ fn raw_backward_op_checks_its_checkpoints_and_gradients() {
         &["checkpoints", "[2, 3, 4, 3]"],
     );
     assert_mentions(
-        &e(run(&go, &Tensor::zeros([1, 2, 3, 5, 3], (Kind::Float, Device::Cpu)), None)),
+        &e(run(
+            &go,
+            &Tensor::zeros([1, 2, 3, 5, 3], (Kind::Float, Device::Cpu)),
+            None,
+        )),
         &["checkpoints", "d_k"],
     );
     assert_mentions(
@@ -416,5 +443,8 @@ fn raw_backward_op_checks_its_checkpoints_and_gradients() {
 /// Prints the skip notice past libtest's capture.
 fn common_skip(test: &str) {
     use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "SKIPPED {test} on CUDA: no CUDA GPU visible");
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test} on CUDA: no CUDA GPU visible"
+    );
 }

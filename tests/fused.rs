@@ -452,3 +452,35 @@ fn fused_empty_batch_gives_empty_outputs() {
         }
     }
 }
+
+/// The recurrent CUDA kernels' checkpoint interval, from the shared-memory arithmetic alone (no GPU
+/// needed): the whole opt-in limit is used, so on H100/H200 (227 KiB) every d up to 256 gets at
+/// least 16 steps per checkpoint (a quarter of the limit gave 23, 9 and 2 at d = 64, 128, 256).
+#[test]
+fn cuda_checkpoint_interval_uses_the_whole_shared_memory() {
+    let hopper = 227 * 1024;
+    let chunk = |d: i64, t: i64, kind: Kind, limit: i64| {
+        ops::fused_cuda_chunk_for(d, t, kind, limit).unwrap()
+    };
+    assert_eq!(chunk(64, 4096, Kind::Float, hopper), 64);
+    for d in [64, 128, 256] {
+        let c = chunk(d, 4096, Kind::Float, hopper);
+        println!(
+            "d = {d}: {c} steps per checkpoint, {} bytes of state per head-token",
+            d * d * 4 / c
+        );
+        assert!((16..=64).contains(&c), "d = {d}: chunk {c}");
+    }
+    assert!(chunk(128, 4096, Kind::Float, hopper) > chunk(256, 4096, Kind::Float, hopper));
+    assert!(chunk(256, 4096, Kind::Double, hopper) < chunk(256, 4096, Kind::Float, hopper));
+    assert_eq!(
+        chunk(64, 10, Kind::Float, hopper),
+        10,
+        "never longer than T"
+    );
+    assert_eq!(
+        chunk(100_000, 64, Kind::Float, hopper),
+        0,
+        "not even one step fits"
+    );
+}

@@ -693,3 +693,176 @@ fn ctrl_c_saves_a_checkpoint_and_exits_cleanly() {
     );
     std::fs::remove_dir_all(&run).unwrap();
 }
+
+/// A second trainer on a run in use, another thread count, a changed corpus, a changed vocabulary
+/// file, or a configuration that does not fit the saved weights: each is a clear error, and the
+/// run stays resumable.
+#[test]
+fn resuming_refuses_what_would_not_reproduce_the_run() {
+    let _rng = serial();
+    let stop = AtomicBool::new(false);
+    let dir = scratch("refuse");
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    for f in ["train.txt", "valid.txt", "test.txt"] {
+        std::fs::copy(fixture().join(f), data.join(f)).unwrap();
+    }
+    let run = dir.join("run");
+    let mut cfg = config("delta:linear", 8);
+    cfg.data = data.clone();
+    assert_eq!(
+        train(&run, &cfg, &opts(&stop, false, Some(4))).unwrap(),
+        Outcome::Interrupted { step: 4 }
+    );
+    let (_, meta) = checkpoint::find(&run).unwrap();
+    assert_eq!(meta.threads, Some(tch::get_num_threads()));
+    assert!(meta.vocab_sha256.is_some() && meta.corpus_sha256.as_ref().unwrap().len() == 3);
+    let resume_err = || {
+        train(&run, &cfg, &opts(&stop, true, None))
+            .unwrap_err()
+            .to_string()
+    };
+
+    // one writer per run directory: a lock held elsewhere (as by a trainer still running)
+    {
+        let _held = checkpoint::RunLock::acquire(&run).unwrap();
+        let e = resume_err();
+        assert!(
+            e.contains("in use") && e.contains(&std::process::id().to_string()),
+            "{e}"
+        );
+    }
+
+    // another thread count
+    let threads = tch::get_num_threads();
+    tch::set_num_threads(threads + 1);
+    let e = resume_err();
+    tch::set_num_threads(threads);
+    assert!(
+        e.contains(&format!("trained with {threads} CPU threads")),
+        "{e}"
+    );
+
+    // a corpus that changed since the checkpoint
+    let valid = std::fs::read_to_string(data.join("valid.txt")).unwrap();
+    std::fs::write(data.join("valid.txt"), valid.clone() + "one more line\n").unwrap();
+    let e = resume_err();
+    assert!(e.contains("valid.txt") && e.contains("changed"), "{e}");
+    std::fs::write(data.join("valid.txt"), &valid).unwrap();
+
+    // a vocabulary file that is not the one saved
+    let vocab = run.join("checkpoint/vocab.txt");
+    let words = std::fs::read_to_string(&vocab).unwrap();
+    let swapped: Vec<&str> = {
+        let mut w: Vec<&str> = words.lines().collect();
+        w.swap(2, 3);
+        w
+    };
+    std::fs::write(&vocab, swapped.join("\n") + "\n").unwrap();
+    let e = resume_err();
+    assert!(
+        e.contains("vocab.txt") && e.contains("does not match"),
+        "{e}"
+    );
+    assert!(load_run(&run, Device::Cpu, None).is_err());
+    std::fs::write(&vocab, &words).unwrap();
+
+    // a configuration that does not use every saved tensor (2 layers saved, 1 configured)
+    let meta_path = run.join("checkpoint/meta.json");
+    let text = std::fs::read_to_string(&meta_path).unwrap();
+    let mut meta_json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    meta_json["config"]["model"]["n_layers"] = 1.into();
+    std::fs::write(&meta_path, meta_json.to_string()).unwrap();
+    let e = load_run(&run, Device::Cpu, None).err().unwrap().to_string();
+    assert!(
+        e.contains("does not have") && e.contains("blocks.1."),
+        "{e}"
+    );
+    // and one with other shapes (d_ff 64 saved, 48 configured)
+    meta_json["config"]["model"]["n_layers"] = 2.into();
+    meta_json["config"]["model"]["d_ff"] = 48.into();
+    std::fs::write(&meta_path, meta_json.to_string()).unwrap();
+    let e = load_run(&run, Device::Cpu, None).err().unwrap().to_string();
+    assert!(
+        e.contains("ff_in.weight is [64, 32] in the file, [48, 32]"),
+        "{e}"
+    );
+    std::fs::write(&meta_path, &text).unwrap();
+
+    // with all of it back as it was, the run resumes and finishes
+    assert_eq!(
+        train(&run, &cfg, &opts(&stop, true, None)).unwrap(),
+        Outcome::Finished { step: 8 }
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Resuming from an earlier checkpoint drops the log lines written after it and keeps the others
+/// byte for byte (no parse-and-print of their numbers).
+#[test]
+fn resuming_keeps_the_bytes_of_the_kept_log_lines() {
+    let _rng = serial();
+    let stop = AtomicBool::new(false);
+    let run = scratch("log-bytes");
+    let cfg = config("sum:linear", 8);
+    train(&run, &cfg, &opts(&stop, false, Some(4))).unwrap();
+    let log = run.join("train.jsonl");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4);
+    // what a later crash could leave: lines past the checkpoint, with digits a float parser
+    // would not print back the same
+    let odd = lines[3].replace(
+        "\"lr\":",
+        "\"lr\":0.1000000000000000055511151231257827,\"lr_as_written\":",
+    );
+    std::fs::write(
+        &log,
+        [lines[0], lines[1], lines[2], &odd].join("\n") + "\n{\"step\":4,\"loss\":1.0}\n",
+    )
+    .unwrap();
+    train(&run, &cfg, &opts(&stop, true, Some(6))).unwrap();
+    let after = std::fs::read_to_string(&log).unwrap();
+    let after: Vec<&str> = after.lines().collect();
+    assert_eq!(after[..3], lines[..3]);
+    assert_eq!(after[3], odd, "a kept line changed");
+    assert_eq!(after.len(), 6);
+    std::fs::remove_dir_all(&run).unwrap();
+}
+
+/// A diverged model's NaN perplexity is recorded and reported, not a poisoned results file.
+#[test]
+fn a_nan_perplexity_is_recorded_and_reported() {
+    let _rng = serial();
+    let dir = scratch("nan-ppl");
+    let run = dir.join("run");
+    let stop = AtomicBool::new(false);
+    train(&run, &config("delta:linear", 2), &opts(&stop, false, None)).unwrap();
+    let record = serde_json::json!({"split": "test", "mode": "segments", "perplexity": "NaN"});
+    fwp::report::append_record(&run.join("results.jsonl"), &record).unwrap();
+    // a line an older version wrote for a NaN
+    let results = run.join("results.jsonl");
+    let text = std::fs::read_to_string(&results).unwrap()
+        + "{\"split\":\"valid\",\"mode\":\"segments\",\"perplexity\":null}\n";
+    std::fs::write(&results, text).unwrap();
+    let runs = fwp::lm::report::runs_in(&dir).unwrap();
+    let table = fwp::lm::report::report(&runs, None).unwrap();
+    assert!(table.contains("NaN"), "{table}");
+    let e = fwp::lm::report::runs_in(Path::new("/nonexistent/runs"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("/nonexistent/runs"), "{e}");
+    // a temperature so small that the scaled logits overflow: one line, no C++ frames
+    let loaded = load_run(&run, Device::Cpu, None).unwrap();
+    let o = fwp::lm::export::SampleOptions {
+        tokens: 3,
+        temperature: 1e-300,
+        top_k: 0,
+        seed: 1,
+    };
+    let e = fwp::lm::export::sample(&loaded.model, &loaded.vocab, 16, &[], o)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("temperature") && !e.contains('\n'), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

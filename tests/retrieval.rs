@@ -212,3 +212,26 @@ fn results_file_appends_and_survives_a_torn_last_line() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The results committed in docs/retrieval (written before the model configuration embedded the
+/// fast-weight layer's) still read, and regenerate the committed tables byte for byte.
+#[test]
+fn committed_results_regenerate_the_committed_tables() {
+    let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/retrieval");
+    for (name, setting, d_key) in [
+        ("quick", Setting::Capacity, 16),
+        ("paper1", Setting::Capacity, 64),
+        ("paper2", Setting::Updates, 64),
+    ] {
+        let records: Vec<fwp::retrieval::Record> =
+            read_records(&docs.join(format!("{name}-results.jsonl"))).unwrap();
+        assert!(!records.is_empty());
+        let out = std::env::temp_dir().join(format!("fwp-report-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&out).unwrap();
+        let table = fwp::retrieval::report(&out, &records, setting, d_key, 1e-3).unwrap();
+        let committed = std::fs::read_to_string(docs.join(format!("{name}-table.md"))).unwrap();
+        assert_eq!(table, committed, "{name}");
+        assert!(out.join("plot.png").is_file() && out.join("plot.svg").is_file());
+        std::fs::remove_dir_all(&out).ok();
+    }
+}

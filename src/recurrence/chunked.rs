@@ -98,9 +98,6 @@ fn causal_product(a: &Tensor, u: &Tensor) -> Result<Tensor> {
     let finite = u.f_isfinite()?;
     let out = a.f_matmul(&u.f_where_scalarother(&finite, 0.0)?)?;
     // reached[r, m]: some row <= r of column m is non-finite
-    let reached = finite
-        .f_logical_not()?
-        .f_cumsum(-2, Kind::Int64)?
-        .f_gt(0)?;
+    let reached = finite.f_logical_not()?.f_cumsum(-2, Kind::Int64)?.f_gt(0)?;
     Ok(out.f_masked_fill(&reached, f64::NAN)?)
 }

@@ -1,0 +1,111 @@
+//! The binaries answer bad arguments with an error and exit status 1 (2 for what clap itself
+//! refuses), never a panic (101), a hang or a C++ backtrace.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("fwp-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs `bin` with `args`; asserts exit status 1 or 2 and that stderr mentions every word of `words`.
+fn fails(bin: &str, args: &[&str], words: &[&str]) {
+    let out = Command::new(bin).args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{bin} {args:?}: {stderr}");
+    assert!(
+        matches!(out.status.code(), Some(1 | 2)),
+        "{args:?}: exit status {:?}: {stderr}",
+        out.status.code()
+    );
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("frame #"),
+        "{stderr}"
+    );
+    for w in words {
+        assert!(
+            stderr.contains(w),
+            "{args:?}: stderr should mention {w:?}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn retrieval_refuses_impossible_sweeps() {
+    let out = scratch("retrieval");
+    let o = out.to_str().unwrap();
+    let bin = env!("CARGO_BIN_EXE_retrieval");
+    fails(
+        bin,
+        &["--s", "1:9000000000000000000:1", "--out", o],
+        &["--s", "9000000000000000000 sizes"],
+    );
+    fails(
+        bin,
+        &["--max-steps", "0", "--out", o],
+        &["max_steps", ">= 1"],
+    );
+    fails(
+        bin,
+        &[
+            "--variants",
+            "sum:favor:4000000000",
+            "--d-key",
+            "64",
+            "--s",
+            "5",
+            "--out",
+            o,
+        ],
+        &["favor_projection", "[4000000000, 64]", "953.7 GiB"],
+    );
+    fails(
+        bin,
+        &["--variants", "softmax", "--s", "50000000", "--out", o],
+        &["key_embedding", "[50000000, 110000000]", "PiB"],
+    );
+    fails(bin, &["--backend", "chunked:0", "--out", o], &["chunked:N"]);
+    // a results file that is a directory is named
+    std::fs::create_dir_all(out.join("dir/results.jsonl")).unwrap();
+    fails(
+        bin,
+        &["--report-only", "--out", out.join("dir").to_str().unwrap()],
+        &["results.jsonl", "directory"],
+    );
+    std::fs::remove_dir_all(&out).ok();
+}
+
+#[test]
+fn demo_refuses_batches_it_cannot_build() {
+    let bin = env!("CARGO_BIN_EXE_demo");
+    fails(bin, &["--batch", "0"], &["--batch", ">= 1"]);
+    fails(
+        bin,
+        &["--pairs", "20", "--symbols", "4"],
+        &["--pairs 20", "--symbols 4"],
+    );
+    fails(
+        bin,
+        &["--queries", "9", "--pairs", "2"],
+        &["--queries 9", "--pairs 2"],
+    );
+    fails(bin, &["--variant", "add:linear"], &["add"]);
+}
+
+#[test]
+fn lm_names_missing_paths() {
+    let bin = env!("CARGO_BIN_EXE_lm");
+    fails(
+        bin,
+        &["report", "--runs", "/nonexistent"],
+        &["/nonexistent"],
+    );
+    fails(
+        bin,
+        &["eval", "--run", "/nonexistent/run"],
+        &["/nonexistent/run", "checkpoint"],
+    );
+}
