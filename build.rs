@@ -39,14 +39,19 @@ fn main() {
     .collect();
 
     // The same trick as tch: keep libtorch.so (and through it libtorch_cuda.so) in the link even
-    // though Rust code references no symbol of it directly, or CUDA is reported unavailable.
-    println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
-    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib_dir.display());
+    // though Rust code references no symbol of it directly, or CUDA is reported unavailable; and an
+    // rpath, so that binaries find libtorch without LD_LIBRARY_PATH.
+    let mut link_args = vec![
+        "-Wl,--no-as-needed".to_string(),
+        format!("-Wl,-rpath,{}", lib_dir.display()),
+        "-ltorch".to_string(),
+    ];
     println!("cargo:rustc-link-search=native={}", lib_dir.display());
-    println!("cargo:rustc-link-arg=-ltorch");
 
     let cu_sources = sources("kernels", "cu");
     let cpp_sources = sources("kernels", "cpp");
+    // The directory too: a kernel file added or removed is noticed.
+    println!("cargo:rerun-if-changed=kernels");
     for f in sources("kernels", "h")
         .iter()
         .chain(&cu_sources)
@@ -62,9 +67,12 @@ fn main() {
     };
     let cuda_include = match &nvcc {
         Some(nvcc) => {
-            let include = build_cuda(nvcc, &cu_sources);
+            let (include, runtime_dir) = build_cuda(nvcc, &cu_sources);
+            if let Some(dir) = runtime_dir {
+                link_args.push(format!("-Wl,-rpath,{}", dir.display()));
+            }
             // kernels/cuda_memory.cpp reads PyTorch's CUDA allocator (libc10_cuda).
-            println!("cargo:rustc-link-arg=-lc10_cuda");
+            println!("cargo:rustc-link-lib=dylib=c10_cuda");
             Some(include)
         }
         None => {
@@ -75,6 +83,14 @@ fn main() {
             None
         }
     };
+
+    // Cargo hands link arguments to this package's own binaries only: a crate that depends on fwp
+    // repeats them from DEP_FWP_LINK_ARGS (';'-separated) in its build.rs (README, "Using fwp from
+    // another crate"; examples/dependent-crate).
+    for arg in &link_args {
+        println!("cargo:rustc-link-arg={arg}");
+    }
+    println!("cargo::metadata=link_args={}", link_args.join(";"));
 
     let mut cpp = cpp_build(&includes);
     cpp.files(&cpp_sources);
@@ -140,8 +156,9 @@ fn find_nvcc(torch_root: &Path) -> Option<PathBuf> {
     on_path.status.success().then(|| PathBuf::from("nvcc"))
 }
 
-/// Compiles the CUDA sources and links cudart; returns the toolkit's include directory, if found.
-fn build_cuda(nvcc: &Path, cu_sources: &[PathBuf]) -> Option<PathBuf> {
+/// Compiles the CUDA sources and links cudart; returns the toolkit's include directory and the
+/// directory of the CUDA runtime library, where found.
+fn build_cuda(nvcc: &Path, cu_sources: &[PathBuf]) -> (Option<PathBuf>, Option<PathBuf>) {
     // cudart comes from the same place as nvcc (bin/../lib), the pip wheel's layout.
     let cuda_root = nvcc
         .canonicalize()
@@ -160,18 +177,19 @@ fn build_cuda(nvcc: &Path, cu_sources: &[PathBuf]) -> Option<PathBuf> {
     }
     cu.files(cu_sources).compile("fwp_cuda");
 
-    if let Some(root) = &cuda_root {
-        let lib = root.join("lib");
-        if lib.is_dir() {
-            println!("cargo:rustc-link-search=native={}", lib.display());
-            println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
-        }
+    let runtime_dir = cuda_root
+        .as_ref()
+        .map(|root| root.join("lib"))
+        .filter(|lib| lib.is_dir());
+    if let Some(lib) = &runtime_dir {
+        println!("cargo:rustc-link-search=native={}", lib.display());
     }
     println!("cargo:rustc-link-lib=dylib:+verbatim=libcudart.so.13");
     println!("cargo:rustc-cfg=fwp_cuda");
     let archs: Vec<&str> = CUDA_GENCODE.iter().map(|(_, code)| *code).collect();
     println!("cargo:rustc-env=FWP_CUDA_ARCHS={}", archs.join(","));
-    cuda_root
+    let include = cuda_root
         .map(|root| root.join("include"))
-        .filter(|dir| dir.join("cuda_runtime_api.h").is_file())
+        .filter(|dir| dir.join("cuda_runtime_api.h").is_file());
+    (include, runtime_dir)
 }

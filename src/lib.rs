@@ -8,7 +8,8 @@
 //! - [`attention`], [`block`], [`model`]: layers built from these, softmax attention beside them;
 //! - [`ops`]: the C++/CUDA ops in `kernels/`, behind checked wrappers;
 //! - [`param`]: parameters and the linear, embedding and LayerNorm layers, created fallibly;
-//! - [`info`]: what this build was compiled with and which GPUs it sees;
+//! - [`info`]: what this build was compiled with and which GPUs it sees; [`selftest`]: each kernel
+//!   once against its reference twin;
 //! - [`bench`]: timing and peak memory of the backends against softmax attention (`bench`);
 //! - [`retrieval`], [`lm`], [`report`]: the retrieval and language-modelling experiments, and the
 //!   results writing they share; [`variant`]: softmax or `RULE:MAP`, as experiments name a model.
@@ -31,6 +32,7 @@ pub mod param;
 pub mod recurrence;
 pub mod report;
 pub mod retrieval;
+pub mod selftest;
 pub mod variant;
 
 pub use attention::{AttentionConfig, AttentionKind, FastWeightConfig, MultiHeadAttention};

@@ -8,6 +8,14 @@ use fwp::bench::{measure, Case, DType, Grid, Measurement, Op, Preset, Record, St
 use fwp::UpdateRule;
 use tch::{Device, Kind, Tensor};
 
+/// The CPU memory meter reads the process's resident set: tests that measure hold this lock, so
+/// that no test running beside them allocates during a measurement.
+static MEMORY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn measuring() -> std::sync::MutexGuard<'static, ()> {
+    MEMORY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn case(op: Op, rule: Option<UpdateRule>, t: i64) -> Case {
     Case {
         op,
@@ -43,7 +51,7 @@ fn record(op: Op, rule: Option<UpdateRule>, t: i64, train_ms: f64, bytes: i64) -
 }
 
 #[test]
-fn model_flops_follow_kernels_md() {
+fn model_flops_follow_the_documented_model() {
     let mut c = case(Op::Fused, Some(UpdateRule::Delta), 1024);
     c.batch = 2;
     c.heads = 4;
@@ -131,6 +139,7 @@ fn bad_grids_and_cases_are_errors() {
 
 #[test]
 fn quick_grid_measures_every_case() {
+    let _alone = measuring();
     let g = Grid::preset(Preset::Quick);
     let cases = g.cases().unwrap();
     // 2 T x (reference, chunked, fused) x 2 rules + 2 softmax
@@ -161,6 +170,7 @@ fn quick_grid_measures_every_case() {
 
 #[test]
 fn cpu_meter_sees_an_allocation() {
+    let _alone = measuring();
     let meter = Meter::start(Device::Cpu).unwrap();
     let x = Tensor::ones([16 << 20], (Kind::Float, Device::Cpu)); // 64 MiB, written
     let peak = meter.peak().unwrap();
@@ -180,6 +190,7 @@ fn cpu_meter_sees_an_allocation() {
 
 #[test]
 fn fused_keeps_no_state_per_step_but_reference_does() {
+    let _alone = measuring();
     // Per head-token, a stored state costs d_k d_v 4 bytes (16 KiB at d = 64).
     let state = 64.0 * 64.0 * 4.0;
     for rule in [UpdateRule::Sum, UpdateRule::Delta] {

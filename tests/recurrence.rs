@@ -3,26 +3,9 @@
 
 mod common;
 
-use common::{assert_close, leaf, Case, GRAD_NAMES};
+use common::{assert_close, compare, leaf, Case, Tol, F64, GRAD_NAMES};
 use fwp::{fast_weight, Backend, UpdateRule};
 use tch::{Device, Kind, Tensor};
-
-const F64: (Kind, Device) = (Kind::Double, Device::Cpu);
-
-fn compare(
-    label: &str,
-    got: &(Tensor, Tensor, Vec<Tensor>),
-    want: &(Tensor, Tensor, Vec<Tensor>),
-    tol: f64,
-) {
-    println!("{label}");
-    assert_close("out", &got.0, &want.0, tol, tol);
-    assert_close("state", &got.1, &want.1, tol, tol);
-    assert_eq!(got.2.len(), want.2.len());
-    for (i, (g, w)) in got.2.iter().zip(&want.2).enumerate() {
-        assert_close(GRAD_NAMES[i], g, w, tol, tol);
-    }
-}
 
 #[test]
 fn chunked_matches_reference_float64() {
@@ -38,7 +21,7 @@ fn chunked_matches_reference_float64() {
                     &format!("{rule:?} T={t} chunk={chunk_size}"),
                     &got,
                     &want,
-                    1e-10,
+                    Tol::Abs(1e-10),
                 );
             }
         }
@@ -57,7 +40,7 @@ fn chunked_matches_reference_float32_and_wide_values() {
             Kind::Float,
             Device::Cpu,
         );
-        compare(&format!("{rule:?} f32"), &got, &want, 1e-4);
+        compare(&format!("{rule:?} f32"), &got, &want, Tol::Abs(1e-4));
     }
 }
 

@@ -1,10 +1,13 @@
 //! `fwp`: the toolkit's utility command.
 //! - `fwp info` prints the compiled CUDA architectures, the GPUs this machine shows (through the CUDA
 //!   driver, via cudarc) and whether libtorch sees CUDA.
+//! - `fwp selftest --device cuda` runs every kernel once on a small shape against its reference
+//!   twin (fused recurrence, both rules, forward and backward; sum normalisation) and exits non-zero
+//!   on a mismatch; small enough to run under compute-sanitizer.
 //!
 //! Timing and memory of the backends against softmax attention are the `bench` experiment's.
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -22,6 +25,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run every kernel once on a small shape against its reference twin.
+    Selftest {
+        /// cpu, cuda or cuda:N
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
 }
 
 fn main() -> Result<()> {
@@ -33,6 +42,23 @@ fn main() -> Result<()> {
             } else {
                 print!("{info}");
             }
+        }
+        Command::Selftest { device } => {
+            let device = fwp::check::device(&device)?;
+            let checks = fwp::selftest::run(device)?;
+            let mut failed = 0;
+            for c in &checks {
+                let verdict = if c.passed() { "ok" } else { "FAILED" };
+                println!(
+                    "{:<34} error {:.2e} (tolerance {:.0e}) {verdict}",
+                    c.name, c.error, c.tolerance
+                );
+                failed += usize::from(!c.passed());
+            }
+            if failed > 0 {
+                bail!("{failed} of {} checks failed on {device:?}", checks.len());
+            }
+            println!("all {} checks passed on {device:?}", checks.len());
         }
     }
     Ok(())

@@ -1,4 +1,5 @@
-//! Shared test helpers.
+//! Shared test helpers. Every test binary compiles this module and uses a part of it, hence the
+//! allow; each item is used by at least one test.
 #![allow(dead_code)]
 
 use fwp::{fast_weight, Backend, UpdateRule};
@@ -41,16 +42,52 @@ pub fn assert_close(name: &str, got: &Tensor, want: &Tensor, atol: f64, rtol: f6
     );
 }
 
+/// [`assert_close`] with the absolute tolerance scaled to the largest |want|: `tol` of it, plus `tol`
+/// relative. For comparisons whose rounding error grows with the magnitudes involved (a state
+/// that sums many outer products, an unnormalised delta rule that grows to 1e7).
+pub fn assert_close_scaled(name: &str, got: &Tensor, want: &Tensor, tol: f64) {
+    let scale = f64::try_from(want.abs().max().to_kind(Kind::Double))
+        .unwrap()
+        .max(1e-30);
+    assert_close(
+        name,
+        &got.to_device(Device::Cpu),
+        &want.to_device(Device::Cpu),
+        tol * scale,
+        tol,
+    );
+}
+
+/// How [`compare`] reads its tolerance.
+#[derive(Clone, Copy, Debug)]
+pub enum Tol {
+    /// `atol = rtol = tol`.
+    Abs(f64),
+    /// As [`assert_close_scaled`]: `atol = tol * max |want|`, `rtol = tol`.
+    Scaled(f64),
+}
+
+/// (out, state, gradients) of one run, as [`Case::run`] returns them.
+pub type Outputs = (Tensor, Tensor, Vec<Tensor>);
+
+/// Compares outputs, final state and every gradient (named by [`GRAD_NAMES`]).
+pub fn compare(label: &str, got: &Outputs, want: &Outputs, tol: Tol) {
+    println!("{label}");
+    let check = |name: &str, g: &Tensor, w: &Tensor| match tol {
+        Tol::Abs(t) => assert_close(name, g, w, t, t),
+        Tol::Scaled(t) => assert_close_scaled(name, g, w, t),
+    };
+    check("out", &got.0, &want.0);
+    check("state", &got.1, &want.1);
+    assert_eq!(got.2.len(), want.2.len());
+    for (i, (g, w)) in got.2.iter().zip(&want.2).enumerate() {
+        check(GRAD_NAMES[i], g, w);
+    }
+}
+
 /// Random tensor that requires grad.
 pub fn leaf(shape: &[i64], kind: Kind) -> Tensor {
     Tensor::randn(shape, (kind, Device::Cpu)).set_requires_grad(true)
-}
-
-/// Unit-norm rows along the last dimension (keys that keep the delta rule contractive).
-pub fn unit_rows(shape: &[i64], kind: Kind) -> Tensor {
-    let x = Tensor::randn(shape, (kind, Device::Cpu));
-    let n = x.norm_scalaropt_dim(2, [-1i64].as_slice(), true);
-    (x / n).detach().set_requires_grad(true)
 }
 
 /// Gradients of `loss` with respect to `inputs` (None where an input got no gradient).
@@ -60,7 +97,7 @@ pub fn grads(loss: &Tensor, inputs: &[&Tensor]) -> Vec<Tensor> {
 
 /// Whether libtorch sees a GPU; prints a notice for the skipping test otherwise.
 pub fn cuda_or_skip(test: &str) -> bool {
-    let ok = tch::Cuda::is_available();
+    let ok = wanted("cuda") && tch::Cuda::is_available();
     if !ok {
         skip_notice(test);
     }
@@ -77,14 +114,48 @@ pub fn skip_notice(test: &str) {
     );
 }
 
-/// The devices to run a test body on: the CPU, and the first GPU where one is visible.
+/// `FWP_TEST_DEVICES`: `cuda` keeps only the GPU legs of the tests (for a GPU check, where the CPU
+/// legs are slow and CI runs them anyway), `cpu` only the CPU legs; unset, both where a GPU is
+/// visible.
+fn wanted(device: &str) -> bool {
+    std::env::var("FWP_TEST_DEVICES").map_or(true, |v| v.split(',').any(|d| d.trim() == device))
+}
+
+/// The devices to run a test body on: the CPU, and the first GPU where one is visible (as
+/// `FWP_TEST_DEVICES` allows).
 pub fn devices(test: &str) -> Vec<tch::Device> {
+    let mut out = Vec::new();
+    if wanted("cpu") {
+        out.push(Device::Cpu);
+    } else {
+        cpu_skip_notice(test);
+    }
+    if !wanted("cuda") {
+        return out;
+    }
     if tch::Cuda::is_available() {
-        vec![Device::Cpu, Device::Cuda(0)]
+        out.push(Device::Cuda(0));
     } else {
         skip_notice(test);
-        vec![Device::Cpu]
     }
+    out
+}
+
+/// Whether a test that runs on the CPU only should run (not under `FWP_TEST_DEVICES=cuda`).
+pub fn cpu_tests(test: &str) -> bool {
+    let run = wanted("cpu");
+    if !run {
+        cpu_skip_notice(test);
+    }
+    run
+}
+
+fn cpu_skip_notice(test: &str) {
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test} on the CPU: FWP_TEST_DEVICES leaves it out"
+    );
 }
 
 /// Names of the gradients `Case::run` returns, in order.
@@ -151,5 +222,3 @@ impl Case {
         (r.out.detach(), r.state.detach(), g)
     }
 }
-
-const NAMES: [&str; 5] = ["dq", "dk", "dv", "dS0", "dbeta"];
