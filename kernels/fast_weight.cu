@@ -1,6 +1,6 @@
 // CUDA kernels of the fused fast-weight recurrence (algorithm in fast_weight.h).
 //
-// Mapping (kernels.md Sec. 1: the columns of S are independent): one block per (batch*head,
+// Mapping (docs/derivations.md Sec. 6: the columns of S are independent): one block per (batch*head,
 // tile of kWarps value columns), one warp per column; lane l owns rows j = l, l + 32, ... of its
 // column, so the reductions over d_k are warp shuffles and need no block-wide synchronisation.
 // Keys and queries of the current step are staged in shared memory for the block's warps.

@@ -1,4 +1,4 @@
-// The causal fast-weight recurrence (kernels.md Sec. 1), shared by the CPU (fast_weight_cpu.cpp)
+// The causal fast-weight recurrence (docs/derivations.md Sec. 1, 4 and 6), shared by the CPU (fast_weight_cpu.cpp)
 // and CUDA (fast_weight.cu) kernels.
 //
 // Per (batch, head) the state S is d_k x d_v, key-major, in the accumulation type acc_t (fp32, or

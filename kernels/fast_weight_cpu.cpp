@@ -1,6 +1,6 @@
 // CPU kernels of the fused fast-weight recurrence (algorithm and backward: fast_weight.h).
 //
-// The columns of the state are independent (kernels.md Sec. 1), so d_v is cut into tiles of kTile
+// The columns of the state are independent (docs/derivations.md Sec. 6), so d_v is cut into tiles of kTile
 // columns (64 bytes of accumulators: 16 fp32 or 8 fp64). Within a tile, the per-step vectors over the
 // columns (retrieved values, outputs, du) are fixed-size arrays that the compiler keeps in vector
 // registers, and the tile's state (d_k x kTile) stays in L1. The sums over d_k run in kLanes

@@ -1,4 +1,4 @@
-// fwp::sum_norm, the sum normalisation of paper.md Sec. 2: y = x / (sum_j x_j + eps) over the last
+// fwp::sum_norm, the sum normalisation of docs/derivations.md (D5): y = x / (sum_j x_j + eps) over the last
 // dimension. A small op that exercises the whole custom-op path: a TORCH_LIBRARY schema, CPU and
 // CUDA kernels, an Autograd kernel backed by a torch::autograd::Function with an explicit
 // backward, and a C entry point for Rust. Its reference twin is `norm::sum_normalise_reference`.

@@ -1,5 +1,5 @@
 //! Multi-head causal attention: softmax (libtorch's scaled-dot-product attention) or a fast-weight
-//! layer {feature map, update rule, normalisation, backend} (paper.md Sec. 1-4).
+//! layer {feature map, update rule, normalisation, backend} (docs/derivations.md Sec. 1-3).
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};

@@ -1,5 +1,6 @@
 //! The Transformer block: attention and a feed-forward net, each in a residual branch with
-//! LayerNorm after the sum (post-LN, paper.md Sec. 6) or before the branch (pre-LN).
+//! LayerNorm after the sum (post-LN, as the authors' language models; docs/lm.md) or before the branch
+//! (pre-LN).
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};

@@ -1,4 +1,4 @@
-//! Feature maps phi: R^{d_key} -> R^{d_dot} (paper.md Sec. 4).
+//! Feature maps phi: R^{d_key} -> R^{d_dot} (docs/derivations.md Sec. 3).
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};

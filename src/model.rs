@@ -1,5 +1,5 @@
 //! A decoder-only language model: token embedding + sinusoidal positions, a stack of
-//! [`Block`]s, and an output layer tied to the embedding (paper.md Sec. 6).
+//! [`Block`]s, and an output layer tied to the embedding (docs/lm.md).
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};

@@ -1,4 +1,4 @@
-//! Normalisations of the fast-weight layer (paper.md Sec. 2-3). Two different things:
+//! Normalisations of the fast-weight layer (docs/derivations.md Sec. 2). Two different things:
 //! attention normalisation divides the output by z_t . phi(q_t), z_t = sum_{i<=t} phi(k_i);
 //! sum normalisation divides each feature vector by the sum of its entries.
 

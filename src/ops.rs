@@ -102,7 +102,7 @@ pub fn layout(t: &Tensor) -> Result<&'static str> {
     })
 }
 
-/// Sum normalisation (paper.md Sec. 2) by the C++ op `fwp::sum_norm`: `x / (sum_j x_j + eps)` over
+/// Sum normalisation (docs/derivations.md, D5) by the C++ op `fwp::sum_norm`: `x / (sum_j x_j + eps)` over
 /// the last dimension, with an explicit backward. Reference twin:
 /// [`crate::norm::sum_normalise_reference`].
 pub fn sum_norm(x: &Tensor, eps: f64) -> Result<Tensor> {

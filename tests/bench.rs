@@ -78,7 +78,7 @@ fn presets_expand_to_valid_cases() {
         .iter()
         .filter(|c| c.op == Op::Reference)
         .all(|c| c.t <= 1024));
-    // The target configuration is in the default grid.
+    // The configuration docs/performance.md leads with is in the default grid.
     assert!(cpu.iter().any(|c| c.op == Op::Fused
         && c.rule == Some(UpdateRule::Delta)
         && (c.batch, c.heads, c.t, c.d_k) == (2, 4, 1024, 64)));

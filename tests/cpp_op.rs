@@ -3,13 +3,13 @@
 
 mod common;
 
-use common::{assert_close, cuda_or_skip, grads};
+use common::{assert_close, cuda_or_skip, grads, seeded};
 use fwp::norm::sum_normalise_reference;
 use fwp::ops;
 use tch::{Device, Kind, Tensor};
 
 fn check_against_reference(device: Device, kind: Kind, tol: f64) {
-    tch::manual_seed(21);
+    let _rng = seeded(21);
     let x = (Tensor::rand([4, 3, 17], (kind, device)) + 0.1).set_requires_grad(true);
     let g = Tensor::randn([4, 3, 17], (kind, device));
     let eps = 1e-3;

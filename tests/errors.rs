@@ -1,5 +1,7 @@
 //! Bad input gives an `Err` naming the tensor and the expected shape: never a panic.
 
+mod common;
+
 use fwp::{
     fast_weight, ops, AttentionConfig, AttentionKind, Backend, FastWeightConfig, FeatureMap,
     MultiHeadAttention, Normalisation, UpdateRule,
@@ -150,12 +152,7 @@ fn wrong_dtypes() {
 
 #[test]
 fn mismatched_devices() {
-    if !tch::Cuda::is_available() {
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED mismatched_devices on CUDA: no CUDA GPU visible"
-        );
+    if !common::cuda_or_skip("mismatched_devices") {
         return;
     }
     let q = t(&[1, 1, 3, 4]);
@@ -430,21 +427,10 @@ fn raw_backward_op_checks_its_checkpoints_and_gradients() {
         &e(run(&go, &ckpt, Some(&t(&[1, 2, 3, 3])))),
         &["grad_state", "[1, 2, 4, 3]"],
     );
-    if tch::Cuda::is_available() {
+    if common::cuda_or_skip("raw_backward_op_checks_its_checkpoints_and_gradients") {
         let gpu = ckpt.to_device(Device::Cuda(0));
         assert_mentions(&e(run(&go, &gpu, None)), &["checkpoints", "cuda"]);
         let go_gpu = go.to_device(Device::Cuda(0));
         assert_mentions(&e(run(&go_gpu, &ckpt, None)), &["grad_out", "cuda"]);
-    } else {
-        common_skip("raw_backward_op_checks_its_checkpoints_and_gradients");
     }
-}
-
-/// Prints the skip notice past libtest's capture.
-fn common_skip(test: &str) {
-    use std::io::Write;
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED {test} on CUDA: no CUDA GPU visible"
-    );
 }

@@ -3,14 +3,14 @@
 
 mod common;
 
-use common::{assert_close, GRAD_NAMES};
+use common::{assert_close, seeded, GRAD_NAMES};
 use fwp::{fast_weight, Backend, UpdateRule};
 use tch::{Device, Kind, Tensor};
 
 #[test]
 fn generic_cpu_kernels_match_reference() {
     std::env::set_var("FWP_CPU_GENERIC", "1");
-    tch::manual_seed(50);
+    let _rng = seeded(50);
     let f = (Kind::Double, Device::Cpu);
     for (t, d_k, d_v) in [(1, 16, 16), (65, 60, 33), (130, 64, 64)] {
         let q = Tensor::randn([2, 3, t, d_k], f).set_requires_grad(true);

@@ -3,9 +3,10 @@
 //! evaluation protocols against naive twins, Adam against libtorch's, and TorchScript export
 //! loaded by plain Python.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
-use std::sync::{Mutex, MutexGuard};
 
 use fwp::lm::adam::{clip_grad_norm, learning_rate, Adam};
 use fwp::lm::checkpoint::{self, RunConfig};
@@ -17,12 +18,10 @@ use fwp::report::read_records;
 use fwp::Variant;
 use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
 
-/// libtorch's random generator is global to the process: tests that seed it and expect the same
-/// numbers twice hold this lock so that no other test draws in between.
-static RNG: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    RNG.lock().unwrap_or_else(|e| e.into_inner())
+/// Every test here that draws from libtorch's (process-wide) random generator, or seeds it and
+/// expects the same numbers twice, holds its lock, so that no other test draws in between.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    common::rng_lock()
 }
 
 fn fixture() -> PathBuf {
@@ -180,6 +179,7 @@ fn brown_split_is_by_file_and_stratified() {
 
 #[test]
 fn model_shapes_and_presets() {
+    let _rng = serial();
     for v in [
         "softmax",
         "sum:linear",
@@ -363,6 +363,7 @@ fn naive_sliding(model: &fwp::LanguageModel, tokens: &Tensor, context: i64) -> f
 
 #[test]
 fn sliding_window_perplexity_equals_the_naive_one() {
+    let _rng = serial();
     let c = Corpus::load(&fixture(), 1).unwrap();
     let tokens = c.valid.narrow(0, 0, 70);
     let aligned = c.valid.narrow(0, 0, 65); // 64 predictions: four whole segments
@@ -402,6 +403,7 @@ fn sliding_window_perplexity_equals_the_naive_one() {
 
 #[test]
 fn stateful_evaluation_carries_fast_weights() {
+    let _rng = serial();
     let c = Corpus::load(&fixture(), 1).unwrap();
     let tokens = c.valid.narrow(0, 0, 49); // 48 predictions: three segments of 16
     let cfg = config("delta:linear", 1);

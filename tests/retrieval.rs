@@ -1,5 +1,9 @@
-//! The retrieval experiment (paper.md Sec. 5): data invariants of both settings, model shapes, the
+//! The retrieval experiment (docs/retrieval.md): data invariants of both settings, model shapes, the
 //! loss of the zero prediction, a tiny end-to-end run, and the results file's resume behaviour.
+
+mod common;
+
+use common::seeded;
 
 use fwp::report::{append_record, read_records};
 use fwp::retrieval::{
@@ -19,7 +23,7 @@ fn rows(t: &Tensor) -> Vec<Vec<i64>> {
 
 #[test]
 fn capacity_setting_holds_every_key_once_with_distinct_values() {
-    tch::manual_seed(60);
+    let _rng = seeded(60);
     let s = 13;
     let b = sample(Setting::Capacity, s, 8, 200, Device::Cpu).unwrap();
     assert_eq!(b.keys.size(), vec![8, s]);
@@ -60,7 +64,7 @@ fn capacity_setting_holds_every_key_once_with_distinct_values() {
 
 #[test]
 fn update_setting_targets_the_last_occurrence() {
-    tch::manual_seed(61);
+    let _rng = seeded(61);
     let s = 7;
     let b = sample(Setting::Updates, s, 16, 200, Device::Cpu).unwrap();
     assert_eq!(b.keys.size(), vec![16, 2 * s], "length 2S");
@@ -107,7 +111,7 @@ fn config(variant: Variant, s: i64) -> ModelConfig {
 
 #[test]
 fn model_shapes_and_zero_prediction_loss() {
-    tch::manual_seed(62);
+    let _rng = seeded(62);
     let s = 11;
     for variant in [
         Variant::Softmax,
@@ -160,7 +164,7 @@ fn variant_names_round_trip() {
 
 #[test]
 fn softmax_solves_five_keys_within_budget() {
-    tch::manual_seed(63);
+    let _rng = seeded(63);
     let vs = nn::VarStore::new(Device::Cpu);
     let model = RetrievalModel::new(
         vs.root(),

@@ -1,6 +1,6 @@
 //! Experiment `bench`: speed and memory of every fast-weight backend (Reference, Chunked, Fused;
 //! sum and delta rules) against causal softmax attention (libtorch's scaled-dot-product attention),
-//! against this machine's own measured ceilings (kernels.md Sec. 4).
+//! against this machine's own measured ceilings (docs/derivations.md Sec. 7).
 //!
 //! For each case of a grid (B, H, T, d, dtype, device, op) it times the forward (no_grad) and the
 //! forward + backward: warm-up runs, then the median, min and max of the timed runs (synchronised

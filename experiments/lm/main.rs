@@ -1,4 +1,4 @@
-//! Experiment `lm`: word-level language modelling (paper.md Sec. 6; WikiText-103 in the paper) with
+//! Experiment `lm`: word-level language modelling (docs/lm.md; WikiText-103 in the paper) with
 //! every attention variant: softmax, or fast weights with the sum or delta rule and a feature map.
 //! The finding to check: softmax has the lowest perplexity, and the delta rule beats the sum rule
 //! for each feature map.

@@ -1,5 +1,5 @@
 //! Experiment `retrieval`: the paper's synthetic associative-retrieval experiments (Schlag et al.
-//! 2021, Sec. 4.1 / paper.md Sec. 5). Setting 1 (capacity): a sum-rule fast-weight memory fails once
+//! 2021; docs/retrieval.md). Setting 1 (capacity): a sum-rule fast-weight memory fails once
 //! it holds more than about d_dot associations, at a point that grows with the feature map's d_dot.
 //! Setting 2 (updates): the delta rule updates associations, the sum rule cannot.
 //!

@@ -150,7 +150,7 @@ impl Case {
 
     /// Model FLOPs of (forward, backward).
     ///
-    /// Fast weights, whatever the backend (kernels.md Sec. 4, recurrent form, with d^2 = d_k d_v):
+    /// Fast weights, whatever the backend (docs/derivations.md Sec. 7, recurrent form, with d^2 = d_k d_v):
     /// sum rule 4 and 8, delta rule 6 and 12 d_k d_v per head-token. This is the work the
     /// recurrence needs, so rates are comparable across backends; the chunked form executes more
     /// (10 C d + 6 d^2 + C^2/3 forward for the delta rule) and the fused backward also replays

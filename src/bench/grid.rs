@@ -11,7 +11,7 @@ use crate::recurrence::UpdateRule;
 #[serde(rename_all = "lowercase")]
 pub enum Preset {
     /// fp32 on this machine class (2 cores): B=2, H=4, d in {64, 128}, T = 256 .. 8192; the
-    /// Reference backend up to T = 1024. About 6 minutes.
+    /// Reference backend up to T = 1024. About 3 minutes.
     Cpu,
     /// H100/H200: B*T = 16k tokens (B = 1 from T = 16k), H = 16, d in {64, 128}, T = 1k .. 32k,
     /// bf16 and fp32; the Reference backend up to T = 1024. Sized to run in a few minutes.

@@ -2,7 +2,7 @@
 //! (Reference, Chunked, Fused; sum and delta rules) and of causal softmax attention, over a grid of
 //! shapes, dtypes and devices, with the machine's own measured ceilings (`peak`) to compare against.
 //!
-//! - [`case`]: one configuration and its FLOP model (kernels.md Sec. 4);
+//! - [`case`]: one configuration and its FLOP model (docs/derivations.md Sec. 7);
 //! - [`grid`]: the presets (a CPU grid for 2 cores, a GPU grid for H100/H200, a quick one for tests);
 //! - [`measure`]: warm-up, then median / min / max of repeated runs, and peak memory;
 //! - [`memory`]: peak memory per device (CUDA allocator statistics; RSS high-water mark on CPU);

@@ -1,6 +1,6 @@
 //! Adam (Kingma & Ba) with PyTorch's update, whose state can be saved and restored (tch's optimiser
 //! keeps its moments inside libtorch, out of reach). Also the learning-rate schedule and gradient
-//! clipping of the paper's LM protocol (paper.md Sec. 6).
+//! clipping of the paper's LM protocol (docs/lm.md).
 
 use std::collections::BTreeMap;
 use std::path::Path;

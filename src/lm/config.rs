@@ -1,4 +1,5 @@
-//! The LM experiment's configuration: model presets (paper.md Sec. 6, plus `tiny` for a CPU) and
+//! The LM experiment's configuration: model presets (the paper's small and medium, plus `tiny`
+//! for a CPU; docs/lm.md) and
 //! the training protocol, saved with every run.
 
 use anyhow::{bail, Result};
@@ -150,7 +151,7 @@ impl LmModel {
     }
 }
 
-/// The training protocol (paper.md Sec. 6: Adam 2.5e-4, 2000 warm-up steps, cosine to 0,
+/// The training protocol (the authors', docs/lm.md: Adam 2.5e-4, 2000 warm-up steps, cosine to 0,
 /// clipping 0.25), with the budget of the chosen preset (`tiny`: a CPU budget, see [`Preset`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {

@@ -1,4 +1,4 @@
-//! The word-level language-modelling experiment (paper.md Sec. 6) behind `experiments/lm`:
+//! The word-level language-modelling experiment (docs/lm.md) behind `experiments/lm`:
 //!
 //! - [`data`]: WikiText-layout corpora and the vocabulary; [`brown`]: the Brown corpus in that layout;
 //! - [`config`]: model presets (`tiny`, `small`, `medium`) and the training protocol;

@@ -1,4 +1,4 @@
-//! `Backend::Chunked`: the chunkwise-parallel form of the recurrence (kernels.md Sec. 2; Yang et
+//! `Backend::Chunked`: the chunkwise-parallel form of the recurrence (docs/derivations.md Sec. 5; Yang et
 //! al. 2024, the WY/UT representation of products of Householder-like transitions).
 //!
 //! For a chunk of C steps with keys K, queries Q (C x d_k), values V (C x d_v), write strengths

@@ -1,4 +1,4 @@
-//! The causal fast-weight recurrence (paper.md Sec. 1 and 3; kernels.md Sec. 1), behind one
+//! The causal fast-weight recurrence (the paper's Sec. 3 and 4.2; docs/derivations.md Sec. 1), behind one
 //! public function, [`fast_weight`].
 //!
 //! Per (batch, head) the state S is `d_k x d_v`, key-major (S = W^T of the paper):
@@ -23,7 +23,7 @@ use crate::check::{self, Dim};
 pub use chunked::fast_weight_chunked;
 pub use reference::fast_weight_reference;
 
-/// How the fast weights are written (paper.md Sec. 1 and 3).
+/// How the fast weights are written (docs/derivations.md, D1-D3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum UpdateRule {
     /// `W_t = W_{t-1} + v_t k_t^T`: purely additive (linear attention).
@@ -67,7 +67,7 @@ pub enum Backend {
     /// The step-by-step recurrence as the paper writes it; gradients by libtorch autograd.
     /// Slow, O(T) small ops, but the ground truth every other backend is tested against.
     Reference,
-    /// The chunkwise-parallel form (kernels.md Sec. 2): matrix-matrix work inside chunks of
+    /// The chunkwise-parallel form (docs/derivations.md Sec. 5): matrix-matrix work inside chunks of
     /// `chunk_size` steps, a sequential pass over chunks only. Any T, also not a multiple of it.
     Chunked { chunk_size: i64 },
     /// Our fused kernels (kernels/fast_weight*.{cpp,cu}): the recurrence in one pass with an

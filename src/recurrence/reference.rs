@@ -1,5 +1,5 @@
-//! `Backend::Reference`: the recurrence one step at a time, exactly as written in paper.md
-//! Sec. 1 and 3, differentiated by libtorch autograd. The ground truth for every fast path.
+//! `Backend::Reference`: the recurrence one step at a time, exactly as written in
+//! docs/derivations.md (D1)-(D3), differentiated by libtorch autograd. The ground truth for every fast path.
 
 use anyhow::Result;
 use tch::Tensor;

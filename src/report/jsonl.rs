@@ -72,9 +72,12 @@ pub struct BadLine {
     pub reason: String,
 }
 
-/// The lines of `path` as (1-based number, bytes, complete): a last line without its newline is
-/// incomplete (an append cut short). None if the file does not exist.
-fn lines(path: &Path) -> Result<Option<Vec<(usize, Vec<u8>, bool)>>> {
+/// One line of a file: its 1-based number, its bytes (without the newline), and whether it is
+/// complete (a last line without its newline is an append cut short).
+type Line = (usize, Vec<u8>, bool);
+
+/// The lines of `path`; None if the file does not exist.
+fn lines(path: &Path) -> Result<Option<Vec<Line>>> {
     refuse_directory(path)?;
     let bytes = match std::fs::read(path) {
         Ok(b) => b,

@@ -1,4 +1,4 @@
-//! Data of the synthetic associative-retrieval tasks (paper.md Sec. 5).
+//! Data of the synthetic associative-retrieval tasks (docs/retrieval.md).
 //!
 //! S keys and S values, both numbered 0..S (the authors' strings "a".."z", "aa", ... and their
 //! upper-case forms: a vocabulary of 2S symbols).

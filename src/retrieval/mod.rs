@@ -1,4 +1,4 @@
-//! The synthetic associative-retrieval experiments of paper.md Sec. 5 (the `retrieval` binary):
+//! The synthetic associative-retrieval experiments of the paper (docs/retrieval.md; the `retrieval` binary):
 //! data for both settings, the one-layer model, the training protocol, the run records and the
 //! sweep's table and plot.
 

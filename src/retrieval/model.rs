@@ -1,4 +1,5 @@
-//! The one-layer retrieval model of paper.md Sec. 5 (the authors' synthetic-task code):
+//! The one-layer retrieval model of the paper's synthetic experiments (docs/retrieval.md; the
+//! authors' synthetic-task code):
 //!
 //! ```text
 //! x_t   = [onehot(v_t); emb(k_t)]                 input, size S + e, e = int(2S * 1.1), emb ~ N(0, 1)

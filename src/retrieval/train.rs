@@ -1,4 +1,4 @@
-//! Training protocol of paper.md Sec. 5: Adam (lr 1e-3), batch 32, up to 100k steps; every 100 steps
+//! The training protocol of the paper's synthetic experiments (docs/retrieval.md): Adam (lr 1e-3), batch 32, up to 100k steps; every 100 steps
 //! evaluate on 20 fresh sequences querying every distinct key (at most 200); stop when the eval
 //! loss reaches 0.001 (solved) or after 10 evaluations without improvement.
 

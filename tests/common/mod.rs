@@ -85,6 +85,23 @@ pub fn compare(label: &str, got: &Outputs, want: &Outputs, tol: Tol) {
     }
 }
 
+/// libtorch's random generator is global to the process, and tests run side by side: a test that
+/// seeds it holds this lock for its whole run, so that no other seeded test draws in between and its
+/// inputs are the same whatever the number of test threads.
+static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Takes the lock on libtorch's random generator (see [`seeded`]) without seeding.
+pub fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Takes the lock on libtorch's random generator and seeds it; hold the guard for the whole test.
+pub fn seeded(seed: i64) -> std::sync::MutexGuard<'static, ()> {
+    let guard = rng_lock();
+    tch::manual_seed(seed);
+    guard
+}
+
 /// Random tensor that requires grad.
 pub fn leaf(shape: &[i64], kind: Kind) -> Tensor {
     Tensor::randn(shape, (kind, Device::Cpu)).set_requires_grad(true)
