@@ -26,6 +26,7 @@ pub mod feature_map;
 pub mod info;
 pub mod lm;
 pub mod model;
+mod names;
 pub mod norm;
 pub mod ops;
 pub mod param;

@@ -1,8 +1,5 @@
 //! One benchmark configuration and its FLOP model.
 
-use std::fmt;
-use std::str::FromStr;
-
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use tch::Kind;
@@ -23,34 +20,12 @@ pub enum Op {
     Softmax,
 }
 
-impl Op {
-    pub const ALL: [Op; 4] = [Op::Reference, Op::Chunked, Op::Fused, Op::Softmax];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Op::Reference => "reference",
-            Op::Chunked => "chunked",
-            Op::Fused => "fused",
-            Op::Softmax => "softmax",
-        }
-    }
-}
-
-impl fmt::Display for Op {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for Op {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match Op::ALL.iter().find(|op| op.name() == s) {
-            Some(op) => Ok(*op),
-            None => bail!("unknown op {s:?}: expected one of reference, chunked, fused, softmax"),
-        }
-    }
-}
+crate::names::named_enum!(Op, "op", {
+    Reference => "reference",
+    Chunked => "chunked",
+    Fused => "fused",
+    Softmax => "softmax",
+});
 
 /// Input dtype.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -62,40 +37,15 @@ pub enum DType {
     F64,
 }
 
-impl DType {
-    pub const ALL: [DType; 4] = [DType::F32, DType::Bf16, DType::F16, DType::F64];
+crate::names::named_enum!(DType, "dtype", { F32 => "f32", Bf16 => "bf16", F16 => "f16", F64 => "f64" });
 
+impl DType {
     pub fn kind(self) -> Kind {
         match self {
             DType::F32 => Kind::Float,
             DType::Bf16 => Kind::BFloat16,
             DType::F16 => Kind::Half,
             DType::F64 => Kind::Double,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            DType::F32 => "f32",
-            DType::Bf16 => "bf16",
-            DType::F16 => "f16",
-            DType::F64 => "f64",
-        }
-    }
-}
-
-impl fmt::Display for DType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for DType {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match DType::ALL.iter().find(|d| d.name() == s) {
-            Some(d) => Ok(*d),
-            None => bail!("unknown dtype {s:?}: expected one of f32, bf16, f16, f64"),
         }
     }
 }

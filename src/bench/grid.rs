@@ -20,34 +20,7 @@ pub enum Preset {
     Quick,
 }
 
-impl Preset {
-    pub const ALL: [Preset; 3] = [Preset::Cpu, Preset::Gpu, Preset::Quick];
-
-    /// `cpu`, `gpu` or `quick`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Preset::Cpu => "cpu",
-            Preset::Gpu => "gpu",
-            Preset::Quick => "quick",
-        }
-    }
-}
-
-impl std::fmt::Display for Preset {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl std::str::FromStr for Preset {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match Preset::ALL.iter().find(|p| p.name() == s) {
-            Some(p) => Ok(*p),
-            None => bail!("preset '{s}': expected cpu, gpu or quick"),
-        }
-    }
-}
+crate::names::named_enum!(Preset, "preset", { Cpu => "cpu", Gpu => "gpu", Quick => "quick" });
 
 /// The cross product that [`Grid::cases`] expands.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

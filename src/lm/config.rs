@@ -25,34 +25,7 @@ pub enum Preset {
     Medium,
 }
 
-impl Preset {
-    pub const ALL: [Preset; 3] = [Preset::Tiny, Preset::Small, Preset::Medium];
-
-    /// `tiny`, `small` or `medium`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Preset::Tiny => "tiny",
-            Preset::Small => "small",
-            Preset::Medium => "medium",
-        }
-    }
-}
-
-impl std::fmt::Display for Preset {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl std::str::FromStr for Preset {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match Preset::ALL.iter().find(|p| p.name() == s) {
-            Some(p) => Ok(*p),
-            None => bail!("preset '{s}': expected tiny, small or medium"),
-        }
-    }
-}
+crate::names::named_enum!(Preset, "preset", { Tiny => "tiny", Small => "small", Medium => "medium" });
 
 /// The network, apart from the vocabulary size (which comes from the corpus).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]

@@ -26,33 +26,7 @@ pub enum Split {
     Test,
 }
 
-impl Split {
-    pub const ALL: [Split; 3] = [Split::Train, Split::Valid, Split::Test];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Split::Train => "train",
-            Split::Valid => "valid",
-            Split::Test => "test",
-        }
-    }
-}
-
-impl std::fmt::Display for Split {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl std::str::FromStr for Split {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match Split::ALL.iter().find(|x| x.name() == s) {
-            Some(x) => Ok(*x),
-            None => bail!("split '{s}': expected train, valid or test"),
-        }
-    }
-}
+crate::names::named_enum!(Split, "split", { Train => "train", Valid => "valid", Test => "test" });
 
 /// The file of `split` in `dir`: `<split>.txt`, else WikiText's `wiki.<split>.tokens`.
 pub fn split_file(dir: &Path, split: Split) -> Result<PathBuf> {

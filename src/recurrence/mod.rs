@@ -32,34 +32,7 @@ pub enum UpdateRule {
     Delta,
 }
 
-impl UpdateRule {
-    pub const ALL: [UpdateRule; 2] = [UpdateRule::Sum, UpdateRule::Delta];
-
-    /// `sum` or `delta`: the name [`UpdateRule::from_str`](std::str::FromStr) reads back.
-    pub fn name(self) -> &'static str {
-        match self {
-            UpdateRule::Sum => "sum",
-            UpdateRule::Delta => "delta",
-        }
-    }
-}
-
-impl std::fmt::Display for UpdateRule {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl std::str::FromStr for UpdateRule {
-    type Err = anyhow::Error;
-    /// `sum` or `delta`.
-    fn from_str(s: &str) -> Result<Self> {
-        match UpdateRule::ALL.iter().find(|r| r.name() == s) {
-            Some(r) => Ok(*r),
-            None => bail!("update rule '{s}': expected sum or delta"),
-        }
-    }
-}
+crate::names::named_enum!(UpdateRule, "update rule", { Sum => "sum", Delta => "delta" });
 
 /// Which implementation of the recurrence runs. All give the same numbers up to rounding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
