@@ -72,13 +72,17 @@ inline int64_t cuda_longest_chunk(int64_t d_k, int64_t longest, int64_t acc_byte
   return 0;
 }
 
-// The CUDA kernels' checkpoint interval for sequences of T steps: the longest chunk of at most 64
-// steps (and at most T) whose replay buffer fits the device's `limit`. Checkpoints cost d_k d_v /
-// chunk state values per step, so a short chunk is expensive (a quarter of the limit gave chunk 2
-// at d = 256, 128 KiB per head-token), while one block per multiprocessor fills the GPU when there
-// are more (batch, head, value tile) blocks than multiprocessors.
+// The CUDA kernels' checkpoint interval for sequences of T steps, at most 64 (and at most T):
+// the longest chunk whose replay buffer takes at most a quarter of the device's shared-memory
+// `limit`, so that four blocks can share a multiprocessor and hide each other's latency, as long as
+// that still gives 16 steps; else the longest chunk that fits the whole limit. Checkpoints cost
+// d_k d_v / chunk state values per step: the quarter alone gave 9 steps at d = 128 and 2 at d = 256
+// on H100/H200 (128 KiB per head-token), the whole limit gives 51 and 23 there.
 inline int64_t cuda_chunk_for(int64_t d_k, int64_t T, int64_t acc_bytes, int64_t limit) {
-  return cuda_longest_chunk(d_k, T < 64 ? T : 64, acc_bytes, limit);
+  const int64_t longest = T < 64 ? T : 64;
+  const int64_t shared = cuda_longest_chunk(d_k, longest, acc_bytes, limit / 4);
+  if (shared >= 16 || shared == longest) return shared;
+  return cuda_longest_chunk(d_k, longest, acc_bytes, limit);
 }
 
 // Sizes of one call.

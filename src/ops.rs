@@ -232,8 +232,9 @@ pub fn fused_cuda_max_dk(device: usize, d_v: i64, kind: Kind) -> Result<i64> {
 
 /// The checkpoint interval the recurrent CUDA kernels use for keys of width `d_k`, `t` steps and
 /// inputs of dtype `kind` on a GPU with `smem_limit` bytes of opt-in shared memory per block (227 KiB
-/// on H100/H200, 163 KiB on A100): the longest chunk of at most 64 steps whose backward buffer fits.
-/// 0 when not even one step fits. Arithmetic only: no GPU needed.
+/// on H100/H200, 163 KiB on A100): at most 64 steps, as many as a quarter of the limit holds while
+/// that is at least 16, else as many as the whole limit holds (docs/derivations.md Sec. 6). 0 when
+/// not even one step fits. Arithmetic only: no GPU needed.
 pub fn fused_cuda_chunk_for(d_k: i64, t: i64, kind: Kind, smem_limit: i64) -> Result<i64> {
     let acc_bytes = if kind == Kind::Double { 8 } else { 4 };
     let mut out = 0i64;
