@@ -231,12 +231,19 @@ template <typename Kernel>
 cudaError_t allow_shared_memory(Kernel kernel, std::atomic<bool>* done) {
   int device = 0;
   cudaError_t e = cudaGetDevice(&device);
-  if (e != cudaSuccess) return e;
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();  // returned to the caller, not left pending for another library
+    return e;
+  }
   if (device < kMaxDevices && done[device].load(std::memory_order_acquire)) return cudaSuccess;
   const int64_t limit = fwp_cuda_smem_limit(device);
   if (limit <= 0) return static_cast<cudaError_t>(-limit);
   e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(limit));
-  if (e == cudaSuccess && device < kMaxDevices) done[device].store(true, std::memory_order_release);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    return e;
+  }
+  if (device < kMaxDevices) done[device].store(true, std::memory_order_release);
   return e;
 }
 

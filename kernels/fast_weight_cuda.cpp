@@ -86,6 +86,12 @@ void backward_cuda(const at::Tensor& grad_out, const at::Tensor& grad_state, con
                    const at::Tensor& k, const at::Tensor& v, const at::Tensor& beta,
                    const at::Tensor& checkpoints, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv,
                    at::Tensor& dbeta, at::Tensor& ds0, const Dims& d, bool delta) {
+  // The raw op takes any chunk from its caller: its replay buffer must fit (cuda_chunk's always does).
+  const int64_t acc_bytes = ds0.element_size();
+  const int64_t limit = smem_limit(q.get_device());
+  TORCH_CHECK(cuda_backward_smem_bytes(d.d_k, d.chunk, acc_bytes) <= limit, "fwp fused fast weights: chunk ",
+              d.chunk, " at d_k = ", d.d_k, " needs ", cuda_backward_smem_bytes(d.d_k, d.chunk, acc_bytes),
+              " bytes of shared memory per block; the device has ", limit);
   // dq, dk, dbeta sum over value tiles: accumulate atomically in the accumulation dtype.
   const auto acc = ds0.options();
   at::Tensor dq_acc = at::zeros(dq.sizes(), acc), dk_acc = at::zeros(dk.sizes(), acc);

@@ -47,7 +47,7 @@ Dims check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const OptTe
   const int64_t dv = v.size(3);
   TORCH_CHECK(T >= 1 && dk >= 1 && dv >= 1, "q, v: T, d_k and d_v must be >= 1, got T = ", T,
               ", d_k = ", dk, ", d_v = ", dv);
-  TORCH_CHECK(chunk >= 1, "chunk must be >= 1, got ", chunk);
+  TORCH_CHECK(chunk >= 1 && chunk <= T, "chunk must be in 1..=T (T = ", T, "), got ", chunk);
   TORCH_CHECK(at::isFloatingType(q.scalar_type()), "q: expected a floating-point dtype, got ",
               q.scalar_type());
   for (auto [name, t] : {std::pair<const char*, const Tensor*>{"k", &k}, {"v", &v}}) {

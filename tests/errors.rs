@@ -398,6 +398,13 @@ fn raw_backward_op_checks_its_checkpoints_and_gradients() {
         ops::fast_weight_backward_op(go, gs, &q, &k, &v, None, ckpt, 4)
     };
     assert!(run(&go, &ckpt, None).is_ok());
+    // a chunk longer than T (N = 1 checkpoint): refused, not a read beyond the buffers
+    let first = ckpt.narrow(2, 0, 1);
+    let e0 = ops::fast_weight_backward_op(&go, None, &q, &k, &v, None, &first, 1 << 40)
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert_mentions(&e0, &["chunk", "T = 9"]);
     let e = |r: anyhow::Result<[Tensor; 5]>| r.map(|_| ()).unwrap_err().to_string();
     assert_mentions(
         &e(run(&go, &ckpt.to_kind(Kind::Double), None)),

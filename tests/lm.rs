@@ -786,9 +786,18 @@ fn resuming_refuses_what_would_not_reproduce_the_run() {
     std::fs::write(&meta_path, meta_json.to_string()).unwrap();
     let e = load_run(&run, Device::Cpu, None).err().unwrap().to_string();
     assert!(
-        e.contains("ff_in.weight is [64, 32] in the file, [48, 32]"),
+        e.contains("ff_in.weight is [64, 32] Float in the file, [48, 32] Float"),
         "{e}"
     );
+    std::fs::write(&meta_path, &text).unwrap();
+
+    // a fresh run in this directory is refused even when the checkpoint does not read
+    std::fs::write(&meta_path, "{ not json").unwrap();
+    let e = train(&run, &cfg, &opts(&stop, false, None))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("already holds a checkpoint"), "{e}");
+    assert!(run.join("train.jsonl").is_file(), "the logs are kept");
     std::fs::write(&meta_path, &text).unwrap();
 
     // with all of it back as it was, the run resumes and finishes

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{assert_close, compare, leaf, seeded, Case, Tol, F64, GRAD_NAMES};
+use common::{assert_close, compare, devices, leaf, seeded, Case, Tol, F64, GRAD_NAMES};
 use fwp::{fast_weight, Backend, UpdateRule};
 use tch::{Device, Kind, Tensor};
 
@@ -156,36 +156,48 @@ fn non_finite_inputs_stay_causal_on_every_backend() {
             let _ = beta.narrow(2, t0, 1).fill_(f64::NAN);
         }),
     ];
-    for rule in [UpdateRule::Sum, UpdateRule::Delta] {
-        for backend in backends {
-            let run = |k: &Tensor, v: &Tensor, beta: &Tensor| {
-                let beta = (rule == UpdateRule::Delta).then_some(beta);
-                fast_weight(&case.q, k, v, beta, Some(&case.s0), rule, backend)
-                    .unwrap()
-                    .out
-            };
-            let clean = run(&case.k, &case.v, &case.beta);
-            for (what, poison) in poisons {
-                if rule == UpdateRule::Sum && what.contains("beta") {
-                    continue;
-                }
-                let (mut k, mut v, mut beta) = (case.k.copy(), case.v.copy(), case.beta.copy());
-                poison(&mut k, &mut v, &mut beta, t0);
-                let out = run(&k, &v, &beta);
-                println!("{rule:?} {backend:?} {what}");
-                assert_close(
-                    "outputs before the non-finite step",
-                    &out.narrow(2, 0, t0),
-                    &clean.narrow(2, 0, t0),
-                    1e-12,
-                    1e-12,
-                );
-                let later = out.narrow(2, t0, t - t0);
-                assert!(
-                    !bool::try_from(later.isfinite().all()).unwrap(),
-                    "{rule:?} {backend:?} {what}: the non-finite input reached no output"
-                );
+    for (device, rule, backend) in devices("non_finite_inputs_stay_causal_on_every_backend")
+        .into_iter()
+        .flat_map(|d| [UpdateRule::Sum, UpdateRule::Delta].map(|r| (d, r)))
+        .flat_map(|(d, r)| backends.map(|b| (d, r, b)))
+    {
+        let on = |t: &Tensor| t.to_device(device);
+        let run = |k: &Tensor, v: &Tensor, beta: &Tensor| {
+            let beta = (rule == UpdateRule::Delta).then_some(beta);
+            let beta = beta.map(on);
+            fast_weight(
+                &on(&case.q),
+                &on(k),
+                &on(v),
+                beta.as_ref(),
+                Some(&on(&case.s0)),
+                rule,
+                backend,
+            )
+            .unwrap()
+            .out
+        };
+        let clean = run(&case.k, &case.v, &case.beta);
+        for (what, poison) in poisons {
+            if rule == UpdateRule::Sum && what.contains("beta") {
+                continue;
             }
+            let (mut k, mut v, mut beta) = (case.k.copy(), case.v.copy(), case.beta.copy());
+            poison(&mut k, &mut v, &mut beta, t0);
+            let out = run(&k, &v, &beta);
+            println!("{device:?} {rule:?} {backend:?} {what}");
+            assert_close(
+                "outputs before the non-finite step",
+                &out.narrow(2, 0, t0).to_device(Device::Cpu),
+                &clean.narrow(2, 0, t0).to_device(Device::Cpu),
+                1e-12,
+                1e-12,
+            );
+            let later = out.narrow(2, t0, t - t0);
+            assert!(
+                !bool::try_from(later.isfinite().all()).unwrap(),
+                "{device:?} {rule:?} {backend:?} {what}: the non-finite input reached no output"
+            );
         }
     }
 }

@@ -139,6 +139,21 @@ fn bad_lines_cost_only_themselves() {
         .unwrap()
         .windows(6)
         .any(|w| w == b"\"s\": 6"));
+    // a whole record whose newline did not make it to disk counts, and the next append completes it
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes.extend_from_slice(b"{\"s\": 8}");
+    std::fs::write(&path, &bytes).unwrap();
+    let (recs, _) = read_records_checked::<serde_json::Value>(&path).unwrap();
+    assert_eq!(recs.last().unwrap()["s"], 8);
+    append_record(&path, &serde_json::json!({"s": 9})).unwrap();
+    let (recs, _) = read_records_checked::<serde_json::Value>(&path).unwrap();
+    let tail: Vec<i64> = recs
+        .iter()
+        .rev()
+        .take(2)
+        .map(|r| r["s"].as_i64().unwrap())
+        .collect();
+    assert_eq!(tail, vec![9, 8]);
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -180,6 +195,13 @@ fn rewriting_keeps_the_bytes_of_the_kept_lines() {
     assert_eq!(
         std::fs::read_to_string(&path).unwrap(),
         lines[..3].join("\n") + "\n"
+    );
+    // a whole last record without its newline is kept (and completed) when it is to be kept
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    retain_records(&path, |_| true).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        lines.join("\n") + "\n"
     );
     std::fs::remove_dir_all(&dir).ok();
 }

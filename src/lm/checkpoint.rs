@@ -42,6 +42,7 @@ pub struct Meta {
     /// How the random state is reproduced: libtorch's generator is reseeded from (seed, step)
     /// before every update, so no generator state needs saving.
     pub rng: String,
+    #[serde(default, with = "crate::report::real::option")]
     pub last_loss: Option<f64>,
     pub parameters: i64,
     pub fwp_version: String,
@@ -117,6 +118,12 @@ pub fn recover(run: &Path) -> Result<()> {
             .with_context(|| format!("restoring {} as {}", old.display(), cur.display()))?;
     }
     Ok(())
+}
+
+/// Whether `run` holds a checkpoint directory (complete or not): a fresh run must not replace it.
+pub fn exists(run: &Path) -> bool {
+    let (cur, _, old) = dirs(run);
+    cur.exists() || old.exists()
 }
 
 /// The newest complete checkpoint of `run` and its metadata.
@@ -264,11 +271,13 @@ pub fn load_weights(dir: &Path, vs: &mut VarStore) -> Result<()> {
         .iter()
         .filter_map(|(n, t)| {
             let v = vars.get(n)?;
-            (v.size() != t.size()).then(|| {
+            (v.size() != t.size() || v.kind() != t.kind()).then(|| {
                 format!(
-                    "{n} is {:?} in the file, {:?} in the model",
+                    "{n} is {:?} {:?} in the file, {:?} {:?} in the model",
                     t.size(),
-                    v.size()
+                    t.kind(),
+                    v.size(),
+                    v.kind()
                 )
             })
         })

@@ -150,7 +150,8 @@ pub fn train(run: &Path, cfg: &RunConfig, opts: &TrainOptions) -> Result<Outcome
         let corpus = Corpus::load_with_vocab(&cfg.data, checkpoint::load_vocab(&dir, &meta)?)?;
         (corpus, Some((dir, meta)))
     } else {
-        if checkpoint::find(run).is_ok() {
+        // a checkpoint directory at all, even one whose meta.json does not read
+        if checkpoint::exists(run) {
             bail!(
                 "{} already holds a checkpoint: resume it, or choose another run directory",
                 run.display()

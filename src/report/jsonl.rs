@@ -11,8 +11,9 @@ use serde::{de::DeserializeOwned, Serialize};
 use super::finite::check_finite;
 
 /// Appends `record` as one JSON line with a single write (O_APPEND: concurrent appenders never
-/// interleave within a line) and syncs it to disk before returning.
-/// A last line left incomplete by a crash is cut off first, so the new record starts a line.
+/// interleave within a line) and syncs it to disk before returning; appenders take the file's lock
+/// in turn. A last line left without its newline by a crash is mended first: completed if it is a
+/// whole record (the write stopped just short of the newline), cut off otherwise.
 /// A record holding a non-finite number that JSON cannot represent is refused (nothing is written):
 /// fields that may legitimately be NaN or infinite are written with [`super::real`].
 pub fn append_record<T: Serialize>(path: &Path, record: &T) -> Result<()> {
@@ -20,17 +21,26 @@ pub fn append_record<T: Serialize>(path: &Path, record: &T) -> Result<()> {
     let mut line = serde_json::to_string(record)?;
     line.push('\n');
     refuse_directory(path)?;
+    let created = !path.exists();
     let mut f = OpenOptions::new()
         .create(true)
         .append(true)
         .read(true)
         .open(path)
         .with_context(|| format!("opening {} to append", path.display()))?;
-    cut_torn_tail(&mut f).with_context(|| format!("repairing the end of {}", path.display()))?;
+    f.lock()
+        .with_context(|| format!("locking {} to append", path.display()))?;
+    mend_tail(&mut f).with_context(|| format!("repairing the end of {}", path.display()))?;
     f.write_all(line.as_bytes())
         .with_context(|| format!("appending to {}", path.display()))?;
     f.sync_data()
         .with_context(|| format!("syncing {}", path.display()))?;
+    if created {
+        match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => super::sync_dir(d)?,
+            _ => super::sync_dir(Path::new("."))?,
+        }
+    }
     Ok(())
 }
 
@@ -44,8 +54,9 @@ fn refuse_directory(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Truncates the file after its last newline if it does not end with one.
-fn cut_torn_tail(f: &mut std::fs::File) -> std::io::Result<()> {
+/// If the file does not end with a newline: adds one when its last line is a whole JSON value,
+/// else truncates it after its last newline.
+fn mend_tail(f: &mut std::fs::File) -> std::io::Result<()> {
     use std::io::{Read, Seek, SeekFrom};
     let len = f.metadata()?.len();
     if len == 0 {
@@ -61,7 +72,11 @@ fn cut_torn_tail(f: &mut std::fs::File) -> std::io::Result<()> {
     f.seek(SeekFrom::Start(0))?;
     f.read_to_end(&mut bytes)?;
     let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-    f.set_len(keep as u64)
+    if parse::<serde_json::Value>(&bytes[keep..]).is_ok() {
+        f.write_all(b"\n")
+    } else {
+        f.set_len(keep as u64)
+    }
 }
 
 /// A line of a JSON-lines file that did not give a record.
@@ -102,8 +117,9 @@ fn parse<T: DeserializeOwned>(bytes: &[u8]) -> std::result::Result<T, String> {
 }
 
 /// Every record of a JSON-lines file (none if it does not exist), and the lines that gave none:
-/// blank lines are skipped; an incomplete last line (an append cut short by a crash) is dropped
-/// silently, since the next append removes it; any other line that does not parse is listed.
+/// blank lines are skipped; a last line without its newline counts if it is a whole record (the
+/// next append completes it) and is dropped silently otherwise (an append cut short by a crash,
+/// which the next append removes); any other line that does not parse is listed.
 pub fn read_records_checked<T: DeserializeOwned>(path: &Path) -> Result<(Vec<T>, Vec<BadLine>)> {
     let Some(lines) = lines(path)? else {
         return Ok((Vec::new(), Vec::new()));
@@ -138,19 +154,21 @@ pub fn read_records<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
     Ok(records)
 }
 
-/// Rewrites `path` keeping, byte for byte, the complete lines whose JSON value `keep` accepts, and
-/// the lines that do not parse (they are not this function's to drop); an incomplete last line
-/// goes. Atomic: a crash leaves the old file or the new one.
+/// Rewrites `path` keeping, byte for byte, the lines whose JSON value `keep` accepts, and the
+/// complete lines that do not parse (they are not this function's to drop); a last line without its
+/// newline is kept (and completed) only if it is a whole record that `keep` accepts. Atomic: a crash
+/// leaves the old file or the new one.
 pub fn retain_records(path: &Path, keep: impl Fn(&serde_json::Value) -> bool) -> Result<()> {
     let Some(lines) = lines(path)? else {
         return Ok(());
     };
     let mut out = Vec::new();
     for (_, bytes, complete) in lines {
-        if !complete {
-            continue;
-        }
-        if parse::<serde_json::Value>(&bytes).map_or(true, |v| keep(&v)) {
+        let kept = match parse::<serde_json::Value>(&bytes) {
+            Ok(v) => keep(&v),
+            Err(_) => complete,
+        };
+        if kept {
             out.extend_from_slice(&bytes);
             out.push(b'\n');
         }
