@@ -101,7 +101,7 @@ pub fn sample(
                 let mut scaled = last / opts.temperature;
                 if !bool::try_from(scaled.f_isfinite()?.f_all()?)? {
                     bail!(
-                        "temperature {}: too small for these logits (dividing by it overflows); \
+                        "temperature {:e}: too small for these logits (dividing by it overflows); \
                          use 0 to pick the most likely word, or a larger temperature",
                         opts.temperature
                     );
