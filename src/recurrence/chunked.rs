@@ -19,8 +19,10 @@
 //!
 //! Non-finite inputs stay causal, as in the step-by-step recurrence: the masked product
 //! tril(Q K^T) U' would multiply the zeros above the diagonal by a later infinite row of U' and
-//! spread 0 · ∞ = NaN to earlier steps of the chunk, so it runs on U' with its non-finite entries
-//! zeroed, and the outputs from the first non-finite entry of each column on are set to NaN.
+//! spread 0 · ∞ = NaN to earlier steps of the chunk. When an input is NaN or infinite (one sum of
+//! each input tells), the product runs on U' with its non-finite entries zeroed and the outputs
+//! from the first non-finite entry of each column on are set to NaN; finite inputs take the plain
+//! product.
 
 use anyhow::Result;
 use tch::{Kind, Tensor};
@@ -37,6 +39,7 @@ pub fn fast_weight_chunked(x: &Inputs, chunk_size: i64) -> Result<FastWeightOutp
         Ok(t.f_constant_pad_nd([0, 0, 0, pad])?
             .f_reshape([d.b, d.h, n, c, width])?)
     };
+    let finite = inputs_finite(x)?;
     let q = chunks(x.q, d.d_k)?;
     let k = chunks(x.k, d.d_k)?;
     let v = chunks(x.v, d.d_v)?;
@@ -81,7 +84,12 @@ pub fn fast_weight_chunked(x: &Inputs, chunk_size: i64) -> Result<FastWeightOutp
             Some(w) => &u[i] - w[i].f_matmul(&s)?,
         };
         // O = Q S + tril(Q K^T) U'
-        outs.push(q[i].f_matmul(&s)? + causal_product(&qk[i], &u_i)?);
+        let intra = if finite {
+            qk[i].f_matmul(&u_i)?
+        } else {
+            causal_product(&qk[i], &u_i)?
+        };
+        outs.push(q[i].f_matmul(&s)? + intra);
         // S' = S + K^T U'
         s = s + k[i].f_transpose(-1, -2)?.f_matmul(&u_i)?;
     }
@@ -89,6 +97,22 @@ pub fn fast_weight_chunked(x: &Inputs, chunk_size: i64) -> Result<FastWeightOutp
         .f_reshape([d.b, d.h, n * c, d.d_v])?
         .f_narrow(2, 0, d.t)?;
     Ok(FastWeightOutput { out, state: s })
+}
+
+/// Whether every input is finite, from one sum of each (a sum is NaN or infinite whenever one of its
+/// terms is; a finite input whose sum overflows only sends the call down the careful path).
+fn inputs_finite(x: &Inputs) -> Result<bool> {
+    tch::no_grad(|| {
+        for t in [Some(x.q), Some(x.k), Some(x.v), x.beta, x.initial]
+            .into_iter()
+            .flatten()
+        {
+            if !f64::try_from(t.f_sum(Kind::Double)?)?.is_finite() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    })
 }
 
 /// `a u` for a lower-triangular `a` `[.., C, C]` (zeros above the diagonal) and `u` `[.., C, d_v]`,
