@@ -167,8 +167,8 @@ impl Embedding {
         }
         let n = self.weight.size()[0];
         if ids.numel() > 0 {
-            let lo = i64::try_from(ids.f_min()?)?;
-            let hi = i64::try_from(ids.f_max()?)?;
+            let (lo, hi) = ids.f_aminmax(None::<i64>, false)?; // one pass over the ids
+            let (lo, hi) = (i64::try_from(lo)?, i64::try_from(hi)?);
             if lo < 0 || hi >= n {
                 let bad = if lo < 0 { lo } else { hi };
                 bail!("embedding: id {bad} is outside the table of {n} entries (0..{n})");

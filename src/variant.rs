@@ -4,6 +4,7 @@
 use anyhow::{anyhow, bail, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::attention::{AttentionKind, FastWeightConfig};
 use crate::feature_map::FeatureMap;
 use crate::recurrence::UpdateRule;
 
@@ -12,6 +13,19 @@ use crate::recurrence::UpdateRule;
 pub enum Variant {
     Softmax,
     FastWeight { rule: UpdateRule, map: FeatureMap },
+}
+
+impl Variant {
+    /// The attention of a layer of this variant: softmax, or the default fast-weight layer of its
+    /// rule and map ([`FastWeightConfig::new`]).
+    pub fn attention(self) -> AttentionKind {
+        match self {
+            Variant::Softmax => AttentionKind::Softmax,
+            Variant::FastWeight { rule, map } => {
+                AttentionKind::FastWeight(FastWeightConfig::new(rule, map))
+            }
+        }
+    }
 }
 
 impl std::str::FromStr for Variant {

@@ -15,8 +15,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use fwp::{
-    AttentionConfig, AttentionKind, BlockConfig, FastWeightConfig, LanguageModel,
-    LayerNormPlacement, ModelConfig, Variant,
+    AttentionConfig, AttentionKind, BlockConfig, LanguageModel, LayerNormPlacement, ModelConfig,
+    Variant,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -142,12 +142,7 @@ fn main() -> Result<()> {
     let args = Args::parse();
     check(&args)?;
     tch::manual_seed(args.seed);
-    let kind = match args.variant {
-        Variant::Softmax => AttentionKind::Softmax,
-        Variant::FastWeight { rule, map } => {
-            AttentionKind::FastWeight(FastWeightConfig::new(rule, map))
-        }
-    };
+    let kind = args.variant.attention();
     let variant = args.variant.to_string().replace(':', "-");
     let vocab = 2 * args.symbols;
     let cfg = ModelConfig {

@@ -48,13 +48,13 @@ impl ModelConfig {
         normalisation: Normalisation,
         backend: Backend,
     ) -> Self {
-        let memory = match variant {
-            Variant::Softmax => AttentionKind::Softmax,
-            Variant::FastWeight { rule, map } => AttentionKind::FastWeight(FastWeightConfig {
+        let memory = match variant.attention() {
+            AttentionKind::FastWeight(fw) => AttentionKind::FastWeight(FastWeightConfig {
                 normalisation,
                 backend,
-                ..FastWeightConfig::new(rule, map)
+                ..fw
             }),
+            softmax => softmax,
         };
         ModelConfig { s, d_key, memory }
     }
