@@ -221,8 +221,11 @@ impl MultiHeadAttention {
         state: Option<&FastWeightState>,
         train: bool,
     ) -> Result<(Tensor, FastWeightState)> {
-        let mut q = phi.forward_t(q, train)?; // [B, H, T, d_dot]
-        let mut k = phi.forward_t(k, train)?;
+        // one FAVOR+ matrix for both, where it is redrawn: [B, H, T, d_dot] each
+        let [mut q, mut k]: [Tensor; 2] = phi
+            .features(&[q, k], train)?
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("feature map: expected two outputs"))?;
         if fw.normalisation.sum_normalises() {
             q = sum_normalise(&q, fw.eps, fw.backend)?;
             k = sum_normalise(&k, fw.eps, fw.backend)?;

@@ -47,16 +47,27 @@ impl FeatureMap {
     }
 }
 
-/// When the FAVOR+ random matrix is drawn again.
+/// When the FAVOR+ random matrix is drawn again. Within one forward pass keys and queries always
+/// share one matrix (their features estimate exp(q . k) only then).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FavorRedraw {
     /// Drawn once at construction and saved with the model: evaluation is reproducible.
     #[default]
     Never,
-    /// Drawn again at every training-mode forward pass (the authors' choice); evaluation
-    /// uses the last matrix drawn, which is saved with the model.
+    /// Drawn again at every training-mode forward pass; evaluation uses the last matrix drawn,
+    /// which is saved with the model.
     EveryTrainingStep,
+    /// Drawn again at every forward pass, training and evaluation alike (the authors' synthetic
+    /// experiments): evaluation is a Monte-Carlo estimate over matrices. The last matrix drawn is
+    /// saved with the model.
+    EveryForward,
 }
+
+crate::names::named_enum!(FavorRedraw, "FAVOR+ redraw", {
+    Never => "never",
+    EveryTrainingStep => "every-training-step",
+    EveryForward => "every-forward",
+});
 
 /// A feature map with its state: the FAVOR+ random matrix lives in the `VarStore` (not
 /// trainable) so that it is saved and loaded with the model.
@@ -96,23 +107,53 @@ impl Phi {
 
     /// Draws a fresh FAVOR+ matrix in place (no-op for the other maps).
     pub fn redraw(&self) -> Result<()> {
-        if let Some(r) = &self.projection {
-            let (m, d) = (r.size()[0], r.size()[1]);
-            let fresh = orthogonal_gaussian(m, d, r.kind(), r.device())?;
-            tch::no_grad(|| r.shallow_clone().f_copy_(&fresh))?;
-        }
-        Ok(())
+        self.fresh_projection().map(|_| ())
     }
 
-    /// phi(x) for x `[..., d_key]` -> `[..., d_dot]`. Redraws first if so configured.
+    /// A new matrix, also copied into the saved buffer. The caller computes with the returned
+    /// tensor, not with the buffer, so that a later redraw cannot change a tensor that an
+    /// autograd graph still holds.
+    fn fresh_projection(&self) -> Result<Option<Tensor>> {
+        let Some(r) = &self.projection else {
+            return Ok(None);
+        };
+        let (m, d) = (r.size()[0], r.size()[1]);
+        let fresh = orthogonal_gaussian(m, d, r.kind(), r.device())?;
+        tch::no_grad(|| r.shallow_clone().f_copy_(&fresh))?;
+        Ok(Some(fresh))
+    }
+
+    /// Whether a forward pass in this mode draws a new FAVOR+ matrix.
+    pub fn redraws(&self, train: bool) -> bool {
+        self.projection.is_some()
+            && match self.redraw {
+                FavorRedraw::Never => false,
+                FavorRedraw::EveryTrainingStep => train,
+                FavorRedraw::EveryForward => true,
+            }
+    }
+
+    /// phi(x) for one input alone, as a pass of its own (a redrawing map draws for it). Keys and
+    /// queries of one pass go through [`Phi::features`] together instead.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        if train && self.redraw == FavorRedraw::EveryTrainingStep {
-            self.redraw()?;
-        }
-        match (&self.map, &self.projection) {
-            (FeatureMap::Favor { .. }, Some(r)) => favor(x, &r.f_to_kind(x.kind())?),
-            (map, _) => apply(*map, x),
-        }
+        let mut out = self.features(&[x], train)?;
+        Ok(out.remove(0))
+    }
+
+    /// phi(x) for each x `[..., d_key]` -> `[..., d_dot]`, all with one FAVOR+ matrix: the pass's
+    /// keys and queries go through one call. Draws that matrix first if so configured.
+    pub fn features(&self, xs: &[&Tensor], train: bool) -> Result<Vec<Tensor>> {
+        let r = if self.redraws(train) {
+            self.fresh_projection()?
+        } else {
+            self.projection.as_ref().map(Tensor::shallow_clone)
+        };
+        xs.iter()
+            .map(|x| match (&self.map, &r) {
+                (FeatureMap::Favor { .. }, Some(r)) => favor(x, &r.f_to_kind(x.kind())?),
+                (map, _) => apply(*map, x),
+            })
+            .collect()
     }
 }
 

@@ -184,3 +184,72 @@ fn parse_feature_maps() {
         assert!(e.contains(bad), "error for '{bad}' should name it: {e}");
     }
 }
+
+/// Keys and queries of one pass see one FAVOR+ matrix, also where it is redrawn at every pass
+/// (the same input gives the same features within a pass, different ones across passes), and the
+/// redrawn features still estimate exp(q . k): averaged over passes, phi(q) . phi(k) -> exp(q . k).
+/// Features drawn with separate matrices for q and k would average to about 1 instead.
+#[test]
+fn favor_redrawn_every_pass_shares_one_matrix_and_estimates_exp() {
+    let _rng = seeded(31);
+    let d = 8;
+    for redraw in [FavorRedraw::EveryTrainingStep, FavorRedraw::EveryForward] {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let phi = Phi::new(vs.root() / "phi", FeatureMap::Favor { m: 16 }, d, redraw).unwrap();
+        let x = Tensor::randn([4, d], (Kind::Double, Device::Cpu)) * 0.3;
+        let pass = phi.features(&[&x, &x], true).unwrap();
+        assert_close(
+            &format!("{redraw}: q and k in one pass"),
+            &pass[0],
+            &pass[1],
+            0.0,
+            0.0,
+        );
+        let next = phi.features(&[&x], true).unwrap();
+        assert!(
+            f64::try_from((&next[0] - &pass[0]).abs().max()).unwrap() > 1e-6,
+            "{redraw}: a training pass must draw a new matrix"
+        );
+        let eval = phi.features(&[&x], false).unwrap();
+        let eval2 = phi.features(&[&x], false).unwrap();
+        let differ = f64::try_from((&eval[0] - &eval2[0]).abs().max()).unwrap() > 1e-6;
+        assert_eq!(
+            differ,
+            redraw == FavorRedraw::EveryForward,
+            "{redraw}: evaluation passes redraw only with every-forward"
+        );
+    }
+
+    // the estimator: q . k = 0.5 for one pair of unit-scale vectors
+    let vs = nn::VarStore::new(Device::Cpu);
+    let phi = Phi::new(
+        vs.root() / "phi",
+        FeatureMap::Favor { m: 64 },
+        d,
+        FavorRedraw::EveryForward,
+    )
+    .unwrap();
+    let q = Tensor::from_slice(&[0.5f64, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]).view([1, d]);
+    let k = Tensor::from_slice(&[0.5f64, 0.5, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0]).view([1, d]);
+    let want = 0.5f64.exp();
+    let passes = 2000;
+    let mut shared = 0.0;
+    let mut separate = 0.0;
+    for _ in 0..passes {
+        let f = phi.features(&[&q, &k], false).unwrap();
+        shared += f64::try_from((&f[0] * &f[1]).sum(Kind::Double)).unwrap();
+        let fq = phi.features(&[&q], false).unwrap();
+        let fk = phi.features(&[&k], false).unwrap();
+        separate += f64::try_from((&fq[0] * &fk[0]).sum(Kind::Double)).unwrap();
+    }
+    let (shared, separate) = (shared / passes as f64, separate / passes as f64);
+    println!("exp(q.k) = {want:.4}; one matrix per pass: {shared:.4}; separate: {separate:.4}");
+    assert!(
+        (shared - want).abs() < 0.03 * want,
+        "one matrix per pass estimates exp(q.k) = {want}, got {shared}"
+    );
+    assert!(
+        (separate - want).abs() > 0.3,
+        "separate matrices should not estimate exp(q.k): {separate}"
+    );
+}

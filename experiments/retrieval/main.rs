@@ -3,17 +3,20 @@
 //! it holds more than about d_dot associations, at a point that grows with the feature map's d_dot.
 //! Setting 2 (updates): the delta rule updates associations, the sum rule cannot.
 //!
-//! Runs a sweep over variants x S x seeds with the paper's protocol (Adam 1e-3, batch 32, eval every
-//! 100 steps on 20 fresh sequences, stop at eval loss <= 0.001 or after 10 evaluations without
-//! improvement) and writes, into the output folder: `results.jsonl` (one record per finished run,
-//! appended atomically; a restarted sweep skips finished runs), `table.md`, `plot.png`, `plot.svg`.
+//! Runs a sweep over variants x S x seeds with the authors' protocol (`--protocol authors`, the
+//! default: Adam 1e-3, batch 32, eval every 100 steps on 20 fresh sequences, stop at eval loss
+//! <= 0.001 or after 11 evaluations without improvement; their normalisation, initialisation,
+//! FAVOR+ redraw, query draw and Setting 2 evaluation on S writes) or fwp's first protocol
+//! (`--protocol fwp-v1`); both are described in docs/retrieval.md. Writes, into the output folder:
+//! `results.jsonl` (one record per finished run, appended atomically; a restarted sweep skips
+//! finished runs), `table.md`, `plot.png`, `plot.svg`.
 //!
 //! Run:
 //!   make run                                         # the `quick` preset: capacity at d_key = 16, ~10 min
 //!   cargo run --release --bin retrieval -- --preset paper1 --variants sum:linear --s 20:200:20
 //!   cargo run --release --bin retrieval -- --help
-//! Expected (quick preset): softmax solves every S; sum:linear (d_dot 16) fails beyond S = 16 and
-//! sum:dpfp:1 (d_dot 32) beyond S = 24. Results at d_key = 64: docs/retrieval.md.
+//! Expected (quick preset): softmax solves every S; sum:linear (d_dot 16) fails beyond about
+//! S = 16 and sum:dpfp:1 (d_dot 32) beyond about S = 32. Results at d_key = 64: docs/retrieval.md.
 
 use std::path::PathBuf;
 
@@ -21,7 +24,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use fwp::report::{append_record, atomic_write, read_records};
 use fwp::retrieval::{
-    report, train, ModelConfig, Record, RetrievalModel, RunConfig, Setting, TrainConfig, Variant,
+    report, train, Protocol, Record, RetrievalModel, RunConfig, Setting, TrainConfig, Variant,
 };
 use fwp::{Backend, Normalisation};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
@@ -31,7 +34,7 @@ use tch::nn;
 #[derive(Clone, Copy, Debug, ValueEnum, Serialize, Deserialize, PartialEq, Eq)]
 enum Preset {
     /// Setting 1 at d_key = 16 (d_dot 16 for linear, 32 for DPFP-1): softmax, sum:linear,
-    /// sum:dpfp:1 over S = 8..56, seeds 0 and 1; about 10 minutes on 2 CPU cores.
+    /// sum:dpfp:1 over S = 8..56 step 8, seeds 0 and 1; about 10 minutes on 2 CPU cores.
     Quick,
     /// The paper's Setting 1: d_key = 64, S = 20..600 step 20, every sum-rule variant and softmax.
     Paper1,
@@ -47,6 +50,9 @@ struct Args {
     /// Named defaults; the flags below override them.
     #[arg(long, value_enum, default_value = "quick")]
     preset: Preset,
+    /// authors (their synthetic-task code) or fwp-v1 (fwp's first reproduction); see docs/retrieval.md
+    #[arg(long, default_value = "authors")]
+    protocol: Protocol,
     /// 1 (capacity) or 2 (updates)
     #[arg(long)]
     setting: Option<u8>,
@@ -64,9 +70,10 @@ struct Args {
     /// Training steps at most (>= 1)
     #[arg(long)]
     max_steps: Option<usize>,
-    /// none, attention, sum or sum-and-attention
-    #[arg(long, default_value = "sum")]
-    normalisation: Normalisation,
+    /// none, attention, sum or sum-and-attention (default: the protocol's; authors: attention for
+    /// the sum rule, sum for the delta rule; fwp-v1: sum for both)
+    #[arg(long)]
+    normalisation: Option<Normalisation>,
     /// auto, fused, reference, chunked (64 steps) or chunked:N
     #[arg(long, default_value = "auto")]
     backend: Backend,
@@ -162,10 +169,7 @@ fn sweep(args: &Args) -> Result<Sweep> {
             map.validate(d_key)?;
         }
     }
-    let train = TrainConfig {
-        max_steps: args.max_steps.unwrap_or(100_000),
-        ..TrainConfig::default()
-    };
+    let train: TrainConfig = args.protocol.train(args.max_steps.unwrap_or(100_000));
     train.check().context("--max-steps")?;
     Ok(Sweep {
         setting,
@@ -188,10 +192,11 @@ fn main() -> Result<()> {
     let plan = sweep(&args)?;
     let device = fwp::check::device(&args.device)?;
     let out = args.out.clone().unwrap_or_else(|| {
-        PathBuf::from(format!(
-            "runs/retrieval-{}",
-            format!("{:?}", args.preset).to_lowercase()
-        ))
+        let preset = format!("{:?}", args.preset).to_lowercase();
+        PathBuf::from(match args.protocol {
+            Protocol::Authors => format!("runs/retrieval-{preset}"),
+            other => format!("runs/retrieval-{preset}-{other}"),
+        })
     });
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let results = out.join("results.jsonl");
@@ -203,12 +208,15 @@ fn main() -> Result<()> {
         for v in &plan.variants {
             for &seed in &plan.seeds {
                 let cfg = RunConfig {
+                    protocol: args.protocol,
                     setting: plan.setting.number(),
                     variant: v.to_string(),
                     s,
                     seed,
                     d_key: plan.d_key,
-                    model: ModelConfig::new(s, plan.d_key, *v, args.normalisation, args.backend),
+                    model: args
+                        .protocol
+                        .model(s, plan.d_key, *v, args.normalisation, args.backend),
                     train: plan.train,
                     device: args.device.clone(),
                 };
@@ -220,7 +228,8 @@ fn main() -> Result<()> {
     }
     let total = plan.s.len() * plan.variants.len() * plan.seeds.len();
     println!(
-        "retrieval: setting {}, d_key {}, {} runs ({} already in {}), output in {}",
+        "retrieval: protocol {}, setting {}, d_key {}, {} runs ({} already in {}), output in {}",
+        args.protocol,
         plan.setting.number(),
         plan.d_key,
         total,
@@ -296,6 +305,7 @@ fn main() -> Result<()> {
     let table = report(
         &out,
         &records,
+        args.protocol,
         plan.setting,
         plan.d_key,
         plan.train.solved_loss,

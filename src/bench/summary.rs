@@ -298,6 +298,7 @@ pub fn plots(records: &[Record], dir: &Path) -> Result<Vec<String>> {
                         .iter()
                         .filter_map(|r| f(r).map(|y| (r.case.t as f64, y)))
                         .collect(),
+                    ..Series::default()
                 })
                 .filter(|s| !s.points.is_empty())
                 .collect()

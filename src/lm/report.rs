@@ -146,6 +146,7 @@ pub fn report(runs: &[PathBuf], plot_stem: Option<&Path>) -> Result<String> {
             .map(|r| Series {
                 name: r.variant.clone(),
                 points: r.curve.clone(),
+                ..Series::default()
             })
             .collect();
         if !series.is_empty() {

@@ -5,11 +5,13 @@ use anyhow::{anyhow, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-/// One line of a plot: its name and its (x, y) points.
-#[derive(Clone, Debug)]
+/// One line of a plot: its name, its (x, y) points joined by a line, and optional single
+/// observations drawn as hollow dots around it (e.g. each seed, with the line through the median).
+#[derive(Clone, Debug, Default)]
 pub struct Series {
     pub name: String,
     pub points: Vec<(f64, f64)>,
+    pub dots: Vec<(f64, f64)>,
 }
 
 /// An axis label and whether the axis is logarithmic.
@@ -109,7 +111,7 @@ where
 {
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("drawing the plot: {e:?}");
     area.fill(&WHITE).map_err(err)?;
-    let all = || series.iter().flat_map(|s| s.points.iter());
+    let all = || series.iter().flat_map(|s| s.points.iter().chain(&s.dots));
     let (x0, x1) = range(all().map(|p| p.0), x.log);
     let (y0, y1) = range(all().map(|p| p.1), y.log);
     let mut builder = ChartBuilder::on(&area);
@@ -148,6 +150,14 @@ where
                     .map_err(err)?;
                 chart
                     .draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))
+                    .map_err(err)?;
+                let dots = s
+                    .dots
+                    .iter()
+                    .copied()
+                    .filter(|p| p.1.is_finite() && (!y.log || p.1 > 0.0));
+                chart
+                    .draw_series(dots.map(|p| Circle::new(p, 5, color.stroke_width(1))))
                     .map_err(err)?;
             }
             // The legend, in the margin right of the plot (drawn on the whole canvas, since the

@@ -4,12 +4,18 @@
 
 pub mod data;
 pub mod model;
+pub mod protocol;
 pub mod record;
 pub mod report;
 pub mod train;
 
-pub use data::{sample, Batch, Setting};
-pub use model::{retrieval_loss, ModelConfig, RetrievalModel, Variant};
+pub use data::{
+    eval_batch, sample, training_batch, Batch, EvalLength, QueryDraw, QueryOrder, Setting,
+};
+pub use model::{
+    query_losses, retrieval_loss, ModelConfig, ProjectionInit, RetrievalModel, Variant,
+};
+pub use protocol::Protocol;
 pub use record::{Record, RunConfig};
 pub use report::report;
-pub use train::{evaluate, train, RunResult, TrainConfig};
+pub use train::{eval_loss, evaluate, evaluation_batch, train, EarlyStop, RunResult, TrainConfig};

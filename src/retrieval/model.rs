@@ -13,18 +13,31 @@
 //! Softmax attention, for comparison: y = softmax(q' K'^T / sqrt(d_key)) V with the raw projections
 //! q' = W_q emb(query), K' = W_k X and V the one-hot values.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
 use super::data::Batch;
 use crate::attention::{AttentionKind, FastWeightConfig};
-use crate::feature_map::{FavorRedraw, Phi};
+use crate::feature_map::Phi;
 use crate::norm::{sum_normalise, Normalisation};
 use crate::param::{Embedding, Linear};
 use crate::recurrence::{fast_weight, Backend, UpdateRule};
 
 pub use crate::variant::Variant;
+
+/// How the key, query and beta projections start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProjectionInit {
+    /// tch's defaults, W_k and W_q without bias (fwp's first protocol): weights Kaiming-uniform in
+    /// ±sqrt(6 / fan_in), about 2.4 times PyTorch's bound; beta's bias in ±1/sqrt(fan_in).
+    #[default]
+    Framework,
+    /// The authors': every projection has a bias, drawn as PyTorch's default in ±1/sqrt(fan_in).
+    /// Fast weights: W_k and W_q uniform in ±1/sqrt(d_key) whatever the fan-in; w_beta PyTorch's
+    /// default in ±1/sqrt(fan_in). Softmax: W_k and W_q Xavier-uniform.
+    Authors,
+}
 
 /// The model of one run: S keys, keys projected to d_key, and the memory.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -34,13 +47,15 @@ pub struct ModelConfig {
     pub s: i64,
     pub d_key: i64,
     /// Softmax attention over the written pairs, or a fast-weight memory: feature map, update
-    /// rule, normalisation (the paper's synthetic runs: sum normalisation), eps, backend.
+    /// rule, normalisation, eps, backend, FAVOR+ redraw.
     pub memory: AttentionKind,
+    pub init: ProjectionInit,
 }
 
 impl ModelConfig {
     /// The model of `variant`: softmax, or the fast-weight layer of its rule and map with the given
-    /// normalisation and backend.
+    /// normalisation and backend; FAVOR+ drawn once, tch's initialisation (fwp's first protocol;
+    /// [`super::Protocol::model`] gives the authors').
     pub fn new(
         s: i64,
         d_key: i64,
@@ -56,7 +71,12 @@ impl ModelConfig {
             }),
             softmax => softmax,
         };
-        ModelConfig { s, d_key, memory }
+        ModelConfig {
+            s,
+            d_key,
+            memory,
+            init: ProjectionInit::Framework,
+        }
     }
 
     /// Softmax, or the memory's rule and feature map.
@@ -85,6 +105,9 @@ enum ModelConfigRecord {
         s: i64,
         d_key: i64,
         memory: AttentionKind,
+        /// Records written before there was a choice: tch's initialisation.
+        #[serde(default)]
+        init: ProjectionInit,
     },
     Earlier {
         s: i64,
@@ -99,7 +122,17 @@ enum ModelConfigRecord {
 impl From<ModelConfigRecord> for ModelConfig {
     fn from(r: ModelConfigRecord) -> Self {
         match r {
-            ModelConfigRecord::Current { s, d_key, memory } => ModelConfig { s, d_key, memory },
+            ModelConfigRecord::Current {
+                s,
+                d_key,
+                memory,
+                init,
+            } => ModelConfig {
+                s,
+                d_key,
+                memory,
+                init,
+            },
             ModelConfigRecord::Earlier {
                 s,
                 d_key,
@@ -144,20 +177,25 @@ impl RetrievalModel {
         crate::check::positive("S", cfg.s)?;
         crate::check::positive("d_key", cfg.d_key)?;
         let e = cfg.embedding_width();
+        let authors = cfg.init == ProjectionInit::Authors;
         let memory = match cfg.memory {
             AttentionKind::Softmax => Memory::Softmax,
             AttentionKind::FastWeight(fw) => {
                 fw.validate()?;
-                if fw.favor_redraw != FavorRedraw::Never {
-                    bail!(
-                        "favor_redraw {:?}: the retrieval model draws its FAVOR+ matrix once \
-                         (FavorRedraw::Never)",
-                        fw.favor_redraw
-                    );
-                }
                 let phi = Phi::new(&p / "phi", fw.feature_map, cfg.d_key, fw.favor_redraw)?;
+                // PyTorch's and tch's default bias, and PyTorch's default weight, share one bound
                 let w_beta = (fw.rule == UpdateRule::Delta)
-                    .then(|| Linear::new(&(&p / "w_beta"), cfg.s + e, 1, true))
+                    .then(|| {
+                        let p = &p / "w_beta";
+                        let fan_in = cfg.s + e;
+                        match cfg.init {
+                            ProjectionInit::Framework => Linear::new(&p, fan_in, 1, true),
+                            ProjectionInit::Authors => {
+                                let u = uniform(1.0 / (fan_in as f64).sqrt());
+                                Linear::with_init(&p, fan_in, 1, u, Some(u))
+                            }
+                        }
+                    })
                     .transpose()?;
                 Memory::FastWeight {
                     cfg: fw,
@@ -170,17 +208,43 @@ impl RetrievalModel {
             mean: 0.0,
             stdev: 1.0,
         };
+        let embedding = Embedding::new(&(&p / "key_embedding"), cfg.s, e, standard_normal)?;
+        // W_k: [S + e] -> d_key, W_q: e -> d_key
+        let projection = |name: &str, fan_in: i64| -> Result<Linear> {
+            let p = &p / name;
+            if !authors {
+                return Linear::new(&p, fan_in, cfg.d_key, false);
+            }
+            let weight = match cfg.memory {
+                AttentionKind::Softmax => {
+                    uniform((6.0 / (fan_in + cfg.d_key) as f64).sqrt()) // Xavier
+                }
+                AttentionKind::FastWeight(_) => uniform(1.0 / (cfg.d_key as f64).sqrt()),
+            };
+            let bias = uniform(1.0 / (fan_in as f64).sqrt());
+            Linear::with_init(&p, fan_in, cfg.d_key, weight, Some(bias))
+        };
         Ok(RetrievalModel {
-            embedding: Embedding::new(&(&p / "key_embedding"), cfg.s, e, standard_normal)?,
-            w_k: Linear::new(&(&p / "w_k"), cfg.s + e, cfg.d_key, false)?,
-            w_q: Linear::new(&(&p / "w_q"), e, cfg.d_key, false)?,
+            embedding,
+            w_k: projection("w_k", cfg.s + e)?,
+            w_q: projection("w_q", e)?,
             memory,
             cfg,
         })
     }
 
-    /// Retrieved vectors `[B, Q, S]` for the batch's queries.
-    pub fn forward(&self, batch: &Batch) -> Result<Tensor> {
+    /// Whether every forward pass draws new random features (FAVOR+ redrawn at every pass), so
+    /// that two passes over the same batch differ.
+    pub fn redraws_every_forward(&self) -> bool {
+        match &self.memory {
+            Memory::FastWeight { phi, .. } => phi.redraws(false),
+            Memory::Softmax => false,
+        }
+    }
+
+    /// Retrieved vectors `[B, Q, S]` for the batch's queries. `train` matters only to a FAVOR+
+    /// matrix redrawn at training steps.
+    pub fn forward(&self, batch: &Batch, train: bool) -> Result<Tensor> {
         let s = self.cfg.s;
         let v = batch.values.f_one_hot(s)?.f_to_kind(Kind::Float)?; // [B, L, S]
         let x = Tensor::f_cat(&[&v, &self.embedding.forward(&batch.keys)?], -1)?; // [B, L, S + e]
@@ -193,8 +257,11 @@ impl RetrievalModel {
             }
             Memory::FastWeight { cfg, phi, w_beta } => (cfg, phi, w_beta),
         };
-        let mut k = phi.forward_t(&k, false)?; // [B, L, d_dot]
-        let mut q = phi.forward_t(&q, false)?; // [B, Q, d_dot]
+        // one FAVOR+ matrix for keys and query: [B, L, d_dot] and [B, Q, d_dot]
+        let [mut k, mut q]: [Tensor; 2] = phi
+            .features(&[&k, &q], train)?
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("feature map: expected two outputs"))?;
         if fw.normalisation.sum_normalises() {
             k = sum_normalise(&k, fw.eps, fw.backend)?;
             q = sum_normalise(&q, fw.eps, fw.backend)?;
@@ -229,21 +296,32 @@ impl RetrievalModel {
 
     /// The paper's loss: 0.5 |onehot(target) - y|^2 summed over the S outputs, averaged over the
     /// real queries. Predicting 0 gives 0.5.
-    pub fn loss(&self, batch: &Batch) -> Result<Tensor> {
-        let y = self.forward(batch)?;
+    pub fn loss(&self, batch: &Batch, train: bool) -> Result<Tensor> {
+        let y = self.forward(batch, train)?;
         retrieval_loss(&y, batch)
     }
 }
 
 /// 0.5 |onehot(target) - y|^2 summed over the last dimension, mean over the unmasked queries.
 pub fn retrieval_loss(y: &Tensor, batch: &Batch) -> Result<Tensor> {
-    let s = *y.size().last().unwrap_or(&0);
-    let target = batch.target.f_one_hot(s)?.f_to_kind(y.kind())?; // [B, Q, S]
-    let per_query =
-        (target - y)
-            .f_square()?
-            .f_sum_dim_intlist([-1i64].as_slice(), false, y.kind())?
-            * 0.5; // [B, Q]
+    let per_query = query_losses(y, batch)?; // [B, Q]
     let mask = batch.mask.f_to_kind(y.kind())?;
     Ok((per_query * &mask).f_sum(y.kind())? / mask.f_sum(y.kind())?)
+}
+
+/// 0.5 |onehot(target) - y|^2 of every query `[B, Q]`, masked ones included.
+pub fn query_losses(y: &Tensor, batch: &Batch) -> Result<Tensor> {
+    let s = *y.size().last().unwrap_or(&0);
+    let target = batch.target.f_one_hot(s)?.f_to_kind(y.kind())?; // [B, Q, S]
+    Ok((target - y)
+        .f_square()?
+        .f_sum_dim_intlist([-1i64].as_slice(), false, y.kind())?
+        * 0.5)
+}
+
+fn uniform(bound: f64) -> nn::Init {
+    nn::Init::Uniform {
+        lo: -bound,
+        up: bound,
+    }
 }

@@ -1,5 +1,6 @@
-//! The report of a retrieval sweep: `table.md` (final eval loss per S and variant, mean over
-//! seeds, and the largest S each variant solves) and `plot.{png,svg}` (loss against S).
+//! The report of a retrieval sweep: `table.md` (final eval loss per S and variant: the median over
+//! seeds with the smallest and largest, and the largest S each variant solves) and
+//! `plot.{png,svg}` (the median against S, each seed's result as a dot).
 
 use std::path::Path;
 
@@ -7,21 +8,40 @@ use anyhow::Result;
 
 use super::data::Setting;
 use super::model::Variant;
+use super::protocol::Protocol;
 use super::record::Record;
 use crate::report::{atomic_write, line_plot, markdown_table, Axis, Series};
 
-/// Writes `table.md` and `plot.{png,svg}` into `out` from the records of `setting` and `d_key`
-/// (others are left out); a run counts as solved at eval loss <= `solved_loss`. Returns the table.
+/// The median of `xs` (the mean of the middle two for an even count); NaN sorts last.
+fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Writes `table.md` and `plot.{png,svg}` into `out` from the records of `protocol`, `setting`
+/// and `d_key` (others are left out); a run counts as solved at eval loss <= `solved_loss`.
+/// Returns the table.
 pub fn report(
     out: &Path,
     records: &[Record],
+    protocol: Protocol,
     setting: Setting,
     d_key: i64,
     solved_loss: f64,
 ) -> Result<String> {
     let records: Vec<&Record> = records
         .iter()
-        .filter(|r| r.config.setting == setting.number() && r.config.d_key == d_key)
+        .filter(|r| {
+            r.config.protocol == protocol
+                && r.config.setting == setting.number()
+                && r.config.d_key == d_key
+        })
         .collect();
     let mut variants: Vec<String> = Vec::new();
     let mut sizes: Vec<i64> = Vec::new();
@@ -34,20 +54,36 @@ pub fn report(
         }
     }
     sizes.sort();
-    // (mean final eval loss over seeds, seeds that solved it, seeds run)
+    // each seed's final eval loss, and how many seeds solved it
+    let losses = |v: &str, s: i64| -> Vec<f64> {
+        records
+            .iter()
+            .filter(|r| r.config.variant == v && r.config.s == s)
+            .map(|r| r.result.final_eval_loss)
+            .collect()
+    };
+    // (median final eval loss over seeds, seeds that solved it, seeds run)
     let cell = |v: &str, s: i64| -> Option<(f64, usize, usize)> {
         let rs: Vec<&&Record> = records
             .iter()
             .filter(|r| r.config.variant == v && r.config.s == s)
             .collect();
         (!rs.is_empty()).then(|| {
-            let mean = rs.iter().map(|r| r.result.final_eval_loss).sum::<f64>() / rs.len() as f64;
             (
-                mean,
+                median(&losses(v, s)),
                 rs.iter().filter(|r| r.result.solved).count(),
                 rs.len(),
             )
         })
+    };
+    let spread = |v: &str, s: i64| -> String {
+        let l = losses(v, s);
+        if l.len() < 2 {
+            return String::new();
+        }
+        let lo = l.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = l.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        format!(" [{lo:.4}, {hi:.4}]")
     };
     let mut header = vec!["S".to_string()];
     header.extend(variants.iter().cloned());
@@ -56,10 +92,13 @@ pub fn report(
         .map(|&s| {
             let mut row = vec![s.to_string()];
             for v in &variants {
+                let range = spread(v, s);
                 row.push(match cell(v, s) {
-                    Some((loss, solved, n)) if solved == n => format!("{loss:.4} ✓"),
-                    Some((loss, 0, _)) => format!("{loss:.4}"),
-                    Some((loss, solved, n)) => format!("{loss:.4} ({solved}/{n} solved)"),
+                    Some((loss, solved, n)) if solved == n => format!("{loss:.4}{range} ✓"),
+                    Some((loss, 0, _)) => format!("{loss:.4}{range}"),
+                    Some((loss, solved, n)) => {
+                        format!("{loss:.4}{range} ({solved}/{n} solved)")
+                    }
                     None => "".into(),
                 });
             }
@@ -68,8 +107,10 @@ pub fn report(
         .collect();
     let header_refs: Vec<&str> = header.iter().map(String::as_str).collect();
     let mut table = format!(
-        "Final eval loss (mean over seeds; ✓ = every seed solved, i.e. reached loss <= {}), setting {}, d_key {}\n\n",
+        "Final eval loss (median over seeds, [min, max] where more than one; ✓ = every seed solved, \
+         i.e. reached loss <= {}), protocol {}, setting {}, d_key {}\n\n",
         solved_loss,
+        protocol,
         setting.number(),
         d_key
     );
@@ -102,6 +143,10 @@ pub fn report(
                 .iter()
                 .filter_map(|&s| cell(v, s).map(|(loss, _, _)| (s as f64, loss)))
                 .collect(),
+            dots: sizes
+                .iter()
+                .flat_map(|&s| losses(v, s).into_iter().map(move |l| (s as f64, l)))
+                .collect(),
         })
         .collect();
     if let (Some(&lo), Some(&hi)) = (sizes.first(), sizes.last()) {
@@ -109,13 +154,15 @@ pub fn report(
         series.push(Series {
             name: format!("solved (<= {t})"),
             points: vec![(lo as f64, t), (hi as f64, t)],
+            ..Series::default()
         });
     }
     line_plot(
         &out.join("plot"),
         &format!(
-            "Setting {} (d_key = {}): final eval loss against S",
+            "Setting {} (protocol {}, d_key = {}): final eval loss against S (line: median; dots: seeds)",
             setting.number(),
+            protocol,
             d_key
         ),
         &Axis {
