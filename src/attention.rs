@@ -7,6 +7,7 @@ use tch::{nn, Tensor};
 
 use crate::feature_map::{FavorRedraw, FeatureMap, Phi};
 use crate::norm::{attention_normalise, sum_normalise, Normalisation};
+use crate::param::ParamInit;
 use crate::param::Linear;
 use crate::recurrence::{fast_weight, Backend, UpdateRule};
 
@@ -23,6 +24,10 @@ pub struct FastWeightConfig {
     /// Multiply the output by 1/sqrt(d_head), as the authors' CUDA layers do.
     pub scale_output: bool,
     pub favor_redraw: FavorRedraw,
+    /// Added to each FAVOR+ exponential before the 1/sqrt(2m) factor, so that no feature is 0
+    /// (the authors' language models: 1e-4; 0 leaves FAVOR+ unbiased). Other maps ignore it.
+    #[serde(default)]
+    pub favor_eps: f64,
 }
 
 impl FastWeightConfig {
@@ -36,6 +41,7 @@ impl FastWeightConfig {
             backend: Backend::default(),
             scale_output: false,
             favor_redraw: FavorRedraw::Never,
+            favor_eps: 0.0,
         }
     }
 
@@ -57,15 +63,19 @@ impl FastWeightConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
-        if self.rule == UpdateRule::Delta && self.normalisation.attention_normalises() {
+        if self.rule == UpdateRule::Delta && self.normalisation == Normalisation::Attention {
             bail!(
-                "normalisation {:?} is not supported with the delta rule: the paper's delta rule uses \
-                 sum normalisation (Normalisation::Sum) or none",
+                "normalisation {:?} is not supported with the delta rule: its keys must be \
+                 sum-normalised for the update to stay bounded; use Sum (the paper's), \
+                 SumAndAttention (the authors' language models: the output also divided by \
+                 z . q) or None",
                 self.normalisation
             );
         }
-        if !(self.eps.is_finite() && self.eps >= 0.0) {
-            bail!("eps must be finite and >= 0, got {}", self.eps);
+        for (name, v) in [("eps", self.eps), ("favor_eps", self.favor_eps)] {
+            if !(v.is_finite() && v >= 0.0) {
+                bail!("{name} must be finite and >= 0, got {v}");
+            }
         }
         Ok(())
     }
@@ -115,6 +125,12 @@ pub struct MultiHeadAttention {
 
 impl MultiHeadAttention {
     pub fn new(p: nn::Path, cfg: AttentionConfig) -> Result<Self> {
+        Self::with_init(p, cfg, ParamInit::Framework)
+    }
+
+    /// [`MultiHeadAttention::new`] with the projections started by `init`.
+    pub fn with_init(p: nn::Path, cfg: AttentionConfig, init: ParamInit) -> Result<Self> {
+        init.check()?;
         for (name, v) in [
             ("d_model", cfg.d_model),
             ("n_heads", cfg.n_heads),
@@ -132,8 +148,8 @@ impl MultiHeadAttention {
                 (Mixer::FastWeight { cfg: fw, phi }, n_beta)
             }
         };
-        let qkvb = Linear::new(&(&p / "qkv_beta"), cfg.d_model, 3 * h * d + n_beta, false)?;
-        let out = Linear::new(&(&p / "out"), h * d, cfg.d_model, false)?;
+        let qkvb = init.linear(&(&p / "qkv_beta"), cfg.d_model, 3 * h * d + n_beta, false)?;
+        let out = init.linear(&(&p / "out"), h * d, cfg.d_model, false)?;
         Ok(MultiHeadAttention {
             cfg,
             qkvb,
@@ -226,6 +242,11 @@ impl MultiHeadAttention {
             .features(&[q, k], train)?
             .try_into()
             .map_err(|_| anyhow::anyhow!("feature map: expected two outputs"))?;
+        if let (FeatureMap::Favor { m }, true) = (fw.feature_map, fw.favor_eps > 0.0) {
+            let shift = fw.favor_eps / (2.0 * m as f64).sqrt();
+            q = q + shift;
+            k = k + shift;
+        }
         if fw.normalisation.sum_normalises() {
             q = sum_normalise(&q, fw.eps, fw.backend)?;
             k = sum_normalise(&k, fw.eps, fw.backend)?;

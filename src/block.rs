@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
 use crate::attention::{AttentionConfig, FastWeightState, MultiHeadAttention};
-use crate::param::{LayerNorm, Linear};
+use crate::param::{LayerNorm, Linear, ParamInit};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LayerNormPlacement {
@@ -39,15 +39,20 @@ pub struct Block {
 
 impl Block {
     pub fn new(p: nn::Path, cfg: BlockConfig) -> Result<Self> {
+        Self::with_init(p, cfg, ParamInit::Framework)
+    }
+
+    /// [`Block::new`] with every linear layer and LayerNorm started by `init`.
+    pub fn with_init(p: nn::Path, cfg: BlockConfig, init: ParamInit) -> Result<Self> {
         crate::check::positive("d_ff", cfg.d_ff)?;
         let d = cfg.attention.d_model;
         Ok(Block {
             cfg,
-            attn: MultiHeadAttention::new(&p / "attn", cfg.attention)?,
-            ln_attn: LayerNorm::new(&(&p / "ln_attn"), d)?,
-            ln_ff: LayerNorm::new(&(&p / "ln_ff"), d)?,
-            ff_in: Linear::new(&(&p / "ff_in"), d, cfg.d_ff, true)?,
-            ff_out: Linear::new(&(&p / "ff_out"), cfg.d_ff, d, true)?,
+            attn: MultiHeadAttention::with_init(&p / "attn", cfg.attention, init)?,
+            ln_attn: init.layer_norm(&(&p / "ln_attn"), d)?,
+            ln_ff: init.layer_norm(&(&p / "ln_ff"), d)?,
+            ff_in: init.linear(&(&p / "ff_in"), d, cfg.d_ff, true)?,
+            ff_out: init.linear(&(&p / "ff_out"), cfg.d_ff, d, true)?,
         })
     }
 

@@ -7,13 +7,38 @@ use tch::{nn, Kind, Tensor};
 
 use crate::attention::FastWeightState;
 use crate::block::{Block, BlockConfig, LayerNormPlacement};
-use crate::param::{Embedding, LayerNorm};
+use crate::param::{Embedding, LayerNorm, ParamInit};
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {
     pub vocab: i64,
     pub n_layers: i64,
     pub block: BlockConfig,
+    /// Initialisation, output bias and position order (configurations saved before there was a
+    /// choice read as the defaults).
+    #[serde(default)]
+    pub conventions: Conventions,
+}
+
+/// The conventions in which language models differ beyond their layers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Conventions {
+    /// How the blocks' linear layers and LayerNorms start (the embedding: N(0, 0.02) always).
+    pub init: ParamInit,
+    /// A bias on the output layer (whose weight is the embedding's), started at 0.
+    pub output_bias: bool,
+    pub positions: PositionOrder,
+}
+
+/// Which sinusoidal position each token of a segment gets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PositionOrder {
+    /// offset, offset + 1, ..., offset + T - 1 (Vaswani et al.).
+    #[default]
+    Ascending,
+    /// T - 1, ..., 1, 0: counted back from the segment's last token, whatever the offset (the
+    /// authors' language models, a Transformer-XL without memory).
+    Descending,
 }
 
 #[derive(Debug)]
@@ -23,6 +48,8 @@ pub struct LanguageModel {
     blocks: Vec<Block>,
     /// Final LayerNorm, pre-LN models only (post-LN blocks already end in one).
     ln_final: Option<LayerNorm>,
+    /// The output layer's bias `[vocab]`, where there is one.
+    output_bias: Option<Tensor>,
 }
 
 impl LanguageModel {
@@ -35,17 +62,24 @@ impl LanguageModel {
             stdev: 0.02,
         };
         let embedding = Embedding::new(&(&p / "embedding"), cfg.vocab, d, init)?;
+        let param_init = cfg.conventions.init;
         let blocks = (0..cfg.n_layers)
-            .map(|i| Block::new(&p / "blocks" / i, cfg.block))
+            .map(|i| Block::with_init(&p / "blocks" / i, cfg.block, param_init))
             .collect::<Result<Vec<_>>>()?;
         let ln_final = (cfg.block.layer_norm == LayerNormPlacement::Pre)
-            .then(|| LayerNorm::new(&(&p / "ln_final"), d))
+            .then(|| param_init.layer_norm(&(&p / "ln_final"), d))
+            .transpose()?;
+        let output_bias = cfg
+            .conventions
+            .output_bias
+            .then(|| crate::param::var(&p, "output_bias", &[cfg.vocab], nn::Init::Const(0.0)))
             .transpose()?;
         Ok(LanguageModel {
             cfg,
             embedding,
             blocks,
             ln_final,
+            output_bias,
         })
     }
 
@@ -78,7 +112,11 @@ impl LanguageModel {
     /// The output layer, tied to the embedding: hidden `[..., d_model]` -> logits `[..., vocab]`.
     /// Apply it to the positions that are scored only, where that is not all of them.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        Ok(hidden.f_matmul(&self.embedding.weight.f_transpose(0, 1)?)?)
+        let logits = hidden.f_matmul(&self.embedding.weight.f_transpose(0, 1)?)?;
+        Ok(match &self.output_bias {
+            Some(b) => logits.f_add(b)?,
+            None => logits,
+        })
     }
 
     /// [`LanguageModel::forward_t`] without the output layer: hidden states `[B, T, d_model]`.
@@ -107,7 +145,12 @@ impl LanguageModel {
             }
         }
         let d = self.cfg.block.attention.d_model;
-        let pos = sinusoidal_positions(offset, size[1], d, tokens.device())?; // [T, d]
+        let pos = match self.cfg.conventions.positions {
+            PositionOrder::Ascending => sinusoidal_positions(offset, size[1], d, tokens.device())?,
+            PositionOrder::Descending => {
+                sinusoidal_positions(0, size[1], d, tokens.device())?.f_flip([0i64].as_slice())?
+            }
+        }; // [T, d]
         let embedded = self.embedding.forward(tokens).map_err(|e| {
             anyhow::anyhow!(
                 "tokens: {e} (the model's vocabulary has {} words)",

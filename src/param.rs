@@ -8,6 +8,7 @@
 
 use anyhow::{anyhow, bail, Result};
 use tch::nn::{self, Init};
+use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 /// Bytes of a `dims` tensor of `kind`, or an error when the element count overflows.
@@ -189,9 +190,14 @@ pub struct LayerNorm {
 impl LayerNorm {
     /// Scale 1, shift 0, eps 1e-5 (tch's and PyTorch's defaults).
     pub fn new(p: &nn::Path, dim: i64) -> Result<Self> {
+        Self::with_init(p, dim, Init::Const(1.0))
+    }
+
+    /// Scale from `weight_init`, shift 0, eps 1e-5.
+    pub fn with_init(p: &nn::Path, dim: i64, weight_init: Init) -> Result<Self> {
         crate::check::positive(&p.path("dim"), dim)?;
         Ok(LayerNorm {
-            weight: var(p, "weight", &[dim], Init::Const(1.0))?,
+            weight: var(p, "weight", &[dim], weight_init)?,
             bias: var(p, "bias", &[dim], Init::Const(0.0))?,
             eps: 1e-5,
         })
@@ -207,5 +213,61 @@ impl LayerNorm {
             self.eps,
             true,
         )?)
+    }
+}
+
+/// How the linear layers and LayerNorms of a network start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub enum ParamInit {
+    /// tch's defaults: weights Kaiming-uniform in ±sqrt(6 / fan_in), biases uniform in
+    /// ±1/sqrt(fan_in); LayerNorm scale 1.
+    #[default]
+    Framework,
+    /// Weights N(0, std²), biases 0, LayerNorm scale N(1, std²) (the authors' language models:
+    /// std = 0.02).
+    Normal { std: f64 },
+}
+
+impl ParamInit {
+    /// A linear layer `in_dim -> out_dim` started this way.
+    pub fn linear(self, p: &nn::Path, in_dim: i64, out_dim: i64, bias: bool) -> Result<Linear> {
+        match self {
+            ParamInit::Framework => Linear::new(p, in_dim, out_dim, bias),
+            ParamInit::Normal { std } => Linear::with_init(
+                p,
+                in_dim,
+                out_dim,
+                Init::Randn {
+                    mean: 0.0,
+                    stdev: std,
+                },
+                bias.then_some(Init::Const(0.0)),
+            ),
+        }
+    }
+
+    /// A LayerNorm over `dim` started this way.
+    pub fn layer_norm(self, p: &nn::Path, dim: i64) -> Result<LayerNorm> {
+        match self {
+            ParamInit::Framework => LayerNorm::new(p, dim),
+            ParamInit::Normal { std } => LayerNorm::with_init(
+                p,
+                dim,
+                Init::Randn {
+                    mean: 1.0,
+                    stdev: std,
+                },
+            ),
+        }
+    }
+
+    /// Checks the standard deviation.
+    pub fn check(self) -> Result<()> {
+        if let ParamInit::Normal { std } = self {
+            if !(std.is_finite() && std > 0.0) {
+                bail!("init: the standard deviation must be finite and > 0, got {std}");
+            }
+        }
+        Ok(())
     }
 }

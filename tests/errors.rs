@@ -204,7 +204,7 @@ fn bad_layer_configs() {
     };
     let e = MultiHeadAttention::new(vs.root() / "a", cfg(AttentionKind::FastWeight(delta_attn)))
         .unwrap_err();
-    assert_mentions(&e.to_string(), &["Attention", "delta rule"]);
+    assert_mentions(&e.to_string(), &["Attention", "delta rule", "SumAndAttention"]);
     let dpfp = FastWeightConfig::delta(FeatureMap::Dpfp { nu: 16 });
     let e =
         MultiHeadAttention::new(vs.root() / "b", cfg(AttentionKind::FastWeight(dpfp))).unwrap_err();
@@ -295,6 +295,7 @@ fn language_model_refuses_token_ids_outside_the_vocabulary() {
             dropout: 0.0,
             layer_norm: LayerNormPlacement::Post,
         },
+        conventions: Default::default(),
     };
     let model = LanguageModel::new(vs.root(), cfg).unwrap();
     let ok = Tensor::from_slice(&[1i64, 2, 9]).view([1, 3]);

@@ -9,8 +9,9 @@ mod common;
 
 use common::{assert_close_scaled, rng_lock, seeded};
 use fwp::{
-    AttentionConfig, AttentionKind, Backend, BlockConfig, FastWeightConfig, FeatureMap,
-    LanguageModel, LayerNormPlacement, ModelConfig, MultiHeadAttention, Normalisation,
+    AttentionConfig, AttentionKind, Backend, BlockConfig, Conventions, FastWeightConfig,
+    FeatureMap, LanguageModel, LayerNormPlacement, ModelConfig, MultiHeadAttention, Normalisation,
+    ParamInit, PositionOrder,
 };
 use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
 
@@ -43,6 +44,23 @@ fn variants() -> Vec<(&'static str, AttentionKind)> {
         (
             "dpfp2 delta sum-norm",
             fw(FastWeightConfig::delta(FeatureMap::Dpfp { nu: 2 })),
+        ),
+        (
+            "linear delta sum+attn-norm scaled (the authors' LM layer)",
+            fw(FastWeightConfig {
+                normalisation: Normalisation::SumAndAttention,
+                eps: 1e-5,
+                scale_output: true,
+                ..FastWeightConfig::delta(FeatureMap::Linear)
+            }),
+        ),
+        (
+            "favor8 delta sum+attn-norm favor-eps",
+            fw(FastWeightConfig {
+                normalisation: Normalisation::SumAndAttention,
+                favor_eps: 1e-4,
+                ..FastWeightConfig::delta(FeatureMap::Favor { m: 8 })
+            }),
         ),
         (
             "identity delta none",
@@ -180,6 +198,7 @@ fn language_model_trains_post_and_pre_ln() {
                     dropout: 0.0,
                     layer_norm,
                 },
+                conventions: Default::default(),
             };
             let model = LanguageModel::new(vs.root(), cfg).unwrap();
             let tokens = Tensor::randint(20, [4, 16], (Kind::Int64, Device::Cpu));
@@ -204,5 +223,107 @@ fn language_model_trains_post_and_pre_ln() {
                 "{name} {layer_norm:?}: loss {before} -> {after}"
             );
         }
+    }
+}
+
+/// Initialisation: `ParamInit::Normal { std: 0.02 }` (the authors' LMs) gives every linear weight
+/// N(0, 0.02²), zero biases and LayerNorm scales N(1, 0.02²), and the output bias starts at 0;
+/// the framework's init keeps tch's Kaiming-uniform bound sqrt(6 / fan_in) and LayerNorm scale 1.
+#[test]
+fn language_model_initialisation_follows_its_conventions() {
+    let _rng = seeded(35);
+    for authors in [true, false] {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let attention = AttentionConfig {
+            d_model: 64,
+            n_heads: 4,
+            d_head: 16,
+            kind: AttentionKind::FastWeight(FastWeightConfig::delta(FeatureMap::Linear)),
+            attn_dropout: 0.0,
+        };
+        let conventions = if authors {
+            Conventions {
+                init: ParamInit::Normal { std: 0.02 },
+                output_bias: true,
+                positions: PositionOrder::Descending,
+            }
+        } else {
+            Conventions::default()
+        };
+        let cfg = ModelConfig {
+            vocab: 50,
+            n_layers: 2,
+            block: BlockConfig {
+                attention,
+                d_ff: 256,
+                dropout: 0.0,
+                layer_norm: LayerNormPlacement::Post,
+            },
+            conventions,
+        };
+        LanguageModel::new(vs.root(), cfg).unwrap();
+        let vars = vs.variables();
+        assert_eq!(vars.contains_key("output_bias"), authors);
+        let mut linear_weights = 0;
+        for (name, t) in &vars {
+            let std = f64::try_from(t.std(true)).unwrap();
+            let mean = f64::try_from(t.mean(Kind::Double)).unwrap();
+            let largest = f64::try_from(t.abs().max()).unwrap();
+            let layer_norm = name.contains("ln_");
+            if name.ends_with("bias") {
+                if authors {
+                    assert_eq!(largest, 0.0, "{name}: zero bias");
+                }
+            } else if layer_norm {
+                if authors {
+                    assert!((mean - 1.0).abs() < 0.01 && (std - 0.02).abs() < 0.008, "{name}: {mean} {std}");
+                } else {
+                    assert_eq!((mean, std), (1.0, 0.0), "{name}");
+                }
+            } else if name.starts_with("blocks") {
+                linear_weights += 1;
+                let fan_in = t.size()[1] as f64;
+                if authors {
+                    assert!(mean.abs() < 0.002 && (std - 0.02).abs() < 0.002, "{name}: N(0, 0.02): {mean} {std}");
+                } else {
+                    let bound = (6.0 / fan_in).sqrt();
+                    assert!(largest <= bound && largest > 0.9 * bound, "{name}: {largest} vs {bound}");
+                }
+            }
+        }
+        assert_eq!(linear_weights, 2 * 4, "qkv_beta, out, ff_in, ff_out per block");
+    }
+}
+
+/// Descending positions (the authors' LMs) count back from the segment's end, so the offset a
+/// segment starts at does not change its outputs; ascending positions do depend on it.
+#[test]
+fn descending_positions_ignore_the_offset() {
+    let _rng = seeded(36);
+    for (positions, same) in [(PositionOrder::Descending, true), (PositionOrder::Ascending, false)] {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cfg = ModelConfig {
+            vocab: 20,
+            n_layers: 1,
+            block: BlockConfig {
+                attention: AttentionConfig {
+                    d_model: 16,
+                    n_heads: 2,
+                    d_head: 8,
+                    kind: AttentionKind::Softmax,
+                    attn_dropout: 0.0,
+                },
+                d_ff: 32,
+                dropout: 0.0,
+                layer_norm: LayerNormPlacement::Post,
+            },
+            conventions: Conventions { positions, ..Conventions::default() },
+        };
+        let model = LanguageModel::new(vs.root(), cfg).unwrap();
+        let tokens = Tensor::randint(20, [2, 9], (Kind::Int64, Device::Cpu));
+        let (a, _) = model.forward_t(&tokens, None, 0, false).unwrap();
+        let (b, _) = model.forward_t(&tokens, None, 37, false).unwrap();
+        let gap = f64::try_from((a - b).abs().max()).unwrap();
+        assert_eq!(gap == 0.0, same, "{positions:?}: {gap}");
     }
 }

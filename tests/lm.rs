@@ -213,6 +213,12 @@ fn model_shapes_and_presets() {
         (medium.d_model, medium.d_head, medium.context),
         (256, 32, 384)
     );
+    let small_train = TrainConfig::preset(Preset::Small);
+    assert_eq!(
+        (small_train.lr, small_train.warmup, small_train.clip),
+        (2.5e-4, 2000, 0.25),
+        "the authors' schedule"
+    );
     let mut bad = config("delta:linear", 1).model;
     bad.normalisation = Some(fwp::Normalisation::Attention);
     assert!(bad
@@ -368,7 +374,11 @@ fn sliding_window_perplexity_equals_the_naive_one() {
     let tokens = c.valid.narrow(0, 0, 70);
     let aligned = c.valid.narrow(0, 0, 65); // 64 predictions: four whole segments
     for v in ["softmax", "delta:linear"] {
-        let cfg = config(v, 1);
+        // Ascending positions: with the authors' descending ones a token's position depends on the
+        // length of the window it is in, so the first window (shorter in the naive scoring) differs
+        // by design.
+        let mut cfg = config(v, 1);
+        cfg.model.protocol = fwp::lm::config::Protocol::FwpV1;
         let (_vs, model) = build_model(&cfg, c.vocab.len() as i64, Device::Cpu).unwrap();
         let want = naive_sliding(&model, &tokens, 16);
         for batch in [1, 7] {
@@ -876,4 +886,49 @@ fn a_nan_perplexity_is_recorded_and_reported() {
         .to_string();
     assert!(e.contains("temperature") && !e.contains('\n'), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `--protocol authors` (the default) gives the authors' LM conventions, fwp-v1 the first ones;
+/// configurations saved before the choice existed read as fwp-v1.
+#[test]
+fn protocols_give_their_conventions_and_old_runs_read_as_fwp_v1() {
+    use fwp::lm::config::Protocol;
+    use fwp::{AttentionKind, FavorRedraw, Normalisation, ParamInit, PositionOrder};
+    let fast = |m: &LmModel| match m.attention().unwrap() {
+        AttentionKind::FastWeight(fw) => fw,
+        AttentionKind::Softmax => unreachable!(),
+    };
+    for v in ["sum:favor:16", "delta:linear"] {
+        let authors = LmModel::preset(Preset::Tiny, v.parse::<Variant>().unwrap());
+        assert_eq!(authors.protocol, Protocol::Authors);
+        let fw = fast(&authors);
+        assert_eq!(fw.normalisation, Normalisation::SumAndAttention, "{v}");
+        assert_eq!((fw.eps, fw.scale_output, fw.favor_eps), (1e-5, true, 1e-4), "{v}");
+        assert_eq!(fw.favor_redraw, FavorRedraw::EveryTrainingStep);
+        let c = authors.model_config(100).unwrap().conventions;
+        assert_eq!(c.init, ParamInit::Normal { std: 0.02 });
+        assert!(c.output_bias);
+        assert_eq!(c.positions, PositionOrder::Descending);
+
+        let first = LmModel {
+            protocol: Protocol::FwpV1,
+            ..authors
+        };
+        let fw = fast(&first);
+        let want = if v.starts_with("sum") {
+            Normalisation::Attention
+        } else {
+            Normalisation::Sum
+        };
+        assert_eq!(fw.normalisation, want, "{v}");
+        assert_eq!((fw.eps, fw.scale_output, fw.favor_eps), (1e-6, false, 0.0));
+        assert_eq!(fw.favor_redraw, FavorRedraw::Never);
+        assert_eq!(first.model_config(100).unwrap().conventions, fwp::Conventions::default());
+
+        // a configuration saved before the protocol field: fwp-v1
+        let mut json = serde_json::to_value(first).unwrap();
+        json.as_object_mut().unwrap().remove("protocol");
+        let read: LmModel = serde_json::from_value(json).unwrap();
+        assert_eq!(read, first);
+    }
 }

@@ -6,6 +6,7 @@ use tch::{Device, Kind, Tensor};
 #[test]
 fn readme_model_example() -> anyhow::Result<()> {
     let vs = tch::nn::VarStore::new(Device::Cpu);
+    let conventions = Conventions::default();
     let fw = FastWeightConfig::delta(FeatureMap::Dpfp { nu: 2 }); // delta rule, sum-normalised
     let sum = FastWeightConfig::sum(FeatureMap::Linear); // Katharopoulos linear attention
     let custom = FastWeightConfig {
@@ -32,6 +33,7 @@ fn readme_model_example() -> anyhow::Result<()> {
             vocab: 1000,
             n_layers: 16,
             block,
+            conventions,
         },
     )?;
     let (logits, _) = model.forward_t(

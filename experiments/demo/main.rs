@@ -160,6 +160,7 @@ fn main() -> Result<()> {
             dropout: 0.0,
             layer_norm: LayerNormPlacement::Pre,
         },
+        conventions: Default::default(),
     };
     let run_dir = args.out_dir.join(format!("demo-{variant}"));
     std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use fwp::lm::checkpoint::RunConfig;
-use fwp::lm::config::{LmModel, Preset, TrainConfig};
+use fwp::lm::config::{LmModel, Preset, Protocol as LmProtocol, TrainConfig};
 use fwp::lm::data::Split;
 use fwp::lm::eval::{evaluate, EvalMode};
 use fwp::lm::export::{export, sample, SampleOptions};
@@ -138,17 +138,22 @@ struct TrainArgs {
     run: PathBuf,
     /// Continue from <run>/checkpoint with its saved configuration (which no other flag may change).
     #[arg(long, conflicts_with_all = [
-        "data", "preset", "variant", "normalisation", "backend", "steps", "batch", "accumulate", "lr",
+        "data", "preset", "protocol", "variant", "normalisation", "backend", "steps", "batch", "accumulate", "lr",
         "warmup", "dropout", "context", "seed", "min_count", "eval_every", "checkpoint_every",
     ])]
     resume: bool,
     /// tiny, small or medium
     #[arg(long, default_value = "tiny")]
     preset: Preset,
+    /// authors (their LM toolkit's conventions: init, normalisation, output scale and bias, FAVOR+
+    /// redraw, positions) or fwp-v1 (fwp's first); see docs/lm.md
+    #[arg(long, default_value = "authors")]
+    protocol: LmProtocol,
     /// softmax, or RULE:MAP: sum:linear, sum:dpfp:2, sum:favor:16, delta:linear, delta:dpfp:2, ...
     #[arg(long, default_value = "delta:linear")]
     variant: Variant,
-    /// none, attention, sum or sum-and-attention (default: attention for sum, sum for delta).
+    /// none, attention, sum or sum-and-attention (default: the protocol's; authors:
+    /// sum-and-attention for both rules; fwp-v1: attention for sum, sum for delta).
     #[arg(long)]
     normalisation: Option<Normalisation>,
     #[arg(long, default_value = "auto")]
@@ -203,6 +208,7 @@ fn run_config(a: &TrainArgs) -> Result<RunConfig> {
         bail!("--data is required for a new run (the corpus directory, e.g. data/brown)");
     };
     let mut model = LmModel::preset(a.preset, a.variant);
+    model.protocol = a.protocol;
     model.normalisation = a.normalisation;
     model.backend = a.backend;
     if let Some(v) = a.dropout {

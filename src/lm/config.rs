@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::attention::{AttentionConfig, AttentionKind, FastWeightConfig};
 use crate::block::{BlockConfig, LayerNormPlacement};
-use crate::model::ModelConfig;
+use crate::feature_map::FavorRedraw;
+use crate::model::{Conventions, ModelConfig, PositionOrder};
+use crate::param::ParamInit;
 use crate::norm::Normalisation;
 use crate::recurrence::Backend;
 use crate::variant::Variant;
@@ -16,8 +18,8 @@ use crate::variant::Variant;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Preset {
-    /// 4 layers, d_model 128, 4 heads x 32, d_ff 512, context 128; 400 updates of 32 x 128 tokens
-    /// (lr 1e-3, 40 warm-up steps): about 10 minutes on 2 CPU cores with Brown's 20.9k words.
+    /// 4 layers, d_model 128, 4 heads x 32, d_ff 512, context 128; 2000 updates of 32 x 128 tokens
+    /// (lr 1e-3, 200 warm-up steps): about 50 minutes on 2 CPU cores with Brown's 20.9k words.
     Tiny,
     /// The paper's small: 16 layers, d_model 128, 8 x 16, d_ff 2048, context 256, batch 96.
     Small,
@@ -26,6 +28,30 @@ pub enum Preset {
 }
 
 crate::names::named_enum!(Preset, "preset", { Tiny => "tiny", Small => "small", Medium => "medium" });
+
+/// The conventions a language model follows (docs/lm.md, "Protocols"), apart from its size and
+/// training budget.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protocol {
+    /// The authors' language models (their LM toolkit, the paper's small script): linear layers
+    /// N(0, 0.02) with zero biases, LayerNorm scales N(1, 0.02); fast-weight keys and queries
+    /// sum-normalised and the output divided by z . q + 1e-5 for both rules, then by
+    /// sqrt(d_head); FAVOR+ with 1e-4 added to its features, redrawn at every training step; an
+    /// output bias; positions counted back from the segment's end.
+    #[default]
+    Authors,
+    /// fwp's first: tch's initialisation, sum rule attention-normalised and delta rule
+    /// sum-normalised (eps 1e-6), no output scale, FAVOR+ drawn once, no output bias, ascending
+    /// positions.
+    FwpV1,
+}
+
+crate::names::named_enum!(Protocol, "protocol", { Authors => "authors", FwpV1 => "fwp-v1" });
+
+fn fwp_v1() -> Protocol {
+    Protocol::FwpV1
+}
 
 /// The network, apart from the vocabulary size (which comes from the corpus).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -40,13 +66,17 @@ pub struct LmModel {
     pub context: i64,
     pub dropout: f64,
     pub variant: Variant,
-    /// `None`: the library's default for the rule (sum rule: attention normalisation, as in
-    /// Katharopoulos et al.; delta rule: sum normalisation, as in the paper).
+    /// `None`: the protocol's (authors: sum-and-attention for both rules; fwp-v1: attention for
+    /// the sum rule, as Katharopoulos et al., sum for the delta rule, as the paper).
     pub normalisation: Option<Normalisation>,
     pub backend: Backend,
+    /// Runs saved before there was a choice: fwp-v1.
+    #[serde(default = "fwp_v1")]
+    pub protocol: Protocol,
 }
 
 impl LmModel {
+    /// The preset's size with the authors' conventions.
     pub fn preset(preset: Preset, variant: Variant) -> LmModel {
         let (n_layers, d_model, n_heads, d_head, d_ff, context) = match preset {
             Preset::Tiny => (4, 128, 4, 32, 512, 128),
@@ -65,6 +95,7 @@ impl LmModel {
             variant,
             normalisation: None,
             backend: Backend::Auto,
+            protocol: Protocol::Authors,
         }
     }
 
@@ -79,6 +110,17 @@ impl LmModel {
             }
             Variant::FastWeight { rule, map } => {
                 let base = FastWeightConfig::new(rule, map);
+                let base = match self.protocol {
+                    Protocol::FwpV1 => base,
+                    Protocol::Authors => FastWeightConfig {
+                        normalisation: Normalisation::SumAndAttention,
+                        eps: 1e-5,
+                        scale_output: true,
+                        favor_redraw: FavorRedraw::EveryTrainingStep,
+                        favor_eps: 1e-4,
+                        ..base
+                    },
+                };
                 let cfg = FastWeightConfig {
                     normalisation: self.normalisation.unwrap_or(base.normalisation),
                     backend: self.backend,
@@ -120,6 +162,14 @@ impl LmModel {
                 dropout: self.dropout,
                 layer_norm: LayerNormPlacement::Post,
             },
+            conventions: match self.protocol {
+                Protocol::FwpV1 => Conventions::default(),
+                Protocol::Authors => Conventions {
+                    init: ParamInit::Normal { std: 0.02 },
+                    output_bias: true,
+                    positions: PositionOrder::Descending,
+                },
+            },
         })
     }
 }
@@ -148,7 +198,7 @@ pub struct TrainConfig {
 impl TrainConfig {
     pub fn preset(preset: Preset) -> TrainConfig {
         let (steps, batch, warmup, lr) = match preset {
-            Preset::Tiny => (400, 32, 40, 1e-3),
+            Preset::Tiny => (2000, 32, 200, 1e-3),
             Preset::Small => (500_000, 96, 2000, 2.5e-4),
             Preset::Medium => (400_000, 56, 2000, 2.5e-4),
         };
