@@ -7,8 +7,8 @@ use tch::{nn, Tensor};
 
 use crate::feature_map::{FavorRedraw, FeatureMap, Phi};
 use crate::norm::{attention_normalise, sum_normalise, Normalisation};
-use crate::param::ParamInit;
 use crate::param::Linear;
+use crate::param::ParamInit;
 use crate::recurrence::{fast_weight, Backend, UpdateRule};
 
 /// Everything that defines a fast-weight layer.

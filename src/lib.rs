@@ -39,7 +39,7 @@ pub mod variant;
 pub use attention::{AttentionConfig, AttentionKind, FastWeightConfig, MultiHeadAttention};
 pub use block::{Block, BlockConfig, LayerNormPlacement};
 pub use feature_map::{FavorRedraw, FeatureMap, Phi};
-pub use model::{Conventions, LanguageModel, ModelConfig, PositionOrder};
+pub use model::{Conventions, LanguageModel, ModelConfig, OutputLayer, PositionOrder};
 pub use norm::Normalisation;
 pub use param::ParamInit;
 pub use recurrence::{fast_weight, Backend, FastWeightOutput, UpdateRule};

@@ -28,6 +28,25 @@ pub struct Conventions {
     /// A bias on the output layer (whose weight is the embedding's), started at 0.
     pub output_bias: bool,
     pub positions: PositionOrder,
+    /// Configurations saved before there was a choice: the full softmax.
+    #[serde(default)]
+    pub output: OutputLayer,
+}
+
+/// How the output layer turns hidden states into a distribution over the vocabulary.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OutputLayer {
+    /// One softmax over every word.
+    #[default]
+    Full,
+    /// An adaptive softmax (Grave et al. 2017) with the output weights kept full width and tied
+    /// (as the authors' LMs, whose `div_val` is 1): words `0..c0` and one entry per tail cluster
+    /// share a head softmax, words `c0..c1` and `c1..vocab` form two tail clusters, each a softmax
+    /// of its own: log p(w) = log p_head(cluster of w) + log p_cluster(w). It needs a vocabulary
+    /// sorted by frequency (ids in the head the most frequent) to save work; the probabilities
+    /// are exact and normalised over the whole vocabulary in any case. Training and scoring
+    /// compute a tail only for the positions whose target lies in it.
+    Adaptive { cutoffs: [i64; 2] },
 }
 
 /// Which sinusoidal position each token of a segment gets.
@@ -50,6 +69,8 @@ pub struct LanguageModel {
     ln_final: Option<LayerNorm>,
     /// The output layer's bias `[vocab]`, where there is one.
     output_bias: Option<Tensor>,
+    /// Adaptive softmax: the cutoffs and the head's cluster entries, weight `[2, d]` and bias `[2]`.
+    clusters: Option<([i64; 2], Tensor, Tensor)>,
 }
 
 impl LanguageModel {
@@ -74,12 +95,39 @@ impl LanguageModel {
             .output_bias
             .then(|| crate::param::var(&p, "output_bias", &[cfg.vocab], nn::Init::Const(0.0)))
             .transpose()?;
+        let clusters = match cfg.conventions.output {
+            OutputLayer::Full => None,
+            OutputLayer::Adaptive { cutoffs: [c0, c1] } => {
+                if !(0 < c0 && c0 < c1 && c1 < cfg.vocab) {
+                    bail!(
+                        "adaptive softmax cutoffs [{c0}, {c1}]: need 0 < c0 < c1 < vocab ({})",
+                        cfg.vocab
+                    );
+                }
+                let std = match param_init {
+                    ParamInit::Normal { std } => std,
+                    ParamInit::Framework => 0.02,
+                };
+                let w = crate::param::var(
+                    &p,
+                    "cluster_weight",
+                    &[2, d],
+                    nn::Init::Randn {
+                        mean: 0.0,
+                        stdev: std,
+                    },
+                )?;
+                let b = crate::param::var(&p, "cluster_bias", &[2], nn::Init::Const(0.0))?;
+                Some(([c0, c1], w, b))
+            }
+        };
         Ok(LanguageModel {
             cfg,
             embedding,
             blocks,
             ln_final,
             output_bias,
+            clusters,
         })
     }
 
@@ -109,14 +157,83 @@ impl LanguageModel {
         Ok((self.logits(&hidden)?, states))
     }
 
-    /// The output layer, tied to the embedding: hidden `[..., d_model]` -> logits `[..., vocab]`.
+    /// The output layer, tied to the embedding: hidden `[..., d_model]` -> logits `[..., vocab]`
+    /// (with an adaptive softmax: the normalised log-probabilities, which are logits too).
     /// Apply it to the positions that are scored only, where that is not all of them.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        let logits = hidden.f_matmul(&self.embedding.weight.f_transpose(0, 1)?)?;
+        let Some(([c0, c1], _, _)) = &self.clusters else {
+            return self.word_logits(hidden, 0, self.cfg.vocab);
+        };
+        let head = self.head_log_probs(hidden)?; // [..., c0 + 2]
+        let mut parts = vec![head.f_narrow(-1, 0, *c0)?];
+        for (i, (from, to)) in [(*c0, *c1), (*c1, self.cfg.vocab)].into_iter().enumerate() {
+            let tail = self
+                .word_logits(hidden, from, to - from)?
+                .f_log_softmax(-1, None::<Kind>)?;
+            parts.push(tail + head.f_narrow(-1, c0 + i as i64, 1)?);
+        }
+        Ok(Tensor::f_cat(&parts, -1)?)
+    }
+
+    /// Logits of words `from..from + n`: hidden `[..., d]` -> `[..., n]`.
+    fn word_logits(&self, hidden: &Tensor, from: i64, n: i64) -> Result<Tensor> {
+        let w = self.embedding.weight.f_narrow(0, from, n)?;
+        let logits = hidden.f_matmul(&w.f_transpose(0, 1)?)?;
         Ok(match &self.output_bias {
-            Some(b) => logits.f_add(b)?,
+            Some(b) => logits.f_add(&b.f_narrow(0, from, n)?)?,
             None => logits,
         })
+    }
+
+    /// Adaptive softmax: log-probabilities of the head's words and of its two cluster entries.
+    fn head_log_probs(&self, hidden: &Tensor) -> Result<Tensor> {
+        let Some(([c0, _], w, b)) = &self.clusters else {
+            bail!("head_log_probs: not an adaptive softmax");
+        };
+        let clusters = hidden.f_matmul(&w.f_transpose(0, 1)?)?.f_add(b)?; // [..., 2]
+        let words = self.word_logits(hidden, 0, *c0)?;
+        Ok(Tensor::f_cat(&[words, clusters], -1)?.f_log_softmax(-1, None::<Kind>)?)
+    }
+
+    /// Sum of -log p(target) over all positions: hidden `[..., d]`, targets `[...]` (ids). An
+    /// adaptive softmax computes a tail cluster only for the positions whose target is in it.
+    pub fn nll_sum(&self, hidden: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        let d = *hidden.size().last().unwrap_or(&0);
+        let h = hidden.f_reshape([-1, d])?; // [N, d]
+        let y = targets.f_reshape([-1])?; // [N]
+        let Some(([c0, c1], _, _)) = &self.clusters else {
+            let lp = self
+                .word_logits(&h, 0, self.cfg.vocab)?
+                .f_log_softmax(-1, None::<Kind>)?;
+            return Ok(lp
+                .f_gather(-1, &y.f_unsqueeze(-1)?, false)?
+                .f_sum(None::<Kind>)?
+                .f_neg()?);
+        };
+        let head = self.head_log_probs(&h)?; // [N, c0 + 2]
+                                             // the head entry of each target: the word itself, or its cluster's entry
+        let in_head = y.f_lt(*c0)?;
+        let tail_id = y.f_ge(*c1)?.f_to_kind(Kind::Int64)? + *c0; // c0 or c0 + 1
+        let head_id = y.f_where_self(&in_head, &tail_id)?;
+        let mut total = head
+            .f_gather(-1, &head_id.f_unsqueeze(-1)?, false)?
+            .f_sum(None::<Kind>)?;
+        for (from, to) in [(*c0, *c1), (*c1, self.cfg.vocab)] {
+            let rows = y
+                .f_ge(from)?
+                .f_logical_and(&y.f_lt(to)?)?
+                .f_nonzero()?
+                .f_squeeze_dim(-1)?;
+            if rows.numel() == 0 {
+                continue;
+            }
+            let lp = self
+                .word_logits(&h.f_index_select(0, &rows)?, from, to - from)?
+                .f_log_softmax(-1, None::<Kind>)?; // [n, to - from]
+            let within = (y.f_index_select(0, &rows)? - from).f_unsqueeze(-1)?;
+            total = total + lp.f_gather(-1, &within, false)?.f_sum(None::<Kind>)?;
+        }
+        Ok(total.f_neg()?)
     }
 
     /// [`LanguageModel::forward_t`] without the output layer: hidden states `[B, T, d_model]`.

@@ -7,8 +7,8 @@
 //! layer_norm}` from the same seed.
 
 use anyhow::{anyhow, bail, Result};
-use tch::nn::{self, Init};
 use serde::{Deserialize, Serialize};
+use tch::nn::{self, Init};
 use tch::{Kind, Tensor};
 
 /// Bytes of a `dims` tensor of `kind`, or an error when the element count overflows.

@@ -204,7 +204,10 @@ fn bad_layer_configs() {
     };
     let e = MultiHeadAttention::new(vs.root() / "a", cfg(AttentionKind::FastWeight(delta_attn)))
         .unwrap_err();
-    assert_mentions(&e.to_string(), &["Attention", "delta rule", "SumAndAttention"]);
+    assert_mentions(
+        &e.to_string(),
+        &["Attention", "delta rule", "SumAndAttention"],
+    );
     let dpfp = FastWeightConfig::delta(FeatureMap::Dpfp { nu: 16 });
     let e =
         MultiHeadAttention::new(vs.root() / "b", cfg(AttentionKind::FastWeight(dpfp))).unwrap_err();

@@ -246,6 +246,7 @@ fn language_model_initialisation_follows_its_conventions() {
                 init: ParamInit::Normal { std: 0.02 },
                 output_bias: true,
                 positions: PositionOrder::Descending,
+                output: fwp::OutputLayer::Full,
             }
         } else {
             Conventions::default()
@@ -276,7 +277,10 @@ fn language_model_initialisation_follows_its_conventions() {
                 }
             } else if layer_norm {
                 if authors {
-                    assert!((mean - 1.0).abs() < 0.01 && (std - 0.02).abs() < 0.008, "{name}: {mean} {std}");
+                    assert!(
+                        (mean - 1.0).abs() < 0.01 && (std - 0.02).abs() < 0.008,
+                        "{name}: {mean} {std}"
+                    );
                 } else {
                     assert_eq!((mean, std), (1.0, 0.0), "{name}");
                 }
@@ -284,14 +288,24 @@ fn language_model_initialisation_follows_its_conventions() {
                 linear_weights += 1;
                 let fan_in = t.size()[1] as f64;
                 if authors {
-                    assert!(mean.abs() < 0.002 && (std - 0.02).abs() < 0.002, "{name}: N(0, 0.02): {mean} {std}");
+                    assert!(
+                        mean.abs() < 0.002 && (std - 0.02).abs() < 0.002,
+                        "{name}: N(0, 0.02): {mean} {std}"
+                    );
                 } else {
                     let bound = (6.0 / fan_in).sqrt();
-                    assert!(largest <= bound && largest > 0.9 * bound, "{name}: {largest} vs {bound}");
+                    assert!(
+                        largest <= bound && largest > 0.9 * bound,
+                        "{name}: {largest} vs {bound}"
+                    );
                 }
             }
         }
-        assert_eq!(linear_weights, 2 * 4, "qkv_beta, out, ff_in, ff_out per block");
+        assert_eq!(
+            linear_weights,
+            2 * 4,
+            "qkv_beta, out, ff_in, ff_out per block"
+        );
     }
 }
 
@@ -300,7 +314,10 @@ fn language_model_initialisation_follows_its_conventions() {
 #[test]
 fn descending_positions_ignore_the_offset() {
     let _rng = seeded(36);
-    for (positions, same) in [(PositionOrder::Descending, true), (PositionOrder::Ascending, false)] {
+    for (positions, same) in [
+        (PositionOrder::Descending, true),
+        (PositionOrder::Ascending, false),
+    ] {
         let vs = nn::VarStore::new(Device::Cpu);
         let cfg = ModelConfig {
             vocab: 20,
@@ -317,7 +334,10 @@ fn descending_positions_ignore_the_offset() {
                 dropout: 0.0,
                 layer_norm: LayerNormPlacement::Post,
             },
-            conventions: Conventions { positions, ..Conventions::default() },
+            conventions: Conventions {
+                positions,
+                ..Conventions::default()
+            },
         };
         let model = LanguageModel::new(vs.root(), cfg).unwrap();
         let tokens = Tensor::randint(20, [2, 9], (Kind::Int64, Device::Cpu));
@@ -326,4 +346,78 @@ fn descending_positions_ignore_the_offset() {
         let gap = f64::try_from((a - b).abs().max()).unwrap();
         assert_eq!(gap == 0.0, same, "{positions:?}: {gap}");
     }
+}
+
+fn small_lm(vs: &nn::VarStore, output: fwp::OutputLayer) -> anyhow::Result<LanguageModel> {
+    let cfg = ModelConfig {
+        vocab: 40,
+        n_layers: 1,
+        block: BlockConfig {
+            attention: AttentionConfig {
+                d_model: 16,
+                n_heads: 2,
+                d_head: 8,
+                kind: AttentionKind::FastWeight(FastWeightConfig::delta(FeatureMap::Linear)),
+                attn_dropout: 0.0,
+            },
+            d_ff: 32,
+            dropout: 0.0,
+            layer_norm: LayerNormPlacement::Post,
+        },
+        conventions: Conventions {
+            output_bias: true,
+            output,
+            ..Conventions::default()
+        },
+    };
+    LanguageModel::new(vs.root(), cfg)
+}
+
+/// The adaptive softmax's distribution is normalised over the whole vocabulary, and its fast
+/// scoring (`nll_sum`: tails only where a target lies) gives the loss and every parameter gradient
+/// of scoring with the full log-probabilities (its plain twin). For the full softmax, `nll_sum`
+/// is the summed cross-entropy of the logits.
+#[test]
+fn adaptive_softmax_is_normalised_and_its_scoring_matches_the_full_distribution() {
+    let _rng = seeded(37);
+    for output in [
+        fwp::OutputLayer::Adaptive { cutoffs: [5, 17] },
+        fwp::OutputLayer::Full,
+    ] {
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let model = small_lm(&vs, output).unwrap();
+        vs.double();
+        // nonzero output and cluster biases, so that they are exercised
+        for (name, t) in vs.variables() {
+            if name.contains("bias") {
+                tch::no_grad(|| t.shallow_clone().copy_(&(Tensor::randn_like(&t) * 0.3)));
+            }
+        }
+        let tokens = Tensor::randint(40, [3, 12], (Kind::Int64, Device::Cpu));
+        let targets = Tensor::randint(40, [3, 12], (Kind::Int64, Device::Cpu));
+        let (hidden, _) = model.hidden_t(&tokens, None, 0, false).unwrap();
+        let lp = model.logits(&hidden).unwrap().log_softmax(-1, Kind::Double);
+        if matches!(output, fwp::OutputLayer::Adaptive { .. }) {
+            let raw = model.logits(&hidden).unwrap();
+            let total = raw
+                .exp()
+                .sum_dim_intlist([-1i64].as_slice(), false, Kind::Double);
+            assert_close_scaled("sum of p", &total, &total.ones_like(), 1e-12);
+        }
+        let full = -lp
+            .gather(-1, &targets.unsqueeze(-1), false)
+            .sum(Kind::Double);
+        let fast = model.nll_sum(&hidden, &targets).unwrap();
+        assert_close_scaled(&format!("{output:?} nll"), &fast, &full, 1e-12);
+        let grads = |loss: &Tensor| {
+            let vars = vs.trainable_variables();
+            Tensor::run_backward(&[loss], &vars, true, false)
+        };
+        for (g_fast, g_full) in grads(&fast).iter().zip(grads(&full)) {
+            assert_close_scaled(&format!("{output:?} gradient"), g_fast, &g_full, 1e-10);
+        }
+    }
+    let vs = nn::VarStore::new(Device::Cpu);
+    let e = small_lm(&vs, fwp::OutputLayer::Adaptive { cutoffs: [30, 40] }).unwrap_err();
+    assert!(e.to_string().contains("cutoffs"), "{e}");
 }

@@ -903,7 +903,11 @@ fn protocols_give_their_conventions_and_old_runs_read_as_fwp_v1() {
         assert_eq!(authors.protocol, Protocol::Authors);
         let fw = fast(&authors);
         assert_eq!(fw.normalisation, Normalisation::SumAndAttention, "{v}");
-        assert_eq!((fw.eps, fw.scale_output, fw.favor_eps), (1e-5, true, 1e-4), "{v}");
+        assert_eq!(
+            (fw.eps, fw.scale_output, fw.favor_eps),
+            (1e-5, true, 1e-4),
+            "{v}"
+        );
         assert_eq!(fw.favor_redraw, FavorRedraw::EveryTrainingStep);
         let c = authors.model_config(100).unwrap().conventions;
         assert_eq!(c.init, ParamInit::Normal { std: 0.02 });
@@ -923,7 +927,10 @@ fn protocols_give_their_conventions_and_old_runs_read_as_fwp_v1() {
         assert_eq!(fw.normalisation, want, "{v}");
         assert_eq!((fw.eps, fw.scale_output, fw.favor_eps), (1e-6, false, 0.0));
         assert_eq!(fw.favor_redraw, FavorRedraw::Never);
-        assert_eq!(first.model_config(100).unwrap().conventions, fwp::Conventions::default());
+        assert_eq!(
+            first.model_config(100).unwrap().conventions,
+            fwp::Conventions::default()
+        );
 
         // a configuration saved before the protocol field: fwp-v1
         let mut json = serde_json::to_value(first).unwrap();

@@ -35,6 +35,7 @@ use fwp::lm::train::{
     load_run, parameter_count, train, LoadedRun, Outcome, TrainEvent, TrainOptions,
 };
 use fwp::report::append_record;
+use fwp::OutputLayer;
 use fwp::{Backend, Normalisation, Variant};
 use serde::{Deserialize, Serialize};
 
@@ -64,7 +65,7 @@ enum Command {
         min_count: usize,
     },
     /// Train a model (or resume one).
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Perplexity of a split.
     Eval {
         #[arg(long)]
@@ -138,7 +139,7 @@ struct TrainArgs {
     run: PathBuf,
     /// Continue from <run>/checkpoint with its saved configuration (which no other flag may change).
     #[arg(long, conflicts_with_all = [
-        "data", "preset", "protocol", "variant", "normalisation", "backend", "steps", "batch", "accumulate", "lr",
+        "data", "preset", "protocol", "adaptive", "variant", "normalisation", "backend", "steps", "batch", "accumulate", "lr",
         "warmup", "dropout", "context", "seed", "min_count", "eval_every", "checkpoint_every",
     ])]
     resume: bool,
@@ -149,6 +150,11 @@ struct TrainArgs {
     /// redraw, positions) or fwp-v1 (fwp's first); see docs/lm.md
     #[arg(long, default_value = "authors")]
     protocol: LmProtocol,
+    /// An adaptive softmax with tail clusters from word ids C0 and C1 (`C0,C1`, e.g. `2000,8000`;
+    /// the vocabulary is sorted by frequency): exact probabilities, a cheaper output layer.
+    /// Default: the full softmax.
+    #[arg(long, value_parser = parse_cutoffs)]
+    adaptive: Option<[i64; 2]>,
     /// softmax, or RULE:MAP: sum:linear, sum:dpfp:2, sum:favor:16, delta:linear, delta:dpfp:2, ...
     #[arg(long, default_value = "delta:linear")]
     variant: Variant,
@@ -203,12 +209,27 @@ struct EvalRecord {
     seconds: f64,
 }
 
+fn parse_cutoffs(s: &str) -> Result<[i64; 2]> {
+    let parts: Vec<&str> = s.split(',').collect();
+    let nums = parts
+        .iter()
+        .map(|p| p.trim().parse::<i64>())
+        .collect::<Result<Vec<_>, _>>();
+    match nums.as_deref() {
+        Ok(&[c0, c1]) if 0 < c0 && c0 < c1 => Ok([c0, c1]),
+        _ => bail!("'{s}': expected two increasing positive word ids C0,C1, e.g. 2000,8000"),
+    }
+}
+
 fn run_config(a: &TrainArgs) -> Result<RunConfig> {
     let Some(data) = a.data.clone() else {
         bail!("--data is required for a new run (the corpus directory, e.g. data/brown)");
     };
     let mut model = LmModel::preset(a.preset, a.variant);
     model.protocol = a.protocol;
+    if let Some(cutoffs) = a.adaptive {
+        model.output = OutputLayer::Adaptive { cutoffs };
+    }
     model.normalisation = a.normalisation;
     model.backend = a.backend;
     if let Some(v) = a.dropout {

@@ -8,9 +8,9 @@ use serde::{Deserialize, Serialize};
 use crate::attention::{AttentionConfig, AttentionKind, FastWeightConfig};
 use crate::block::{BlockConfig, LayerNormPlacement};
 use crate::feature_map::FavorRedraw;
-use crate::model::{Conventions, ModelConfig, PositionOrder};
-use crate::param::ParamInit;
+use crate::model::{Conventions, ModelConfig, OutputLayer, PositionOrder};
 use crate::norm::Normalisation;
+use crate::param::ParamInit;
 use crate::recurrence::Backend;
 use crate::variant::Variant;
 
@@ -73,6 +73,10 @@ pub struct LmModel {
     /// Runs saved before there was a choice: fwp-v1.
     #[serde(default = "fwp_v1")]
     pub protocol: Protocol,
+    /// The full softmax, or an adaptive one (cheaper to train with a large vocabulary; exact
+    /// probabilities either way). Runs saved before there was a choice: full.
+    #[serde(default)]
+    pub output: OutputLayer,
 }
 
 impl LmModel {
@@ -96,6 +100,7 @@ impl LmModel {
             normalisation: None,
             backend: Backend::Auto,
             protocol: Protocol::Authors,
+            output: OutputLayer::Full,
         }
     }
 
@@ -163,11 +168,15 @@ impl LmModel {
                 layer_norm: LayerNormPlacement::Post,
             },
             conventions: match self.protocol {
-                Protocol::FwpV1 => Conventions::default(),
+                Protocol::FwpV1 => Conventions {
+                    output: self.output,
+                    ..Conventions::default()
+                },
                 Protocol::Authors => Conventions {
                     init: ParamInit::Normal { std: 0.02 },
                     output_bias: true,
                     positions: PositionOrder::Descending,
+                    output: self.output,
                 },
             },
         })

@@ -68,13 +68,10 @@ impl Score {
 /// (the output layer runs on the scored positions only).
 fn nll(model: &LanguageModel, hidden: &Tensor, targets: &Tensor, from: i64) -> Result<Score> {
     let t = hidden.size()[1];
-    let lp = model
-        .logits(&hidden.f_narrow(1, from, t - from)?)?
-        .f_log_softmax(-1, Kind::Float)?;
-    let y = targets.f_narrow(1, from, t - from)?.f_unsqueeze(-1)?;
-    let picked = lp.f_gather(-1, &y, false)?;
+    let y = targets.f_narrow(1, from, t - from)?;
+    let total = model.nll_sum(&hidden.f_narrow(1, from, t - from)?, &y)?;
     Ok(Score {
-        nll: -f64::try_from(picked.f_sum(Kind::Double)?)?,
+        nll: f64::try_from(total)?,
         count: y.numel() as i64,
     })
 }

@@ -25,6 +25,7 @@ struct Evaluation {
 pub struct RunSummary {
     pub dir: PathBuf,
     pub variant: String,
+    pub seed: i64,
     pub parameters: i64,
     pub updates: usize,
     pub tokens_per_s: f64,
@@ -60,6 +61,7 @@ pub fn summarise(run: &Path) -> Result<RunSummary> {
     Ok(RunSummary {
         dir: run.to_path_buf(),
         variant: meta.config.model.variant.to_string(),
+        seed: meta.config.train.seed,
         parameters: meta.parameters,
         updates: meta.step,
         tokens_per_s: median(steps.iter().map(|s| s.tokens_per_s).collect()),
@@ -112,6 +114,7 @@ pub fn report(runs: &[PathBuf], plot_stem: Option<&Path>) -> Result<String> {
     ];
     let mut header = vec![
         "variant".to_string(),
+        "seed".into(),
         "parameters".into(),
         "updates".into(),
         "train tokens/s".into(),
@@ -124,6 +127,7 @@ pub fn report(runs: &[PathBuf], plot_stem: Option<&Path>) -> Result<String> {
         .map(|r| {
             let mut row = vec![
                 r.variant.clone(),
+                r.seed.to_string(),
                 format!("{:.2}M", r.parameters as f64 / 1e6),
                 r.updates.to_string(),
                 format!("{:.0}", r.tokens_per_s),
@@ -144,7 +148,7 @@ pub fn report(runs: &[PathBuf], plot_stem: Option<&Path>) -> Result<String> {
             .iter()
             .filter(|r| !r.curve.is_empty())
             .map(|r| Series {
-                name: r.variant.clone(),
+                name: format!("{} (seed {})", r.variant, r.seed),
                 points: r.curve.clone(),
                 ..Series::default()
             })

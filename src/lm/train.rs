@@ -235,8 +235,8 @@ pub fn train(run: &Path, cfg: &RunConfig, opts: &TrainOptions) -> Result<Outcome
         for m in 0..t.accumulate {
             let xm = Segments::rows(&x, m * micro, micro)?;
             let ym = Segments::rows(&y, m * micro, micro)?;
-            let (logits, _) = model.forward_t(&xm, None, 0, true)?;
-            let loss = cross_entropy(&logits, &ym)?;
+            let (hidden, _) = model.hidden_t(&xm, None, 0, true)?;
+            let loss = model.nll_sum(&hidden, &ym)? / ym.numel() as f64; // mean cross-entropy
             loss_sum += f64::try_from(&loss)? / t.accumulate as f64;
             (loss / t.accumulate as f64).backward();
         }
