@@ -15,8 +15,9 @@
 //!   make run                                         # the `quick` preset: capacity at d_key = 16, ~10 min
 //!   cargo run --release --bin retrieval -- --preset paper1 --variants sum:linear --s 20:200:20
 //!   cargo run --release --bin retrieval -- --help
-//! Expected (quick preset): softmax solves every S; sum:linear (d_dot 16) fails beyond about
-//! S = 16 and sum:dpfp:1 (d_dot 32) beyond about S = 32. Results at d_key = 64: docs/retrieval.md.
+//! Expected (quick preset, docs/retrieval.md): softmax solves every S; sum:linear (d_dot 16) solves
+//! S = 8 and fails from S = 16 on, sum:dpfp:1 (d_dot 32) solves S = 16 and fails from S = 24 on.
+//! Results at d_key = 64: docs/retrieval.md.
 
 use std::path::PathBuf;
 
