@@ -270,18 +270,25 @@ impl RetrievalModel {
             Some(w) => Some(w.forward(&x)?.f_sigmoid()?.f_view([x.size()[0], 1, -1])?), // [B, 1, L]
             None => None,
         };
-        // one head: [B, 1, L, .]; the outputs are not used, only the final fast weights
-        let k4 = k.f_unsqueeze(1)?;
-        let r = fast_weight(
-            &k4,
-            &k4,
-            &v.f_unsqueeze(1)?,
-            beta.as_ref(),
-            None,
-            fw.rule,
-            fw.backend,
-        )?;
-        let w_final = r.state.f_squeeze_dim(1)?; // [B, d_dot, S]
+        let w_final = if fw.rule == UpdateRule::Sum && fw.backend != Backend::Reference {
+            // The sum rule's final fast weights are the sum of the written outer products,
+            // W_L = sum_t phi(k_t) v_t^T: one matrix product, no recurrence. (Its twin, the
+            // recurrence, runs with the Reference backend; a test compares the two.)
+            k.f_transpose(1, 2)?.f_matmul(&v)? // [B, d_dot, S]
+        } else {
+            // one head: [B, 1, L, .]; the outputs are not used, only the final fast weights
+            let k4 = k.f_unsqueeze(1)?;
+            let r = fast_weight(
+                &k4,
+                &k4,
+                &v.f_unsqueeze(1)?,
+                beta.as_ref(),
+                None,
+                fw.rule,
+                fw.backend,
+            )?;
+            r.state.f_squeeze_dim(1)? // [B, d_dot, S]
+        };
         let mut y = q.f_matmul(&w_final)?; // [B, Q, S]
         if fw.normalisation.attention_normalises() {
             let z = k.f_sum_dim_intlist([1i64].as_slice(), true, Kind::Float)?; // [B, 1, d_dot]
