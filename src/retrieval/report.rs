@@ -83,7 +83,7 @@ pub fn report(
         }
         let lo = l.iter().copied().fold(f64::INFINITY, f64::min);
         let hi = l.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        format!(" [{lo:.4}, {hi:.4}]")
+        format!(" [{}, {}]", loss_text(lo), loss_text(hi))
     };
     let mut header = vec!["S".to_string()];
     header.extend(variants.iter().cloned());
@@ -94,10 +94,12 @@ pub fn report(
             for v in &variants {
                 let range = spread(v, s);
                 row.push(match cell(v, s) {
-                    Some((loss, solved, n)) if solved == n => format!("{loss:.4}{range} ✓"),
-                    Some((loss, 0, _)) => format!("{loss:.4}{range}"),
+                    Some((loss, solved, n)) if solved == n => {
+                        format!("{}{range} ✓", loss_text(loss))
+                    }
+                    Some((loss, 0, _)) => format!("{}{range}", loss_text(loss)),
                     Some((loss, solved, n)) => {
-                        format!("{loss:.4}{range} ({solved}/{n} solved)")
+                        format!("{}{range} ({solved}/{n} solved)", loss_text(loss))
                     }
                     None => "".into(),
                 });
@@ -176,4 +178,14 @@ pub fn report(
         &series,
     )?;
     Ok(table)
+}
+
+/// A loss for the tables: four decimals, or two significant digits below 0.001 (where four decimals
+/// would print a solved run's 3e-5 as 0.0000).
+fn loss_text(loss: f64) -> String {
+    if loss != 0.0 && loss.abs() < 1e-3 {
+        format!("{loss:.1e}")
+    } else {
+        format!("{loss:.4}")
+    }
 }
