@@ -25,6 +25,7 @@
 #include "fast_weight_cpu.h"
 #include "fast_weight_cuda.h"
 #include "ffi.h"
+#include "op_inputs.h"
 
 namespace fwp {
 namespace {
@@ -34,44 +35,12 @@ using OptTensor = std::optional<Tensor>;
 
 at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
-bool has(const OptTensor& t) { return t.has_value() && t->defined(); }
-
 // Checks shapes, dtypes and devices (the Rust side checks first; this guards other callers).
 Dims check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const OptTensor& beta,
                   const OptTensor& s0, int64_t chunk) {
-  TORCH_CHECK(q.dim() == 4, "q: expected shape [B, H, T, d_k], got ", q.sizes());
-  const int64_t B = q.size(0), H = q.size(1), T = q.size(2), dk = q.size(3);
-  TORCH_CHECK(k.sizes() == q.sizes(), "k: expected shape ", q.sizes(), " (as q), got ", k.sizes());
-  TORCH_CHECK(v.dim() == 4 && v.size(0) == B && v.size(1) == H && v.size(2) == T,
-              "v: expected shape [B, H, T, d_v] = [", B, ", ", H, ", ", T, ", ?], got ", v.sizes());
-  const int64_t dv = v.size(3);
-  TORCH_CHECK(T >= 1 && dk >= 1 && dv >= 1, "q, v: T, d_k and d_v must be >= 1, got T = ", T,
-              ", d_k = ", dk, ", d_v = ", dv);
-  TORCH_CHECK(chunk >= 1 && chunk <= T, "chunk must be in 1..=T (T = ", T, "), got ", chunk);
-  TORCH_CHECK(at::isFloatingType(q.scalar_type()), "q: expected a floating-point dtype, got ",
-              q.scalar_type());
-  for (auto [name, t] : {std::pair<const char*, const Tensor*>{"k", &k}, {"v", &v}}) {
-    TORCH_CHECK(t->scalar_type() == q.scalar_type(), name, ": dtype ", t->scalar_type(),
-                " does not match q's ", q.scalar_type());
-    TORCH_CHECK(t->device() == q.device(), name, ": on ", t->device(), " but q is on ", q.device());
-  }
-  if (has(beta)) {
-    TORCH_CHECK(beta->dim() == 3 && beta->size(0) == B && beta->size(1) == H && beta->size(2) == T,
-                "beta: expected shape [B, H, T] = [", B, ", ", H, ", ", T, "], got ", beta->sizes());
-    TORCH_CHECK(beta->scalar_type() == q.scalar_type(), "beta: dtype ", beta->scalar_type(),
-                " does not match q's ", q.scalar_type());
-    TORCH_CHECK(beta->device() == q.device(), "beta: on ", beta->device(), " but q is on ", q.device());
-  }
-  if (has(s0)) {
-    TORCH_CHECK(s0->dim() == 4 && s0->size(0) == B && s0->size(1) == H && s0->size(2) == dk &&
-                    s0->size(3) == dv,
-                "initial state: expected shape [B, H, d_k, d_v] = [", B, ", ", H, ", ", dk, ", ", dv,
-                "], got ", s0->sizes());
-    TORCH_CHECK(at::isFloatingType(s0->scalar_type()), "initial state: expected a floating-point dtype");
-    TORCH_CHECK(s0->device() == q.device(), "initial state: on ", s0->device(), " but q is on ",
-                q.device());
-  }
-  return Dims{B * H, T, dk, dv, chunk};
+  const InputSizes s = check_fast_weight_inputs(q, k, v, beta, s0);
+  TORCH_CHECK(chunk >= 1 && chunk <= s.T, "chunk must be in 1..=T (T = ", s.T, "), got ", chunk);
+  return Dims{s.B * s.H, s.T, s.d_k, s.d_v, chunk};
 }
 
 // The CPU kernels for this processor: AVX2 + FMA where the build has them and the CPU supports them,

@@ -25,6 +25,18 @@ extern "C" {
         out: *mut *mut C_tensor,
         state: *mut *mut C_tensor,
     ) -> *mut c_char;
+    #[allow(clippy::too_many_arguments)]
+    fn fwp_fast_weight_chunked_kernel(
+        q: *const C_tensor,
+        k: *const C_tensor,
+        v: *const C_tensor,
+        beta: *const C_tensor,
+        s0: *const C_tensor,
+        chunk: i64,
+        bf16_operands: c_int,
+        out: *mut *mut C_tensor,
+        state: *mut *mut C_tensor,
+    ) -> *mut c_char;
     fn fwp_fast_weight_forward_op(
         q: *const C_tensor,
         k: *const C_tensor,
@@ -148,6 +160,49 @@ pub fn fast_weight_fused(
             v.as_ptr(),
             opt_ptr(beta),
             opt_ptr(initial),
+            &mut out,
+            &mut state,
+        )
+    })?;
+    Ok(unsafe { (Tensor::from_ptr(out), Tensor::from_ptr(state)) })
+}
+
+/// How the chunked kernels round the operands of their matrix products (kernels/chunked.h).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operands {
+    /// In the accumulation dtype (f32, or f64 for f64 inputs).
+    Exact,
+    /// As the tensor cores see them: bf16 operands (the states split into bf16 hi + lo), f32
+    /// accumulation. For checking the CUDA kernels' arithmetic on a CPU.
+    Bf16,
+}
+
+/// The chunked kernels, `fwp::chunked_rule` (kernels/chunked_op.cpp): the delta rule when `beta` is
+/// given, else the sum rule, in chunks of `chunk` (16, 32 or 64) steps; through the dispatcher, so
+/// that autograd and the tracer record it. Expects inputs already checked by
+/// [`crate::recurrence::fast_weight`]; returns (out in the inputs' dtype, final state in the
+/// accumulation dtype).
+pub fn fast_weight_chunked_kernel(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    beta: Option<&Tensor>,
+    initial: Option<&Tensor>,
+    chunk: i64,
+    operands: Operands,
+) -> Result<(Tensor, Tensor)> {
+    let mut out: *mut C_tensor = std::ptr::null_mut();
+    let mut state: *mut C_tensor = std::ptr::null_mut();
+    // SAFETY: as in fast_weight_fused.
+    status("fwp::chunked_rule", unsafe {
+        fwp_fast_weight_chunked_kernel(
+            q.as_ptr(),
+            k.as_ptr(),
+            v.as_ptr(),
+            opt_ptr(beta),
+            opt_ptr(initial),
+            chunk,
+            c_int::from(operands == Operands::Bf16),
             &mut out,
             &mut state,
         )

@@ -94,6 +94,8 @@ fn presets_expand_to_valid_cases() {
         assert_eq!(c.device, "cuda");
     }
     assert!(gpu.iter().any(|c| c.t == 32768 && c.dtype == DType::Bf16));
+    // the chunked kernels have no CUDA code yet
+    assert!(gpu.iter().all(|c| c.op != Op::FusedChunked));
 }
 
 #[test]
@@ -142,8 +144,8 @@ fn quick_grid_measures_every_case() {
     let _alone = measuring();
     let g = Grid::preset(Preset::Quick);
     let cases = g.cases().unwrap();
-    // 2 T x (reference, chunked, fused) x 2 rules + 2 softmax
-    assert_eq!(cases.len(), 14);
+    // 2 T x (reference, chunked, fused, fused-chunked) x 2 rules + 2 softmax
+    assert_eq!(cases.len(), 18);
     for c in cases {
         let m = measure(&c, 0, 3).unwrap();
         for s in [m.forward, m.train] {

@@ -48,7 +48,7 @@ struct Args {
     /// head sizes (d_k = d_v), comma-separated
     #[arg(long, value_delimiter = ',')]
     d: Option<Vec<i64>>,
-    /// comma-separated: reference, chunked, fused, softmax
+    /// comma-separated: reference, chunked, fused, fused-chunked, softmax
     #[arg(long, value_delimiter = ',')]
     ops: Option<Vec<Op>>,
     /// comma-separated: sum, delta

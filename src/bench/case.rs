@@ -14,8 +14,10 @@ pub enum Op {
     Reference,
     /// `Backend::Chunked` with [`Case::chunk`] steps per chunk.
     Chunked,
-    /// `Backend::Fused`: the C++/CUDA kernels.
+    /// `Backend::Fused`: the C++/CUDA kernels of the recurrent form.
     Fused,
+    /// `Backend::FusedChunked`: the chunked kernels (CPU twin so far).
+    FusedChunked,
     /// libtorch's `scaled_dot_product_attention`, causal.
     Softmax,
 }
@@ -24,6 +26,7 @@ crate::names::named_enum!(Op, "op", {
     Reference => "reference",
     Chunked => "chunked",
     Fused => "fused",
+    FusedChunked => "fused-chunked",
     Softmax => "softmax",
 });
 
@@ -89,6 +92,7 @@ impl Case {
                 chunk_size: self.chunk.unwrap_or(64),
             }),
             Op::Fused => Some(Backend::Fused),
+            Op::FusedChunked => Some(Backend::FusedChunked),
             Op::Softmax => None,
         }
     }

@@ -66,7 +66,12 @@ impl Grid {
                 repeats: 5,
             },
             Preset::Gpu => Grid {
-                ops: all_ops,
+                // The chunked kernels have only their CPU twin so far.
+                ops: all_ops
+                    .iter()
+                    .copied()
+                    .filter(|&op| op != Op::FusedChunked)
+                    .collect(),
                 rules,
                 chunk: 64,
                 batch: 1,

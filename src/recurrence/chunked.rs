@@ -99,20 +99,8 @@ pub fn fast_weight_chunked(x: &Inputs, chunk_size: i64) -> Result<FastWeightOutp
     Ok(FastWeightOutput { out, state: s })
 }
 
-/// Whether every input is finite, from one sum of each (a sum is NaN or infinite whenever one of its
-/// terms is; a finite input whose sum overflows only sends the call down the careful path).
 fn inputs_finite(x: &Inputs) -> Result<bool> {
-    tch::no_grad(|| {
-        for t in [Some(x.q), Some(x.k), Some(x.v), x.beta, x.initial]
-            .into_iter()
-            .flatten()
-        {
-            if !f64::try_from(t.f_sum(Kind::Double)?)?.is_finite() {
-                return Ok(false);
-            }
-        }
-        Ok(true)
-    })
+    super::inputs_finite(&[Some(x.q), Some(x.k), Some(x.v), x.beta, x.initial])
 }
 
 /// `a u` for a lower-triangular `a` `[.., C, C]` (zeros above the diagonal) and `u` `[.., C, d_v]`,

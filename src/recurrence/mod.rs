@@ -47,6 +47,12 @@ pub enum Backend {
     /// explicit backward that replays chunks from saved checkpoints; CPU and CUDA. Registered as the
     /// libtorch ops `fwp::sum_rule` / `fwp::delta_rule`, so traced TorchScript records them.
     Fused,
+    /// Our chunked kernels (kernels/chunked*.{h,cpp}; docs/derivations.md Sec. 9): the chunkwise form
+    /// in stages, chunks of 64 steps, an explicit backward that recomputes from one saved state per
+    /// chunk. CPU only so far (the CUDA kernels of this design are in progress). Registered as the
+    /// libtorch op `fwp::chunked_rule`. Non-finite inputs run the `Fused` kernel instead, which keeps
+    /// a NaN or infinity from reaching earlier steps.
+    FusedChunked,
     /// `Fused` wherever it supports the device, dtype and sizes, else `Chunked { chunk_size: 64 }`;
     /// [`Backend::resolve`] says which.
     #[default]
@@ -55,11 +61,12 @@ pub enum Backend {
 
 impl std::str::FromStr for Backend {
     type Err = anyhow::Error;
-    /// `auto`, `fused`, `reference`, `chunked` (64 steps per chunk) or `chunked:N`.
+    /// `auto`, `fused`, `fused:chunked`, `reference`, `chunked` (64 steps per chunk) or `chunked:N`.
     fn from_str(s: &str) -> Result<Self> {
         Ok(match s {
             "auto" => Backend::Auto,
             "fused" => Backend::Fused,
+            "fused:chunked" => Backend::FusedChunked,
             "reference" => Backend::Reference,
             "chunked" => Backend::Chunked { chunk_size: 64 },
             _ => match s
@@ -68,7 +75,7 @@ impl std::str::FromStr for Backend {
             {
                 Some(chunk_size) if chunk_size >= 1 => Backend::Chunked { chunk_size },
                 _ => bail!(
-                    "backend '{s}': expected auto, fused, reference, chunked or chunked:N (N >= 1)"
+                    "backend '{s}': expected auto, fused, fused:chunked, reference, chunked or chunked:N (N >= 1)"
                 ),
             },
         })
@@ -99,6 +106,26 @@ pub fn fused_supported(device: Device, kind: Kind, d_k: i64, d_v: i64) -> bool {
         }
         _ => false,
     }
+}
+
+/// The chunk length of [`Backend::FusedChunked`] (the CUDA design's tile).
+pub const CHUNKED_KERNEL_CHUNK: i64 = 64;
+
+fn device_is_cpu(t: &Tensor) -> bool {
+    t.device() == Device::Cpu
+}
+
+/// Whether every given tensor is finite, from one sum of each (a sum is NaN or infinite whenever
+/// one of its terms is; a finite input whose sum overflows only takes the careful path).
+pub(crate) fn inputs_finite(tensors: &[Option<&Tensor>]) -> Result<bool> {
+    tch::no_grad(|| {
+        for t in tensors.iter().flatten() {
+            if !f64::try_from(t.f_sum(Kind::Double)?)?.is_finite() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    })
 }
 
 /// Result of [`fast_weight`].
@@ -138,7 +165,30 @@ pub fn fast_weight(
     }
     let kind = q.f_kind()?;
     let backend = backend.resolve(q.device(), kind, dims.d_k, dims.d_v);
-    if backend == Backend::Fused {
+    if backend == Backend::FusedChunked && !device_is_cpu(q) {
+        bail!(
+            "backend fused:chunked: only the CPU kernels exist so far; q is on {:?} (use fused or auto)",
+            q.device()
+        );
+    }
+    if backend == Backend::FusedChunked
+        && inputs_finite(&[Some(q), Some(k), Some(v), beta, initial])?
+    {
+        let (out, state) = crate::ops::fast_weight_chunked_kernel(
+            q,
+            k,
+            v,
+            beta,
+            initial,
+            CHUNKED_KERNEL_CHUNK,
+            crate::ops::Operands::Exact,
+        )?;
+        return Ok(FastWeightOutput {
+            out,
+            state: state.f_to_kind(kind)?,
+        });
+    }
+    if matches!(backend, Backend::Fused | Backend::FusedChunked) {
         let (out, state) = crate::ops::fast_weight_fused(q, k, v, beta, initial)?;
         return Ok(FastWeightOutput {
             out,
@@ -165,7 +215,7 @@ pub fn fast_weight(
     let result = match backend {
         Backend::Reference => fast_weight_reference(&inputs)?,
         Backend::Chunked { chunk_size } => fast_weight_chunked(&inputs, chunk_size)?,
-        Backend::Fused | Backend::Auto => unreachable!("resolved above"),
+        Backend::Fused | Backend::FusedChunked | Backend::Auto => unreachable!("resolved above"),
     };
     Ok(FastWeightOutput {
         out: result.out.f_to_kind(kind)?,

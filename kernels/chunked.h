@@ -1,0 +1,87 @@
+// The chunkwise-parallel (WY / UT) form of the fast-weight recurrence as separate stages
+// (docs/derivations.md Sec. 5 and 9): the algorithm the tensor-core CUDA kernels follow, and its CPU
+// twin (chunked_cpu.cpp), which CI tests against the float64 Reference.
+//
+// Here T~ = (I + A)^-1, so that Sec. 5's T~ diag(beta) K is T~ (beta K) below.
+// Per (batch·head) and chunk of C steps (rows), with keys K, queries Q (C x d_k), values V
+// (C x d_v), write strengths beta (C) and the state S_c entering the chunk (d_k x d_v, key-major):
+//   F1 wy:     A = tril(diag(beta) K K^T, -1),  T~ = (I + A)^-1,  W = T~ (beta K),  U = T~ (beta V)
+//   F2 state:  U' = U - W S_c,  S_{c+1} = S_c + K^T U'        (sequential over chunks)
+//   F3 out:    O = Q S_c + tril(Q K^T) U'                       (tril including the diagonal)
+// Sum rule: no A, W = 0, U = V. Backward, with dO and dS_N the gradient of the final state:
+//   B1 local:  dU'_loc = tril(Q K^T)^T dO                       (parallel over chunks)
+//   B2 state:  dU' = dU'_loc + K dS_{c+1},  dS_c = dS_{c+1} + Q^T dO - W^T dU'   (reverse sequential)
+//   B3 inputs: P = tril(dO U'^T);  dQ = dO S_c^T + P K;  dK = P^T Q + U' dS_{c+1}^T;
+//              delta rule: dW = -dU' S_c^T, dU = dU', then the WY backward:
+//              d(beta K) = T~^T dW, d(beta V) = T~^T dU, dA = -tril(T~^T (dW (beta K)^T + dU (beta V)^T) T~^T, -1),
+//              dK += beta d(beta K) + G K + G^T K with G = diag(beta) dA,  dV = beta d(beta V),
+//              dbeta = rowsum(d(beta K) . K) + rowsum(d(beta V) . V) + rowsum(dA . K K^T).
+// The forward keeps only the inputs and S_c per chunk ("checkpoints"); the backward recomputes
+// T~, W, U and U' from them.
+//
+// T~ is found by forward substitution on the 16 x 16 diagonal blocks of I + A, then merged
+// 16 -> 32 -> 64 with [X 0; B Y]^-1 = [X^-1 0; -Y^-1 B X^-1  Y^-1] (the GPU kernels' solve order).
+//
+// Layout: chunked tensors are [BH, N, C, d] (T zero-padded to N·C: a zero step writes nothing
+// and its output is dropped), states [BH, N, d_k, d_v], all in the accumulation dtype (fp32, or
+// fp64 for fp64 inputs).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <tuple>
+
+namespace fwp::chunked {
+
+using at::Tensor;
+
+// How matrix-product operands are rounded. `Exact`: in the accumulation dtype. `Bf16`: as the
+// tensor-core kernels do for bf16 / fp16 inputs: every operand rounded to bf16 except the states
+// S and dS, which are split into bf16 hi + lo parts and multiplied twice (so the fp32 state keeps
+// its accuracy); accumulation in fp32 everywhere, and the triangular solve in fp32.
+enum class Operands { Exact, Bf16 };
+
+struct Config {
+  int64_t chunk;  // C: 16, 32 or 64
+  Operands operands;
+};
+
+// F1. k [BH,N,C,d_k], v [BH,N,C,d_v], beta [BH,N,C] -> (T~ [BH,N,C,C], W [BH,N,C,d_k], U [BH,N,C,d_v]).
+std::tuple<Tensor, Tensor, Tensor> wy_forward(const Tensor& k, const Tensor& v, const Tensor& beta,
+                                              const Config& cfg);
+
+// F2. w undefined for the sum rule (then u = v). s0 [BH,d_k,d_v] ->
+// (checkpoints S_c [BH,N,d_k,d_v], U' [BH,N,C,d_v], final state [BH,d_k,d_v]).
+std::tuple<Tensor, Tensor, Tensor> state_forward(const Tensor& k, const Tensor& w, const Tensor& u,
+                                                 const Tensor& s0, const Config& cfg);
+
+// U' = U - W S_c for every chunk at once from the checkpoints (the backward's recompute; u when
+// w is undefined).
+Tensor values_from_checkpoints(const Tensor& w, const Tensor& u, const Tensor& checkpoints,
+                               const Config& cfg);
+
+// F3. -> O [BH,N,C,d_v].
+Tensor output_forward(const Tensor& q, const Tensor& k, const Tensor& v_new, const Tensor& checkpoints,
+                      const Config& cfg);
+
+// B1. dO [BH,N,C,d_v] -> dU'_loc [BH,N,C,d_v].
+Tensor local_value_grad(const Tensor& q, const Tensor& k, const Tensor& grad_out, const Config& cfg);
+
+// B2. ds_final [BH,d_k,d_v] -> (dU' [BH,N,C,d_v], dS_{c+1} [BH,N,d_k,d_v], dS_0 [BH,d_k,d_v]).
+std::tuple<Tensor, Tensor, Tensor> state_backward(const Tensor& q, const Tensor& k, const Tensor& w,
+                                                  const Tensor& grad_out, const Tensor& dv_local,
+                                                  const Tensor& ds_final, const Config& cfg);
+
+// B3. -> (dQ, dK [BH,N,C,d_k], dV [BH,N,C,d_v], dbeta [BH,N,C]; undefined for the sum rule).
+// tinv and w undefined for the sum rule.
+std::tuple<Tensor, Tensor, Tensor, Tensor> input_grads(const Tensor& q, const Tensor& k, const Tensor& v,
+                                                       const Tensor& beta, const Tensor& tinv,
+                                                       const Tensor& w, const Tensor& v_new,
+                                                       const Tensor& checkpoints, const Tensor& ds_next,
+                                                       const Tensor& grad_out, const Tensor& dv_new,
+                                                       const Config& cfg);
+
+// (I + a)^-1 for strictly lower-triangular a [..., C, C], C in {16, 32, 64}: the F1 solve.
+Tensor unit_lower_inverse(const Tensor& a);
+
+}  // namespace fwp::chunked

@@ -1,0 +1,148 @@
+// The CPU twin of the chunked kernels (chunked.h): each stage as batched ATen products over
+// [BH, N] chunk tiles (BLAS-3, parallel inside ATen), in the order and with the masks, solve and
+// operand rounding the CUDA kernels use. It runs on any device ATen does, so it also serves as
+// the reference each CUDA stage is compared with.
+
+#include "chunked.h"
+
+namespace fwp::chunked {
+namespace {
+
+Tensor tr(const Tensor& x) { return x.transpose(-1, -2); }
+
+Tensor round_bf16(const Tensor& x) { return x.to(at::kBFloat16).to(x.scalar_type()); }
+
+// a b with both operands rounded as the tensor cores see them.
+Tensor mm(const Tensor& a, const Tensor& b, const Config& cfg) {
+  if (cfg.operands == Operands::Exact) return at::matmul(a, b);
+  return at::matmul(round_bf16(a), round_bf16(b));
+}
+
+// a s where s is a state (S or dS, fp32): under Bf16 it is split into hi + lo bf16 parts.
+Tensor mm_state(const Tensor& a, const Tensor& s, const Config& cfg) {
+  if (cfg.operands == Operands::Exact) return at::matmul(a, s);
+  const Tensor ar = round_bf16(a), hi = round_bf16(s);
+  return at::matmul(ar, hi) + at::matmul(ar, round_bf16(s - hi));
+}
+
+// s a, s a state (B2's K dS is written k dS: the state on the right; dO S^T has it on the right
+// too, transposed by the caller).
+Tensor state_mm(const Tensor& s, const Tensor& a, const Config& cfg) {
+  if (cfg.operands == Operands::Exact) return at::matmul(s, a);
+  const Tensor ar = round_bf16(a), hi = round_bf16(s);
+  return at::matmul(hi, ar) + at::matmul(round_bf16(s - hi), ar);
+}
+
+Tensor at_chunk(const Tensor& x, int64_t c) { return x.select(1, c); }
+
+}  // namespace
+
+Tensor unit_lower_inverse(const Tensor& a) {
+  const int64_t C = a.size(-1);
+  TORCH_CHECK(C == 16 || C == 32 || C == 64, "chunked: chunk must be 16, 32 or 64, got ", C);
+  constexpr int64_t kBlock = 16;
+  const int64_t nb = C / kBlock;
+  Tensor x = at::zeros_like(a);
+  // Forward substitution on each 16 x 16 diagonal block of I + a: row i of its inverse is
+  // e_i - sum_{j<i} a_ij (row j), the rows j < i being final.
+  std::vector<Tensor> blocks;
+  for (int64_t b = 0; b < nb; ++b) blocks.push_back(a.narrow(-2, b * kBlock, kBlock).narrow(-1, b * kBlock, kBlock));
+  const Tensor d = at::stack(blocks, -3);  // [..., nb, 16, 16]
+  Tensor xi = at::eye(kBlock, d.options()).expand(d.sizes()).clone();
+  for (int64_t i = 1; i < kBlock; ++i) {
+    const Tensor row = at::matmul(d.narrow(-2, i, 1).narrow(-1, 0, i), xi.narrow(-2, 0, i));  // [..., 1, 16]
+    xi.narrow(-2, i, 1).sub_(row);
+  }
+  for (int64_t b = 0; b < nb; ++b)
+    x.narrow(-2, b * kBlock, kBlock).narrow(-1, b * kBlock, kBlock).copy_(xi.select(-3, b));
+  // Merges: the lower-left block of [X 0; B Y]^-1 is -Y^-1 B X^-1.
+  for (int64_t s = kBlock; s < C; s *= 2) {
+    for (int64_t j = 0; j < C / (2 * s); ++j) {
+      const int64_t r0 = j * 2 * s + s, c0 = j * 2 * s;
+      const Tensor y_inv = x.narrow(-2, r0, s).narrow(-1, r0, s);
+      const Tensor x_inv = x.narrow(-2, c0, s).narrow(-1, c0, s);
+      const Tensor b = a.narrow(-2, r0, s).narrow(-1, c0, s);
+      x.narrow(-2, r0, s).narrow(-1, c0, s).copy_(-at::matmul(at::matmul(y_inv, b), x_inv));
+    }
+  }
+  return x;
+}
+
+std::tuple<Tensor, Tensor, Tensor> wy_forward(const Tensor& k, const Tensor& v, const Tensor& beta,
+                                              const Config& cfg) {
+  const Tensor b = beta.unsqueeze(-1);           // [BH, N, C, 1]
+  const Tensor kb = k * b, vb = v * b;           // beta K, beta V
+  const Tensor a = mm(kb, tr(k), cfg).tril(-1);   // A = tril(diag(beta) K K^T, -1)
+  const Tensor tinv = unit_lower_inverse(a);     // T~ = (I + A)^-1, in the accumulation dtype
+  return {tinv, mm(tinv, kb, cfg), mm(tinv, vb, cfg)};
+}
+
+std::tuple<Tensor, Tensor, Tensor> state_forward(const Tensor& k, const Tensor& w, const Tensor& u,
+                                                 const Tensor& s0, const Config& cfg) {
+  const int64_t BH = k.size(0), N = k.size(1), dk = k.size(3), dv = u.size(3);
+  Tensor checkpoints = at::empty({BH, N, dk, dv}, s0.options());
+  Tensor v_new = w.defined() ? at::empty_like(u) : u;
+  Tensor s = s0.clone();
+  for (int64_t c = 0; c < N; ++c) {
+    at_chunk(checkpoints, c).copy_(s);
+    if (w.defined()) at_chunk(v_new, c).copy_(at_chunk(u, c) - mm_state(at_chunk(w, c), s, cfg));  // U' = U - W S_c
+    s.add_(mm(tr(at_chunk(k, c)), at_chunk(v_new, c), cfg));                                      // S += K^T U'
+  }
+  return {checkpoints, v_new, s};
+}
+
+Tensor values_from_checkpoints(const Tensor& w, const Tensor& u, const Tensor& checkpoints, const Config& cfg) {
+  return w.defined() ? u - mm_state(w, checkpoints, cfg) : u;
+}
+
+Tensor output_forward(const Tensor& q, const Tensor& k, const Tensor& v_new, const Tensor& checkpoints,
+                      const Config& cfg) {
+  return mm_state(q, checkpoints, cfg) + mm(mm(q, tr(k), cfg).tril(0), v_new, cfg);
+}
+
+Tensor local_value_grad(const Tensor& q, const Tensor& k, const Tensor& grad_out, const Config& cfg) {
+  return mm(tr(mm(q, tr(k), cfg).tril(0)), grad_out, cfg);
+}
+
+std::tuple<Tensor, Tensor, Tensor> state_backward(const Tensor& q, const Tensor& k, const Tensor& w,
+                                                  const Tensor& grad_out, const Tensor& dv_local,
+                                                  const Tensor& ds_final, const Config& cfg) {
+  const int64_t BH = k.size(0), N = k.size(1), dk = k.size(3), dv = grad_out.size(3);
+  Tensor dv_new = at::empty_like(dv_local);
+  Tensor ds_next = at::empty({BH, N, dk, dv}, ds_final.options());
+  Tensor ds = ds_final.clone();
+  for (int64_t c = N - 1; c >= 0; --c) {
+    at_chunk(ds_next, c).copy_(ds);
+    const Tensor dvn = at_chunk(dv_local, c) + mm_state(at_chunk(k, c), ds, cfg);  // dU' = dU'_loc + K dS_{c+1}
+    at_chunk(dv_new, c).copy_(dvn);
+    ds.add_(mm(tr(at_chunk(q, c)), at_chunk(grad_out, c), cfg));                   // + Q^T dO
+    if (w.defined()) ds.sub_(mm(tr(at_chunk(w, c)), dvn, cfg));                // - W^T dU'
+  }
+  return {dv_new, ds_next, ds};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> input_grads(const Tensor& q, const Tensor& k, const Tensor& v,
+                                                       const Tensor& beta, const Tensor& tinv,
+                                                       const Tensor& w, const Tensor& v_new,
+                                                       const Tensor& checkpoints, const Tensor& ds_next,
+                                                       const Tensor& grad_out, const Tensor& dv_new,
+                                                       const Config& cfg) {
+  const Tensor p = mm(grad_out, tr(v_new), cfg).tril(0);                       // P = tril(dO U'^T)
+  const Tensor dq = tr(state_mm(checkpoints, tr(grad_out), cfg)) + mm(p, k, cfg);  // dO S_c^T + P K
+  Tensor dk = mm(tr(p), q, cfg) + tr(state_mm(ds_next, tr(v_new), cfg));          // P^T Q + U' dS_{c+1}^T
+  if (!w.defined()) return {dq, dk, dv_new, Tensor()};
+  // The WY backward.
+  const Tensor b = beta.unsqueeze(-1);
+  const Tensor kb = k * b, vb = v * b;
+  const Tensor dw = -tr(state_mm(checkpoints, tr(dv_new), cfg));  // dW = -dU' S_c^T
+  const Tensor dkb = mm(tr(tinv), dw, cfg);                       // d(beta K) = T~^T dW
+  const Tensor dvb = mm(tr(tinv), dv_new, cfg);                   // d(beta V) = T~^T dU
+  const Tensor dtinv = mm(dw, tr(kb), cfg) + mm(dv_new, tr(vb), cfg);
+  const Tensor da = -mm(mm(tr(tinv), dtinv, cfg), tr(tinv), cfg).tril(-1);
+  const Tensor g = da * b;                                       // G = diag(beta) dA
+  dk = dk + dkb * b + mm(g, k, cfg) + mm(tr(g), k, cfg);
+  const Tensor dbeta = (dkb * k).sum(-1) + (dvb * v).sum(-1) + (da * mm(k, tr(k), cfg)).sum(-1);
+  return {dq, dk, dvb * b, dbeta};
+}
+
+}  // namespace fwp::chunked

@@ -1,0 +1,243 @@
+// The chunked fast-weight op (chunked.h): schema, forward and backward from the stages, one autograd
+// Function, and the C entry point for Rust.
+//
+// Public op (what a traced TorchScript module records):
+//   fwp::chunked_rule(q, k, v, beta?, initial_state?, chunk=64, bf16_operands=False) -> (out, final_state)
+//   (the delta rule when beta is given, else the sum rule)
+// Internal ops used by its autograd Function:
+//   fwp::chunked_forward(...)  -> (out, final_state, checkpoints)
+//   fwp::chunked_backward(...) -> (dq, dk, dv, dbeta, d_initial_state)
+// Shapes as fwp::delta_rule's (fast_weight_op.cpp); checkpoints [B, H, N, d_k, d_v] with
+// N = ceil(T / chunk), the state entering each chunk, in the accumulation dtype.
+
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/core/DeviceGuard.h>
+#include <c10/core/GradMode.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "chunked.h"
+#include "ffi.h"
+#include "op_inputs.h"
+
+namespace fwp::chunked {
+namespace {
+
+using OptTensor = std::optional<Tensor>;
+
+at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+struct Sizes {
+  int64_t B, H, T, dk, dv, C, N;
+};
+
+Sizes check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const OptTensor& beta,
+                   const OptTensor& s0, int64_t chunk) {
+  const InputSizes s = check_fast_weight_inputs(q, k, v, beta, s0);
+  TORCH_CHECK(chunk == 16 || chunk == 32 || chunk == 64, "chunk: must be 16, 32 or 64, got ", chunk);
+  TORCH_CHECK(q.is_cpu(), "fwp::chunked_rule: only the CPU twin exists so far; q is on ", q.device());
+  return Sizes{s.B, s.H, s.T, s.d_k, s.d_v, chunk, (s.T + chunk - 1) / chunk};
+}
+
+Config config(int64_t chunk, bool bf16) { return Config{chunk, bf16 ? Operands::Bf16 : Operands::Exact}; }
+
+// [B, H, T, d] -> [BH, N, C, d] in the accumulation dtype, T zero-padded to N C.
+Tensor to_chunks(const Tensor& x, const Sizes& s) {
+  const at::ScalarType acc = acc_type(x.scalar_type());
+  const int64_t d = x.size(3);
+  return at::constant_pad_nd(x.to(acc), {0, 0, 0, s.N * s.C - s.T}).reshape({s.B * s.H, s.N, s.C, d});
+}
+
+Tensor beta_chunks(const Tensor& beta, const Sizes& s) {
+  return at::constant_pad_nd(beta.to(acc_type(beta.scalar_type())), {0, s.N * s.C - s.T})
+      .reshape({s.B * s.H, s.N, s.C});
+}
+
+// [BH, N, C, d] -> [B, H, T, d] in `dtype`, the padding dropped.
+Tensor from_chunks(const Tensor& x, const Sizes& s, at::ScalarType dtype) {
+  return x.reshape({s.B, s.H, s.N * s.C, x.size(3)}).narrow(2, 0, s.T).to(dtype).contiguous();
+}
+
+std::tuple<Tensor, Tensor, Tensor> forward_kernel(const Tensor& q, const Tensor& k, const Tensor& v,
+                                                  const OptTensor& beta, const OptTensor& s0, int64_t chunk,
+                                                  bool bf16) {
+  const Sizes s = check_inputs(q, k, v, beta, s0, chunk);
+  const Config cfg = config(chunk, bf16);
+  const auto acc = q.options().dtype(acc_type(q.scalar_type()));
+  const Tensor qc = to_chunks(q, s), kc = to_chunks(k, s), vc = to_chunks(v, s);
+  const Tensor init = has(s0) ? s0->to(acc.dtype()).reshape({s.B * s.H, s.dk, s.dv}).clone()
+                              : at::zeros({s.B * s.H, s.dk, s.dv}, acc);
+  Tensor w, u = vc;
+  if (has(beta)) std::tie(std::ignore, w, u) = wy_forward(kc, vc, beta_chunks(*beta, s), cfg);
+  auto [checkpoints, v_new, state] = state_forward(kc, w, u, init, cfg);
+  const Tensor out = output_forward(qc, kc, v_new, checkpoints, cfg);
+  return {from_chunks(out, s, q.scalar_type()), state.view({s.B, s.H, s.dk, s.dv}),
+          checkpoints.view({s.B, s.H, s.N, s.dk, s.dv})};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_kernel(const Tensor& grad_out,
+                                                                   const OptTensor& grad_state, const Tensor& q,
+                                                                   const Tensor& k, const Tensor& v,
+                                                                   const OptTensor& beta, const Tensor& checkpoints,
+                                                                   int64_t chunk, bool bf16) {
+  const Sizes s = check_inputs(q, k, v, beta, std::nullopt, chunk);
+  const Config cfg = config(chunk, bf16);
+  const at::ScalarType acc = acc_type(q.scalar_type());
+  TORCH_CHECK(grad_out.dim() == 4 && grad_out.size(0) == s.B && grad_out.size(1) == s.H && grad_out.size(2) == s.T &&
+                  grad_out.size(3) == s.dv,
+              "grad_out: expected the shape of out [B, H, T, d_v] = [", s.B, ", ", s.H, ", ", s.T, ", ", s.dv,
+              "], got ", grad_out.sizes());
+  TORCH_CHECK(at::isFloatingType(grad_out.scalar_type()), "grad_out: expected a floating-point dtype");
+  if (has(grad_state))
+    TORCH_CHECK(grad_state->dim() == 4 && grad_state->size(0) == s.B && grad_state->size(1) == s.H &&
+                    grad_state->size(2) == s.dk && grad_state->size(3) == s.dv,
+                "grad_state: expected [B, H, d_k, d_v] = [", s.B, ", ", s.H, ", ", s.dk, ", ", s.dv, "], got ",
+                grad_state->sizes());
+  TORCH_CHECK(checkpoints.dim() == 5 && checkpoints.size(0) == s.B && checkpoints.size(1) == s.H &&
+                  checkpoints.size(2) == s.N && checkpoints.size(3) == s.dk && checkpoints.size(4) == s.dv &&
+                  checkpoints.scalar_type() == acc,
+              "checkpoints: expected ", acc, " [B, H, N, d_k, d_v] = [", s.B, ", ", s.H, ", ", s.N, ", ", s.dk, ", ",
+              s.dv, "] (N = ceil(T / chunk) for chunk ", chunk, "), got ", checkpoints.scalar_type(), " ",
+              checkpoints.sizes());
+  const Tensor qc = to_chunks(q, s), kc = to_chunks(k, s), vc = to_chunks(v, s);
+  const Tensor go = to_chunks(grad_out, s);
+  const Tensor ckpt = checkpoints.reshape({s.B * s.H, s.N, s.dk, s.dv});
+  const Tensor gs = has(grad_state) ? grad_state->to(acc).reshape({s.B * s.H, s.dk, s.dv})
+                                    : at::zeros({s.B * s.H, s.dk, s.dv}, q.options().dtype(acc));
+  Tensor bc, tinv, w, u = vc;
+  if (has(beta)) {
+    bc = beta_chunks(*beta, s);
+    std::tie(tinv, w, u) = wy_forward(kc, vc, bc, cfg);  // B1: recompute
+  }
+  const Tensor v_new = values_from_checkpoints(w, u, ckpt, cfg);
+  const Tensor dv_local = local_value_grad(qc, kc, go, cfg);
+  auto [dv_new, ds_next, ds0] = state_backward(qc, kc, w, go, dv_local, gs, cfg);
+  auto [dq, dk, dv, dbeta] = input_grads(qc, kc, vc, bc, tinv, w, v_new, ckpt, ds_next, go, dv_new, cfg);
+  const at::ScalarType dt = q.scalar_type();
+  Tensor dbeta_out = has(beta) ? dbeta.reshape({s.B, s.H, s.N * s.C}).narrow(2, 0, s.T).to(dt).contiguous()
+                               : at::empty({0}, q.options());
+  return {from_chunks(dq, s, dt), from_chunks(dk, s, dt), from_chunks(dv, s, dt), dbeta_out,
+          ds0.view({s.B, s.H, s.dk, s.dv})};
+}
+
+std::tuple<Tensor, Tensor, Tensor> call_forward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                                const OptTensor& beta, const OptTensor& s0, int64_t chunk,
+                                                bool bf16) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("fwp::chunked_forward", "")
+                       .typed<std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
+                                                                 const OptTensor&, const OptTensor&, int64_t, bool)>();
+  return op.call(q, k, v, beta, s0, chunk, bf16);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> call_backward(const Tensor& grad_out,
+                                                                 const OptTensor& grad_state, const Tensor& q,
+                                                                 const Tensor& k, const Tensor& v,
+                                                                 const OptTensor& beta, const Tensor& checkpoints,
+                                                                 int64_t chunk, bool bf16) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("fwp::chunked_backward", "")
+                       .typed<std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>(
+                           const Tensor&, const OptTensor&, const Tensor&, const Tensor&, const Tensor&,
+                           const OptTensor&, const Tensor&, int64_t, bool)>();
+  return op.call(grad_out, grad_state, q, k, v, beta, checkpoints, chunk, bf16);
+}
+
+std::tuple<Tensor, Tensor> rule_kernel(const Tensor& q, const Tensor& k, const Tensor& v, const OptTensor& beta,
+                                       const OptTensor& s0, int64_t chunk, bool bf16) {
+  auto [out, state, checkpoints] = call_forward(q, k, v, beta, s0, chunk, bf16);
+  return {out, state};
+}
+
+struct ChunkedFunction : public torch::autograd::Function<ChunkedFunction> {
+  using variable_list = torch::autograd::variable_list;
+
+  static variable_list forward(torch::autograd::AutogradContext* ctx, const Tensor& q, const Tensor& k,
+                               const Tensor& v, const OptTensor& beta, const OptTensor& s0, int64_t chunk,
+                               bool bf16) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [out, state, checkpoints] = call_forward(q, k, v, beta, s0, chunk, bf16);
+    const bool delta = has(beta);
+    if (delta) {
+      ctx->save_for_backward({q, k, v, checkpoints, *beta});
+    } else {
+      ctx->save_for_backward({q, k, v, checkpoints});
+    }
+    ctx->saved_data["delta"] = delta;
+    ctx->saved_data["chunk"] = chunk;
+    ctx->saved_data["bf16"] = bf16;
+    ctx->saved_data["has_s0"] = has(s0);
+    if (has(s0)) ctx->saved_data["s0_dtype"] = static_cast<int64_t>(s0->scalar_type());
+    return {out, state};
+  }
+
+  static variable_list backward(torch::autograd::AutogradContext* ctx, variable_list grads) {
+    TORCH_CHECK(!c10::GradMode::is_enabled(),
+                "fwp::chunked_rule: the chunked kernels have no double backward (a backward with create_graph); "
+                "use Backend::Chunked or Backend::Reference for higher-order gradients");
+    auto saved = ctx->get_saved_variables();
+    const Tensor &q = saved[0], &k = saved[1], &v = saved[2], &checkpoints = saved[3];
+    const bool delta = ctx->saved_data["delta"].toBool();
+    const OptTensor beta = delta ? OptTensor(saved[4]) : std::nullopt;
+    const Tensor grad_out =
+        grads[0].defined() ? grads[0] : at::zeros({q.size(0), q.size(1), q.size(2), v.size(3)}, v.options());
+    const OptTensor grad_state = grads[1].defined() ? OptTensor(grads[1]) : std::nullopt;
+    auto [dq, dk, dv, dbeta, ds0] = call_backward(grad_out, grad_state, q, k, v, beta, checkpoints,
+                                                  ctx->saved_data["chunk"].toInt(), ctx->saved_data["bf16"].toBool());
+    Tensor ds0_out;
+    if (ctx->saved_data["has_s0"].toBool())
+      ds0_out = ds0.to(static_cast<at::ScalarType>(ctx->saved_data["s0_dtype"].toInt()));
+    return {dq, dk, dv, delta ? dbeta : Tensor(), ds0_out, Tensor(), Tensor()};
+  }
+};
+
+std::tuple<Tensor, Tensor> rule_autograd(const Tensor& q, const Tensor& k, const Tensor& v, const OptTensor& beta,
+                                         const OptTensor& s0, int64_t chunk, bool bf16) {
+  auto r = ChunkedFunction::apply(q, k, v, beta, s0, chunk, bf16);
+  return {r[0], r[1]};
+}
+
+}  // namespace
+}  // namespace fwp::chunked
+
+TORCH_LIBRARY_FRAGMENT(fwp, m) {
+  m.def("chunked_rule(Tensor q, Tensor k, Tensor v, Tensor? beta, Tensor? initial_state=None, int chunk=64,"
+        " bool bf16_operands=False) -> (Tensor, Tensor)");
+  m.def("chunked_forward(Tensor q, Tensor k, Tensor v, Tensor? beta, Tensor? initial_state, int chunk,"
+        " bool bf16_operands) -> (Tensor, Tensor, Tensor)");
+  m.def("chunked_backward(Tensor grad_out, Tensor? grad_state, Tensor q, Tensor k, Tensor v, Tensor? beta,"
+        " Tensor checkpoints, int chunk, bool bf16_operands) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(fwp, CPU, m) {
+  m.impl("chunked_rule", &fwp::chunked::rule_kernel);
+  m.impl("chunked_forward", &fwp::chunked::forward_kernel);
+  m.impl("chunked_backward", &fwp::chunked::backward_kernel);
+}
+
+TORCH_LIBRARY_IMPL(fwp, Autograd, m) { m.impl("chunked_rule", &fwp::chunked::rule_autograd); }
+
+extern "C" {
+
+// (out, final_state) = fwp::chunked_rule(q, k, v, beta, s0, chunk, bf16_operands); beta NULL for
+// the sum rule, s0 may be NULL. Through the dispatcher: autograd and the tracer see it.
+char* fwp_fast_weight_chunked_kernel(const at::Tensor* q, const at::Tensor* k, const at::Tensor* v,
+                                     const at::Tensor* beta, const at::Tensor* s0, int64_t chunk,
+                                     int bf16_operands, at::Tensor** out, at::Tensor** state) {
+  return fwp::guarded([&] {
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("fwp::chunked_rule", "")
+                         .typed<std::tuple<at::Tensor, at::Tensor>(
+                             const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                             const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, int64_t, bool)>();
+    auto opt = [](const at::Tensor* t) { return t ? std::optional<at::Tensor>(*t) : std::nullopt; };
+    auto [o, s] = op.call(*q, *k, *v, opt(beta), opt(s0), chunk, bf16_operands != 0);
+    *out = new at::Tensor(std::move(o));
+    *state = new at::Tensor(std::move(s));
+  });
+}
+
+}  // extern "C"
