@@ -54,6 +54,7 @@ fn main() {
     println!("cargo:rerun-if-changed=kernels");
     for f in sources("kernels", "h")
         .iter()
+        .chain(&sources("kernels", "inc"))
         .chain(&cu_sources)
         .chain(&cpp_sources)
     {

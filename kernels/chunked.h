@@ -46,42 +46,61 @@ struct Config {
   Operands operands;
 };
 
-// F1. k [BH,N,C,d_k], v [BH,N,C,d_v], beta [BH,N,C] -> (T~ [BH,N,C,C], W [BH,N,C,d_k], U [BH,N,C,d_v]).
-std::tuple<Tensor, Tensor, Tensor> wy_forward(const Tensor& k, const Tensor& v, const Tensor& beta,
-                                              const Config& cfg);
-
-// F2. w undefined for the sum rule (then u = v). s0 [BH,d_k,d_v] ->
-// (checkpoints S_c [BH,N,d_k,d_v], U' [BH,N,C,d_v], final state [BH,d_k,d_v]).
-std::tuple<Tensor, Tensor, Tensor> state_forward(const Tensor& k, const Tensor& w, const Tensor& u,
-                                                 const Tensor& s0, const Config& cfg);
-
-// U' = U - W S_c for every chunk at once from the checkpoints (the backward's recompute; u when
-// w is undefined).
-Tensor values_from_checkpoints(const Tensor& w, const Tensor& u, const Tensor& checkpoints,
-                               const Config& cfg);
-
-// F3. -> O [BH,N,C,d_v].
-Tensor output_forward(const Tensor& q, const Tensor& k, const Tensor& v_new, const Tensor& checkpoints,
-                      const Config& cfg);
-
-// B1. dO [BH,N,C,d_v] -> dU'_loc [BH,N,C,d_v].
-Tensor local_value_grad(const Tensor& q, const Tensor& k, const Tensor& grad_out, const Config& cfg);
-
-// B2. ds_final [BH,d_k,d_v] -> (dU' [BH,N,C,d_v], dS_{c+1} [BH,N,d_k,d_v], dS_0 [BH,d_k,d_v]).
-std::tuple<Tensor, Tensor, Tensor> state_backward(const Tensor& q, const Tensor& k, const Tensor& w,
-                                                  const Tensor& grad_out, const Tensor& dv_local,
-                                                  const Tensor& ds_final, const Config& cfg);
-
-// B3. -> (dQ, dK [BH,N,C,d_k], dV [BH,N,C,d_v], dbeta [BH,N,C]; undefined for the sum rule).
-// tinv and w undefined for the sum rule.
-std::tuple<Tensor, Tensor, Tensor, Tensor> input_grads(const Tensor& q, const Tensor& k, const Tensor& v,
-                                                       const Tensor& beta, const Tensor& tinv,
-                                                       const Tensor& w, const Tensor& v_new,
-                                                       const Tensor& checkpoints, const Tensor& ds_next,
-                                                       const Tensor& grad_out, const Tensor& dv_new,
-                                                       const Config& cfg);
-
+// The stages, declared once per implementation: `cpu` (the twin, chunked_cpu.cpp: ATen products, any
+// device ATen runs on) and `cuda` (the kernels, chunked.cu via chunked_cuda.cpp: CUDA tensors,
+// Operands::Bf16, chunks of 64). The functions of the same names directly in fwp::chunked pick by
+// the device of their first argument.
+namespace cpu {
+#include "chunked_stages.inc"
 // (I + a)^-1 for strictly lower-triangular a [..., C, C], C in {16, 32, 64}: the F1 solve.
 Tensor unit_lower_inverse(const Tensor& a);
+}  // namespace cpu
+
+namespace cuda {
+#include "chunked_stages.inc"
+}  // namespace cuda
+
+inline std::tuple<Tensor, Tensor, Tensor> wy_forward(const Tensor& k, const Tensor& v, const Tensor& beta,
+                                                     const Config& cfg) {
+  return k.is_cuda() ? cuda::wy_forward(k, v, beta, cfg) : cpu::wy_forward(k, v, beta, cfg);
+}
+
+inline std::tuple<Tensor, Tensor, Tensor> state_forward(const Tensor& k, const Tensor& w, const Tensor& u,
+                                                        const Tensor& s0, const Config& cfg) {
+  return k.is_cuda() ? cuda::state_forward(k, w, u, s0, cfg) : cpu::state_forward(k, w, u, s0, cfg);
+}
+
+inline Tensor values_from_checkpoints(const Tensor& w, const Tensor& u, const Tensor& checkpoints,
+                                      const Config& cfg) {
+  return u.is_cuda() ? cuda::values_from_checkpoints(w, u, checkpoints, cfg)
+                     : cpu::values_from_checkpoints(w, u, checkpoints, cfg);
+}
+
+inline Tensor output_forward(const Tensor& q, const Tensor& k, const Tensor& v_new, const Tensor& checkpoints,
+                             const Config& cfg) {
+  return q.is_cuda() ? cuda::output_forward(q, k, v_new, checkpoints, cfg)
+                     : cpu::output_forward(q, k, v_new, checkpoints, cfg);
+}
+
+inline Tensor local_value_grad(const Tensor& q, const Tensor& k, const Tensor& grad_out, const Config& cfg) {
+  return q.is_cuda() ? cuda::local_value_grad(q, k, grad_out, cfg) : cpu::local_value_grad(q, k, grad_out, cfg);
+}
+
+inline std::tuple<Tensor, Tensor, Tensor> state_backward(const Tensor& q, const Tensor& k, const Tensor& w,
+                                                         const Tensor& grad_out, const Tensor& dv_local,
+                                                         const Tensor& ds_final, const Config& cfg) {
+  return q.is_cuda() ? cuda::state_backward(q, k, w, grad_out, dv_local, ds_final, cfg)
+                     : cpu::state_backward(q, k, w, grad_out, dv_local, ds_final, cfg);
+}
+
+inline std::tuple<Tensor, Tensor, Tensor, Tensor> input_grads(const Tensor& q, const Tensor& k, const Tensor& v,
+                                                              const Tensor& beta, const Tensor& tinv,
+                                                              const Tensor& w, const Tensor& v_new,
+                                                              const Tensor& checkpoints, const Tensor& ds_next,
+                                                              const Tensor& grad_out, const Tensor& dv_new,
+                                                              const Config& cfg) {
+  return q.is_cuda() ? cuda::input_grads(q, k, v, beta, tinv, w, v_new, checkpoints, ds_next, grad_out, dv_new, cfg)
+                     : cpu::input_grads(q, k, v, beta, tinv, w, v_new, checkpoints, ds_next, grad_out, dv_new, cfg);
+}
 
 }  // namespace fwp::chunked

@@ -5,7 +5,7 @@
 
 #include "chunked.h"
 
-namespace fwp::chunked {
+namespace fwp::chunked::cpu {
 namespace {
 
 Tensor tr(const Tensor& x) { return x.transpose(-1, -2); }
@@ -145,4 +145,4 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> input_grads(const Tensor& q, const Te
   return {dq, dk, dvb * b, dbeta};
 }
 
-}  // namespace fwp::chunked
+}  // namespace fwp::chunked::cpu

@@ -17,7 +17,9 @@
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
+#include <string>
 #include <tuple>
+#include <vector>
 
 #include "chunked.h"
 #include "ffi.h"
@@ -38,11 +40,22 @@ Sizes check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const OptT
                    const OptTensor& s0, int64_t chunk) {
   const InputSizes s = check_fast_weight_inputs(q, k, v, beta, s0);
   TORCH_CHECK(chunk == 16 || chunk == 32 || chunk == 64, "chunk: must be 16, 32 or 64, got ", chunk);
-  TORCH_CHECK(q.is_cpu(), "fwp::chunked_rule: only the CPU twin exists so far; q is on ", q.device());
+  TORCH_CHECK(q.is_cpu() || q.is_cuda(), "fwp::chunked_rule: unsupported device ", q.device());
   return Sizes{s.B, s.H, s.T, s.d_k, s.d_v, chunk, (s.T + chunk - 1) / chunk};
 }
 
-Config config(int64_t chunk, bool bf16) { return Config{chunk, bf16 ? Operands::Bf16 : Operands::Exact}; }
+// On CUDA the kernels multiply bf16 operands (Operands::Bf16), so they take bf16 inputs only: fp32
+// inputs would silently lose precision there (the recurrent fwp::delta_rule keeps fp32).
+Config config(const Tensor& q, int64_t chunk, bool bf16) {
+  if (q.is_cuda()) {
+    TORCH_CHECK(q.scalar_type() == at::kBFloat16, "fwp::chunked_rule: the CUDA kernels take bf16 inputs, got ",
+                q.scalar_type(), " (use fwp::delta_rule / fwp::sum_rule, Backend::Fused, for other dtypes)");
+    TORCH_CHECK(bf16, "fwp::chunked_rule: the CUDA kernels multiply bf16 operands; pass bf16_operands=True");
+    TORCH_CHECK(q.size(0) * q.size(1) <= 65535, "fwp::chunked_rule: the CUDA kernels take at most 65535 batch x "
+                "heads, got ", q.size(0) * q.size(1));
+  }
+  return Config{chunk, bf16 ? Operands::Bf16 : Operands::Exact};
+}
 
 // [B, H, T, d] -> [BH, N, C, d] in the accumulation dtype, T zero-padded to N C.
 Tensor to_chunks(const Tensor& x, const Sizes& s) {
@@ -65,7 +78,8 @@ std::tuple<Tensor, Tensor, Tensor> forward_kernel(const Tensor& q, const Tensor&
                                                   const OptTensor& beta, const OptTensor& s0, int64_t chunk,
                                                   bool bf16) {
   const Sizes s = check_inputs(q, k, v, beta, s0, chunk);
-  const Config cfg = config(chunk, bf16);
+  const Config cfg = config(q, chunk, bf16);
+  c10::DeviceGuard guard(q.device());
   const auto acc = q.options().dtype(acc_type(q.scalar_type()));
   const Tensor qc = to_chunks(q, s), kc = to_chunks(k, s), vc = to_chunks(v, s);
   const Tensor init = has(s0) ? s0->to(acc.dtype()).reshape({s.B * s.H, s.dk, s.dv}).clone()
@@ -84,7 +98,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_kernel(const Tensor&
                                                                    const OptTensor& beta, const Tensor& checkpoints,
                                                                    int64_t chunk, bool bf16) {
   const Sizes s = check_inputs(q, k, v, beta, std::nullopt, chunk);
-  const Config cfg = config(chunk, bf16);
+  const Config cfg = config(q, chunk, bf16);
+  c10::DeviceGuard guard(q.device());
   const at::ScalarType acc = acc_type(q.scalar_type());
   TORCH_CHECK(grad_out.dim() == 4 && grad_out.size(0) == s.B && grad_out.size(1) == s.H && grad_out.size(2) == s.T &&
                   grad_out.size(3) == s.dv,
@@ -218,6 +233,12 @@ TORCH_LIBRARY_IMPL(fwp, CPU, m) {
   m.impl("chunked_backward", &fwp::chunked::backward_kernel);
 }
 
+TORCH_LIBRARY_IMPL(fwp, CUDA, m) {
+  m.impl("chunked_rule", &fwp::chunked::rule_kernel);
+  m.impl("chunked_forward", &fwp::chunked::forward_kernel);
+  m.impl("chunked_backward", &fwp::chunked::backward_kernel);
+}
+
 TORCH_LIBRARY_IMPL(fwp, Autograd, m) { m.impl("chunked_rule", &fwp::chunked::rule_autograd); }
 
 extern "C" {
@@ -237,6 +258,57 @@ char* fwp_fast_weight_chunked_kernel(const at::Tensor* q, const at::Tensor* k, c
     auto [o, s] = op.call(*q, *k, *v, opt(beta), opt(s0), chunk, bf16_operands != 0);
     *out = new at::Tensor(std::move(o));
     *state = new at::Tensor(std::move(s));
+  });
+}
+
+// One stage of chunked.h on its own, for tests that compare the CUDA kernels with the CPU twin stage by
+// stage: the implementation follows the device of the inputs. `stage` names it (wy, state_forward,
+// values, output, local_grad, state_backward, input_grads); `in` holds its tensor arguments in the
+// order of chunked.h (NULL for an undefined one), `out` receives its results (NULL for undefined).
+char* fwp_chunked_stage(const char* stage, const at::Tensor* const* in, int n_in, int64_t chunk, int bf16_operands,
+                        at::Tensor** out, int* n_out) {
+  return fwp::guarded([&] {
+    using fwp::chunked::Tensor;
+    const fwp::chunked::Config cfg{chunk, bf16_operands ? fwp::chunked::Operands::Bf16
+                                                        : fwp::chunked::Operands::Exact};
+    std::vector<Tensor> a;
+    for (int i = 0; i < n_in; ++i) a.push_back(in[i] ? *in[i] : Tensor());
+    auto need = [&](int n) {
+      TORCH_CHECK(n_in == n, "fwp_chunked_stage ", stage, ": expected ", n, " inputs, got ", n_in);
+    };
+    std::vector<Tensor> r;
+    const std::string name(stage);
+    if (name == "wy") {
+      need(3);
+      auto [t, w, u] = fwp::chunked::wy_forward(a[0], a[1], a[2], cfg);
+      r = {t, w, u};
+    } else if (name == "state_forward") {
+      need(4);
+      auto [c, v, s] = fwp::chunked::state_forward(a[0], a[1], a[2], a[3], cfg);
+      r = {c, v, s};
+    } else if (name == "values") {
+      need(3);
+      r = {fwp::chunked::values_from_checkpoints(a[0], a[1], a[2], cfg)};
+    } else if (name == "output") {
+      need(4);
+      r = {fwp::chunked::output_forward(a[0], a[1], a[2], a[3], cfg)};
+    } else if (name == "local_grad") {
+      need(3);
+      r = {fwp::chunked::local_value_grad(a[0], a[1], a[2], cfg)};
+    } else if (name == "state_backward") {
+      need(6);
+      auto [dv, dsn, ds0] = fwp::chunked::state_backward(a[0], a[1], a[2], a[3], a[4], a[5], cfg);
+      r = {dv, dsn, ds0};
+    } else if (name == "input_grads") {
+      need(11);
+      auto [dq, dk, dv, db] =
+          fwp::chunked::input_grads(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], cfg);
+      r = {dq, dk, dv, db};
+    } else {
+      TORCH_CHECK(false, "fwp_chunked_stage: unknown stage '", name, "'");
+    }
+    for (size_t i = 0; i < r.size(); ++i) out[i] = r[i].defined() ? new at::Tensor(std::move(r[i])) : nullptr;
+    *n_out = int(r.size());
   });
 }
 

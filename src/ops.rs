@@ -37,6 +37,15 @@ extern "C" {
         out: *mut *mut C_tensor,
         state: *mut *mut C_tensor,
     ) -> *mut c_char;
+    fn fwp_chunked_stage(
+        stage: *const c_char,
+        inputs: *const *const C_tensor,
+        n_inputs: c_int,
+        chunk: i64,
+        bf16_operands: c_int,
+        out: *mut *mut C_tensor,
+        n_out: *mut c_int,
+    ) -> *mut c_char;
     fn fwp_fast_weight_forward_op(
         q: *const C_tensor,
         k: *const C_tensor,
@@ -208,6 +217,40 @@ pub fn fast_weight_chunked_kernel(
         )
     })?;
     Ok(unsafe { (Tensor::from_ptr(out), Tensor::from_ptr(state)) })
+}
+
+/// One stage of the chunked kernels (kernels/chunked.h) on its own: `stage` is `wy`,
+/// `state_forward`, `values`, `output`, `local_grad`, `state_backward` or `input_grads`, `inputs` its
+/// tensor arguments in that header's order (fp32, chunked layout; `None` where the sum rule has
+/// none). Runs the CPU twin for CPU tensors and the CUDA kernels for CUDA tensors, so that a test can
+/// compare the two stage by stage. Returns the stage's results (`None` where undefined).
+pub fn chunked_stage(
+    stage: &str,
+    inputs: &[Option<&Tensor>],
+    chunk: i64,
+    operands: Operands,
+) -> Result<Vec<Option<Tensor>>> {
+    let name = std::ffi::CString::new(stage)?;
+    let ptrs: Vec<*const C_tensor> = inputs.iter().map(|t| opt_ptr(*t)).collect();
+    let mut out: [*mut C_tensor; 4] = [std::ptr::null_mut(); 4];
+    let mut n_out: c_int = 0;
+    // SAFETY: the inputs are live tensors or NULL; on success the C side sets n_out <= 4 entries
+    // of `out`, each a new at::Tensor* we own or NULL.
+    status(&format!("chunked stage {stage}"), unsafe {
+        fwp_chunked_stage(
+            name.as_ptr(),
+            ptrs.as_ptr(),
+            ptrs.len() as c_int,
+            chunk,
+            c_int::from(operands == Operands::Bf16),
+            out.as_mut_ptr(),
+            &mut n_out,
+        )
+    })?;
+    Ok(out[..n_out as usize]
+        .iter()
+        .map(|&p| (!p.is_null()).then(|| unsafe { Tensor::from_ptr(p) }))
+        .collect())
 }
 
 fn opt_ptr(t: Option<&Tensor>) -> *const C_tensor {

@@ -1,5 +1,5 @@
 //! `fwp selftest`: every kernel of this build once, on a small awkward shape, against its reference
-//! twin: the fused recurrence (both rules, forward and backward) against the step-by-step Reference
+//! twin: the fused recurrence and the chunked kernels (both rules, forward and backward) against the step-by-step Reference
 //! backend in float64 on the CPU, the sum-normalisation op against its libtorch twin. A quick check
 //! that a machine runs the kernels right, and small enough to run under compute-sanitizer.
 
@@ -123,9 +123,20 @@ pub fn run(device: Device) -> Result<Vec<Check>> {
     // fp32 against float64: the rounding of a 70-step recurrence; bf16: of its outputs
     let kinds = [(Kind::Float, 1e-4), (Kind::BFloat16, 2e-2)];
     let mut checks = Vec::new();
+    // the chunked kernels take bf16 only on CUDA (their tensor-core products round to bf16)
+    let cases = kinds
+        .iter()
+        .map(|&(kind, tol)| (Backend::Fused, "fused", kind, tol))
+        .chain(
+            kinds
+                .iter()
+                .filter(|&&(kind, _)| device == Device::Cpu || kind == Kind::BFloat16)
+                .map(|&(kind, tol)| (Backend::FusedChunked, "fused-chunked", kind, tol)),
+        )
+        .collect::<Vec<_>>();
     for rule in UpdateRule::ALL {
-        for (kind, tolerance) in kinds {
-            let got = inputs.run(rule, Backend::Fused, kind, device)?;
+        for &(backend, label, kind, tolerance) in &cases {
+            let got = inputs.run(rule, backend, kind, device)?;
             // the reference sees the inputs rounded to `kind`, computed in float64
             let rounded = |t: &Tensor| t.f_to_kind(kind)?.f_to_kind(Kind::Double);
             let reference_inputs = Inputs {
@@ -140,7 +151,7 @@ pub fn run(device: Device) -> Result<Vec<Check>> {
             let want = reference_inputs.run(rule, Backend::Reference, Kind::Double, Device::Cpu)?;
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 checks.push(Check {
-                    name: format!("fused {rule} {kind:?} {}", NAMES[i]),
+                    name: format!("{label} {rule} {kind:?} {}", NAMES[i]),
                     error: relative_error(g, w)?,
                     tolerance,
                 });

@@ -66,12 +66,7 @@ impl Grid {
                 repeats: 5,
             },
             Preset::Gpu => Grid {
-                // The chunked kernels have only their CPU twin so far.
-                ops: all_ops
-                    .iter()
-                    .copied()
-                    .filter(|&op| op != Op::FusedChunked)
-                    .collect(),
+                ops: all_ops,
                 rules,
                 chunk: 64,
                 batch: 1,
@@ -127,6 +122,13 @@ impl Grid {
                         Op::Softmax => vec![None],
                         _ => self.rules.iter().copied().map(Some).collect(),
                     };
+                    // the chunked CUDA kernels take bf16 inputs only
+                    if op == Op::FusedChunked
+                        && self.device.starts_with("cuda")
+                        && dtype != DType::Bf16
+                    {
+                        continue;
+                    }
                     for rule in rules {
                         for &t in &self.t {
                             if op == Op::Reference && t > self.reference_max_t {

@@ -49,9 +49,10 @@ pub enum Backend {
     Fused,
     /// Our chunked kernels (kernels/chunked*.{h,cpp}; docs/derivations.md Sec. 9): the chunkwise form
     /// in stages, chunks of 64 steps, an explicit backward that recomputes from one saved state per
-    /// chunk. CPU only so far (the CUDA kernels of this design are in progress). Registered as the
-    /// libtorch op `fwp::chunked_rule`. Non-finite inputs run the `Fused` kernel instead, which keeps
-    /// a NaN or infinity from reaching earlier steps.
+    /// chunk. CPU: any float dtype, exact f32/f64 products. CUDA: bf16 inputs, tensor-core products
+    /// (first version, not yet run on a GPU: docs/performance.md). Registered as the libtorch op
+    /// `fwp::chunked_rule`. Non-finite inputs run the `Fused` kernel instead, which keeps a NaN or
+    /// infinity from reaching earlier steps.
     FusedChunked,
     /// `Fused` wherever it supports the device, dtype and sizes, else `Chunked { chunk_size: 64 }`;
     /// [`Backend::resolve`] says which.
@@ -111,10 +112,6 @@ pub fn fused_supported(device: Device, kind: Kind, d_k: i64, d_v: i64) -> bool {
 /// The chunk length of [`Backend::FusedChunked`] (the CUDA design's tile).
 pub const CHUNKED_KERNEL_CHUNK: i64 = 64;
 
-fn device_is_cpu(t: &Tensor) -> bool {
-    t.device() == Device::Cpu
-}
-
 /// Whether every given tensor is finite, from one sum of each (a sum is NaN or infinite whenever
 /// one of its terms is; a finite input whose sum overflows only takes the careful path).
 pub(crate) fn inputs_finite(tensors: &[Option<&Tensor>]) -> Result<bool> {
@@ -165,15 +162,23 @@ pub fn fast_weight(
     }
     let kind = q.f_kind()?;
     let backend = backend.resolve(q.device(), kind, dims.d_k, dims.d_v);
-    if backend == Backend::FusedChunked && !device_is_cpu(q) {
+    let on_cpu = q.device() == Device::Cpu;
+    if backend == Backend::FusedChunked && !on_cpu && kind != Kind::BFloat16 {
         bail!(
-            "backend fused:chunked: only the CPU kernels exist so far; q is on {:?} (use fused or auto)",
+            "backend fused:chunked: on {:?} the chunked kernels take bf16 inputs (their tensor-core \
+             products round to bf16), got {kind:?}; use fused or auto",
             q.device()
         );
     }
     if backend == Backend::FusedChunked
         && inputs_finite(&[Some(q), Some(k), Some(v), beta, initial])?
     {
+        // The CPU twin multiplies exactly; the CUDA kernels round operands to bf16.
+        let operands = if on_cpu {
+            crate::ops::Operands::Exact
+        } else {
+            crate::ops::Operands::Bf16
+        };
         let (out, state) = crate::ops::fast_weight_chunked_kernel(
             q,
             k,
@@ -181,7 +186,7 @@ pub fn fast_weight(
             beta,
             initial,
             CHUNKED_KERNEL_CHUNK,
-            crate::ops::Operands::Exact,
+            operands,
         )?;
         return Ok(FastWeightOutput {
             out,

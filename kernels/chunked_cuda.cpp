@@ -1,0 +1,178 @@
+// Host side of the chunked stages' CUDA kernels (chunked.cu): the twin's stage functions
+// (chunked.h) for CUDA tensors. Allocates outputs and scratch, launches on PyTorch's current
+// stream. The kernels always round product operands to bf16 (Operands::Bf16) in chunks of 64.
+
+#include <ATen/ATen.h>
+
+#include "chunked.h"
+
+#ifdef FWP_WITH_CUDA
+#include "chunked_launch.h"
+// Exported by libtorch_cuda: PyTorch's current stream on a device.
+extern "C" int32_t aoti_torch_get_current_cuda_stream(int32_t device_index, void** ret_stream);
+extern "C" const char* fwp_cuda_error_string(int code);
+#endif
+
+namespace fwp::chunked::cuda {
+
+#ifdef FWP_WITH_CUDA
+namespace {
+
+void check_config(const Config& cfg) {
+  TORCH_CHECK(cfg.chunk == fwp_chunked_cuda_chunk(), "fwp::chunked_rule (CUDA): the kernels take chunks of ",
+              fwp_chunked_cuda_chunk(), " steps, got ", cfg.chunk);
+  TORCH_CHECK(cfg.operands == Operands::Bf16,
+              "fwp::chunked_rule (CUDA): the kernels multiply bf16 operands on the tensor cores; pass "
+              "bf16_operands=True");
+}
+
+void* stream(const Tensor& t) {
+  void* s = nullptr;
+  TORCH_CHECK(aoti_torch_get_current_cuda_stream(t.get_device(), &s) == 0,
+              "fwp::chunked_rule: cannot get the current CUDA stream");
+  return s;
+}
+
+void launched(int code, const char* stage) {
+  TORCH_CHECK(code == 0, "fwp::chunked_rule: CUDA stage ", stage, " failed: ", fwp_cuda_error_string(code));
+}
+
+// fp32, contiguous, on the GPU (undefined stays undefined).
+Tensor in(const Tensor& t) {
+  if (!t.defined()) return t;
+  TORCH_CHECK(t.is_cuda() && t.scalar_type() == at::kFloat, "fwp::chunked_rule (CUDA): stages take fp32 CUDA "
+              "tensors, got ", t.scalar_type(), " on ", t.device());
+  return t.contiguous();
+}
+
+const float* p(const Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
+float* p(Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
+
+}  // namespace
+
+std::tuple<Tensor, Tensor, Tensor> wy_forward(const Tensor& k_, const Tensor& v_, const Tensor& beta_,
+                                              const Config& cfg) {
+  check_config(cfg);
+  const Tensor k = in(k_), v = in(v_), beta = in(beta_);
+  const int64_t BH = k.size(0), N = k.size(1), C = k.size(2), dk = k.size(3), dv = v.size(3);
+  Tensor tinv = at::empty({BH, N, C, C}, k.options()), a = at::empty_like(tinv);
+  Tensor w = at::empty({BH, N, C, dk}, k.options()), u = at::empty({BH, N, C, dv}, k.options());
+  launched(fwp_chunked_cuda_wy(p(k), p(v), p(beta), p(tinv), p(w), p(u), p(a), BH, N, dk, dv, stream(k)), "wy");
+  return {tinv, w, u};
+}
+
+std::tuple<Tensor, Tensor, Tensor> state_forward(const Tensor& k_, const Tensor& w_, const Tensor& u_,
+                                                 const Tensor& s0_, const Config& cfg) {
+  check_config(cfg);
+  const Tensor k = in(k_), w = in(w_), u = in(u_), s0 = in(s0_);
+  const int64_t BH = k.size(0), N = k.size(1), dk = k.size(3), dv = u.size(3);
+  Tensor ckpt = at::empty({BH, N, dk, dv}, k.options()), state = at::empty({BH, dk, dv}, k.options());
+  Tensor v_new = w.defined() ? at::empty_like(u) : u;
+  launched(fwp_chunked_cuda_state_forward(p(k), p(w), p(u), p(s0), p(ckpt), w.defined() ? p(v_new) : nullptr,
+                                          p(state), BH, N, dk, dv, stream(k)),
+           "state_forward");
+  return {ckpt, v_new, state};
+}
+
+Tensor values_from_checkpoints(const Tensor& w_, const Tensor& u_, const Tensor& ckpt_, const Config& cfg) {
+  check_config(cfg);
+  if (!w_.defined()) return u_;
+  const Tensor w = in(w_), u = in(u_), ckpt = in(ckpt_);
+  Tensor v_new = at::empty_like(u);
+  launched(fwp_chunked_cuda_values(p(w), p(u), p(ckpt), p(v_new), u.size(0), u.size(1), w.size(3), u.size(3),
+                                   stream(u)),
+           "values");
+  return v_new;
+}
+
+Tensor output_forward(const Tensor& q_, const Tensor& k_, const Tensor& v_new_, const Tensor& ckpt_,
+                      const Config& cfg) {
+  check_config(cfg);
+  const Tensor q = in(q_), k = in(k_), v_new = in(v_new_), ckpt = in(ckpt_);
+  const int64_t BH = q.size(0), N = q.size(1), C = q.size(2);
+  Tensor out = at::empty_like(v_new), qk = at::empty({BH, N, C, C}, q.options());
+  launched(fwp_chunked_cuda_output(p(q), p(k), p(v_new), p(ckpt), p(out), p(qk), BH, N, q.size(3), v_new.size(3),
+                                   stream(q)),
+           "output");
+  return out;
+}
+
+Tensor local_value_grad(const Tensor& q_, const Tensor& k_, const Tensor& grad_out_, const Config& cfg) {
+  check_config(cfg);
+  const Tensor q = in(q_), k = in(k_), grad_out = in(grad_out_);
+  const int64_t BH = q.size(0), N = q.size(1), C = q.size(2);
+  Tensor dv_local = at::empty_like(grad_out), qk = at::empty({BH, N, C, C}, q.options());
+  launched(fwp_chunked_cuda_local_grad(p(q), p(k), p(grad_out), p(dv_local), p(qk), BH, N, q.size(3),
+                                       grad_out.size(3), stream(q)),
+           "local_grad");
+  return dv_local;
+}
+
+std::tuple<Tensor, Tensor, Tensor> state_backward(const Tensor& q_, const Tensor& k_, const Tensor& w_,
+                                                  const Tensor& grad_out_, const Tensor& dv_local_,
+                                                  const Tensor& ds_final_, const Config& cfg) {
+  check_config(cfg);
+  const Tensor q = in(q_), k = in(k_), w = in(w_), grad_out = in(grad_out_), dv_local = in(dv_local_),
+               ds_final = in(ds_final_);
+  const int64_t BH = q.size(0), N = q.size(1), dk = q.size(3), dv = grad_out.size(3);
+  Tensor dv_new = at::empty_like(dv_local), ds_next = at::empty({BH, N, dk, dv}, q.options());
+  Tensor ds0 = at::empty({BH, dk, dv}, q.options());
+  launched(fwp_chunked_cuda_state_backward(p(q), p(k), p(w), p(grad_out), p(dv_local), p(ds_final), p(dv_new),
+                                           p(ds_next), p(ds0), BH, N, dk, dv, stream(q)),
+           "state_backward");
+  return {dv_new, ds_next, ds0};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> input_grads(const Tensor& q_, const Tensor& k_, const Tensor& v_,
+                                                       const Tensor& beta_, const Tensor& tinv_, const Tensor& w_,
+                                                       const Tensor& v_new_, const Tensor& ckpt_,
+                                                       const Tensor& ds_next_, const Tensor& grad_out_,
+                                                       const Tensor& dv_new_, const Config& cfg) {
+  check_config(cfg);
+  const Tensor q = in(q_), k = in(k_), v = in(v_), beta = in(beta_), tinv = in(tinv_), w = in(w_),
+               v_new = in(v_new_), ckpt = in(ckpt_), ds_next = in(ds_next_), grad_out = in(grad_out_),
+               dv_new = in(dv_new_);
+  const bool delta = tinv.defined();
+  const int64_t BH = q.size(0), N = q.size(1), dk = q.size(3), dv = v.size(3);
+  Tensor dq = at::empty_like(q), dkt = at::empty_like(k);
+  Tensor dvt = delta ? at::empty_like(v) : Tensor(), dbeta = delta ? at::empty_like(beta) : Tensor();
+  Tensor scratch = at::empty({BH, N, fwp_chunked_cuda_scratch_per_chunk(dk, dv)}, q.options());
+  launched(fwp_chunked_cuda_input_grads(p(q), p(k), p(v), p(beta), p(tinv), p(w), p(v_new), p(ckpt), p(ds_next),
+                                        p(grad_out), p(dv_new), p(dq), p(dkt), p(dvt), p(dbeta), p(scratch), BH, N,
+                                        dk, dv, stream(q)),
+           "input_grads");
+  return {dq, dkt, delta ? dvt : dv_new, dbeta};
+}
+
+#else  // no CUDA in this build
+
+namespace {
+[[noreturn]] void no_cuda() {
+  TORCH_CHECK(false, "fwp::chunked_rule: this build of fwp has no CUDA kernels (nvcc was not found at build time)");
+  throw;  // unreachable
+}
+}  // namespace
+
+std::tuple<Tensor, Tensor, Tensor> wy_forward(const Tensor&, const Tensor&, const Tensor&, const Config&) {
+  no_cuda();
+}
+std::tuple<Tensor, Tensor, Tensor> state_forward(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                                 const Config&) {
+  no_cuda();
+}
+Tensor values_from_checkpoints(const Tensor&, const Tensor&, const Tensor&, const Config&) { no_cuda(); }
+Tensor output_forward(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Config&) { no_cuda(); }
+Tensor local_value_grad(const Tensor&, const Tensor&, const Tensor&, const Config&) { no_cuda(); }
+std::tuple<Tensor, Tensor, Tensor> state_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                                  const Tensor&, const Tensor&, const Config&) {
+  no_cuda();
+}
+std::tuple<Tensor, Tensor, Tensor, Tensor> input_grads(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                                       const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                                       const Tensor&, const Tensor&, const Tensor&, const Config&) {
+  no_cuda();
+}
+
+#endif
+
+}  // namespace fwp::chunked::cuda

@@ -1,0 +1,51 @@
+// C ABI of the CUDA launchers of the chunked stages (chunked.cu, compiled by nvcc, no ATen there).
+// All buffers fp32, contiguous, in the chunked layout of chunked.h: [BH, N, C, d] per-step matrices,
+// [BH, N, C] beta, [BH, N, C, C] per-chunk C x C matrices, [BH, N, d_k, d_v] per-chunk states,
+// [BH, d_k, d_v] single states. Pointers that the sum rule has no use for (beta, tinv, w) are NULL
+// there. Every launcher returns a cudaError_t code (0 = success) and runs on `stream`.
+#pragma once
+
+#include <cstdint>
+
+extern "C" {
+
+// The chunk length C of the kernels.
+int64_t fwp_chunked_cuda_chunk();
+
+// fp32 values of scratch per chunk that fwp_chunked_cuda_input_grads needs.
+int64_t fwp_chunked_cuda_scratch_per_chunk(int64_t dk, int64_t dv);
+
+// F1: tinv [BH,N,C,C], w [BH,N,C,d_k], u [BH,N,C,d_v]; a_scratch [BH,N,C,C].
+int fwp_chunked_cuda_wy(const float* k, const float* v, const float* beta, float* tinv, float* w, float* u,
+                        float* a_scratch, int64_t BH, int64_t N, int64_t dk, int64_t dv, void* stream);
+
+// F2: ckpt [BH,N,d_k,d_v], v_new (unused for the sum rule: U' = U), state [BH,d_k,d_v].
+int fwp_chunked_cuda_state_forward(const float* k, const float* w, const float* u, const float* s0, float* ckpt,
+                                   float* v_new, float* state, int64_t BH, int64_t N, int64_t dk, int64_t dv,
+                                   void* stream);
+
+// U' = U - W S_c for all chunks.
+int fwp_chunked_cuda_values(const float* w, const float* u, const float* ckpt, float* v_new, int64_t BH, int64_t N,
+                            int64_t dk, int64_t dv, void* stream);
+
+// F3: out [BH,N,C,d_v]; qk_scratch [BH,N,C,C].
+int fwp_chunked_cuda_output(const float* q, const float* k, const float* v_new, const float* ckpt, float* out,
+                            float* qk_scratch, int64_t BH, int64_t N, int64_t dk, int64_t dv, void* stream);
+
+// B1: dv_local [BH,N,C,d_v]; qk_scratch [BH,N,C,C].
+int fwp_chunked_cuda_local_grad(const float* q, const float* k, const float* grad_out, float* dv_local,
+                                float* qk_scratch, int64_t BH, int64_t N, int64_t dk, int64_t dv, void* stream);
+
+// B2: dv_new [BH,N,C,d_v], ds_next [BH,N,d_k,d_v], ds0 [BH,d_k,d_v].
+int fwp_chunked_cuda_state_backward(const float* q, const float* k, const float* w, const float* grad_out,
+                                    const float* dv_local, const float* ds_final, float* dv_new, float* ds_next,
+                                    float* ds0, int64_t BH, int64_t N, int64_t dk, int64_t dv, void* stream);
+
+// B3: dq, dk_out [BH,N,C,d_k]; delta rule only: dv_out [BH,N,C,d_v], dbeta [BH,N,C];
+// scratch [BH, N, fwp_chunked_cuda_scratch_per_chunk(d_k, d_v)].
+int fwp_chunked_cuda_input_grads(const float* q, const float* k, const float* v, const float* beta,
+                                 const float* tinv, const float* w, const float* v_new, const float* ckpt,
+                                 const float* ds_next, const float* grad_out, const float* dv_new, float* dq,
+                                 float* dk_out, float* dv_out, float* dbeta, float* scratch, int64_t BH, int64_t N,
+                                 int64_t dk, int64_t dv, void* stream);
+}

@@ -1,0 +1,389 @@
+//! The chunked kernels stage by stage (kernels/chunked.h, `ops::chunked_stage`).
+//!
+//! On the CPU: the stages chained by hand give what the op `fwp::chunked_rule` gives, forward and
+//! backward, so the stage interface the GPU comparison uses means what it says. On a GPU: each CUDA
+//! stage, fed the CPU twin's inputs of that stage, against the twin's outputs (both rounding
+//! operands to bf16), printing every stage's error and naming the first that differs; then the
+//! whole op on bf16 inputs against the float64 Reference.
+
+mod common;
+
+use common::{assert_close, cuda_or_skip, seeded, Case};
+use fwp::ops::{chunked_stage, fast_weight_chunked_kernel, Operands};
+use fwp::{fast_weight, Backend, UpdateRule};
+use tch::{Device, Kind, Tensor};
+
+const C: i64 = 64;
+
+/// The inputs of the stages in the chunked layout: q, k [BH, N, C, d_k], v [BH, N, C, d_v], beta
+/// [BH, N, C], s0 [BH, d_k, d_v], dO [BH, N, C, d_v], dS_N [BH, d_k, d_v]; fp32 on the CPU, T padded
+/// with zero steps to N C.
+struct StageInputs {
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    beta: Tensor,
+    s0: Tensor,
+    grad_out: Tensor,
+    ds_final: Tensor,
+}
+
+impl StageInputs {
+    fn new(bh: i64, t: i64, d_k: i64, d_v: i64) -> StageInputs {
+        let n = (t + C - 1) / C;
+        let f = (Kind::Float, Device::Cpu);
+        let chunked = |x: Tensor| {
+            let d = x.size()[2];
+            x.constant_pad_nd([0, 0, 0, n * C - t])
+                .reshape([bh, n, C, d])
+        };
+        let k = Tensor::randn([bh, t, d_k], f);
+        let k = &k / k.norm_scalaropt_dim(2, [-1i64].as_slice(), true);
+        StageInputs {
+            q: chunked(Tensor::randn([bh, t, d_k], f) / (d_k as f64).sqrt()),
+            k: chunked(k),
+            v: chunked(Tensor::randn([bh, t, d_v], f)),
+            beta: Tensor::rand([bh, t], f)
+                .constant_pad_nd([0, n * C - t])
+                .reshape([bh, n, C]),
+            s0: Tensor::randn([bh, d_k, d_v], f) * 0.3,
+            grad_out: chunked(Tensor::randn([bh, t, d_v], f)),
+            ds_final: Tensor::randn([bh, d_k, d_v], f),
+        }
+    }
+}
+
+/// One stage's name, its inputs and its outputs.
+struct Stage {
+    name: &'static str,
+    inputs: Vec<Option<Tensor>>,
+    outputs: Vec<Option<Tensor>>,
+}
+
+fn run(name: &'static str, inputs: Vec<Option<Tensor>>, operands: Operands) -> Stage {
+    let refs: Vec<Option<&Tensor>> = inputs.iter().map(Option::as_ref).collect();
+    let outputs = chunked_stage(name, &refs, C, operands).unwrap();
+    Stage {
+        name,
+        inputs,
+        outputs,
+    }
+}
+
+fn out(stage: &Stage, i: usize) -> Option<Tensor> {
+    stage.outputs[i].as_ref().map(Tensor::shallow_clone)
+}
+
+/// Every stage of a forward and backward on the CPU twin, in the op's order.
+fn chain(x: &StageInputs, delta: bool, operands: Operands) -> Vec<Stage> {
+    let s = |t: &Tensor| Some(t.shallow_clone());
+    let mut stages = Vec::new();
+    let (tinv, w, u) = if delta {
+        let wy = run("wy", vec![s(&x.k), s(&x.v), s(&x.beta)], operands);
+        let r = (out(&wy, 0), out(&wy, 1), out(&wy, 2).unwrap());
+        stages.push(wy);
+        r
+    } else {
+        (None, None, x.v.shallow_clone())
+    };
+    let fwd = run(
+        "state_forward",
+        vec![
+            s(&x.k),
+            w.as_ref().map(Tensor::shallow_clone),
+            s(&u),
+            s(&x.s0),
+        ],
+        operands,
+    );
+    let (ckpt, v_new) = (out(&fwd, 0).unwrap(), out(&fwd, 1).unwrap());
+    stages.push(fwd);
+    stages.push(run(
+        "output",
+        vec![s(&x.q), s(&x.k), s(&v_new), s(&ckpt)],
+        operands,
+    ));
+    if delta {
+        stages.push(run(
+            "values",
+            vec![w.as_ref().map(Tensor::shallow_clone), s(&u), s(&ckpt)],
+            operands,
+        ));
+    }
+    let local = run(
+        "local_grad",
+        vec![s(&x.q), s(&x.k), s(&x.grad_out)],
+        operands,
+    );
+    let dv_local = out(&local, 0).unwrap();
+    stages.push(local);
+    let bwd = run(
+        "state_backward",
+        vec![
+            s(&x.q),
+            s(&x.k),
+            w.as_ref().map(Tensor::shallow_clone),
+            s(&x.grad_out),
+            s(&dv_local),
+            s(&x.ds_final),
+        ],
+        operands,
+    );
+    let (dv_new, ds_next) = (out(&bwd, 0).unwrap(), out(&bwd, 1).unwrap());
+    stages.push(bwd);
+    stages.push(run(
+        "input_grads",
+        vec![
+            s(&x.q),
+            s(&x.k),
+            s(&x.v),
+            delta.then(|| x.beta.shallow_clone()),
+            tinv,
+            w,
+            s(&v_new),
+            s(&ckpt),
+            s(&ds_next),
+            s(&x.grad_out),
+            s(&dv_new),
+        ],
+        operands,
+    ));
+    stages
+}
+
+/// The stages chained by hand equal the op: outputs, final state and every gradient.
+#[test]
+fn chunked_stages_compose_to_the_op() {
+    let _rng = seeded(70);
+    let (bh, t, d_k, d_v) = (3, 150, 20, 24);
+    let x = StageInputs::new(bh, t, d_k, d_v);
+    let n = (t + C - 1) / C;
+    for delta in [false, true] {
+        let stages = chain(&x, delta, Operands::Exact);
+        let get = |name: &str, i: usize| {
+            stages.iter().find(|s| s.name == name).unwrap().outputs[i]
+                .as_ref()
+                .unwrap()
+                .shallow_clone()
+        };
+        // The op on the same inputs in [B = 1, H = BH, T, d] layout.
+        let unchunk = |c: &Tensor| {
+            let d = c.size()[3];
+            c.reshape([1, bh, n * C, d])
+                .narrow(2, 0, t)
+                .detach()
+                .set_requires_grad(true)
+        };
+        let (q, k, v) = (unchunk(&x.q), unchunk(&x.k), unchunk(&x.v));
+        let beta = x
+            .beta
+            .reshape([1, bh, n * C])
+            .narrow(2, 0, t)
+            .detach()
+            .set_requires_grad(true);
+        let s0 = x.s0.unsqueeze(0).detach().set_requires_grad(true);
+        let b = delta.then_some(&beta);
+        let (o, state) =
+            fast_weight_chunked_kernel(&q, &k, &v, b, Some(&s0), C, Operands::Exact).unwrap();
+        let l = format!("delta={delta}");
+        assert_close(
+            &format!("{l} out"),
+            &o,
+            &unchunk(&get("output", 0)),
+            1e-5,
+            1e-5,
+        );
+        assert_close(
+            &format!("{l} state"),
+            &state,
+            &get("state_forward", 2).unsqueeze(0),
+            1e-5,
+            1e-5,
+        );
+        let go = unchunk(&x.grad_out);
+        let loss =
+            (&o * &go).sum(Kind::Float) + (&state * x.ds_final.unsqueeze(0)).sum(Kind::Float);
+        let mut inputs = vec![&q, &k, &v, &s0];
+        if delta {
+            inputs.push(&beta);
+        }
+        let g = Tensor::run_backward(&[loss], &inputs, false, false);
+        assert_close(
+            &format!("{l} dq"),
+            &g[0],
+            &unchunk(&get("input_grads", 0)),
+            1e-5,
+            1e-5,
+        );
+        assert_close(
+            &format!("{l} dk"),
+            &g[1],
+            &unchunk(&get("input_grads", 1)),
+            1e-5,
+            1e-5,
+        );
+        assert_close(
+            &format!("{l} dv"),
+            &g[2],
+            &unchunk(&get("input_grads", 2)),
+            1e-5,
+            1e-5,
+        );
+        assert_close(
+            &format!("{l} dS0"),
+            &g[3],
+            &get("state_backward", 2).unsqueeze(0),
+            1e-5,
+            1e-5,
+        );
+        if delta {
+            let db = get("input_grads", 3)
+                .reshape([1, bh, n * C])
+                .narrow(2, 0, t);
+            assert_close(&format!("{l} dbeta"), &g[4], &db, 1e-5, 1e-5);
+        }
+    }
+}
+
+#[test]
+fn chunked_stage_names_and_arity_are_checked() {
+    let x = StageInputs::new(1, 10, 4, 4);
+    let err = chunked_stage("nope", &[Some(&x.q)], C, Operands::Exact)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown stage 'nope'"), "{err}");
+    let err = chunked_stage("wy", &[Some(&x.k)], C, Operands::Exact)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("expected 3 inputs, got 1"), "{err}");
+}
+
+/// Relative RMS error of `got` against `want`.
+fn rel_rms(got: &Tensor, want: &Tensor) -> f64 {
+    let rms = |t: &Tensor| {
+        f64::try_from(t.to_kind(Kind::Double).square().mean(Kind::Double).sqrt()).unwrap()
+    };
+    rms(&(got.to_device(Device::Cpu) - want)) / rms(want).max(1e-30)
+}
+
+/// Each CUDA stage on the twin's inputs of that stage, against the twin's outputs.
+#[test]
+fn chunked_cuda_stages_match_the_cpu_twin() {
+    if !cuda_or_skip("chunked_cuda_stages_match_the_cpu_twin") {
+        return;
+    }
+    let _rng = seeded(71);
+    let cuda = Device::Cuda(0);
+    let mut first_bad: Option<String> = None;
+    // FWP_CHUNKED_SHAPES=small: one small shape (for the sanitizers of scripts/gpu-check)
+    let small = std::env::var("FWP_CHUNKED_SHAPES").as_deref() == Ok("small");
+    let shapes: &[(i64, i64, i64, i64)] = if small {
+        &[(1, 65, 32, 24)]
+    } else {
+        &[(2, 200, 64, 64), (1, 65, 128, 40), (2, 130, 256, 256)]
+    };
+    for &(bh, t, d_k, d_v) in shapes {
+        let x = StageInputs::new(bh, t, d_k, d_v);
+        for delta in [false, true] {
+            for twin in chain(&x, delta, Operands::Bf16) {
+                let inputs: Vec<Option<Tensor>> = twin
+                    .inputs
+                    .iter()
+                    .map(|t| t.as_ref().map(|t| t.to_device(cuda)))
+                    .collect();
+                let gpu = run(twin.name, inputs, Operands::Bf16);
+                for (i, (want, got)) in twin.outputs.iter().zip(&gpu.outputs).enumerate() {
+                    let label = format!(
+                        "BH={bh} T={t} d_k={d_k} d_v={d_v} delta={delta} {} output {i}",
+                        twin.name
+                    );
+                    match (want, got) {
+                        (Some(w), Some(g)) => {
+                            let err = rel_rms(g, w);
+                            eprintln!("{label}: relative RMS difference {err:.2e}");
+                            let close = err < 1e-3; // false for NaN too
+                            if !close && first_bad.is_none() {
+                                first_bad = Some(format!("{label}: {err:.2e}"));
+                            }
+                        }
+                        (None, None) => {}
+                        _ => panic!("{label}: defined on one side only"),
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        first_bad.is_none(),
+        "first stage that differs: {}",
+        first_bad.unwrap()
+    );
+}
+
+/// The CUDA op on bf16 inputs against the float64 Reference of the same rounded inputs.
+#[test]
+fn chunked_cuda_op_matches_reference() {
+    if !cuda_or_skip("chunked_cuda_op_matches_reference") {
+        return;
+    }
+    let _rng = seeded(72);
+    for (t, d) in [
+        (1, 64),
+        (63, 64),
+        (65, 64),
+        (1000, 64),
+        (1000, 128),
+        (300, 256),
+    ] {
+        let case = Case::new(1, 2, t, d, d);
+        for rule in [UpdateRule::Sum, UpdateRule::Delta] {
+            let r = |t: &Tensor| t.to_kind(Kind::BFloat16);
+            let (q, k, v, beta, s0) = (
+                r(&case.q),
+                r(&case.k),
+                r(&case.v),
+                r(&case.beta),
+                r(&case.s0),
+            );
+            let run_on = |kind: Kind, device: Device, backend: Backend| {
+                let leaf = |t: &Tensor| {
+                    t.to_kind(kind)
+                        .to_device(device)
+                        .detach()
+                        .set_requires_grad(true)
+                };
+                let (q, k, v, beta, s0) = (leaf(&q), leaf(&k), leaf(&v), leaf(&beta), leaf(&s0));
+                let b = (rule == UpdateRule::Delta).then_some(&beta);
+                let o = fast_weight(&q, &k, &v, b, Some(&s0), rule, backend).unwrap();
+                let d = |t: &Tensor| t.to_kind(Kind::Double).to_device(Device::Cpu);
+                let loss = (d(&o.out) * &case.w_out).sum(Kind::Double)
+                    + (d(&o.state) * &case.w_state).sum(Kind::Double);
+                let mut inputs = vec![&q, &k, &v, &s0];
+                if rule == UpdateRule::Delta {
+                    inputs.push(&beta);
+                }
+                let mut all = vec![d(&o.out), d(&o.state)];
+                all.extend(
+                    Tensor::run_backward(&[loss], &inputs, false, false)
+                        .iter()
+                        .map(d),
+                );
+                all
+            };
+            let want = run_on(Kind::Double, Device::Cpu, Backend::Reference);
+            let got = run_on(Kind::BFloat16, Device::Cuda(0), Backend::FusedChunked);
+            for (i, name) in ["out", "state", "dq", "dk", "dv", "dS0", "dbeta"]
+                .iter()
+                .enumerate()
+                .take(want.len())
+            {
+                let err = rel_rms(&got[i], &want[i]);
+                eprintln!("T={t} d={d} {rule:?} {name}: relative RMS error {err:.2e}");
+                assert!(
+                    err < 6e-3,
+                    "T={t} d={d} {rule:?} {name}: relative RMS error {err:.2e}"
+                );
+            }
+        }
+    }
+}
