@@ -1,0 +1,208 @@
+#!/usr/bin/env python3
+"""fwp's chunked kernels against flash-linear-attention's chunk_delta_rule, side by side on one GPU.
+
+Both run in this process on the same bf16 inputs: FLA 0.6.0 (installed from wheels with
+`pip --no-index --target`) and fwp's op `torch.ops.fwp.chunked_rule`, loaded from the shared library
+scripts/gpu-bundle builds (gpu-bundle/libfwp_torch.so). Shapes: B*T = 16k tokens, H = 16, d = d_k = d_v
+in {64, 128}, T in {1k, 4k, 16k}; the delta rule without initial state, and FLA with scale = 1 (fwp's
+recurrence has none). For each shape: forward, backward and forward + backward times (CUDA events,
+median of the timed runs, after warm-up runs that also hold FLA's Triton autotuning), FLA / fwp, and
+each one's relative RMS error of the output and every gradient against a float64 reference of the
+same inputs (the chunkwise form in float64, autograd for the gradients). The goal (issue 12):
+FLA / fwp >= 1.5 for forward + backward at equal or better accuracy.
+
+Writes fla-compare.jsonl (one record per shape and implementation) and fla-compare.md to --out.
+
+  usage: python3 scripts/fla-compare.py --lib gpu-bundle/libfwp_torch.so --wheels gpu-bundle/wheels --out DIR
+         python3 scripts/fla-compare.py --lib gpu-bundle/libfwp_torch.so --dry-run
+--dry-run (what CI runs): no GPU needed; checks on the CPU, in float64 and on a small shape, that the
+library loads and that fwp's op and this script's reference agree, outputs and gradients.
+"""
+
+import argparse
+import glob
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+
+CHUNK = 64
+SHAPES = [(t, d) for d in (64, 128) for t in (1024, 4096, 16384)]
+TOKENS, HEADS = 16384, 16
+
+
+def reference(q, k, v, beta):
+    """The delta rule in float64 by the chunkwise form: q, k [B, H, T, d_k], v [B, H, T, d_v],
+    beta [B, H, T]; returns (out [B, H, T, d_v], final state [B, H, d_k, d_v])."""
+    B, H, T, dk = q.shape
+    dv = v.shape[-1]
+    n = (T + CHUNK - 1) // CHUNK
+    pad = n * CHUNK - T
+    chunks = lambda x: F.pad(x, (0, 0, 0, pad)).reshape(B, H, n, CHUNK, x.shape[-1])
+    qc, kc, vc = chunks(q), chunks(k), chunks(v)
+    bc = F.pad(beta, (0, pad)).reshape(B, H, n, CHUNK, 1)
+    a = ((bc * kc) @ kc.transpose(-1, -2)).tril(-1)  # A = tril(diag(beta) K K^T, -1)
+    eye = torch.eye(CHUNK, dtype=q.dtype, device=q.device)
+    wu = torch.linalg.solve_triangular(eye + a, torch.cat([bc * kc, bc * vc], -1), upper=False, unitriangular=True)
+    w, u = wu[..., :dk], wu[..., dk:]
+    qk = (qc @ kc.transpose(-1, -2)).tril(0)
+    s = q.new_zeros(B, H, dk, dv)
+    outs = []
+    for i in range(n):
+        u_new = u[:, :, i] - w[:, :, i] @ s  # U' = U - W S
+        outs.append(qc[:, :, i] @ s + qk[:, :, i] @ u_new)  # O = Q S + tril(Q K^T) U'
+        s = s + kc[:, :, i].transpose(-1, -2) @ u_new  # S' = S + K^T U'
+    return torch.stack(outs, 2).reshape(B, H, n * CHUNK, dv)[:, :, :T], s
+
+
+def inputs(b, h, t, d, device, seed):
+    """q, k (unit rows), v, beta in (0, 1), dO: [B, H, T, d] float32 on `device`."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    r = lambda *shape: torch.randn(*shape, generator=g, device=device)
+    q = r(b, h, t, d) / d**0.5
+    k = F.normalize(r(b, h, t, d), dim=-1)
+    v = r(b, h, t, d)
+    beta = torch.rand(b, h, t, generator=g, device=device)
+    return q, k, v, beta, r(b, h, t, d)
+
+
+def rel_rms(got, want):
+    got, want = got.double(), want.double()
+    return ((got - want).square().mean().sqrt() / want.square().mean().sqrt().clamp_min(1e-300)).item()
+
+
+def grads(fn, x, grad_out):
+    """(out, [dq, dk, dv, dbeta]) of fn on leaves made from x, for the cotangent grad_out."""
+    leaves = [t.detach().requires_grad_() for t in x]
+    out = fn(*leaves)
+    return out.detach(), list(torch.autograd.grad(out, leaves, grad_out))
+
+
+def fwp_op(q, k, v, beta):  # [B, H, T, d] layout
+    return torch.ops.fwp.chunked_rule(q, k, v, beta, None, CHUNK, q.is_cuda)[0]
+
+
+def dry_run(lib):
+    torch.ops.load_library(lib)
+    q, k, v, beta, do = (t.double() for t in inputs(2, 3, 150, 24, "cpu", 0))
+    want_out, want_g = grads(lambda *x: reference(*x)[0], (q, k, v, beta), do)
+    got_out, got_g = grads(fwp_op, (q, k, v, beta), do)
+    errors = {"out": rel_rms(got_out, want_out)}
+    errors.update({n: rel_rms(g, w) for n, g, w in zip(("dq", "dk", "dv", "dbeta"), got_g, want_g)})
+    print("dry run (CPU, float64): fwp's op against this script's reference:", errors)
+    bad = {n: e for n, e in errors.items() if not e < 1e-10}
+    if bad:
+        sys.exit(f"fla-compare --dry-run: the op and the reference disagree: {bad}")
+
+
+def median_ms(fn, warmup, reps):
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def measure(name, fn, x, grad_out, want, warmup, reps):
+    """Times and errors of one implementation; fn takes and returns its own layout of x."""
+    rec = {"impl": name}
+    try:
+        leaves = [t.detach().requires_grad_() for t in x]
+        with torch.no_grad():
+            rec["forward_ms"] = median_ms(lambda: fn(*x), warmup, reps)
+        out = fn(*leaves)
+        rec["backward_ms"] = median_ms(
+            lambda: torch.autograd.grad(out, leaves, grad_out, retain_graph=True), warmup, reps)
+        rec["train_ms"] = median_ms(
+            lambda: torch.autograd.grad(fn(*leaves), leaves, grad_out), warmup, reps)
+        got_out, got_g = grads(fn, x, grad_out)
+        rec["errors"] = {"out": rel_rms(got_out, want[0])}
+        rec["errors"].update({n: rel_rms(g, w) for n, g, w in zip(("dq", "dk", "dv", "dbeta"), got_g, want[1])})
+    except Exception as e:  # a failure of one side is a result, not the end of the comparison
+        rec["failed"] = f"{type(e).__name__}: {e}"[:500]
+    return rec
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--lib", required=True, help="gpu-bundle/libfwp_torch.so")
+    ap.add_argument("--wheels", help="folder with the flash-linear-attention and fla-core wheels")
+    ap.add_argument("--out", default="runs/fla-compare")
+    ap.add_argument("--dry-run", action="store_true")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=10)
+    args = ap.parse_args()
+    if args.dry_run:
+        dry_run(args.lib)
+        return
+    if not torch.cuda.is_available():
+        sys.exit("fla-compare: no CUDA GPU visible (use --dry-run on a CPU machine)")
+    torch.ops.load_library(args.lib)
+    target = tempfile.mkdtemp(prefix="fla-")
+    wheels = sorted(glob.glob(os.path.join(args.wheels or "", "*.whl")))
+    if not wheels:
+        sys.exit(f"fla-compare: no wheels in {args.wheels}")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--target", target,
+                    *wheels], check=True)
+    sys.path.insert(0, target)
+    from fla.ops.delta_rule import chunk_delta_rule
+
+    def fla(q, k, v, beta):  # [B, T, H, d] layout
+        return chunk_delta_rule(q, k, v, beta, scale=1.0, output_final_state=False)[0]
+
+    os.makedirs(args.out, exist_ok=True)
+    records = []
+    print(f"GPU: {torch.cuda.get_device_name(0)}, torch {torch.__version__}")
+    for t, d in SHAPES:
+        b = max(1, TOKENS // t)
+        q, k, v, beta, do = inputs(b, HEADS, t, d, "cuda", 1)
+        bf = [x.bfloat16() for x in (q, k, v, beta)]  # the inputs both implementations see
+        do = do.bfloat16()
+        t0 = time.time()
+        want = grads(lambda *x: reference(*x)[0], [x.double() for x in bf], do.double())
+        ref_s = time.time() - t0
+        to_fla = lambda x: x.transpose(1, 2).contiguous()  # [B, H, T, ...] -> [B, T, H, ...]
+        fla_x = [to_fla(x) for x in bf]
+        fla_do = to_fla(do)
+        want_fla = (to_fla(want[0]), [to_fla(g) for g in want[1]])
+        shape = {"B": b, "H": HEADS, "T": t, "d": d, "dtype": "bf16", "reference_s": round(ref_s, 1)}
+        for name, fn, x, grad_out, w in (("fla", fla, fla_x, fla_do, want_fla),
+                                         ("fwp", fwp_op, bf, do, want)):
+            rec = {**shape, **measure(name, fn, x, grad_out, w, args.warmup, args.reps)}
+            records.append(rec)
+            print(json.dumps(rec), flush=True)
+        del q, k, v, beta, do, bf, want, fla_x, fla_do, want_fla
+        torch.cuda.empty_cache()
+    with open(os.path.join(args.out, "fla-compare.jsonl"), "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+    lines = ["| T | d | FLA fwd / bwd / total ms | fwp fwd / bwd / total ms | FLA / fwp (total) "
+             "| FLA max rel. RMS error | fwp max rel. RMS error |", "|---|---|---|---|---|---|---|"]
+    for t, d in SHAPES:
+        fr = next(r for r in records if r["T"] == t and r["d"] == d and r["impl"] == "fla")
+        ow = next(r for r in records if r["T"] == t and r["d"] == d and r["impl"] == "fwp")
+        cell = lambda r: (r["failed"] if "failed" in r else
+                          f"{r['forward_ms']:.3f} / {r['backward_ms']:.3f} / {r['train_ms']:.3f}")
+        err = lambda r: "–" if "failed" in r else f"{max(r['errors'].values()):.2e}"
+        ratio = "–" if "failed" in fr or "failed" in ow else f"{fr['train_ms'] / ow['train_ms']:.2f}"
+        lines.append(f"| {t} | {d} | {cell(fr)} | {cell(ow)} | {ratio} | {err(fr)} | {err(ow)} |")
+    table = "\n".join(lines) + "\n"
+    with open(os.path.join(args.out, "fla-compare.md"), "w") as f:
+        f.write(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
