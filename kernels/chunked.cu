@@ -393,6 +393,8 @@ extern "C" {
 
 int64_t fwp_chunked_cuda_chunk() { return kC; }
 
+int fwp_chunked_cuda_sync(void* stream) { return int(cudaStreamSynchronize(cudaStream_t(stream))); }
+
 int64_t fwp_chunked_cuda_scratch_per_chunk(int64_t dk, int64_t dv) { return 5 * kC * kC + kC * (2 * dk + dv); }
 
 int fwp_chunked_cuda_wy(const float* k, const float* v, const float* beta, float* tinv, float* w, float* u,

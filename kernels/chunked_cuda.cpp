@@ -3,6 +3,9 @@
 // stream. The kernels always round product operands to bf16 (Operands::Bf16) in chunks of 64.
 
 #include <ATen/ATen.h>
+#include <c10/core/DeviceGuard.h>
+
+#include <cstdlib>
 
 #include "chunked.h"
 
@@ -33,8 +36,25 @@ void* stream(const Tensor& t) {
   return s;
 }
 
-void launched(int code, const char* stage) {
-  TORCH_CHECK(code == 0, "fwp::chunked_rule: CUDA stage ", stage, " failed: ", fwp_cuda_error_string(code));
+// With FWP_CUDA_SYNC set, each stage waits for its kernel, so that a fault inside a kernel is blamed
+// on its own stage rather than on a later call (for first runs and debugging; slower).
+bool sync_each_stage() {
+  static const bool yes = std::getenv("FWP_CUDA_SYNC") != nullptr;
+  return yes;
+}
+
+void launched(int code, const char* stage, void* stream) {
+  TORCH_CHECK(code == 0, "fwp::chunked_rule: CUDA stage ", stage, " failed to launch: ", fwp_cuda_error_string(code));
+  if (sync_each_stage()) {
+    const int run = fwp_chunked_cuda_sync(stream);
+    TORCH_CHECK(run == 0, "fwp::chunked_rule: CUDA stage ", stage, " failed: ", fwp_cuda_error_string(run));
+  }
+}
+
+// The kernels trust their inputs: check the chunk length and the sizes they share.
+void check_chunks(const Tensor& x, const char* name) {
+  TORCH_CHECK(x.dim() == 4 && x.size(2) == fwp_chunked_cuda_chunk(), "fwp::chunked_rule (CUDA): ", name,
+              " must be [BH, N, ", fwp_chunked_cuda_chunk(), ", d], got ", x.sizes());
 }
 
 // fp32, contiguous, on the GPU (undefined stays undefined).
@@ -53,58 +73,74 @@ float* p(Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
 std::tuple<Tensor, Tensor, Tensor> wy_forward(const Tensor& k_, const Tensor& v_, const Tensor& beta_,
                                               const Config& cfg) {
   check_config(cfg);
+  const c10::DeviceGuard guard(k_.device());
   const Tensor k = in(k_), v = in(v_), beta = in(beta_);
+  check_chunks(k, "k");
+  check_chunks(v, "v");
   const int64_t BH = k.size(0), N = k.size(1), C = k.size(2), dk = k.size(3), dv = v.size(3);
   Tensor tinv = at::empty({BH, N, C, C}, k.options()), a = at::empty_like(tinv);
   Tensor w = at::empty({BH, N, C, dk}, k.options()), u = at::empty({BH, N, C, dv}, k.options());
-  launched(fwp_chunked_cuda_wy(p(k), p(v), p(beta), p(tinv), p(w), p(u), p(a), BH, N, dk, dv, stream(k)), "wy");
+  launched(fwp_chunked_cuda_wy(p(k), p(v), p(beta), p(tinv), p(w), p(u), p(a), BH, N, dk, dv, stream(k)), "wy",
+           stream(k));
   return {tinv, w, u};
 }
 
 std::tuple<Tensor, Tensor, Tensor> state_forward(const Tensor& k_, const Tensor& w_, const Tensor& u_,
                                                  const Tensor& s0_, const Config& cfg) {
   check_config(cfg);
+  const c10::DeviceGuard guard(k_.device());
   const Tensor k = in(k_), w = in(w_), u = in(u_), s0 = in(s0_);
+  check_chunks(k, "k");
+  check_chunks(u, "u");
   const int64_t BH = k.size(0), N = k.size(1), dk = k.size(3), dv = u.size(3);
   Tensor ckpt = at::empty({BH, N, dk, dv}, k.options()), state = at::empty({BH, dk, dv}, k.options());
   Tensor v_new = w.defined() ? at::empty_like(u) : u;
   launched(fwp_chunked_cuda_state_forward(p(k), p(w), p(u), p(s0), p(ckpt), w.defined() ? p(v_new) : nullptr,
                                           p(state), BH, N, dk, dv, stream(k)),
-           "state_forward");
+           "state_forward", stream(k));
   return {ckpt, v_new, state};
 }
 
 Tensor values_from_checkpoints(const Tensor& w_, const Tensor& u_, const Tensor& ckpt_, const Config& cfg) {
   check_config(cfg);
   if (!w_.defined()) return u_;
+  const c10::DeviceGuard guard(u_.device());
   const Tensor w = in(w_), u = in(u_), ckpt = in(ckpt_);
+  check_chunks(w, "w");
+  check_chunks(u, "u");
   Tensor v_new = at::empty_like(u);
   launched(fwp_chunked_cuda_values(p(w), p(u), p(ckpt), p(v_new), u.size(0), u.size(1), w.size(3), u.size(3),
                                    stream(u)),
-           "values");
+           "values", stream(u));
   return v_new;
 }
 
 Tensor output_forward(const Tensor& q_, const Tensor& k_, const Tensor& v_new_, const Tensor& ckpt_,
                       const Config& cfg) {
   check_config(cfg);
+  const c10::DeviceGuard guard(q_.device());
   const Tensor q = in(q_), k = in(k_), v_new = in(v_new_), ckpt = in(ckpt_);
+  check_chunks(q, "q");
+  check_chunks(v_new, "v_new");
   const int64_t BH = q.size(0), N = q.size(1), C = q.size(2);
   Tensor out = at::empty_like(v_new), qk = at::empty({BH, N, C, C}, q.options());
   launched(fwp_chunked_cuda_output(p(q), p(k), p(v_new), p(ckpt), p(out), p(qk), BH, N, q.size(3), v_new.size(3),
                                    stream(q)),
-           "output");
+           "output", stream(q));
   return out;
 }
 
 Tensor local_value_grad(const Tensor& q_, const Tensor& k_, const Tensor& grad_out_, const Config& cfg) {
   check_config(cfg);
+  const c10::DeviceGuard guard(q_.device());
   const Tensor q = in(q_), k = in(k_), grad_out = in(grad_out_);
+  check_chunks(q, "q");
+  check_chunks(grad_out, "grad_out");
   const int64_t BH = q.size(0), N = q.size(1), C = q.size(2);
   Tensor dv_local = at::empty_like(grad_out), qk = at::empty({BH, N, C, C}, q.options());
   launched(fwp_chunked_cuda_local_grad(p(q), p(k), p(grad_out), p(dv_local), p(qk), BH, N, q.size(3),
                                        grad_out.size(3), stream(q)),
-           "local_grad");
+           "local_grad", stream(q));
   return dv_local;
 }
 
@@ -112,14 +148,17 @@ std::tuple<Tensor, Tensor, Tensor> state_backward(const Tensor& q_, const Tensor
                                                   const Tensor& grad_out_, const Tensor& dv_local_,
                                                   const Tensor& ds_final_, const Config& cfg) {
   check_config(cfg);
+  const c10::DeviceGuard guard(q_.device());
   const Tensor q = in(q_), k = in(k_), w = in(w_), grad_out = in(grad_out_), dv_local = in(dv_local_),
                ds_final = in(ds_final_);
+  check_chunks(q, "q");
+  check_chunks(grad_out, "grad_out");
   const int64_t BH = q.size(0), N = q.size(1), dk = q.size(3), dv = grad_out.size(3);
   Tensor dv_new = at::empty_like(dv_local), ds_next = at::empty({BH, N, dk, dv}, q.options());
   Tensor ds0 = at::empty({BH, dk, dv}, q.options());
   launched(fwp_chunked_cuda_state_backward(p(q), p(k), p(w), p(grad_out), p(dv_local), p(ds_final), p(dv_new),
                                            p(ds_next), p(ds0), BH, N, dk, dv, stream(q)),
-           "state_backward");
+           "state_backward", stream(q));
   return {dv_new, ds_next, ds0};
 }
 
@@ -132,6 +171,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> input_grads(const Tensor& q_, const T
   const Tensor q = in(q_), k = in(k_), v = in(v_), beta = in(beta_), tinv = in(tinv_), w = in(w_),
                v_new = in(v_new_), ckpt = in(ckpt_), ds_next = in(ds_next_), grad_out = in(grad_out_),
                dv_new = in(dv_new_);
+  const c10::DeviceGuard guard(q_.device());
+  check_chunks(q, "q");
+  check_chunks(v, "v");
   const bool delta = tinv.defined();
   const int64_t BH = q.size(0), N = q.size(1), dk = q.size(3), dv = v.size(3);
   Tensor dq = at::empty_like(q), dkt = at::empty_like(k);
@@ -140,7 +182,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> input_grads(const Tensor& q_, const T
   launched(fwp_chunked_cuda_input_grads(p(q), p(k), p(v), p(beta), p(tinv), p(w), p(v_new), p(ckpt), p(ds_next),
                                         p(grad_out), p(dv_new), p(dq), p(dkt), p(dvt), p(dbeta), p(scratch), BH, N,
                                         dk, dv, stream(q)),
-           "input_grads");
+           "input_grads", stream(q));
   return {dq, dkt, delta ? dvt : dv_new, dbeta};
 }
 

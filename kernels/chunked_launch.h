@@ -12,6 +12,9 @@ extern "C" {
 // The chunk length C of the kernels.
 int64_t fwp_chunked_cuda_chunk();
 
+// Waits for `stream` and returns the first error of the work on it (cudaError_t; 0 = success).
+int fwp_chunked_cuda_sync(void* stream);
+
 // fp32 values of scratch per chunk that fwp_chunked_cuda_input_grads needs.
 int64_t fwp_chunked_cuda_scratch_per_chunk(int64_t dk, int64_t dv);
 

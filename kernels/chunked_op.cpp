@@ -11,6 +11,7 @@
 // N = ceil(T / chunk), the state entering each chunk, in the accumulation dtype.
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/DeviceGuard.h>
 #include <c10/core/GradMode.h>
@@ -74,6 +75,19 @@ Tensor from_chunks(const Tensor& x, const Sizes& s, at::ScalarType dtype) {
   return x.reshape({s.B, s.H, s.N * s.C, x.size(3)}).narrow(2, 0, s.T).to(dtype).contiguous();
 }
 
+// Runs body(b0, b1) over the batch·head range. CPU: split across ATen's threads, each part through
+// every stage, so that the many small products inside run without parallel regions of their own
+// (ATen runs nested work sequentially): one parallel region per call instead of one per product.
+// CUDA: the whole range at once (each stage is one launch).
+template <typename F>
+void over_batch_heads(const Tensor& q, int64_t BH, const F& body) {
+  if (q.is_cuda()) {
+    body(0, BH);
+  } else {
+    at::parallel_for(0, BH, 1, body);
+  }
+}
+
 std::tuple<Tensor, Tensor, Tensor> forward_kernel(const Tensor& q, const Tensor& k, const Tensor& v,
                                                   const OptTensor& beta, const OptTensor& s0, int64_t chunk,
                                                   bool bf16) {
@@ -84,10 +98,19 @@ std::tuple<Tensor, Tensor, Tensor> forward_kernel(const Tensor& q, const Tensor&
   const Tensor qc = to_chunks(q, s), kc = to_chunks(k, s), vc = to_chunks(v, s);
   const Tensor init = has(s0) ? s0->to(acc.dtype()).reshape({s.B * s.H, s.dk, s.dv}).clone()
                               : at::zeros({s.B * s.H, s.dk, s.dv}, acc);
-  Tensor w, u = vc;
-  if (has(beta)) std::tie(std::ignore, w, u) = wy_forward(kc, vc, beta_chunks(*beta, s), cfg);
-  auto [checkpoints, v_new, state] = state_forward(kc, w, u, init, cfg);
-  const Tensor out = output_forward(qc, kc, v_new, checkpoints, cfg);
+  const Tensor bc = has(beta) ? beta_chunks(*beta, s) : Tensor();
+  const int64_t BH = s.B * s.H;
+  Tensor out = at::empty({BH, s.N, s.C, s.dv}, acc), state = at::empty({BH, s.dk, s.dv}, acc);
+  Tensor checkpoints = at::empty({BH, s.N, s.dk, s.dv}, acc);
+  over_batch_heads(q, BH, [&](int64_t b0, int64_t b1) {
+    const auto part = [&](const Tensor& t) { return t.defined() ? t.narrow(0, b0, b1 - b0) : t; };
+    Tensor w, u = part(vc);
+    if (has(beta)) std::tie(std::ignore, w, u) = wy_forward(part(kc), part(vc), part(bc), cfg);
+    auto [ckpt, v_new, st] = state_forward(part(kc), w, u, part(init), cfg);
+    part(out).copy_(output_forward(part(qc), part(kc), v_new, ckpt, cfg));
+    part(state).copy_(st);
+    part(checkpoints).copy_(ckpt);
+  });
   return {from_chunks(out, s, q.scalar_type()), state.view({s.B, s.H, s.dk, s.dv}),
           checkpoints.view({s.B, s.H, s.N, s.dk, s.dv})};
 }
@@ -122,15 +145,26 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_kernel(const Tensor&
   const Tensor ckpt = checkpoints.reshape({s.B * s.H, s.N, s.dk, s.dv});
   const Tensor gs = has(grad_state) ? grad_state->to(acc).reshape({s.B * s.H, s.dk, s.dv})
                                     : at::zeros({s.B * s.H, s.dk, s.dv}, q.options().dtype(acc));
-  Tensor bc, tinv, w, u = vc;
-  if (has(beta)) {
-    bc = beta_chunks(*beta, s);
-    std::tie(tinv, w, u) = wy_forward(kc, vc, bc, cfg);  // B1: recompute
-  }
-  const Tensor v_new = values_from_checkpoints(w, u, ckpt, cfg);
-  const Tensor dv_local = local_value_grad(qc, kc, go, cfg);
-  auto [dv_new, ds_next, ds0] = state_backward(qc, kc, w, go, dv_local, gs, cfg);
-  auto [dq, dk, dv, dbeta] = input_grads(qc, kc, vc, bc, tinv, w, v_new, ckpt, ds_next, go, dv_new, cfg);
+  const bool delta = has(beta);
+  const Tensor bc = delta ? beta_chunks(*beta, s) : Tensor();
+  const int64_t BH = s.B * s.H;
+  Tensor dq = at::empty_like(qc), dk = at::empty_like(kc), dv = at::empty_like(vc);
+  Tensor dbeta = delta ? at::empty_like(bc) : Tensor(), ds0 = at::empty({BH, s.dk, s.dv}, qc.options());
+  over_batch_heads(q, BH, [&](int64_t b0, int64_t b1) {
+    const auto part = [&](const Tensor& t) { return t.defined() ? t.narrow(0, b0, b1 - b0) : t; };
+    Tensor tinv, w, u = part(vc);
+    if (delta) std::tie(tinv, w, u) = wy_forward(part(kc), part(vc), part(bc), cfg);  // B1: recompute
+    const Tensor v_new = values_from_checkpoints(w, u, part(ckpt), cfg);
+    const Tensor dv_local = local_value_grad(part(qc), part(kc), part(go), cfg);
+    auto [dv_new, ds_next, d0] = state_backward(part(qc), part(kc), w, part(go), dv_local, part(gs), cfg);
+    auto [gq, gk, gv, gb] = input_grads(part(qc), part(kc), part(vc), part(bc), tinv, w, v_new, part(ckpt), ds_next,
+                                        part(go), dv_new, cfg);
+    part(dq).copy_(gq);
+    part(dk).copy_(gk);
+    part(dv).copy_(gv);
+    if (delta) part(dbeta).copy_(gb);
+    part(ds0).copy_(d0);
+  });
   const at::ScalarType dt = q.scalar_type();
   Tensor dbeta_out = has(beta) ? dbeta.reshape({s.B, s.H, s.N * s.C}).narrow(2, 0, s.T).to(dt).contiguous()
                                : at::empty({0}, q.options());
