@@ -8,8 +8,8 @@ in {64, 128}, T in {1k, 4k, 16k}; the delta rule without initial state, and FLA 
 recurrence has none). For each shape: forward, backward and forward + backward times (CUDA events,
 median of the timed runs, after warm-up runs that also hold FLA's Triton autotuning), FLA / fwp, and
 each one's relative RMS error of the output and every gradient against a float64 reference of the
-same inputs (the chunkwise form in float64, autograd for the gradients). The goal (issue 12):
-FLA / fwp >= 1.5 for forward + backward at equal or better accuracy.
+same inputs (the chunkwise form in float64, autograd for the gradients). fwp's
+target: FLA / fwp >= 1.5 for forward + backward, at equal or better accuracy.
 
 Writes fla-compare.jsonl (one record per shape and implementation) and fla-compare.md to --out.
 
