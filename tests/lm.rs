@@ -504,20 +504,6 @@ fn schedule_clipping_and_adam_match_their_references() {
     assert!((after - 1.0).abs() < 1e-5, "{after}");
 }
 
-/// The project's Python with torch: $VIRTUAL_ENV (set by make), else .venv.
-fn python() -> PathBuf {
-    let venv = std::env::var_os("VIRTUAL_ENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv"));
-    let p = venv.join("bin/python");
-    assert!(
-        p.is_file(),
-        "no Python at {} (run through make, which creates .venv)",
-        p.display()
-    );
-    p
-}
-
 #[test]
 fn exported_module_gives_the_same_logits_in_python() {
     let _rng = serial();
@@ -552,7 +538,7 @@ fn exported_module_gives_the_same_logits_in_python() {
                       m = torch.jit.load(sys.argv[1])\n\
                       x = torch.tensor(json.loads(sys.argv[2])).view(1, -1)\n\
                       print(json.dumps(m(x).flatten().tolist()))";
-        let out = std::process::Command::new(python())
+        let out = std::process::Command::new(common::python())
             .args(["-W", "ignore", "-c", script])
             .arg(&file)
             .arg(serde_json::to_string(&ids).unwrap())

@@ -2,6 +2,8 @@
 //! allow; each item is used by at least one test.
 #![allow(dead_code)]
 
+use std::path::{Path, PathBuf};
+
 use fwp::{fast_weight, Backend, UpdateRule};
 use tch::{Device, Kind, Tensor};
 
@@ -238,4 +240,18 @@ impl Case {
         let g = grads(&loss, &inputs);
         (r.out.detach(), r.state.detach(), g)
     }
+}
+
+/// The project's Python with torch: $VIRTUAL_ENV (set by make), else .venv.
+pub fn python() -> PathBuf {
+    let venv = std::env::var_os("VIRTUAL_ENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv"));
+    let p = venv.join("bin/python");
+    assert!(
+        p.is_file(),
+        "no Python at {} (run through make, which creates .venv)",
+        p.display()
+    );
+    p
 }
