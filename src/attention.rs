@@ -9,6 +9,7 @@ use crate::feature_map::{FavorRedraw, FeatureMap, Phi};
 use crate::norm::{attention_normalise, sum_normalise, Normalisation};
 use crate::param::Linear;
 use crate::param::ParamInit;
+use crate::recurrence::noncausal::{fast_weight_noncausal, key_sum};
 use crate::recurrence::{fast_weight, Backend, UpdateRule};
 
 /// Everything that defines a fast-weight layer.
@@ -106,6 +107,52 @@ pub struct FastWeightState {
     pub z: Option<Tensor>,
 }
 
+/// What a causal self-attention layer carries from the tokens it has seen to the next ones
+/// ([`MultiHeadAttention::forward_step`]).
+#[derive(Debug)]
+pub enum StepCache {
+    /// Keys and values of every token so far: `[B, H, T, d_head]` each.
+    Softmax { k: Tensor, v: Tensor },
+    /// The fast weights: constant size whatever the length.
+    FastWeight(FastWeightState),
+}
+
+impl StepCache {
+    /// Rows `index` `[N]` of the batch (beam search keeps the caches of its surviving hypotheses).
+    pub fn select(&self, index: &Tensor) -> Result<StepCache> {
+        Ok(match self {
+            StepCache::Softmax { k, v } => StepCache::Softmax {
+                k: k.f_index_select(0, index)?,
+                v: v.f_index_select(0, index)?,
+            },
+            StepCache::FastWeight(s) => StepCache::FastWeight(s.select(index)?),
+        })
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        let b = |t: &Tensor| t.numel() * t.kind().elt_size_in_bytes();
+        match self {
+            StepCache::Softmax { k, v } => b(k) + b(v),
+            StepCache::FastWeight(s) => b(&s.s) + s.z.as_ref().map_or(0, b),
+        }
+    }
+}
+
+impl FastWeightState {
+    /// Rows `index` `[N]` of the batch.
+    pub fn select(&self, index: &Tensor) -> Result<FastWeightState> {
+        Ok(FastWeightState {
+            s: self.s.f_index_select(0, index)?,
+            z: self
+                .z
+                .as_ref()
+                .map(|z| z.f_index_select(0, index))
+                .transpose()?,
+        })
+    }
+}
+
 /// What mixes the time steps of a layer: softmax attention, or a fast-weight memory with its
 /// feature map (which holds the FAVOR+ matrix, where there is one).
 #[derive(Debug)]
@@ -166,30 +213,14 @@ impl MultiHeadAttention {
         state: Option<&FastWeightState>,
         train: bool,
     ) -> Result<(Tensor, Option<FastWeightState>)> {
-        let size = crate::check::shape(
-            "x",
-            x,
-            &[
-                crate::check::Dim("B", None),
-                crate::check::Dim("T", None),
-                crate::check::Dim("d_model", Some(self.cfg.d_model)),
-            ],
-        )?;
-        let (kind, want) = (x.f_kind()?, self.qkvb.weight.f_kind()?);
-        if kind != want {
-            bail!("x: dtype {kind:?} does not match the layer's parameters ({want:?})");
-        }
-        let (b, t) = (size[0], size[1]);
+        let (b, t) = self.check_input(x)?;
         let (h, d) = (self.cfg.n_heads, self.cfg.d_head);
         let proj = self.qkvb.forward(x)?; // [B, T, 3 H d (+ H)]
-        let heads = |i: i64| -> Result<Tensor> {
-            // [B, T, H, d] -> [B, H, T, d]
-            Ok(proj
-                .f_narrow(-1, i * h * d, h * d)?
-                .f_view([b, t, h, d])?
-                .f_transpose(1, 2)?)
-        };
-        let (q, k, v) = (heads(0)?, heads(1)?, heads(2)?);
+        let (q, k, v) = (
+            self.heads(&proj, 0, b, t)?,
+            self.heads(&proj, 1, b, t)?,
+            self.heads(&proj, 2, b, t)?,
+        );
         let (y, new_state) = match &self.mixer {
             Mixer::Softmax => {
                 if state.is_some() {
@@ -222,9 +253,145 @@ impl MultiHeadAttention {
                 (y, Some(s))
             }
         };
-        let y = y.f_transpose(1, 2)?.f_reshape([b, t, h * d])?; // [B, T, H d]
-        Ok((self.out.forward(&y)?, new_state))
+        Ok((self.merge_heads(&y, b, t)?, new_state))
     }
+    /// Non-causal self-attention (an encoder's): every position sees every position whose
+    /// `mask` `[B, T]` entry is true (all without a mask). x `[B, T, d_model]` -> `[B, T, d_model]`.
+    /// Fast-weight layers write all keys into one memory and read it with every query
+    /// ([`crate::recurrence::noncausal`]); only the sum rule has a non-causal form.
+    pub fn forward_noncausal(
+        &self,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Tensor> {
+        let (b, t) = self.check_input(x)?;
+        let proj = self.qkvb.forward(x)?;
+        let (q, k, v) = (
+            self.heads(&proj, 0, b, t)?,
+            self.heads(&proj, 1, b, t)?,
+            self.heads(&proj, 2, b, t)?,
+        );
+        let y = match &self.mixer {
+            Mixer::Softmax => {
+                let allowed = mask
+                    .map(|m| -> Result<Tensor> {
+                        Ok(m.f_to_kind(tch::Kind::Bool)?.f_view([b, 1, 1, t])?)
+                    })
+                    .transpose()?;
+                let p = if train { self.cfg.attn_dropout } else { 0.0 };
+                softmax_attention(&q, &k, &v, allowed.as_ref(), p)?
+            }
+            Mixer::FastWeight { cfg: fw, phi } => {
+                if fw.rule != UpdateRule::Sum {
+                    bail!(
+                        "the {} rule has no non-causal form: a fast-weight encoder uses the sum rule",
+                        fw.rule
+                    );
+                }
+                let [q, k] = features(fw, phi, &[&q, &k], train)?
+                    .try_into()
+                    .map_err(|_| anyhow::anyhow!("feature map: expected two outputs"))?;
+                read_noncausal(fw, &q, &k, &v, mask)?
+            }
+        };
+        self.merge_heads(&y, b, t)
+    }
+
+    /// Causal self-attention over the next tokens of a sequence whose earlier tokens are summed up
+    /// in `cache` (None at the start): x `[B, T, d_model]` -> `[B, T, d_model]` and the cache that
+    /// includes them. Gives what [`MultiHeadAttention::forward_t`] gives on the whole sequence, at
+    /// the cost of the new tokens only: a fast-weight layer carries its state (constant size), a
+    /// softmax layer its keys and values (growing with the sequence). For generation; no dropout.
+    pub fn forward_step(
+        &self,
+        x: &Tensor,
+        cache: Option<&StepCache>,
+    ) -> Result<(Tensor, StepCache)> {
+        match &self.mixer {
+            Mixer::FastWeight { .. } => {
+                let state = match cache {
+                    None => None,
+                    Some(StepCache::FastWeight(s)) => Some(s),
+                    Some(StepCache::Softmax { .. }) => {
+                        bail!("cache: a softmax cache for a fast-weight layer")
+                    }
+                };
+                let (y, s) = self.forward_t(x, state, false)?;
+                let s = s.ok_or_else(|| anyhow::anyhow!("fast-weight layer returned no state"))?;
+                Ok((y, StepCache::FastWeight(s)))
+            }
+            Mixer::Softmax => {
+                let (b, t) = self.check_input(x)?;
+                let proj = self.qkvb.forward(x)?;
+                let (q, mut k, mut v) = (
+                    self.heads(&proj, 0, b, t)?,
+                    self.heads(&proj, 1, b, t)?,
+                    self.heads(&proj, 2, b, t)?,
+                );
+                let past = match cache {
+                    None => 0,
+                    Some(StepCache::Softmax { k: pk, v: pv }) => {
+                        k = Tensor::f_cat(&[pk, &k], 2)?;
+                        v = Tensor::f_cat(&[pv, &v], 2)?;
+                        pk.size()[2]
+                    }
+                    Some(StepCache::FastWeight(_)) => {
+                        bail!("cache: a fast-weight state for a softmax layer")
+                    }
+                };
+                // query i (absolute position past + i) sees keys 0..=past + i
+                let allowed = (t > 1)
+                    .then(|| -> Result<Tensor> {
+                        let dev = x.device();
+                        let qi =
+                            Tensor::f_arange(t, (tch::Kind::Int64, dev))?.f_unsqueeze(1)? + past;
+                        let kj =
+                            Tensor::f_arange(past + t, (tch::Kind::Int64, dev))?.f_unsqueeze(0)?;
+                        Ok(kj.f_le_tensor(&qi)?.f_view([1, 1, t, past + t])?)
+                    })
+                    .transpose()?;
+                let y = softmax_attention(&q, &k, &v, allowed.as_ref(), 0.0)?;
+                Ok((self.merge_heads(&y, b, t)?, StepCache::Softmax { k, v }))
+            }
+        }
+    }
+
+    /// Checks x `[B, T, d_model]` and its dtype; returns (B, T).
+    fn check_input(&self, x: &Tensor) -> Result<(i64, i64)> {
+        let size = crate::check::shape(
+            "x",
+            x,
+            &[
+                crate::check::Dim("B", None),
+                crate::check::Dim("T", None),
+                crate::check::Dim("d_model", Some(self.cfg.d_model)),
+            ],
+        )?;
+        let (kind, want) = (x.f_kind()?, self.qkvb.weight.f_kind()?);
+        if kind != want {
+            bail!("x: dtype {kind:?} does not match the layer's parameters ({want:?})");
+        }
+        Ok((size[0], size[1]))
+    }
+
+    /// Head `i` (0: q, 1: k, 2: v) of the projection `[B, T, 3 H d (+ H)]` -> `[B, H, T, d]`.
+    fn heads(&self, proj: &Tensor, i: i64, b: i64, t: i64) -> Result<Tensor> {
+        let (h, d) = (self.cfg.n_heads, self.cfg.d_head);
+        Ok(proj
+            .f_narrow(-1, i * h * d, h * d)?
+            .f_view([b, t, h, d])?
+            .f_transpose(1, 2)?)
+    }
+
+    /// `[B, H, T, d]` -> the output projection of `[B, T, H d]`.
+    fn merge_heads(&self, y: &Tensor, b: i64, t: i64) -> Result<Tensor> {
+        let y = y
+            .f_transpose(1, 2)?
+            .f_reshape([b, t, self.cfg.n_heads * self.cfg.d_head])?;
+        self.out.forward(&y)
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn fast_weight(
         &self,
@@ -237,20 +404,9 @@ impl MultiHeadAttention {
         state: Option<&FastWeightState>,
         train: bool,
     ) -> Result<(Tensor, FastWeightState)> {
-        // one FAVOR+ matrix for both, where it is redrawn: [B, H, T, d_dot] each
-        let [mut q, mut k]: [Tensor; 2] = phi
-            .features(&[q, k], train)?
+        let [q, k] = features(fw, phi, &[q, k], train)?
             .try_into()
             .map_err(|_| anyhow::anyhow!("feature map: expected two outputs"))?;
-        if let (FeatureMap::Favor { m }, true) = (fw.feature_map, fw.favor_eps > 0.0) {
-            let shift = fw.favor_eps / (2.0 * m as f64).sqrt();
-            q = q + shift;
-            k = k + shift;
-        }
-        if fw.normalisation.sum_normalises() {
-            q = sum_normalise(&q, fw.eps, fw.backend)?;
-            k = sum_normalise(&k, fw.eps, fw.backend)?;
-        }
         let r = fast_weight(&q, &k, v, beta, state.map(|s| &s.s), fw.rule, fw.backend)?;
         let (mut y, z) = if fw.normalisation.attention_normalises() {
             let (y, z) =
@@ -264,4 +420,63 @@ impl MultiHeadAttention {
         }
         Ok((y, FastWeightState { s: r.state, z }))
     }
+}
+
+/// phi of each of `xs` (keys, queries: `[B, H, T, d_head]` -> `[B, H, T, d_dot]`) as the layer `fw`
+/// computes them before its memory: the feature map (one FAVOR+ matrix for all, where it is
+/// redrawn), FAVOR+'s shift, and sum normalisation where `fw` has it.
+pub(crate) fn features(
+    fw: &FastWeightConfig,
+    phi: &Phi,
+    xs: &[&Tensor],
+    train: bool,
+) -> Result<Vec<Tensor>> {
+    phi.features(xs, train)?
+        .into_iter()
+        .map(|mut x| {
+            if let (FeatureMap::Favor { m }, true) = (fw.feature_map, fw.favor_eps > 0.0) {
+                x = x + fw.favor_eps / (2.0 * m as f64).sqrt();
+            }
+            if fw.normalisation.sum_normalises() {
+                x = sum_normalise(&x, fw.eps, fw.backend)?;
+            }
+            Ok(x)
+        })
+        .collect()
+}
+
+/// The non-causal fast-weight read of a whole memory (encoders, cross-attention): phi(q) `[B, H,
+/// T_q, d_dot]` against phi(k) `[B, H, T_k, d_dot]` and v `[B, H, T_k, d_head]`, keys outside
+/// `mask` `[B, T_k]` left out; attention normalisation where `fw` has it (y_i / (z . phi(q_i) +
+/// eps), z the sum of the keys), then the output scale.
+pub(crate) fn read_noncausal(
+    fw: &FastWeightConfig,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    let mut y = fast_weight_noncausal(q, k, v, mask, fw.backend)?;
+    if fw.normalisation.attention_normalises() {
+        let z = key_sum(k, mask)?.f_unsqueeze(-1)?; // [B, H, d_dot, 1]
+        y = y.f_div(&(q.f_matmul(&z)? + fw.eps))?;
+    }
+    if fw.scale_output {
+        y = y / (v.size()[3] as f64).sqrt();
+    }
+    Ok(y)
+}
+
+/// Softmax attention of q `[B, H, T_q, d]` over k, v `[B, H, T_k, d]`, where `allowed` `[B or 1,
+/// 1 or H, T_q or 1, T_k]` (bool) says which keys each query may see.
+pub(crate) fn softmax_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    allowed: Option<&Tensor>,
+    dropout: f64,
+) -> Result<Tensor> {
+    Ok(Tensor::f_scaled_dot_product_attention(
+        q, k, v, allowed, dropout, false, None, false,
+    )?)
 }

@@ -57,9 +57,7 @@ impl Block {
     }
 
     fn feed_forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let p = self.cfg.dropout;
-        let hidden = self.ff_in.forward(x)?.f_relu()?.f_dropout(p, train)?;
-        Ok(self.ff_out.forward(&hidden)?.f_dropout(p, train)?)
+        feed_forward(&self.ff_in, &self.ff_out, self.cfg.dropout, x, train)
     }
 
     /// x `[B, T, d_model]` -> `[B, T, d_model]`, and the attention's carried state.
@@ -69,24 +67,45 @@ impl Block {
         state: Option<&FastWeightState>,
         train: bool,
     ) -> Result<(Tensor, Option<FastWeightState>)> {
-        let p = self.cfg.dropout;
-        Ok(match self.cfg.layer_norm {
-            LayerNormPlacement::Post => {
-                let (a, s) = self.attn.forward_t(x, state, train)?;
-                let x = self.ln_attn.forward(&x.f_add(&a.f_dropout(p, train)?)?)?;
-                let x = self
-                    .ln_ff
-                    .forward(&x.f_add(&self.feed_forward(&x, train)?)?)?;
-                (x, s)
-            }
-            LayerNormPlacement::Pre => {
-                let (a, s) = self
-                    .attn
-                    .forward_t(&self.ln_attn.forward(x)?, state, train)?;
-                let x = x.f_add(&a.f_dropout(p, train)?)?;
-                let x = x.f_add(&self.feed_forward(&self.ln_ff.forward(&x)?, train)?)?;
-                (x, s)
-            }
-        })
+        let (p, placement) = (self.cfg.dropout, self.cfg.layer_norm);
+        let mut carried = None;
+        let x = residual(placement, &self.ln_attn, x, p, train, |h| {
+            let (a, s) = self.attn.forward_t(h, state, train)?;
+            carried = s;
+            Ok(a)
+        })?;
+        let x = residual(placement, &self.ln_ff, &x, p, train, |h| {
+            self.feed_forward(h, train)
+        })?;
+        Ok((x, carried))
     }
+}
+
+/// The feed-forward net of a block: ReLU(x W_in + b_in) W_out + b_out, dropout `p` on the hidden
+/// layer (the output's is the residual branch's, [`residual`]).
+pub(crate) fn feed_forward(
+    ff_in: &Linear,
+    ff_out: &Linear,
+    p: f64,
+    x: &Tensor,
+    train: bool,
+) -> Result<Tensor> {
+    let hidden = ff_in.forward(x)?.f_relu()?.f_dropout(p, train)?;
+    ff_out.forward(&hidden)
+}
+
+/// One residual branch f with its LayerNorm `ln`: post-LN gives LN(x + dropout(f(x))), pre-LN
+/// x + dropout(f(LN(x))).
+pub(crate) fn residual(
+    placement: LayerNormPlacement,
+    ln: &LayerNorm,
+    x: &Tensor,
+    p: f64,
+    train: bool,
+    f: impl FnOnce(&Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    Ok(match placement {
+        LayerNormPlacement::Post => ln.forward(&x.f_add(&f(x)?.f_dropout(p, train)?)?)?,
+        LayerNormPlacement::Pre => x.f_add(&f(&ln.forward(x)?)?.f_dropout(p, train)?)?,
+    })
 }

@@ -22,6 +22,7 @@ pub mod attention;
 pub mod bench;
 pub mod block;
 pub mod check;
+pub mod cross_attention;
 pub mod feature_map;
 pub mod info;
 pub mod lm;
@@ -35,6 +36,7 @@ pub mod recurrence;
 pub mod report;
 pub mod retrieval;
 pub mod selftest;
+pub mod seq2seq;
 pub mod variant;
 
 pub use attention::{AttentionConfig, AttentionKind, FastWeightConfig, MultiHeadAttention};

@@ -12,6 +12,7 @@
 //! `k` and `q` are the already feature-mapped (and, if used, sum-normalised) keys and queries.
 
 mod chunked;
+pub mod noncausal;
 mod reference;
 
 use anyhow::{bail, Result};

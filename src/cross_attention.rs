@@ -1,0 +1,157 @@
+//! Encoder–decoder attention: the decoder's queries read the encoder's output. Softmax (as the
+//! paper's translation models, which swap attention functions into the self-attention only), or a
+//! non-causal fast-weight memory written once from the whole source
+//! ([`crate::recurrence::noncausal`]; sum rule).
+
+use anyhow::{bail, Result};
+use tch::{nn, Tensor};
+
+use crate::attention::{
+    features, read_noncausal, softmax_attention, AttentionConfig, AttentionKind,
+};
+use crate::feature_map::{FavorRedraw, Phi};
+use crate::param::{Linear, ParamInit};
+use crate::recurrence::UpdateRule;
+
+/// The source as one layer's cross-attention reads it, computed once per sentence
+/// ([`CrossAttention::memory`]) and kept while the decoder generates.
+#[derive(Debug)]
+pub enum CrossMemory {
+    /// Keys and values `[B, H, S, d_head]` and which source positions are real, `[B, 1, 1, S]`.
+    Softmax {
+        k: Tensor,
+        v: Tensor,
+        allowed: Tensor,
+    },
+    /// phi of the keys `[B, H, S, d_dot]` (padding zeroed) and the values `[B, H, S, d_head]`.
+    FastWeight { k: Tensor, v: Tensor, mask: Tensor },
+}
+
+impl CrossMemory {
+    /// Rows `index` `[N]` of the batch (beam search: each hypothesis reads its own source).
+    pub fn select(&self, index: &Tensor) -> Result<CrossMemory> {
+        let s = |t: &Tensor| t.f_index_select(0, index);
+        Ok(match self {
+            CrossMemory::Softmax { k, v, allowed } => CrossMemory::Softmax {
+                k: s(k)?,
+                v: s(v)?,
+                allowed: s(allowed)?,
+            },
+            CrossMemory::FastWeight { k, v, mask } => CrossMemory::FastWeight {
+                k: s(k)?,
+                v: s(v)?,
+                mask: s(mask)?,
+            },
+        })
+    }
+}
+
+#[derive(Debug)]
+enum Mixer {
+    Softmax,
+    FastWeight {
+        cfg: crate::attention::FastWeightConfig,
+        phi: Phi,
+    },
+}
+
+#[derive(Debug)]
+pub struct CrossAttention {
+    pub cfg: AttentionConfig,
+    q: Linear,
+    /// memory -> [k; v], no bias.
+    kv: Linear,
+    out: Linear,
+    mixer: Mixer,
+}
+
+impl CrossAttention {
+    /// A fast-weight `cfg.kind` must use the sum rule (the memory is written non-causally); its
+    /// FAVOR+ matrix is never redrawn, so that keys and queries, computed at different times, share it.
+    pub fn with_init(p: nn::Path, cfg: AttentionConfig, init: ParamInit) -> Result<Self> {
+        init.check()?;
+        for (name, v) in [
+            ("d_model", cfg.d_model),
+            ("n_heads", cfg.n_heads),
+            ("d_head", cfg.d_head),
+        ] {
+            crate::check::positive(name, v)?;
+        }
+        let mixer = match cfg.kind {
+            AttentionKind::Softmax => Mixer::Softmax,
+            AttentionKind::FastWeight(fw) => {
+                fw.validate()?;
+                if fw.rule != UpdateRule::Sum {
+                    bail!(
+                        "cross-attention: the {} rule has no non-causal form; use the sum rule",
+                        fw.rule
+                    );
+                }
+                let phi = Phi::new(&p / "phi", fw.feature_map, cfg.d_head, FavorRedraw::Never)?;
+                Mixer::FastWeight { cfg: fw, phi }
+            }
+        };
+        let hd = cfg.n_heads * cfg.d_head;
+        Ok(CrossAttention {
+            cfg,
+            q: init.linear(&(&p / "q"), cfg.d_model, hd, false)?,
+            kv: init.linear(&(&p / "kv"), cfg.d_model, 2 * hd, false)?,
+            out: init.linear(&(&p / "out"), hd, cfg.d_model, false)?,
+            mixer,
+        })
+    }
+
+    /// `[B, T, H d]` -> `[B, H, T, d]`.
+    fn split(&self, x: &Tensor) -> Result<Tensor> {
+        let s = x.size();
+        Ok(x.f_view([s[0], s[1], self.cfg.n_heads, self.cfg.d_head])?
+            .f_transpose(1, 2)?)
+    }
+
+    /// The memory of the encoder output `enc` `[B, S, d_model]`, `mask` `[B, S]` (true at real
+    /// source tokens).
+    pub fn memory(&self, enc: &Tensor, mask: &Tensor, train: bool) -> Result<CrossMemory> {
+        let hd = self.cfg.n_heads * self.cfg.d_head;
+        let kv = self.kv.forward(enc)?;
+        let k = self.split(&kv.f_narrow(-1, 0, hd)?)?;
+        let v = self.split(&kv.f_narrow(-1, hd, hd)?)?;
+        let mask = mask.f_to_kind(tch::Kind::Bool)?;
+        Ok(match &self.mixer {
+            Mixer::Softmax => {
+                let s = mask.size();
+                CrossMemory::Softmax {
+                    k,
+                    v,
+                    allowed: mask.f_view([s[0], 1, 1, s[1]])?,
+                }
+            }
+            Mixer::FastWeight { cfg, phi } => {
+                let [k]: [Tensor; 1] = features(cfg, phi, &[&k], train)?
+                    .try_into()
+                    .map_err(|_| anyhow::anyhow!("feature map: expected one output"))?;
+                CrossMemory::FastWeight { k, v, mask }
+            }
+        })
+    }
+
+    /// The decoder states x `[B, T, d_model]` read `memory` -> `[B, T, d_model]`.
+    pub fn forward_t(&self, x: &Tensor, memory: &CrossMemory, train: bool) -> Result<Tensor> {
+        let q = self.split(&self.q.forward(x)?)?;
+        let y = match (&self.mixer, memory) {
+            (Mixer::Softmax, CrossMemory::Softmax { k, v, allowed }) => {
+                let p = if train { self.cfg.attn_dropout } else { 0.0 };
+                softmax_attention(&q, k, v, Some(allowed), p)?
+            }
+            (Mixer::FastWeight { cfg, phi }, CrossMemory::FastWeight { k, v, mask }) => {
+                let [q]: [Tensor; 1] = features(cfg, phi, &[&q], train)?
+                    .try_into()
+                    .map_err(|_| anyhow::anyhow!("feature map: expected one output"))?;
+                read_noncausal(cfg, &q, k, v, Some(mask))?
+            }
+            _ => bail!("cross-attention: the memory is of another kind of attention"),
+        };
+        let s = x.size();
+        self.out
+            .forward(&y.f_transpose(1, 2)?.f_reshape([s[0], s[1], -1])?)
+    }
+}

@@ -1,0 +1,260 @@
+//! The encoder–decoder model: the non-causal fast-weight memory against its quadratic reference
+//! twin (outputs and every gradient), padding that changes nothing, and incremental decoding that
+//! gives the logits of the full prefix, for every attention variant.
+
+mod common;
+
+use common::{assert_close, F64};
+use fwp::attention::{AttentionKind, FastWeightConfig};
+use fwp::recurrence::noncausal::fast_weight_noncausal;
+use fwp::seq2seq::{Seq2Seq, Seq2SeqConfig};
+use fwp::{Backend, FeatureMap, LayerNormPlacement, ParamInit, UpdateRule};
+use tch::{nn::VarStore, Device, Kind, Tensor};
+
+#[test]
+fn noncausal_memory_matches_its_quadratic_twin_with_gradients() {
+    tch::manual_seed(0);
+    let (b, h, tq, tk, dk, dv) = (2, 3, 5, 7, 4, 6);
+    let q = Tensor::rand([b, h, tq, dk], F64).set_requires_grad(true);
+    let k = Tensor::rand([b, h, tk, dk], F64).set_requires_grad(true);
+    let v = Tensor::randn([b, h, tk, dv], F64).set_requires_grad(true);
+    // the second sequence has 4 real keys
+    let mask = Tensor::from_slice(&[1i64, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0])
+        .view([2, 7])
+        .to_kind(Kind::Bool);
+    let w = Tensor::randn([b, h, tq, dv], F64);
+    let run = |backend| {
+        let y = fast_weight_noncausal(&q, &k, &v, Some(&mask), backend).unwrap();
+        let g = Tensor::run_backward(&[(&y * &w).sum(Kind::Double)], &[&q, &k, &v], false, false);
+        (y, g)
+    };
+    let (want, gw) = run(Backend::Reference);
+    for backend in [Backend::Auto, Backend::Fused] {
+        let (got, gg) = run(backend);
+        assert_close("y", &got, &want, 1e-12, 1e-12);
+        for (name, (a, b)) in ["dq", "dk", "dv"].iter().zip(gg.iter().zip(&gw)) {
+            assert_close(name, a, b, 1e-12, 1e-12);
+        }
+    }
+    // padded keys and values change nothing and get no gradient
+    let dk = &gw[1];
+    assert_eq!(
+        f64::try_from(dk.narrow(0, 1, 1).narrow(2, 4, 3).abs().sum(Kind::Double)).unwrap(),
+        0.0
+    );
+    let k2 = k.detach().copy();
+    let _ = k2.narrow(0, 1, 1).narrow(2, 4, 3).fill_(5.0);
+    let y2 = fast_weight_noncausal(&q, &k2, &v, Some(&mask), Backend::Auto).unwrap();
+    assert_close("y with other padding", &y2, &want, 1e-12, 1e-12);
+    // shapes that do not fit are errors
+    assert!(fast_weight_noncausal(&q, &k.narrow(3, 0, 3), &v, None, Backend::Auto).is_err());
+    assert!(fast_weight_noncausal(&q, &k, &v, Some(&mask.narrow(1, 0, 6)), Backend::Auto).is_err());
+}
+
+fn fast(rule: UpdateRule, map: FeatureMap) -> AttentionKind {
+    AttentionKind::FastWeight(FastWeightConfig::new(rule, map))
+}
+
+fn config(encoder: AttentionKind, decoder: AttentionKind, cross: AttentionKind) -> Seq2SeqConfig {
+    Seq2SeqConfig {
+        vocab: 23,
+        pad: 0,
+        encoder_layers: 2,
+        decoder_layers: 2,
+        d_model: 16,
+        n_heads: 2,
+        d_head: 8,
+        d_ff: 32,
+        dropout: 0.1,
+        layer_norm: LayerNormPlacement::Post,
+        encoder,
+        decoder,
+        cross,
+        share_embeddings: true,
+        init: ParamInit::Framework,
+    }
+}
+
+fn model(cfg: Seq2SeqConfig) -> (VarStore, Seq2Seq) {
+    tch::manual_seed(1);
+    let mut vs = VarStore::new(Device::Cpu);
+    let m = Seq2Seq::new(vs.root(), cfg).unwrap();
+    vs.double();
+    (vs, m)
+}
+
+/// (name, encoder, decoder, cross) of every variant the experiment trains, and fast-weight
+/// cross-attention.
+fn variants() -> Vec<(&'static str, AttentionKind, AttentionKind, AttentionKind)> {
+    use FeatureMap::*;
+    use UpdateRule::*;
+    let s = AttentionKind::Softmax;
+    vec![
+        ("softmax", s, s, s),
+        ("sum:linear", fast(Sum, Linear), fast(Sum, Linear), s),
+        (
+            "sum:favor:8",
+            fast(Sum, Favor { m: 8 }),
+            fast(Sum, Favor { m: 8 }),
+            s,
+        ),
+        (
+            "sum:dpfp:2",
+            fast(Sum, Dpfp { nu: 2 }),
+            fast(Sum, Dpfp { nu: 2 }),
+            s,
+        ),
+        (
+            "delta:dpfp:1",
+            fast(Sum, Dpfp { nu: 1 }),
+            fast(Delta, Dpfp { nu: 1 }),
+            s,
+        ),
+        (
+            "delta:linear, fast cross",
+            fast(Sum, Linear),
+            fast(Delta, Linear),
+            fast(Sum, Linear),
+        ),
+    ]
+}
+
+fn tokens(rows: &[&[i64]]) -> Tensor {
+    let t = rows.iter().map(|r| r.len()).max().unwrap();
+    let flat: Vec<i64> = rows
+        .iter()
+        .flat_map(|r| r.iter().copied().chain(std::iter::repeat(0)).take(t))
+        .collect();
+    Tensor::from_slice(&flat).view([rows.len() as i64, t as i64])
+}
+
+#[test]
+fn padding_changes_nothing_at_real_positions() {
+    for (name, e, d, c) in variants() {
+        let (_vs, m) = model(config(e, d, c));
+        let (a, b): (&[i64], &[i64]) = (&[5, 6, 7], &[8, 9, 10, 11, 12, 13]);
+        let tgt = tokens(&[&[1, 3, 4, 5]]);
+        let alone_enc = m.encode(&tokens(&[a]), false).unwrap();
+        let alone = m.decode_t(&tgt, &alone_enc, false).unwrap();
+        let batch_enc = m.encode(&tokens(&[a, b]), false).unwrap();
+        assert_close(
+            &format!("{name}: encoder"),
+            &batch_enc.out.narrow(0, 0, 1).narrow(1, 0, 3),
+            &alone_enc.out,
+            1e-10,
+            1e-10,
+        );
+        let tgt2 = tokens(&[&[1, 3, 4, 5], &[1, 2, 2, 2]]);
+        let batch = m.decode_t(&tgt2, &batch_enc, false).unwrap();
+        assert_close(
+            &format!("{name}: decoder"),
+            &batch.narrow(0, 0, 1),
+            &alone,
+            1e-10,
+            1e-10,
+        );
+    }
+}
+
+#[test]
+fn incremental_decoding_gives_the_logits_of_the_full_prefix() {
+    for (name, e, d, c) in variants() {
+        let (_vs, m) = model(config(e, d, c));
+        let enc = m
+            .encode(&tokens(&[&[5, 6, 7, 9], &[8, 9, 10, 11, 12, 13]]), false)
+            .unwrap();
+        let tgt = tokens(&[&[1, 3, 4, 5, 6, 7, 8], &[1, 9, 8, 7, 6, 5, 4]]);
+        let full = m.decode_t(&tgt, &enc, false).unwrap(); // [2, 7, V]
+                                                           // one token at a time
+        let mut state = m.start(&enc).unwrap();
+        for t in 0..7 {
+            let logits = m.step(&tgt.narrow(1, t, 1), &mut state).unwrap();
+            assert_close(
+                &format!("{name}: step {t}"),
+                &logits,
+                &full.narrow(1, t, 1),
+                1e-10,
+                1e-10,
+            );
+        }
+        assert_eq!(state.position, 7);
+        // three tokens, then one at a time, with the batch reordered in between (beam search)
+        let mut state = m.start(&enc).unwrap();
+        let first = m.step(&tgt.narrow(1, 0, 3), &mut state).unwrap();
+        assert_close(
+            &format!("{name}: first 3"),
+            &first,
+            &full.narrow(1, 0, 3),
+            1e-10,
+            1e-10,
+        );
+        let swap = Tensor::from_slice(&[1i64, 0]);
+        let mut state = state.select(&swap).unwrap();
+        for t in 3..7 {
+            let logits = m
+                .step(&tgt.index_select(0, &swap).narrow(1, t, 1), &mut state)
+                .unwrap();
+            let want = full.index_select(0, &swap).narrow(1, t, 1);
+            assert_close(
+                &format!("{name}: reordered step {t}"),
+                &logits,
+                &want,
+                1e-10,
+                1e-10,
+            );
+        }
+        // the cache: constant for fast weights, growing for softmax
+        let bytes = state.cache_bytes();
+        let _ = m.step(&tgt.narrow(1, 0, 1), &mut state).unwrap();
+        let grows = state.cache_bytes() > bytes;
+        assert_eq!(
+            grows,
+            matches!(d, AttentionKind::Softmax),
+            "{name}: cache {bytes} -> {}",
+            state.cache_bytes()
+        );
+    }
+}
+
+#[test]
+fn a_delta_rule_encoder_or_cross_attention_is_refused() {
+    let delta = fast(UpdateRule::Delta, FeatureMap::Linear);
+    let s = AttentionKind::Softmax;
+    let vs = VarStore::new(Device::Cpu);
+    let err = Seq2Seq::new(vs.root(), config(delta, s, s))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no non-causal form"), "{err}");
+    let err = Seq2Seq::new(vs.root(), config(s, s, delta))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no non-causal form"), "{err}");
+    let mut bad = config(s, s, s);
+    bad.pad = 23;
+    assert!(Seq2Seq::new(vs.root(), bad).is_err());
+}
+
+#[test]
+fn every_parameter_gets_a_gradient_in_training() {
+    for (name, e, d, c) in variants() {
+        let (vs, m) = model(config(e, d, c));
+        let enc = m
+            .encode(&tokens(&[&[5, 6, 7], &[8, 9, 10, 11]]), true)
+            .unwrap();
+        let logits = m
+            .decode_t(&tokens(&[&[1, 3, 4], &[1, 9, 8]]), &enc, true)
+            .unwrap();
+        logits.square().sum(Kind::Double).backward();
+        for (pname, p) in vs.variables() {
+            if !p.requires_grad() {
+                continue;
+            }
+            let g = p.grad();
+            assert!(g.defined(), "{name}: {pname} has no gradient");
+            assert!(
+                f64::try_from(g.abs().sum(Kind::Double)).unwrap() > 0.0,
+                "{name}: {pname} gradient is 0"
+            );
+        }
+    }
+}
