@@ -37,6 +37,7 @@ pub mod report;
 pub mod retrieval;
 pub mod selftest;
 pub mod seq2seq;
+pub mod training;
 pub mod variant;
 
 pub use attention::{AttentionConfig, AttentionKind, FastWeightConfig, MultiHeadAttention};

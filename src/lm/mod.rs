@@ -3,12 +3,13 @@
 //! - [`data`]: WikiText-layout corpora and the vocabulary; [`brown`]: the Brown corpus in that layout;
 //! - [`config`]: model presets (`tiny`, `small`, `medium`) and the training protocol;
 //! - [`batches`]: training segments as a pure function of the step;
-//! - [`adam`]: Adam with savable state, the warm-up + cosine schedule, gradient clipping;
+//! - [`adam`] (shared, [`crate::training::adam`]): Adam with savable state, the warm-up + cosine
+//!   schedule, gradient clipping;
 //! - [`checkpoint`]: atomic checkpoints; [`train`]: the training loop and resumption;
 //! - [`eval`]: sliding-window, segment and stateful perplexity; [`export`]: TorchScript and sampling;
 //! - [`report`]: the results table of a set of runs.
 
-pub mod adam;
+pub use crate::training::adam;
 pub mod batches;
 pub mod brown;
 pub mod checkpoint;

@@ -37,7 +37,8 @@ impl Default for DecodeOptions {
 impl DecodeOptions {
     pub fn check(&self) -> Result<()> {
         crate::check::positive("beam", self.beam)?;
-        if !(self.length_penalty.is_finite() && self.max_len_a.is_finite() && self.max_len_a >= 0.0) {
+        if !(self.length_penalty.is_finite() && self.max_len_a.is_finite() && self.max_len_a >= 0.0)
+        {
             bail!(
                 "length penalty {} and max_len_a {} must be finite, max_len_a >= 0",
                 self.length_penalty,
@@ -70,7 +71,11 @@ fn search(model: &Seq2Seq, src: &Tensor, opts: &DecodeOptions) -> Result<Vec<Hyp
     let src = src.f_to_device(dev)?;
     let (b, k) = (src.size()[0], opts.beam);
     // per sentence: the last step at which a token is chosen (</s> forced there)
-    let src_len: Vec<i64> = Vec::try_from(src.f_ne(PAD)?.f_sum_dim_intlist([1i64].as_slice(), false, Kind::Int64)?)?;
+    let src_len: Vec<i64> = Vec::try_from(src.f_ne(PAD)?.f_sum_dim_intlist(
+        [1i64].as_slice(),
+        false,
+        Kind::Int64,
+    )?)?;
     let limit: Vec<i64> = src_len
         .iter()
         .map(|&s| (opts.max_len_a * s as f64).floor() as i64 + opts.max_len_b)
@@ -89,14 +94,20 @@ fn search(model: &Seq2Seq, src: &Tensor, opts: &DecodeOptions) -> Result<Vec<Hyp
     for t in 0..steps {
         let logits = model.step(&last, &mut state)?; // [B K, 1, V]
         let v = logits.size()[2];
-        let mut logp = logits.f_squeeze_dim(1)?.f_log_softmax(-1, Kind::Double)?.f_view([b, k, v])?;
+        let mut logp = logits
+            .f_squeeze_dim(1)?
+            .f_log_softmax(-1, Kind::Double)?
+            .f_view([b, k, v])?;
         // a finished hypothesis continues with <pad> at no cost
         let fin = finished.f_unsqueeze(-1)?;
         let pad_only = Tensor::f_full([v], f64::NEG_INFINITY, (Kind::Double, dev))?;
         let _ = pad_only.f_narrow(0, PAD, 1)?.f_fill_(0.0)?;
         logp = logp.f_where_self(&fin.f_logical_not()?, &pad_only)?;
         // at a sentence's length limit every live hypothesis ends with </s>
-        let at_limit = limit_t.f_le(t + 1)?.f_view([b, 1, 1])?.f_logical_and(&fin.f_logical_not()?)?;
+        let at_limit = limit_t
+            .f_le(t + 1)?
+            .f_view([b, 1, 1])?
+            .f_logical_and(&fin.f_logical_not()?)?;
         let eos_only = Tensor::f_full([v], f64::NEG_INFINITY, (Kind::Double, dev))?;
         let _ = eos_only.f_narrow(0, EOS, 1)?.f_fill_(0.0)?;
         let eos_forced = eos_only.f_add(&logp.f_narrow(-1, EOS, 1)?)?; // keep </s>'s log-probability
@@ -106,11 +117,17 @@ fn search(model: &Seq2Seq, src: &Tensor, opts: &DecodeOptions) -> Result<Vec<Hyp
         let (best, idx) = cand.f_topk(k, -1, true, true)?; // [B, K]
         let origin = idx.f_div_scalar_mode(v, "floor")?; // beam each continues
         let token = idx.f_remainder(v)?;
-        let global = (origin.shallow_clone() + Tensor::f_arange(b, (Kind::Int64, dev))?.f_unsqueeze(1)? * k)
+        let global = (origin.shallow_clone()
+            + Tensor::f_arange(b, (Kind::Int64, dev))?.f_unsqueeze(1)? * k)
             .f_view([-1])?;
         state = state.select(&global)?;
-        history = Tensor::f_cat(&[history.f_index_select(0, &global)?, token.f_view([-1, 1])?], 1)?;
-        finished = finished.f_gather(1, &origin, false)?.f_logical_or(&token.f_eq(EOS)?)?;
+        history = Tensor::f_cat(
+            &[history.f_index_select(0, &global)?, token.f_view([-1, 1])?],
+            1,
+        )?;
+        finished = finished
+            .f_gather(1, &origin, false)?
+            .f_logical_or(&token.f_eq(EOS)?)?;
         scores = best;
         last = token.f_view([-1, 1])?;
         if bool::try_from(finished.f_all()?)? {
@@ -121,7 +138,9 @@ fn search(model: &Seq2Seq, src: &Tensor, opts: &DecodeOptions) -> Result<Vec<Hyp
     let hist: Vec<Vec<i64>> = {
         let n = history.size()[1];
         let flat: Vec<i64> = Vec::try_from(history.f_view([-1])?)?;
-        flat.chunks(n.max(1) as usize).map(<[i64]>::to_vec).collect::<Vec<_>>()
+        flat.chunks(n.max(1) as usize)
+            .map(<[i64]>::to_vec)
+            .collect::<Vec<_>>()
     };
     let scores: Vec<f64> = Vec::try_from(scores.f_view([-1])?)?;
     let mut out = Vec::with_capacity(b as usize);
@@ -133,15 +152,31 @@ fn search(model: &Seq2Seq, src: &Tensor, opts: &DecodeOptions) -> Result<Vec<Hyp
             if !score.is_finite() {
                 continue;
             }
-            let ids = if hist.is_empty() { &[][..] } else { &hist[row][..] };
-            let len = ids.iter().position(|&x| x == EOS).map_or(ids.len(), |p| p + 1);
+            let ids = if hist.is_empty() {
+                &[][..]
+            } else {
+                &hist[row][..]
+            };
+            let len = ids
+                .iter()
+                .position(|&x| x == EOS)
+                .map_or(ids.len(), |p| p + 1);
             let norm = score / (len.max(1) as f64).powf(opts.length_penalty);
             if best.as_ref().is_none_or(|(n, _)| norm > *n) {
                 let tokens = ids[..len].iter().copied().filter(|&x| x != EOS).collect();
-                best = Some((norm, Hypothesis { tokens, log_prob: score }));
+                best = Some((
+                    norm,
+                    Hypothesis {
+                        tokens,
+                        log_prob: score,
+                    },
+                ));
             }
         }
-        out.push(best.map(|(_, h)| h).ok_or_else(|| anyhow::anyhow!("sentence {s}: no finite hypothesis"))?);
+        out.push(
+            best.map(|(_, h)| h)
+                .ok_or_else(|| anyhow::anyhow!("sentence {s}: no finite hypothesis"))?,
+        );
     }
     Ok(out)
 }

@@ -2,11 +2,19 @@
 //!
 //! - [`bible`]: the English–German Bible corpus, split by books; [`corpus`]: parallel corpora on
 //!   disk; [`bpe`]: the joint byte-level BPE vocabulary;
-//! - [`decode`]: greedy and beam search with the decoder's carried state;
+//! - [`config`]: model presets (`tiny`, `base`, `big`) and the training protocol;
+//! - [`batches`]: batches of sentences of similar length, a pure function of the step;
+//! - [`train`]: the training loop, checkpoints and resumption;
+//! - [`decode`]: greedy and beam search with the decoder's carried state; [`eval`]: translating
+//!   and scoring a split;
 //! - [`bleu`]: corpus BLEU and chrF as sacreBLEU computes them.
 
+pub mod batches;
 pub mod bible;
 pub mod bleu;
 pub mod bpe;
+pub mod config;
 pub mod corpus;
 pub mod decode;
+pub mod eval;
+pub mod train;

@@ -1,6 +1,7 @@
 //! Adam (Kingma & Ba) with PyTorch's update, whose state can be saved and restored (tch's optimiser
 //! keeps its moments inside libtorch, out of reach). Also the learning-rate schedule and gradient
-//! clipping of the paper's LM protocol (docs/lm.md).
+//! clipping of the paper's LM protocol (docs/lm.md), and the inverse-square-root schedule of the
+//! translation experiment (docs/translate.md).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -16,6 +17,13 @@ pub fn learning_rate(step: usize, peak: f64, warmup: usize, total: usize) -> f64
     let span = total.saturating_sub(warmup).max(1) as f64;
     let progress = ((step - warmup) as f64 / span).min(1.0);
     0.5 * peak * (1.0 + (std::f64::consts::PI * progress).cos())
+}
+
+/// Linear warm-up over `warmup` steps to `peak`, then decay with the inverse square root of the step
+/// (Vaswani et al. 2017): `peak * min((step + 1) / warmup, sqrt(warmup / (step + 1)))`.
+pub fn inverse_sqrt_learning_rate(step: usize, peak: f64, warmup: usize) -> f64 {
+    let (s, w) = ((step + 1) as f64, warmup.max(1) as f64);
+    peak * (s / w).min((w / s).sqrt())
 }
 
 /// Scales the gradients of `params` so that their joint L2 norm is at most `max` (as PyTorch's
