@@ -1,4 +1,5 @@
-//! What the experiment binaries share: progress bars that still report when stderr is not a
+//! What the experiment binaries share: the Ctrl-C flag and outcome of training commands, and
+//! progress bars that still report when stderr is not a
 //! terminal (a log file, CI), where indicatif draws nothing and its `println` is silent.
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -17,4 +18,67 @@ pub fn say(bar: &ProgressBar, line: impl AsRef<str>) {
     } else {
         bar.println(line.as_ref());
     }
+}
+
+/// A flag that the first Ctrl-C sets (the training loop then saves a checkpoint and stops); a second
+/// Ctrl-C exits at once.
+#[allow(dead_code)] // bench has no training loop
+pub fn stop_on_ctrl_c() -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    use anyhow::Context;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            eprintln!("second interrupt: exiting without a checkpoint");
+            std::process::exit(130);
+        }
+        eprintln!(
+            "interrupt: finishing the current update, then saving a checkpoint (Ctrl-C again to quit now)"
+        );
+    })
+    .context("installing the Ctrl-C handler")?;
+    Ok(stop)
+}
+
+/// Shows an update on a training bar: its position, and loss, learning rate and speed where the
+/// update was logged (also to stderr when the bar is hidden).
+#[allow(dead_code)]
+pub fn show_update(bar: &ProgressBar, step: usize, loss: f64, lr: f64, tokens_per_s: Option<f64>) {
+    bar.set_position(step as u64);
+    if let Some(rate) = tokens_per_s {
+        let line = format!("loss {loss:.3} lr {lr:.2e} {rate:.0} tok/s");
+        if bar.is_hidden() {
+            eprintln!("update {step}: {line}");
+        }
+        bar.set_message(line);
+    }
+}
+
+/// Prints how a training call ended; a fresh run refused for an existing checkpoint gets the hint
+/// to resume it.
+#[allow(dead_code)]
+pub fn report_outcome(
+    run: &std::path::Path,
+    resume: bool,
+    outcome: anyhow::Result<fwp::training::Outcome>,
+) -> anyhow::Result<()> {
+    use fwp::training::Outcome;
+    let outcome = outcome.map_err(|e| {
+        if !resume && e.to_string().contains("already holds a checkpoint") {
+            e.context("pass --resume to continue that run")
+        } else {
+            e
+        }
+    });
+    match outcome? {
+        Outcome::Finished { step } => println!(
+            "finished: {step} updates; checkpoint in {}/checkpoint",
+            run.display()
+        ),
+        Outcome::Interrupted { step } => {
+            println!("interrupted after {step} updates; checkpoint saved; continue with --resume")
+        }
+    }
+    Ok(())
 }

@@ -99,6 +99,20 @@ pub struct AttentionConfig {
     pub attn_dropout: f64,
 }
 
+impl AttentionConfig {
+    /// d_model, n_heads and d_head must be positive.
+    pub fn check_sizes(&self) -> Result<()> {
+        for (name, v) in [
+            ("d_model", self.d_model),
+            ("n_heads", self.n_heads),
+            ("d_head", self.d_head),
+        ] {
+            crate::check::positive(name, v)?;
+        }
+        Ok(())
+    }
+}
+
 /// State a fast-weight layer carries across segments: S `[B, H, d_dot, d_head]` and, with
 /// attention normalisation, the key sum z `[B, H, d_dot]`.
 #[derive(Debug)]
@@ -178,13 +192,7 @@ impl MultiHeadAttention {
     /// [`MultiHeadAttention::new`] with the projections started by `init`.
     pub fn with_init(p: nn::Path, cfg: AttentionConfig, init: ParamInit) -> Result<Self> {
         init.check()?;
-        for (name, v) in [
-            ("d_model", cfg.d_model),
-            ("n_heads", cfg.n_heads),
-            ("d_head", cfg.d_head),
-        ] {
-            crate::check::positive(name, v)?;
-        }
+        cfg.check_sizes()?;
         let (h, d) = (cfg.n_heads, cfg.d_head);
         let (mixer, n_beta) = match cfg.kind {
             AttentionKind::Softmax => (Mixer::Softmax, 0),

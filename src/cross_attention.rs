@@ -70,13 +70,7 @@ impl CrossAttention {
     /// FAVOR+ matrix is never redrawn, so that keys and queries, computed at different times, share it.
     pub fn with_init(p: nn::Path, cfg: AttentionConfig, init: ParamInit) -> Result<Self> {
         init.check()?;
-        for (name, v) in [
-            ("d_model", cfg.d_model),
-            ("n_heads", cfg.n_heads),
-            ("d_head", cfg.d_head),
-        ] {
-            crate::check::positive(name, v)?;
-        }
+        cfg.check_sizes()?;
         let mixer = match cfg.kind {
             AttentionKind::Softmax => Mixer::Softmax,
             AttentionKind::FastWeight(fw) => {

@@ -21,19 +21,15 @@
 //! Results on Brown with the `tiny` preset: docs/lm.md.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 use fwp::lm::checkpoint::RunConfig;
 use fwp::lm::config::{LmModel, Preset, Protocol as LmProtocol, TrainConfig};
 use fwp::lm::data::Split;
 use fwp::lm::eval::{evaluate, EvalMode};
 use fwp::lm::export::{export, sample, SampleOptions};
-use fwp::lm::train::{
-    load_run, parameter_count, train, LoadedRun, Outcome, TrainEvent, TrainOptions,
-};
+use fwp::lm::train::{load_run, parameter_count, train, LoadedRun, TrainEvent, TrainOptions};
 use fwp::report::append_record;
 use fwp::OutputLayer;
 use fwp::{Backend, Normalisation, Variant};
@@ -284,16 +280,7 @@ fn main() -> Result<()> {
                 }
                 tch::set_num_threads(n);
             }
-            let stop = Arc::new(AtomicBool::new(false));
-            let flag = stop.clone();
-            ctrlc::set_handler(move || {
-                if flag.swap(true, Ordering::SeqCst) {
-                    eprintln!("second interrupt: exiting without a checkpoint");
-                    std::process::exit(130);
-                }
-                eprintln!("interrupt: finishing the current update, then saving a checkpoint (Ctrl-C again to quit now)");
-            })
-            .context("installing the Ctrl-C handler")?;
+            let stop = common::stop_on_ctrl_c()?;
             println!(
                 "{} {} on {}: {} updates of {} x {} tokens -> {}",
                 cfg.model.variant,
@@ -315,16 +302,7 @@ fn main() -> Result<()> {
                     loss,
                     lr,
                     tokens_per_s,
-                } => {
-                    bar.set_position(step as u64);
-                    if let Some(rate) = tokens_per_s {
-                        let line = format!("loss {loss:.3} lr {lr:.2e} {rate:.0} tok/s");
-                        if bar.is_hidden() {
-                            eprintln!("update {step}: {line}");
-                        }
-                        bar.set_message(line);
-                    }
-                }
+                } => common::show_update(&bar, step, loss, lr, tokens_per_s),
                 TrainEvent::Eval { step, perplexity } => common::say(
                     &bar,
                     format!("update {step}: valid perplexity {perplexity:.2} (segments)"),
@@ -339,22 +317,7 @@ fn main() -> Result<()> {
             };
             let outcome = train(&a.run, &cfg, &opts);
             bar.finish_and_clear();
-            let outcome = outcome.map_err(|e| {
-                if !a.resume && e.to_string().contains("already holds a checkpoint") {
-                    e.context("pass --resume to continue that run")
-                } else {
-                    e
-                }
-            });
-            match outcome? {
-                Outcome::Finished { step } => println!(
-                    "finished: {step} updates; checkpoint in {}/checkpoint",
-                    a.run.display()
-                ),
-                Outcome::Interrupted { step } => {
-                    println!("interrupted after {step} updates; checkpoint saved; continue with --resume");
-                }
-            }
+            common::report_outcome(&a.run, a.resume, outcome)?;
         }
         Command::Eval {
             run,

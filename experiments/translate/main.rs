@@ -19,8 +19,6 @@
 
 use std::io::BufRead;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -29,7 +27,7 @@ use fwp::mt::config::{MtModel, Preset, TrainConfig};
 use fwp::mt::corpus::{read_split, Split};
 use fwp::mt::decode::DecodeOptions;
 use fwp::mt::eval::{score, translate_all};
-use fwp::mt::train::{load_run, train, LoadedRun, Outcome, RunConfig, TrainEvent, TrainOptions};
+use fwp::mt::train::{load_run, train, LoadedRun, RunConfig, TrainEvent, TrainOptions};
 use fwp::report::append_record;
 use fwp::{Backend, LayerNormPlacement, Variant};
 use serde::{Deserialize, Serialize};
@@ -248,16 +246,7 @@ fn train_command(a: &TrainArgs) -> Result<()> {
         }
         tch::set_num_threads(n);
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            eprintln!("second interrupt: exiting without a checkpoint");
-            std::process::exit(130);
-        }
-        eprintln!("interrupt: finishing the current update, then saving a checkpoint (Ctrl-C again to quit now)");
-    })
-    .context("installing the Ctrl-C handler")?;
+    let stop = common::stop_on_ctrl_c()?;
     println!(
         "{} {} on {} ({} -> {}): {} updates of <= {} tokens -> {}",
         cfg.model.variant,
@@ -280,16 +269,7 @@ fn train_command(a: &TrainArgs) -> Result<()> {
             loss,
             lr,
             tokens_per_s,
-        } => {
-            bar.set_position(step as u64);
-            if let Some(rate) = tokens_per_s {
-                let line = format!("loss {loss:.3} lr {lr:.2e} {rate:.0} tok/s");
-                if bar.is_hidden() {
-                    eprintln!("update {step}: {line}");
-                }
-                bar.set_message(line);
-            }
-        }
+        } => common::show_update(&bar, step, loss, lr, tokens_per_s),
         TrainEvent::Eval { step, bleu } => common::say(
             &bar,
             format!("update {step}: valid BLEU {bleu:.2} (greedy, first sentences)"),
@@ -304,24 +284,7 @@ fn train_command(a: &TrainArgs) -> Result<()> {
     };
     let outcome = train(&a.run, &cfg, &opts);
     bar.finish_and_clear();
-    let outcome = outcome.map_err(|e| {
-        if !a.resume && e.to_string().contains("already holds a checkpoint") {
-            e.context("pass --resume to continue that run")
-        } else {
-            e
-        }
-    });
-    match outcome? {
-        Outcome::Finished { step } => {
-            println!(
-                "finished: {step} updates; checkpoint in {}/checkpoint",
-                a.run.display()
-            )
-        }
-        Outcome::Interrupted { step } => {
-            println!("interrupted after {step} updates; checkpoint saved; continue with --resume")
-        }
-    }
+    common::report_outcome(&a.run, a.resume, outcome)?;
     Ok(())
 }
 

@@ -19,19 +19,7 @@ use super::data::{Corpus, Vocab};
 use super::eval::{evaluate, EvalMode};
 use crate::model::LanguageModel;
 use crate::report::{append_record, atomic_write, read_records, retain_records};
-
-/// One logged update.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct StepLog {
-    pub step: usize,
-    #[serde(with = "crate::report::real")]
-    pub loss: f64,
-    pub lr: f64,
-    #[serde(with = "crate::report::real")]
-    pub grad_norm: f64,
-    pub tokens_per_s: f64,
-    pub elapsed_s: f64,
-}
+pub use crate::training::{Outcome, StepLog};
 
 /// One evaluation during training.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -58,15 +46,6 @@ pub enum TrainEvent {
     },
     /// Validation perplexity (non-overlapping segments) after `step` updates.
     Eval { step: usize, perplexity: f64 },
-}
-
-/// How a call to [`train`] ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// All configured updates done.
-    Finished { step: usize },
-    /// Stopped by the flag (Ctrl-C) or `stop_after`; a checkpoint at `step` was written.
-    Interrupted { step: usize },
 }
 
 /// The model of a configuration for `vocab` words, initialised from the run's seed.

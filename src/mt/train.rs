@@ -24,6 +24,7 @@ use crate::report::{append_record, atomic_write, read_records, retain_records};
 use crate::seq2seq::Seq2Seq;
 use crate::training::adam::{clip_grad_norm, inverse_sqrt_learning_rate, Adam};
 use crate::training::checkpoint::{self, file_sha256, sha256_hex, RunLock};
+pub use crate::training::{Outcome, StepLog};
 
 /// Everything a run is made of.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -66,20 +67,6 @@ pub struct Meta {
 pub const RNG_RULE: &str =
     "tch::manual_seed(seed * 1_000_003 + step) before every update; batch order: SplitMix64 of (seed, epoch)";
 
-/// One logged update.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct StepLog {
-    pub step: usize,
-    #[serde(with = "crate::report::real")]
-    pub loss: f64,
-    pub lr: f64,
-    #[serde(with = "crate::report::real")]
-    pub grad_norm: f64,
-    /// Source + target tokens per second.
-    pub tokens_per_s: f64,
-    pub elapsed_s: f64,
-}
-
 /// One evaluation during training: greedy BLEU on the first sentences of valid.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EvalLog {
@@ -106,12 +93,6 @@ pub enum TrainEvent {
         step: usize,
         bleu: f64,
     },
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Finished { step: usize },
-    Interrupted { step: usize },
 }
 
 pub struct TrainOptions<'a> {
