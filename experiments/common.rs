@@ -82,3 +82,34 @@ pub fn report_outcome(
     }
     Ok(())
 }
+
+/// The `report` command of a training experiment: `table` of the runs in `runs` (folders with a
+/// checkpoint), printed, or written to `out` with the plot beside it as `<stem>-valid.{png,svg}`.
+#[allow(dead_code)] // bench has no runs
+pub fn write_report(
+    runs: &std::path::Path,
+    out: Option<&std::path::Path>,
+    table: impl Fn(&[std::path::PathBuf], Option<&std::path::Path>) -> anyhow::Result<String>,
+) -> anyhow::Result<()> {
+    let dirs = fwp::training::checkpoint::runs_in(runs)?;
+    if let Some(parent) = out
+        .and_then(|o| o.parent())
+        .filter(|p| !p.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| anyhow::anyhow!("creating {}: {e}", parent.display()))?;
+    }
+    let stem = out.map(|o| {
+        let name = o.file_stem().and_then(|s| s.to_str()).unwrap_or("table");
+        o.with_file_name(format!("{name}-valid"))
+    });
+    let text = table(&dirs, stem.as_deref())?;
+    match out {
+        Some(o) => {
+            fwp::report::atomic_write(o, text.as_bytes())?;
+            println!("wrote {}", o.display());
+        }
+        None => print!("{text}"),
+    }
+    Ok(())
+}

@@ -129,6 +129,15 @@ pub enum StepCache {
     Softmax { k: Tensor, v: Tensor },
     /// The fast weights: constant size whatever the length.
     FastWeight(FastWeightState),
+    /// Keys and values in buffers of a fixed length `[B, H, L_max, d_head]`, valid before
+    /// `position` `[1]` (int64, the next token's). A softmax cache whose shapes never change, for a
+    /// traced decoder step ([`crate::mt::export`]); one token a step, written into the buffers in
+    /// place.
+    SoftmaxBuffer {
+        k: Tensor,
+        v: Tensor,
+        position: Tensor,
+    },
 }
 
 impl StepCache {
@@ -140,6 +149,96 @@ impl StepCache {
                 v: v.f_index_select(0, index)?,
             },
             StepCache::FastWeight(s) => StepCache::FastWeight(s.select(index)?),
+            StepCache::SoftmaxBuffer { k, v, position } => StepCache::SoftmaxBuffer {
+                k: k.f_index_select(0, index)?,
+                v: v.f_index_select(0, index)?,
+                position: position.shallow_clone(),
+            },
+        })
+    }
+
+    /// The tensors held, in a fixed order (softmax: k, v; fast weights: S, then z if any).
+    pub fn tensors(&self) -> Vec<Tensor> {
+        match self {
+            StepCache::Softmax { k, v } | StepCache::SoftmaxBuffer { k, v, .. } => {
+                vec![k.shallow_clone(), v.shallow_clone()]
+            }
+            StepCache::FastWeight(s) => std::iter::once(&s.s)
+                .chain(s.z.as_ref())
+                .map(Tensor::shallow_clone)
+                .collect(),
+        }
+    }
+
+    /// The same kind of cache holding `ts` (ordered as [`StepCache::tensors`]).
+    pub fn with_tensors(&self, ts: &[Tensor]) -> Result<StepCache> {
+        let want = self.tensors().len();
+        if ts.len() != want {
+            bail!("cache: expected {want} tensors, got {}", ts.len());
+        }
+        let c = |i: usize| ts[i].shallow_clone();
+        Ok(match self {
+            StepCache::Softmax { .. } => StepCache::Softmax { k: c(0), v: c(1) },
+            StepCache::SoftmaxBuffer { position, .. } => StepCache::SoftmaxBuffer {
+                k: c(0),
+                v: c(1),
+                position: position.shallow_clone(),
+            },
+            StepCache::FastWeight(_) => StepCache::FastWeight(FastWeightState {
+                s: c(0),
+                z: (want == 2).then(|| c(1)),
+            }),
+        })
+    }
+
+    /// The cache of no tokens: softmax keys and values of length 0 (buffers zeroed, position 0),
+    /// fast weights all zero.
+    pub fn emptied(&self) -> Result<StepCache> {
+        Ok(match self {
+            StepCache::SoftmaxBuffer { k, v, position } => StepCache::SoftmaxBuffer {
+                k: k.f_zeros_like()?,
+                v: v.f_zeros_like()?,
+                position: position.f_zeros_like()?,
+            },
+            StepCache::Softmax { k, v } => StepCache::Softmax {
+                k: k.f_narrow(2, 0, 0)?,
+                v: v.f_narrow(2, 0, 0)?,
+            },
+            StepCache::FastWeight(s) => StepCache::FastWeight(FastWeightState {
+                s: s.s.f_zeros_like()?,
+                z: s.z.as_ref().map(Tensor::f_zeros_like).transpose()?,
+            }),
+        })
+    }
+
+    /// The cache of no tokens with fixed shapes: softmax keys and values in zeroed buffers of
+    /// `max_len` tokens at position 0, fast weights all zero. For a traced decoder step.
+    pub fn buffered(&self, max_len: i64) -> Result<StepCache> {
+        crate::check::positive("max_len", max_len)?;
+        Ok(match self {
+            StepCache::Softmax { k, .. } | StepCache::SoftmaxBuffer { k, .. } => {
+                let mut size = k.size();
+                size[2] = max_len;
+                let zeros = || Tensor::f_zeros(size.as_slice(), (k.kind(), k.device()));
+                StepCache::SoftmaxBuffer {
+                    k: zeros()?,
+                    v: zeros()?,
+                    position: Tensor::f_zeros([1], (tch::Kind::Int64, k.device()))?,
+                }
+            }
+            StepCache::FastWeight(_) => self.emptied()?,
+        })
+    }
+
+    /// Softmax buffers set to take the next token at `position` `[1]`; other caches as they are.
+    pub fn at_position(&self, position: &Tensor) -> Result<StepCache> {
+        Ok(match self {
+            StepCache::SoftmaxBuffer { k, v, .. } => StepCache::SoftmaxBuffer {
+                k: k.shallow_clone(),
+                v: v.shallow_clone(),
+                position: position.shallow_clone(),
+            },
+            _ => self.with_tensors(&self.tensors())?,
         })
     }
 
@@ -147,7 +246,7 @@ impl StepCache {
     pub fn bytes(&self) -> usize {
         let b = |t: &Tensor| t.numel() * t.kind().elt_size_in_bytes();
         match self {
-            StepCache::Softmax { k, v } => b(k) + b(v),
+            StepCache::Softmax { k, v } | StepCache::SoftmaxBuffer { k, v, .. } => b(k) + b(v),
             StepCache::FastWeight(s) => b(&s.s) + s.z.as_ref().map_or(0, b),
         }
     }
@@ -321,7 +420,7 @@ impl MultiHeadAttention {
                 let state = match cache {
                     None => None,
                     Some(StepCache::FastWeight(s)) => Some(s),
-                    Some(StepCache::Softmax { .. }) => {
+                    Some(StepCache::Softmax { .. } | StepCache::SoftmaxBuffer { .. }) => {
                         bail!("cache: a softmax cache for a fast-weight layer")
                     }
                 };
@@ -337,8 +436,17 @@ impl MultiHeadAttention {
                     self.heads(&proj, 1, b, t)?,
                     self.heads(&proj, 2, b, t)?,
                 );
+                if let Some(StepCache::SoftmaxBuffer {
+                    k: kb,
+                    v: vb,
+                    position,
+                }) = cache
+                {
+                    return self.step_into_buffers(&q, &k, &v, kb, vb, position, b, t);
+                }
                 let past = match cache {
                     None => 0,
+                    Some(StepCache::SoftmaxBuffer { .. }) => bail!("cache: buffers handled above"),
                     Some(StepCache::Softmax { k: pk, v: pv }) => {
                         k = Tensor::f_cat(&[pk, &k], 2)?;
                         v = Tensor::f_cat(&[pv, &v], 2)?;
@@ -363,6 +471,48 @@ impl MultiHeadAttention {
                 Ok((self.merge_heads(&y, b, t)?, StepCache::Softmax { k, v }))
             }
         }
+    }
+
+    /// [`MultiHeadAttention::forward_step`] of a softmax layer with fixed-length buffers: writes the
+    /// one new token's k, v `[B, H, 1, d]` at `position` in place and lets q attend to the buffers'
+    /// keys up to it.
+    #[allow(clippy::too_many_arguments)]
+    fn step_into_buffers(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        k_buf: &Tensor,
+        v_buf: &Tensor,
+        position: &Tensor,
+        b: i64,
+        t: i64,
+    ) -> Result<(Tensor, StepCache)> {
+        if t != 1 {
+            bail!("x: a softmax layer with fixed-length buffers takes one token a step, got {t}");
+        }
+        if k_buf.dim() != 4 || k_buf.size()[..2] != k.size()[..2] || k_buf.size() != v_buf.size() {
+            bail!(
+                "cache buffers: expected k and v [{b}, {}, L, {}], got {:?} and {:?}",
+                self.cfg.n_heads,
+                self.cfg.d_head,
+                k_buf.size(),
+                v_buf.size()
+            );
+        }
+        let len = k_buf.size()[2];
+        let _ = k_buf.shallow_clone().f_index_copy_(2, position, k)?;
+        let _ = v_buf.shallow_clone().f_index_copy_(2, position, v)?;
+        let allowed = Tensor::f_arange(len, (tch::Kind::Int64, q.device()))?
+            .f_le_tensor(position)?
+            .f_view([1, 1, 1, len])?;
+        let y = softmax_attention(q, k_buf, v_buf, Some(&allowed), 0.0)?;
+        let cache = StepCache::SoftmaxBuffer {
+            k: k_buf.shallow_clone(),
+            v: v_buf.shallow_clone(),
+            position: position.f_add_scalar(1)?,
+        };
+        Ok((self.merge_heads(&y, b, t)?, cache))
     }
 
     /// Checks x `[B, T, d_model]` and its dtype; returns (B, T).

@@ -28,6 +28,28 @@ pub enum CrossMemory {
 }
 
 impl CrossMemory {
+    /// The tensors held, in a fixed order (k, v, then the mask).
+    pub fn tensors(&self) -> Vec<Tensor> {
+        match self {
+            CrossMemory::Softmax { k, v, allowed: m }
+            | CrossMemory::FastWeight { k, v, mask: m } => {
+                vec![k.shallow_clone(), v.shallow_clone(), m.shallow_clone()]
+            }
+        }
+    }
+
+    /// The same kind of memory holding `ts` (ordered as [`CrossMemory::tensors`]).
+    pub fn with_tensors(&self, ts: &[Tensor]) -> Result<CrossMemory> {
+        let [k, v, m] = ts else {
+            bail!("cross memory: expected 3 tensors, got {}", ts.len());
+        };
+        let (k, v, m) = (k.shallow_clone(), v.shallow_clone(), m.shallow_clone());
+        Ok(match self {
+            CrossMemory::Softmax { .. } => CrossMemory::Softmax { k, v, allowed: m },
+            CrossMemory::FastWeight { .. } => CrossMemory::FastWeight { k, v, mask: m },
+        })
+    }
+
     /// Rows `index` `[N]` of the batch (beam search: each hypothesis reads its own source).
     pub fn select(&self, index: &Tensor) -> Result<CrossMemory> {
         let s = |t: &Tensor| t.f_index_select(0, index);

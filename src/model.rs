@@ -292,7 +292,18 @@ impl LanguageModel {
 
 /// Sinusoidal absolute positions (Vaswani et al.) for positions offset..offset+T: `[T, d]`.
 pub fn sinusoidal_positions(offset: i64, t: i64, d: i64, device: tch::Device) -> Result<Tensor> {
-    let pos = Tensor::f_arange_start(offset, offset + t, (Kind::Float, device))?.f_unsqueeze(1)?; // [T, 1]
+    sinusoidal_positions_at(
+        &Tensor::f_arange_start(offset, offset + t, (Kind::Float, device))?,
+        d,
+    )
+}
+
+/// The encodings of the positions `pos` `[T]` (any numeric dtype) -> `[T, d]`: what
+/// [`sinusoidal_positions`] gives, with the positions a tensor (a traced module takes them as input).
+pub fn sinusoidal_positions_at(pos: &Tensor, d: i64) -> Result<Tensor> {
+    let t = pos.size1()?;
+    let device = pos.device();
+    let pos = pos.f_to_kind(Kind::Float)?.f_unsqueeze(1)?; // [T, 1]
     let half = (d + 1) / 2;
     let freq = (Tensor::f_arange(half, (Kind::Float, device))?
         * (-2.0 * (10000f64).ln() / d as f64))

@@ -15,7 +15,7 @@ use tch::{nn, Kind, Tensor};
 use crate::attention::{AttentionConfig, AttentionKind, MultiHeadAttention, StepCache};
 use crate::block::{feed_forward, residual, LayerNormPlacement};
 use crate::cross_attention::{CrossAttention, CrossMemory};
-use crate::model::sinusoidal_positions;
+use crate::model::sinusoidal_positions_at;
 use crate::param::{Embedding, LayerNorm, Linear, ParamInit};
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -133,6 +133,112 @@ impl DecoderState {
         })
     }
 
+    /// Every tensor of the state, in a fixed order: each layer's source memory, then each layer's
+    /// self-attention cache (which must exist: take the state after a first step, or
+    /// [`DecoderState::buffered`]). What an exported decoder step takes and updates.
+    pub fn tensors(&self) -> Result<(Vec<Tensor>, Vec<Tensor>)> {
+        let memories = self.memory_tensors();
+        let mut caches = Vec::new();
+        for c in &self.caches {
+            match c {
+                Some(c) => caches.extend(c.tensors()),
+                None => bail!("decoder state: a layer has no cache yet (take one step first)"),
+            }
+        }
+        Ok((memories, caches))
+    }
+
+    /// Each layer's source memory, in the order of [`DecoderState::tensors`].
+    pub fn memory_tensors(&self) -> Vec<Tensor> {
+        self.memories
+            .iter()
+            .flat_map(CrossMemory::tensors)
+            .collect()
+    }
+
+    /// This state's structure filled with `memories` and `caches` (as [`DecoderState::tensors`]
+    /// orders them), at `position`.
+    pub fn with_tensors(
+        &self,
+        memories: &[Tensor],
+        caches: &[Tensor],
+        position: i64,
+    ) -> Result<DecoderState> {
+        let (mut m, mut c) = (memories, caches);
+        let take = |from: &mut &[Tensor], n: usize, what: &str| -> Result<Vec<Tensor>> {
+            if from.len() < n {
+                bail!("decoder state: too few {what} tensors");
+            }
+            let (head, tail) = from.split_at(n);
+            *from = tail;
+            Ok(head.iter().map(Tensor::shallow_clone).collect())
+        };
+        let memories = self
+            .memories
+            .iter()
+            .map(|x| x.with_tensors(&take(&mut m, x.tensors().len(), "memory")?))
+            .collect::<Result<_>>()?;
+        let caches = self
+            .caches
+            .iter()
+            .map(|x| match x {
+                Some(x) => Ok(Some(x.with_tensors(&take(
+                    &mut c,
+                    x.tensors().len(),
+                    "cache",
+                )?)?)),
+                None => bail!("decoder state: a layer has no cache yet (take one step first)"),
+            })
+            .collect::<Result<_>>()?;
+        if !m.is_empty() || !c.is_empty() {
+            bail!(
+                "decoder state: {} memory and {} cache tensors left over",
+                m.len(),
+                c.len()
+            );
+        }
+        Ok(DecoderState {
+            memories,
+            caches,
+            position,
+        })
+    }
+
+    /// The same memories with caches of fixed shapes and no tokens ([`StepCache::buffered`]:
+    /// softmax buffers of `max_len` tokens), at position 0. Every layer must have a cache (take a
+    /// first step).
+    pub fn buffered(&self, max_len: i64) -> Result<DecoderState> {
+        self.map_caches(|c| c.buffered(max_len), 0)
+    }
+
+    /// Softmax buffers set to take the next token at `position` `[1]` (a traced step's input).
+    pub fn at_position(&self, position: &Tensor) -> Result<DecoderState> {
+        self.map_caches(|c| c.at_position(position), self.position)
+    }
+
+    fn map_caches(
+        &self,
+        f: impl Fn(&StepCache) -> Result<StepCache>,
+        position: i64,
+    ) -> Result<DecoderState> {
+        Ok(DecoderState {
+            memories: self
+                .memories
+                .iter()
+                .map(|m| m.with_tensors(&m.tensors()))
+                .collect::<Result<_>>()?,
+            caches: self
+                .caches
+                .iter()
+                .map(|c| match c {
+                    Some(c) => Ok(Some(f(c)?)),
+                    None => bail!("decoder state: a layer has no cache yet (take one step first)"),
+                })
+                .collect::<Result<_>>()?,
+            position,
+        })
+    }
+
     /// Bytes of the self-attention caches (what grows with the generated length for softmax).
     pub fn cache_bytes(&self) -> usize {
         self.caches.iter().flatten().map(StepCache::bytes).sum()
@@ -238,8 +344,21 @@ impl Seq2Seq {
         self.embedding.weight.device()
     }
 
-    /// Embedded tokens `[B, T]` at positions offset.. -> `[B, T, d_model]` (dropout in training).
-    fn embed(&self, emb: &Embedding, tokens: &Tensor, offset: i64, train: bool) -> Result<Tensor> {
+    /// Embedded tokens `[B, T]` at positions 0.. -> `[B, T, d_model]` (dropout in training).
+    fn embed(&self, emb: &Embedding, tokens: &Tensor, train: bool) -> Result<Tensor> {
+        let t = tokens.size().get(1).copied().unwrap_or(0);
+        let positions = Tensor::f_arange(t, (Kind::Int64, tokens.device()))?;
+        self.embed_at(emb, tokens, &positions, train)
+    }
+
+    /// Embedded tokens `[B, T]` at `positions` `[T]` -> `[B, T, d_model]`.
+    fn embed_at(
+        &self,
+        emb: &Embedding,
+        tokens: &Tensor,
+        positions: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
         let size = crate::check::shape(
             "tokens",
             tokens,
@@ -255,7 +374,14 @@ impl Seq2Seq {
                 self.cfg.vocab
             )
         })?;
-        let pos = sinusoidal_positions(offset, size[1], d, tokens.device())?;
+        if positions.size() != [size[1]] {
+            bail!(
+                "positions: expected [{}] (one per token), got {:?}",
+                size[1],
+                positions.size()
+            );
+        }
+        let pos = sinusoidal_positions_at(positions, d)?;
         Ok((x * (d as f64).sqrt() + pos).f_dropout(self.cfg.dropout, train)?)
     }
 
@@ -264,7 +390,7 @@ impl Seq2Seq {
         let (p, placement) = (self.cfg.dropout, self.cfg.layer_norm);
         let mask = src.f_ne(self.cfg.pad)?;
         let emb = self.src_embedding.as_ref().unwrap_or(&self.embedding);
-        let mut x = self.embed(emb, src, 0, train)?;
+        let mut x = self.embed(emb, src, train)?;
         for l in &self.encoder {
             x = residual(placement, &l.ln_attn, &x, p, train, |h| {
                 l.attn.forward_noncausal(h, Some(&mask), train)
@@ -292,7 +418,7 @@ impl Seq2Seq {
     pub fn decode_t(&self, tgt: &Tensor, enc: &Encoded, train: bool) -> Result<Tensor> {
         let (p, placement) = (self.cfg.dropout, self.cfg.layer_norm);
         let memories = self.memories(enc, train)?;
-        let mut x = self.embed(&self.embedding, tgt, 0, train)?;
+        let mut x = self.embed(&self.embedding, tgt, train)?;
         for (l, mem) in self.decoder.iter().zip(&memories) {
             x = residual(placement, &l.ln_attn, &x, p, train, |h| {
                 Ok(l.attn.forward_t(h, None, train)?.0)
@@ -329,8 +455,27 @@ impl Seq2Seq {
     /// `[B, T, vocab]`, advancing `state`. The same numbers as [`Seq2Seq::decode_t`] on the whole
     /// prefix (without dropout), at the cost of the new tokens only.
     pub fn step(&self, tokens: &Tensor, state: &mut DecoderState) -> Result<Tensor> {
+        let t = tokens.size().get(1).copied().unwrap_or(0);
+        let positions = Tensor::f_arange_start(
+            state.position,
+            state.position + t,
+            (Kind::Int64, tokens.device()),
+        )?;
+        let logits = self.step_at(tokens, &positions, state)?;
+        state.position += t;
+        Ok(logits)
+    }
+
+    /// [`Seq2Seq::step`] with the tokens' positions `[T]` given as a tensor (as a traced module
+    /// takes them); `state.position` is left alone.
+    pub fn step_at(
+        &self,
+        tokens: &Tensor,
+        positions: &Tensor,
+        state: &mut DecoderState,
+    ) -> Result<Tensor> {
         let placement = self.cfg.layer_norm;
-        let mut x = self.embed(&self.embedding, tokens, state.position, false)?;
+        let mut x = self.embed_at(&self.embedding, tokens, positions, false)?;
         for ((l, mem), cache) in self
             .decoder
             .iter()
@@ -349,7 +494,6 @@ impl Seq2Seq {
                 l.ff.forward_t(h, 0.0, false)
             })?;
         }
-        state.position += tokens.size()[1];
         self.logits(&x)
     }
 }

@@ -219,6 +219,56 @@ fn incremental_decoding_gives_the_logits_of_the_full_prefix() {
 }
 
 #[test]
+fn fixed_size_caches_step_as_the_growing_ones() {
+    // the state a traced decoder step carries (crate::mt::export): softmax keys and values in
+    // buffers written in place, positions given as a tensor
+    for (name, e, d, c) in variants() {
+        let (_vs, m) = model(config(e, d, c));
+        let enc = m
+            .encode(&tokens(&[&[5, 6, 7, 9], &[8, 9, 10, 11, 12, 13]]), false)
+            .unwrap();
+        let tgt = tokens(&[&[1, 3, 4, 5, 6, 7, 8], &[1, 9, 8, 7, 6, 5, 4]]);
+        let full = m.decode_t(&tgt, &enc, false).unwrap();
+        let mut first = m.start(&enc).unwrap();
+        let _ = m.step(&tgt.narrow(1, 0, 1), &mut first).unwrap();
+        let fixed = first.buffered(9).unwrap();
+        let (memories, caches) = fixed.tensors().unwrap();
+        let bytes = fixed.cache_bytes();
+        for t in 0..7 {
+            let pos = Tensor::from_slice(&[t]);
+            let mut state = fixed
+                .with_tensors(&memories, &caches, 0)
+                .unwrap()
+                .at_position(&pos)
+                .unwrap();
+            let logits = m.step_at(&tgt.narrow(1, t, 1), &pos, &mut state).unwrap();
+            assert_close(
+                &format!("{name}: buffered step {t}"),
+                &logits,
+                &full.narrow(1, t, 1),
+                1e-10,
+                1e-10,
+            );
+            // fast weights come back as new tensors; softmax buffers were written in place
+            for (buf, new) in caches.iter().zip(state.tensors().unwrap().1) {
+                buf.shallow_clone().copy_(&new);
+            }
+            assert_eq!(state.cache_bytes(), bytes, "{name}: fixed size");
+        }
+        // a softmax layer's buffers take one token a step
+        if matches!(d, AttentionKind::Softmax) {
+            let mut state = fixed.at_position(&Tensor::from_slice(&[0i64])).unwrap();
+            let two = m.step_at(
+                &tgt.narrow(1, 0, 2),
+                &Tensor::from_slice(&[0i64, 1]),
+                &mut state,
+            );
+            assert!(two.unwrap_err().to_string().contains("one token a step"));
+        }
+    }
+}
+
+#[test]
 fn a_delta_rule_encoder_or_cross_attention_is_refused() {
     let delta = fast(UpdateRule::Delta, FeatureMap::Linear);
     let s = AttentionKind::Softmax;

@@ -1,6 +1,8 @@
 //! The translation experiment end to end on the fixture corpus (tests/fixtures/mt): batches by
 //! length, a tiny model that learns its training pairs to BLEU > 90, and a resumed run that
-//! reproduces the uninterrupted one.
+//! reproduces the uninterrupted one, and the TorchScript export run by plain Python.
+
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -175,4 +177,152 @@ fn a_resumed_run_reproduces_the_uninterrupted_one() {
     assert!(train(&b, &other, &opts(&stop, true, None)).is_err());
     std::fs::remove_dir_all(&a).unwrap();
     std::fs::remove_dir_all(&b).unwrap();
+}
+
+/// Greedy search in plain Python with the exported modules (docs/translate.md shows the same loop).
+const PYTHON_GREEDY: &str = r#"
+import json, sys, torch
+d, ids = sys.argv[1], json.loads(sys.argv[2])
+info = json.load(open(f"{d}/export.json"))
+encoder, step = torch.jit.load(f"{d}/encoder.pt"), torch.jit.load(f"{d}/step.pt")
+alloc = lambda bufs: [torch.zeros(b["shape"], dtype=getattr(torch, b["dtype"])) for b in bufs]
+memories, caches = alloc(info["memories"]), alloc(info["caches"])
+src = torch.full((1, info["source_len"]), info["pad"])
+src[0, : len(ids)] = torch.tensor(ids)
+encoder(src, *memories)
+limit = int(1.5 * len(ids)) + 10
+token, out = torch.tensor([[info["bos"]]]), []
+for t in range(limit):
+    logits = step(token, torch.tensor([t]), *memories, *caches)
+    best = info["eos"] if t + 1 >= limit else int(logits[0].argmax())
+    if best == info["eos"]:
+        break
+    out.append(best)
+    token = torch.tensor([[best]])
+print(json.dumps(out))
+"#;
+
+#[test]
+fn the_exported_encoder_and_step_translate_in_python_as_the_rust_model_does() {
+    for variant in ["softmax", "delta:dpfp:1", "sum:favor:16"] {
+        let run = scratch(&format!("export-{}", variant.replace(':', "-")));
+        let stop = AtomicBool::new(false);
+        train(&run, &config(variant, 40), &opts(&stop, false, None)).unwrap();
+        // export with standard ops; the Rust reference is the model with its training backend
+        let mut loaded = load_run(
+            &run,
+            Device::Cpu,
+            Some(fwp::Backend::Chunked { chunk_size: 64 }),
+        )
+        .unwrap();
+        let rust = load_run(&run, Device::Cpu, None).unwrap();
+        let pairs = read_split(&fixture(), Split::Valid, ("en", "de")).unwrap();
+        let ids = rust.bpe.encode(&pairs[0].src).unwrap();
+        let src = tch::Tensor::from_slice(&ids).unsqueeze(0);
+        let greedy = DecodeOptions {
+            beam: 1,
+            ..DecodeOptions::default()
+        };
+        let want = fwp::mt::decode::translate(&rust.model, &src, &greedy).unwrap()[0]
+            .tokens
+            .clone();
+        assert!(
+            want.len() > 1,
+            "{variant}: a degenerate translation {want:?}"
+        );
+        // traced for a longer source: the sentence is padded in Python
+        let dir = run.join("export");
+        let n = ids.len() as i64;
+        let info = fwp::mt::export::export(
+            &loaded.model,
+            &mut loaded.vs,
+            variant,
+            [1, n + 3, n * 3 / 2 + 10],
+            &dir,
+        )
+        .unwrap();
+        assert_eq!(
+            info.memories.len(),
+            3 * 2,
+            "{variant}: 3 memory tensors a layer"
+        );
+        let out = std::process::Command::new(common::python())
+            .args(["-W", "ignore", "-c", PYTHON_GREEDY])
+            .arg(&dir)
+            .arg(serde_json::to_string(&ids).unwrap())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{variant}: python failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got: Vec<i64> = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            got, want,
+            "{variant}: Python's greedy tokens against Rust's"
+        );
+        std::fs::remove_dir_all(&run).unwrap();
+    }
+}
+
+#[test]
+fn the_report_tabulates_the_last_evaluation_of_each_run() {
+    let dir = scratch("report");
+    let stop = AtomicBool::new(false);
+    for v in ["softmax", "sum:dpfp:1"] {
+        let mut cfg = config(v, 4);
+        cfg.train.eval_every = 2;
+        cfg.train.eval_sentences = 3;
+        train(
+            &dir.join(v.replace(':', "-")),
+            &cfg,
+            &opts(&stop, false, None),
+        )
+        .unwrap();
+    }
+    let record = |step: usize, bleu: f64| fwp::mt::eval::EvalRecord {
+        variant: "softmax".into(),
+        preset: Preset::Tiny,
+        split: Split::Test,
+        sentences: 5,
+        decode: DecodeOptions::default(),
+        bleu,
+        chrf: 50.0,
+        bleu_line: String::new(),
+        signature: String::new(),
+        step,
+        parameters: 1,
+        seconds: 1.0,
+        sentences_per_s: 5.0,
+    };
+    let results = dir.join("softmax/results.jsonl");
+    // an evaluation of an older checkpoint, then two of the last: the later one counts
+    for (step, bleu) in [(2, 11.0), (4, 12.5), (4, 13.25)] {
+        fwp::report::append_record(&results, &record(step, bleu)).unwrap();
+    }
+    let runs = fwp::training::checkpoint::runs_in(&dir).unwrap();
+    assert_eq!(runs.len(), 2);
+    let stem = dir.join("table-valid");
+    let table = fwp::mt::report::report(&runs, Some(&stem)).unwrap();
+    println!("{table}");
+    let header = table.lines().next().unwrap();
+    assert!(header.contains("test BLEU (beam 4)"), "{header}");
+    let row = |v: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(&format!("| {v} |")))
+            .unwrap()
+    };
+    assert!(row("softmax").contains("| 13.25 |"), "{table}");
+    assert!(
+        !table.contains("12.50") && !table.contains("11.00"),
+        "{table}"
+    );
+    assert!(row("sum:dpfp:1").contains("| – |"), "{table}");
+    // greedy validation BLEU recorded during training, and its plot
+    let summary = fwp::mt::report::summarise(&runs[0]).unwrap();
+    assert_eq!(summary.curve.len(), 2, "evaluations at updates 2 and 4");
+    assert!(stem.with_extension("png").is_file() && stem.with_extension("svg").is_file());
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -378,19 +378,7 @@ fn main() -> Result<()> {
             );
         }
         Command::Report { runs, out } => {
-            let dirs = fwp::lm::report::runs_in(&runs)?;
-            let stem = out.as_ref().map(|o| {
-                let name = o.file_stem().and_then(|s| s.to_str()).unwrap_or("table");
-                o.with_file_name(format!("{name}-valid"))
-            });
-            let table = fwp::lm::report::report(&dirs, stem.as_deref())?;
-            match out {
-                Some(o) => {
-                    fwp::report::atomic_write(&o, table.as_bytes())?;
-                    println!("wrote {}", o.display());
-                }
-                None => print!("{table}"),
-            }
+            common::write_report(&runs, out.as_deref(), fwp::lm::report::report)?
         }
         Command::Sample {
             run,

@@ -8,6 +8,8 @@
 //! - `train`: trains a run (checkpoints every N updates, at the end and on Ctrl-C; `--resume`);
 //! - `eval`: BLEU and chrF of a split (greedy or beam search), hypotheses written beside the run;
 //! - `decode`: translates stdin to stdout with a checkpoint;
+//! - `export`: TorchScript of the encoder and of one decoder step, for plain Python;
+//! - `report`: the results table of a folder of runs, and a plot of validation BLEU;
 //! - `bleu`: corpus BLEU and chrF of a hypothesis file against a reference file (sacreBLEU's
 //!   defaults).
 //!
@@ -15,6 +17,7 @@
 //!   make data-mt                                         # data/bible/{train,valid,test}.{en,de}
 //!   cargo run --release --bin translate -- train --data data/bible --run runs/mt/softmax --variant softmax
 //!   cargo run --release --bin translate -- eval --run runs/mt/softmax --split test --beam 4
+//!   cargo run --release --bin translate -- report --runs runs/mt --out docs/translate/table.md
 //!   echo "In the beginning was the Word." | cargo run --release --bin translate -- decode --run runs/mt/softmax
 
 use std::io::BufRead;
@@ -26,11 +29,10 @@ use fwp::mt::bleu::{corpus_bleu, corpus_chrf, BLEU_SIGNATURE, CHRF_SIGNATURE};
 use fwp::mt::config::{MtModel, Preset, TrainConfig};
 use fwp::mt::corpus::{read_split, Split};
 use fwp::mt::decode::DecodeOptions;
-use fwp::mt::eval::{score, translate_all};
+use fwp::mt::eval::{score, translate_all, EvalRecord};
 use fwp::mt::train::{load_run, train, LoadedRun, RunConfig, TrainEvent, TrainOptions};
 use fwp::report::append_record;
 use fwp::{Backend, LayerNormPlacement, Variant};
-use serde::{Deserialize, Serialize};
 
 #[path = "../common.rs"]
 mod common;
@@ -78,6 +80,37 @@ enum Command {
         decode: DecodeArgs,
         #[arg(long, default_value = "cpu")]
         device: String,
+    },
+    /// TorchScript modules of the encoder and of one decoder step (with export.json), loadable by
+    /// plain Python's torch.jit.load (docs/translate.md).
+    Export {
+        #[arg(long)]
+        run: PathBuf,
+        /// Output folder (default: <run>/export).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The traced source shape [batch, source length] (pad shorter sources with 0).
+        #[arg(long, default_value_t = 1)]
+        batch: i64,
+        #[arg(long, default_value_t = 64)]
+        source_len: i64,
+        /// The longest translation a softmax decoder's key/value buffers hold (default: the
+        /// decoding limit 1.5 * source length + 10).
+        #[arg(long)]
+        max_target_len: Option<i64>,
+        /// The fast-weight backend recorded in the trace: chunked or reference run in plain PyTorch;
+        /// fused records this library's custom ops.
+        #[arg(long, default_value = "chunked")]
+        backend: Backend,
+    },
+    /// The results table of the runs in a folder (and a plot of validation BLEU during training).
+    Report {
+        /// The folder holding one sub-folder per run.
+        #[arg(long)]
+        runs: PathBuf,
+        /// Markdown output (default: print); the plot goes next to it as <stem>-valid.{png,svg}.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// BLEU and chrF of a file of translations against a reference file, line by line.
     Bleu {
@@ -212,24 +245,6 @@ fn run_config(a: &TrainArgs) -> Result<RunConfig> {
         src_lang: a.src.clone(),
         tgt_lang: a.tgt.clone(),
     })
-}
-
-/// One evaluation, appended to `<run>/results.jsonl`.
-#[derive(Serialize, Deserialize)]
-struct EvalRecord {
-    variant: String,
-    preset: Preset,
-    split: Split,
-    sentences: usize,
-    decode: DecodeOptions,
-    bleu: f64,
-    chrf: f64,
-    bleu_line: String,
-    signature: String,
-    step: usize,
-    parameters: i64,
-    seconds: f64,
-    sentences_per_s: f64,
 }
 
 fn train_command(a: &TrainArgs) -> Result<()> {
@@ -405,6 +420,46 @@ fn main() -> Result<()> {
             for l in out {
                 println!("{l}");
             }
+        }
+        Command::Export {
+            run,
+            out,
+            batch,
+            source_len,
+            max_target_len,
+            backend,
+        } => {
+            let LoadedRun {
+                config: cfg,
+                bpe,
+                mut vs,
+                model,
+                ..
+            } = load_run(&run, tch::Device::Cpu, Some(backend))?;
+            let out = out.unwrap_or_else(|| run.join("export"));
+            let info = fwp::mt::export::export(
+                &model,
+                &mut vs,
+                &cfg.model.variant.to_string(),
+                [
+                    batch,
+                    source_len,
+                    max_target_len.unwrap_or(source_len * 3 / 2 + 10),
+                ],
+                &out,
+            )?;
+            bpe.save(&out.join("tokenizer.json"))?;
+            println!(
+                "wrote {0}/encoder.pt, {0}/step.pt, {0}/export.json and {0}/tokenizer.json (sources [{batch}, {source_len}]; \
+                 {1} memory and {2} cache tensors; at most {3} target tokens; backend {backend:?})",
+                out.display(),
+                info.memories.len(),
+                info.caches.len(),
+                info.max_target_len
+            );
+        }
+        Command::Report { runs, out } => {
+            common::write_report(&runs, out.as_deref(), fwp::mt::report::report)?
         }
         Command::Bleu { hyp, reference } => {
             let (h, r) = (read_lines(&hyp)?, read_lines(&reference)?);

@@ -5,12 +5,13 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use serde::Deserialize;
 
 use super::checkpoint;
 use super::train::{EvalLog, StepLog};
-use crate::report::{line_plot, markdown_table, read_records, Axis, Series};
+use crate::report::{markdown_table, read_records};
+use crate::training::summary::{plot_curves, RunBasics};
 
 /// The fields of an evaluation record (`<run>/results.jsonl`) that the table uses.
 #[derive(Deserialize)]
@@ -24,24 +25,10 @@ struct Evaluation {
 /// One run's row.
 pub struct RunSummary {
     pub dir: PathBuf,
-    pub variant: String,
-    pub seed: i64,
-    pub parameters: i64,
-    pub updates: usize,
-    pub tokens_per_s: f64,
-    pub train_minutes: f64,
-    pub final_loss: f64,
+    pub basics: RunBasics,
     /// (split, mode) -> perplexity (the last evaluation of each).
     pub perplexity: BTreeMap<(String, String), f64>,
     pub curve: Vec<(f64, f64)>,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 pub fn summarise(run: &Path) -> Result<RunSummary> {
@@ -57,16 +44,15 @@ pub fn summarise(run: &Path) -> Result<RunSummary> {
     } else {
         Vec::new()
     };
-    let last: Vec<f64> = steps.iter().rev().take(5).map(|s| s.loss).collect();
     Ok(RunSummary {
         dir: run.to_path_buf(),
-        variant: meta.config.model.variant.to_string(),
-        seed: meta.config.train.seed,
-        parameters: meta.parameters,
-        updates: meta.step,
-        tokens_per_s: median(steps.iter().map(|s| s.tokens_per_s).collect()),
-        train_minutes: steps.last().map_or(0.0, |s| s.elapsed_s / 60.0),
-        final_loss: last.iter().sum::<f64>() / last.len().max(1) as f64,
+        basics: RunBasics::new(
+            meta.config.model.variant.to_string(),
+            meta.config.train.seed,
+            meta.parameters,
+            meta.step,
+            &steps,
+        ),
         perplexity: evals
             .into_iter()
             .map(|e| ((e.split, e.mode), e.perplexity))
@@ -78,27 +64,7 @@ pub fn summarise(run: &Path) -> Result<RunSummary> {
     })
 }
 
-/// Every run below `dir` (folders holding a checkpoint), in a stable order.
-pub fn runs_in(dir: &Path) -> Result<Vec<PathBuf>> {
-    if !dir.is_dir() {
-        bail!(
-            "{}: no such directory (expected a folder of runs)",
-            dir.display()
-        );
-    }
-    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("listing {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.join("checkpoint/meta.json").is_file() || p.join("checkpoint.old/meta.json").is_file()
-        })
-        .collect();
-    out.sort();
-    if out.is_empty() {
-        bail!("{}: no runs (folders with a checkpoint)", dir.display());
-    }
-    Ok(out)
-}
+pub use crate::training::checkpoint::runs_in;
 
 /// The markdown table, and `<stem>.png/.svg` with validation perplexity during training.
 pub fn report(runs: &[PathBuf], plot_stem: Option<&Path>) -> Result<String> {
@@ -112,28 +78,12 @@ pub fn report(runs: &[PathBuf], plot_stem: Option<&Path>) -> Result<String> {
         ("test", "sliding:1"),
         ("test", "stateful"),
     ];
-    let mut header = vec![
-        "variant".to_string(),
-        "seed".into(),
-        "parameters".into(),
-        "updates".into(),
-        "train tokens/s".into(),
-        "train minutes".into(),
-        "final train loss".into(),
-    ];
+    let mut header: Vec<String> = RunBasics::HEADER.iter().map(|h| h.to_string()).collect();
     header.extend(modes.iter().map(|(s, m)| format!("{s} ppl ({m})")));
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
-            let mut row = vec![
-                r.variant.clone(),
-                r.seed.to_string(),
-                format!("{:.2}M", r.parameters as f64 / 1e6),
-                r.updates.to_string(),
-                format!("{:.0}", r.tokens_per_s),
-                format!("{:.1}", r.train_minutes),
-                format!("{:.3}", r.final_loss),
-            ];
+            let mut row = r.basics.cells();
             row.extend(modes.iter().map(|(s, m)| {
                 r.perplexity
                     .get(&(s.to_string(), m.to_string()))
@@ -142,32 +92,18 @@ pub fn report(runs: &[PathBuf], plot_stem: Option<&Path>) -> Result<String> {
             row
         })
         .collect();
-    let header_refs: Vec<&str> = header.iter().map(String::as_str).collect();
     if let Some(stem) = plot_stem {
-        let series: Vec<Series> = rows
+        let curves: Vec<_> = rows
             .iter()
-            .filter(|r| !r.curve.is_empty())
-            .map(|r| Series {
-                name: format!("{} (seed {})", r.variant, r.seed),
-                points: r.curve.clone(),
-                ..Series::default()
-            })
+            .map(|r| (&r.basics, r.curve.as_slice()))
             .collect();
-        if !series.is_empty() {
-            line_plot(
-                stem,
-                "validation perplexity during training (non-overlapping segments)",
-                &Axis {
-                    label: "update".into(),
-                    log: false,
-                },
-                &Axis {
-                    label: "perplexity".into(),
-                    log: false,
-                },
-                &series,
-            )?;
-        }
+        plot_curves(
+            stem,
+            "validation perplexity during training (non-overlapping segments)",
+            "perplexity",
+            &curves,
+        )?;
     }
+    let header_refs: Vec<&str> = header.iter().map(String::as_str).collect();
     Ok(markdown_table(&header_refs, &cells))
 }

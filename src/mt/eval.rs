@@ -8,6 +8,8 @@ use tch::Device;
 use super::batches::{Batch, Example};
 use super::bleu::{corpus_bleu, corpus_chrf, Bleu};
 use super::bpe::Bpe;
+use super::config::Preset;
+use super::corpus::Split;
 use super::decode::{translate, DecodeOptions};
 use crate::seq2seq::Seq2Seq;
 
@@ -61,4 +63,25 @@ pub fn score(hyps: &[String], refs: &[String]) -> Result<Scores> {
         bleu: corpus_bleu(hyps, refs)?,
         chrf: corpus_chrf(hyps, refs)?,
     })
+}
+
+/// One evaluation of a checkpoint (`translate eval`), a line of `<run>/results.jsonl`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvalRecord {
+    pub variant: String,
+    pub preset: Preset,
+    pub split: Split,
+    pub sentences: usize,
+    pub decode: DecodeOptions,
+    pub bleu: f64,
+    pub chrf: f64,
+    /// sacreBLEU's result line and signature.
+    pub bleu_line: String,
+    pub signature: String,
+    /// The checkpoint's update count and parameters.
+    pub step: usize,
+    pub parameters: i64,
+    /// Wall time of the decoding, and sentences per second.
+    pub seconds: f64,
+    pub sentences_per_s: f64,
 }

@@ -7,6 +7,8 @@
 //! - [`train`]: the training loop, checkpoints and resumption;
 //! - [`decode`]: greedy and beam search with the decoder's carried state; [`eval`]: translating
 //!   and scoring a split;
+//! - [`export`]: TorchScript of the encoder and of one decoder step;
+//! - [`report`]: the results table and plot of a folder of runs;
 //! - [`bleu`]: corpus BLEU and chrF as sacreBLEU computes them.
 
 pub mod batches;
@@ -17,4 +19,6 @@ pub mod config;
 pub mod corpus;
 pub mod decode;
 pub mod eval;
+pub mod export;
+pub mod report;
 pub mod train;

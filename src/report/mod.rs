@@ -70,3 +70,15 @@ pub fn markdown_table(header: &[&str], rows: &[Vec<String>]) -> String {
     }
     s
 }
+
+/// The median of `xs` (the mean of the middle two for an even count; NaN for none); NaN sorts last.
+pub fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => v[n / 2],
+        _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}

@@ -10,19 +10,7 @@ use super::data::Setting;
 use super::model::Variant;
 use super::protocol::Protocol;
 use super::record::Record;
-use crate::report::{atomic_write, line_plot, markdown_table, Axis, Series};
-
-/// The median of `xs` (the mean of the middle two for an even count); NaN sorts last.
-fn median(xs: &[f64]) -> f64 {
-    let mut v = xs.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
+use crate::report::{atomic_write, line_plot, markdown_table, median, Axis, Series};
 
 /// Writes `table.md` and `plot.{png,svg}` into `out` from the records of `protocol`, `setting`
 /// and `d_key` (others are left out); a run counts as solved at eval loss <= `solved_loss`.

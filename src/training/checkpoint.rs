@@ -254,3 +254,25 @@ impl RunLock {
         Ok(RunLock { _file: file })
     }
 }
+
+/// Every run below `dir` (folders holding a checkpoint), in a stable order.
+pub fn runs_in(dir: &Path) -> Result<Vec<PathBuf>> {
+    if !dir.is_dir() {
+        bail!(
+            "{}: no such directory (expected a folder of runs)",
+            dir.display()
+        );
+    }
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("listing {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.join("checkpoint/meta.json").is_file() || p.join("checkpoint.old/meta.json").is_file()
+        })
+        .collect();
+    out.sort();
+    if out.is_empty() {
+        bail!("{}: no runs (folders with a checkpoint)", dir.display());
+    }
+    Ok(out)
+}

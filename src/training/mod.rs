@@ -4,6 +4,7 @@
 
 pub mod adam;
 pub mod checkpoint;
+pub mod summary;
 
 use serde::{Deserialize, Serialize};
 

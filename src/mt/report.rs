@@ -1,0 +1,109 @@
+//! The results table of a set of translation runs (`translate report`): per run its variant, size,
+//! training speed, the greedy validation BLEU recorded during training, and the last evaluation of
+//! each split and beam (`translate eval`); plus a plot of validation BLEU during training.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+
+use super::eval::EvalRecord;
+use super::train::{EvalLog, Meta, StepLog};
+use crate::report::{markdown_table, read_records};
+use crate::training::checkpoint;
+use crate::training::summary::{plot_curves, RunBasics};
+
+/// One run's row.
+pub struct RunSummary {
+    pub dir: PathBuf,
+    pub basics: RunBasics,
+    /// (update, greedy BLEU on the first validation sentences) during training.
+    pub curve: Vec<(f64, f64)>,
+    /// (split, beam) -> the last evaluation of the last checkpoint.
+    pub evals: BTreeMap<(String, i64), EvalRecord>,
+}
+
+fn records<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
+    if path.is_file() {
+        read_records(path)
+    } else {
+        Ok(Vec::new())
+    }
+}
+
+pub fn summarise(run: &Path) -> Result<RunSummary> {
+    let (_, meta) = checkpoint::find_with::<Meta>(run)?;
+    let steps: Vec<StepLog> = records(&run.join("train.jsonl"))?;
+    let curve: Vec<EvalLog> = records(&run.join("eval.jsonl"))?;
+    let results: Vec<EvalRecord> = records(&run.join("results.jsonl"))?;
+    Ok(RunSummary {
+        dir: run.to_path_buf(),
+        basics: RunBasics::new(
+            meta.config.model.variant.to_string(),
+            meta.config.train.seed,
+            meta.parameters,
+            meta.step,
+            &steps,
+        ),
+        curve: curve.iter().map(|e| (e.step as f64, e.bleu)).collect(),
+        // later lines replace earlier ones; evaluations of older checkpoints are left out
+        evals: results
+            .into_iter()
+            .filter(|e| e.step == meta.step)
+            .map(|e| ((e.split.name().to_string(), e.decode.beam), e))
+            .collect(),
+    })
+}
+
+/// The markdown table, and `<stem>.png/.svg` with greedy validation BLEU during training.
+pub fn report(runs: &[PathBuf], plot_stem: Option<&Path>) -> Result<String> {
+    let rows: Vec<RunSummary> = runs.iter().map(|r| summarise(r)).collect::<Result<_>>()?;
+    // the (split, beam) pairs any run was evaluated on, valid before test
+    let mut columns: Vec<(String, i64)> =
+        rows.iter().flat_map(|r| r.evals.keys().cloned()).collect();
+    columns.sort_by_key(|(s, b)| (s != "valid", s.clone(), *b));
+    columns.dedup();
+    let mut header: Vec<String> = RunBasics::HEADER.iter().map(|h| h.to_string()).collect();
+    header.push("valid BLEU (greedy, in training)".into());
+    for (split, beam) in &columns {
+        header.push(format!("{split} BLEU (beam {beam})"));
+        header.push(format!("{split} chrF (beam {beam})"));
+        header.push(format!("{split} sentences/s (beam {beam})"));
+    }
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let mut row = r.basics.cells();
+            row.push(
+                r.curve
+                    .last()
+                    .map_or("–".into(), |(_, b)| format!("{b:.2}")),
+            );
+            for key in &columns {
+                match r.evals.get(key) {
+                    Some(e) => row.extend([
+                        format!("{:.2}", e.bleu),
+                        format!("{:.2}", e.chrf),
+                        format!("{:.1}", e.sentences_per_s),
+                    ]),
+                    None => row.extend(["–".to_string(), "–".into(), "–".into()]),
+                }
+            }
+            row
+        })
+        .collect();
+    if let Some(stem) = plot_stem {
+        let curves: Vec<_> = rows
+            .iter()
+            .map(|r| (&r.basics, r.curve.as_slice()))
+            .collect();
+        plot_curves(
+            stem,
+            "validation BLEU during training (greedy, first sentences of valid)",
+            "BLEU",
+            &curves,
+        )?;
+    }
+    let header_refs: Vec<&str> = header.iter().map(String::as_str).collect();
+    Ok(markdown_table(&header_refs, &cells))
+}
