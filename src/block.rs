@@ -6,7 +6,7 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
-use crate::attention::{AttentionConfig, FastWeightState, MultiHeadAttention};
+use crate::attention::{AttentionConfig, FastWeightState, MultiHeadAttention, StepCache};
 use crate::param::{LayerNorm, Linear, ParamInit};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,6 +78,30 @@ impl Block {
             self.feed_forward(h, train)
         })?;
         Ok((x, carried))
+    }
+}
+
+impl Block {
+    /// The next tokens x `[B, T, d_model]` of a sequence whose earlier tokens `cache` sums up
+    /// (None at the start) -> `[B, T, d_model]` and the cache including them
+    /// ([`MultiHeadAttention::forward_step`]); for generation, without dropout.
+    pub fn forward_step(
+        &self,
+        x: &Tensor,
+        cache: Option<&StepCache>,
+    ) -> Result<(Tensor, StepCache)> {
+        let placement = self.cfg.layer_norm;
+        let mut carried = None;
+        let x = residual(placement, &self.ln_attn, x, 0.0, false, |h| {
+            let (a, c) = self.attn.forward_step(h, cache)?;
+            carried = Some(c);
+            Ok(a)
+        })?;
+        let x = residual(placement, &self.ln_ff, &x, 0.0, false, |h| {
+            self.feed_forward(h, false)
+        })?;
+        let cache = carried.ok_or_else(|| anyhow::anyhow!("attention returned no cache"))?;
+        Ok((x, cache))
     }
 }
 

@@ -5,7 +5,7 @@ use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
-use crate::attention::FastWeightState;
+use crate::attention::{FastWeightState, StepCache};
 use crate::block::{Block, BlockConfig, LayerNormPlacement};
 use crate::param::{Embedding, LayerNorm, ParamInit};
 
@@ -268,14 +268,7 @@ impl LanguageModel {
                 sinusoidal_positions(0, size[1], d, tokens.device())?.f_flip([0i64].as_slice())?
             }
         }; // [T, d]
-        let embedded = self.embedding.forward(tokens).map_err(|e| {
-            anyhow::anyhow!(
-                "tokens: {e} (the model's vocabulary has {} words)",
-                self.cfg.vocab
-            )
-        })?;
-        let mut x =
-            (embedded * (d as f64).sqrt() + pos).f_dropout(self.cfg.block.dropout, train)?;
+        let mut x = self.embed(tokens, &pos, train)?;
         let mut new_states = Vec::with_capacity(self.blocks.len());
         for (i, block) in self.blocks.iter().enumerate() {
             let state = states.and_then(|s| s[i].as_ref());
@@ -287,6 +280,67 @@ impl LanguageModel {
             x = ln.forward(&x)?;
         }
         Ok((x, new_states))
+    }
+}
+
+impl LanguageModel {
+    /// Token embeddings `[B, T]` -> `[B, T, d]`, scaled by sqrt(d), plus the position encodings
+    /// `pos` `[T, d]`; dropout in training.
+    fn embed(&self, tokens: &Tensor, pos: &Tensor, train: bool) -> Result<Tensor> {
+        let d = self.cfg.block.attention.d_model;
+        let embedded = self.embedding.forward(tokens).map_err(|e| {
+            anyhow::anyhow!(
+                "tokens: {e} (the model's vocabulary has {} words)",
+                self.cfg.vocab
+            )
+        })?;
+        Ok((embedded * (d as f64).sqrt() + pos).f_dropout(self.cfg.block.dropout, train)?)
+    }
+
+    /// The next tokens `[B, T]` of a sequence whose earlier tokens `caches` (one per layer, None
+    /// at the start) sum up, at `positions` `[T]` (the position encodings' indices, which the
+    /// caller chooses: see [`crate::lm::generate`]) -> hidden states `[B, T, d_model]`, advancing
+    /// the caches. Fast-weight layers carry their state (constant size), softmax layers their keys
+    /// and values. For generation: no dropout.
+    pub fn hidden_step(
+        &self,
+        tokens: &Tensor,
+        positions: &Tensor,
+        caches: &mut [Option<StepCache>],
+    ) -> Result<Tensor> {
+        let size = crate::check::shape(
+            "tokens",
+            tokens,
+            &[crate::check::Dim("B", None), crate::check::Dim("T", None)],
+        )?;
+        if tokens.kind() != Kind::Int64 {
+            bail!("tokens: expected int64 token ids, got {:?}", tokens.kind());
+        }
+        if caches.len() != self.blocks.len() {
+            bail!(
+                "caches: expected one per layer ({}), got {}",
+                self.blocks.len(),
+                caches.len()
+            );
+        }
+        if positions.size() != [size[1]] {
+            bail!(
+                "positions: expected [{}] (one per token), got {:?}",
+                size[1],
+                positions.size()
+            );
+        }
+        let d = self.cfg.block.attention.d_model;
+        let mut x = self.embed(tokens, &sinusoidal_positions_at(positions, d)?, false)?;
+        for (block, cache) in self.blocks.iter().zip(caches.iter_mut()) {
+            let (y, c) = block.forward_step(&x, cache.as_ref())?;
+            x = y;
+            *cache = Some(c);
+        }
+        if let Some(ln) = &self.ln_final {
+            x = ln.forward(&x)?;
+        }
+        Ok(x)
     }
 }
 

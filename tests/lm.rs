@@ -576,22 +576,23 @@ fn sampling_continues_a_prompt_with_vocabulary_words() {
         ..
     } = load_run(&run, Device::Cpu, None).unwrap();
     let prompt: Vec<String> = ["the", "cat"].iter().map(|s| s.to_string()).collect();
-    let o = fwp::lm::export::SampleOptions {
+    let o = fwp::lm::generate::SampleOptions {
         tokens: 20,
         temperature: 1.0,
         top_k: 5,
         seed: 1,
+        generation: fwp::lm::generate::Generation::Cached(fwp::lm::generate::Window::Context),
     };
-    let a = fwp::lm::export::sample(&model, &vocab, cfg.model.context, &prompt, o).unwrap();
-    let b = fwp::lm::export::sample(&model, &vocab, cfg.model.context, &prompt, o).unwrap();
+    let a = fwp::lm::generate::sample(&model, &vocab, cfg.model.context, &prompt, o).unwrap();
+    let b = fwp::lm::generate::sample(&model, &vocab, cfg.model.context, &prompt, o).unwrap();
     assert_eq!(a.len(), 20);
     assert_eq!(a, b, "same seed, same text");
     assert!(a.iter().all(|w| vocab.words.contains(w)));
-    let bad = fwp::lm::export::SampleOptions {
+    let bad = fwp::lm::generate::SampleOptions {
         temperature: -1.0,
         ..o
     };
-    assert!(fwp::lm::export::sample(&model, &vocab, 16, &prompt, bad).is_err());
+    assert!(fwp::lm::generate::sample(&model, &vocab, 16, &prompt, bad).is_err());
     std::fs::remove_dir_all(&run).unwrap();
 }
 
@@ -861,13 +862,14 @@ fn a_nan_perplexity_is_recorded_and_reported() {
     assert!(e.contains("/nonexistent/runs"), "{e}");
     // a temperature so small that the scaled logits overflow: one line, no C++ frames
     let loaded = load_run(&run, Device::Cpu, None).unwrap();
-    let o = fwp::lm::export::SampleOptions {
+    let o = fwp::lm::generate::SampleOptions {
         tokens: 3,
         temperature: 1e-300,
         top_k: 0,
         seed: 1,
+        generation: fwp::lm::generate::Generation::Rerun,
     };
-    let e = fwp::lm::export::sample(&loaded.model, &loaded.vocab, 16, &[], o)
+    let e = fwp::lm::generate::sample(&loaded.model, &loaded.vocab, 16, &[], o)
         .unwrap_err()
         .to_string();
     assert!(e.contains("temperature") && !e.contains('\n'), "{e}");

@@ -10,6 +10,7 @@
 //!   `segments` (non-overlapping) or `stateful` (fast weights carried across segments);
 //! - `export`: a traced TorchScript module that plain Python `torch.jit.load` runs;
 //! - `sample`: text from a checkpoint;
+//! - `generation-speed`: generation tokens/s and memory against length;
 //! - `report`: the results table of a folder of runs.
 //!
 //! Run:
@@ -28,7 +29,8 @@ use fwp::lm::checkpoint::RunConfig;
 use fwp::lm::config::{LmModel, Preset, Protocol as LmProtocol, TrainConfig};
 use fwp::lm::data::Split;
 use fwp::lm::eval::{evaluate, EvalMode};
-use fwp::lm::export::{export, sample, SampleOptions};
+use fwp::lm::export::export;
+use fwp::lm::generate::{sample, Generation, SampleOptions};
 use fwp::lm::train::{load_run, parameter_count, train, LoadedRun, TrainEvent, TrainOptions};
 use fwp::report::append_record;
 use fwp::OutputLayer;
@@ -108,6 +110,24 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Generation speed (tokens/s) and memory against the generated length, greedy
+    /// (docs/lm.md); records appended to <run>/generation.jsonl.
+    GenerationSpeed {
+        #[arg(long)]
+        run: PathBuf,
+        /// Tokens to generate.
+        #[arg(long, default_value_t = 16384)]
+        tokens: usize,
+        /// Record a point every N tokens.
+        #[arg(long, default_value_t = 1024)]
+        every: usize,
+        /// cached, cached-unbounded or rerun
+        #[arg(long, default_value = "cached")]
+        generation: Generation,
+        /// CPU threads (default: libtorch's).
+        #[arg(long)]
+        threads: Option<i32>,
+    },
     /// Generate text from a checkpoint.
     Sample {
         #[arg(long)]
@@ -122,6 +142,11 @@ enum Command {
         top_k: i64,
         #[arg(long, default_value_t = 0)]
         seed: i64,
+        /// cached (layers carry their state; softmax keeps at most a context of keys), rerun (each
+        /// word from a fresh run over the last context), or cached-unbounded (softmax keeps every
+        /// key; positions then leave the trained range).
+        #[arg(long, default_value = "cached")]
+        generation: Generation,
     },
 }
 
@@ -380,6 +405,40 @@ fn main() -> Result<()> {
         Command::Report { runs, out } => {
             common::write_report(&runs, out.as_deref(), fwp::lm::report::report)?
         }
+        Command::GenerationSpeed {
+            run,
+            tokens,
+            every,
+            generation,
+            threads,
+        } => {
+            if let Some(n) = threads {
+                fwp::check::positive("threads", n as i64)?;
+                tch::set_num_threads(n);
+            }
+            let loaded = load_run(&run, tch::Device::Cpu, None)?;
+            let context = loaded.config.model.context;
+            println!(
+                "{} (context {context}), {generation}, {} threads: {tokens} tokens",
+                loaded.config.model.variant,
+                tch::get_num_threads()
+            );
+            let points =
+                fwp::lm::generate::measure(&loaded.model, context, generation, tokens, every)?;
+            for p in &points {
+                println!(
+                    "{:>6} tokens  {:>8.1} tokens/s  cache {:>9.3} MiB  peak RSS {}",
+                    p.tokens,
+                    p.tokens_per_s,
+                    p.cache_bytes as f64 / (1 << 20) as f64,
+                    p.peak_rss_bytes.map_or("?".into(), |b| format!(
+                        "{:.0} MiB",
+                        b as f64 / (1 << 20) as f64
+                    ))
+                );
+                append_record(&run.join("generation.jsonl"), p)?;
+            }
+        }
         Command::Sample {
             run,
             prompt,
@@ -387,6 +446,7 @@ fn main() -> Result<()> {
             temperature,
             top_k,
             seed,
+            generation,
         } => {
             let loaded = load_run(&run, tch::Device::Cpu, None)?;
             let words: Vec<String> = prompt.split_whitespace().map(str::to_string).collect();
@@ -395,6 +455,7 @@ fn main() -> Result<()> {
                 temperature,
                 top_k,
                 seed,
+                generation,
             };
             let out = sample(
                 &loaded.model,

@@ -6,7 +6,8 @@
 //! - [`adam`] (shared, [`crate::training::adam`]): Adam with savable state, the warm-up + cosine
 //!   schedule, gradient clipping;
 //! - [`checkpoint`]: atomic checkpoints; [`train`]: the training loop and resumption;
-//! - [`eval`]: sliding-window, segment and stateful perplexity; [`export`]: TorchScript and sampling;
+//! - [`eval`]: sliding-window, segment and stateful perplexity; [`export`]: TorchScript;
+//! - [`generate`]: text generation with the layers' carried state;
 //! - [`report`]: the results table of a set of runs.
 
 pub use crate::training::adam;
@@ -17,5 +18,6 @@ pub mod config;
 pub mod data;
 pub mod eval;
 pub mod export;
+pub mod generate;
 pub mod report;
 pub mod train;
