@@ -105,3 +105,12 @@ pub fn device(s: &str) -> Result<Device> {
     }
     Ok(device)
 }
+
+/// Checks that `t` holds token ids `[B, T]` (int64); returns [B, T].
+pub fn token_ids(name: &str, t: &Tensor) -> Result<[i64; 2]> {
+    let size = shape(name, t, &[Dim("B", None), Dim("T", None)])?;
+    if t.kind() != tch::Kind::Int64 {
+        anyhow::bail!("{name}: expected int64 token ids, got {:?}", t.kind());
+    }
+    Ok([size[0], size[1]])
+}

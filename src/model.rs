@@ -244,14 +244,7 @@ impl LanguageModel {
         offset: i64,
         train: bool,
     ) -> Result<(Tensor, Vec<Option<FastWeightState>>)> {
-        let size = crate::check::shape(
-            "tokens",
-            tokens,
-            &[crate::check::Dim("B", None), crate::check::Dim("T", None)],
-        )?;
-        if tokens.kind() != Kind::Int64 {
-            bail!("tokens: expected int64 token ids, got {:?}", tokens.kind());
-        }
+        let size = crate::check::token_ids("tokens", tokens)?;
         if let Some(states) = states {
             if states.len() != self.blocks.len() {
                 bail!(
@@ -308,14 +301,7 @@ impl LanguageModel {
         positions: &Tensor,
         caches: &mut [Option<StepCache>],
     ) -> Result<Tensor> {
-        let size = crate::check::shape(
-            "tokens",
-            tokens,
-            &[crate::check::Dim("B", None), crate::check::Dim("T", None)],
-        )?;
-        if tokens.kind() != Kind::Int64 {
-            bail!("tokens: expected int64 token ids, got {:?}", tokens.kind());
-        }
+        let size = crate::check::token_ids("tokens", tokens)?;
         if caches.len() != self.blocks.len() {
             bail!(
                 "caches: expected one per layer ({}), got {}",

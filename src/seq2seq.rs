@@ -359,14 +359,7 @@ impl Seq2Seq {
         positions: &Tensor,
         train: bool,
     ) -> Result<Tensor> {
-        let size = crate::check::shape(
-            "tokens",
-            tokens,
-            &[crate::check::Dim("B", None), crate::check::Dim("T", None)],
-        )?;
-        if tokens.kind() != Kind::Int64 {
-            bail!("tokens: expected int64 token ids, got {:?}", tokens.kind());
-        }
+        let size = crate::check::token_ids("tokens", tokens)?;
         let d = self.cfg.d_model;
         let x = emb.forward(tokens).map_err(|e| {
             anyhow::anyhow!(
