@@ -326,3 +326,39 @@ fn the_report_tabulates_the_last_evaluation_of_each_run() {
     assert!(stem.with_extension("png").is_file() && stem.with_extension("svg").is_file());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn speed_sources_have_the_asked_length_and_memory_grows_with_it() {
+    let run = scratch("speed");
+    let stop = AtomicBool::new(false);
+    train(&run, &config("sum:dpfp:1", 2), &opts(&stop, false, None)).unwrap();
+    let loaded = load_run(&run, Device::Cpu, None).unwrap();
+    let texts: Vec<String> = read_split(&fixture(), Split::Train, ("en", "de"))
+        .unwrap()
+        .into_iter()
+        .map(|p| p.src)
+        .collect();
+    let s = fwp::mt::speed::sources_of_length(&loaded.bpe, &texts, 7, 3).unwrap();
+    assert_eq!(s.len(), 3);
+    assert!(s.iter().all(|x| x.len() == 7));
+    let e = fwp::mt::speed::sources_of_length(&loaded.bpe, &texts, 1_000_000, 1)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("fewer than one source of 1000000"), "{e}");
+    let greedy = DecodeOptions {
+        beam: 1,
+        ..DecodeOptions::default()
+    };
+    let m = |len| {
+        let src = fwp::mt::speed::sources_of_length(&loaded.bpe, &texts, len, 2).unwrap();
+        fwp::mt::speed::measure(&loaded.model, "sum:dpfp:1", &src, 2, &greedy).unwrap()
+    };
+    let (short, long) = (m(4), m(12));
+    assert_eq!((short.source_len, short.sentences), (4, 2));
+    // softmax cross-attention keeps the source's keys and values: three times the length, three
+    // times the memory; the fast-weight decoder's cache does not depend on it
+    assert_eq!(long.memory_bytes * 4, short.memory_bytes * 12);
+    assert_eq!(long.cache_bytes, short.cache_bytes);
+    assert!(short.sentences_per_s > 0.0 && short.mean_target_len > 0.0);
+    std::fs::remove_dir_all(&run).unwrap();
+}

@@ -127,6 +127,9 @@ enum Command {
         /// CPU threads (default: libtorch's).
         #[arg(long)]
         threads: Option<i32>,
+        /// Override the fast-weight backend (auto, fused, chunked, reference).
+        #[arg(long)]
+        backend: Option<Backend>,
     },
     /// Generate text from a checkpoint.
     Sample {
@@ -411,12 +414,13 @@ fn main() -> Result<()> {
             every,
             generation,
             threads,
+            backend,
         } => {
             if let Some(n) = threads {
                 fwp::check::positive("threads", n as i64)?;
                 tch::set_num_threads(n);
             }
-            let loaded = load_run(&run, tch::Device::Cpu, None)?;
+            let loaded = load_run(&run, tch::Device::Cpu, backend)?;
             let context = loaded.config.model.context;
             println!(
                 "{} (context {context}), {generation}, {} threads: {tokens} tokens",

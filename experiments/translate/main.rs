@@ -8,6 +8,7 @@
 //! - `train`: trains a run (checkpoints every N updates, at the end and on Ctrl-C; `--resume`);
 //! - `eval`: BLEU and chrF of a split (greedy or beam search), hypotheses written beside the run;
 //! - `decode`: translates stdin to stdout with a checkpoint;
+//! - `speed`: decoding speed and memory against source length;
 //! - `export`: TorchScript of the encoder and of one decoder step, for plain Python;
 //! - `report`: the results table of a folder of runs, and a plot of validation BLEU;
 //! - `bleu`: corpus BLEU and chrF of a hypothesis file against a reference file (sacreBLEU's
@@ -80,6 +81,26 @@ enum Command {
         decode: DecodeArgs,
         #[arg(long, default_value = "cpu")]
         device: String,
+    },
+    /// Decoding speed (sentences/s) and memory against source length: sources of exactly L tokens
+    /// cut from a split's text; records appended to <run>/speed.jsonl.
+    Speed {
+        #[arg(long)]
+        run: PathBuf,
+        /// Source lengths in tokens, comma-separated.
+        #[arg(long, default_value = "16,32,64,128,256", value_delimiter = ',')]
+        lengths: Vec<usize>,
+        /// Sources per length.
+        #[arg(long, default_value_t = 64)]
+        sentences: usize,
+        /// The text the sources are cut from.
+        #[arg(long, default_value = "test")]
+        split: Split,
+        #[command(flatten)]
+        decode: DecodeArgs,
+        /// CPU threads (default: libtorch's).
+        #[arg(long)]
+        threads: Option<i32>,
     },
     /// TorchScript modules of the encoder and of one decoder step (with export.json), loadable by
     /// plain Python's torch.jit.load (docs/translate.md).
@@ -419,6 +440,53 @@ fn main() -> Result<()> {
             }
             for l in out {
                 println!("{l}");
+            }
+        }
+        Command::Speed {
+            run,
+            lengths,
+            sentences,
+            split,
+            decode,
+            threads,
+        } => {
+            if let Some(n) = threads {
+                fwp::check::positive("threads", n as i64)?;
+                tch::set_num_threads(n);
+            }
+            let LoadedRun {
+                config: cfg,
+                bpe,
+                model,
+                ..
+            } = load_run(&run, tch::Device::Cpu, decode.backend)?;
+            let texts: Vec<String> = read_split(&cfg.data, split, cfg.langs())?
+                .into_iter()
+                .map(|p| p.src)
+                .collect();
+            let opts = decode.options();
+            let variant = cfg.model.variant.to_string();
+            println!(
+                "{variant}: beam {}, batch {}, {} threads",
+                opts.beam,
+                decode.batch,
+                tch::get_num_threads()
+            );
+            for len in lengths {
+                let sources = fwp::mt::speed::sources_of_length(&bpe, &texts, len, sentences)?;
+                let s = fwp::mt::speed::measure(&model, &variant, &sources, decode.batch, &opts)?;
+                let mib = |b: usize| b as f64 / (1 << 20) as f64;
+                println!(
+                    "source {:>4} tokens: {:>7.2} sentences/s {:>7.1} target tokens/s (mean {:.1}); \
+                     memory {:.3} MiB, cache {:.3} MiB per hypothesis",
+                    s.source_len,
+                    s.sentences_per_s,
+                    s.target_tokens_per_s,
+                    s.mean_target_len,
+                    mib(s.memory_bytes),
+                    mib(s.cache_bytes)
+                );
+                append_record(&run.join("speed.jsonl"), &s)?;
             }
         }
         Command::Export {

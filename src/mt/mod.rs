@@ -8,6 +8,7 @@
 //! - [`decode`]: greedy and beam search with the decoder's carried state; [`eval`]: translating
 //!   and scoring a split;
 //! - [`export`]: TorchScript of the encoder and of one decoder step;
+//! - [`speed`]: decoding speed and memory against source length;
 //! - [`report`]: the results table and plot of a folder of runs;
 //! - [`bleu`]: corpus BLEU and chrF as sacreBLEU computes them.
 
@@ -21,4 +22,5 @@ pub mod decode;
 pub mod eval;
 pub mod export;
 pub mod report;
+pub mod speed;
 pub mod train;
