@@ -295,6 +295,7 @@ fn the_report_tabulates_the_last_evaluation_of_each_run() {
         parameters: 1,
         seconds: 1.0,
         sentences_per_s: 5.0,
+        threads: 1,
     };
     let results = dir.join("softmax/results.jsonl");
     // an evaluation of an older checkpoint, then two of the last: the later one counts

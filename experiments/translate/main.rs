@@ -72,6 +72,9 @@ enum Command {
         limit: Option<usize>,
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// CPU threads (default: libtorch's).
+        #[arg(long)]
+        threads: Option<i32>,
     },
     /// Translate stdin (one sentence a line) to stdout.
     Decode {
@@ -276,12 +279,7 @@ fn train_command(a: &TrainArgs) -> Result<()> {
     } else {
         (run_config(a)?, None)
     };
-    if let Some(n) = a.threads.or(saved_threads) {
-        if n < 1 {
-            bail!("--threads must be >= 1, got {n}");
-        }
-        tch::set_num_threads(n);
-    }
+    set_threads(a.threads.or(saved_threads))?;
     let stop = common::stop_on_ctrl_c()?;
     println!(
         "{} {} on {} ({} -> {}): {} updates of <= {} tokens -> {}",
@@ -324,6 +322,15 @@ fn train_command(a: &TrainArgs) -> Result<()> {
     Ok(())
 }
 
+/// Sets libtorch's CPU thread count where one is given.
+fn set_threads(threads: Option<i32>) -> Result<()> {
+    if let Some(n) = threads {
+        fwp::check::positive("threads", n as i64)?;
+        tch::set_num_threads(n);
+    }
+    Ok(())
+}
+
 fn read_lines(path: &PathBuf) -> Result<Vec<String>> {
     Ok(std::fs::read_to_string(path)
         .with_context(|| format!("reading {}", path.display()))?
@@ -355,7 +362,9 @@ fn main() -> Result<()> {
             decode,
             limit,
             device,
+            threads,
         } => {
+            set_threads(threads)?;
             let device = fwp::check::device(&device)?;
             let LoadedRun {
                 config: cfg,
@@ -412,6 +421,7 @@ fn main() -> Result<()> {
                     parameters: meta.parameters,
                     seconds,
                     sentences_per_s: sources.len() as f64 / seconds.max(1e-9),
+                    threads: tch::get_num_threads(),
                 },
             )?;
         }
@@ -450,10 +460,7 @@ fn main() -> Result<()> {
             decode,
             threads,
         } => {
-            if let Some(n) = threads {
-                fwp::check::positive("threads", n as i64)?;
-                tch::set_num_threads(n);
-            }
+            set_threads(threads)?;
             let LoadedRun {
                 config: cfg,
                 bpe,

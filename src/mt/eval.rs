@@ -84,4 +84,7 @@ pub struct EvalRecord {
     /// Wall time of the decoding, and sentences per second.
     pub seconds: f64,
     pub sentences_per_s: f64,
+    /// libtorch's CPU threads during the decoding (0: not recorded).
+    #[serde(default)]
+    pub threads: i32,
 }
