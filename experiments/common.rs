@@ -113,3 +113,13 @@ pub fn write_report(
     }
     Ok(())
 }
+
+/// Sets libtorch's CPU thread count where one is given.
+#[allow(dead_code)] // not every binary takes --threads
+pub fn set_threads(threads: Option<i32>) -> anyhow::Result<()> {
+    if let Some(n) = threads {
+        fwp::check::positive("threads", n as i64)?;
+        tch::set_num_threads(n);
+    }
+    Ok(())
+}

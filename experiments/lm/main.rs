@@ -416,10 +416,7 @@ fn main() -> Result<()> {
             threads,
             backend,
         } => {
-            if let Some(n) = threads {
-                fwp::check::positive("threads", n as i64)?;
-                tch::set_num_threads(n);
-            }
+            common::set_threads(threads)?;
             let loaded = load_run(&run, tch::Device::Cpu, backend)?;
             let context = loaded.config.model.context;
             println!(

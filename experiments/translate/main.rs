@@ -279,7 +279,7 @@ fn train_command(a: &TrainArgs) -> Result<()> {
     } else {
         (run_config(a)?, None)
     };
-    set_threads(a.threads.or(saved_threads))?;
+    common::set_threads(a.threads.or(saved_threads))?;
     let stop = common::stop_on_ctrl_c()?;
     println!(
         "{} {} on {} ({} -> {}): {} updates of <= {} tokens -> {}",
@@ -322,15 +322,6 @@ fn train_command(a: &TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// Sets libtorch's CPU thread count where one is given.
-fn set_threads(threads: Option<i32>) -> Result<()> {
-    if let Some(n) = threads {
-        fwp::check::positive("threads", n as i64)?;
-        tch::set_num_threads(n);
-    }
-    Ok(())
-}
-
 fn read_lines(path: &PathBuf) -> Result<Vec<String>> {
     Ok(std::fs::read_to_string(path)
         .with_context(|| format!("reading {}", path.display()))?
@@ -364,7 +355,7 @@ fn main() -> Result<()> {
             device,
             threads,
         } => {
-            set_threads(threads)?;
+            common::set_threads(threads)?;
             let device = fwp::check::device(&device)?;
             let LoadedRun {
                 config: cfg,
@@ -460,7 +451,7 @@ fn main() -> Result<()> {
             decode,
             threads,
         } => {
-            set_threads(threads)?;
+            common::set_threads(threads)?;
             let LoadedRun {
                 config: cfg,
                 bpe,

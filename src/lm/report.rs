@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::checkpoint;
 use super::train::{EvalLog, StepLog};
-use crate::report::{markdown_table, read_records};
+use crate::report::{markdown_table, read_records, read_records_if_any};
 use crate::training::summary::{plot_curves, RunBasics};
 
 /// The fields of an evaluation record (`<run>/results.jsonl`) that the table uses.
@@ -34,16 +34,8 @@ pub struct RunSummary {
 pub fn summarise(run: &Path) -> Result<RunSummary> {
     let (_, meta) = checkpoint::find(run)?;
     let steps: Vec<StepLog> = read_records(&run.join("train.jsonl"))?;
-    let evals: Vec<Evaluation> = if run.join("results.jsonl").is_file() {
-        read_records(&run.join("results.jsonl"))?
-    } else {
-        Vec::new()
-    };
-    let curve: Vec<EvalLog> = if run.join("eval.jsonl").is_file() {
-        read_records(&run.join("eval.jsonl"))?
-    } else {
-        Vec::new()
-    };
+    let evals: Vec<Evaluation> = read_records_if_any(&run.join("results.jsonl"))?;
+    let curve: Vec<EvalLog> = read_records_if_any(&run.join("eval.jsonl"))?;
     Ok(RunSummary {
         dir: run.to_path_buf(),
         basics: RunBasics::new(

@@ -9,7 +9,7 @@ use anyhow::Result;
 
 use super::eval::EvalRecord;
 use super::train::{EvalLog, Meta, StepLog};
-use crate::report::{markdown_table, read_records};
+use crate::report::{markdown_table, read_records_if_any};
 use crate::training::checkpoint;
 use crate::training::summary::{plot_curves, RunBasics};
 
@@ -23,19 +23,11 @@ pub struct RunSummary {
     pub evals: BTreeMap<(String, i64), EvalRecord>,
 }
 
-fn records<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
-    if path.is_file() {
-        read_records(path)
-    } else {
-        Ok(Vec::new())
-    }
-}
-
 pub fn summarise(run: &Path) -> Result<RunSummary> {
     let (_, meta) = checkpoint::find_with::<Meta>(run)?;
-    let steps: Vec<StepLog> = records(&run.join("train.jsonl"))?;
-    let curve: Vec<EvalLog> = records(&run.join("eval.jsonl"))?;
-    let results: Vec<EvalRecord> = records(&run.join("results.jsonl"))?;
+    let steps: Vec<StepLog> = read_records_if_any(&run.join("train.jsonl"))?;
+    let curve: Vec<EvalLog> = read_records_if_any(&run.join("eval.jsonl"))?;
+    let results: Vec<EvalRecord> = read_records_if_any(&run.join("results.jsonl"))?;
     Ok(RunSummary {
         dir: run.to_path_buf(),
         basics: RunBasics::new(

@@ -175,3 +175,14 @@ pub fn retain_records(path: &Path, keep: impl Fn(&serde_json::Value) -> bool) ->
     }
     super::atomic_write(path, &out)
 }
+
+/// [`read_records`] of `path`, or none where there is no such file (a run not evaluated yet).
+pub fn read_records_if_any<T: serde::de::DeserializeOwned>(
+    path: &std::path::Path,
+) -> anyhow::Result<Vec<T>> {
+    if path.is_file() {
+        read_records(path)
+    } else {
+        Ok(Vec::new())
+    }
+}

@@ -13,7 +13,9 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 pub use finite::check_finite;
-pub use jsonl::{append_record, read_records, read_records_checked, retain_records, BadLine};
+pub use jsonl::{
+    append_record, read_records, read_records_checked, read_records_if_any, retain_records, BadLine,
+};
 pub use plot::{line_plot, Axis, Series};
 
 /// Replaces `path` with `bytes` so that a reader, or a crash at any moment, sees the old file or the
