@@ -114,6 +114,15 @@ pub fn write_report(
     Ok(())
 }
 
+/// Flushes denormal floats to zero for the whole run (`fwp::ops::set_flush_denormal`): call first
+/// thing in `main`, before libtorch starts its CPU threads, so that they inherit it.
+#[allow(dead_code)] // bench measures kernels on normal inputs and leaves the CPU's default
+pub fn flush_denormals() {
+    if !fwp::ops::set_flush_denormal(true) {
+        eprintln!("note: this CPU cannot flush denormal floats to zero; FAVOR+ may train slowly");
+    }
+}
+
 /// Sets libtorch's CPU thread count where one is given.
 #[allow(dead_code)] // not every binary takes --threads
 pub fn set_threads(threads: Option<i32>) -> anyhow::Result<()> {

@@ -16,6 +16,11 @@ int fwp_built_with_cuda() {
 #endif
 }
 
+// Denormal floats flushed to zero (FTZ and DAZ) on the calling thread, and on the threads it starts
+// afterwards, which inherit its floating-point state (libtorch's OpenMP workers among them); PyTorch's
+// torch.set_flush_denormal. Returns 1 when the CPU supports it, 0 when it does not (nothing changed).
+int fwp_set_flush_denormal(int on) { return at::globalContext().setFlushDenormal(on != 0) ? 1 : 0; }
+
 // The layout of *t as c10::Layout's value (0 = strided, 1 = sparse COO, 2 = sparse CSR, 3 = mkldnn,
 // 4 = CSC, 5 = BSR, 6 = BSC, 7 = jagged).
 char* fwp_tensor_layout(const at::Tensor* t, int* out) {

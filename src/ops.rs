@@ -14,6 +14,7 @@ use crate::check;
 extern "C" {
     fn fwp_free_error(msg: *mut c_char);
     fn fwp_built_with_cuda() -> c_int;
+    fn fwp_set_flush_denormal(on: c_int) -> c_int;
     fn fwp_tensor_layout(t: *const C_tensor, out: *mut c_int) -> *mut c_char;
     fn fwp_sum_norm(x: *const C_tensor, eps: f64, out: *mut *mut C_tensor) -> *mut c_char;
     fn fwp_fast_weight_fused(
@@ -101,6 +102,21 @@ fn status(op: &str, err: *mut c_char) -> Result<()> {
 pub fn built_with_cuda() -> bool {
     // SAFETY: a pure function without arguments.
     unsafe { fwp_built_with_cuda() != 0 }
+}
+
+/// Flushes denormal floats (magnitudes below 1.2e-38 in f32) to zero, as PyTorch's
+/// `torch.set_flush_denormal`: on the calling thread and on the threads it starts later, which
+/// inherit its floating-point state (libtorch's CPU worker threads among them, when this runs before
+/// the first parallel op). Returns whether the CPU supports it.
+///
+/// Why it matters: x86 CPUs compute with denormal operands up to a hundred times slower. FAVOR+
+/// features, `exp(w·x - |x|²/2)`, and their gradients reach that range as training grows the keys'
+/// norms: a `translate` FAVOR+ run with denormals took 3-4 times longer per update than the same
+/// run with sum:linear (docs/performance.md). Values that small contribute nothing a float32 sum
+/// can hold, so the experiment binaries flush them.
+pub fn set_flush_denormal(on: bool) -> bool {
+    // SAFETY: sets the calling thread's MXCSR bits through libtorch; no pointers.
+    unsafe { fwp_set_flush_denormal(c_int::from(on)) != 0 }
 }
 
 /// The name of `t`'s memory layout: `strided` (dense), or a sparse or MKL-DNN layout.

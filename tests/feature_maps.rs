@@ -1,5 +1,5 @@
 //! Feature maps: DPFP on a hand-computed example, widths, FAVOR+ as an estimator of exp(q . k),
-//! and the FAVOR+ matrix saved with the model.
+//! the FAVOR+ matrix saved with the model, and the denormal flush that keeps FAVOR+ training fast.
 
 mod common;
 
@@ -252,4 +252,30 @@ fn favor_redrawn_every_pass_shares_one_matrix_and_estimates_exp() {
         (separate - want).abs() > 0.3,
         "separate matrices should not estimate exp(q.k): {separate}"
     );
+}
+
+/// `ops::set_flush_denormal` (the experiment binaries turn it on): a product below f32's smallest
+/// normal is a denormal by default and 0 once flushed, on this test's own thread (a one-element op
+/// runs on the calling thread), and the default comes back when it is turned off.
+#[test]
+fn flush_denormal_zeroes_denormal_results_on_this_thread() {
+    let product = || {
+        let a = Tensor::from_slice(&[1e-20f32]);
+        f32::try_from(&a * &a).unwrap() // 1e-40: a denormal
+    };
+    fwp::ops::set_flush_denormal(false);
+    let plain = product();
+    assert!(
+        plain > 0.0 && plain < f32::MIN_POSITIVE,
+        "expected a denormal, got {plain:e}"
+    );
+    let supported = fwp::ops::set_flush_denormal(true);
+    if cfg!(target_arch = "x86_64") {
+        assert!(supported, "x86-64 CPUs support FTZ/DAZ");
+    } else if !supported {
+        return;
+    }
+    assert_eq!(product(), 0.0, "denormal result not flushed");
+    fwp::ops::set_flush_denormal(false);
+    assert_eq!(product(), plain);
 }

@@ -281,6 +281,7 @@ fn run_config(a: &TrainArgs) -> Result<RunConfig> {
 }
 
 fn main() -> Result<()> {
+    common::flush_denormals();
     match Cli::parse().command {
         Command::PrepareBrown {
             package,

@@ -331,6 +331,7 @@ fn read_lines(path: &PathBuf) -> Result<Vec<String>> {
 }
 
 fn main() -> Result<()> {
+    common::flush_denormals();
     match Cli::parse().command {
         Command::Prepare { db, out } => {
             let sizes = fwp::mt::bible::prepare(&db, &out)?;
