@@ -321,6 +321,15 @@ fn the_report_tabulates_the_last_evaluation_of_each_run() {
         "{table}"
     );
     assert!(row("sum:dpfp:1").contains("| – |"), "{table}");
+    // the thread count the run trained with, which its speed and minutes depend on
+    let col = header.split('|').position(|c| c.trim() == "train threads");
+    let cell = row("softmax")
+        .split('|')
+        .nth(col.expect("a train threads column"));
+    assert_eq!(
+        cell.map(str::trim),
+        Some(tch::get_num_threads().to_string().as_str())
+    );
     // greedy validation BLEU recorded during training, and its plot
     let summary = fwp::mt::report::summarise(&runs[0]).unwrap();
     assert_eq!(summary.curve.len(), 2, "evaluations at updates 2 and 4");

@@ -43,6 +43,7 @@ pub fn summarise(run: &Path) -> Result<RunSummary> {
             meta.config.train.seed,
             meta.parameters,
             meta.step,
+            meta.threads,
             &steps,
         ),
         perplexity: evals

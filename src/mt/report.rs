@@ -35,6 +35,7 @@ pub fn summarise(run: &Path) -> Result<RunSummary> {
             meta.config.train.seed,
             meta.parameters,
             meta.step,
+            Some(meta.threads),
             &steps,
         ),
         curve: curve.iter().map(|e| (e.step as f64, e.bleu)).collect(),

@@ -15,6 +15,9 @@ pub struct RunBasics {
     pub seed: i64,
     pub parameters: i64,
     pub updates: usize,
+    /// The CPU threads it trained with (none recorded: a GPU run, or an older record); training
+    /// speed and minutes mean little without it.
+    pub threads: Option<i32>,
     /// Median over the logged updates.
     pub tokens_per_s: f64,
     pub train_minutes: f64,
@@ -23,11 +26,12 @@ pub struct RunBasics {
 }
 
 impl RunBasics {
-    pub const HEADER: [&'static str; 7] = [
+    pub const HEADER: [&'static str; 8] = [
         "variant",
         "seed",
         "parameters",
         "updates",
+        "train threads",
         "train tokens/s",
         "train minutes",
         "final train loss",
@@ -38,6 +42,7 @@ impl RunBasics {
         seed: i64,
         parameters: i64,
         updates: usize,
+        threads: Option<i32>,
         steps: &[StepLog],
     ) -> Self {
         let last: Vec<f64> = steps.iter().rev().take(5).map(|s| s.loss).collect();
@@ -46,6 +51,7 @@ impl RunBasics {
             seed,
             parameters,
             updates,
+            threads,
             tokens_per_s: median(&steps.iter().map(|s| s.tokens_per_s).collect::<Vec<_>>()),
             train_minutes: steps.last().map_or(0.0, |s| s.elapsed_s / 60.0),
             final_loss: last.iter().sum::<f64>() / last.len().max(1) as f64,
@@ -59,6 +65,7 @@ impl RunBasics {
             self.seed.to_string(),
             format!("{:.2}M", self.parameters as f64 / 1e6),
             self.updates.to_string(),
+            self.threads.map_or("–".into(), |t| t.to_string()),
             format!("{:.0}", self.tokens_per_s),
             format!("{:.1}", self.train_minutes),
             format!("{:.3}", self.final_loss),
