@@ -625,6 +625,25 @@ pub(crate) fn read_noncausal(
     Ok(y)
 }
 
+/// [`read_noncausal`] from a memory already written: phi(q) `[B, H, T_q, d_dot]` reads
+/// W^T `[B, H, d_dot, d_v]` with key sum z `[B, H, d_dot]` (`noncausal::write_all`, `key_sum`)
+/// -> `[B, H, T_q, d_v]`, normalised and scaled as `read_noncausal`.
+pub(crate) fn read_written(
+    fw: &FastWeightConfig,
+    q: &Tensor,
+    w: &Tensor,
+    z: &Tensor,
+) -> Result<Tensor> {
+    let mut y = q.f_matmul(w)?;
+    if fw.normalisation.attention_normalises() {
+        y = y.f_div(&(q.f_matmul(&z.f_unsqueeze(-1)?)? + fw.eps))?;
+    }
+    if fw.scale_output {
+        y = y / (w.size()[3] as f64).sqrt();
+    }
+    Ok(y)
+}
+
 /// Softmax attention of q `[B, H, T_q, d]` over k, v `[B, H, T_k, d]`, where `allowed` `[B or 1,
 /// 1 or H, T_q or 1, T_k]` (bool) says which keys each query may see.
 pub(crate) fn softmax_attention(

@@ -1,70 +1,82 @@
 //! Encoder–decoder attention: the decoder's queries read the encoder's output. Softmax (as the
 //! paper's translation models, which swap attention functions into the self-attention only), or a
 //! non-causal fast-weight memory written once from the whole source
-//! ([`crate::recurrence::noncausal`]; sum rule).
+//! ([`crate::recurrence::noncausal`]; sum rule), whose size does not depend on the source length.
 
 use anyhow::{bail, Result};
 use tch::{nn, Tensor};
 
 use crate::attention::{
-    features, read_noncausal, softmax_attention, AttentionConfig, AttentionKind,
+    features, read_noncausal, read_written, softmax_attention, AttentionConfig, AttentionKind,
 };
 use crate::feature_map::{FavorRedraw, Phi};
 use crate::param::{Linear, ParamInit};
-use crate::recurrence::UpdateRule;
+use crate::recurrence::noncausal::{key_sum, write_all};
+use crate::recurrence::{Backend, UpdateRule};
 
 /// The source as one layer's cross-attention reads it, computed once per sentence
 /// ([`CrossAttention::memory`]) and kept while the decoder generates.
 #[derive(Debug)]
 pub enum CrossMemory {
-    /// Keys and values `[B, H, S, d_head]` and which source positions are real, `[B, 1, 1, S]`.
+    /// Keys and values `[B, H, S, d_head]` and which source positions are real, `[B, 1, 1, S]`:
+    /// grows with the source length S.
     Softmax {
         k: Tensor,
         v: Tensor,
         allowed: Tensor,
     },
-    /// phi of the keys `[B, H, S, d_dot]` (padding zeroed) and the values `[B, H, S, d_head]`.
-    FastWeight { k: Tensor, v: Tensor, mask: Tensor },
+    /// The source written into fast weights once: W^T = sum_j phi(k_j) v_j^T `[B, H, d_dot, d_head]`
+    /// and the key sum z = sum_j phi(k_j) `[B, H, d_dot]` over the real source positions (paper
+    /// Eq. 4 summed over the whole source; docs/derivations.md Sec. 10). Its size does not depend
+    /// on S.
+    FastWeight { w: Tensor, z: Tensor },
+    /// The reference twin of `FastWeight` (backend `Reference`): phi of the keys
+    /// `[B, H, S, d_dot]` (padding zeroed), the values `[B, H, S, d_head]` and the source mask
+    /// `[B, S]`, read through the query-key weights.
+    FastWeightKeys { k: Tensor, v: Tensor, mask: Tensor },
 }
 
 impl CrossMemory {
-    /// The tensors held, in a fixed order (k, v, then the mask).
+    /// The tensors held, in the order of the variant's fields.
     pub fn tensors(&self) -> Vec<Tensor> {
-        match self {
-            CrossMemory::Softmax { k, v, allowed: m }
-            | CrossMemory::FastWeight { k, v, mask: m } => {
-                vec![k.shallow_clone(), v.shallow_clone(), m.shallow_clone()]
-            }
-        }
+        let all: Vec<&Tensor> = match self {
+            CrossMemory::Softmax { k, v, allowed } => vec![k, v, allowed],
+            CrossMemory::FastWeight { w, z } => vec![w, z],
+            CrossMemory::FastWeightKeys { k, v, mask } => vec![k, v, mask],
+        };
+        all.into_iter().map(Tensor::shallow_clone).collect()
     }
 
     /// The same kind of memory holding `ts` (ordered as [`CrossMemory::tensors`]).
     pub fn with_tensors(&self, ts: &[Tensor]) -> Result<CrossMemory> {
-        let [k, v, m] = ts else {
-            bail!("cross memory: expected 3 tensors, got {}", ts.len());
-        };
-        let (k, v, m) = (k.shallow_clone(), v.shallow_clone(), m.shallow_clone());
+        let want = self.tensors().len();
+        if ts.len() != want {
+            bail!("cross memory: expected {want} tensors, got {}", ts.len());
+        }
+        let t = |i: usize| ts[i].shallow_clone();
         Ok(match self {
-            CrossMemory::Softmax { .. } => CrossMemory::Softmax { k, v, allowed: m },
-            CrossMemory::FastWeight { .. } => CrossMemory::FastWeight { k, v, mask: m },
+            CrossMemory::Softmax { .. } => CrossMemory::Softmax {
+                k: t(0),
+                v: t(1),
+                allowed: t(2),
+            },
+            CrossMemory::FastWeight { .. } => CrossMemory::FastWeight { w: t(0), z: t(1) },
+            CrossMemory::FastWeightKeys { .. } => CrossMemory::FastWeightKeys {
+                k: t(0),
+                v: t(1),
+                mask: t(2),
+            },
         })
     }
 
     /// Rows `index` `[N]` of the batch (beam search: each hypothesis reads its own source).
     pub fn select(&self, index: &Tensor) -> Result<CrossMemory> {
-        let s = |t: &Tensor| t.f_index_select(0, index);
-        Ok(match self {
-            CrossMemory::Softmax { k, v, allowed } => CrossMemory::Softmax {
-                k: s(k)?,
-                v: s(v)?,
-                allowed: s(allowed)?,
-            },
-            CrossMemory::FastWeight { k, v, mask } => CrossMemory::FastWeight {
-                k: s(k)?,
-                v: s(v)?,
-                mask: s(mask)?,
-            },
-        })
+        let rows = self
+            .tensors()
+            .iter()
+            .map(|t| t.f_index_select(0, index))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.with_tensors(&rows)
     }
 }
 
@@ -145,7 +157,14 @@ impl CrossAttention {
                 let [k]: [Tensor; 1] = features(cfg, phi, &[&k], train)?
                     .try_into()
                     .map_err(|_| anyhow::anyhow!("feature map: expected one output"))?;
-                CrossMemory::FastWeight { k, v, mask }
+                if cfg.backend == Backend::Reference {
+                    CrossMemory::FastWeightKeys { k, v, mask }
+                } else {
+                    CrossMemory::FastWeight {
+                        w: write_all(&k, &v, Some(&mask))?, // [B, H, d_dot, d_head]
+                        z: key_sum(&k, Some(&mask))?,       // [B, H, d_dot]
+                    }
+                }
             }
         })
     }
@@ -158,11 +177,19 @@ impl CrossAttention {
                 let p = if train { self.cfg.attn_dropout } else { 0.0 };
                 softmax_attention(&q, k, v, Some(allowed), p)?
             }
-            (Mixer::FastWeight { cfg, phi }, CrossMemory::FastWeight { k, v, mask }) => {
+            (Mixer::FastWeight { cfg, phi }, memory) => {
                 let [q]: [Tensor; 1] = features(cfg, phi, &[&q], train)?
                     .try_into()
                     .map_err(|_| anyhow::anyhow!("feature map: expected one output"))?;
-                read_noncausal(cfg, &q, k, v, Some(mask))?
+                match memory {
+                    CrossMemory::FastWeight { w, z } => read_written(cfg, &q, w, z)?,
+                    CrossMemory::FastWeightKeys { k, v, mask } => {
+                        read_noncausal(cfg, &q, k, v, Some(mask))?
+                    }
+                    CrossMemory::Softmax { .. } => {
+                        bail!("cross-attention: fast weights cannot read a softmax memory")
+                    }
+                }
             }
             _ => bail!("cross-attention: the memory is of another kind of attention"),
         };

@@ -1,6 +1,7 @@
 //! The encoder–decoder model: the non-causal fast-weight memory against its quadratic reference
 //! twin (outputs and every gradient), padding that changes nothing, and incremental decoding that
-//! gives the logits of the full prefix, for every attention variant.
+//! gives the logits of the full prefix, for every attention variant; the fast-weight
+//! cross-attention memory of a fixed size against its twin that keeps the source's keys.
 
 mod common;
 
@@ -284,6 +285,74 @@ fn a_delta_rule_encoder_or_cross_attention_is_refused() {
     let mut bad = config(s, s, s);
     bad.pad = 23;
     assert!(Seq2Seq::new(vs.root(), bad).is_err());
+}
+
+/// Fast-weight cross-attention writes the source into W and z, whose size does not depend on the
+/// source length; its `Reference` twin keeps phi(keys) and values. Same logits (full and step by
+/// step) and the same gradient for every parameter.
+#[test]
+fn fixed_size_fast_cross_memory_matches_its_reference_twin() {
+    use FeatureMap::*;
+    use UpdateRule::*;
+    for map in [Linear, Favor { m: 4 }, Dpfp { nu: 1 }] {
+        let cross = |backend| {
+            let mut fw = FastWeightConfig::new(Sum, map);
+            fw.backend = backend;
+            AttentionKind::FastWeight(fw)
+        };
+        let run = |backend| {
+            let (vs, m) = model(config(fast(Sum, map), fast(Delta, Linear), cross(backend)));
+            let src = tokens(&[&[5, 6, 7, 9], &[8, 9, 10, 11, 12, 13]]);
+            let tgt = tokens(&[&[1, 3, 4, 5], &[1, 9, 8, 7]]);
+            let enc = m.encode(&src, false).unwrap();
+            let full = m.decode_t(&tgt, &enc, false).unwrap();
+            let mut state = m.start(&enc).unwrap();
+            let steps: Vec<Tensor> = (0..4)
+                .map(|t| m.step(&tgt.narrow(1, t, 1), &mut state).unwrap())
+                .collect();
+            let memory_bytes = |len: usize| {
+                let long: Vec<i64> = (0..len as i64).map(|i| 5 + i % 10).collect();
+                let enc = m.encode(&tokens(&[&long]), false).unwrap();
+                let state = m.start(&enc).unwrap();
+                state
+                    .memory_tensors()
+                    .iter()
+                    .map(|t| t.numel() * t.kind().elt_size_in_bytes())
+                    .sum::<usize>()
+            };
+            let sizes = (memory_bytes(4), memory_bytes(40));
+            full.square().sum(Kind::Double).backward();
+            let mut grads: Vec<(String, Tensor)> = vs
+                .variables()
+                .into_iter()
+                .filter(|(_, p)| p.requires_grad())
+                .map(|(n, p)| (n, p.grad().copy()))
+                .collect();
+            grads.sort_by(|a, b| a.0.cmp(&b.0));
+            (full, Tensor::cat(&steps, 1), sizes, grads)
+        };
+        let (want, want_steps, (ref_short, ref_long), want_grads) = run(Backend::Reference);
+        let (got, got_steps, (short, long), got_grads) = run(Backend::Auto);
+        assert_close(&format!("{map}: logits"), &got, &want, 1e-10, 1e-10);
+        assert_close(&format!("{map}: steps"), &got_steps, &want, 1e-10, 1e-10);
+        assert_close(
+            &format!("{map}: reference steps"),
+            &want_steps,
+            &want,
+            1e-10,
+            1e-10,
+        );
+        assert_eq!(
+            short, long,
+            "{map}: fast-weight memory grew with the source"
+        );
+        assert!(ref_long > ref_short, "{map}: the twin keeps every key");
+        assert_eq!(got_grads.len(), want_grads.len());
+        for ((name, g), (_, w)) in got_grads.iter().zip(&want_grads) {
+            assert!(w.defined() && g.defined(), "{map}: {name} has no gradient");
+            assert_close(&format!("{map}: d {name}"), g, w, 1e-10, 1e-10);
+        }
+    }
 }
 
 #[test]
