@@ -302,6 +302,10 @@ fn the_report_tabulates_the_last_evaluation_of_each_run() {
     for (step, bleu) in [(2, 11.0), (4, 12.5), (4, 13.25)] {
         fwp::report::append_record(&results, &record(step, bleu)).unwrap();
     }
+    // another search is a column of its own, whenever it was run
+    let mut shorter = record(4, 7.75);
+    shorter.decode.length_penalty = 0.6;
+    fwp::report::append_record(&results, &shorter).unwrap();
     let runs = fwp::training::checkpoint::runs_in(&dir).unwrap();
     assert_eq!(runs.len(), 2);
     let stem = dir.join("table-valid");
@@ -316,6 +320,11 @@ fn the_report_tabulates_the_last_evaluation_of_each_run() {
             .unwrap()
     };
     assert!(row("softmax").contains("| 13.25 |"), "{table}");
+    assert!(
+        header.contains("test BLEU (beam 4, length penalty 0.6)"),
+        "{header}"
+    );
+    assert!(row("softmax").contains("| 7.75 |"), "{table}");
     assert!(
         !table.contains("12.50") && !table.contains("11.00"),
         "{table}"

@@ -1,6 +1,6 @@
 //! The results table of a set of translation runs (`translate report`): per run its variant, size,
 //! training speed, the greedy validation BLEU recorded during training, and the last evaluation of
-//! each split and beam (`translate eval`); plus a plot of validation BLEU during training.
+//! each split and search (beam size, length penalty; `translate eval`); plus a plot of validation BLEU during training.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,8 +19,39 @@ pub struct RunSummary {
     pub basics: RunBasics,
     /// (update, greedy BLEU on the first validation sentences) during training.
     pub curve: Vec<(f64, f64)>,
-    /// (split, beam) -> the last evaluation of the last checkpoint.
-    pub evals: BTreeMap<(String, i64), EvalRecord>,
+    /// The last evaluation of the last checkpoint for each search.
+    pub evals: BTreeMap<EvalKey, EvalRecord>,
+}
+
+/// What a results column is about: the split and the search's beam and length penalty.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct EvalKey {
+    /// Valid before test, then by name.
+    not_valid: bool,
+    pub split: String,
+    pub beam: i64,
+    /// As printed (`1`, `0.6`), so that keys compare exactly.
+    pub length_penalty: String,
+}
+
+impl EvalKey {
+    pub fn of(e: &EvalRecord) -> EvalKey {
+        let split = e.split.name().to_string();
+        EvalKey {
+            not_valid: split != "valid",
+            split,
+            beam: e.decode.beam,
+            length_penalty: e.decode.length_penalty.to_string(),
+        }
+    }
+
+    /// "beam 4", with the length penalty where it is not the default 1.
+    fn search(&self) -> String {
+        match self.length_penalty.as_str() {
+            "1" => format!("beam {}", self.beam),
+            lp => format!("beam {}, length penalty {lp}", self.beam),
+        }
+    }
 }
 
 pub fn summarise(run: &Path) -> Result<RunSummary> {
@@ -43,7 +74,7 @@ pub fn summarise(run: &Path) -> Result<RunSummary> {
         evals: results
             .into_iter()
             .filter(|e| e.step == meta.step)
-            .map(|e| ((e.split.name().to_string(), e.decode.beam), e))
+            .map(|e| (EvalKey::of(&e), e))
             .collect(),
     })
 }
@@ -51,17 +82,17 @@ pub fn summarise(run: &Path) -> Result<RunSummary> {
 /// The markdown table, and `<stem>.png/.svg` with greedy validation BLEU during training.
 pub fn report(runs: &[PathBuf], plot_stem: Option<&Path>) -> Result<String> {
     let rows: Vec<RunSummary> = runs.iter().map(|r| summarise(r)).collect::<Result<_>>()?;
-    // the (split, beam) pairs any run was evaluated on, valid before test
-    let mut columns: Vec<(String, i64)> =
-        rows.iter().flat_map(|r| r.evals.keys().cloned()).collect();
-    columns.sort_by_key(|(s, b)| (s != "valid", s.clone(), *b));
+    // the searches any run was evaluated with, valid before test
+    let mut columns: Vec<EvalKey> = rows.iter().flat_map(|r| r.evals.keys().cloned()).collect();
+    columns.sort();
     columns.dedup();
     let mut header: Vec<String> = RunBasics::HEADER.iter().map(|h| h.to_string()).collect();
     header.push("valid BLEU (greedy, in training)".into());
-    for (split, beam) in &columns {
-        header.push(format!("{split} BLEU (beam {beam})"));
-        header.push(format!("{split} chrF (beam {beam})"));
-        header.push(format!("{split} sentences/s (beam {beam})"));
+    for key in &columns {
+        let (split, search) = (&key.split, key.search());
+        header.push(format!("{split} BLEU ({search})"));
+        header.push(format!("{split} chrF ({search})"));
+        header.push(format!("{split} sentences/s ({search})"));
     }
     let cells: Vec<Vec<String>> = rows
         .iter()
