@@ -12,11 +12,17 @@ use fwp::mt::bpe::{BOS, EOS, PAD};
 use fwp::mt::config::{MtModel, Preset, TrainConfig};
 use fwp::mt::corpus::{read_split, Split};
 use fwp::mt::decode::DecodeOptions;
-use fwp::mt::eval::{score, translate_all};
+use fwp::mt::eval::{reference_nll, score, translate_all};
 use fwp::mt::train::{load_run, train, Outcome, RunConfig, StepLog, TrainOptions};
 use fwp::report::read_records;
 use fwp::Variant;
-use tch::{Device, Kind};
+use tch::{Device, Kind, Tensor};
+
+/// Every test here that trains holds this lock: training seeds libtorch's (process-wide) random
+/// generator and draws from it, so two at once would change each other's numbers.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    common::rng_lock()
+}
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mt")
@@ -107,6 +113,7 @@ fn batches_cover_each_epoch_once_within_the_token_limit() {
 
 #[test]
 fn a_tiny_model_learns_its_training_pairs_to_bleu_over_90() {
+    let _rng = serial();
     for variant in ["softmax", "delta:dpfp:1"] {
         let run = scratch(&format!("overfit-{}", variant.replace(':', "-")));
         let cfg = config(variant, 400);
@@ -119,6 +126,36 @@ fn a_tiny_model_learns_its_training_pairs_to_bleu_over_90() {
         let pairs = read_split(&fixture(), Split::Train, ("en", "de")).unwrap();
         let sources: Vec<String> = pairs.iter().map(|p| p.src.clone()).collect();
         let refs: Vec<String> = pairs.iter().map(|p| p.tgt.clone()).collect();
+        // the references' teacher-forced loss: the same in batches of 1 and 4 (padding left out),
+        // equal to the step-by-step decoder's log-probabilities, and small for learnt pairs
+        let (m, bpe) = (&loaded.model, &loaded.bpe);
+        let nll = reference_nll(m, bpe, &sources, &refs, 4).unwrap();
+        let single = reference_nll(m, bpe, &sources, &refs, 1).unwrap();
+        assert!(
+            (nll - single).abs() < 1e-5 * single.max(1e-3),
+            "{nll} vs {single}"
+        );
+        let (mut stepped, mut tokens) = (0.0, 0usize);
+        for (src, tgt) in sources.iter().zip(&refs) {
+            let src = Tensor::from_slice(&bpe.encode(src).unwrap()).unsqueeze(0);
+            let tgt = bpe.encode(tgt).unwrap();
+            let mut state = m.start(&m.encode(&src, false).unwrap()).unwrap();
+            let inputs = std::iter::once(BOS).chain(tgt.iter().copied());
+            for (input, want) in inputs.zip(tgt.iter().copied().chain([EOS])) {
+                let logits = m.step(&Tensor::from_slice(&[input]).view([1, 1]), &mut state);
+                let lp = logits.unwrap().log_softmax(-1, Kind::Double);
+                stepped -= lp.double_value(&[0, 0, want]);
+                tokens += 1;
+            }
+        }
+        let stepped = stepped / tokens as f64;
+        assert!(
+            (nll - stepped).abs() < 1e-5 * stepped.max(1e-3),
+            "{nll} vs {stepped}"
+        );
+        assert!(nll < 0.5, "{variant}: {nll} nats per token on learnt pairs");
+        let e = reference_nll(m, bpe, &sources[1..], &refs, 4).unwrap_err();
+        assert!(e.to_string().contains("must pair up"), "{e}");
         for beam in [1, 3] {
             let o = DecodeOptions {
                 beam,
@@ -139,6 +176,7 @@ fn a_tiny_model_learns_its_training_pairs_to_bleu_over_90() {
 
 #[test]
 fn a_resumed_run_reproduces_the_uninterrupted_one() {
+    let _rng = serial();
     let (a, b) = (scratch("resume-a"), scratch("resume-b"));
     let cfg = config("sum:dpfp:1", 12);
     let stop = AtomicBool::new(false);
@@ -204,6 +242,7 @@ print(json.dumps(out))
 
 #[test]
 fn the_exported_encoder_and_step_translate_in_python_as_the_rust_model_does() {
+    let _rng = serial();
     for variant in ["softmax", "delta:dpfp:1", "sum:favor:16"] {
         let run = scratch(&format!("export-{}", variant.replace(':', "-")));
         let stop = AtomicBool::new(false);
@@ -268,6 +307,7 @@ fn the_exported_encoder_and_step_translate_in_python_as_the_rust_model_does() {
 
 #[test]
 fn the_report_tabulates_the_last_evaluation_of_each_run() {
+    let _rng = serial();
     let dir = scratch("report");
     let stop = AtomicBool::new(false);
     for v in ["softmax", "sum:dpfp:1"] {
@@ -296,6 +336,7 @@ fn the_report_tabulates_the_last_evaluation_of_each_run() {
         seconds: 1.0,
         sentences_per_s: 5.0,
         threads: 1,
+        reference_nll: None,
     };
     let results = dir.join("softmax/results.jsonl");
     // an evaluation of an older checkpoint, then two of the last: the later one counts
@@ -348,6 +389,7 @@ fn the_report_tabulates_the_last_evaluation_of_each_run() {
 
 #[test]
 fn speed_sources_have_the_asked_length_and_memory_grows_with_it() {
+    let _rng = serial();
     let run = scratch("speed");
     let stop = AtomicBool::new(false);
     train(&run, &config("sum:dpfp:1", 2), &opts(&stop, false, None)).unwrap();

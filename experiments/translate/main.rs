@@ -30,7 +30,7 @@ use fwp::mt::bleu::{corpus_bleu, corpus_chrf, BLEU_SIGNATURE, CHRF_SIGNATURE};
 use fwp::mt::config::{MtModel, Preset, TrainConfig};
 use fwp::mt::corpus::{read_split, Split};
 use fwp::mt::decode::DecodeOptions;
-use fwp::mt::eval::{score, translate_all, EvalRecord};
+use fwp::mt::eval::{reference_nll, score, translate_all, EvalRecord};
 use fwp::mt::train::{load_run, train, LoadedRun, RunConfig, TrainEvent, TrainOptions};
 use fwp::report::append_record;
 use fwp::{Backend, LayerNormPlacement, Variant};
@@ -372,6 +372,11 @@ fn main() -> Result<()> {
             let sources: Vec<String> = pairs.iter().map(|p| p.src.clone()).collect();
             let refs: Vec<String> = pairs.iter().map(|p| p.tgt.clone()).collect();
             let opts = decode.options();
+            let nll = reference_nll(&model, &bpe, &sources, &refs, decode.batch)?;
+            println!(
+                "references: {nll:.4} nats per token teacher-forced (perplexity {:.2})",
+                nll.exp()
+            );
             let bar = common::bar(
                 sources.len() as u64,
                 "{bar:30} {pos}/{len} sentences [{elapsed}<{eta}]",
@@ -414,6 +419,7 @@ fn main() -> Result<()> {
                     seconds,
                     sentences_per_s: sources.len() as f64 / seconds.max(1e-9),
                     threads: tch::get_num_threads(),
+                    reference_nll: Some(nll),
                 },
             )?;
         }

@@ -1,13 +1,13 @@
 //! Translating a list of sentences in batches of similar length, and scoring them with BLEU and
 //! chrF against references.
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
-use tch::Device;
+use tch::{Device, Kind, Reduction, Tensor};
 
 use super::batches::{Batch, Example};
 use super::bleu::{corpus_bleu, corpus_chrf, Bleu};
-use super::bpe::Bpe;
+use super::bpe::{Bpe, PAD};
 use super::config::Preset;
 use super::corpus::Split;
 use super::decode::{translate, DecodeOptions};
@@ -51,6 +51,66 @@ pub fn translate_all(
     Ok(out)
 }
 
+/// The teacher-forced negative log-likelihood of the references given the sources, in nats per
+/// target token (`</s>` counted, padding not, no label smoothing, dropout off); its exp is the
+/// references' perplexity. It measures the model as the training loss does, without the search:
+/// two models with the same value but different BLEU differ in decoding, not in fit. Pairs go
+/// `batch` at a time, sorted by length.
+pub fn reference_nll(
+    model: &Seq2Seq,
+    bpe: &Bpe,
+    sources: &[String],
+    refs: &[String],
+    batch: usize,
+) -> Result<f64> {
+    if sources.len() != refs.len() {
+        bail!(
+            "{} sources but {} references: they must pair up",
+            sources.len(),
+            refs.len()
+        );
+    }
+    let examples: Vec<Example> = sources
+        .iter()
+        .zip(refs)
+        .map(|(s, r)| {
+            Ok(Example {
+                src: bpe.encode(s)?,
+                tgt: bpe.encode(r)?,
+            })
+        })
+        .collect::<Result<_>>()?;
+    let mut order: Vec<usize> = (0..examples.len()).collect();
+    order.sort_by_key(|&i| (examples[i].src.len().max(examples[i].tgt.len()), i));
+    let device = model.device();
+    let (mut nll, mut tokens) = (0.0, 0i64);
+    tch::no_grad(|| -> Result<()> {
+        for chunk in order.chunks(batch.max(1)) {
+            let rows: Vec<&Example> = chunk.iter().map(|&i| &examples[i]).collect();
+            let b = Batch::new(&rows, device)?;
+            let logits = model.decode_t(&b.tgt_in, &model.encode(&b.src, false)?, false)?;
+            let v = logits.size()[2];
+            let sum = logits
+                .f_view([-1, v])?
+                .f_to_kind(Kind::Double)?
+                .f_cross_entropy_loss::<Tensor>(
+                    &b.tgt_out.f_view([-1])?,
+                    None,
+                    Reduction::Sum,
+                    PAD,
+                    0.0,
+                )?;
+            nll += f64::try_from(&sum)?;
+            tokens += b.target_tokens()?;
+        }
+        Ok(())
+    })?;
+    if tokens == 0 {
+        bail!("no reference tokens to score");
+    }
+    Ok(nll / tokens as f64)
+}
+
 /// BLEU and chrF of a set of translations.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Scores {
@@ -87,4 +147,7 @@ pub struct EvalRecord {
     /// libtorch's CPU threads during the decoding (0: not recorded).
     #[serde(default)]
     pub threads: i32,
+    /// [`reference_nll`] of the split (absent from older records).
+    #[serde(default)]
+    pub reference_nll: Option<f64>,
 }
