@@ -346,6 +346,7 @@ fn the_report_tabulates_the_last_evaluation_of_each_run() {
     // another search is a column of its own, whenever it was run
     let mut shorter = record(4, 7.75);
     shorter.decode.length_penalty = 0.6;
+    shorter.reference_nll = Some(2.5);
     fwp::report::append_record(&results, &shorter).unwrap();
     let runs = fwp::training::checkpoint::runs_in(&dir).unwrap();
     assert_eq!(runs.len(), 2);
@@ -366,6 +367,9 @@ fn the_report_tabulates_the_last_evaluation_of_each_run() {
         "{header}"
     );
     assert!(row("softmax").contains("| 7.75 |"), "{table}");
+    // the references' loss, a column per split, from whichever evaluation recorded it
+    assert!(header.contains("| test reference nats/token |"), "{header}");
+    assert!(row("softmax").contains("| 2.500 |"), "{table}");
     assert!(
         !table.contains("12.50") && !table.contains("11.00"),
         "{table}"

@@ -86,8 +86,21 @@ pub fn report(runs: &[PathBuf], plot_stem: Option<&Path>) -> Result<String> {
     let mut columns: Vec<EvalKey> = rows.iter().flat_map(|r| r.evals.keys().cloned()).collect();
     columns.sort();
     columns.dedup();
+    // the splits whose references' teacher-forced loss was recorded (it does not depend on the
+    // search), valid first
+    let mut nll_splits: Vec<(bool, String)> = rows
+        .iter()
+        .flat_map(|r| r.evals.iter())
+        .filter(|(_, e)| e.reference_nll.is_some())
+        .map(|(k, _)| (k.not_valid, k.split.clone()))
+        .collect();
+    nll_splits.sort();
+    nll_splits.dedup();
     let mut header: Vec<String> = RunBasics::HEADER.iter().map(|h| h.to_string()).collect();
     header.push("valid BLEU (greedy, in training)".into());
+    for (_, split) in &nll_splits {
+        header.push(format!("{split} reference nats/token"));
+    }
     for key in &columns {
         let (split, search) = (&key.split, key.search());
         header.push(format!("{split} BLEU ({search})"));
@@ -103,6 +116,14 @@ pub fn report(runs: &[PathBuf], plot_stem: Option<&Path>) -> Result<String> {
                     .last()
                     .map_or("–".into(), |(_, b)| format!("{b:.2}")),
             );
+            for (_, split) in &nll_splits {
+                let nll = r
+                    .evals
+                    .iter()
+                    .filter(|(k, _)| &k.split == split)
+                    .find_map(|(_, e)| e.reference_nll);
+                row.push(nll.map_or("–".into(), |x| format!("{x:.3}")));
+            }
             for key in &columns {
                 match r.evals.get(key) {
                     Some(e) => row.extend([
