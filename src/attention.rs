@@ -614,15 +614,8 @@ pub(crate) fn read_noncausal(
     v: &Tensor,
     mask: Option<&Tensor>,
 ) -> Result<Tensor> {
-    let mut y = fast_weight_noncausal(q, k, v, mask, fw.backend)?;
-    if fw.normalisation.attention_normalises() {
-        let z = key_sum(k, mask)?.f_unsqueeze(-1)?; // [B, H, d_dot, 1]
-        y = y.f_div(&(q.f_matmul(&z)? + fw.eps))?;
-    }
-    if fw.scale_output {
-        y = y / (v.size()[3] as f64).sqrt();
-    }
-    Ok(y)
+    let y = fast_weight_noncausal(q, k, v, mask, fw.backend)?;
+    normalise_and_scale(fw, q, y, || key_sum(k, mask))
 }
 
 /// [`read_noncausal`] from a memory already written: phi(q) `[B, H, T_q, d_dot]` reads
@@ -634,12 +627,25 @@ pub(crate) fn read_written(
     w: &Tensor,
     z: &Tensor,
 ) -> Result<Tensor> {
-    let mut y = q.f_matmul(w)?;
+    normalise_and_scale(fw, q, q.f_matmul(w)?, || Ok(z.shallow_clone()))
+}
+
+/// The end of a non-causal read y `[B, H, T_q, d_v]`: divided by z . phi(q_i) + eps where `fw` uses
+/// attention normalisation (`z` `[B, H, d_dot]`, computed only then), then by sqrt(d_v) where it
+/// scales its output.
+fn normalise_and_scale(
+    fw: &FastWeightConfig,
+    q: &Tensor,
+    mut y: Tensor,
+    z: impl FnOnce() -> Result<Tensor>,
+) -> Result<Tensor> {
     if fw.normalisation.attention_normalises() {
-        y = y.f_div(&(q.f_matmul(&z.f_unsqueeze(-1)?)? + fw.eps))?;
+        let z = z()?.f_unsqueeze(-1)?; // [B, H, d_dot, 1]
+        y = y.f_div(&(q.f_matmul(&z)? + fw.eps))?;
     }
     if fw.scale_output {
-        y = y / (w.size()[3] as f64).sqrt();
+        let d_v = y.size()[3] as f64;
+        y = y / d_v.sqrt();
     }
     Ok(y)
 }
