@@ -69,7 +69,16 @@ impl CrossMemory {
         })
     }
 
-    /// Rows `index` `[N]` of the batch (beam search: each hypothesis reads its own source).
+    /// Sentences held (the batch size of the tensors).
+    pub fn rows(&self) -> i64 {
+        match self {
+            CrossMemory::Softmax { k, .. }
+            | CrossMemory::FastWeight { w: k, .. }
+            | CrossMemory::FastWeightKeys { k, .. } => k.size()[0],
+        }
+    }
+
+    /// Rows `index` `[N]` of the batch.
     pub fn select(&self, index: &Tensor) -> Result<CrossMemory> {
         let rows = self
             .tensors()
@@ -169,9 +178,21 @@ impl CrossAttention {
         })
     }
 
-    /// The decoder states x `[B, T, d_model]` read `memory` -> `[B, T, d_model]`.
+    /// The decoder states x `[N, T, d_model]` read `memory` of M sentences -> `[N, T, d_model]`.
+    /// N is M or a multiple n M: rows `b n .. (b + 1) n` are n hypotheses of sentence b (a beam
+    /// search's), which all read sentence b's one memory, as n T queries of it.
     pub fn forward_t(&self, x: &Tensor, memory: &CrossMemory, train: bool) -> Result<Tensor> {
-        let q = self.split(&self.q.forward(x)?)?;
+        let s = x.size();
+        let (n, m) = (s[0], memory.rows());
+        if m == 0 || n % m != 0 {
+            bail!(
+                "cross-attention: {n} decoder rows for a memory of {m} sentences; expected a \
+                 multiple of it"
+            );
+        }
+        let per = n / m; // hypotheses per sentence
+        let x = x.f_reshape([m, per * s[1], s[2]])?; // [M, n T, d_model]
+        let q = self.split(&self.q.forward(&x)?)?;
         let y = match (&self.mixer, memory) {
             (Mixer::Softmax, CrossMemory::Softmax { k, v, allowed }) => {
                 let p = if train { self.cfg.attn_dropout } else { 0.0 };
@@ -193,8 +214,7 @@ impl CrossAttention {
             }
             _ => bail!("cross-attention: the memory is of another kind of attention"),
         };
-        let s = x.size();
         self.out
-            .forward(&y.f_transpose(1, 2)?.f_reshape([s[0], s[1], -1])?)
+            .forward(&y.f_transpose(1, 2)?.f_reshape([n, s[1], -1])?)
     }
 }

@@ -133,6 +133,44 @@ impl DecoderState {
         })
     }
 
+    /// The hypotheses `index` `[N]` (rows of the self-attention caches), each a row of the same
+    /// sentence (a beam search's reordering): the caches are reordered, the sentences' memories,
+    /// which the hypotheses of one sentence share ([`CrossAttention::forward_t`]), are kept as
+    /// they are, uncopied.
+    pub fn reorder_hypotheses(&self, index: &Tensor) -> Result<DecoderState> {
+        Ok(DecoderState {
+            memories: self
+                .memories
+                .iter()
+                .map(|m| m.with_tensors(&m.tensors()))
+                .collect::<Result<_>>()?,
+            caches: self
+                .caches
+                .iter()
+                .map(|c| c.as_ref().map(|c| c.select(index)).transpose())
+                .collect::<Result<_>>()?,
+            position: self.position,
+        })
+    }
+
+    /// The sentences `sentences` `[M']` (rows of the memories) with their hypotheses `rows`
+    /// `[N']` (rows of the caches): a search dropping the sentences it has finished.
+    pub fn select_sentences(&self, sentences: &Tensor, rows: &Tensor) -> Result<DecoderState> {
+        Ok(DecoderState {
+            memories: self
+                .memories
+                .iter()
+                .map(|m| m.select(sentences))
+                .collect::<Result<_>>()?,
+            caches: self
+                .caches
+                .iter()
+                .map(|c| c.as_ref().map(|c| c.select(rows)).transpose())
+                .collect::<Result<_>>()?,
+            position: self.position,
+        })
+    }
+
     /// Every tensor of the state, in a fixed order: each layer's source memory, then each layer's
     /// self-attention cache (which must exist: take the state after a first step, or
     /// [`DecoderState::buffered`]). What an exported decoder step takes and updates.

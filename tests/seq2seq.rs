@@ -471,3 +471,48 @@ fn greedy_and_beam_search_agree_with_full_prefix_scoring() {
     };
     assert!(translate(&m, &tokens(&[&[5]]), &bad).is_err());
 }
+
+#[test]
+fn hypotheses_share_their_sentence_memory() {
+    // beam search: n hypotheses per sentence read the sentence's one memory, as if each had its
+    // own copy (CrossAttention::forward_t)
+    use fwp::attention::AttentionConfig;
+    use fwp::cross_attention::CrossAttention;
+    let kinds = {
+        let mut keys = FastWeightConfig::new(UpdateRule::Sum, FeatureMap::Dpfp { nu: 1 });
+        keys.backend = Backend::Reference; // the memory that keeps the keys
+        [
+            AttentionKind::Softmax,
+            fast(UpdateRule::Sum, FeatureMap::Favor { m: 4 }),
+            AttentionKind::FastWeight(keys),
+        ]
+    };
+    for kind in kinds {
+        let mut vs = VarStore::new(Device::Cpu);
+        let cfg = AttentionConfig {
+            d_model: 16,
+            n_heads: 2,
+            d_head: 8,
+            kind,
+            attn_dropout: 0.0,
+        };
+        let cross = CrossAttention::with_init(vs.root() / "cross", cfg, ParamInit::Framework)
+            .unwrap();
+        vs.double();
+        let enc = Tensor::randn([2, 5, 16], F64);
+        let mask = Tensor::from_slice(&[1i64, 1, 1, 1, 1, 1, 1, 1, 0, 0])
+            .view([2, 5])
+            .to_kind(Kind::Bool);
+        let memory = cross.memory(&enc, &mask, false).unwrap();
+        let x = Tensor::randn([6, 2, 16], F64); // 3 hypotheses of each sentence, 2 steps
+        let rows = Tensor::from_slice(&[0i64, 0, 0, 1, 1, 1]);
+        let shared = cross.forward_t(&x, &memory, false).unwrap();
+        let copied = cross
+            .forward_t(&x, &memory.select(&rows).unwrap(), false)
+            .unwrap();
+        assert_eq!(memory.rows(), 2);
+        assert_close(&format!("{kind:?}"), &shared, &copied, 1e-12, 1e-12);
+        // rows that are no multiple of the sentences
+        assert!(cross.forward_t(&x.narrow(0, 0, 5), &memory, false).is_err());
+    }
+}

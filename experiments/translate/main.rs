@@ -482,12 +482,14 @@ fn main() -> Result<()> {
                 let s = fwp::mt::speed::measure(&model, &variant, &sources, decode.batch, &opts)?;
                 let mib = |b: usize| b as f64 / (1 << 20) as f64;
                 println!(
-                    "source {:>4} tokens: {:>7.2} sentences/s {:>7.1} target tokens/s (mean {:.1}); \
-                     memory {:.3} MiB, cache {:.3} MiB per hypothesis",
+                    "source {:>4} tokens: {:>7.2} sentences/s {:>7.1} target tokens/s (mean {:.1}), \
+                     {} decoder steps, {:.1}/s; memory {:.3} MiB, cache {:.3} MiB per hypothesis",
                     s.source_len,
                     s.sentences_per_s,
                     s.target_tokens_per_s,
                     s.mean_target_len,
+                    s.steps.unwrap_or(0),
+                    s.steps_per_s.unwrap_or(0.0),
                     mib(s.memory_bytes),
                     mib(s.cache_bytes)
                 );

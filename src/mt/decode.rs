@@ -2,10 +2,14 @@
 //! decoder run one token at a time with its carried state ([`Seq2Seq::step`]).
 //!
 //! Beam search keeps `beam` hypotheses per sentence ranked by their summed log-probability; a
-//! hypothesis that has produced `</s>` stays in the beam with its score frozen, and the search
-//! stops when every beam is finished or at the length limit, `max_len_a * source length +
-//! max_len_b` target tokens (`</s>` forced at the limit). The result is the hypothesis with the
-//! best score / length^`length_penalty` (length counting `</s>`; 0: raw scores, 1: per token).
+//! hypothesis that has produced `</s>` stays in the beam with its score frozen, and a sentence's
+//! search ends when all its beams are finished or at the length limit, `max_len_a * source
+//! length + max_len_b` target tokens (`</s>` forced at the limit). The result is the hypothesis
+//! with the best score / length^`length_penalty` (length counting `</s>`; 0: raw scores, 1: per
+//! token).
+//!
+//! The beams of a sentence share its source memory (not copied per hypothesis), and a sentence
+//! that has ended leaves the batch, so that the rest step on without it.
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -62,14 +66,25 @@ pub struct Hypothesis {
 
 /// Translates a batch of sources `src` `[B, S]` (padded with [`PAD`]): one hypothesis each.
 pub fn translate(model: &Seq2Seq, src: &Tensor, opts: &DecodeOptions) -> Result<Vec<Hypothesis>> {
+    Ok(translate_counting_steps(model, src, opts)?.0)
+}
+
+/// [`translate`], and the number of decoder steps the search ran: up to the length limit, or
+/// until every hypothesis of the batch has produced `</s>` (the cost of a batch, which its
+/// slowest hypothesis sets).
+pub fn translate_counting_steps(
+    model: &Seq2Seq,
+    src: &Tensor,
+    opts: &DecodeOptions,
+) -> Result<(Vec<Hypothesis>, i64)> {
     opts.check()?;
     tch::no_grad(|| search(model, src, opts))
 }
 
-fn search(model: &Seq2Seq, src: &Tensor, opts: &DecodeOptions) -> Result<Vec<Hypothesis>> {
+fn search(model: &Seq2Seq, src: &Tensor, opts: &DecodeOptions) -> Result<(Vec<Hypothesis>, i64)> {
     let dev = model.device();
     let src = src.f_to_device(dev)?;
-    let (b, k) = (src.size()[0], opts.beam);
+    let (mut b, k) = (src.size()[0], opts.beam);
     // per sentence: the last step at which a token is chosen (</s> forced there)
     let src_len: Vec<i64> = Vec::try_from(src.f_ne(PAD)?.f_sum_dim_intlist(
         [1i64].as_slice(),
@@ -82,16 +97,21 @@ fn search(model: &Seq2Seq, src: &Tensor, opts: &DecodeOptions) -> Result<Vec<Hyp
         .collect();
     let steps = *limit.iter().max().unwrap_or(&1);
     let enc = model.encode(&src, false)?;
-    // each sentence's state repeated beam times: row b * k + j is beam j of sentence b
-    let rows = Tensor::f_arange(b, (Kind::Int64, dev))?.f_repeat_interleave_self_int(k, 0, None)?;
-    let mut state = model.start(&enc)?.select(&rows)?;
+    // The searched sentences (their indices in `src`): row r * k + j of the tensors below is
+    // beam j of searched sentence r; the k beams share the sentence's source memory. A sentence
+    // whose beams have all ended leaves the search (its result is taken, its rows dropped).
+    let mut searched: Vec<usize> = (0..b as usize).collect();
+    let mut results: Vec<Option<Hypothesis>> = vec![None; b as usize];
+    let mut state = model.start(&enc)?;
     let mut scores = Tensor::f_full([b, k], f64::NEG_INFINITY, (Kind::Double, dev))?;
     let _ = scores.f_narrow(1, 0, 1)?.f_fill_(0.0)?; // only beam 0 is live at the start
     let mut finished = Tensor::f_zeros([b, k], (Kind::Bool, dev))?;
     let mut history = Tensor::f_full([b * k, 0], PAD, (Kind::Int64, dev))?;
     let mut last = Tensor::f_full([b * k, 1], BOS, (Kind::Int64, dev))?;
-    let limit_t = Tensor::from_slice(&limit).f_to_device(dev)?; // [B]
+    let mut limit_t = Tensor::from_slice(&limit).f_to_device(dev)?; // [B]
+    let mut ran = 0;
     for t in 0..steps {
+        ran += 1;
         let logits = model.step(&last, &mut state)?; // [B K, 1, V]
         let v = logits.size()[2];
         let mut logp = logits
@@ -120,7 +140,7 @@ fn search(model: &Seq2Seq, src: &Tensor, opts: &DecodeOptions) -> Result<Vec<Hyp
         let global = (origin.shallow_clone()
             + Tensor::f_arange(b, (Kind::Int64, dev))?.f_unsqueeze(1)? * k)
             .f_view([-1])?;
-        state = state.select(&global)?;
+        state = state.reorder_hypotheses(&global)?;
         history = Tensor::f_cat(
             &[history.f_index_select(0, &global)?, token.f_view([-1, 1])?],
             1,
@@ -130,53 +150,85 @@ fn search(model: &Seq2Seq, src: &Tensor, opts: &DecodeOptions) -> Result<Vec<Hyp
             .f_logical_or(&token.f_eq(EOS)?)?;
         scores = best;
         last = token.f_view([-1, 1])?;
-        if bool::try_from(finished.f_all()?)? {
+        // sentences whose beams have all ended leave the search
+        let ended: Vec<bool> = Vec::try_from(finished.f_all_dim(1, false)?)?;
+        if !ended.iter().any(|&e| e) {
+            continue;
+        }
+        let hist = rows_of(&history)?;
+        let score: Vec<f64> = Vec::try_from(scores.f_view([-1])?)?;
+        let kk = k as usize;
+        for (r, _) in ended.iter().enumerate().filter(|(_, &e)| e) {
+            let s = searched[r];
+            results[s] = Some(
+                best_hypothesis(
+                    &score[r * kk..(r + 1) * kk],
+                    &hist[r * kk..(r + 1) * kk],
+                    opts.length_penalty,
+                )
+                .ok_or_else(|| anyhow::anyhow!("sentence {s}: no finite hypothesis"))?,
+            );
+        }
+        let keep: Vec<i64> = (0..b).filter(|&r| !ended[r as usize]).collect();
+        if keep.is_empty() {
             break;
         }
+        searched = keep.iter().map(|&r| searched[r as usize]).collect();
+        b = keep.len() as i64;
+        let keep = Tensor::from_slice(&keep).f_to_device(dev)?; // [B']
+        let rows = (keep.f_unsqueeze(1)? * k
+            + Tensor::f_arange(k, (Kind::Int64, dev))?.f_unsqueeze(0)?)
+        .f_view([-1])?; // [B' K]
+        state = state.select_sentences(&keep, &rows)?;
+        scores = scores.f_index_select(0, &keep)?;
+        finished = finished.f_index_select(0, &keep)?;
+        limit_t = limit_t.f_index_select(0, &keep)?;
+        history = history.f_index_select(0, &rows)?;
+        last = last.f_index_select(0, &rows)?;
     }
-    // choose by length-normalised score
-    let hist: Vec<Vec<i64>> = {
-        let n = history.size()[1];
-        let flat: Vec<i64> = Vec::try_from(history.f_view([-1])?)?;
-        flat.chunks(n.max(1) as usize)
-            .map(<[i64]>::to_vec)
-            .collect::<Vec<_>>()
-    };
-    let scores: Vec<f64> = Vec::try_from(scores.f_view([-1])?)?;
-    let mut out = Vec::with_capacity(b as usize);
-    for s in 0..b as usize {
-        let mut best: Option<(f64, Hypothesis)> = None;
-        for j in 0..k as usize {
-            let row = s * k as usize + j;
-            let score = scores[row];
-            if !score.is_finite() {
-                continue;
-            }
-            let ids = if hist.is_empty() {
-                &[][..]
-            } else {
-                &hist[row][..]
-            };
-            let len = ids
-                .iter()
-                .position(|&x| x == EOS)
-                .map_or(ids.len(), |p| p + 1);
-            let norm = score / (len.max(1) as f64).powf(opts.length_penalty);
-            if best.as_ref().is_none_or(|(n, _)| norm > *n) {
-                let tokens = ids[..len].iter().copied().filter(|&x| x != EOS).collect();
-                best = Some((
-                    norm,
-                    Hypothesis {
-                        tokens,
-                        log_prob: score,
-                    },
-                ));
-            }
+    // the loop ends every sentence by its limit at the latest
+    results
+        .into_iter()
+        .enumerate()
+        .map(|(s, h)| h.ok_or_else(|| anyhow::anyhow!("sentence {s}: the search did not end it")))
+        .collect::<Result<Vec<_>>>()
+        .map(|out| (out, ran))
+}
+
+/// The rows of a 2-d id tensor `[N, L]` (N empty rows when L = 0).
+fn rows_of(history: &Tensor) -> Result<Vec<Vec<i64>>> {
+    let (n, len) = (history.size()[0] as usize, history.size()[1] as usize);
+    if len == 0 {
+        return Ok(vec![Vec::new(); n]);
+    }
+    let flat: Vec<i64> = Vec::try_from(history.f_contiguous()?.f_view([-1])?)?;
+    Ok(flat.chunks(len).map(<[i64]>::to_vec).collect())
+}
+
+/// The best of one sentence's beams (summed log-probabilities `scores`, generated ids `ids`,
+/// padded after `</s>`) by score / length^`length_penalty`, the length counting `</s>`; None if
+/// no score is finite.
+fn best_hypothesis(scores: &[f64], ids: &[Vec<i64>], length_penalty: f64) -> Option<Hypothesis> {
+    let mut best: Option<(f64, Hypothesis)> = None;
+    for (&score, ids) in scores.iter().zip(ids) {
+        if !score.is_finite() {
+            continue;
         }
-        out.push(
-            best.map(|(_, h)| h)
-                .ok_or_else(|| anyhow::anyhow!("sentence {s}: no finite hypothesis"))?,
-        );
+        let len = ids
+            .iter()
+            .position(|&x| x == EOS)
+            .map_or(ids.len(), |p| p + 1);
+        let norm = score / (len.max(1) as f64).powf(length_penalty);
+        if best.as_ref().is_none_or(|(n, _)| norm > *n) {
+            let tokens = ids[..len].iter().copied().filter(|&x| x != EOS).collect();
+            best = Some((
+                norm,
+                Hypothesis {
+                    tokens,
+                    log_prob: score,
+                },
+            ));
+        }
     }
-    Ok(out)
+    best.map(|(_, h)| h)
 }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use super::bpe::{Bpe, BOS};
-use super::decode::{translate, DecodeOptions};
+use super::decode::{translate_counting_steps, DecodeOptions};
 use crate::seq2seq::Seq2Seq;
 
 /// One source length's measurement (a line of `<run>/speed.jsonl`).
@@ -25,8 +25,16 @@ pub struct DecodeSpeed {
     /// Generated target tokens (without `</s>`) per second, and per sentence on average.
     pub target_tokens_per_s: f64,
     pub mean_target_len: f64,
+    /// Decoder steps the searches ran, summed over batches, and per second: a batch steps until
+    /// its last hypothesis ends (or the length limit), so steps, not the kept translations'
+    /// tokens, are what a search pays for. Absent in records made before they were measured.
+    #[serde(default)]
+    pub steps: Option<i64>,
+    #[serde(default)]
+    pub steps_per_s: Option<f64>,
     /// Bytes of one sentence's cross-attention memories, and of its self-attention caches after
-    /// `mean_target_len` tokens (one hypothesis; a beam holds `beam` of each).
+    /// `mean_target_len` tokens (one hypothesis; a beam holds one memory, which its hypotheses
+    /// share, and `beam` caches).
     pub memory_bytes: usize,
     pub cache_bytes: usize,
     pub threads: i32,
@@ -78,16 +86,15 @@ pub fn measure(
     }
     let dev = model.device();
     let started = std::time::Instant::now();
-    let mut generated = 0usize;
+    let (mut generated, mut steps) = (0usize, 0i64);
     for chunk in sources.chunks(batch) {
         let flat: Vec<i64> = chunk.concat();
         let src = Tensor::from_slice(&flat)
             .f_view([chunk.len() as i64, len as i64])?
             .f_to_device(dev)?;
-        generated += translate(model, &src, opts)?
-            .iter()
-            .map(|h| h.tokens.len())
-            .sum::<usize>();
+        let (hyps, ran) = translate_counting_steps(model, &src, opts)?;
+        generated += hyps.iter().map(|h| h.tokens.len()).sum::<usize>();
+        steps += ran;
     }
     let seconds = started.elapsed().as_secs_f64().max(1e-9);
     let mean_target_len = generated as f64 / sources.len() as f64;
@@ -118,6 +125,8 @@ pub fn measure(
         sentences_per_s: sources.len() as f64 / seconds,
         target_tokens_per_s: generated as f64 / seconds,
         mean_target_len,
+        steps: Some(steps),
+        steps_per_s: Some(steps as f64 / seconds),
         memory_bytes,
         cache_bytes,
         threads: tch::get_num_threads(),
