@@ -116,21 +116,9 @@ pub struct DecoderState {
 }
 
 impl DecoderState {
-    /// Rows `index` `[N]` of the batch, e.g. the hypotheses a beam search keeps.
+    /// Rows `index` `[N]` of the batch: its sentences' memories and their caches.
     pub fn select(&self, index: &Tensor) -> Result<DecoderState> {
-        Ok(DecoderState {
-            memories: self
-                .memories
-                .iter()
-                .map(|m| m.select(index))
-                .collect::<Result<_>>()?,
-            caches: self
-                .caches
-                .iter()
-                .map(|c| c.as_ref().map(|c| c.select(index)).transpose())
-                .collect::<Result<_>>()?,
-            position: self.position,
-        })
+        self.pick(Some(index), index)
     }
 
     /// The hypotheses `index` `[N]` (rows of the self-attention caches), each a row of the same
@@ -138,29 +126,25 @@ impl DecoderState {
     /// which the hypotheses of one sentence share ([`CrossAttention::forward_t`]), are kept as
     /// they are, uncopied.
     pub fn reorder_hypotheses(&self, index: &Tensor) -> Result<DecoderState> {
-        Ok(DecoderState {
-            memories: self
-                .memories
-                .iter()
-                .map(|m| m.with_tensors(&m.tensors()))
-                .collect::<Result<_>>()?,
-            caches: self
-                .caches
-                .iter()
-                .map(|c| c.as_ref().map(|c| c.select(index)).transpose())
-                .collect::<Result<_>>()?,
-            position: self.position,
-        })
+        self.pick(None, index)
     }
 
     /// The sentences `sentences` `[M']` (rows of the memories) with their hypotheses `rows`
     /// `[N']` (rows of the caches): a search dropping the sentences it has finished.
     pub fn select_sentences(&self, sentences: &Tensor, rows: &Tensor) -> Result<DecoderState> {
+        self.pick(Some(sentences), rows)
+    }
+
+    /// Rows `sentences` of the memories (all, shared, when None) and `rows` of the caches.
+    fn pick(&self, sentences: Option<&Tensor>, rows: &Tensor) -> Result<DecoderState> {
         Ok(DecoderState {
             memories: self
                 .memories
                 .iter()
-                .map(|m| m.select(sentences))
+                .map(|m| match sentences {
+                    Some(s) => m.select(s),
+                    None => m.with_tensors(&m.tensors()),
+                })
                 .collect::<Result<_>>()?,
             caches: self
                 .caches
