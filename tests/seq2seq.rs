@@ -496,8 +496,8 @@ fn hypotheses_share_their_sentence_memory() {
             kind,
             attn_dropout: 0.0,
         };
-        let cross = CrossAttention::with_init(vs.root() / "cross", cfg, ParamInit::Framework)
-            .unwrap();
+        let cross =
+            CrossAttention::with_init(vs.root() / "cross", cfg, ParamInit::Framework).unwrap();
         vs.double();
         let enc = Tensor::randn([2, 5, 16], F64);
         let mask = Tensor::from_slice(&[1i64, 1, 1, 1, 1, 1, 1, 1, 0, 0])
