@@ -55,6 +55,27 @@ pub fn show_update(bar: &ProgressBar, step: usize, loss: f64, lr: f64, tokens_pe
     }
 }
 
+/// The progress display of a training call: the bar's position, loss, learning rate and speed
+/// ([`show_update`]), and a line for every evaluation, which `eval_line` writes from the update
+/// and the validation score.
+#[allow(dead_code)]
+pub fn train_progress<'a>(
+    bar: &'a ProgressBar,
+    eval_line: impl Fn(usize, f64) -> String + 'a,
+) -> impl Fn(fwp::training::TrainEvent) + 'a {
+    use fwp::training::TrainEvent;
+    move |e| match e {
+        TrainEvent::Start { step, .. } => bar.set_position(step as u64),
+        TrainEvent::Update {
+            step,
+            loss,
+            lr,
+            tokens_per_s,
+        } => show_update(bar, step, loss, lr, tokens_per_s),
+        TrainEvent::Eval { step, score } => say(bar, eval_line(step, score)),
+    }
+}
+
 /// Prints how a training call ended; a fresh run refused for an existing checkpoint gets the hint
 /// to resume it.
 #[allow(dead_code)]

@@ -31,7 +31,7 @@ use fwp::lm::data::Split;
 use fwp::lm::eval::{evaluate, EvalMode};
 use fwp::lm::export::export;
 use fwp::lm::generate::{sample, Generation, SampleOptions};
-use fwp::lm::train::{load_run, parameter_count, train, LoadedRun, TrainEvent, TrainOptions};
+use fwp::lm::train::{load_run, parameter_count, train, LoadedRun, TrainOptions};
 use fwp::report::append_record;
 use fwp::OutputLayer;
 use fwp::{Backend, Normalisation, Variant};
@@ -303,12 +303,7 @@ fn main() -> Result<()> {
             } else {
                 (run_config(&a)?, None)
             };
-            if let Some(n) = a.threads.or(saved_threads) {
-                if n < 1 {
-                    bail!("--threads must be >= 1, got {n}");
-                }
-                tch::set_num_threads(n);
-            }
+            common::set_threads(a.threads.or(saved_threads))?;
             let stop = common::stop_on_ctrl_c()?;
             println!(
                 "{} {} on {}: {} updates of {} x {} tokens -> {}",
@@ -324,19 +319,9 @@ fn main() -> Result<()> {
                 cfg.train.steps as u64,
                 "{bar:30} {pos}/{len} updates [{elapsed}<{eta}] {msg}",
             )?;
-            let progress = |e: TrainEvent| match e {
-                TrainEvent::Start { step, .. } => bar.set_position(step as u64),
-                TrainEvent::Update {
-                    step,
-                    loss,
-                    lr,
-                    tokens_per_s,
-                } => common::show_update(&bar, step, loss, lr, tokens_per_s),
-                TrainEvent::Eval { step, perplexity } => common::say(
-                    &bar,
-                    format!("update {step}: valid perplexity {perplexity:.2} (segments)"),
-                ),
-            };
+            let progress = common::train_progress(&bar, |step, perplexity| {
+                format!("update {step}: valid perplexity {perplexity:.2} (segments)")
+            });
             let opts = TrainOptions {
                 device,
                 resume: a.resume,

@@ -31,7 +31,7 @@ use fwp::mt::config::{MtModel, Preset, TrainConfig};
 use fwp::mt::corpus::{read_split, Split};
 use fwp::mt::decode::DecodeOptions;
 use fwp::mt::eval::{reference_nll, score, translate_all, EvalRecord};
-use fwp::mt::train::{load_run, train, LoadedRun, RunConfig, TrainEvent, TrainOptions};
+use fwp::mt::train::{load_run, train, LoadedRun, RunConfig, TrainOptions};
 use fwp::report::append_record;
 use fwp::{Backend, LayerNormPlacement, Variant};
 
@@ -296,19 +296,9 @@ fn train_command(a: &TrainArgs) -> Result<()> {
         cfg.train.steps as u64,
         "{bar:30} {pos}/{len} updates [{elapsed}<{eta}] {msg}",
     )?;
-    let progress = |e: TrainEvent| match e {
-        TrainEvent::Start { step, .. } => bar.set_position(step as u64),
-        TrainEvent::Update {
-            step,
-            loss,
-            lr,
-            tokens_per_s,
-        } => common::show_update(&bar, step, loss, lr, tokens_per_s),
-        TrainEvent::Eval { step, bleu } => common::say(
-            &bar,
-            format!("update {step}: valid BLEU {bleu:.2} (greedy, first sentences)"),
-        ),
-    };
+    let progress = common::train_progress(&bar, |step, bleu| {
+        format!("update {step}: valid BLEU {bleu:.2} (greedy, first sentences)")
+    });
     let opts = TrainOptions {
         device,
         resume: a.resume,

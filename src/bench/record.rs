@@ -55,9 +55,7 @@ impl Record {
             hardware: peak.map_or_else(|| super::peak::hardware(device), |p| p.hardware.clone()),
             threads: tch::get_num_threads(),
             fwp_version: env!("CARGO_PKG_VERSION").into(),
-            unix_time: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            unix_time: crate::training::unix_time(),
             case,
             measurement,
         }

@@ -2,24 +2,27 @@
 //! JSON-lines logs (`train.jsonl`, `eval.jsonl`), atomic checkpoints every N updates, at the end and
 //! on interruption, and exact resumption (the batch and the dropout masks of an update are functions
 //! of its step; see [`super::batches`] and [`super::checkpoint::RNG_RULE`]). One process trains a
-//! run directory at a time ([`checkpoint::RunLock`]).
+//! run directory at a time ([`checkpoint::RunLock`]). The loop itself is the one both experiments
+//! share ([`crate::training::updates`]); this file supplies the LM's update and evaluation.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
-use super::adam::{clip_grad_norm, learning_rate, Adam};
+use super::adam::{learning_rate, Adam};
 use super::batches::Segments;
 use super::checkpoint::{self, Meta, RunConfig, RunLock, RNG_RULE};
 use super::data::{Corpus, Vocab};
 use super::eval::{evaluate, EvalMode};
 use crate::model::LanguageModel;
-use crate::report::{append_record, atomic_write, read_records, retain_records};
-pub use crate::training::{Outcome, StepLog};
+use crate::report::{append_record, atomic_write};
+use crate::training::unix_time;
+use crate::training::updates::{
+    check_fresh, check_resumable, log_paths, run_updates, start, Schedule, Trainee,
+};
+pub use crate::training::{parameter_count, Outcome, StepLog, TrainEvent, TrainOptions};
 
 /// One evaluation during training.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -30,22 +33,6 @@ pub struct EvalLog {
     /// NaN or infinite for a model that diverged (written as a string, see [`crate::report::real`]).
     #[serde(with = "crate::report::real")]
     pub perplexity: f64,
-}
-
-/// What [`train`] reports as it goes, to a progress bar or a log.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum TrainEvent {
-    /// Training starts, or resumes, with `step` of `total` updates done.
-    Start { step: usize, total: usize },
-    /// An update is done (`step` updates in all); `tokens_per_s` on the updates that are logged.
-    Update {
-        step: usize,
-        loss: f64,
-        lr: f64,
-        tokens_per_s: Option<f64>,
-    },
-    /// Validation perplexity (non-overlapping segments) after `step` updates.
-    Eval { step: usize, perplexity: f64 },
 }
 
 /// The model of a configuration for `vocab` words, initialised from the run's seed.
@@ -60,50 +47,63 @@ pub fn build_model(
     Ok((vs, model))
 }
 
-/// Trainable parameters.
-pub fn parameter_count(vs: &VarStore) -> i64 {
-    vs.trainable_variables()
-        .iter()
-        .map(|t| t.numel() as i64)
-        .sum()
+/// One update of an LM run, for [`run_updates`].
+struct LmUpdates<'a> {
+    run: &'a Path,
+    cfg: &'a RunConfig,
+    model: &'a LanguageModel,
+    vs: &'a VarStore,
+    corpus: &'a Corpus,
+    segments: Segments,
+    meta_at: &'a dyn Fn(usize, Option<f64>) -> Meta,
 }
 
-/// Options of one call to [`train`] besides the configuration.
-pub struct TrainOptions<'a> {
-    pub device: Device,
-    /// Continue from `<run>/checkpoint` instead of starting afresh.
-    pub resume: bool,
-    /// Set (by a Ctrl-C handler) to stop after the current update, with a checkpoint.
-    pub stop: &'a AtomicBool,
-    /// Stop as if interrupted once this many updates are done (tests).
-    pub stop_after: Option<usize>,
-    /// Told about every update and evaluation ([`TrainEvent`]).
-    pub progress: Option<&'a dyn Fn(TrainEvent)>,
-}
+impl Trainee for LmUpdates<'_> {
+    fn learning_rate(&self, step: usize) -> f64 {
+        let t = &self.cfg.train;
+        learning_rate(step, t.lr, t.warmup, t.steps)
+    }
 
-fn log_paths(run: &Path) -> (PathBuf, PathBuf) {
-    (run.join("train.jsonl"), run.join("eval.jsonl"))
-}
+    fn gradients(&self, step: usize) -> Result<(f64, i64)> {
+        let t = &self.cfg.train;
+        let micro = t.batch / t.accumulate;
+        let (x, y) = self.segments.get(step as i64)?;
+        let mut loss_sum = 0.0f64;
+        for m in 0..t.accumulate {
+            let xm = Segments::rows(&x, m * micro, micro)?;
+            let ym = Segments::rows(&y, m * micro, micro)?;
+            let (hidden, _) = self.model.hidden_t(&xm, None, 0, true)?;
+            let loss = self.model.nll_sum(&hidden, &ym)? / ym.numel() as f64; // mean cross-entropy
+            loss_sum += f64::try_from(&loss)? / t.accumulate as f64;
+            (loss / t.accumulate as f64).backward();
+        }
+        Ok((loss_sum, t.batch * self.cfg.model.context))
+    }
 
-/// Drops log records past `step` (written after the checkpoint a resumed run starts from), keeping
-/// the other lines byte for byte.
-fn truncate_logs(run: &Path, step: usize) -> Result<()> {
-    let (train_log, eval_log) = log_paths(run);
-    let step_of = |v: &serde_json::Value| v["step"].as_u64().map(|s| s as usize);
-    retain_records(&train_log, |v| step_of(v).is_some_and(|s| s < step))?;
-    retain_records(&eval_log, |v| step_of(v).is_some_and(|s| s <= step))
-}
+    fn evaluate(&self, step: usize) -> Result<f64> {
+        let (context, batch) = (self.cfg.model.context, self.cfg.train.batch);
+        let score = evaluate(
+            self.model,
+            &self.corpus.valid,
+            context,
+            EvalMode::Segments,
+            batch,
+        )?;
+        append_record(
+            &log_paths(self.run).1,
+            &EvalLog {
+                step,
+                split: "valid".into(),
+                mode: EvalMode::Segments.to_string(),
+                perplexity: score.perplexity(),
+            },
+        )?;
+        Ok(score.perplexity())
+    }
 
-/// Errors when a resumed CPU run would use another thread count than it was trained with.
-fn check_threads(meta: &Meta, device: Device) -> Result<()> {
-    let now = tch::get_num_threads();
-    match meta.threads {
-        Some(saved) if device == Device::Cpu && saved != now => bail!(
-            "the run was trained with {saved} CPU threads and this process has {now}: parallel sums \
-             round differently with another count, so the resumed run would not reproduce the \
-             uninterrupted one; resume with {saved} threads"
-        ),
-        _ => Ok(()),
+    fn save(&self, step: usize, last_loss: Option<f64>, adam: &Adam) -> Result<()> {
+        let meta = (self.meta_at)(step, last_loss);
+        checkpoint::save(self.run, self.vs, adam, &meta, &self.corpus.vocab)
     }
 }
 
@@ -117,64 +117,32 @@ pub fn train(run: &Path, cfg: &RunConfig, opts: &TrainOptions) -> Result<Outcome
     let (corpus, start_meta) = if opts.resume {
         checkpoint::recover(run)?;
         let (dir, meta) = checkpoint::find(run)?;
-        if meta.config != *cfg {
-            bail!(
-                "{}: the checkpoint was made with a different configuration; resume with the saved one \
-                 (meta.json) or start a new run directory",
-                run.display()
-            );
-        }
-        check_threads(&meta, opts.device)?;
+        check_resumable(run, &meta.config, cfg, meta.threads, opts.device)?;
         checkpoint::check_corpus(&cfg.data, &meta)?;
         let corpus = Corpus::load_with_vocab(&cfg.data, checkpoint::load_vocab(&dir, &meta)?)?;
         (corpus, Some((dir, meta)))
     } else {
-        // a checkpoint directory at all, even one whose meta.json does not read
-        if checkpoint::exists(run) {
-            bail!(
-                "{} already holds a checkpoint: resume it, or choose another run directory",
-                run.display()
-            );
-        }
+        check_fresh(run)?;
         (Corpus::load(&cfg.data, t.min_count)?, None)
     };
     let corpus_sha256 = Some(checkpoint::corpus_checksums(&cfg.data)?);
-    let vocab: &Vocab = &corpus.vocab;
-    let (mut vs, model) = build_model(cfg, vocab.len() as i64, opts.device)?;
+    let (mut vs, model) = build_model(cfg, corpus.vocab.len() as i64, opts.device)?;
     let mut adam = Adam::new(&vs)?;
-    let mut step = 0usize;
-    let mut last_loss = None;
-    // Training time before this call (from the kept log), so that elapsed_s counts the whole run.
-    let mut elapsed_before = 0.0;
     if let Some((dir, meta)) = &start_meta {
         checkpoint::load_weights(dir, &mut vs)?;
         adam.load(&dir.join("optimizer.safetensors"), meta.step as i64)?;
-        step = meta.step;
-        last_loss = meta.last_loss;
-        truncate_logs(run, step)?;
-        let train_log = log_paths(run).0;
-        if train_log.is_file() {
-            elapsed_before = read_records::<StepLog>(&train_log)?
-                .last()
-                .map_or(0.0, |r| r.elapsed_s);
-        }
-    } else {
-        for p in [log_paths(run).0, log_paths(run).1] {
-            if p.exists() {
-                std::fs::remove_file(&p)?;
-            }
-        }
     }
+    let from = start(run, start_meta.as_ref().map(|(_, m)| (m.step, m.last_loss)))?;
     atomic_write(
         &run.join("config.json"),
         (serde_json::to_string_pretty(cfg)? + "\n").as_bytes(),
     )?;
     let params = parameter_count(&vs);
-    let context = cfg.model.context;
-    let segments = Segments::new(&corpus.train.to_device(opts.device), t.batch, context)?;
-    let micro = t.batch / t.accumulate;
-    let (train_log, eval_log) = log_paths(run);
-
+    let segments = Segments::new(
+        &corpus.train.to_device(opts.device),
+        t.batch,
+        cfg.model.context,
+    )?;
     let meta_at = |step: usize, last_loss: Option<f64>| Meta {
         config: cfg.clone(),
         step,
@@ -183,108 +151,29 @@ pub fn train(run: &Path, cfg: &RunConfig, opts: &TrainOptions) -> Result<Outcome
         last_loss,
         parameters: params,
         fwp_version: env!("CARGO_PKG_VERSION").into(),
-        unix_time: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
+        unix_time: unix_time(),
         threads: Some(tch::get_num_threads()),
         vocab_sha256: None, // filled in by checkpoint::save
         corpus_sha256: corpus_sha256.clone(),
     };
-    let tell = |e: TrainEvent| {
-        if let Some(f) = opts.progress {
-            f(e)
-        }
+    let schedule = Schedule {
+        steps: t.steps,
+        seed: t.seed,
+        clip: t.clip,
+        log_every: t.log_every,
+        eval_every: t.eval_every,
+        checkpoint_every: t.checkpoint_every,
     };
-    tell(TrainEvent::Start {
-        step,
-        total: t.steps,
-    });
-    let started = Instant::now();
-    let mut window = (Instant::now(), step);
-    while step < t.steps {
-        if opts.stop.load(Ordering::SeqCst) || opts.stop_after.is_some_and(|n| step >= n) {
-            checkpoint::save(run, &vs, &adam, &meta_at(step, last_loss), vocab)?;
-            return Ok(Outcome::Interrupted { step });
-        }
-        tch::manual_seed(t.seed * 1_000_003 + step as i64);
-        let lr = learning_rate(step, t.lr, t.warmup, t.steps);
-        adam.zero_grad();
-        let (x, y) = segments.get(step as i64)?;
-        let mut loss_sum = 0.0f64;
-        for m in 0..t.accumulate {
-            let xm = Segments::rows(&x, m * micro, micro)?;
-            let ym = Segments::rows(&y, m * micro, micro)?;
-            let (hidden, _) = model.hidden_t(&xm, None, 0, true)?;
-            let loss = model.nll_sum(&hidden, &ym)? / ym.numel() as f64; // mean cross-entropy
-            loss_sum += f64::try_from(&loss)? / t.accumulate as f64;
-            (loss / t.accumulate as f64).backward();
-        }
-        if !loss_sum.is_finite() {
-            let kept = checkpoint::find(run).map(|(_, m)| format!("step {}", m.step));
-            bail!(
-                "training loss is {loss_sum} at update {step}: stopped without applying it; the last good \
-                 checkpoint ({}) is kept in {}",
-                kept.unwrap_or_else(|_| "none written yet".into()),
-                run.join("checkpoint").display()
-            );
-        }
-        let grad_norm = clip_grad_norm(adam.params(), t.clip)?;
-        if !grad_norm.is_finite() {
-            bail!(
-                "gradient norm is {grad_norm} at update {step} (loss {loss_sum}): stopped without \
-                 applying it; the last good checkpoint is kept in {}",
-                run.join("checkpoint").display()
-            );
-        }
-        adam.step(lr)?;
-        step += 1;
-        last_loss = Some(loss_sum);
-        let mut logged_rate = None;
-        if step.is_multiple_of(t.log_every) || step == t.steps {
-            let done = step - window.1;
-            let secs = window.0.elapsed().as_secs_f64().max(1e-9);
-            let tokens_per_s = (done as i64 * t.batch * context) as f64 / secs;
-            window = (Instant::now(), step);
-            append_record(
-                &train_log,
-                &StepLog {
-                    step: step - 1,
-                    loss: loss_sum,
-                    lr,
-                    grad_norm,
-                    tokens_per_s,
-                    elapsed_s: elapsed_before + started.elapsed().as_secs_f64(),
-                },
-            )?;
-            logged_rate = Some(tokens_per_s);
-        }
-        tell(TrainEvent::Update {
-            step,
-            loss: loss_sum,
-            lr,
-            tokens_per_s: logged_rate,
-        });
-        if step.is_multiple_of(t.eval_every) || step == t.steps {
-            let score = evaluate(&model, &corpus.valid, context, EvalMode::Segments, t.batch)?;
-            append_record(
-                &eval_log,
-                &EvalLog {
-                    step,
-                    split: "valid".into(),
-                    mode: EvalMode::Segments.to_string(),
-                    perplexity: score.perplexity(),
-                },
-            )?;
-            tell(TrainEvent::Eval {
-                step,
-                perplexity: score.perplexity(),
-            });
-        }
-        if step.is_multiple_of(t.checkpoint_every) || step == t.steps {
-            checkpoint::save(run, &vs, &adam, &meta_at(step, last_loss), vocab)?;
-        }
-    }
-    Ok(Outcome::Finished { step })
+    let updates = LmUpdates {
+        run,
+        cfg,
+        model: &model,
+        vs: &vs,
+        corpus: &corpus,
+        segments,
+        meta_at: &meta_at,
+    };
+    run_updates(run, &schedule, &mut adam, from, opts, &updates)
 }
 
 /// A checkpointed run, loaded for evaluation, export or sampling.

@@ -3,12 +3,11 @@
 //! gradient clipping, JSON-lines logs (`train.jsonl`, `eval.jsonl` with valid BLEU), atomic
 //! checkpoints every N updates, at the end and on interruption, and exact resumption (the batch of
 //! an update is a function of its step, the dropout masks of (seed, step)). Shares its machinery
-//! with the LM experiment ([`crate::training`]).
+//! with the LM experiment: the loop, its logs and checkpoints are [`crate::training`]'s; this file
+//! supplies the vocabulary, the batches, the label-smoothed update and the greedy-BLEU evaluation.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -20,11 +19,15 @@ use super::config::{MtModel, TrainConfig};
 use super::corpus::{split_paths, ParallelCorpus, Split};
 use super::decode::DecodeOptions;
 use super::eval::{score, translate_all};
-use crate::report::{append_record, atomic_write, read_records, retain_records};
+use crate::report::{append_record, atomic_write};
 use crate::seq2seq::Seq2Seq;
-use crate::training::adam::{clip_grad_norm, inverse_sqrt_learning_rate, Adam};
+use crate::training::adam::{inverse_sqrt_learning_rate, Adam};
 use crate::training::checkpoint::{self, file_sha256, sha256_hex, RunLock};
-pub use crate::training::{Outcome, StepLog};
+use crate::training::unix_time;
+use crate::training::updates::{
+    check_fresh, check_resumable, log_paths, run_updates, start, Schedule, Trainee,
+};
+pub use crate::training::{parameter_count, Outcome, StepLog, TrainEvent, TrainOptions};
 
 /// Everything a run is made of.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -77,32 +80,6 @@ pub struct EvalLog {
     pub chrf: f64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum TrainEvent {
-    Start {
-        step: usize,
-        total: usize,
-    },
-    Update {
-        step: usize,
-        loss: f64,
-        lr: f64,
-        tokens_per_s: Option<f64>,
-    },
-    Eval {
-        step: usize,
-        bleu: f64,
-    },
-}
-
-pub struct TrainOptions<'a> {
-    pub device: Device,
-    pub resume: bool,
-    pub stop: &'a AtomicBool,
-    pub stop_after: Option<usize>,
-    pub progress: Option<&'a dyn Fn(TrainEvent)>,
-}
-
 /// The model of `cfg` for the vocabulary `bpe`, initialised from the run's seed.
 pub fn build_model(cfg: &RunConfig, vocab: i64, device: Device) -> Result<(VarStore, Seq2Seq)> {
     tch::manual_seed(cfg.train.seed);
@@ -147,8 +124,80 @@ fn corpus_checksums(cfg: &RunConfig) -> Result<BTreeMap<String, String>> {
     Ok(sums)
 }
 
-fn log_paths(run: &Path) -> (PathBuf, PathBuf) {
-    (run.join("train.jsonl"), run.join("eval.jsonl"))
+/// One update of a translation run, for [`run_updates`].
+struct MtUpdates<'a> {
+    run: &'a Path,
+    cfg: &'a RunConfig,
+    model: &'a Seq2Seq,
+    vs: &'a VarStore,
+    bpe: &'a Bpe,
+    bpe_json: &'a str,
+    corpus: &'a ParallelCorpus,
+    batches: Batches,
+    device: Device,
+    meta_at: &'a dyn Fn(usize, Option<f64>) -> Meta,
+}
+
+impl Trainee for MtUpdates<'_> {
+    fn learning_rate(&self, step: usize) -> f64 {
+        let t = &self.cfg.train;
+        inverse_sqrt_learning_rate(step, t.lr, t.warmup)
+    }
+
+    fn gradients(&self, step: usize) -> Result<(f64, i64)> {
+        let batch = self.batches.get(step, self.device)?;
+        let enc = self.model.encode(&batch.src, true)?;
+        let logits = self.model.decode_t(&batch.tgt_in, &enc, true)?; // [B, T, V]
+        let v = logits.size()[2];
+        let loss = logits
+            .f_view([-1, v])?
+            .f_cross_entropy_loss::<tch::Tensor>(
+                &batch.tgt_out.f_view([-1])?,
+                None,
+                tch::Reduction::Mean,
+                PAD,
+                self.cfg.train.label_smoothing,
+            )?;
+        let loss_value = f64::try_from(&loss)?;
+        loss.backward();
+        let tokens =
+            batch.src.f_ne(PAD)?.f_sum(Kind::Int64)?.int64_value(&[]) + batch.target_tokens()?;
+        Ok((loss_value, tokens))
+    }
+
+    fn evaluate(&self, step: usize) -> Result<f64> {
+        let n = self.cfg.train.eval_sentences.min(self.corpus.valid.len());
+        let pairs = &self.corpus.valid[..n];
+        let sources: Vec<String> = pairs.iter().map(|p| p.src.clone()).collect();
+        let refs: Vec<String> = pairs.iter().map(|p| p.tgt.clone()).collect();
+        let greedy = DecodeOptions {
+            beam: 1,
+            ..DecodeOptions::default()
+        };
+        let hyps = translate_all(self.model, self.bpe, &sources, &greedy, 64, None)?;
+        let s = score(&hyps, &refs)?;
+        append_record(
+            &log_paths(self.run).1,
+            &EvalLog {
+                step,
+                split: "valid".into(),
+                sentences: n,
+                bleu: s.bleu.score,
+                chrf: s.chrf,
+            },
+        )?;
+        Ok(s.bleu.score)
+    }
+
+    fn save(&self, step: usize, last_loss: Option<f64>, adam: &Adam) -> Result<()> {
+        checkpoint::save_with(
+            self.run,
+            self.vs,
+            adam,
+            &(self.meta_at)(step, last_loss),
+            &[("tokenizer.json", self.bpe_json.as_bytes().to_vec())],
+        )
+    }
 }
 
 /// Trains (or resumes) the run in `run`.
@@ -159,40 +208,20 @@ pub fn train(run: &Path, cfg: &RunConfig, opts: &TrainOptions) -> Result<Outcome
     let _lock = RunLock::acquire(run)?;
     let corpus = ParallelCorpus::load(&cfg.data, cfg.langs())?;
     let corpus_sha256 = corpus_checksums(cfg)?;
-    let start = if opts.resume {
+    let start_meta = if opts.resume {
         checkpoint::recover(run)?;
         let (dir, meta) = checkpoint::find_with::<Meta>(run)?;
-        if meta.config != *cfg {
-            bail!(
-                "{}: the checkpoint was made with a different configuration; resume with the saved one \
-                 (meta.json) or start a new run directory",
-                run.display()
-            );
-        }
-        if opts.device == Device::Cpu && meta.threads != tch::get_num_threads() {
-            bail!(
-                "the run was trained with {} CPU threads and this process has {}: parallel sums round \
-                 differently with another count; resume with {} threads",
-                meta.threads,
-                tch::get_num_threads(),
-                meta.threads
-            );
-        }
+        check_resumable(run, &meta.config, cfg, Some(meta.threads), opts.device)?;
         if meta.corpus_sha256 != corpus_sha256 {
             bail!("{}: the corpus has changed since the checkpoint; the run must continue on the corpus it was trained on", cfg.data.display());
         }
         let bpe = load_bpe(&dir, &meta)?;
         Some((dir, meta, bpe))
     } else {
-        if checkpoint::exists(run) {
-            bail!(
-                "{} already holds a checkpoint: resume it, or choose another run directory",
-                run.display()
-            );
-        }
+        check_fresh(run)?;
         None
     };
-    let bpe = match &start {
+    let bpe = match &start_meta {
         Some((_, _, bpe)) => Bpe::from_json(&bpe.to_json()?)?,
         None => {
             let text = corpus
@@ -214,35 +243,15 @@ pub fn train(run: &Path, cfg: &RunConfig, opts: &TrainOptions) -> Result<Outcome
     let (mut vs, model) = build_model(cfg, bpe.len(), opts.device)?;
     let mut adam = Adam::new(&vs)?;
     (adam.beta2, adam.eps) = (0.98, 1e-9);
-    let (train_log, eval_log) = log_paths(run);
-    let mut step = 0;
-    let mut last_loss = None;
-    let mut elapsed_before = 0.0;
-    if let Some((dir, meta, _)) = &start {
+    if let Some((dir, meta, _)) = &start_meta {
         checkpoint::load_weights(dir, &mut vs)?;
         adam.load(&dir.join("optimizer.safetensors"), meta.step as i64)?;
-        step = meta.step;
-        last_loss = meta.last_loss;
-        let step_of = |v: &serde_json::Value| v["step"].as_u64().map(|s| s as usize);
-        retain_records(&train_log, |v| step_of(v).is_some_and(|s| s < step))?;
-        retain_records(&eval_log, |v| step_of(v).is_some_and(|s| s <= step))?;
-        if train_log.is_file() {
-            elapsed_before = read_records::<StepLog>(&train_log)?
-                .last()
-                .map_or(0.0, |r| r.elapsed_s);
-        }
-    } else {
-        for p in [&train_log, &eval_log] {
-            if p.exists() {
-                std::fs::remove_file(p)?;
-            }
-        }
     }
-    let parameters: i64 = vs
-        .trainable_variables()
-        .iter()
-        .map(|t| t.numel() as i64)
-        .sum();
+    let from = start(
+        run,
+        start_meta.as_ref().map(|(_, m, _)| (m.step, m.last_loss)),
+    )?;
+    let parameters = parameter_count(&vs);
     let bpe_sha256 = sha256_hex(bpe_json.as_bytes());
     let meta_at = |step: usize, last_loss: Option<f64>| Meta {
         config: cfg.clone(),
@@ -255,129 +264,31 @@ pub fn train(run: &Path, cfg: &RunConfig, opts: &TrainOptions) -> Result<Outcome
         rng: RNG_RULE.into(),
         threads: tch::get_num_threads(),
         fwp_version: env!("CARGO_PKG_VERSION").into(),
-        unix_time: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
+        unix_time: unix_time(),
         bpe_sha256: bpe_sha256.clone(),
         corpus_sha256: corpus_sha256.clone(),
     };
-    let save = |step, last_loss, adam: &Adam| {
-        checkpoint::save_with(
-            run,
-            &vs,
-            adam,
-            &meta_at(step, last_loss),
-            &[("tokenizer.json", bpe_json.clone().into_bytes())],
-        )
+    let schedule = Schedule {
+        steps: t.steps,
+        seed: t.seed,
+        clip: t.clip,
+        log_every: t.log_every,
+        eval_every: t.eval_every,
+        checkpoint_every: t.checkpoint_every,
     };
-    let tell = |e| {
-        if let Some(f) = opts.progress {
-            f(e)
-        }
+    let updates = MtUpdates {
+        run,
+        cfg,
+        model: &model,
+        vs: &vs,
+        bpe: &bpe,
+        bpe_json: &bpe_json,
+        corpus: &corpus,
+        batches,
+        device: opts.device,
+        meta_at: &meta_at,
     };
-    tell(TrainEvent::Start {
-        step,
-        total: t.steps,
-    });
-    let started = Instant::now();
-    let mut window = (Instant::now(), 0i64);
-    while step < t.steps {
-        if opts.stop.load(Ordering::SeqCst) || opts.stop_after.is_some_and(|n| step >= n) {
-            save(step, last_loss, &adam)?;
-            return Ok(Outcome::Interrupted { step });
-        }
-        tch::manual_seed(t.seed * 1_000_003 + step as i64);
-        let lr = inverse_sqrt_learning_rate(step, t.lr, t.warmup);
-        adam.zero_grad();
-        let batch = batches.get(step, opts.device)?;
-        let enc = model.encode(&batch.src, true)?;
-        let logits = model.decode_t(&batch.tgt_in, &enc, true)?; // [B, T, V]
-        let v = logits.size()[2];
-        let loss = logits
-            .f_view([-1, v])?
-            .f_cross_entropy_loss::<tch::Tensor>(
-                &batch.tgt_out.f_view([-1])?,
-                None,
-                tch::Reduction::Mean,
-                PAD,
-                t.label_smoothing,
-            )?;
-        let loss_value = f64::try_from(&loss)?;
-        if !loss_value.is_finite() {
-            bail!(
-                "training loss is {loss_value} at update {step}: stopped without applying it; the last good \
-                 checkpoint is kept in {}",
-                run.join("checkpoint").display()
-            );
-        }
-        loss.backward();
-        let grad_norm = clip_grad_norm(adam.params(), t.clip)?;
-        if !grad_norm.is_finite() {
-            bail!(
-                "gradient norm is {grad_norm} at update {step}: stopped without applying it; the last good \
-                 checkpoint is kept in {}",
-                run.join("checkpoint").display()
-            );
-        }
-        adam.step(lr)?;
-        window.1 +=
-            batch.src.f_ne(PAD)?.f_sum(Kind::Int64)?.int64_value(&[]) + batch.target_tokens()?;
-        step += 1;
-        last_loss = Some(loss_value);
-        let mut rate = None;
-        if step.is_multiple_of(t.log_every) || step == t.steps {
-            let tokens_per_s = window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9);
-            window = (Instant::now(), 0);
-            append_record(
-                &train_log,
-                &StepLog {
-                    step: step - 1,
-                    loss: loss_value,
-                    lr,
-                    grad_norm,
-                    tokens_per_s,
-                    elapsed_s: elapsed_before + started.elapsed().as_secs_f64(),
-                },
-            )?;
-            rate = Some(tokens_per_s);
-        }
-        tell(TrainEvent::Update {
-            step,
-            loss: loss_value,
-            lr,
-            tokens_per_s: rate,
-        });
-        if step.is_multiple_of(t.eval_every) || step == t.steps {
-            let n = t.eval_sentences.min(corpus.valid.len());
-            let pairs = &corpus.valid[..n];
-            let sources: Vec<String> = pairs.iter().map(|p| p.src.clone()).collect();
-            let refs: Vec<String> = pairs.iter().map(|p| p.tgt.clone()).collect();
-            let greedy = DecodeOptions {
-                beam: 1,
-                ..DecodeOptions::default()
-            };
-            let hyps = translate_all(&model, &bpe, &sources, &greedy, 64, None)?;
-            let s = score(&hyps, &refs)?;
-            append_record(
-                &eval_log,
-                &EvalLog {
-                    step,
-                    split: "valid".into(),
-                    sentences: n,
-                    bleu: s.bleu.score,
-                    chrf: s.chrf,
-                },
-            )?;
-            tell(TrainEvent::Eval {
-                step,
-                bleu: s.bleu.score,
-            });
-        }
-        if step.is_multiple_of(t.checkpoint_every) || step == t.steps {
-            save(step, last_loss, &adam)?;
-        }
-    }
-    Ok(Outcome::Finished { step })
+    run_updates(run, &schedule, &mut adam, from, opts, &updates)
 }
 
 /// The BPE saved with a checkpoint, checked against its checksum.

@@ -1,10 +1,29 @@
 //! What the experiments' training runs share: [`adam`] (Adam with savable state, learning-rate
 //! schedules, gradient clipping), [`checkpoint`] (atomic checkpoints, strict loading, the run
-//! lock), and the records and outcomes of a training loop.
+//! lock), [`updates`] (the training loop, its start and its options), and the records and outcomes
+//! of a training loop.
 
 pub mod adam;
 pub mod checkpoint;
 pub mod summary;
+pub mod updates;
+
+pub use updates::{TrainEvent, TrainOptions};
+
+/// Seconds since the Unix epoch (0 if the clock is before it), for the records.
+pub fn unix_time() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Trainable parameters of a model.
+pub fn parameter_count(vs: &tch::nn::VarStore) -> i64 {
+    vs.trainable_variables()
+        .iter()
+        .map(|t| t.numel() as i64)
+        .sum()
+}
 
 use serde::{Deserialize, Serialize};
 
