@@ -410,6 +410,7 @@ fn greedy_and_beam_search_agree_with_full_prefix_scoring() {
             length_penalty: 0.0,
             max_len_a: 1.0,
             max_len_b: 4,
+            no_repeat_ngram: 0,
         };
         let hyps = translate(&m, &src, &greedy).unwrap();
         for (s, h) in sources.iter().zip(&hyps) {
@@ -470,6 +471,85 @@ fn greedy_and_beam_search_agree_with_full_prefix_scoring() {
         ..DecodeOptions::default()
     };
     assert!(translate(&m, &tokens(&[&[5]]), &bad).is_err());
+}
+
+/// Whether `ids` holds some n consecutive tokens twice.
+fn repeats_ngram(ids: &[i64], n: usize) -> bool {
+    let grams: Vec<&[i64]> = ids.windows(n).collect();
+    (0..grams.len()).any(|i| grams[i + 1..].contains(&grams[i]))
+}
+
+#[test]
+fn no_repeat_ngram_keeps_hypotheses_free_of_repeats() {
+    // random models with 20 ordinary tokens and a length limit of 40: without the rule they repeat
+    // themselves
+    let sources: [&[i64]; 3] = [&[5, 6, 7, 8, 9], &[10, 11, 12, 13, 14, 15], &[16, 17]];
+    let src = tokens(&sources);
+    let s = AttentionKind::Softmax;
+    let kinds = [
+        ("softmax", s, s),
+        (
+            "delta:dpfp",
+            fast(UpdateRule::Sum, FeatureMap::Dpfp { nu: 1 }),
+            fast(UpdateRule::Delta, FeatureMap::Dpfp { nu: 1 }),
+        ),
+    ];
+    for (name, e, d) in kinds {
+        let (vs, m) = model(config(e, d, s));
+        // a random model says </s> at once; with a zero </s> embedding (its logit 0) it goes on
+        tch::no_grad(|| {
+            let _ = vs.variables()["embedding.weight"].get(EOS).fill_(0.0);
+        });
+        for beam in [1, 3] {
+            let plain = DecodeOptions {
+                beam,
+                length_penalty: 1.0,
+                max_len_a: 0.0,
+                max_len_b: 40,
+                no_repeat_ngram: 0,
+            };
+            let free = translate(&m, &src, &plain).unwrap();
+            assert!(
+                free.iter().any(|h| repeats_ngram(&h.tokens, 1)),
+                "{name}, beam {beam}: the test needs a model that repeats itself: {:?}",
+                free.iter().map(|h| h.tokens.clone()).collect::<Vec<_>>()
+            );
+            for n in [1, 2, 3] {
+                let opts = DecodeOptions {
+                    no_repeat_ngram: n as i64,
+                    ..plain
+                };
+                let hyps = translate(&m, &src, &opts).unwrap();
+                for (i, (h, s)) in hyps.iter().zip(&sources).enumerate() {
+                    assert!(
+                        !repeats_ngram(&h.tokens, n),
+                        "{name}, beam {beam}, n = {n}: {:?} repeats",
+                        h.tokens
+                    );
+                    // the score is still the model's log-probability of the hypothesis, and the
+                    // rule is per hypothesis: batched = alone
+                    let lp = sequence_log_prob(&m, s, &h.tokens);
+                    assert!((h.log_prob - lp).abs() < 1e-9, "{name}: score");
+                    let alone = translate(&m, &tokens(&[s]), &opts).unwrap();
+                    assert_eq!(alone[0].tokens, h.tokens, "{name}: sentence {i} batched");
+                }
+            }
+        }
+    }
+    let (_vs, m) = model(config(s, s, s));
+    let bad = DecodeOptions {
+        no_repeat_ngram: -1,
+        ..DecodeOptions::default()
+    };
+    let e = translate(&m, &tokens(&[&[5]]), &bad).unwrap_err();
+    assert!(e.to_string().contains("no_repeat_ngram"), "{e}");
+    assert_eq!(DecodeOptions::default().file_tag(), "beam4");
+    let tagged = DecodeOptions {
+        length_penalty: 0.6,
+        no_repeat_ngram: 3,
+        ..DecodeOptions::default()
+    };
+    assert_eq!(tagged.file_tag(), "beam4.lp0.6.nr3");
 }
 
 #[test]

@@ -57,7 +57,8 @@ enum Command {
     },
     /// Train a model (or resume one).
     Train(Box<TrainArgs>),
-    /// BLEU and chrF of a split; hypotheses to <run>/hyp.<split>.<beam>.<lang>, the scores appended
+    /// BLEU and chrF of a split; hypotheses to <run>/hyp.<split>.<search>.<lang> (search: beam4,
+    /// beam4.lp0.6, beam4.nr3, ...), the scores appended
     /// to <run>/results.jsonl.
     Eval {
         #[arg(long)]
@@ -158,6 +159,9 @@ struct DecodeArgs {
     max_len_a: f64,
     #[arg(long, default_value_t = 10)]
     max_len_b: i64,
+    /// No hypothesis repeats any N of its own tokens (BPE tokens; 0: off).
+    #[arg(long, default_value_t = 0)]
+    no_repeat_ngram: i64,
     /// Sentences per search.
     #[arg(long, default_value_t = 32)]
     batch: usize,
@@ -173,6 +177,7 @@ impl DecodeArgs {
             length_penalty: self.length_penalty,
             max_len_a: self.max_len_a,
             max_len_b: self.max_len_b,
+            no_repeat_ngram: self.no_repeat_ngram,
         }
     }
 }
@@ -383,7 +388,7 @@ fn main() -> Result<()> {
             let seconds = started.elapsed().as_secs_f64();
             bar.finish_and_clear();
             let s = score(&hyps, &refs)?;
-            let out = run.join(format!("hyp.{split}.beam{}.{}", opts.beam, cfg.tgt_lang));
+            let out = run.join(format!("hyp.{split}.{}.{}", opts.file_tag(), cfg.tgt_lang));
             fwp::report::atomic_write(&out, (hyps.join("\n") + "\n").as_bytes())?;
             println!("{}  {BLEU_SIGNATURE}", s.bleu);
             println!("chrF2 = {:.2}  {CHRF_SIGNATURE}", s.chrf);

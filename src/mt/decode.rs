@@ -8,6 +8,10 @@
 //! with the best score / length^`length_penalty` (length counting `</s>`; 0: raw scores, 1: per
 //! token).
 //!
+//! `no_repeat_ngram` n > 0 forbids a hypothesis to repeat any n tokens it has already produced
+//! (fairseq's `--no-repeat-ngram-size`): after its last n - 1 tokens, the tokens that would complete
+//! one of its earlier n-grams get probability 0. Off by default.
+//!
 //! The beams of a sentence share its source memory (not copied per hypothesis), and a sentence
 //! that has ended leaves the batch, so that the rest step on without it.
 
@@ -25,6 +29,10 @@ pub struct DecodeOptions {
     pub length_penalty: f64,
     pub max_len_a: f64,
     pub max_len_b: i64,
+    /// n > 0: no hypothesis repeats an n-gram of its own tokens; 0: no such rule (absent from
+    /// older records).
+    #[serde(default)]
+    pub no_repeat_ngram: i64,
 }
 
 impl Default for DecodeOptions {
@@ -34,6 +42,7 @@ impl Default for DecodeOptions {
             length_penalty: 1.0,
             max_len_a: 1.5,
             max_len_b: 10,
+            no_repeat_ngram: 0,
         }
     }
 }
@@ -52,7 +61,26 @@ impl DecodeOptions {
         if self.max_len_b < 1 {
             bail!("max_len_b must be >= 1, got {}", self.max_len_b);
         }
+        if self.no_repeat_ngram < 0 {
+            bail!(
+                "no_repeat_ngram must be >= 0 (0: off), got {}",
+                self.no_repeat_ngram
+            );
+        }
         Ok(())
+    }
+
+    /// The search in a file name: `beam4`, with `.lp0.6` for a length penalty other than 1 and
+    /// `.nr3` for `no_repeat_ngram` 3.
+    pub fn file_tag(&self) -> String {
+        let mut tag = format!("beam{}", self.beam);
+        if self.length_penalty != 1.0 {
+            tag += &format!(".lp{}", self.length_penalty);
+        }
+        if self.no_repeat_ngram > 0 {
+            tag += &format!(".nr{}", self.no_repeat_ngram);
+        }
+        tag
     }
 }
 
@@ -123,6 +151,9 @@ fn search(model: &Seq2Seq, src: &Tensor, opts: &DecodeOptions) -> Result<(Vec<Hy
         let pad_only = Tensor::f_full([v], f64::NEG_INFINITY, (Kind::Double, dev))?;
         let _ = pad_only.f_narrow(0, PAD, 1)?.f_fill_(0.0)?;
         logp = logp.f_where_self(&fin.f_logical_not()?, &pad_only)?;
+        if opts.no_repeat_ngram > 0 {
+            ban_repeated_ngrams(&logp, &history, &finished, opts.no_repeat_ngram as usize)?;
+        }
         // at a sentence's length limit every live hypothesis ends with </s>
         let at_limit = limit_t
             .f_le(t + 1)?
@@ -193,6 +224,40 @@ fn search(model: &Seq2Seq, src: &Tensor, opts: &DecodeOptions) -> Result<(Vec<Hy
         .map(|(s, h)| h.ok_or_else(|| anyhow::anyhow!("sentence {s}: the search did not end it")))
         .collect::<Result<Vec<_>>>()
         .map(|out| (out, ran))
+}
+
+/// Sets to -inf, in `logp` `[B, K, V]`, the log-probability of every token that would make a live
+/// hypothesis (row of `history` `[B K, t]`, not `finished` `[B, K]`) repeat one of its n-grams:
+/// the tokens that followed its last n - 1 tokens before. `</s>` is never banned (a live hypothesis
+/// has not produced it), so every hypothesis keeps a finite continuation.
+fn ban_repeated_ngrams(logp: &Tensor, history: &Tensor, finished: &Tensor, n: usize) -> Result<()> {
+    let hist = rows_of(history)?;
+    let done: Vec<bool> = Vec::try_from(finished.f_view([-1])?)?;
+    let (mut rows, mut banned) = (Vec::new(), Vec::new());
+    for (r, h) in hist.iter().enumerate() {
+        if done[r] || h.len() + 1 < n {
+            continue;
+        }
+        let tail = &h[h.len() + 1 - n..]; // the last n - 1 tokens
+        for gram in h.windows(n) {
+            if gram[..n - 1] == *tail {
+                rows.push(r as i64);
+                banned.push(gram[n - 1]);
+            }
+        }
+    }
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let v = logp.size()[2];
+    let dev = logp.device();
+    let rows = Tensor::from_slice(&rows).f_to_device(dev)?;
+    let banned = Tensor::from_slice(&banned).f_to_device(dev)?;
+    let minus_inf = Tensor::f_full([1], f64::NEG_INFINITY, (Kind::Double, dev))?;
+    let _ = logp
+        .f_view([-1, v])?
+        .f_index_put_(&[Some(rows), Some(banned)], &minus_inf, false)?;
+    Ok(())
 }
 
 /// The rows of a 2-d id tensor `[N, L]` (N empty rows when L = 0).

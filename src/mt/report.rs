@@ -1,6 +1,6 @@
 //! The results table of a set of translation runs (`translate report`): per run its variant, size,
 //! training speed, the greedy validation BLEU recorded during training, and the last evaluation of
-//! each split and search (beam size, length penalty; `translate eval`); plus a plot of validation BLEU during training.
+//! each split and search (beam size, length penalty, repeated n-grams; `translate eval`); plus a plot of validation BLEU during training.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -32,6 +32,8 @@ pub struct EvalKey {
     pub beam: i64,
     /// As printed (`1`, `0.6`), so that keys compare exactly.
     pub length_penalty: String,
+    /// 0: off.
+    pub no_repeat_ngram: i64,
 }
 
 impl EvalKey {
@@ -42,15 +44,21 @@ impl EvalKey {
             split,
             beam: e.decode.beam,
             length_penalty: e.decode.length_penalty.to_string(),
+            no_repeat_ngram: e.decode.no_repeat_ngram,
         }
     }
 
-    /// "beam 4", with the length penalty where it is not the default 1.
+    /// "beam 4", with the length penalty where it is not the default 1 and the n of
+    /// `no_repeat_ngram` where it is on.
     fn search(&self) -> String {
-        match self.length_penalty.as_str() {
-            "1" => format!("beam {}", self.beam),
-            lp => format!("beam {}, length penalty {lp}", self.beam),
+        let mut s = format!("beam {}", self.beam);
+        if self.length_penalty != "1" {
+            s += &format!(", length penalty {}", self.length_penalty);
         }
+        if self.no_repeat_ngram > 0 {
+            s += &format!(", no repeated {}-grams", self.no_repeat_ngram);
+        }
+        s
     }
 }
 
