@@ -184,6 +184,14 @@ pub fn run_updates(
         step,
         total: s.steps,
     });
+    // "(step N) is kept in <run>/checkpoint", for the errors below
+    let kept = || {
+        let at = checkpoint::find_with::<serde_json::Value>(run).map_or_else(
+            |_| "none written yet".into(),
+            |(_, m)| format!("step {}", m["step"]),
+        );
+        format!("({at}) is kept in {}", run.join("checkpoint").display())
+    };
     let started = Instant::now();
     // (start of the window, tokens read in it) for the logged tokens/s
     let mut window = (Instant::now(), 0i64);
@@ -196,14 +204,6 @@ pub fn run_updates(
         let lr = trainee.learning_rate(step);
         adam.zero_grad();
         let (loss, tokens) = trainee.gradients(step)?;
-        // "(step N) is kept in <run>/checkpoint", for the errors below
-        let kept = || {
-            let at = checkpoint::find_with::<serde_json::Value>(run).map_or_else(
-                |_| "none written yet".into(),
-                |(_, m)| format!("step {}", m["step"]),
-            );
-            format!("({at}) is kept in {}", run.join("checkpoint").display())
-        };
         if !loss.is_finite() {
             bail!(
                 "training loss is {loss} at update {step}: stopped without applying it; the last good \
