@@ -77,7 +77,7 @@ pub fn train_progress<'a>(
 }
 
 /// Prints how a training call ended; a fresh run refused for an existing checkpoint gets the hint
-/// to resume it.
+/// to resume it. A run stopped by Ctrl-C (checkpoint saved) ends the process with status 130.
 #[allow(dead_code)]
 pub fn report_outcome(
     run: &std::path::Path,
@@ -98,7 +98,10 @@ pub fn report_outcome(
             run.display()
         ),
         Outcome::Interrupted { step } => {
-            println!("interrupted after {step} updates; checkpoint saved; continue with --resume")
+            println!("interrupted after {step} updates; checkpoint saved; continue with --resume");
+            // 130, the shell's status for a command ended by SIGINT: a script that goes on to
+            // evaluate the finished run (scripts/mt-bible-tiny) stops here instead
+            std::process::exit(130);
         }
     }
     Ok(())
