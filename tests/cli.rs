@@ -109,3 +109,81 @@ fn lm_names_missing_paths() {
         &["/nonexistent/run", "checkpoint"],
     );
 }
+
+#[test]
+fn translate_names_bad_paths_and_arguments() {
+    let bin = env!("CARGO_BIN_EXE_translate");
+    let dir = scratch("translate");
+    let run = dir.join("run");
+    let r = run.to_str().unwrap();
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/mt");
+    for cmd in ["eval", "decode", "speed", "export"] {
+        fails(
+            bin,
+            &[cmd, "--run", "/nonexistent/run"],
+            &["/nonexistent/run", "no checkpoint"],
+        );
+    }
+    fails(
+        bin,
+        &["train", "--run", r, "--resume"],
+        &[r, "no checkpoint"],
+    );
+    fails(
+        bin,
+        &["train", "--run", r, "--variant", "softmax"],
+        &["--data is required"],
+    );
+    fails(
+        bin,
+        &["train", "--data", "/nonexistent", "--run", r],
+        &["/nonexistent", "make data-mt"],
+    );
+    fails(
+        bin,
+        &["train", "--data", fixture, "--run", r, "--steps", "0"],
+        &["steps", ">= 1"],
+    );
+    fails(
+        bin,
+        &[
+            "train",
+            "--data",
+            fixture,
+            "--run",
+            r,
+            "--variant",
+            "add:linear",
+        ],
+        &["add"],
+    );
+    fails(
+        bin,
+        &["train", "--data", fixture, "--run", r, "--preset", "huge"],
+        &["huge", "tiny, base, big"],
+    );
+    // a resumed run keeps its saved configuration
+    fails(
+        bin,
+        &["train", "--run", r, "--resume", "--separate-embeddings"],
+        &["--separate-embeddings", "--resume"],
+    );
+    fails(
+        bin,
+        &["prepare", "--db", "/nonexistent.db", "--out", r],
+        &["/nonexistent.db"],
+    );
+    fails(
+        bin,
+        &["report", "--runs", "/nonexistent"],
+        &["/nonexistent"],
+    );
+    // files of different lengths are not scored
+    let (train_en, valid_de) = (format!("{fixture}/train.en"), format!("{fixture}/valid.de"));
+    fails(
+        bin,
+        &["bleu", "--hyp", &train_en, "--reference", &valid_de],
+        &["12 hypotheses for 3 references"],
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -243,10 +243,20 @@ print(json.dumps(out))
 #[test]
 fn the_exported_encoder_and_step_translate_in_python_as_the_rust_model_does() {
     let _rng = serial();
-    for variant in ["softmax", "delta:dpfp:1", "sum:favor:16"] {
+    // the last one pre-LN, with a source embedding of its own
+    for (variant, pre_ln) in [
+        ("softmax", false),
+        ("delta:dpfp:1", false),
+        ("sum:favor:16", true),
+    ] {
         let run = scratch(&format!("export-{}", variant.replace(':', "-")));
         let stop = AtomicBool::new(false);
-        train(&run, &config(variant, 40), &opts(&stop, false, None)).unwrap();
+        let mut cfg = config(variant, 40);
+        if pre_ln {
+            cfg.model.layer_norm = fwp::LayerNormPlacement::Pre;
+            cfg.model.share_embeddings = false;
+        }
+        train(&run, &cfg, &opts(&stop, false, None)).unwrap();
         // export with standard ops; the Rust reference is the model with its training backend
         let mut loaded = load_run(
             &run,
@@ -326,6 +336,7 @@ fn the_report_tabulates_the_last_evaluation_of_each_run() {
         preset: Preset::Tiny,
         split: Split::Test,
         sentences: 5,
+        limit: None,
         decode: DecodeOptions::default(),
         bleu,
         chrf: 50.0,
@@ -348,6 +359,15 @@ fn the_report_tabulates_the_last_evaluation_of_each_run() {
     shorter.decode.length_penalty = 0.6;
     shorter.reference_nll = Some(2.5);
     fwp::report::append_record(&results, &shorter).unwrap();
+    // so is an evaluation of the first sentences only (`eval --limit`): it does not replace the
+    // whole split's
+    let first = fwp::mt::eval::EvalRecord {
+        limit: Some(2),
+        sentences: 2,
+        reference_nll: Some(9.0),
+        ..record(4, 99.5)
+    };
+    fwp::report::append_record(&results, &first).unwrap();
     let runs = fwp::training::checkpoint::runs_in(&dir).unwrap();
     assert_eq!(runs.len(), 2);
     let stem = dir.join("table-valid");
@@ -367,9 +387,18 @@ fn the_report_tabulates_the_last_evaluation_of_each_run() {
         "{header}"
     );
     assert!(row("softmax").contains("| 7.75 |"), "{table}");
+    assert!(
+        header.contains("test BLEU (beam 4, first 2 sentences)"),
+        "{header}"
+    );
+    assert!(row("softmax").contains("| 99.50 |"), "{table}");
     // the references' loss, a column per split, from whichever evaluation recorded it
     assert!(header.contains("| test reference nats/token |"), "{header}");
     assert!(row("softmax").contains("| 2.500 |"), "{table}");
+    assert!(
+        !table.contains("| 9.000 |"),
+        "a limited evaluation's loss: {table}"
+    );
     assert!(
         !table.contains("12.50") && !table.contains("11.00"),
         "{table}"
@@ -426,4 +455,85 @@ fn speed_sources_have_the_asked_length_and_memory_grows_with_it() {
     assert_eq!(long.cache_bytes, short.cache_bytes);
     assert!(short.sentences_per_s > 0.0 && short.mean_target_len > 0.0);
     std::fs::remove_dir_all(&run).unwrap();
+}
+
+/// The presets of docs/translate.md: sizes, the paper's Transformer defaults (post-LN, one
+/// embedding for source, target and output, dropout and label smoothing 0.1), and the parameter
+/// count of docs/translate.md's table, against a count from the sizes.
+#[test]
+fn presets_have_the_documented_sizes_and_defaults() {
+    // (preset, layers, d_model, heads, d_ff, parameters with an 8,000-entry vocabulary)
+    let table = [
+        (Preset::Tiny, 3, 256, 4, 1024, 7_568_384),
+        (Preset::Base, 6, 512, 8, 2048, 48_197_632),
+        (Preset::Big, 6, 1024, 16, 4096, 184_475_648),
+    ];
+    let vocab = 8000;
+    for (preset, layers, d, heads, d_ff, documented) in table {
+        let m = MtModel::preset(preset, Variant::Softmax);
+        assert_eq!(
+            (
+                m.encoder_layers,
+                m.decoder_layers,
+                m.d_model,
+                m.n_heads,
+                m.d_ff
+            ),
+            (layers, layers, d, heads, d_ff),
+            "{preset:?}"
+        );
+        assert_eq!(m.d_head, 64, "{preset:?}");
+        assert_eq!(m.layer_norm, fwp::LayerNormPlacement::Post);
+        assert!(m.share_embeddings && !m.fast_cross);
+        assert_eq!(m.dropout, 0.1);
+        let t = TrainConfig::preset(preset);
+        assert_eq!((t.label_smoothing, t.clip, t.bpe_vocab), (0.1, 1.0, 8000));
+        // attention: 4 d x d projections without bias (the decoder's cross-attention 4 more);
+        // feed-forward: two layers with biases; LayerNorm: 2 d a sublayer; one embedding
+        let (attn, ff) = (4 * d * d, 2 * d * d_ff + d_ff + d);
+        let count =
+            vocab * d + layers * (attn + ff + 2 * 2 * d) + layers * (2 * attn + ff + 3 * 2 * d);
+        assert_eq!(count, documented, "{preset:?}: the table's count");
+        if preset == Preset::Big {
+            continue; // 0.7 GB of weights to count what the formula already gives
+        }
+        let built = |m: MtModel| {
+            let vs = tch::nn::VarStore::new(Device::Cpu);
+            let cfg = m.model_config(vocab, PAD).unwrap();
+            let _model = fwp::seq2seq::Seq2Seq::new(vs.root(), cfg).unwrap();
+            fwp::training::parameter_count(&vs)
+        };
+        assert_eq!(built(m), documented, "{preset:?}: built model");
+        // feature maps add no parameters; a source embedding of its own adds one vocabulary's
+        let favor = MtModel::preset(preset, "sum:favor:32".parse().unwrap());
+        assert_eq!(built(favor), documented, "{preset:?}: sum:favor:32");
+        // the delta rule: a learnt beta a head in each decoder layer's self-attention
+        let delta = MtModel::preset(preset, "delta:dpfp:2".parse().unwrap());
+        assert_eq!(
+            built(delta),
+            documented + layers * d * heads,
+            "{preset:?}: delta:dpfp:2"
+        );
+        let separate = MtModel {
+            share_embeddings: false,
+            ..m
+        };
+        assert_eq!(
+            built(separate),
+            documented + vocab * d,
+            "{preset:?}: separate"
+        );
+    }
+}
+
+#[test]
+fn the_learning_rate_warms_up_linearly_then_decays_as_one_over_sqrt_step() {
+    use fwp::training::adam::inverse_sqrt_learning_rate as lr;
+    assert!((lr(0, 1.0, 10) - 0.1).abs() < 1e-12);
+    assert!((lr(9, 1.0, 10) - 1.0).abs() < 1e-12);
+    assert!((lr(39, 1.0, 10) - 0.5).abs() < 1e-12); // sqrt(10 / 40)
+    assert!((lr(999, 2.0, 10) - 0.2).abs() < 1e-12); // 2 sqrt(10 / 1000)
+    for step in 1..100 {
+        assert!(lr(step, 1.0, 10) > 0.0);
+    }
 }

@@ -14,11 +14,13 @@
 //! - `bleu`: corpus BLEU and chrF of a hypothesis file against a reference file (sacreBLEU's
 //!   defaults).
 //!
-//! Run:
+//! Run (`make` sets up the environment; to call cargo yourself, first
+//! `export VIRTUAL_ENV=$PWD/.venv LIBTORCH_USE_PYTORCH=1`):
 //!   make data-mt                                         # data/bible/{train,valid,test}.{en,de}
+//!   scripts/mt-bible-tiny softmax                        # train, eval valid and test, speed
 //!   cargo run --release --bin translate -- train --data data/bible --run runs/mt/softmax --variant softmax
 //!   cargo run --release --bin translate -- eval --run runs/mt/softmax --split test --beam 4
-//!   cargo run --release --bin translate -- report --runs runs/mt --out docs/translate/table.md
+//!   cargo run --release --bin translate -- report --runs runs/mt --out runs/mt/table.md
 //!   echo "In the beginning was the Word." | cargo run --release --bin translate -- decode --run runs/mt/softmax
 
 use std::io::BufRead;
@@ -85,6 +87,9 @@ enum Command {
         decode: DecodeArgs,
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// CPU threads (default: libtorch's).
+        #[arg(long)]
+        threads: Option<i32>,
     },
     /// Decoding speed (sentences/s) and memory against source length: sources of exactly L tokens
     /// cut from a split's text; records appended to <run>/speed.jsonl.
@@ -192,8 +197,9 @@ struct TrainArgs {
     run: PathBuf,
     /// Continue from <run>/checkpoint with its saved configuration.
     #[arg(long, conflicts_with_all = [
-        "data", "preset", "variant", "fast_cross", "pre_ln", "backend", "steps", "max_tokens", "lr",
-        "warmup", "dropout", "seed", "bpe_vocab", "eval_every", "checkpoint_every", "src", "tgt",
+        "data", "preset", "variant", "fast_cross", "pre_ln", "separate_embeddings", "backend",
+        "steps", "max_tokens", "lr", "warmup", "dropout", "seed", "bpe_vocab", "eval_every",
+        "checkpoint_every", "src", "tgt",
     ])]
     resume: bool,
     /// tiny, base or big
@@ -209,6 +215,10 @@ struct TrainArgs {
     /// LayerNorm before each branch instead of after the residual sum.
     #[arg(long)]
     pre_ln: bool,
+    /// A source embedding of its own for the encoder (by default the encoder reads the decoder's
+    /// embedding, which is also the output layer).
+    #[arg(long)]
+    separate_embeddings: bool,
     #[arg(long, default_value = "auto")]
     backend: Backend,
     #[arg(long, default_value = "en")]
@@ -246,6 +256,7 @@ fn run_config(a: &TrainArgs) -> Result<RunConfig> {
     };
     let mut model = MtModel::preset(a.preset, a.variant);
     model.fast_cross = a.fast_cross;
+    model.share_embeddings = !a.separate_embeddings;
     model.backend = a.backend;
     if a.pre_ln {
         model.layer_norm = LayerNormPlacement::Pre;
@@ -388,7 +399,13 @@ fn main() -> Result<()> {
             let seconds = started.elapsed().as_secs_f64();
             bar.finish_and_clear();
             let s = score(&hyps, &refs)?;
-            let out = run.join(format!("hyp.{split}.{}.{}", opts.file_tag(), cfg.tgt_lang));
+            // a limited evaluation writes its own file, beside the full split's
+            let first = limit.map(|n| format!(".first{n}")).unwrap_or_default();
+            let out = run.join(format!(
+                "hyp.{split}{first}.{}.{}",
+                opts.file_tag(),
+                cfg.tgt_lang
+            ));
             fwp::report::atomic_write(&out, (hyps.join("\n") + "\n").as_bytes())?;
             println!("{}  {BLEU_SIGNATURE}", s.bleu);
             println!("chrF2 = {:.2}  {CHRF_SIGNATURE}", s.chrf);
@@ -404,6 +421,7 @@ fn main() -> Result<()> {
                     preset: cfg.model.preset,
                     split,
                     sentences: sources.len(),
+                    limit,
                     decode: opts,
                     bleu: s.bleu.score,
                     chrf: s.chrf,
@@ -422,7 +440,9 @@ fn main() -> Result<()> {
             run,
             decode,
             device,
+            threads,
         } => {
+            common::set_threads(threads)?;
             let device = fwp::check::device(&device)?;
             let LoadedRun { bpe, model, .. } = load_run(&run, device, decode.backend)?;
             let opts = decode.options();
@@ -458,6 +478,7 @@ fn main() -> Result<()> {
                 config: cfg,
                 bpe,
                 model,
+                meta,
                 ..
             } = load_run(&run, tch::Device::Cpu, decode.backend)?;
             let texts: Vec<String> = read_split(&cfg.data, split, cfg.langs())?
@@ -474,7 +495,9 @@ fn main() -> Result<()> {
             );
             for len in lengths {
                 let sources = fwp::mt::speed::sources_of_length(&bpe, &texts, len, sentences)?;
-                let s = fwp::mt::speed::measure(&model, &variant, &sources, decode.batch, &opts)?;
+                let mut s =
+                    fwp::mt::speed::measure(&model, &variant, &sources, decode.batch, &opts)?;
+                s.step = Some(meta.step);
                 let mib = |b: usize| b as f64 / (1 << 20) as f64;
                 println!(
                     "source {:>4} tokens: {:>7.2} sentences/s {:>7.1} target tokens/s (mean {:.1}), \

@@ -70,8 +70,9 @@ impl DecodeOptions {
         Ok(())
     }
 
-    /// The search in a file name: `beam4`, with `.lp0.6` for a length penalty other than 1 and
-    /// `.nr3` for `no_repeat_ngram` 3.
+    /// The search in a file name: `beam4`, with `.lp0.6` for a length penalty other than 1,
+    /// `.nr3` for `no_repeat_ngram` 3 and `.max2x+5` for a length limit other than the default
+    /// 1.5 x + 10.
     pub fn file_tag(&self) -> String {
         let mut tag = format!("beam{}", self.beam);
         if self.length_penalty != 1.0 {
@@ -80,7 +81,16 @@ impl DecodeOptions {
         if self.no_repeat_ngram > 0 {
             tag += &format!(".nr{}", self.no_repeat_ngram);
         }
+        if !self.default_length_limit() {
+            tag += &format!(".max{}x+{}", self.max_len_a, self.max_len_b);
+        }
         tag
+    }
+
+    /// Whether the length limit is the default `1.5 * source length + 10`.
+    pub fn default_length_limit(&self) -> bool {
+        let d = DecodeOptions::default();
+        (self.max_len_a, self.max_len_b) == (d.max_len_a, d.max_len_b)
     }
 }
 

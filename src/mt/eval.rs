@@ -132,6 +132,9 @@ pub struct EvalRecord {
     pub preset: Preset,
     pub split: Split,
     pub sentences: usize,
+    /// Only the split's first `limit` sentences were translated (`eval --limit`); absent: all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
     pub decode: DecodeOptions,
     pub bleu: f64,
     pub chrf: f64,

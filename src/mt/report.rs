@@ -1,6 +1,7 @@
 //! The results table of a set of translation runs (`translate report`): per run its variant, size,
 //! training speed, the greedy validation BLEU recorded during training, and the last evaluation of
-//! each split and search (beam size, length penalty, repeated n-grams; `translate eval`); plus a plot of validation BLEU during training.
+//! each split and search (beam size, length penalty, repeated n-grams, length limit, limited
+//! sentences; `translate eval`); plus a plot of validation BLEU during training.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -23,33 +24,42 @@ pub struct RunSummary {
     pub evals: BTreeMap<EvalKey, EvalRecord>,
 }
 
-/// What a results column is about: the split and the search's beam and length penalty.
+/// What a results column is about: the split (or its first sentences) and the whole search.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct EvalKey {
     /// Valid before test, then by name.
     not_valid: bool,
     pub split: String,
+    /// `eval --limit`: only the first sentences (None: the whole split).
+    pub limit: Option<usize>,
     pub beam: i64,
     /// As printed (`1`, `0.6`), so that keys compare exactly.
     pub length_penalty: String,
     /// 0: off.
     pub no_repeat_ngram: i64,
+    /// The length limit `a * source length + b` as printed, None for the default.
+    pub max_len: Option<String>,
 }
 
 impl EvalKey {
     pub fn of(e: &EvalRecord) -> EvalKey {
         let split = e.split.name().to_string();
+        let d = &e.decode;
         EvalKey {
             not_valid: split != "valid",
             split,
-            beam: e.decode.beam,
-            length_penalty: e.decode.length_penalty.to_string(),
-            no_repeat_ngram: e.decode.no_repeat_ngram,
+            limit: e.limit,
+            beam: d.beam,
+            length_penalty: d.length_penalty.to_string(),
+            no_repeat_ngram: d.no_repeat_ngram,
+            max_len: (!d.default_length_limit())
+                .then(|| format!("{} L + {}", d.max_len_a, d.max_len_b)),
         }
     }
 
-    /// "beam 4", with the length penalty where it is not the default 1 and the n of
-    /// `no_repeat_ngram` where it is on.
+    /// "beam 4", with what differs from the default search: the length penalty where it is not
+    /// 1, the n of `no_repeat_ngram` where it is on, a length limit other than 1.5 L + 10, and a
+    /// limited number of sentences.
     fn search(&self) -> String {
         let mut s = format!("beam {}", self.beam);
         if self.length_penalty != "1" {
@@ -57,6 +67,12 @@ impl EvalKey {
         }
         if self.no_repeat_ngram > 0 {
             s += &format!(", no repeated {}-grams", self.no_repeat_ngram);
+        }
+        if let Some(m) = &self.max_len {
+            s += &format!(", at most {m} tokens");
+        }
+        if let Some(n) = self.limit {
+            s += &format!(", first {n} sentences");
         }
         s
     }
@@ -94,12 +110,12 @@ pub fn report(runs: &[PathBuf], plot_stem: Option<&Path>) -> Result<String> {
     let mut columns: Vec<EvalKey> = rows.iter().flat_map(|r| r.evals.keys().cloned()).collect();
     columns.sort();
     columns.dedup();
-    // the splits whose references' teacher-forced loss was recorded (it does not depend on the
-    // search), valid first
+    // the splits whose references' teacher-forced loss was recorded on the whole split (it does
+    // not depend on the search), valid first
     let mut nll_splits: Vec<(bool, String)> = rows
         .iter()
         .flat_map(|r| r.evals.iter())
-        .filter(|(_, e)| e.reference_nll.is_some())
+        .filter(|(k, e)| k.limit.is_none() && e.reference_nll.is_some())
         .map(|(k, _)| (k.not_valid, k.split.clone()))
         .collect();
     nll_splits.sort();
@@ -128,7 +144,7 @@ pub fn report(runs: &[PathBuf], plot_stem: Option<&Path>) -> Result<String> {
                 let nll = r
                     .evals
                     .iter()
-                    .filter(|(k, _)| &k.split == split)
+                    .filter(|(k, _)| &k.split == split && k.limit.is_none())
                     .find_map(|(_, e)| e.reference_nll);
                 row.push(nll.map_or("–".into(), |x| format!("{x:.3}")));
             }
