@@ -598,6 +598,25 @@ fn no_repeat_ngram_keeps_hypotheses_free_of_repeats() {
         ..DecodeOptions::default()
     };
     assert_eq!(tagged.file_tag(), "beam4.lp0.6.nr3");
+    let longer = DecodeOptions {
+        max_len_a: 2.0,
+        max_len_b: 5,
+        ..tagged
+    };
+    assert_eq!(longer.file_tag(), "beam4.lp0.6.nr3.max2x+5");
+    // eval's files: one per split, search and limit, none overwriting another
+    use fwp::mt::corpus::Split;
+    use fwp::mt::eval::hypothesis_file;
+    let run = std::path::Path::new("run");
+    let plain = DecodeOptions::default();
+    assert_eq!(
+        hypothesis_file(run, Split::Valid, None, &plain, "de"),
+        run.join("hyp.valid.beam4.de")
+    );
+    assert_eq!(
+        hypothesis_file(run, Split::Test, Some(100), &longer, "de"),
+        run.join("hyp.test.first100.beam4.lp0.6.nr3.max2x+5.de")
+    );
 }
 
 #[test]

@@ -15,7 +15,7 @@
 //!   defaults).
 //!
 //! Run (`make` sets up the environment; to call cargo yourself, first
-//! `export VIRTUAL_ENV=$PWD/.venv LIBTORCH_USE_PYTORCH=1`):
+//! `export VIRTUAL_ENV=$PWD/.venv LIBTORCH_USE_PYTORCH=1 PATH=$PWD/.venv/bin:$PATH`):
 //!   make data-mt                                         # data/bible/{train,valid,test}.{en,de}
 //!   scripts/mt-bible-tiny softmax                        # train, eval valid and test, speed
 //!   cargo run --release --bin translate -- train --data data/bible --run runs/mt/softmax --variant softmax
@@ -32,7 +32,7 @@ use fwp::mt::bleu::{corpus_bleu, corpus_chrf, BLEU_SIGNATURE, CHRF_SIGNATURE};
 use fwp::mt::config::{MtModel, Preset, TrainConfig};
 use fwp::mt::corpus::{read_split, Split};
 use fwp::mt::decode::DecodeOptions;
-use fwp::mt::eval::{reference_nll, score, translate_all, EvalRecord};
+use fwp::mt::eval::{hypothesis_file, reference_nll, score, translate_all, EvalRecord};
 use fwp::mt::train::{load_run, train, LoadedRun, RunConfig, TrainOptions};
 use fwp::report::append_record;
 use fwp::{Backend, LayerNormPlacement, Variant};
@@ -60,8 +60,8 @@ enum Command {
     /// Train a model (or resume one).
     Train(Box<TrainArgs>),
     /// BLEU and chrF of a split; hypotheses to <run>/hyp.<split>.<search>.<lang> (search: beam4,
-    /// beam4.lp0.6, beam4.nr3, ...), the scores appended
-    /// to <run>/results.jsonl.
+    /// beam4.lp0.6, beam4.nr3, ...; hyp.<split>.first<N>.<search>.<lang> with --limit N), the
+    /// scores appended to <run>/results.jsonl.
     Eval {
         #[arg(long)]
         run: PathBuf,
@@ -372,6 +372,8 @@ fn main() -> Result<()> {
                 ..
             } = load_run(&run, device, decode.backend)?;
             let mut pairs = read_split(&cfg.data, split, cfg.langs())?;
+            // a limit of the split's size or more is the whole split
+            let limit = limit.filter(|&n| n < pairs.len());
             if let Some(n) = limit {
                 pairs.truncate(n);
             }
@@ -399,13 +401,7 @@ fn main() -> Result<()> {
             let seconds = started.elapsed().as_secs_f64();
             bar.finish_and_clear();
             let s = score(&hyps, &refs)?;
-            // a limited evaluation writes its own file, beside the full split's
-            let first = limit.map(|n| format!(".first{n}")).unwrap_or_default();
-            let out = run.join(format!(
-                "hyp.{split}{first}.{}.{}",
-                opts.file_tag(),
-                cfg.tgt_lang
-            ));
+            let out = hypothesis_file(&run, split, limit, &opts, &cfg.tgt_lang);
             fwp::report::atomic_write(&out, (hyps.join("\n") + "\n").as_bytes())?;
             println!("{}  {BLEU_SIGNATURE}", s.bleu);
             println!("chrF2 = {:.2}  {CHRF_SIGNATURE}", s.chrf);
@@ -497,7 +493,7 @@ fn main() -> Result<()> {
                 let sources = fwp::mt::speed::sources_of_length(&bpe, &texts, len, sentences)?;
                 let mut s =
                     fwp::mt::speed::measure(&model, &variant, &sources, decode.batch, &opts)?;
-                s.step = Some(meta.step);
+                s.checkpoint_step = Some(meta.step);
                 let mib = |b: usize| b as f64 / (1 << 20) as f64;
                 println!(
                     "source {:>4} tokens: {:>7.2} sentences/s {:>7.1} target tokens/s (mean {:.1}), \

@@ -81,14 +81,14 @@ impl DecodeOptions {
         if self.no_repeat_ngram > 0 {
             tag += &format!(".nr{}", self.no_repeat_ngram);
         }
-        if !self.default_length_limit() {
+        if !self.is_default_length_limit() {
             tag += &format!(".max{}x+{}", self.max_len_a, self.max_len_b);
         }
         tag
     }
 
     /// Whether the length limit is the default `1.5 * source length + 10`.
-    pub fn default_length_limit(&self) -> bool {
+    pub fn is_default_length_limit(&self) -> bool {
         let d = DecodeOptions::default();
         (self.max_len_a, self.max_len_b) == (d.max_len_a, d.max_len_b)
     }

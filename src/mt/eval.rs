@@ -111,6 +111,21 @@ pub fn reference_nll(
     Ok(nll / tokens as f64)
 }
 
+/// Where `eval` writes a split's hypotheses: `<run>/hyp.<split>.<search>.<lang>`, the search as
+/// [`DecodeOptions::file_tag`] names it (`beam4`, `beam4.lp0.6`, ...), with `.first<N>` after the
+/// split for an evaluation of its first N sentences only, so that no search or limit overwrites
+/// another's file.
+pub fn hypothesis_file(
+    run: &std::path::Path,
+    split: Split,
+    limit: Option<usize>,
+    opts: &DecodeOptions,
+    lang: &str,
+) -> std::path::PathBuf {
+    let first = limit.map(|n| format!(".first{n}")).unwrap_or_default();
+    run.join(format!("hyp.{split}{first}.{}.{lang}", opts.file_tag()))
+}
+
 /// BLEU and chrF of a set of translations.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Scores {

@@ -52,7 +52,7 @@ impl EvalKey {
             beam: d.beam,
             length_penalty: d.length_penalty.to_string(),
             no_repeat_ngram: d.no_repeat_ngram,
-            max_len: (!d.default_length_limit())
+            max_len: (!d.is_default_length_limit())
                 .then(|| format!("{} L + {}", d.max_len_a, d.max_len_b)),
         }
     }

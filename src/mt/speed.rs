@@ -16,10 +16,10 @@ use crate::seq2seq::Seq2Seq;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DecodeSpeed {
     pub variant: String,
-    /// The checkpoint's update count (set by the caller; absent in records made before it was
-    /// recorded).
-    #[serde(default)]
-    pub step: Option<usize>,
+    /// The update count of the checkpoint measured (set by the caller; absent in records made
+    /// before it was recorded). Not to be confused with `steps`, the decoder's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_step: Option<usize>,
     pub source_len: i64,
     pub sentences: usize,
     pub batch: usize,
@@ -121,7 +121,7 @@ pub fn measure(
     })?;
     Ok(DecodeSpeed {
         variant: variant.to_string(),
-        step: None,
+        checkpoint_step: None,
         source_len: len as i64,
         sentences: sources.len(),
         batch,
