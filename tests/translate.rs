@@ -243,11 +243,12 @@ print(json.dumps(out))
 #[test]
 fn the_exported_encoder_and_step_translate_in_python_as_the_rust_model_does() {
     let _rng = serial();
-    // the last one pre-LN, with a source embedding of its own
-    for (variant, pre_ln) in [
-        ("softmax", false),
-        ("delta:dpfp:1", false),
-        ("sum:favor:16", true),
+    // (variant, pre-LN with a source embedding of its own, fast-weight cross-attention)
+    for (variant, pre_ln, fast_cross) in [
+        ("softmax", false, false),
+        ("delta:dpfp:1", false, false),
+        ("sum:favor:16", true, false),
+        ("delta:linear", false, true),
     ] {
         let run = scratch(&format!("export-{}", variant.replace(':', "-")));
         let stop = AtomicBool::new(false);
@@ -256,6 +257,7 @@ fn the_exported_encoder_and_step_translate_in_python_as_the_rust_model_does() {
             cfg.model.layer_norm = fwp::LayerNormPlacement::Pre;
             cfg.model.share_embeddings = false;
         }
+        cfg.model.fast_cross = fast_cross;
         train(&run, &cfg, &opts(&stop, false, None)).unwrap();
         // export with standard ops; the Rust reference is the model with its training backend
         let mut loaded = load_run(
@@ -290,10 +292,11 @@ fn the_exported_encoder_and_step_translate_in_python_as_the_rust_model_does() {
             &dir,
         )
         .unwrap();
+        // softmax cross-attention: keys, values and the source mask; fast weights: W and z
         assert_eq!(
             info.memories.len(),
-            3 * 2,
-            "{variant}: 3 memory tensors a layer"
+            if fast_cross { 2 } else { 3 } * 2,
+            "{variant}: memory tensors of 2 layers"
         );
         let out = std::process::Command::new(common::python())
             .args(["-W", "ignore", "-c", PYTHON_GREEDY])
