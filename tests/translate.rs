@@ -467,7 +467,8 @@ fn speed_sources_have_the_asked_length_and_memory_grows_with_it() {
 /// count of docs/translate.md's table, against a count from the sizes.
 #[test]
 fn presets_have_the_documented_sizes_and_defaults() {
-    let _rng = serial(); // building models draws from libtorch's generator
+    // building models draws from libtorch's generator
+    let _rng = serial();
     // (preset, layers, d_model, heads, d_ff, parameters with an 8,000-entry vocabulary)
     let table = [
         (Preset::Tiny, 3, 256, 4, 1024, 7_568_384),
