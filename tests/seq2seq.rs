@@ -17,7 +17,7 @@ use tch::{nn::VarStore, Device, Kind, Tensor};
 
 #[test]
 fn noncausal_memory_matches_its_quadratic_twin_with_gradients() {
-    tch::manual_seed(0);
+    let _rng = common::seeded(0);
     let (b, h, tq, tk, dk, dv) = (2, 3, 5, 7, 4, 6);
     let q = Tensor::rand([b, h, tq, dk], F64).set_requires_grad(true);
     let k = Tensor::rand([b, h, tk, dk], F64).set_requires_grad(true);
@@ -59,7 +59,7 @@ fn noncausal_memory_matches_its_quadratic_twin_with_gradients() {
 /// the float64 reference: outputs and gradients.
 #[test]
 fn noncausal_memory_in_float32_is_close_to_the_float64_reference() {
-    tch::manual_seed(2);
+    let _rng = common::seeded(2);
     let (b, h, t, d) = (2, 4, 100, 64);
     let q = Tensor::rand([b, h, t, d], F64);
     let k = Tensor::rand([b, h, t, d], F64);
@@ -116,7 +116,8 @@ fn config(encoder: AttentionKind, decoder: AttentionKind, cross: AttentionKind) 
 }
 
 fn model(cfg: Seq2SeqConfig) -> (VarStore, Seq2Seq) {
-    tch::manual_seed(1);
+    // the same weights whatever runs beside: no other test draws while this one builds
+    let _rng = common::seeded(1);
     let mut vs = VarStore::new(Device::Cpu);
     let m = Seq2Seq::new(vs.root(), cfg).unwrap();
     vs.double();
@@ -411,6 +412,7 @@ fn fixed_size_fast_cross_memory_matches_its_reference_twin() {
 fn every_parameter_gets_a_gradient_in_training() {
     for (name, cfg) in variants() {
         let (vs, m) = model(cfg);
+        let _rng = common::rng_lock(); // dropout draws
         let enc = m
             .encode(&tokens(&[&[5, 6, 7], &[8, 9, 10, 11]]), true)
             .unwrap();
@@ -635,6 +637,7 @@ fn hypotheses_share_their_sentence_memory() {
         ]
     };
     for kind in kinds {
+        let _rng = common::rng_lock(); // random weights and inputs
         let mut vs = VarStore::new(Device::Cpu);
         let cfg = AttentionConfig {
             d_model: 16,
