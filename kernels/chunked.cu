@@ -5,10 +5,11 @@
 // First version, written for correctness on first contact with a GPU: every stage is a sequence of
 // block-level matrix products on fp32 tiles in global memory (the chunk's L2-resident working set),
 // each product on the tensor cores (WMMA bf16 16x16x16, fp32 accumulation) with the twin's operand
-// rounding: operands rounded to bf16, states S and dS split into bf16 hi + lo and multiplied twice.
+// rounding (chunked.h, Operands): for bf16 / fp16 inputs operands rounded to bf16 and the states S
+// and dS split into bf16 hi + lo; for fp32 inputs every operand split into three bf16 parts.
 // The triangular solve runs in fp32 on CUDA cores in shared memory. Bounds are checked per element,
-// so any d_k and d_v work. Grids: (chunk, batch·head) for the parallel stages; (tile of 64 value
-// columns, batch·head) for the two sequential passes over chunks.
+// so any d_k and d_v work. Grids: (batch·head, chunk) for the parallel stages; (batch·head, tile of
+// 64 value columns) for the two sequential passes over chunks.
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -28,7 +29,11 @@ constexpr int kThreads = 32 * kWarps;
 constexpr int kTile = 16;
 constexpr int kColumns = 64;  // value columns per block of the sequential passes
 
-enum Mode { kRound = 0, kSplit = 1 };
+constexpr int kMaxParts = 3;  // bf16 parts of one operand (chunked.h)
+
+// How many bf16 parts an operand takes at least: plain operands one, states (S, dS) two; the
+// kernel-wide floor (Sizes::parts, 3 for fp32 inputs) can raise both.
+enum Mode { kRound = 1, kSplit = 2 };
 
 // A logical M x K (or K x N) operand over an fp32 matrix in global memory: element (r, c) is
 // p[r * ld + c], or p[c * ld + r] when `trans`; zero outside rows x cols. `scale` (may be null)
@@ -55,24 +60,39 @@ __device__ __forceinline__ float fetch(const Operand& o, int r, int c) {
   return x;
 }
 
-// Per-warp staging in shared memory: A hi, A lo, B hi, B lo (bf16) and the fp32 result tile; WMMA
-// loads and stores need 32-byte alignment.
+// Per-warp staging in shared memory: the bf16 parts of A's and B's tiles and the fp32 result
+// tile; WMMA loads and stores need 32-byte alignment.
 struct __align__(32) Staging {
-  __nv_bfloat16 ab[kWarps][4][kTile * kTile];
+  __nv_bfloat16 ab[kWarps][2][kMaxParts][kTile * kTile];
   float c[kWarps][kTile * kTile];
 };
 
+// A block's product machinery: its staging and the floor on operand parts.
+struct Gemm {
+  Staging& st;
+  int parts;
+};
+
+// Writes x's first `n` bf16 parts (hi = bf16(x), then bf16 of the rest) to dst[p][e].
+__device__ __forceinline__ void split(float x, int n, __nv_bfloat16 (*dst)[kTile * kTile], int e) {
+  for (int p = 0; p < n; ++p) {
+    const __nv_bfloat16 h = __float2bfloat16_rn(x);
+    dst[p][e] = h;
+    x -= __bfloat162float(h);
+  }
+}
+
 // out[M x N] = (cin ? cin : 0) + sign * A B, by the whole block; out and cin row-major fp32 with
-// leading dimensions ldo and ldc (cin may be out). Ends with __syncthreads().
+// leading dimensions ldo and ldc (cin may be out). A B is the sum of the part products A_i B_j of
+// order i + j < max(parts of A, parts of B), as the twin's split_product. Ends with __syncthreads().
 __device__ void block_gemm(int M, int N, int K, const Operand& A, const Operand& B, float sign, const float* cin,
-                           int64_t ldc, float* out, int64_t ldo, Staging& st) {
+                           int64_t ldc, float* out, int64_t ldo, const Gemm& g) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int tm = (M + kTile - 1) / kTile, tn = (N + kTile - 1) / kTile;
-  __nv_bfloat16* a_hi = st.ab[warp][0];
-  __nv_bfloat16* a_lo = st.ab[warp][1];
-  __nv_bfloat16* b_hi = st.ab[warp][2];
-  __nv_bfloat16* b_lo = st.ab[warp][3];
-  float* cs = st.c[warp];
+  const int pa = max(int(A.mode), g.parts), pb = max(int(B.mode), g.parts), orders = max(pa, pb);
+  __nv_bfloat16 (*a_parts)[kTile * kTile] = g.st.ab[warp][0];
+  __nv_bfloat16 (*b_parts)[kTile * kTile] = g.st.ab[warp][1];
+  float* cs = g.st.c[warp];
   for (int t = warp; t < tm * tn; t += kWarps) {
     const int r0 = (t / tn) * kTile, c0 = (t % tn) * kTile;
     wmma::fragment<wmma::accumulator, kTile, kTile, kTile, float> acc;
@@ -80,29 +100,18 @@ __device__ void block_gemm(int M, int N, int K, const Operand& A, const Operand&
     for (int k0 = 0; k0 < K; k0 += kTile) {
       for (int e = lane; e < kTile * kTile; e += 32) {
         const int r = e / kTile, c = e % kTile;
-        const float x = fetch(A, r0 + r, k0 + c);
-        const __nv_bfloat16 xh = __float2bfloat16_rn(x);
-        a_hi[e] = xh;
-        if (A.mode == kSplit) a_lo[e] = __float2bfloat16_rn(x - __bfloat162float(xh));
-        const float y = fetch(B, k0 + r, c0 + c);
-        const __nv_bfloat16 yh = __float2bfloat16_rn(y);
-        b_hi[e] = yh;
-        if (B.mode == kSplit) b_lo[e] = __float2bfloat16_rn(y - __bfloat162float(yh));
+        split(fetch(A, r0 + r, k0 + c), pa, a_parts, e);
+        split(fetch(B, k0 + r, c0 + c), pb, b_parts, e);
       }
       __syncwarp();
       wmma::fragment<wmma::matrix_a, kTile, kTile, kTile, __nv_bfloat16, wmma::row_major> fa;
       wmma::fragment<wmma::matrix_b, kTile, kTile, kTile, __nv_bfloat16, wmma::row_major> fb;
-      wmma::load_matrix_sync(fa, a_hi, kTile);
-      wmma::load_matrix_sync(fb, b_hi, kTile);
-      wmma::mma_sync(acc, fa, fb, acc);
-      if (A.mode == kSplit) {
-        wmma::load_matrix_sync(fa, a_lo, kTile);
-        wmma::mma_sync(acc, fa, fb, acc);
-      }
-      if (B.mode == kSplit) {
-        wmma::load_matrix_sync(fa, a_hi, kTile);
-        wmma::load_matrix_sync(fb, b_lo, kTile);
-        wmma::mma_sync(acc, fa, fb, acc);
+      for (int i = 0; i < pa; ++i) {
+        wmma::load_matrix_sync(fa, a_parts[i], kTile);
+        for (int j = 0; j < pb && i + j < orders; ++j) {
+          wmma::load_matrix_sync(fb, b_parts[j], kTile);
+          wmma::mma_sync(acc, fa, fb, acc);
+        }
       }
       __syncwarp();
     }
@@ -190,6 +199,7 @@ __device__ void block_unit_lower_inverse(const float* a, float* x, SolveShared& 
 struct Sizes {
   int64_t N;  // chunks
   int dk, dv;
+  int parts;  // the floor on operand parts: 1 (Operands::Bf16) or 3 (Operands::Bf16x3)
   __device__ int64_t tile(int bh, int c, int rows, int cols) const { return ((int64_t(bh) * N + c) * rows) * cols; }
 };
 
@@ -203,20 +213,21 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ __align__(32) unsigned char smem[kBytes];
   Staging& st = *reinterpret_cast<Staging*>(smem);
   SolveShared& sh = *reinterpret_cast<SolveShared*>(smem);
-  const int c = blockIdx.x, bh = blockIdx.y;
+  const int bh = blockIdx.x, c = blockIdx.y;
+  const Gemm g{st, s.parts};
   const float* kc = k + s.tile(bh, c, kC, s.dk);
   const float* vc = v + s.tile(bh, c, kC, s.dv);
   const float* bc = beta + s.tile(bh, c, kC, 1);
   float* ac = a + s.tile(bh, c, kC, kC);
   float* tc = tinv + s.tile(bh, c, kC, kC);
   block_gemm(kC, kC, s.dk, op(kc, s.dk, kC, s.dk, false, kRound, bc), op(kc, s.dk, s.dk, kC, true), 1.f, nullptr, 0,
-             ac, kC, st);
+             ac, kC, g);
   block_tril(ac, -1);
   block_unit_lower_inverse(ac, tc, sh);
   block_gemm(kC, s.dk, kC, op(tc, kC, kC, kC), op(kc, s.dk, kC, s.dk, false, kRound, bc), 1.f, nullptr, 0,
-             w + s.tile(bh, c, kC, s.dk), s.dk, st);
+             w + s.tile(bh, c, kC, s.dk), s.dk, g);
   block_gemm(kC, s.dv, kC, op(tc, kC, kC, kC), op(vc, s.dv, kC, s.dv, false, kRound, bc), 1.f, nullptr, 0,
-             u + s.tile(bh, c, kC, s.dv), s.dv, st);
+             u + s.tile(bh, c, kC, s.dv), s.dv, g);
 }
 
 // F2. One block per (tile of kColumns value columns, batch·head), sequential over chunks. The state
@@ -226,7 +237,8 @@ __global__ void __launch_bounds__(kThreads)
     state_forward_kernel(const float* k, const float* w, const float* u, const float* s0, float* ckpt,
                          float* v_new, float* state, Sizes s) {
   __shared__ Staging st;
-  const int col0 = blockIdx.x * kColumns, bh = blockIdx.y;
+  const int bh = blockIdx.x, col0 = blockIdx.y * kColumns;
+  const Gemm g{st, s.parts};
   const int nv = min(kColumns, s.dv - col0);
   const int64_t state_size = int64_t(s.dk) * s.dv;
   block_copy(ckpt + s.tile(bh, 0, s.dk, s.dv) + col0, s.dv, s0 + bh * state_size + col0, s.dv, s.dk, nv);
@@ -237,12 +249,12 @@ __global__ void __launch_bounds__(kThreads)
     if (w != nullptr) {
       float* vnc = v_new + s.tile(bh, c, kC, s.dv) + col0;
       block_gemm(kC, nv, s.dk, op(w + s.tile(bh, c, kC, s.dk), s.dk, kC, s.dk),
-                 op(sc, s.dv, s.dk, nv, false, kSplit), -1.f, uc, s.dv, vnc, s.dv, st);  // U' = U - W S_c
+                 op(sc, s.dv, s.dk, nv, false, kSplit), -1.f, uc, s.dv, vnc, s.dv, g);  // U' = U - W S_c
       vn = vnc;
     }
     float* next = c + 1 < s.N ? ckpt + s.tile(bh, c + 1, s.dk, s.dv) + col0 : state + bh * state_size + col0;
     block_gemm(s.dk, nv, kC, op(k + s.tile(bh, c, kC, s.dk), s.dk, s.dk, kC, true), op(vn, s.dv, kC, nv), 1.f, sc,
-               s.dv, next, s.dv, st);  // S_{c+1} = S_c + K^T U'
+               s.dv, next, s.dv, g);  // S_{c+1} = S_c + K^T U'
   }
 }
 
@@ -250,10 +262,11 @@ __global__ void __launch_bounds__(kThreads)
 __global__ void __launch_bounds__(kThreads)
     values_kernel(const float* w, const float* u, const float* ckpt, float* v_new, Sizes s) {
   __shared__ Staging st;
-  const int c = blockIdx.x, bh = blockIdx.y;
+  const int bh = blockIdx.x, c = blockIdx.y;
+  const Gemm g{st, s.parts};
   block_gemm(kC, s.dv, s.dk, op(w + s.tile(bh, c, kC, s.dk), s.dk, kC, s.dk),
              op(ckpt + s.tile(bh, c, s.dk, s.dv), s.dv, s.dk, s.dv, false, kSplit), -1.f,
-             u + s.tile(bh, c, kC, s.dv), s.dv, v_new + s.tile(bh, c, kC, s.dv), s.dv, st);
+             u + s.tile(bh, c, kC, s.dv), s.dv, v_new + s.tile(bh, c, kC, s.dv), s.dv, g);
 }
 
 // F3. O = Q S_c + tril(Q K^T) U'; `qk` is a C x C scratch per chunk.
@@ -261,30 +274,32 @@ __global__ void __launch_bounds__(kThreads)
     output_kernel(const float* q, const float* k, const float* v_new, const float* ckpt, float* out, float* qk,
                   Sizes s) {
   __shared__ Staging st;
-  const int c = blockIdx.x, bh = blockIdx.y;
+  const int bh = blockIdx.x, c = blockIdx.y;
+  const Gemm g{st, s.parts};
   const float* qc = q + s.tile(bh, c, kC, s.dk);
   float* qkc = qk + s.tile(bh, c, kC, kC);
   float* oc = out + s.tile(bh, c, kC, s.dv);
   block_gemm(kC, kC, s.dk, op(qc, s.dk, kC, s.dk), op(k + s.tile(bh, c, kC, s.dk), s.dk, s.dk, kC, true), 1.f,
-             nullptr, 0, qkc, kC, st);
+             nullptr, 0, qkc, kC, g);
   block_tril(qkc, 0);
   block_gemm(kC, s.dv, s.dk, op(qc, s.dk, kC, s.dk),
-             op(ckpt + s.tile(bh, c, s.dk, s.dv), s.dv, s.dk, s.dv, false, kSplit), 1.f, nullptr, 0, oc, s.dv, st);
+             op(ckpt + s.tile(bh, c, s.dk, s.dv), s.dv, s.dk, s.dv, false, kSplit), 1.f, nullptr, 0, oc, s.dv, g);
   block_gemm(kC, s.dv, kC, op(qkc, kC, kC, kC), op(v_new + s.tile(bh, c, kC, s.dv), s.dv, kC, s.dv), 1.f, oc,
-             s.dv, oc, s.dv, st);
+             s.dv, oc, s.dv, g);
 }
 
 // B1. dU'_loc = tril(Q K^T)^T dO.
 __global__ void __launch_bounds__(kThreads)
     local_grad_kernel(const float* q, const float* k, const float* grad_out, float* dv_local, float* qk, Sizes s) {
   __shared__ Staging st;
-  const int c = blockIdx.x, bh = blockIdx.y;
+  const int bh = blockIdx.x, c = blockIdx.y;
+  const Gemm g{st, s.parts};
   float* qkc = qk + s.tile(bh, c, kC, kC);
   block_gemm(kC, kC, s.dk, op(q + s.tile(bh, c, kC, s.dk), s.dk, kC, s.dk),
-             op(k + s.tile(bh, c, kC, s.dk), s.dk, s.dk, kC, true), 1.f, nullptr, 0, qkc, kC, st);
+             op(k + s.tile(bh, c, kC, s.dk), s.dk, s.dk, kC, true), 1.f, nullptr, 0, qkc, kC, g);
   block_tril(qkc, 0);
   block_gemm(kC, s.dv, kC, op(qkc, kC, kC, kC, true), op(grad_out + s.tile(bh, c, kC, s.dv), s.dv, kC, s.dv), 1.f,
-             nullptr, 0, dv_local + s.tile(bh, c, kC, s.dv), s.dv, st);
+             nullptr, 0, dv_local + s.tile(bh, c, kC, s.dv), s.dv, g);
 }
 
 // B2. Reverse over chunks per (tile of value columns, batch·head): dS_{c+1} is kept in ds_next[c],
@@ -294,7 +309,8 @@ __global__ void __launch_bounds__(kThreads)
                           const float* dv_local, const float* ds_final, float* dv_new, float* ds_next, float* ds0,
                           Sizes s) {
   __shared__ Staging st;
-  const int col0 = blockIdx.x * kColumns, bh = blockIdx.y;
+  const int bh = blockIdx.x, col0 = blockIdx.y * kColumns;
+  const Gemm g{st, s.parts};
   const int nv = min(kColumns, s.dv - col0);
   const int64_t state_size = int64_t(s.dk) * s.dv;
   block_copy(ds_next + s.tile(bh, s.N - 1, s.dk, s.dv) + col0, s.dv, ds_final + bh * state_size + col0, s.dv, s.dk,
@@ -304,13 +320,13 @@ __global__ void __launch_bounds__(kThreads)
     float* dvn = dv_new + s.tile(bh, c, kC, s.dv) + col0;
     const float* kc = k + s.tile(bh, c, kC, s.dk);
     block_gemm(kC, nv, s.dk, op(kc, s.dk, kC, s.dk), op(dsc, s.dv, s.dk, nv, false, kSplit), 1.f,
-               dv_local + s.tile(bh, c, kC, s.dv) + col0, s.dv, dvn, s.dv, st);
+               dv_local + s.tile(bh, c, kC, s.dv) + col0, s.dv, dvn, s.dv, g);
     float* next = c > 0 ? ds_next + s.tile(bh, c - 1, s.dk, s.dv) + col0 : ds0 + bh * state_size + col0;
     block_gemm(s.dk, nv, kC, op(q + s.tile(bh, c, kC, s.dk), s.dk, s.dk, kC, true),
-               op(grad_out + s.tile(bh, c, kC, s.dv) + col0, s.dv, kC, nv), 1.f, dsc, s.dv, next, s.dv, st);
+               op(grad_out + s.tile(bh, c, kC, s.dv) + col0, s.dv, kC, nv), 1.f, dsc, s.dv, next, s.dv, g);
     if (w != nullptr)
       block_gemm(s.dk, nv, kC, op(w + s.tile(bh, c, kC, s.dk), s.dk, s.dk, kC, true), op(dvn, s.dv, kC, nv), -1.f,
-                 next, s.dv, next, s.dv, st);
+                 next, s.dv, next, s.dv, g);
   }
 }
 
@@ -322,7 +338,8 @@ __global__ void __launch_bounds__(kThreads)
                        const float* grad_out, const float* dv_new, float* dq, float* dk, float* dv, float* dbeta,
                        float* scratch, int64_t scratch_per_chunk, Sizes s) {
   __shared__ Staging st;
-  const int c = blockIdx.x, bh = blockIdx.y;
+  const int bh = blockIdx.x, c = blockIdx.y;
+  const Gemm g{st, s.parts};
   const int dkn = s.dk, dvn = s.dv;
   const float* qc = q + s.tile(bh, c, kC, dkn);
   const float* kc = k + s.tile(bh, c, kC, dkn);
@@ -338,12 +355,12 @@ __global__ void __launch_bounds__(kThreads)
   float *dw = sp + 5 * kC * kC, *dkb = dw + kC * dkn, *dvb = dkb + kC * dkn;
 
   // P = tril(dO U'^T); dQ = dO S_c^T + P K; dK = P^T Q + U' dS_{c+1}^T
-  block_gemm(kC, kC, dvn, op(goc, dvn, kC, dvn), op(vnc, dvn, dvn, kC, true), 1.f, nullptr, 0, p, kC, st);
+  block_gemm(kC, kC, dvn, op(goc, dvn, kC, dvn), op(vnc, dvn, dvn, kC, true), 1.f, nullptr, 0, p, kC, g);
   block_tril(p, 0);
-  block_gemm(kC, dkn, dvn, op(goc, dvn, kC, dvn), op(sc, dvn, dvn, dkn, true, kSplit), 1.f, nullptr, 0, dqc, dkn, st);
-  block_gemm(kC, dkn, kC, op(p, kC, kC, kC), op(kc, dkn, kC, dkn), 1.f, dqc, dkn, dqc, dkn, st);
-  block_gemm(kC, dkn, kC, op(p, kC, kC, kC, true), op(qc, dkn, kC, dkn), 1.f, nullptr, 0, dkc, dkn, st);
-  block_gemm(kC, dkn, dvn, op(vnc, dvn, kC, dvn), op(dsc, dvn, dvn, dkn, true, kSplit), 1.f, dkc, dkn, dkc, dkn, st);
+  block_gemm(kC, dkn, dvn, op(goc, dvn, kC, dvn), op(sc, dvn, dvn, dkn, true, kSplit), 1.f, nullptr, 0, dqc, dkn, g);
+  block_gemm(kC, dkn, kC, op(p, kC, kC, kC), op(kc, dkn, kC, dkn), 1.f, dqc, dkn, dqc, dkn, g);
+  block_gemm(kC, dkn, kC, op(p, kC, kC, kC, true), op(qc, dkn, kC, dkn), 1.f, nullptr, 0, dkc, dkn, g);
+  block_gemm(kC, dkn, dvn, op(vnc, dvn, kC, dvn), op(dsc, dvn, dvn, dkn, true, kSplit), 1.f, dkc, dkn, dkc, dkn, g);
   if (tinv == nullptr) return;
 
   const float* bc = beta + s.tile(bh, c, kC, 1);
@@ -351,24 +368,24 @@ __global__ void __launch_bounds__(kThreads)
   const float* vc = v + s.tile(bh, c, kC, dvn);
   // dW = -dU' S_c^T; d(beta K) = T~^T dW; d(beta V) = T~^T dU'
   block_gemm(kC, dkn, dvn, op(dvnc, dvn, kC, dvn), op(sc, dvn, dvn, dkn, true, kSplit), -1.f, nullptr, 0, dw, dkn,
-             st);
-  block_gemm(kC, dkn, kC, op(tc, kC, kC, kC, true), op(dw, dkn, kC, dkn), 1.f, nullptr, 0, dkb, dkn, st);
-  block_gemm(kC, dvn, kC, op(tc, kC, kC, kC, true), op(dvnc, dvn, kC, dvn), 1.f, nullptr, 0, dvb, dvn, st);
+             g);
+  block_gemm(kC, dkn, kC, op(tc, kC, kC, kC, true), op(dw, dkn, kC, dkn), 1.f, nullptr, 0, dkb, dkn, g);
+  block_gemm(kC, dvn, kC, op(tc, kC, kC, kC, true), op(dvnc, dvn, kC, dvn), 1.f, nullptr, 0, dvb, dvn, g);
   // dT~ = dW (beta K)^T + dU' (beta V)^T; dA = -tril(T~^T dT~ T~^T, -1)
-  block_gemm(kC, kC, dkn, op(dw, dkn, kC, dkn), op(kc, dkn, dkn, kC, true, kRound, bc), 1.f, nullptr, 0, dt, kC, st);
-  block_gemm(kC, kC, dvn, op(dvnc, dvn, kC, dvn), op(vc, dvn, dvn, kC, true, kRound, bc), 1.f, dt, kC, dt, kC, st);
-  block_gemm(kC, kC, kC, op(tc, kC, kC, kC, true), op(dt, kC, kC, kC), 1.f, nullptr, 0, tmp, kC, st);
-  block_gemm(kC, kC, kC, op(tmp, kC, kC, kC), op(tc, kC, kC, kC, true), -1.f, nullptr, 0, da, kC, st);
+  block_gemm(kC, kC, dkn, op(dw, dkn, kC, dkn), op(kc, dkn, dkn, kC, true, kRound, bc), 1.f, nullptr, 0, dt, kC, g);
+  block_gemm(kC, kC, dvn, op(dvnc, dvn, kC, dvn), op(vc, dvn, dvn, kC, true, kRound, bc), 1.f, dt, kC, dt, kC, g);
+  block_gemm(kC, kC, kC, op(tc, kC, kC, kC, true), op(dt, kC, kC, kC), 1.f, nullptr, 0, tmp, kC, g);
+  block_gemm(kC, kC, kC, op(tmp, kC, kC, kC), op(tc, kC, kC, kC, true), -1.f, nullptr, 0, da, kC, g);
   block_tril(da, -1);
   // dK += beta d(beta K) + G K + G^T K, G = diag(beta) dA; dV = beta d(beta V)
   for (int e = threadIdx.x; e < kC * dkn; e += kThreads) dkc[e] += dkb[e] * bc[e / dkn];
   __syncthreads();
-  block_gemm(kC, dkn, kC, op(da, kC, kC, kC, false, kRound, bc), op(kc, dkn, kC, dkn), 1.f, dkc, dkn, dkc, dkn, st);
-  block_gemm(kC, dkn, kC, op(da, kC, kC, kC, true, kRound, bc), op(kc, dkn, kC, dkn), 1.f, dkc, dkn, dkc, dkn, st);
+  block_gemm(kC, dkn, kC, op(da, kC, kC, kC, false, kRound, bc), op(kc, dkn, kC, dkn), 1.f, dkc, dkn, dkc, dkn, g);
+  block_gemm(kC, dkn, kC, op(da, kC, kC, kC, true, kRound, bc), op(kc, dkn, kC, dkn), 1.f, dkc, dkn, dkc, dkn, g);
   float* dvc = dv + s.tile(bh, c, kC, dvn);
   for (int e = threadIdx.x; e < kC * dvn; e += kThreads) dvc[e] = dvb[e] * bc[e / dvn];
   // dbeta = rowsum(d(beta K) . K) + rowsum(d(beta V) . V) + rowsum(dA . K K^T)
-  block_gemm(kC, kC, dkn, op(kc, dkn, kC, dkn), op(kc, dkn, dkn, kC, true), 1.f, nullptr, 0, kk, kC, st);
+  block_gemm(kC, kC, dkn, op(kc, dkn, kC, dkn), op(kc, dkn, dkn, kC, true), 1.f, nullptr, 0, kk, kC, g);
   if (threadIdx.x < kC) {
     const int r = threadIdx.x;
     float x = 0.f;
@@ -379,11 +396,11 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-Sizes sizes(int64_t N, int64_t dk, int64_t dv) { return Sizes{N, int(dk), int(dv)}; }
+Sizes sizes(int64_t N, int64_t dk, int64_t dv, int parts) { return Sizes{N, int(dk), int(dv), parts}; }
 
-dim3 chunk_grid(int64_t BH, int64_t N) { return dim3(unsigned(N), unsigned(BH)); }
+dim3 chunk_grid(int64_t BH, int64_t N) { return dim3(unsigned(BH), unsigned(N)); }
 
-dim3 column_grid(int64_t BH, int64_t dv) { return dim3(unsigned((dv + kColumns - 1) / kColumns), unsigned(BH)); }
+dim3 column_grid(int64_t BH, int64_t dv) { return dim3(unsigned(BH), unsigned((dv + kColumns - 1) / kColumns)); }
 
 int status() { return int(cudaGetLastError()); }
 
@@ -393,50 +410,52 @@ extern "C" {
 
 int64_t fwp_chunked_cuda_chunk() { return kC; }
 
+int64_t fwp_chunked_cuda_max_chunks() { return 65535; }  // gridDim.y
+
 int fwp_chunked_cuda_sync(void* stream) { return int(cudaStreamSynchronize(cudaStream_t(stream))); }
 
 int64_t fwp_chunked_cuda_scratch_per_chunk(int64_t dk, int64_t dv) { return 5 * kC * kC + kC * (2 * dk + dv); }
 
 int fwp_chunked_cuda_wy(const float* k, const float* v, const float* beta, float* tinv, float* w, float* u,
-                        float* a_scratch, int64_t BH, int64_t N, int64_t dk, int64_t dv, void* stream) {
+                        float* a_scratch, int64_t BH, int64_t N, int64_t dk, int64_t dv, int parts, void* stream) {
   wy_kernel<<<chunk_grid(BH, N), kThreads, 0, cudaStream_t(stream)>>>(k, v, beta, tinv, w, u, a_scratch,
-                                                                      sizes(N, dk, dv));
+                                                                      sizes(N, dk, dv, parts));
   return status();
 }
 
 int fwp_chunked_cuda_state_forward(const float* k, const float* w, const float* u, const float* s0, float* ckpt,
                                    float* v_new, float* state, int64_t BH, int64_t N, int64_t dk, int64_t dv,
-                                   void* stream) {
+                                   int parts, void* stream) {
   state_forward_kernel<<<column_grid(BH, dv), kThreads, 0, cudaStream_t(stream)>>>(k, w, u, s0, ckpt, v_new, state,
-                                                                                   sizes(N, dk, dv));
+                                                                                   sizes(N, dk, dv, parts));
   return status();
 }
 
 int fwp_chunked_cuda_values(const float* w, const float* u, const float* ckpt, float* v_new, int64_t BH, int64_t N,
-                            int64_t dk, int64_t dv, void* stream) {
-  values_kernel<<<chunk_grid(BH, N), kThreads, 0, cudaStream_t(stream)>>>(w, u, ckpt, v_new, sizes(N, dk, dv));
+                            int64_t dk, int64_t dv, int parts, void* stream) {
+  values_kernel<<<chunk_grid(BH, N), kThreads, 0, cudaStream_t(stream)>>>(w, u, ckpt, v_new, sizes(N, dk, dv, parts));
   return status();
 }
 
 int fwp_chunked_cuda_output(const float* q, const float* k, const float* v_new, const float* ckpt, float* out,
-                            float* qk_scratch, int64_t BH, int64_t N, int64_t dk, int64_t dv, void* stream) {
+                            float* qk_scratch, int64_t BH, int64_t N, int64_t dk, int64_t dv, int parts, void* stream) {
   output_kernel<<<chunk_grid(BH, N), kThreads, 0, cudaStream_t(stream)>>>(q, k, v_new, ckpt, out, qk_scratch,
-                                                                          sizes(N, dk, dv));
+                                                                          sizes(N, dk, dv, parts));
   return status();
 }
 
 int fwp_chunked_cuda_local_grad(const float* q, const float* k, const float* grad_out, float* dv_local,
-                                float* qk_scratch, int64_t BH, int64_t N, int64_t dk, int64_t dv, void* stream) {
+                                float* qk_scratch, int64_t BH, int64_t N, int64_t dk, int64_t dv, int parts, void* stream) {
   local_grad_kernel<<<chunk_grid(BH, N), kThreads, 0, cudaStream_t(stream)>>>(q, k, grad_out, dv_local, qk_scratch,
-                                                                              sizes(N, dk, dv));
+                                                                              sizes(N, dk, dv, parts));
   return status();
 }
 
 int fwp_chunked_cuda_state_backward(const float* q, const float* k, const float* w, const float* grad_out,
                                     const float* dv_local, const float* ds_final, float* dv_new, float* ds_next,
-                                    float* ds0, int64_t BH, int64_t N, int64_t dk, int64_t dv, void* stream) {
+                                    float* ds0, int64_t BH, int64_t N, int64_t dk, int64_t dv, int parts, void* stream) {
   state_backward_kernel<<<column_grid(BH, dv), kThreads, 0, cudaStream_t(stream)>>>(
-      q, k, w, grad_out, dv_local, ds_final, dv_new, ds_next, ds0, sizes(N, dk, dv));
+      q, k, w, grad_out, dv_local, ds_final, dv_new, ds_next, ds0, sizes(N, dk, dv, parts));
   return status();
 }
 
@@ -444,10 +463,10 @@ int fwp_chunked_cuda_input_grads(const float* q, const float* k, const float* v,
                                  const float* tinv, const float* w, const float* v_new, const float* ckpt,
                                  const float* ds_next, const float* grad_out, const float* dv_new, float* dq,
                                  float* dk_out, float* dv_out, float* dbeta, float* scratch, int64_t BH, int64_t N,
-                                 int64_t dk, int64_t dv, void* stream) {
+                                 int64_t dk, int64_t dv, int parts, void* stream) {
   input_grads_kernel<<<chunk_grid(BH, N), kThreads, 0, cudaStream_t(stream)>>>(
       q, k, v, beta, tinv, w, v_new, ckpt, ds_next, grad_out, dv_new, dq, dk_out, dv_out, dbeta, scratch,
-      fwp_chunked_cuda_scratch_per_chunk(dk, dv), sizes(N, dk, dv));
+      fwp_chunked_cuda_scratch_per_chunk(dk, dv), sizes(N, dk, dv, parts));
   return status();
 }
 

@@ -29,17 +29,28 @@
 
 #include <ATen/ATen.h>
 
+#include <string>
 #include <tuple>
 
 namespace fwp::chunked {
 
 using at::Tensor;
 
-// How matrix-product operands are rounded. `Exact`: in the accumulation dtype. `Bf16`: as the
-// tensor-core kernels do for bf16 / fp16 inputs: every operand rounded to bf16 except the states
-// S and dS, which are split into bf16 hi + lo parts and multiplied twice (so the fp32 state keeps
-// its accuracy); accumulation in fp32 everywhere, and the triangular solve in fp32.
-enum class Operands { Exact, Bf16 };
+// How matrix-product operands are rounded. `Exact`: in the accumulation dtype. The other two are the
+// tensor-core kernels' arithmetic (bf16 x bf16 products, fp32 accumulation everywhere, the
+// triangular solve in fp32), where an operand may be split into bf16 parts, hi = bf16(x) and each
+// next part bf16(x - the parts before), and the product of two split operands is the sum of the
+// part products A_i B_j of order i + j < max(parts of A, parts of B):
+//   `Bf16` (bf16 / fp16 inputs): every operand one part, except the states S and dS, which take
+//          two (hi + lo), so that the fp32 state keeps its accuracy;
+//   `Bf16x3` (fp32 inputs): every operand three parts (24 significant bits, fp32's), six part
+//          products; the dropped ones are below 2^-26 of the product, so fp32 inputs keep fp32
+//          accuracy.
+enum class Operands { Exact, Bf16, Bf16x3 };
+
+// `exact`, `bf16` or `bf16x3` (the op's `operands` argument).
+Operands parse_operands(const std::string& name);
+const char* operands_name(Operands operands);
 
 struct Config {
   int64_t chunk;  // C: 16, 32 or 64
@@ -48,7 +59,7 @@ struct Config {
 
 // The stages, declared once per implementation: `cpu` (the twin, chunked_cpu.cpp: ATen products, any
 // device ATen runs on) and `cuda` (the kernels, chunked.cu via chunked_cuda.cpp: CUDA tensors,
-// Operands::Bf16, chunks of 64). The functions of the same names directly in fwp::chunked pick by
+// Operands::Bf16 or Bf16x3, chunks of 64). The functions of the same names directly in fwp::chunked pick by
 // the device of their first argument.
 namespace cpu {
 #include "chunked_stages.inc"

@@ -5,6 +5,9 @@
 
 #include "chunked.h"
 
+#include <algorithm>
+#include <vector>
+
 namespace fwp::chunked::cpu {
 namespace {
 
@@ -12,25 +15,52 @@ Tensor tr(const Tensor& x) { return x.transpose(-1, -2); }
 
 Tensor round_bf16(const Tensor& x) { return x.to(at::kBFloat16).to(x.scalar_type()); }
 
+// x as `n` bf16 parts (chunked.h): hi = bf16(x), each next part bf16 of what the earlier ones leave.
+std::vector<Tensor> bf16_parts(const Tensor& x, int n) {
+  std::vector<Tensor> parts;
+  Tensor rest = x;
+  for (int i = 0; i < n; ++i) {
+    parts.push_back(round_bf16(rest));
+    if (i + 1 < n) rest = rest - parts.back();
+  }
+  return parts;
+}
+
+// a b from `na` parts of a and `nb` parts of b: the part products of order i + j < max(na, nb),
+// each accumulated in the accumulation dtype, in the CUDA kernels' order (i, then j).
+Tensor split_product(const Tensor& a, int na, const Tensor& b, int nb) {
+  const std::vector<Tensor> pa = bf16_parts(a, na), pb = bf16_parts(b, nb);
+  const int orders = std::max(na, nb);
+  Tensor sum;
+  for (int i = 0; i < na; ++i)
+    for (int j = 0; j < nb && i + j < orders; ++j) {
+      const Tensor term = at::matmul(pa[i], pb[j]);
+      sum = sum.defined() ? sum + term : term;
+    }
+  return sum;
+}
+
+// Parts of a plain operand and of a state (S or dS) under cfg.operands (not Exact).
+int operand_parts(const Config& cfg) { return cfg.operands == Operands::Bf16x3 ? 3 : 1; }
+int state_parts(const Config& cfg) { return cfg.operands == Operands::Bf16x3 ? 3 : 2; }
+
 // a b with both operands rounded as the tensor cores see them.
 Tensor mm(const Tensor& a, const Tensor& b, const Config& cfg) {
   if (cfg.operands == Operands::Exact) return at::matmul(a, b);
-  return at::matmul(round_bf16(a), round_bf16(b));
+  return split_product(a, operand_parts(cfg), b, operand_parts(cfg));
 }
 
-// a s where s is a state (S or dS, fp32): under Bf16 it is split into hi + lo bf16 parts.
+// a s where s is a state (S or dS, fp32), which keeps more parts than a plain operand.
 Tensor mm_state(const Tensor& a, const Tensor& s, const Config& cfg) {
   if (cfg.operands == Operands::Exact) return at::matmul(a, s);
-  const Tensor ar = round_bf16(a), hi = round_bf16(s);
-  return at::matmul(ar, hi) + at::matmul(ar, round_bf16(s - hi));
+  return split_product(a, operand_parts(cfg), s, state_parts(cfg));
 }
 
 // s a, s a state (B2's K dS is written k dS: the state on the right; dO S^T has it on the right
 // too, transposed by the caller).
 Tensor state_mm(const Tensor& s, const Tensor& a, const Config& cfg) {
   if (cfg.operands == Operands::Exact) return at::matmul(s, a);
-  const Tensor ar = round_bf16(a), hi = round_bf16(s);
-  return at::matmul(hi, ar) + at::matmul(round_bf16(s - hi), ar);
+  return split_product(s, state_parts(cfg), a, operand_parts(cfg));
 }
 
 Tensor at_chunk(const Tensor& x, int64_t c) { return x.select(1, c); }
@@ -146,3 +176,23 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> input_grads(const Tensor& q, const Te
 }
 
 }  // namespace fwp::chunked::cpu
+
+namespace fwp::chunked {
+
+Operands parse_operands(const std::string& name) {
+  if (name == "exact") return Operands::Exact;
+  if (name == "bf16") return Operands::Bf16;
+  if (name == "bf16x3") return Operands::Bf16x3;
+  TORCH_CHECK(false, "operands: expected 'exact', 'bf16' or 'bf16x3', got '", name, "'");
+}
+
+const char* operands_name(Operands operands) {
+  switch (operands) {
+    case Operands::Exact: return "exact";
+    case Operands::Bf16: return "bf16";
+    case Operands::Bf16x3: return "bf16x3";
+  }
+  return "?";
+}
+
+}  // namespace fwp::chunked

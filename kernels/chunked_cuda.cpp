@@ -1,6 +1,6 @@
 // Host side of the chunked stages' CUDA kernels (chunked.cu): the twin's stage functions
 // (chunked.h) for CUDA tensors. Allocates outputs and scratch, launches on PyTorch's current
-// stream. The kernels always round product operands to bf16 (Operands::Bf16) in chunks of 64.
+// stream. The kernels take chunks of 64 and multiply on the tensor cores: Operands::Bf16 or Bf16x3.
 
 #include <ATen/ATen.h>
 #include <c10/core/DeviceGuard.h>
@@ -11,6 +11,7 @@
 
 #ifdef FWP_WITH_CUDA
 #include "chunked_launch.h"
+#include "fast_weight_launch.h"
 // Exported by libtorch_cuda: PyTorch's current stream on a device.
 extern "C" int32_t aoti_torch_get_current_cuda_stream(int32_t device_index, void** ret_stream);
 extern "C" const char* fwp_cuda_error_string(int code);
@@ -24,10 +25,13 @@ namespace {
 void check_config(const Config& cfg) {
   TORCH_CHECK(cfg.chunk == fwp_chunked_cuda_chunk(), "fwp::chunked_rule (CUDA): the kernels take chunks of ",
               fwp_chunked_cuda_chunk(), " steps, got ", cfg.chunk);
-  TORCH_CHECK(cfg.operands == Operands::Bf16,
-              "fwp::chunked_rule (CUDA): the kernels multiply bf16 operands on the tensor cores; pass "
-              "bf16_operands=True");
+  TORCH_CHECK(cfg.operands != Operands::Exact,
+              "fwp::chunked_rule (CUDA): the kernels multiply bf16 parts on the tensor cores; pass "
+              "operands='bf16' (bf16 / fp16 inputs) or 'bf16x3' (fp32 inputs)");
 }
+
+// The floor on bf16 parts per operand (chunked_launch.h).
+int parts(const Config& cfg) { return cfg.operands == Operands::Bf16x3 ? 3 : 1; }
 
 void* stream(const Tensor& t) {
   void* s = nullptr;
@@ -55,6 +59,9 @@ void launched(int code, const char* stage, void* stream) {
 void check_chunks(const Tensor& x, const char* name) {
   TORCH_CHECK(x.dim() == 4 && x.size(2) == fwp_chunked_cuda_chunk(), "fwp::chunked_rule (CUDA): ", name,
               " must be [BH, N, ", fwp_chunked_cuda_chunk(), ", d], got ", x.sizes());
+  TORCH_CHECK(x.size(1) <= fwp_chunked_cuda_max_chunks(), "fwp::chunked_rule (CUDA): ", name, " has ", x.size(1),
+              " chunks; the kernels take at most ", fwp_chunked_cuda_max_chunks(), " (T <= ",
+              fwp_chunked_cuda_max_chunks() * fwp_chunked_cuda_chunk(), " steps)");
 }
 
 // fp32, contiguous, on the GPU (undefined stays undefined).
@@ -80,7 +87,7 @@ std::tuple<Tensor, Tensor, Tensor> wy_forward(const Tensor& k_, const Tensor& v_
   const int64_t BH = k.size(0), N = k.size(1), C = k.size(2), dk = k.size(3), dv = v.size(3);
   Tensor tinv = at::empty({BH, N, C, C}, k.options()), a = at::empty_like(tinv);
   Tensor w = at::empty({BH, N, C, dk}, k.options()), u = at::empty({BH, N, C, dv}, k.options());
-  launched(fwp_chunked_cuda_wy(p(k), p(v), p(beta), p(tinv), p(w), p(u), p(a), BH, N, dk, dv, stream(k)), "wy",
+  launched(fwp_chunked_cuda_wy(p(k), p(v), p(beta), p(tinv), p(w), p(u), p(a), BH, N, dk, dv, parts(cfg), stream(k)), "wy",
            stream(k));
   return {tinv, w, u};
 }
@@ -96,7 +103,7 @@ std::tuple<Tensor, Tensor, Tensor> state_forward(const Tensor& k_, const Tensor&
   Tensor ckpt = at::empty({BH, N, dk, dv}, k.options()), state = at::empty({BH, dk, dv}, k.options());
   Tensor v_new = w.defined() ? at::empty_like(u) : u;
   launched(fwp_chunked_cuda_state_forward(p(k), p(w), p(u), p(s0), p(ckpt), w.defined() ? p(v_new) : nullptr,
-                                          p(state), BH, N, dk, dv, stream(k)),
+                                          p(state), BH, N, dk, dv, parts(cfg), stream(k)),
            "state_forward", stream(k));
   return {ckpt, v_new, state};
 }
@@ -110,7 +117,7 @@ Tensor values_from_checkpoints(const Tensor& w_, const Tensor& u_, const Tensor&
   check_chunks(u, "u");
   Tensor v_new = at::empty_like(u);
   launched(fwp_chunked_cuda_values(p(w), p(u), p(ckpt), p(v_new), u.size(0), u.size(1), w.size(3), u.size(3),
-                                   stream(u)),
+                                   parts(cfg), stream(u)),
            "values", stream(u));
   return v_new;
 }
@@ -125,7 +132,7 @@ Tensor output_forward(const Tensor& q_, const Tensor& k_, const Tensor& v_new_, 
   const int64_t BH = q.size(0), N = q.size(1), C = q.size(2);
   Tensor out = at::empty_like(v_new), qk = at::empty({BH, N, C, C}, q.options());
   launched(fwp_chunked_cuda_output(p(q), p(k), p(v_new), p(ckpt), p(out), p(qk), BH, N, q.size(3), v_new.size(3),
-                                   stream(q)),
+                                   parts(cfg), stream(q)),
            "output", stream(q));
   return out;
 }
@@ -139,7 +146,7 @@ Tensor local_value_grad(const Tensor& q_, const Tensor& k_, const Tensor& grad_o
   const int64_t BH = q.size(0), N = q.size(1), C = q.size(2);
   Tensor dv_local = at::empty_like(grad_out), qk = at::empty({BH, N, C, C}, q.options());
   launched(fwp_chunked_cuda_local_grad(p(q), p(k), p(grad_out), p(dv_local), p(qk), BH, N, q.size(3),
-                                       grad_out.size(3), stream(q)),
+                                       grad_out.size(3), parts(cfg), stream(q)),
            "local_grad", stream(q));
   return dv_local;
 }
@@ -157,7 +164,7 @@ std::tuple<Tensor, Tensor, Tensor> state_backward(const Tensor& q_, const Tensor
   Tensor dv_new = at::empty_like(dv_local), ds_next = at::empty({BH, N, dk, dv}, q.options());
   Tensor ds0 = at::empty({BH, dk, dv}, q.options());
   launched(fwp_chunked_cuda_state_backward(p(q), p(k), p(w), p(grad_out), p(dv_local), p(ds_final), p(dv_new),
-                                           p(ds_next), p(ds0), BH, N, dk, dv, stream(q)),
+                                           p(ds_next), p(ds0), BH, N, dk, dv, parts(cfg), stream(q)),
            "state_backward", stream(q));
   return {dv_new, ds_next, ds0};
 }
@@ -168,10 +175,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> input_grads(const Tensor& q_, const T
                                                        const Tensor& ds_next_, const Tensor& grad_out_,
                                                        const Tensor& dv_new_, const Config& cfg) {
   check_config(cfg);
+  const c10::DeviceGuard guard(q_.device());
   const Tensor q = in(q_), k = in(k_), v = in(v_), beta = in(beta_), tinv = in(tinv_), w = in(w_),
                v_new = in(v_new_), ckpt = in(ckpt_), ds_next = in(ds_next_), grad_out = in(grad_out_),
                dv_new = in(dv_new_);
-  const c10::DeviceGuard guard(q_.device());
   check_chunks(q, "q");
   check_chunks(v, "v");
   const bool delta = tinv.defined();
@@ -181,7 +188,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> input_grads(const Tensor& q_, const T
   Tensor scratch = at::empty({BH, N, fwp_chunked_cuda_scratch_per_chunk(dk, dv)}, q.options());
   launched(fwp_chunked_cuda_input_grads(p(q), p(k), p(v), p(beta), p(tinv), p(w), p(v_new), p(ckpt), p(ds_next),
                                         p(grad_out), p(dv_new), p(dq), p(dkt), p(dvt), p(dbeta), p(scratch), BH, N,
-                                        dk, dv, stream(q)),
+                                        dk, dv, parts(cfg), stream(q)),
            "input_grads", stream(q));
   return {dq, dkt, delta ? dvt : dv_new, dbeta};
 }
@@ -218,3 +225,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> input_grads(const Tensor&, const Tens
 #endif
 
 }  // namespace fwp::chunked::cuda
+
+extern "C" int fwp_chunked_cuda_runs_on(int device) {
+#ifdef FWP_WITH_CUDA
+  // chunked.cu is compiled with the recurrent kernels' -gencode list, so both have an image for the
+  // same GPUs (sm_80 and newer).
+  return fwp_cuda_kernels_loadable(device);
+#else
+  (void)device;
+  return 0;
+#endif
+}

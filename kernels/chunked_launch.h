@@ -2,7 +2,9 @@
 // All buffers fp32, contiguous, in the chunked layout of chunked.h: [BH, N, C, d] per-step matrices,
 // [BH, N, C] beta, [BH, N, C, C] per-chunk C x C matrices, [BH, N, d_k, d_v] per-chunk states,
 // [BH, d_k, d_v] single states. Pointers that the sum rule has no use for (beta, tinv, w) are NULL
-// there. Every launcher returns a cudaError_t code (0 = success) and runs on `stream`.
+// there. `parts` is the least number of bf16 parts of every product operand: 1 for Operands::Bf16
+// (states still take two), 3 for Operands::Bf16x3 (chunked.h). Every launcher returns a cudaError_t
+// code (0 = success) and runs on `stream`.
 #pragma once
 
 #include <cstdint>
@@ -12,6 +14,9 @@ extern "C" {
 // The chunk length C of the kernels.
 int64_t fwp_chunked_cuda_chunk();
 
+// The most chunks per sequence a launch takes (chunks are the grid's second dimension).
+int64_t fwp_chunked_cuda_max_chunks();
+
 // Waits for `stream` and returns the first error of the work on it (cudaError_t; 0 = success).
 int fwp_chunked_cuda_sync(void* stream);
 
@@ -20,29 +25,29 @@ int64_t fwp_chunked_cuda_scratch_per_chunk(int64_t dk, int64_t dv);
 
 // F1: tinv [BH,N,C,C], w [BH,N,C,d_k], u [BH,N,C,d_v]; a_scratch [BH,N,C,C].
 int fwp_chunked_cuda_wy(const float* k, const float* v, const float* beta, float* tinv, float* w, float* u,
-                        float* a_scratch, int64_t BH, int64_t N, int64_t dk, int64_t dv, void* stream);
+                        float* a_scratch, int64_t BH, int64_t N, int64_t dk, int64_t dv, int parts, void* stream);
 
 // F2: ckpt [BH,N,d_k,d_v], v_new (unused for the sum rule: U' = U), state [BH,d_k,d_v].
 int fwp_chunked_cuda_state_forward(const float* k, const float* w, const float* u, const float* s0, float* ckpt,
                                    float* v_new, float* state, int64_t BH, int64_t N, int64_t dk, int64_t dv,
-                                   void* stream);
+                                   int parts, void* stream);
 
 // U' = U - W S_c for all chunks.
 int fwp_chunked_cuda_values(const float* w, const float* u, const float* ckpt, float* v_new, int64_t BH, int64_t N,
-                            int64_t dk, int64_t dv, void* stream);
+                            int64_t dk, int64_t dv, int parts, void* stream);
 
 // F3: out [BH,N,C,d_v]; qk_scratch [BH,N,C,C].
 int fwp_chunked_cuda_output(const float* q, const float* k, const float* v_new, const float* ckpt, float* out,
-                            float* qk_scratch, int64_t BH, int64_t N, int64_t dk, int64_t dv, void* stream);
+                            float* qk_scratch, int64_t BH, int64_t N, int64_t dk, int64_t dv, int parts, void* stream);
 
 // B1: dv_local [BH,N,C,d_v]; qk_scratch [BH,N,C,C].
 int fwp_chunked_cuda_local_grad(const float* q, const float* k, const float* grad_out, float* dv_local,
-                                float* qk_scratch, int64_t BH, int64_t N, int64_t dk, int64_t dv, void* stream);
+                                float* qk_scratch, int64_t BH, int64_t N, int64_t dk, int64_t dv, int parts, void* stream);
 
 // B2: dv_new [BH,N,C,d_v], ds_next [BH,N,d_k,d_v], ds0 [BH,d_k,d_v].
 int fwp_chunked_cuda_state_backward(const float* q, const float* k, const float* w, const float* grad_out,
                                     const float* dv_local, const float* ds_final, float* dv_new, float* ds_next,
-                                    float* ds0, int64_t BH, int64_t N, int64_t dk, int64_t dv, void* stream);
+                                    float* ds0, int64_t BH, int64_t N, int64_t dk, int64_t dv, int parts, void* stream);
 
 // B3: dq, dk_out [BH,N,C,d_k]; delta rule only: dv_out [BH,N,C,d_v], dbeta [BH,N,C];
 // scratch [BH, N, fwp_chunked_cuda_scratch_per_chunk(d_k, d_v)].
@@ -50,5 +55,5 @@ int fwp_chunked_cuda_input_grads(const float* q, const float* k, const float* v,
                                  const float* tinv, const float* w, const float* v_new, const float* ckpt,
                                  const float* ds_next, const float* grad_out, const float* dv_new, float* dq,
                                  float* dk_out, float* dv_out, float* dbeta, float* scratch, int64_t BH, int64_t N,
-                                 int64_t dk, int64_t dv, void* stream);
+                                 int64_t dk, int64_t dv, int parts, void* stream);
 }

@@ -2,8 +2,9 @@
 // Function, and the C entry point for Rust.
 //
 // Public op (what a traced TorchScript module records):
-//   fwp::chunked_rule(q, k, v, beta?, initial_state?, chunk=64, bf16_operands=False) -> (out, final_state)
-//   (the delta rule when beta is given, else the sum rule)
+//   fwp::chunked_rule(q, k, v, beta?, initial_state?, chunk=64, operands='exact') -> (out, final_state)
+//   (the delta rule when beta is given, else the sum rule; operands 'exact', 'bf16' or 'bf16x3',
+//   chunked.h's Operands)
 // Internal ops used by its autograd Function:
 //   fwp::chunked_forward(...)  -> (out, final_state, checkpoints)
 //   fwp::chunked_backward(...) -> (dq, dk, dv, dbeta, d_initial_state)
@@ -45,17 +46,18 @@ Sizes check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const OptT
   return Sizes{s.B, s.H, s.T, s.d_k, s.d_v, chunk, (s.T + chunk - 1) / chunk};
 }
 
-// On CUDA the kernels multiply bf16 operands (Operands::Bf16), so they take bf16 inputs only: fp32
-// inputs would silently lose precision there (the recurrent fwp::delta_rule keeps fp32).
-Config config(const Tensor& q, int64_t chunk, bool bf16) {
+// The operand rounding asked for (chunked.h). The CUDA kernels multiply on the tensor cores, so
+// there it must be `bf16` (meant for bf16 / fp16 inputs) or `bf16x3` (fp32 inputs keep fp32
+// accuracy); fp64 stays with the recurrent fwp::delta_rule / fwp::sum_rule.
+Config config(const Tensor& q, int64_t chunk, c10::string_view operands) {
+  const Operands ops = parse_operands(std::string(operands));
   if (q.is_cuda()) {
-    TORCH_CHECK(q.scalar_type() == at::kBFloat16, "fwp::chunked_rule: the CUDA kernels take bf16 inputs, got ",
-                q.scalar_type(), " (use fwp::delta_rule / fwp::sum_rule, Backend::Fused, for other dtypes)");
-    TORCH_CHECK(bf16, "fwp::chunked_rule: the CUDA kernels multiply bf16 operands; pass bf16_operands=True");
-    TORCH_CHECK(q.size(0) * q.size(1) <= 65535, "fwp::chunked_rule: the CUDA kernels take at most 65535 batch x "
-                "heads, got ", q.size(0) * q.size(1));
+    TORCH_CHECK(q.scalar_type() != at::kDouble, "fwp::chunked_rule: the CUDA kernels take bf16, fp16 or fp32 "
+                "inputs, got double (use fwp::delta_rule / fwp::sum_rule, Backend::FusedRecurrent)");
+    TORCH_CHECK(ops != Operands::Exact, "fwp::chunked_rule: the CUDA kernels multiply bf16 parts on the tensor "
+                "cores; pass operands='bf16' (bf16 / fp16 inputs) or 'bf16x3' (fp32 inputs)");
   }
-  return Config{chunk, bf16 ? Operands::Bf16 : Operands::Exact};
+  return Config{chunk, ops};
 }
 
 // [B, H, T, d] -> [BH, N, C, d] in the accumulation dtype, T zero-padded to N C.
@@ -90,9 +92,9 @@ void over_batch_heads(const Tensor& q, int64_t BH, const F& body) {
 
 std::tuple<Tensor, Tensor, Tensor> forward_kernel(const Tensor& q, const Tensor& k, const Tensor& v,
                                                   const OptTensor& beta, const OptTensor& s0, int64_t chunk,
-                                                  bool bf16) {
+                                                  c10::string_view operands) {
   const Sizes s = check_inputs(q, k, v, beta, s0, chunk);
-  const Config cfg = config(q, chunk, bf16);
+  const Config cfg = config(q, chunk, operands);
   c10::DeviceGuard guard(q.device());
   const auto acc = q.options().dtype(acc_type(q.scalar_type()));
   const Tensor qc = to_chunks(q, s), kc = to_chunks(k, s), vc = to_chunks(v, s);
@@ -119,9 +121,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_kernel(const Tensor&
                                                                    const OptTensor& grad_state, const Tensor& q,
                                                                    const Tensor& k, const Tensor& v,
                                                                    const OptTensor& beta, const Tensor& checkpoints,
-                                                                   int64_t chunk, bool bf16) {
+                                                                   int64_t chunk, c10::string_view operands) {
   const Sizes s = check_inputs(q, k, v, beta, std::nullopt, chunk);
-  const Config cfg = config(q, chunk, bf16);
+  const Config cfg = config(q, chunk, operands);
   c10::DeviceGuard guard(q.device());
   const at::ScalarType acc = acc_type(q.scalar_type());
   TORCH_CHECK(grad_out.dim() == 4 && grad_out.size(0) == s.B && grad_out.size(1) == s.H && grad_out.size(2) == s.T &&
@@ -174,30 +176,30 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_kernel(const Tensor&
 
 std::tuple<Tensor, Tensor, Tensor> call_forward(const Tensor& q, const Tensor& k, const Tensor& v,
                                                 const OptTensor& beta, const OptTensor& s0, int64_t chunk,
-                                                bool bf16) {
+                                                c10::string_view operands) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("fwp::chunked_forward", "")
                        .typed<std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
-                                                                 const OptTensor&, const OptTensor&, int64_t, bool)>();
-  return op.call(q, k, v, beta, s0, chunk, bf16);
+                                                                 const OptTensor&, const OptTensor&, int64_t, c10::string_view)>();
+  return op.call(q, k, v, beta, s0, chunk, operands);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> call_backward(const Tensor& grad_out,
                                                                  const OptTensor& grad_state, const Tensor& q,
                                                                  const Tensor& k, const Tensor& v,
                                                                  const OptTensor& beta, const Tensor& checkpoints,
-                                                                 int64_t chunk, bool bf16) {
+                                                                 int64_t chunk, c10::string_view operands) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("fwp::chunked_backward", "")
                        .typed<std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>(
                            const Tensor&, const OptTensor&, const Tensor&, const Tensor&, const Tensor&,
-                           const OptTensor&, const Tensor&, int64_t, bool)>();
-  return op.call(grad_out, grad_state, q, k, v, beta, checkpoints, chunk, bf16);
+                           const OptTensor&, const Tensor&, int64_t, c10::string_view)>();
+  return op.call(grad_out, grad_state, q, k, v, beta, checkpoints, chunk, operands);
 }
 
 std::tuple<Tensor, Tensor> rule_kernel(const Tensor& q, const Tensor& k, const Tensor& v, const OptTensor& beta,
-                                       const OptTensor& s0, int64_t chunk, bool bf16) {
-  auto [out, state, checkpoints] = call_forward(q, k, v, beta, s0, chunk, bf16);
+                                       const OptTensor& s0, int64_t chunk, c10::string_view operands) {
+  auto [out, state, checkpoints] = call_forward(q, k, v, beta, s0, chunk, operands);
   return {out, state};
 }
 
@@ -206,9 +208,9 @@ struct ChunkedFunction : public torch::autograd::Function<ChunkedFunction> {
 
   static variable_list forward(torch::autograd::AutogradContext* ctx, const Tensor& q, const Tensor& k,
                                const Tensor& v, const OptTensor& beta, const OptTensor& s0, int64_t chunk,
-                               bool bf16) {
+                               c10::string_view operands) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [out, state, checkpoints] = call_forward(q, k, v, beta, s0, chunk, bf16);
+    auto [out, state, checkpoints] = call_forward(q, k, v, beta, s0, chunk, operands);
     const bool delta = has(beta);
     if (delta) {
       ctx->save_for_backward({q, k, v, checkpoints, *beta});
@@ -217,7 +219,7 @@ struct ChunkedFunction : public torch::autograd::Function<ChunkedFunction> {
     }
     ctx->saved_data["delta"] = delta;
     ctx->saved_data["chunk"] = chunk;
-    ctx->saved_data["bf16"] = bf16;
+    ctx->saved_data["operands"] = std::string(operands);
     ctx->saved_data["has_s0"] = has(s0);
     if (has(s0)) ctx->saved_data["s0_dtype"] = static_cast<int64_t>(s0->scalar_type());
     return {out, state};
@@ -235,7 +237,8 @@ struct ChunkedFunction : public torch::autograd::Function<ChunkedFunction> {
         grads[0].defined() ? grads[0] : at::zeros({q.size(0), q.size(1), q.size(2), v.size(3)}, v.options());
     const OptTensor grad_state = grads[1].defined() ? OptTensor(grads[1]) : std::nullopt;
     auto [dq, dk, dv, dbeta, ds0] = call_backward(grad_out, grad_state, q, k, v, beta, checkpoints,
-                                                  ctx->saved_data["chunk"].toInt(), ctx->saved_data["bf16"].toBool());
+                                                  ctx->saved_data["chunk"].toInt(),
+                                                  ctx->saved_data["operands"].toStringRef());
     Tensor ds0_out;
     if (ctx->saved_data["has_s0"].toBool())
       ds0_out = ds0.to(static_cast<at::ScalarType>(ctx->saved_data["s0_dtype"].toInt()));
@@ -244,8 +247,8 @@ struct ChunkedFunction : public torch::autograd::Function<ChunkedFunction> {
 };
 
 std::tuple<Tensor, Tensor> rule_autograd(const Tensor& q, const Tensor& k, const Tensor& v, const OptTensor& beta,
-                                         const OptTensor& s0, int64_t chunk, bool bf16) {
-  auto r = ChunkedFunction::apply(q, k, v, beta, s0, chunk, bf16);
+                                         const OptTensor& s0, int64_t chunk, c10::string_view operands) {
+  auto r = ChunkedFunction::apply(q, k, v, beta, s0, chunk, operands);
   return {r[0], r[1]};
 }
 
@@ -254,11 +257,11 @@ std::tuple<Tensor, Tensor> rule_autograd(const Tensor& q, const Tensor& k, const
 
 TORCH_LIBRARY_FRAGMENT(fwp, m) {
   m.def("chunked_rule(Tensor q, Tensor k, Tensor v, Tensor? beta, Tensor? initial_state=None, int chunk=64,"
-        " bool bf16_operands=False) -> (Tensor, Tensor)");
+        " str operands='exact') -> (Tensor, Tensor)");
   m.def("chunked_forward(Tensor q, Tensor k, Tensor v, Tensor? beta, Tensor? initial_state, int chunk,"
-        " bool bf16_operands) -> (Tensor, Tensor, Tensor)");
+        " str operands) -> (Tensor, Tensor, Tensor)");
   m.def("chunked_backward(Tensor grad_out, Tensor? grad_state, Tensor q, Tensor k, Tensor v, Tensor? beta,"
-        " Tensor checkpoints, int chunk, bool bf16_operands) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+        " Tensor checkpoints, int chunk, str operands) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(fwp, CPU, m) {
@@ -275,21 +278,30 @@ TORCH_LIBRARY_IMPL(fwp, CUDA, m) {
 
 TORCH_LIBRARY_IMPL(fwp, Autograd, m) { m.impl("chunked_rule", &fwp::chunked::rule_autograd); }
 
+namespace {
+// The C ABI's operand code: 0 exact, 1 bf16, 2 bf16x3.
+fwp::chunked::Operands operands_of(int code) {
+  TORCH_CHECK(code >= 0 && code <= 2, "operands: expected 0 (exact), 1 (bf16) or 2 (bf16x3), got ", code);
+  return static_cast<fwp::chunked::Operands>(code);
+}
+}  // namespace
+
 extern "C" {
 
-// (out, final_state) = fwp::chunked_rule(q, k, v, beta, s0, chunk, bf16_operands); beta NULL for
-// the sum rule, s0 may be NULL. Through the dispatcher: autograd and the tracer see it.
+// (out, final_state) = fwp::chunked_rule(q, k, v, beta, s0, chunk, operands); beta NULL for
+// the sum rule, s0 may be NULL; operands 0 exact, 1 bf16, 2 bf16x3. Through the dispatcher: autograd and the tracer see it.
 char* fwp_fast_weight_chunked_kernel(const at::Tensor* q, const at::Tensor* k, const at::Tensor* v,
                                      const at::Tensor* beta, const at::Tensor* s0, int64_t chunk,
-                                     int bf16_operands, at::Tensor** out, at::Tensor** state) {
+                                     int operands, at::Tensor** out, at::Tensor** state) {
   return fwp::guarded([&] {
     static auto op = c10::Dispatcher::singleton()
                          .findSchemaOrThrow("fwp::chunked_rule", "")
                          .typed<std::tuple<at::Tensor, at::Tensor>(
                              const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                             const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, int64_t, bool)>();
+                             const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, int64_t,
+                             c10::string_view)>();
     auto opt = [](const at::Tensor* t) { return t ? std::optional<at::Tensor>(*t) : std::nullopt; };
-    auto [o, s] = op.call(*q, *k, *v, opt(beta), opt(s0), chunk, bf16_operands != 0);
+    auto [o, s] = op.call(*q, *k, *v, opt(beta), opt(s0), chunk, fwp::chunked::operands_name(operands_of(operands)));
     *out = new at::Tensor(std::move(o));
     *state = new at::Tensor(std::move(s));
   });
@@ -299,12 +311,11 @@ char* fwp_fast_weight_chunked_kernel(const at::Tensor* q, const at::Tensor* k, c
 // stage: the implementation follows the device of the inputs. `stage` names it (wy, state_forward,
 // values, output, local_grad, state_backward, input_grads); `in` holds its tensor arguments in the
 // order of chunked.h (NULL for an undefined one), `out` receives its results (NULL for undefined).
-char* fwp_chunked_stage(const char* stage, const at::Tensor* const* in, int n_in, int64_t chunk, int bf16_operands,
+char* fwp_chunked_stage(const char* stage, const at::Tensor* const* in, int n_in, int64_t chunk, int operands,
                         at::Tensor** out, int* n_out) {
   return fwp::guarded([&] {
     using fwp::chunked::Tensor;
-    const fwp::chunked::Config cfg{chunk, bf16_operands ? fwp::chunked::Operands::Bf16
-                                                        : fwp::chunked::Operands::Exact};
+    const fwp::chunked::Config cfg{chunk, operands_of(operands)};
     std::vector<Tensor> a;
     for (int i = 0; i < n_in; ++i) a.push_back(in[i] ? *in[i] : Tensor());
     auto need = [&](int n) {

@@ -85,7 +85,8 @@ def grads(fn, x, grad_out):
 
 
 def fwp_op(q, k, v, beta):  # [B, H, T, d] layout
-    return torch.ops.fwp.chunked_rule(q, k, v, beta, None, CHUNK, q.is_cuda)[0]
+    # on CUDA the tensor-core operands of bf16 inputs; on the CPU (dry run, float64) exact products
+    return torch.ops.fwp.chunked_rule(q, k, v, beta, None, CHUNK, "bf16" if q.is_cuda else "exact")[0]
 
 
 def dry_run(lib):
@@ -99,6 +100,20 @@ def dry_run(lib):
     bad = {n: e for n, e in errors.items() if not e < 1e-10}
     if bad:
         sys.exit(f"fla-compare --dry-run: the op and the reference disagree: {bad}")
+    # the operand names the op takes, as the GPU run passes them: three bf16 parts on float32
+    # inputs keep float32 accuracy on the CPU twin; an unknown name is refused
+    x32 = [t.float() for t in (q, k, v, beta)]
+    out32 = torch.ops.fwp.chunked_rule(*x32, None, CHUNK, "bf16x3")[0]
+    err32 = rel_rms(out32.double(), want_out)
+    print(f"dry run (CPU, float32, operands 'bf16x3'): out relative RMS error {err32:.2e}")
+    if not err32 < 1e-5:
+        sys.exit(f"fla-compare --dry-run: operands 'bf16x3' on float32: error {err32:.2e}")
+    try:
+        torch.ops.fwp.chunked_rule(*x32, None, CHUNK, "bf17")
+        sys.exit("fla-compare --dry-run: the op took operands 'bf17'")
+    except RuntimeError as e:
+        if "bf16x3" not in str(e):
+            sys.exit(f"fla-compare --dry-run: unclear refusal of operands 'bf17': {e}")
 
 
 def median_ms(fn, warmup, reps):

@@ -60,11 +60,13 @@ pub fn sum_normalise_reference(x: &Tensor, eps: f64) -> Result<Tensor> {
 
 /// Sum normalisation as a layer with `backend` uses it: the reference twin for `Reference` and
 /// `Chunked`, which stay free of custom ops end to end (so a model traced with them loads in plain
-/// PyTorch), the C++ op with `Fused`, `FusedChunked` and `Auto`.
+/// PyTorch), the C++ op with `Fused`, `FusedRecurrent`, `FusedChunked` and `Auto`.
 pub fn sum_normalise(x: &Tensor, eps: f64, backend: Backend) -> Result<Tensor> {
     match backend {
         Backend::Reference | Backend::Chunked { .. } => sum_normalise_reference(x, eps),
-        Backend::Fused | Backend::FusedChunked | Backend::Auto => crate::ops::sum_norm(x, eps),
+        Backend::Fused | Backend::FusedRecurrent | Backend::FusedChunked | Backend::Auto => {
+            crate::ops::sum_norm(x, eps)
+        }
     }
 }
 

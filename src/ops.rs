@@ -34,7 +34,7 @@ extern "C" {
         beta: *const C_tensor,
         s0: *const C_tensor,
         chunk: i64,
-        bf16_operands: c_int,
+        operands: c_int,
         out: *mut *mut C_tensor,
         state: *mut *mut C_tensor,
     ) -> *mut c_char;
@@ -43,7 +43,7 @@ extern "C" {
         inputs: *const *const C_tensor,
         n_inputs: c_int,
         chunk: i64,
-        bf16_operands: c_int,
+        operands: c_int,
         out: *mut *mut C_tensor,
         n_out: *mut c_int,
     ) -> *mut c_char;
@@ -68,6 +68,15 @@ extern "C" {
         chunk: i64,
         out: *mut *mut C_tensor,
     ) -> *mut c_char;
+    fn fwp_chunked_cuda_runs_on(device: c_int) -> c_int;
+    fn fwp_cuda_event_create(device: c_int, event: *mut *mut std::ffi::c_void) -> *mut c_char;
+    fn fwp_cuda_event_record(device: c_int, event: *mut std::ffi::c_void) -> *mut c_char;
+    fn fwp_cuda_event_elapsed(
+        start: *mut std::ffi::c_void,
+        end: *mut std::ffi::c_void,
+        ms: *mut f32,
+    ) -> *mut c_char;
+    fn fwp_cuda_event_destroy(event: *mut std::ffi::c_void);
     fn fwp_cuda_memory_reset_peak(device: c_int) -> *mut c_char;
     fn fwp_cuda_memory_allocated(device: c_int, current: *mut i64, peak: *mut i64) -> *mut c_char;
     fn fwp_fused_cuda_chunk_for(
@@ -102,6 +111,13 @@ fn status(op: &str, err: *mut c_char) -> Result<()> {
 pub fn built_with_cuda() -> bool {
     // SAFETY: a pure function without arguments.
     unsafe { fwp_built_with_cuda() != 0 }
+}
+
+/// Whether this build's chunked CUDA kernels (kernels/chunked.cu) run on CUDA device `device`:
+/// built with CUDA, and the GPU is sm_80 or newer (the kernels' images). Asked once per device.
+pub fn chunked_cuda_runs_on(device: usize) -> bool {
+    // SAFETY: no pointers; the C side catches CUDA errors and answers 0.
+    built_with_cuda() && unsafe { fwp_chunked_cuda_runs_on(device as c_int) != 0 }
 }
 
 /// Flushes denormal floats (magnitudes below 1.2e-38 in f32) to zero, as PyTorch's
@@ -192,14 +208,40 @@ pub fn fast_weight_fused(
     Ok(unsafe { (Tensor::from_ptr(out), Tensor::from_ptr(state)) })
 }
 
-/// How the chunked kernels round the operands of their matrix products (kernels/chunked.h).
+/// How the chunked kernels round the operands of their matrix products (kernels/chunked.h). The
+/// CUDA kernels take `Bf16` or `Bf16x3`; the CPU twin takes all three, so that a CPU can check the
+/// CUDA kernels' arithmetic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Operands {
     /// In the accumulation dtype (f32, or f64 for f64 inputs).
     Exact,
-    /// As the tensor cores see them: bf16 operands (the states split into bf16 hi + lo), f32
-    /// accumulation. For checking the CUDA kernels' arithmetic on a CPU.
+    /// As the tensor cores see bf16 / fp16 inputs: bf16 operands (the states S and dS split into
+    /// bf16 hi + lo), f32 accumulation.
     Bf16,
+    /// As the tensor cores see fp32 inputs: every operand split into three bf16 parts (24
+    /// significant bits) and multiplied in six part products, f32 accumulation: f32 accuracy.
+    Bf16x3,
+}
+
+impl Operands {
+    /// What the CUDA kernels use for inputs of dtype `kind`: `Bf16` for bf16 and fp16, `Bf16x3`
+    /// for f32; `None` for f64 and other dtypes, which they do not take.
+    pub fn for_cuda(kind: Kind) -> Option<Operands> {
+        match kind {
+            Kind::BFloat16 | Kind::Half => Some(Operands::Bf16),
+            Kind::Float => Some(Operands::Bf16x3),
+            _ => None,
+        }
+    }
+
+    /// The C ABI's code (kernels/chunked_op.cpp).
+    fn code(self) -> c_int {
+        match self {
+            Operands::Exact => 0,
+            Operands::Bf16 => 1,
+            Operands::Bf16x3 => 2,
+        }
+    }
 }
 
 /// The chunked kernels, `fwp::chunked_rule` (kernels/chunked_op.cpp): the delta rule when `beta` is
@@ -227,7 +269,7 @@ pub fn fast_weight_chunked_kernel(
             opt_ptr(beta),
             opt_ptr(initial),
             chunk,
-            c_int::from(operands == Operands::Bf16),
+            operands.code(),
             &mut out,
             &mut state,
         )
@@ -258,7 +300,7 @@ pub fn chunked_stage(
             ptrs.as_ptr(),
             ptrs.len() as c_int,
             chunk,
-            c_int::from(operands == Operands::Bf16),
+            operands.code(),
             out.as_mut_ptr(),
             &mut n_out,
         )
@@ -377,4 +419,48 @@ pub fn cuda_memory_allocated(device: usize) -> Result<(i64, i64)> {
         fwp_cuda_memory_allocated(device as c_int, &mut current, &mut peak)
     })?;
     Ok((current, peak))
+}
+
+/// A CUDA event with timing (kernels/cuda_memory.cpp), for timing GPU work as the GPU sees it.
+/// Errors in a build without CUDA.
+pub struct CudaEvent {
+    device: usize,
+    event: *mut std::ffi::c_void,
+}
+
+impl CudaEvent {
+    /// A new event on CUDA device `device`.
+    pub fn new(device: usize) -> Result<CudaEvent> {
+        let mut event = std::ptr::null_mut();
+        // SAFETY: on success the C side stores a cudaEvent_t we own (destroyed in Drop).
+        status("fwp_cuda_event_create", unsafe {
+            fwp_cuda_event_create(device as c_int, &mut event)
+        })?;
+        Ok(CudaEvent { device, event })
+    }
+
+    /// Records the event on PyTorch's current stream of its device.
+    pub fn record(&self) -> Result<()> {
+        // SAFETY: `event` is a live cudaEvent_t of `device`.
+        status("fwp_cuda_event_record", unsafe {
+            fwp_cuda_event_record(self.device as c_int, self.event)
+        })
+    }
+
+    /// Waits for `end` and returns the milliseconds from this event to `end`, both recorded.
+    pub fn elapsed_ms(&self, end: &CudaEvent) -> Result<f64> {
+        let mut ms = 0f32;
+        // SAFETY: both are live events; `ms` is a valid out pointer.
+        status("fwp_cuda_event_elapsed", unsafe {
+            fwp_cuda_event_elapsed(self.event, end.event, &mut ms)
+        })?;
+        Ok(f64::from(ms))
+    }
+}
+
+impl Drop for CudaEvent {
+    fn drop(&mut self) {
+        // SAFETY: the event was created by fwp_cuda_event_create and is destroyed once.
+        unsafe { fwp_cuda_event_destroy(self.event) }
+    }
 }

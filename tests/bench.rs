@@ -94,11 +94,16 @@ fn presets_expand_to_valid_cases() {
         assert_eq!(c.device, "cuda");
     }
     assert!(gpu.iter().any(|c| c.t == 32768 && c.dtype == DType::Bf16));
-    // the chunked CUDA kernels are timed on bf16 inputs only
-    assert!(gpu.iter().any(|c| c.op == Op::FusedChunked));
-    assert!(gpu
-        .iter()
-        .all(|c| c.op != Op::FusedChunked || c.dtype == DType::Bf16));
+    // the chunked CUDA kernels are timed on bf16 and on f32 inputs, as the recurrent ones
+    for dtype in [DType::Bf16, DType::F32] {
+        for op in [Op::FusedChunked, Op::Fused] {
+            assert!(
+                gpu.iter()
+                    .any(|c| c.op == op && c.dtype == dtype && c.t == 16384),
+                "{op} {dtype} at T = 16k"
+            );
+        }
+    }
 }
 
 #[test]

@@ -3,8 +3,8 @@
 //! On the CPU: the stages chained by hand give what the op `fwp::chunked_rule` gives, forward and
 //! backward, so the stage interface the GPU comparison uses means what it says. On a GPU: each CUDA
 //! stage, fed the CPU twin's inputs of that stage, against the twin's outputs (both rounding
-//! operands to bf16), printing every stage's error and naming the first that differs; then the
-//! whole op on bf16 inputs against the float64 Reference.
+//! operands alike: bf16, then three bf16 parts), printing every stage's error and naming the first
+//! that differs; then the whole op on bf16, f16 and f32 inputs against the float64 Reference.
 
 mod common;
 
@@ -14,6 +14,19 @@ use fwp::{fast_weight, Backend, UpdateRule};
 use tch::{Device, Kind, Tensor};
 
 const C: i64 = 64;
+
+/// Relative RMS difference allowed between a CUDA stage and the twin under `Operands::Bf16x3`,
+/// where both multiply the same bf16 parts and only the order of f32 sums differs.
+const STAGE_TOL_BF16X3: f64 = 1e-5;
+
+/// Relative RMS error of the CUDA op against float64 for each input dtype: bf16 and f16 within
+/// FLA's own fp16 test bound (0.006), f32 (three bf16 parts per operand) as the exact f32 twin's
+/// bound in tests/chunked_kernel.rs.
+const OP_TOLERANCES: [(Kind, f64); 3] = [
+    (Kind::BFloat16, 6e-3),
+    (Kind::Half, 6e-3),
+    (Kind::Float, 1e-5),
+];
 
 /// The inputs of the stages in the chunked layout: q, k [BH, N, C, d_k], v [BH, N, C, d_v], beta
 /// [BH, N, C], s0 [BH, d_k, d_v], dO [BH, N, C, d_v], dS_N [BH, d_k, d_v]; fp32 on the CPU, T padded
@@ -282,32 +295,36 @@ fn chunked_cuda_stages_match_the_cpu_twin() {
     } else {
         &[(2, 200, 64, 64), (1, 65, 128, 40), (2, 130, 256, 256)]
     };
-    for &(bh, t, d_k, d_v) in shapes {
-        let x = StageInputs::new(bh, t, d_k, d_v);
-        for delta in [false, true] {
-            for twin in chain(&x, delta, Operands::Bf16) {
-                let inputs: Vec<Option<Tensor>> = twin
-                    .inputs
-                    .iter()
-                    .map(|t| t.as_ref().map(|t| t.to_device(cuda)))
-                    .collect();
-                let gpu = run(twin.name, inputs, Operands::Bf16);
-                for (i, (want, got)) in twin.outputs.iter().zip(&gpu.outputs).enumerate() {
-                    let label = format!(
-                        "BH={bh} T={t} d_k={d_k} d_v={d_v} delta={delta} {} output {i}",
-                        twin.name
-                    );
-                    match (want, got) {
-                        (Some(w), Some(g)) => {
-                            let err = rel_rms(g, w);
-                            eprintln!("{label}: relative RMS difference {err:.2e}");
-                            let close = err < 1e-3; // false for NaN too
-                            if !close && first_bad.is_none() {
-                                first_bad = Some(format!("{label}: {err:.2e}"));
+    // bf16 operands for bf16 / f16 inputs, three bf16 parts for f32 inputs; with the same parts on
+    // both sides only the order of f32 sums differs
+    for (operands, tolerance) in [(Operands::Bf16, 1e-3), (Operands::Bf16x3, STAGE_TOL_BF16X3)] {
+        for &(bh, t, d_k, d_v) in shapes {
+            let x = StageInputs::new(bh, t, d_k, d_v);
+            for delta in [false, true] {
+                for twin in chain(&x, delta, operands) {
+                    let inputs: Vec<Option<Tensor>> = twin
+                        .inputs
+                        .iter()
+                        .map(|t| t.as_ref().map(|t| t.to_device(cuda)))
+                        .collect();
+                    let gpu = run(twin.name, inputs, operands);
+                    for (i, (want, got)) in twin.outputs.iter().zip(&gpu.outputs).enumerate() {
+                        let label = format!(
+                            "{operands:?} BH={bh} T={t} d_k={d_k} d_v={d_v} delta={delta} {} output {i}",
+                            twin.name
+                        );
+                        match (want, got) {
+                            (Some(w), Some(g)) => {
+                                let err = rel_rms(g, w);
+                                eprintln!("{label}: relative RMS difference {err:.2e}");
+                                let close = err < tolerance; // false for NaN too
+                                if !close && first_bad.is_none() {
+                                    first_bad = Some(format!("{label}: {err:.2e}"));
+                                }
                             }
+                            (None, None) => {}
+                            _ => panic!("{label}: defined on one side only"),
                         }
-                        (None, None) => {}
-                        _ => panic!("{label}: defined on one side only"),
                     }
                 }
             }
@@ -320,7 +337,8 @@ fn chunked_cuda_stages_match_the_cpu_twin() {
     );
 }
 
-/// The CUDA op on bf16 inputs against the float64 Reference of the same rounded inputs.
+/// The CUDA op against the float64 Reference of the same rounded inputs, for bf16, f16 and f32
+/// inputs (the tolerances of `OP_TOLERANCES`).
 #[test]
 fn chunked_cuda_op_matches_reference() {
     if !cuda_or_skip("chunked_cuda_op_matches_reference") {
@@ -336,8 +354,11 @@ fn chunked_cuda_op_matches_reference() {
         (300, 256),
     ] {
         let case = Case::new(1, 2, t, d, d);
-        for rule in [UpdateRule::Sum, UpdateRule::Delta] {
-            let r = |t: &Tensor| t.to_kind(Kind::BFloat16);
+        for (rule, (kind, tolerance)) in [UpdateRule::Sum, UpdateRule::Delta]
+            .into_iter()
+            .flat_map(|rule| OP_TOLERANCES.into_iter().map(move |k| (rule, k)))
+        {
+            let r = |t: &Tensor| t.to_kind(kind);
             let (q, k, v, beta, s0) = (
                 r(&case.q),
                 r(&case.k),
@@ -371,17 +392,17 @@ fn chunked_cuda_op_matches_reference() {
                 all
             };
             let want = run_on(Kind::Double, Device::Cpu, Backend::Reference);
-            let got = run_on(Kind::BFloat16, Device::Cuda(0), Backend::FusedChunked);
+            let got = run_on(kind, Device::Cuda(0), Backend::FusedChunked);
             for (i, name) in ["out", "state", "dq", "dk", "dv", "dS0", "dbeta"]
                 .iter()
                 .enumerate()
                 .take(want.len())
             {
                 let err = rel_rms(&got[i], &want[i]);
-                eprintln!("T={t} d={d} {rule:?} {name}: relative RMS error {err:.2e}");
+                eprintln!("{kind:?} T={t} d={d} {rule:?} {name}: relative RMS error {err:.2e}");
                 assert!(
-                    err < 6e-3,
-                    "T={t} d={d} {rule:?} {name}: relative RMS error {err:.2e}"
+                    err < tolerance,
+                    "{kind:?} T={t} d={d} {rule:?} {name}: relative RMS error {err:.2e}"
                 );
             }
         }

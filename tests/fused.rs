@@ -1,4 +1,4 @@
-//! `Backend::Fused` (kernels/fast_weight*.{cpp,cu}) against the step-by-step `Reference`: outputs,
+//! `Backend::FusedRecurrent` (kernels/fast_weight*.{cpp,cu}) against the step-by-step `Reference`: outputs,
 //! final state and every gradient, both rules, float64 and float32, awkward sizes; finite
 //! differences; a long sequence; bad input; a traced TorchScript module. Every test body runs on
 //! the CPU and, where one is visible, on the GPU (the CUDA variants print SKIPPED otherwise).
@@ -17,7 +17,7 @@ const RULES: [UpdateRule; 2] = [UpdateRule::Sum, UpdateRule::Delta];
 /// Fused (f64, then f32) on `device` against the f64 Reference on the CPU for one case and rule.
 fn check_fused(case: &Case, rule: UpdateRule, device: Device, label: &str) {
     let want = case.run(rule, Backend::Reference, Kind::Double, Device::Cpu);
-    let got = case.run(rule, Backend::Fused, Kind::Double, device);
+    let got = case.run(rule, Backend::FusedRecurrent, Kind::Double, device);
     compare(
         &format!("{device:?} {rule:?} f64 {label}"),
         &got,
@@ -25,7 +25,7 @@ fn check_fused(case: &Case, rule: UpdateRule, device: Device, label: &str) {
         Tol::Scaled(1e-10),
     );
     // f32 against the f64 reference of the same inputs
-    let got = case.run(rule, Backend::Fused, Kind::Float, device);
+    let got = case.run(rule, Backend::FusedRecurrent, Kind::Float, device);
     compare(
         &format!("{device:?} {rule:?} f32 {label}"),
         &got,
@@ -106,7 +106,7 @@ fn fused_half_precision_inputs() {
             };
             for rule in RULES {
                 let want = case.run(rule, Backend::Reference, Kind::Double, Device::Cpu);
-                let got = case.run(rule, Backend::Fused, kind, device);
+                let got = case.run(rule, Backend::FusedRecurrent, kind, device);
                 compare(
                     &format!("{device:?} {rule:?} {kind:?}"),
                     &got,
@@ -143,7 +143,7 @@ fn fused_non_contiguous_inputs() {
                 Backend::Reference,
             )
             .unwrap();
-            let got = fast_weight(&q, &k, &v, b, Some(&s0), rule, Backend::Fused).unwrap();
+            let got = fast_weight(&q, &k, &v, b, Some(&s0), rule, Backend::FusedRecurrent).unwrap();
             println!("{device:?} {rule:?} non-contiguous");
             assert_close(
                 "out",
@@ -170,7 +170,7 @@ fn fused_gradients_match_finite_differences() {
     let case = Case::new(1, 2, 5, 3, 2);
     let eps = 1e-6;
     for rule in RULES {
-        let (_, _, analytic) = case.run(rule, Backend::Fused, Kind::Double, Device::Cpu);
+        let (_, _, analytic) = case.run(rule, Backend::FusedRecurrent, Kind::Double, Device::Cpu);
         let loss_at = |inputs: &[Tensor]| -> f64 {
             let beta = (rule == UpdateRule::Delta).then_some(&inputs[4]);
             let r = fast_weight(
@@ -180,7 +180,7 @@ fn fused_gradients_match_finite_differences() {
                 beta,
                 Some(&inputs[3]),
                 rule,
-                Backend::Fused,
+                Backend::FusedRecurrent,
             )
             .unwrap();
             f64::try_from(
@@ -256,7 +256,7 @@ fn fused_long_sequence_stays_close_to_float64() {
         let chunked_s = clock.elapsed().as_secs_f64() - reference_s;
         for &device in &devices {
             let clock = std::time::Instant::now();
-            let got = case.run(rule, Backend::Fused, Kind::Float, device);
+            let got = case.run(rule, Backend::FusedRecurrent, Kind::Float, device);
             let fused_s = clock.elapsed().as_secs_f64();
             println!("{device:?} {rule:?} T={t} (fused {fused_s:.1} s, reference {reference_s:.1} s, chunked {chunked_s:.1} s)");
             let scaled = |name: &str, g: &Tensor, w: &Tensor| {
@@ -317,7 +317,7 @@ fn fused_bad_input_is_an_error() {
         None,
         None,
         UpdateRule::Sum,
-        Backend::Fused,
+        Backend::FusedRecurrent,
     )
     .unwrap_err()
     .to_string();
@@ -350,7 +350,7 @@ fn fused_cuda_device_mismatch_and_size_limit() {
         None,
         None,
         UpdateRule::Sum,
-        Backend::Fused,
+        Backend::FusedRecurrent,
     )
     .unwrap_err()
     .to_string();
@@ -359,21 +359,85 @@ fn fused_cuda_device_mismatch_and_size_limit() {
         Backend::Auto.resolve(Device::Cuda(0), Kind::Float, max + 1, 8),
         Backend::Chunked { chunk_size: 64 }
     );
-    assert_eq!(
-        Backend::Auto.resolve(Device::Cuda(0), Kind::Float, 512, 8),
-        Backend::Fused
-    );
+    // above 256 the recurrent kernel; up to 256 the chunked kernels for bf16, f16, f32 on sm_80+,
+    // the recurrent kernel for f64
+    let sm80 = fwp::ops::chunked_cuda_runs_on(0);
+    let cuda = Device::Cuda(0);
+    for backend in [Backend::Auto, Backend::Fused] {
+        assert_eq!(
+            backend.resolve(cuda, Kind::Float, 512, 8),
+            Backend::FusedRecurrent
+        );
+        assert_eq!(
+            backend.resolve(cuda, Kind::Float, 64, 300),
+            Backend::FusedRecurrent
+        );
+        assert_eq!(
+            backend.resolve(cuda, Kind::Double, 64, 64),
+            Backend::FusedRecurrent
+        );
+        for kind in [Kind::Float, Kind::BFloat16, Kind::Half] {
+            let want = if sm80 {
+                Backend::FusedChunked
+            } else {
+                Backend::FusedRecurrent
+            };
+            assert_eq!(backend.resolve(cuda, kind, 256, 256), want, "{kind:?}");
+        }
+    }
 }
 
 #[test]
-fn auto_picks_fused_on_cpu() {
-    assert_eq!(
-        Backend::Auto.resolve(Device::Cpu, Kind::Float, 384, 600),
-        Backend::Fused
-    );
-    assert_eq!(
-        Backend::Chunked { chunk_size: 8 }.resolve(Device::Cpu, Kind::Float, 4, 4),
-        Backend::Chunked { chunk_size: 8 }
+fn auto_and_fused_pick_the_recurrent_kernel_on_cpu() {
+    for backend in [Backend::Auto, Backend::Fused] {
+        for kind in [Kind::Float, Kind::BFloat16, Kind::Double] {
+            assert_eq!(
+                backend.resolve(Device::Cpu, kind, 64, 64),
+                Backend::FusedRecurrent
+            );
+        }
+        assert_eq!(
+            backend.resolve(Device::Cpu, Kind::Float, 384, 600),
+            Backend::FusedRecurrent
+        );
+    }
+    for explicit in [
+        Backend::Chunked { chunk_size: 8 },
+        Backend::FusedChunked,
+        Backend::FusedRecurrent,
+        Backend::Reference,
+    ] {
+        assert_eq!(explicit.resolve(Device::Cpu, Kind::Float, 4, 4), explicit);
+    }
+    assert!(!fwp::recurrence::chunked_kernel_preferred(
+        Device::Cpu,
+        Kind::Float,
+        64,
+        64
+    ));
+}
+
+/// Every backend's name, as logs print it, parses back to the backend.
+#[test]
+fn backend_names_parse_back() {
+    for backend in [
+        Backend::Auto,
+        Backend::Fused,
+        Backend::FusedRecurrent,
+        Backend::FusedChunked,
+        Backend::Reference,
+        Backend::Chunked { chunk_size: 64 },
+        Backend::Chunked { chunk_size: 7 },
+    ] {
+        let name = backend.to_string();
+        assert_eq!(name.parse::<Backend>().unwrap(), backend, "{name}");
+    }
+    assert_eq!(Backend::FusedChunked.to_string(), "fused:chunked");
+    assert_eq!(Backend::FusedRecurrent.to_string(), "fused:recurrent");
+    let e = "fused:fast".parse::<Backend>().unwrap_err().to_string();
+    assert!(
+        e.contains("fused:recurrent") && e.contains("'fused:fast'"),
+        "{e}"
     );
 }
 
@@ -396,7 +460,16 @@ fn traced_torchscript_module_records_the_fused_op() {
             };
             let run = move |x: &[Tensor]| -> Vec<Tensor> {
                 let beta = (rule == UpdateRule::Delta).then_some(&x[3]);
-                let r = fast_weight(&x[0], &x[1], &x[2], beta, None, rule, Backend::Fused).unwrap();
+                let r = fast_weight(
+                    &x[0],
+                    &x[1],
+                    &x[2],
+                    beta,
+                    None,
+                    rule,
+                    Backend::FusedRecurrent,
+                )
+                .unwrap();
                 // one output (what a saved TorchScript method may return): out and state, flattened
                 vec![Tensor::cat(
                     &[r.out.flatten(0, -1), r.state.flatten(0, -1)],
@@ -434,7 +507,7 @@ fn fused_empty_batch_gives_empty_outputs() {
             let v = Tensor::randn([0, 2, 5, 3], f);
             let beta = Tensor::rand([0, 2, 5], f);
             let b = (rule == UpdateRule::Delta).then_some(&beta);
-            let r = fast_weight(&q, &q, &v, b, None, rule, Backend::Fused).unwrap();
+            let r = fast_weight(&q, &q, &v, b, None, rule, Backend::FusedRecurrent).unwrap();
             assert_eq!(r.out.size(), vec![0, 2, 5, 3]);
             assert_eq!(r.state.size(), vec![0, 2, 4, 3]);
             let g = grads(&r.out.sum(Kind::Float), &[&q]);

@@ -48,7 +48,8 @@ struct Args {
     /// head sizes (d_k = d_v), comma-separated
     #[arg(long, value_delimiter = ',')]
     d: Option<Vec<i64>>,
-    /// comma-separated: reference, chunked, fused, fused-chunked, softmax
+    /// comma-separated: reference, chunked, fused (the recurrent kernels, fused:recurrent),
+    /// fused-chunked (the chunked kernels, fused:chunked), softmax
     #[arg(long, value_delimiter = ',')]
     ops: Option<Vec<Op>>,
     /// comma-separated: sum, delta

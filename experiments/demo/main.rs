@@ -183,7 +183,7 @@ fn main() -> Result<()> {
             c.feature_map.width(d_head),
             d_head,
         );
-        println!("fast-weight backend: {:?} -> {picked:?}", c.backend);
+        println!("fast-weight backend: {} -> {picked}", c.backend);
     }
     println!(
         "demo: {variant}, {} pairs + {} queries over {} symbols; chance loss {chance:.3}",

@@ -387,7 +387,7 @@ fn main() -> Result<()> {
             let t = t.unwrap_or(loaded.config.model.context);
             export(&loaded.model, &mut loaded.vs, batch, t, &out)?;
             println!(
-                "wrote {} (tokens [{batch}, {t}] int64 -> logits; backend {backend:?})",
+                "wrote {} (tokens [{batch}, {t}] int64 -> logits; backend {backend})",
                 out.display()
             );
         }

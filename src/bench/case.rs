@@ -14,9 +14,9 @@ pub enum Op {
     Reference,
     /// `Backend::Chunked` with [`Case::chunk`] steps per chunk.
     Chunked,
-    /// `Backend::Fused`: the C++/CUDA kernels of the recurrent form.
+    /// `Backend::FusedRecurrent`: the C++/CUDA kernels of the recurrent form.
     Fused,
-    /// `Backend::FusedChunked`: the chunked kernels (CPU twin so far).
+    /// `Backend::FusedChunked`: the chunked kernels (tensor cores on CUDA, the twin on CPU).
     FusedChunked,
     /// libtorch's `scaled_dot_product_attention`, causal.
     Softmax,
@@ -91,7 +91,7 @@ impl Case {
             Op::Chunked => Some(Backend::Chunked {
                 chunk_size: self.chunk.unwrap_or(64),
             }),
-            Op::Fused => Some(Backend::Fused),
+            Op::Fused => Some(Backend::FusedRecurrent),
             Op::FusedChunked => Some(Backend::FusedChunked),
             Op::Softmax => None,
         }

@@ -122,10 +122,10 @@ impl Grid {
                         Op::Softmax => vec![None],
                         _ => self.rules.iter().copied().map(Some).collect(),
                     };
-                    // the chunked CUDA kernels take bf16 inputs only
+                    // the chunked CUDA kernels take bf16, f16 and f32 inputs
                     if op == Op::FusedChunked
                         && self.device.starts_with("cuda")
-                        && dtype != DType::Bf16
+                        && dtype == DType::F64
                     {
                         continue;
                     }

@@ -1,7 +1,8 @@
 //! Timing and peak memory of one [`Case`].
 //!
-//! Timing: `warmup` untimed runs, then `repeats` timed runs; each is a synchronised wall-clock
-//! interval (on CUDA the device is synchronised before the clock is read, so queued work counts).
+//! Timing: `warmup` untimed runs, then `repeats` timed runs. On the CPU each is a wall-clock
+//! interval; on CUDA the time between two CUDA events recorded on PyTorch's current stream before
+//! and after the run (the GPU's own clock, which counts queued work and not the host's wait).
 //! "forward" runs under `no_grad`; "train" is forward, the sum of the output, and the backward to
 //! every input (the gradients are returned, not accumulated). Memory: one more run of each, with
 //! the peak measured by [`super::memory::Meter`].
@@ -14,6 +15,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::case::Case;
 use super::memory::Meter;
+use crate::ops::CudaEvent;
 use crate::recurrence::{fast_weight, UpdateRule};
 
 /// Median, fastest and slowest of the timed runs, in milliseconds.
@@ -71,10 +73,20 @@ pub fn time(
     }
     sync(device);
     let mut samples = Vec::with_capacity(repeats.max(1));
+    if let Device::Cuda(i) = device {
+        // CUDA: the GPU's own time between two events on the current stream
+        let (start, end) = (CudaEvent::new(i)?, CudaEvent::new(i)?);
+        for _ in 0..repeats.max(1) {
+            start.record()?;
+            f()?;
+            end.record()?;
+            samples.push(start.elapsed_ms(&end)?);
+        }
+        return Ok(Stats::of(samples));
+    }
     for _ in 0..repeats.max(1) {
         let start = Instant::now();
         f()?;
-        sync(device);
         samples.push(start.elapsed().as_secs_f64() * 1e3);
     }
     Ok(Stats::of(samples))

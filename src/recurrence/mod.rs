@@ -44,30 +44,38 @@ pub enum Backend {
     /// The chunkwise-parallel form (docs/derivations.md Sec. 5): matrix-matrix work inside chunks of
     /// `chunk_size` steps, a sequential pass over chunks only. Any T, also not a multiple of it.
     Chunked { chunk_size: i64 },
-    /// Our fused kernels (kernels/fast_weight*.{cpp,cu}): the recurrence in one pass with an
-    /// explicit backward that replays chunks from saved checkpoints; CPU and CUDA. Registered as the
-    /// libtorch ops `fwp::sum_rule` / `fwp::delta_rule`, so traced TorchScript records them.
+    /// Our kernels, whichever suits the inputs: [`Backend::FusedChunked`] on CUDA GPUs of sm_80 or
+    /// newer for bf16, f16 and f32 inputs with d_k, d_v <= 256, else [`Backend::FusedRecurrent`]
+    /// (docs/performance.md says why). [`Backend::resolve`] names the one that runs.
     Fused,
-    /// Our chunked kernels (kernels/chunked*.{h,cpp}; docs/derivations.md Sec. 9): the chunkwise form
-    /// in stages, chunks of 64 steps, an explicit backward that recomputes from one saved state per
-    /// chunk. CPU: any float dtype, exact f32/f64 products. CUDA: bf16 inputs, tensor-core products
-    /// (first version, not yet run on a GPU: docs/performance.md). Registered as the libtorch op
-    /// `fwp::chunked_rule`. Non-finite inputs run the `Fused` kernel instead, which keeps a NaN or
-    /// infinity from reaching earlier steps.
+    /// Our recurrent kernels (kernels/fast_weight*.{cpp,cu}): the recurrence in one pass with an
+    /// explicit backward that replays chunks from saved checkpoints; CPU and CUDA, any float dtype.
+    /// Registered as the libtorch ops `fwp::sum_rule` / `fwp::delta_rule`, so traced TorchScript
+    /// records them.
+    FusedRecurrent,
+    /// Our chunked kernels (kernels/chunked*.{h,cpp,cu}; docs/derivations.md Sec. 9): the chunkwise
+    /// form in stages, chunks of 64 steps, an explicit backward that recomputes from one saved state
+    /// per chunk. CPU: any float dtype, exact products (a twin of the CUDA kernels, slower there
+    /// than the recurrent kernels). CUDA: bf16 and f16 inputs with bf16 tensor-core products, f32
+    /// inputs with each operand split into three bf16 parts (f32 accuracy); not yet run on a GPU
+    /// (docs/performance.md). Registered as the libtorch op `fwp::chunked_rule`. Non-finite inputs
+    /// run the recurrent kernel instead, which keeps a NaN or infinity from reaching earlier steps.
     FusedChunked,
-    /// `Fused` wherever it supports the device, dtype and sizes, else `Chunked { chunk_size: 64 }`;
-    /// [`Backend::resolve`] says which.
+    /// `Fused` wherever one of our kernels takes the device, dtype and sizes, else
+    /// `Chunked { chunk_size: 64 }`; [`Backend::resolve`] says which.
     #[default]
     Auto,
 }
 
 impl std::str::FromStr for Backend {
     type Err = anyhow::Error;
-    /// `auto`, `fused`, `fused:chunked`, `reference`, `chunked` (64 steps per chunk) or `chunked:N`.
+    /// `auto`, `fused`, `fused:recurrent`, `fused:chunked`, `reference`, `chunked` (64 steps per
+    /// chunk) or `chunked:N`.
     fn from_str(s: &str) -> Result<Self> {
         Ok(match s {
             "auto" => Backend::Auto,
             "fused" => Backend::Fused,
+            "fused:recurrent" => Backend::FusedRecurrent,
             "fused:chunked" => Backend::FusedChunked,
             "reference" => Backend::Reference,
             "chunked" => Backend::Chunked { chunk_size: 64 },
@@ -77,27 +85,46 @@ impl std::str::FromStr for Backend {
             {
                 Some(chunk_size) if chunk_size >= 1 => Backend::Chunked { chunk_size },
                 _ => bail!(
-                    "backend '{s}': expected auto, fused, fused:chunked, reference, chunked or chunked:N (N >= 1)"
+                    "backend '{s}': expected auto, fused, fused:recurrent, fused:chunked, reference, \
+                     chunked or chunked:N (N >= 1)"
                 ),
             },
         })
     }
 }
 
+/// The name [`Backend::from_str`](std::str::FromStr) reads back: `fused:chunked`, `chunked:64`, ...
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Backend::Reference => write!(f, "reference"),
+            Backend::Chunked { chunk_size } => write!(f, "chunked:{chunk_size}"),
+            Backend::Fused => write!(f, "fused"),
+            Backend::FusedRecurrent => write!(f, "fused:recurrent"),
+            Backend::FusedChunked => write!(f, "fused:chunked"),
+            Backend::Auto => write!(f, "auto"),
+        }
+    }
+}
+
 impl Backend {
     /// The backend that runs for inputs on `device` of dtype `kind` and sizes `d_k`, `d_v`: `Auto`
-    /// resolved, the others as they are. For logs.
+    /// and `Fused` resolved to the kernel (`FusedRecurrent`, `FusedChunked`) or `Chunked`, the
+    /// others as they are. For logs and the benchmark.
     pub fn resolve(self, device: Device, kind: Kind, d_k: i64, d_v: i64) -> Backend {
+        let chunked = chunked_kernel_preferred(device, kind, d_k, d_v);
         match self {
-            Backend::Auto if fused_supported(device, kind, d_k, d_v) => Backend::Fused,
+            Backend::Auto | Backend::Fused if chunked => Backend::FusedChunked,
+            Backend::Fused => Backend::FusedRecurrent,
+            Backend::Auto if fused_supported(device, kind, d_k, d_v) => Backend::FusedRecurrent,
             Backend::Auto => Backend::Chunked { chunk_size: 64 },
             other => other,
         }
     }
 }
 
-/// Whether the fused kernels take these inputs: any size on CPU; on CUDA when the kernels were
-/// compiled in and d_k fits the device's shared memory.
+/// Whether the recurrent kernels ([`Backend::FusedRecurrent`]) take these inputs: any size on CPU;
+/// on CUDA when the kernels were compiled in and d_k fits the device's shared memory.
 pub fn fused_supported(device: Device, kind: Kind, d_k: i64, d_v: i64) -> bool {
     match device {
         Device::Cpu => check::is_float(kind),
@@ -105,6 +132,24 @@ pub fn fused_supported(device: Device, kind: Kind, d_k: i64, d_v: i64) -> bool {
             check::is_float(kind)
                 && crate::ops::built_with_cuda()
                 && crate::ops::fused_cuda_max_dk(i, d_v, kind).is_ok_and(|max| d_k <= max)
+        }
+        _ => false,
+    }
+}
+
+/// The largest d_k and d_v for which [`Backend::Fused`] picks the chunked kernels on CUDA.
+pub const CHUNKED_KERNEL_MAX_D: i64 = 256;
+
+/// Whether [`Backend::Fused`] runs the chunked kernels: on a CUDA GPU they run on (sm_80 or newer),
+/// for bf16, f16 and f32 inputs with d_k, d_v <= [`CHUNKED_KERNEL_MAX_D`]. Never on the CPU, where
+/// the recurrent kernel was faster at every measured shape (docs/performance.md).
+pub fn chunked_kernel_preferred(device: Device, kind: Kind, d_k: i64, d_v: i64) -> bool {
+    match device {
+        Device::Cuda(i) => {
+            crate::ops::Operands::for_cuda(kind).is_some()
+                && d_k <= CHUNKED_KERNEL_MAX_D
+                && d_v <= CHUNKED_KERNEL_MAX_D
+                && crate::ops::chunked_cuda_runs_on(i)
         }
         _ => false,
     }
@@ -163,22 +208,19 @@ pub fn fast_weight(
     }
     let kind = q.f_kind()?;
     let backend = backend.resolve(q.device(), kind, dims.d_k, dims.d_v);
-    let on_cpu = q.device() == Device::Cpu;
-    if backend == Backend::FusedChunked && !on_cpu && kind != Kind::BFloat16 {
-        bail!(
-            "backend fused:chunked: on {:?} the chunked kernels take bf16 inputs (their tensor-core \
-             products round to bf16), got {kind:?}; use fused or auto",
-            q.device()
-        );
-    }
     if backend == Backend::FusedChunked
         && inputs_finite(&[Some(q), Some(k), Some(v), beta, initial])?
     {
-        // The CPU twin multiplies exactly; the CUDA kernels round operands to bf16.
-        let operands = if on_cpu {
-            crate::ops::Operands::Exact
-        } else {
-            crate::ops::Operands::Bf16
+        // The CPU twin multiplies exactly; the CUDA kernels multiply bf16 parts on tensor cores.
+        let operands = match q.device() {
+            Device::Cpu => crate::ops::Operands::Exact,
+            device => match crate::ops::Operands::for_cuda(kind) {
+                Some(operands) => operands,
+                None => bail!(
+                    "backend fused:chunked: on {device:?} the chunked kernels take bf16, f16 or f32 \
+                     inputs, got {kind:?}; use fused or auto (the recurrent kernel takes it)"
+                ),
+            },
         };
         let (out, state) = crate::ops::fast_weight_chunked_kernel(
             q,
@@ -194,7 +236,7 @@ pub fn fast_weight(
             state: state.f_to_kind(kind)?,
         });
     }
-    if matches!(backend, Backend::Fused | Backend::FusedChunked) {
+    if matches!(backend, Backend::FusedRecurrent | Backend::FusedChunked) {
         let (out, state) = crate::ops::fast_weight_fused(q, k, v, beta, initial)?;
         return Ok(FastWeightOutput {
             out,
@@ -221,7 +263,9 @@ pub fn fast_weight(
     let result = match backend {
         Backend::Reference => fast_weight_reference(&inputs)?,
         Backend::Chunked { chunk_size } => fast_weight_chunked(&inputs, chunk_size)?,
-        Backend::Fused | Backend::FusedChunked | Backend::Auto => unreachable!("resolved above"),
+        Backend::Fused | Backend::FusedRecurrent | Backend::FusedChunked | Backend::Auto => {
+            unreachable!("resolved above")
+        }
     };
     Ok(FastWeightOutput {
         out: result.out.f_to_kind(kind)?,
