@@ -356,7 +356,14 @@ fn fused_cuda_device_mismatch_and_size_limit() {
     .to_string();
     assert!(e.contains("too large"), "{e}");
     assert_eq!(
-        Backend::Auto.resolve(Device::Cuda(0), Kind::Float, max + 1, 8),
+        Backend::Auto.resolve(
+            Device::Cuda(0),
+            Kind::Float,
+            UpdateRule::Sum,
+            1024,
+            max + 1,
+            8
+        ),
         Backend::Chunked { chunk_size: 64 }
     );
     // above 256 the recurrent kernel; up to 256 the chunked kernels for bf16, f16, f32 on sm_80+,
@@ -365,15 +372,15 @@ fn fused_cuda_device_mismatch_and_size_limit() {
     let cuda = Device::Cuda(0);
     for backend in [Backend::Auto, Backend::Fused] {
         assert_eq!(
-            backend.resolve(cuda, Kind::Float, 512, 8),
+            backend.resolve(cuda, Kind::Float, UpdateRule::Delta, 1024, 512, 8),
             Backend::FusedRecurrent
         );
         assert_eq!(
-            backend.resolve(cuda, Kind::Float, 64, 300),
+            backend.resolve(cuda, Kind::Float, UpdateRule::Sum, 1024, 64, 300),
             Backend::FusedRecurrent
         );
         assert_eq!(
-            backend.resolve(cuda, Kind::Double, 64, 64),
+            backend.resolve(cuda, Kind::Double, UpdateRule::Delta, 1024, 64, 64),
             Backend::FusedRecurrent
         );
         for kind in [Kind::Float, Kind::BFloat16, Kind::Half] {
@@ -382,39 +389,104 @@ fn fused_cuda_device_mismatch_and_size_limit() {
             } else {
                 Backend::FusedRecurrent
             };
-            assert_eq!(backend.resolve(cuda, kind, 256, 256), want, "{kind:?}");
+            for rule in UpdateRule::ALL {
+                for t in [1, 1024] {
+                    assert_eq!(
+                        backend.resolve(cuda, kind, rule, t, 256, 256),
+                        want,
+                        "{kind:?} {rule:?} T={t}"
+                    );
+                }
+            }
         }
     }
 }
 
+/// On the CPU `Auto` and `Fused` pick the chunked twin only for f32 inputs of at least 256 steps
+/// whose d_k d_v reaches the measured crossover of the rule and the CPU's vector width.
 #[test]
-fn auto_and_fused_pick_the_recurrent_kernel_on_cpu() {
+fn auto_and_fused_pick_the_cpu_kernel_by_the_measured_crossover() {
+    use fwp::recurrence::{cpu_chunked_min_size, cpu_has_avx512, CPU_CHUNKED_MIN_T};
+    let cpu = Device::Cpu;
+    let wide = cpu_has_avx512();
     for backend in [Backend::Auto, Backend::Fused] {
-        for kind in [Kind::Float, Kind::BFloat16, Kind::Double] {
+        for rule in UpdateRule::ALL {
+            let min = cpu_chunked_min_size(rule, wide);
+            let (small, large) = ((min as f64).sqrt() as i64 - 8, (min as f64).sqrt() as i64);
+            let long = CPU_CHUNKED_MIN_T;
+            let pick = |kind, t, d_k, d_v| backend.resolve(cpu, kind, rule, t, d_k, d_v);
+            assert_eq!(pick(Kind::Float, long, large, large), Backend::FusedChunked);
+            assert_eq!(pick(Kind::Float, 4096, 384, 600), Backend::FusedChunked);
             assert_eq!(
-                backend.resolve(Device::Cpu, kind, 64, 64),
+                pick(Kind::Float, long, small, small),
                 Backend::FusedRecurrent
             );
+            // short sequences (decoding steps) and other dtypes stay with the recurrent kernel
+            assert_eq!(
+                pick(Kind::Float, long - 1, large, large),
+                Backend::FusedRecurrent
+            );
+            assert_eq!(pick(Kind::Float, 1, 384, 600), Backend::FusedRecurrent);
+            for kind in [Kind::Double, Kind::BFloat16, Kind::Half] {
+                assert_eq!(pick(kind, 4096, 384, 600), Backend::FusedRecurrent);
+            }
+            assert_eq!(pick(Kind::Float, 4096, 64, 64), Backend::FusedRecurrent);
         }
-        assert_eq!(
-            backend.resolve(Device::Cpu, Kind::Float, 384, 600),
-            Backend::FusedRecurrent
-        );
     }
+    // the measured table
+    assert_eq!(cpu_chunked_min_size(UpdateRule::Sum, true), 128 * 128);
+    assert_eq!(cpu_chunked_min_size(UpdateRule::Sum, false), 192 * 192);
+    assert_eq!(cpu_chunked_min_size(UpdateRule::Delta, true), 192 * 192);
+    assert_eq!(cpu_chunked_min_size(UpdateRule::Delta, false), 256 * 256);
     for explicit in [
         Backend::Chunked { chunk_size: 8 },
         Backend::FusedChunked,
         Backend::FusedRecurrent,
         Backend::Reference,
     ] {
-        assert_eq!(explicit.resolve(Device::Cpu, Kind::Float, 4, 4), explicit);
+        assert_eq!(
+            explicit.resolve(cpu, Kind::Float, UpdateRule::Sum, 4096, 384, 600),
+            explicit
+        );
     }
-    assert!(!fwp::recurrence::chunked_kernel_preferred(
-        Device::Cpu,
-        Kind::Float,
-        64,
-        64
-    ));
+}
+
+/// What `fast_weight` runs is what `resolve` names: with `Fused` at a size the twin is picked for,
+/// the answer equals `FusedChunked`'s bit for bit, and below it `FusedRecurrent`'s.
+#[test]
+fn fused_runs_the_kernel_resolve_names() {
+    let _rng = seeded(47);
+    let rule = UpdateRule::Sum;
+    let min = fwp::recurrence::cpu_chunked_min_size(rule, fwp::recurrence::cpu_has_avx512());
+    let big = (min as f64).sqrt() as i64;
+    for (d, t, want) in [
+        (big, 256, Backend::FusedChunked),
+        (16, 256, Backend::FusedRecurrent),
+    ] {
+        let f = (Kind::Float, Device::Cpu);
+        let (q, k, v) = (
+            Tensor::randn([1, 2, t, d], f),
+            Tensor::randn([1, 2, t, d], f) * 0.1,
+            Tensor::randn([1, 2, t, d], f),
+        );
+        assert_eq!(
+            Backend::Fused.resolve(Device::Cpu, Kind::Float, rule, t, d, d),
+            want
+        );
+        let run = |b| fast_weight(&q, &k, &v, None, None, rule, b).unwrap().out;
+        let other = if want == Backend::FusedChunked {
+            Backend::FusedRecurrent
+        } else {
+            Backend::FusedChunked
+        };
+        let (fused, named) = (run(Backend::Fused), run(want));
+        assert!(fused.equal(&named), "d={d}: Fused differs from {want}");
+        // the two kernels round differently, so the comparison tells them apart
+        assert!(
+            !fused.equal(&run(other)),
+            "d={d}: {want} and {other} agree bit for bit"
+        );
+    }
 }
 
 /// Every backend's name, as logs print it, parses back to the backend.

@@ -45,9 +45,12 @@ struct Args {
     /// sequence lengths, comma-separated
     #[arg(long, value_delimiter = ',')]
     t: Option<Vec<i64>>,
-    /// head sizes (d_k = d_v), comma-separated
+    /// head sizes (d_v, and d_k unless --d-k is given), comma-separated
     #[arg(long, value_delimiter = ',')]
     d: Option<Vec<i64>>,
+    /// key size of every case, when keys are wider than values (DPFP, FAVOR+)
+    #[arg(long)]
+    d_k: Option<i64>,
     /// comma-separated: reference, chunked, fused (the recurrent kernels, fused:recurrent),
     /// fused-chunked (the chunked kernels, fused:chunked), softmax
     #[arg(long, value_delimiter = ',')]
@@ -102,6 +105,9 @@ fn grid(args: &Args) -> Result<Grid> {
     }
     if let Some(v) = &args.d {
         g.d = v.clone();
+    }
+    if args.d_k.is_some() {
+        g.d_k = args.d_k;
     }
     if let Some(v) = &args.ops {
         g.ops = v.clone();

@@ -180,6 +180,8 @@ fn main() -> Result<()> {
         let picked = c.backend.resolve(
             Device::Cpu,
             Kind::Float,
+            c.rule,
+            2 * (args.pairs + args.queries), // tokens per sequence: k v k v ...
             c.feature_map.width(d_head),
             d_head,
         );

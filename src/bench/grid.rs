@@ -34,8 +34,12 @@ pub struct Grid {
     pub tokens: Option<i64>,
     pub heads: i64,
     pub t: Vec<i64>,
-    /// Head sizes; d_k = d_v = d.
+    /// Head sizes: d_v = d, and d_k = d unless `d_k` is set.
     pub d: Vec<i64>,
+    /// Key size of every case when it differs from the value size (feature maps such as DPFP and
+    /// FAVOR+ widen keys and queries); `None`: d_k = d.
+    #[serde(default)]
+    pub d_k: Option<i64>,
     pub dtypes: Vec<DType>,
     pub device: String,
     /// The Reference backend (one small op per step) only up to this T.
@@ -59,6 +63,7 @@ impl Grid {
                 heads: 4,
                 t: vec![256, 512, 1024, 2048, 4096, 8192],
                 d: vec![64, 128],
+                d_k: None,
                 dtypes: vec![DType::F32],
                 device: "cpu".into(),
                 reference_max_t: 1024,
@@ -74,6 +79,7 @@ impl Grid {
                 heads: 16,
                 t: vec![1024, 2048, 4096, 8192, 16384, 32768],
                 d: vec![64, 128],
+                d_k: None,
                 dtypes: vec![DType::Bf16, DType::F32],
                 device: "cuda".into(),
                 reference_max_t: 1024,
@@ -89,6 +95,7 @@ impl Grid {
                 heads: 2,
                 t: vec![16, 32],
                 d: vec![8],
+                d_k: None,
                 dtypes: vec![DType::F32],
                 device: "cpu".into(),
                 reference_max_t: 32,
@@ -145,7 +152,7 @@ impl Grid {
                                 batch,
                                 heads: self.heads,
                                 t,
-                                d_k: d,
+                                d_k: self.d_k.unwrap_or(d),
                                 d_v: d,
                                 dtype,
                                 device: self.device.clone(),

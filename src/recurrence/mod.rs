@@ -45,8 +45,9 @@ pub enum Backend {
     /// `chunk_size` steps, a sequential pass over chunks only. Any T, also not a multiple of it.
     Chunked { chunk_size: i64 },
     /// Our kernels, whichever suits the inputs: [`Backend::FusedChunked`] on CUDA GPUs of sm_80 or
-    /// newer for bf16, f16 and f32 inputs with d_k, d_v <= 256, else [`Backend::FusedRecurrent`]
-    /// (docs/performance.md says why). [`Backend::resolve`] names the one that runs.
+    /// newer for bf16, f16 and f32 inputs with d_k, d_v <= 256, and on the CPU for f32 inputs of
+    /// the sizes where it measured faster ([`chunked_kernel_preferred`]); else
+    /// [`Backend::FusedRecurrent`]. [`Backend::resolve`] names the one that runs.
     Fused,
     /// Our recurrent kernels (kernels/fast_weight*.{cpp,cu}): the recurrence in one pass with an
     /// explicit backward that replays chunks from saved checkpoints; CPU and CUDA, any float dtype.
@@ -55,8 +56,8 @@ pub enum Backend {
     FusedRecurrent,
     /// Our chunked kernels (kernels/chunked*.{h,cpp,cu}; docs/derivations.md Sec. 9): the chunkwise
     /// form in stages, chunks of 64 steps, an explicit backward that recomputes from one saved state
-    /// per chunk. CPU: any float dtype, exact products (a twin of the CUDA kernels, slower there
-    /// than the recurrent kernels). CUDA: bf16 and f16 inputs with bf16 tensor-core products, f32
+    /// per chunk. CPU: any float dtype, exact products, the CUDA kernels' twin (faster than the
+    /// recurrent kernels only for large heads, docs/performance.md). CUDA: bf16 and f16 inputs with bf16 tensor-core products, f32
     /// inputs with each operand split into three bf16 parts (f32 accuracy); not yet run on a GPU
     /// (docs/performance.md). Registered as the libtorch op `fwp::chunked_rule`. Non-finite inputs
     /// run the recurrent kernel instead, which keeps a NaN or infinity from reaching earlier steps.
@@ -108,11 +109,19 @@ impl std::fmt::Display for Backend {
 }
 
 impl Backend {
-    /// The backend that runs for inputs on `device` of dtype `kind` and sizes `d_k`, `d_v`: `Auto`
-    /// and `Fused` resolved to the kernel (`FusedRecurrent`, `FusedChunked`) or `Chunked`, the
-    /// others as they are. For logs and the benchmark.
-    pub fn resolve(self, device: Device, kind: Kind, d_k: i64, d_v: i64) -> Backend {
-        let chunked = chunked_kernel_preferred(device, kind, d_k, d_v);
+    /// The backend that runs for inputs on `device` of dtype `kind`, with update rule `rule`, `t`
+    /// steps and sizes `d_k`, `d_v`: `Auto` and `Fused` resolved to the kernel (`FusedRecurrent`,
+    /// `FusedChunked`) or `Chunked`, the others as they are. For logs and the benchmark.
+    pub fn resolve(
+        self,
+        device: Device,
+        kind: Kind,
+        rule: UpdateRule,
+        t: i64,
+        d_k: i64,
+        d_v: i64,
+    ) -> Backend {
+        let chunked = chunked_kernel_preferred(device, kind, rule, t, d_k, d_v);
         match self {
             Backend::Auto | Backend::Fused if chunked => Backend::FusedChunked,
             Backend::Fused => Backend::FusedRecurrent,
@@ -140,10 +149,24 @@ pub fn fused_supported(device: Device, kind: Kind, d_k: i64, d_v: i64) -> bool {
 /// The largest d_k and d_v for which [`Backend::Fused`] picks the chunked kernels on CUDA.
 pub const CHUNKED_KERNEL_MAX_D: i64 = 256;
 
-/// Whether [`Backend::Fused`] runs the chunked kernels: on a CUDA GPU they run on (sm_80 or newer),
-/// for bf16, f16 and f32 inputs with d_k, d_v <= [`CHUNKED_KERNEL_MAX_D`]. Never on the CPU, where
-/// the recurrent kernel was faster at every measured shape (docs/performance.md).
-pub fn chunked_kernel_preferred(device: Device, kind: Kind, d_k: i64, d_v: i64) -> bool {
+/// Whether [`Backend::Fused`] runs the chunked kernels rather than the recurrent ones.
+///
+/// CUDA: on a GPU they run on (sm_80 or newer), for bf16, f16 and f32 inputs with d_k, d_v <=
+/// [`CHUNKED_KERNEL_MAX_D`]: tensor cores against CUDA cores.
+///
+/// CPU: the chunked twin does the recurrence's work plus its chunk-level products as BLAS-3, the
+/// recurrent kernel only the recurrence's work as vector FMAs; which is faster depends on d_k d_v,
+/// the rule and how fast the CPU multiplies matrices. From measured timings (docs/performance.md)
+/// the twin is picked for f32 inputs with at least [`CPU_CHUNKED_MIN_T`] steps and d_k d_v at
+/// least [`cpu_chunked_min_size`]; below that, and for other dtypes, the recurrent kernel.
+pub fn chunked_kernel_preferred(
+    device: Device,
+    kind: Kind,
+    rule: UpdateRule,
+    t: i64,
+    d_k: i64,
+    d_v: i64,
+) -> bool {
     match device {
         Device::Cuda(i) => {
             crate::ops::Operands::for_cuda(kind).is_some()
@@ -151,7 +174,46 @@ pub fn chunked_kernel_preferred(device: Device, kind: Kind, d_k: i64, d_v: i64) 
                 && d_v <= CHUNKED_KERNEL_MAX_D
                 && crate::ops::chunked_cuda_runs_on(i)
         }
+        Device::Cpu => {
+            kind == Kind::Float
+                && t >= CPU_CHUNKED_MIN_T
+                && d_k * d_v >= cpu_chunked_min_size(rule, cpu_has_avx512())
+        }
         _ => false,
+    }
+}
+
+/// On the CPU the chunked twin pads T to whole chunks of 64 steps; from 256 steps on that costs at
+/// most a quarter more (the crossovers were measured at T = 256 and 1024), while a short sequence,
+/// such as a T = 1 decoding step, would pay for a whole chunk.
+pub const CPU_CHUNKED_MIN_T: i64 = 256;
+
+/// The smallest d_k d_v from which the chunked twin was at least as fast as the recurrent kernel on
+/// the CPU both forward alone and forward + backward, f32, B = 2, H = 4, T = 256 and 1024, 2
+/// threads (docs/performance.md, "Which CPU kernel `Fused` runs"; twin / recurrent time there):
+///
+/// | rule | AVX-512 (MKL's sgemm at 253 GFLOP/s) | AVX2 only (MKL held to AVX2) |
+/// |---|---|---|
+/// | sum | 128 x 128 (forward 0.99-1.00, fwd + bwd 0.47-0.78) | 192 x 192 (0.69-0.85, 0.73-0.82) |
+/// | delta | 192 x 192 (0.70-0.89, 0.79-0.90) | 256 x 256 (0.77-0.81, 0.88-1.02) |
+pub fn cpu_chunked_min_size(rule: UpdateRule, avx512: bool) -> i64 {
+    match (rule, avx512) {
+        (UpdateRule::Sum, true) => 128 * 128,
+        (UpdateRule::Sum, false) | (UpdateRule::Delta, true) => 192 * 192,
+        (UpdateRule::Delta, false) => 256 * 256,
+    }
+}
+
+/// Whether this CPU has AVX-512 (MKL's matrix products then run twice as wide as the recurrent
+/// kernel's AVX2 loops).
+pub fn cpu_has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }
 
@@ -207,7 +269,7 @@ pub fn fast_weight(
         bail!("q: the sequence is empty (T = 0); need at least one step");
     }
     let kind = q.f_kind()?;
-    let backend = backend.resolve(q.device(), kind, dims.d_k, dims.d_v);
+    let backend = backend.resolve(q.device(), kind, rule, dims.t, dims.d_k, dims.d_v);
     if backend == Backend::FusedChunked
         && inputs_finite(&[Some(q), Some(k), Some(v), beta, initial])?
     {
