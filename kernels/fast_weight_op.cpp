@@ -20,6 +20,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <string>
 #include <tuple>
 
 #include "fast_weight_cpu.h"
@@ -35,6 +36,22 @@ using OptTensor = std::optional<Tensor>;
 
 at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
+enum class CpuIsa { Generic, Avx2 };
+CpuIsa pick_cpu_isa();
+
+CpuIsa cpu_isa() {
+  static const CpuIsa isa = pick_cpu_isa();
+  return isa;
+}
+
+const char* cpu_isa_name(CpuIsa isa) {
+  switch (isa) {
+    case CpuIsa::Avx2: return "avx2";
+    case CpuIsa::Generic: return "generic";
+  }
+  return "?";
+}
+
 // Checks shapes, dtypes and devices (the Rust side checks first; this guards other callers).
 Dims check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const OptTensor& beta,
                   const OptTensor& s0, int64_t chunk) {
@@ -43,16 +60,24 @@ Dims check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const OptTe
   return Dims{s.B * s.H, s.T, s.d_k, s.d_v, chunk};
 }
 
-// The CPU kernels for this processor: AVX2 + FMA where the build has them and the CPU supports them,
-// unless FWP_CPU_GENERIC is set (read once; tests use it to check the baseline variant too).
-bool use_avx2() {
+// Which build of the CPU kernels runs (fast_weight_cpu.h): AVX2 + FMA where the build has it and the
+// CPU supports it, else the baseline. FWP_CPU_ISA (generic or avx2) asks for one, and FWP_CPU_GENERIC
+// for the baseline; tests use them to check both. Read once per process; asking for a build the CPU
+// lacks is an error, never an illegal instruction.
+CpuIsa pick_cpu_isa() {
+  const char* want = std::getenv("FWP_CPU_ISA");
+  if (std::getenv("FWP_CPU_GENERIC") != nullptr) return CpuIsa::Generic;
 #ifdef FWP_HAVE_AVX2
-  static const bool yes = std::getenv("FWP_CPU_GENERIC") == nullptr && __builtin_cpu_supports("avx2") &&
-                          __builtin_cpu_supports("fma");
-  return yes;
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #else
-  return false;
+  const bool avx2 = false;
 #endif
+  if (want == nullptr) return avx2 ? CpuIsa::Avx2 : CpuIsa::Generic;
+  const std::string name(want);
+  if (name == "generic") return CpuIsa::Generic;
+  TORCH_CHECK(name == "avx2", "FWP_CPU_ISA: expected generic or avx2, got '", name, "'");
+  TORCH_CHECK(avx2, "FWP_CPU_ISA=avx2: this CPU (or this build) has no AVX2 + FMA");
+  return CpuIsa::Avx2;
 }
 
 // Checkpoint interval. CPU: 64 steps, fewer where the backward's replay buffer of chunk + 1 column-tile
@@ -86,10 +111,9 @@ std::tuple<Tensor, Tensor, Tensor> forward_kernel(const Tensor& q, const Tensor&
     forward_cuda(q3, k3, v3, b2, init, out, state, ckpt, d, delta);
   } else {
     TORCH_CHECK(q.is_cpu(), "fwp fused fast weights: unsupported device ", q.device());
-    if (use_avx2()) {
-      avx2::forward_cpu(q3, k3, v3, b2, init, out, state, ckpt, d, delta);
-    } else {
-      generic::forward_cpu(q3, k3, v3, b2, init, out, state, ckpt, d, delta);
+    switch (cpu_isa()) {
+      case CpuIsa::Avx2: avx2::forward_cpu(q3, k3, v3, b2, init, out, state, ckpt, d, delta); break;
+      case CpuIsa::Generic: generic::forward_cpu(q3, k3, v3, b2, init, out, state, ckpt, d, delta); break;
     }
   }
   return {out.view({B, H, d.T, d.d_v}), state.view({B, H, d.d_k, d.d_v}),
@@ -151,10 +175,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_kernel(
     backward_cuda(go, gs, q3, k3, v3, b2, ckpt, dq, dk, dv, dbeta, ds0, d, delta);
   } else {
     TORCH_CHECK(q.is_cpu(), "fwp fused fast weights: unsupported device ", q.device());
-    if (use_avx2()) {
-      avx2::backward_cpu(go, gs, q3, k3, v3, b2, ckpt, dq, dk, dv, dbeta, ds0, d, delta);
-    } else {
-      generic::backward_cpu(go, gs, q3, k3, v3, b2, ckpt, dq, dk, dv, dbeta, ds0, d, delta);
+    switch (cpu_isa()) {
+      case CpuIsa::Avx2: avx2::backward_cpu(go, gs, q3, k3, v3, b2, ckpt, dq, dk, dv, dbeta, ds0, d, delta); break;
+      case CpuIsa::Generic:
+        generic::backward_cpu(go, gs, q3, k3, v3, b2, ckpt, dq, dk, dv, dbeta, ds0, d, delta);
+        break;
     }
   }
   return {dq.view({B, H, d.T, d.d_k}), dk.view({B, H, d.T, d.d_k}), dv.view({B, H, d.T, d.d_v}),
@@ -355,6 +380,11 @@ char* fwp_fused_cuda_chunk_for(int64_t d_k, int64_t T, int acc_bytes, int64_t sm
 // compiled in or no such device); used by Backend::Auto.
 char* fwp_fused_cuda_max_dk(int device, int64_t d_v, int acc_bytes, int64_t* out) {
   return fwp::guarded([&] { *out = fwp::cuda_max_dk(device, d_v, acc_bytes); });
+}
+
+// The build of the CPU kernels this process runs: "generic" or "avx2" (see pick_cpu_isa).
+char* fwp_cpu_kernel_isa(const char** name) {
+  return fwp::guarded([&] { *name = fwp::cpu_isa_name(fwp::cpu_isa()); });
 }
 
 }  // extern "C"

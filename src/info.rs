@@ -18,6 +18,8 @@ pub struct BuildInfo {
     pub cuda_archs: Vec<&'static str>,
     /// Whether libtorch can use CUDA in this process.
     pub torch_cuda: bool,
+    /// The build of the CPU kernels this process runs (`generic`, `avx2`), or why none.
+    pub cpu_kernels: Result<&'static str, String>,
     /// GPUs seen through the CUDA driver (cudarc), or why none could be listed.
     pub gpus: Result<Vec<Gpu>, String>,
 }
@@ -57,6 +59,7 @@ pub fn build_info() -> BuildInfo {
         fwp_version: env!("CARGO_PKG_VERSION"),
         cuda_archs: cuda_archs(),
         torch_cuda: tch::Cuda::is_available(),
+        cpu_kernels: crate::ops::cpu_kernel_isa().map_err(|e| e.to_string()),
         gpus: gpus(),
     }
 }
@@ -78,6 +81,10 @@ impl std::fmt::Display for BuildInfo {
             "libtorch sees CUDA: {}",
             if self.torch_cuda { "yes" } else { "no" }
         )?;
+        match &self.cpu_kernels {
+            Ok(isa) => writeln!(f, "CPU kernels: {isa}")?,
+            Err(e) => writeln!(f, "CPU kernels: {e}")?,
+        }
         match &self.gpus {
             Ok(g) if g.is_empty() => writeln!(f, "GPUs: none visible"),
             Ok(g) => {

@@ -69,6 +69,7 @@ extern "C" {
         out: *mut *mut C_tensor,
     ) -> *mut c_char;
     fn fwp_chunked_cuda_runs_on(device: c_int) -> c_int;
+    fn fwp_cpu_kernel_isa(name: *mut *const c_char) -> *mut c_char;
     fn fwp_cuda_event_create(device: c_int, event: *mut *mut std::ffi::c_void) -> *mut c_char;
     fn fwp_cuda_event_record(device: c_int, event: *mut std::ffi::c_void) -> *mut c_char;
     fn fwp_cuda_event_elapsed(
@@ -111,6 +112,19 @@ fn status(op: &str, err: *mut c_char) -> Result<()> {
 pub fn built_with_cuda() -> bool {
     // SAFETY: a pure function without arguments.
     unsafe { fwp_built_with_cuda() != 0 }
+}
+
+/// The build of the recurrent CPU kernels this process runs: `avx2` where the CPU has AVX2 + FMA,
+/// else `generic`, unless the environment variable `FWP_CPU_ISA` (`generic` or `avx2`; or
+/// `FWP_CPU_GENERIC`) asked for one when the process first used them; an `FWP_CPU_ISA` the CPU
+/// lacks, or does not name a build, is an error.
+pub fn cpu_kernel_isa() -> Result<&'static str> {
+    let mut name: *const c_char = std::ptr::null();
+    // SAFETY: on success the C side points `name` at a static NUL-terminated string.
+    status("fwp_cpu_kernel_isa", unsafe {
+        fwp_cpu_kernel_isa(&mut name)
+    })?;
+    Ok(unsafe { CStr::from_ptr(name) }.to_str()?)
 }
 
 /// Whether this build's chunked CUDA kernels (kernels/chunked.cu) run on CUDA device `device`:

@@ -187,3 +187,46 @@ fn translate_names_bad_paths_and_arguments() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// An FWP_CPU_ISA the kernels do not know is an error that names the variable and the choices,
+/// reported by `fwp info` and by a run that needs the CPU kernels, never a crash.
+#[test]
+fn an_unknown_cpu_kernel_build_is_refused() {
+    let bin = env!("CARGO_BIN_EXE_fwp");
+    let info = Command::new(bin)
+        .arg("info")
+        .env("FWP_CPU_ISA", "sse9")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&info.stdout);
+    assert!(
+        info.status.success()
+            && text.contains("CPU kernels: ")
+            && text.contains("expected generic or avx2"),
+        "{text}"
+    );
+    let out = Command::new(bin)
+        .args(["selftest", "--device", "cpu"])
+        .env("FWP_CPU_ISA", "sse9")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("FWP_CPU_ISA") && stderr.contains("'sse9'") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    // without the variable, info names the build that runs
+    let info = Command::new(bin)
+        .arg("info")
+        .env_remove("FWP_CPU_ISA")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&info.stdout);
+    assert!(
+        ["generic", "avx2"]
+            .iter()
+            .any(|isa| text.contains(&format!("CPU kernels: {isa}\n"))),
+        "{text}"
+    );
+}

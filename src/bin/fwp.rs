@@ -19,7 +19,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Print the build's CUDA architectures and the visible GPUs.
+    /// Print the build's CUDA architectures, the CPU kernels it runs and the visible GPUs.
     Info {
         /// Print JSON instead of text.
         #[arg(long)]

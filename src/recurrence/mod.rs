@@ -188,19 +188,23 @@ pub fn chunked_kernel_preferred(
 /// such as a T = 1 decoding step, would pay for a whole chunk.
 pub const CPU_CHUNKED_MIN_T: i64 = 256;
 
-/// The smallest d_k d_v from which the chunked twin was at least as fast as the recurrent kernel on
-/// the CPU both forward alone and forward + backward, f32, B = 2, H = 4, T = 256 and 1024, 2
-/// threads (docs/performance.md, "Which CPU kernel `Fused` runs"; twin / recurrent time there):
+/// The smallest d_k d_v from which the chunked twin was faster than the recurrent kernel on the CPU,
+/// forward alone and forward + backward, in most of the repeated measurements (f32, B = 2, H = 4,
+/// T = 256 and 1024, 2 threads; docs/performance.md, "Which CPU kernel `Fused` runs", where the
+/// twin / recurrent time ratios are):
 ///
 /// | rule | AVX-512 (MKL's sgemm at 253 GFLOP/s) | AVX2 only (MKL held to AVX2) |
 /// |---|---|---|
-/// | sum | 128 x 128 (forward 0.99-1.00, fwd + bwd 0.47-0.78) | 192 x 192 (0.69-0.85, 0.73-0.82) |
-/// | delta | 192 x 192 (0.70-0.89, 0.79-0.90) | 256 x 256 (0.77-0.81, 0.88-1.02) |
+/// | sum | 128 x 128 (forward 0.99-1.00, fwd + bwd 0.47-0.79) | 192 x 192 (0.69-0.85, 0.73-0.82) |
+/// | delta | 256 x 256 (0.56-0.76, 0.72-0.99) | 256 x 256 (0.77-0.81, 0.88-1.02) |
+///
+/// (At 192 x 192 the delta rule's ratios ranged 0.79-1.04 across runs on the AVX-512 machine: a
+/// tie, which the recurrent kernel keeps.)
 pub fn cpu_chunked_min_size(rule: UpdateRule, avx512: bool) -> i64 {
     match (rule, avx512) {
         (UpdateRule::Sum, true) => 128 * 128,
-        (UpdateRule::Sum, false) | (UpdateRule::Delta, true) => 192 * 192,
-        (UpdateRule::Delta, false) => 256 * 256,
+        (UpdateRule::Sum, false) => 192 * 192,
+        (UpdateRule::Delta, _) => 256 * 256,
     }
 }
 

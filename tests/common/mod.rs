@@ -255,3 +255,76 @@ pub fn python() -> PathBuf {
     );
     p
 }
+
+/// The recurrent CPU kernels of one instruction-set build (`generic` or `avx2`), forced
+/// through `FWP_CPU_ISA` (read once per process, hence one test binary per build), against the
+/// float64 Reference in float64 and float32: outputs and every gradient, at shapes that take full
+/// 16-column tiles, a narrow last tile, and row counts that leave tails after blocks of 4 and 8.
+/// Returns false (with a notice) where the CPU lacks the build's instructions.
+pub fn cpu_kernels_match_reference(isa: &str, seed: i64) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    let supported = match isa {
+        "avx2" => {
+            std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+        }
+        _ => true,
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let supported = isa == "generic";
+    if !supported {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED the {isa} CPU kernels: this CPU lacks them"
+        );
+        return false;
+    }
+    std::env::set_var("FWP_CPU_ISA", isa);
+    let _rng = seeded(seed);
+    let f = (Kind::Double, Device::Cpu);
+    for (t, d_k, d_v) in [(1, 16, 16), (65, 60, 33), (130, 64, 64), (40, 37, 48)] {
+        let q = Tensor::randn([2, 3, t, d_k], f).set_requires_grad(true);
+        let k0 = Tensor::randn([2, 3, t, d_k], f);
+        let k = (&k0 / k0.norm_scalaropt_dim(2, [-1i64].as_slice(), true)).set_requires_grad(true);
+        let v = Tensor::randn([2, 3, t, d_v], f).set_requires_grad(true);
+        let beta = Tensor::rand([2, 3, t], f).set_requires_grad(true);
+        let s0 = Tensor::randn([2, 3, d_k, d_v], f).set_requires_grad(true);
+        for rule in [UpdateRule::Sum, UpdateRule::Delta] {
+            for kind in [Kind::Double, Kind::Float] {
+                let run_in = |backend, kind: Kind| {
+                    let c = |x: &Tensor| x.to_kind(kind);
+                    let b = c(&beta);
+                    let b = (rule == UpdateRule::Delta).then_some(&b);
+                    let r = fast_weight(&c(&q), &c(&k), &c(&v), b, Some(&c(&s0)), rule, backend)
+                        .unwrap();
+                    let loss = r.out.square().sum(Kind::Double) + r.state.sum(Kind::Double);
+                    let mut inputs = vec![&q, &k, &v, &s0];
+                    if rule == UpdateRule::Delta {
+                        inputs.push(&beta);
+                    }
+                    let g = Tensor::run_backward(&[loss], &inputs, false, false);
+                    (r.out.to_kind(Kind::Double), g)
+                };
+                // the float64 Reference is the ground truth for both precisions: a float32
+                // Reference would add its own rounding (which differs with libtorch's CPU code
+                // paths) to the kernel's
+                let (want, want_g) = run_in(Backend::Reference, Kind::Double);
+                let (got, got_g) = run_in(Backend::FusedRecurrent, kind);
+                let tol = if kind == Kind::Double { 1e-10 } else { 1e-3 };
+                println!("{isa} {rule:?} {kind:?} T={t} {d_k}x{d_v}");
+                assert_close("out", &got, &want, tol, tol);
+                assert_eq!(got_g.len(), want_g.len());
+                for (name, (g, w)) in GRAD_NAMES.iter().zip(got_g.iter().zip(&want_g)) {
+                    assert_close(name, g, w, tol, tol);
+                }
+            }
+        }
+    }
+    assert_eq!(
+        fwp::ops::cpu_kernel_isa().unwrap(),
+        isa,
+        "the build that ran"
+    );
+    true
+}
