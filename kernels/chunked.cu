@@ -5,8 +5,8 @@
 // First version, written for correctness on first contact with a GPU: every stage is a sequence of
 // block-level matrix products on fp32 tiles in global memory (the chunk's L2-resident working set),
 // each product on the tensor cores (WMMA bf16 16x16x16, fp32 accumulation) with the twin's operand
-// rounding (chunked.h, Operands): for bf16 / fp16 inputs operands rounded to bf16 and the states S
-// and dS split into bf16 hi + lo; for fp32 inputs every operand split into three bf16 parts.
+// rounding (chunked.h, Operands): for bf16 inputs operands rounded to bf16 and the states S and dS
+// split into bf16 hi + lo; for fp16 inputs every operand split into two bf16 parts, for fp32 three.
 // The triangular solve runs in fp32 on CUDA cores in shared memory. Bounds are checked per element,
 // so any d_k and d_v work. Grids: (batch·head, chunk) for the parallel stages; (batch·head, tile of
 // 64 value columns) for the two sequential passes over chunks.
@@ -32,7 +32,7 @@ constexpr int kColumns = 64;  // value columns per block of the sequential passe
 constexpr int kMaxParts = 3;  // bf16 parts of one operand (chunked.h)
 
 // How many bf16 parts an operand takes at least: plain operands one, states (S, dS) two; the
-// kernel-wide floor (Sizes::parts, 3 for fp32 inputs) can raise both.
+// kernel-wide floor (Sizes::parts: 2 for fp16 inputs, 3 for fp32) can raise both.
 enum Mode { kRound = 1, kSplit = 2 };
 
 // A logical M x K (or K x N) operand over an fp32 matrix in global memory: element (r, c) is
@@ -56,7 +56,7 @@ __device__ __forceinline__ float fetch(const Operand& o, int r, int c) {
   if (r >= o.rows || c >= o.cols) return 0.f;
   const int sr = o.trans ? c : r, sc = o.trans ? r : c;
   float x = o.p[int64_t(sr) * o.ld + sc];
-  if (o.scale != nullptr) x *= o.scale[sr];
+  if (o.scale != nullptr) x = __fmul_rn(x, o.scale[sr]);  // rounded, as the twin's k * beta (no FMA contraction)
   return x;
 }
 
@@ -199,7 +199,7 @@ __device__ void block_unit_lower_inverse(const float* a, float* x, SolveShared& 
 struct Sizes {
   int64_t N;  // chunks
   int dk, dv;
-  int parts;  // the floor on operand parts: 1 (Operands::Bf16) or 3 (Operands::Bf16x3)
+  int parts;  // the floor on operand parts: 1 (Operands::Bf16), 2 (Bf16x2) or 3 (Bf16x3)
   __device__ int64_t tile(int bh, int c, int rows, int cols) const { return ((int64_t(bh) * N + c) * rows) * cols; }
 };
 
@@ -404,6 +404,11 @@ dim3 column_grid(int64_t BH, int64_t dv) { return dim3(unsigned(BH), unsigned((d
 
 int status() { return int(cudaGetLastError()); }
 
+// Launches nothing for an empty range (an empty grid is an invalid launch; the host side returns
+// before launching) and refuses a part count the staging cannot hold.
+bool empty(int64_t BH, int64_t N) { return BH == 0 || N == 0; }
+bool bad_parts(int parts) { return parts < 1 || parts > kMaxParts; }
+
 }  // namespace
 
 extern "C" {
@@ -418,6 +423,8 @@ int64_t fwp_chunked_cuda_scratch_per_chunk(int64_t dk, int64_t dv) { return 5 * 
 
 int fwp_chunked_cuda_wy(const float* k, const float* v, const float* beta, float* tinv, float* w, float* u,
                         float* a_scratch, int64_t BH, int64_t N, int64_t dk, int64_t dv, int parts, void* stream) {
+  if (bad_parts(parts)) return int(cudaErrorInvalidValue);
+  if (empty(BH, N)) return 0;
   wy_kernel<<<chunk_grid(BH, N), kThreads, 0, cudaStream_t(stream)>>>(k, v, beta, tinv, w, u, a_scratch,
                                                                       sizes(N, dk, dv, parts));
   return status();
@@ -426,6 +433,8 @@ int fwp_chunked_cuda_wy(const float* k, const float* v, const float* beta, float
 int fwp_chunked_cuda_state_forward(const float* k, const float* w, const float* u, const float* s0, float* ckpt,
                                    float* v_new, float* state, int64_t BH, int64_t N, int64_t dk, int64_t dv,
                                    int parts, void* stream) {
+  if (bad_parts(parts)) return int(cudaErrorInvalidValue);
+  if (empty(BH, N)) return 0;
   state_forward_kernel<<<column_grid(BH, dv), kThreads, 0, cudaStream_t(stream)>>>(k, w, u, s0, ckpt, v_new, state,
                                                                                    sizes(N, dk, dv, parts));
   return status();
@@ -433,12 +442,16 @@ int fwp_chunked_cuda_state_forward(const float* k, const float* w, const float* 
 
 int fwp_chunked_cuda_values(const float* w, const float* u, const float* ckpt, float* v_new, int64_t BH, int64_t N,
                             int64_t dk, int64_t dv, int parts, void* stream) {
+  if (bad_parts(parts)) return int(cudaErrorInvalidValue);
+  if (empty(BH, N)) return 0;
   values_kernel<<<chunk_grid(BH, N), kThreads, 0, cudaStream_t(stream)>>>(w, u, ckpt, v_new, sizes(N, dk, dv, parts));
   return status();
 }
 
 int fwp_chunked_cuda_output(const float* q, const float* k, const float* v_new, const float* ckpt, float* out,
                             float* qk_scratch, int64_t BH, int64_t N, int64_t dk, int64_t dv, int parts, void* stream) {
+  if (bad_parts(parts)) return int(cudaErrorInvalidValue);
+  if (empty(BH, N)) return 0;
   output_kernel<<<chunk_grid(BH, N), kThreads, 0, cudaStream_t(stream)>>>(q, k, v_new, ckpt, out, qk_scratch,
                                                                           sizes(N, dk, dv, parts));
   return status();
@@ -446,6 +459,8 @@ int fwp_chunked_cuda_output(const float* q, const float* k, const float* v_new, 
 
 int fwp_chunked_cuda_local_grad(const float* q, const float* k, const float* grad_out, float* dv_local,
                                 float* qk_scratch, int64_t BH, int64_t N, int64_t dk, int64_t dv, int parts, void* stream) {
+  if (bad_parts(parts)) return int(cudaErrorInvalidValue);
+  if (empty(BH, N)) return 0;
   local_grad_kernel<<<chunk_grid(BH, N), kThreads, 0, cudaStream_t(stream)>>>(q, k, grad_out, dv_local, qk_scratch,
                                                                               sizes(N, dk, dv, parts));
   return status();
@@ -454,6 +469,8 @@ int fwp_chunked_cuda_local_grad(const float* q, const float* k, const float* gra
 int fwp_chunked_cuda_state_backward(const float* q, const float* k, const float* w, const float* grad_out,
                                     const float* dv_local, const float* ds_final, float* dv_new, float* ds_next,
                                     float* ds0, int64_t BH, int64_t N, int64_t dk, int64_t dv, int parts, void* stream) {
+  if (bad_parts(parts)) return int(cudaErrorInvalidValue);
+  if (empty(BH, N)) return 0;
   state_backward_kernel<<<column_grid(BH, dv), kThreads, 0, cudaStream_t(stream)>>>(
       q, k, w, grad_out, dv_local, ds_final, dv_new, ds_next, ds0, sizes(N, dk, dv, parts));
   return status();
@@ -464,6 +481,8 @@ int fwp_chunked_cuda_input_grads(const float* q, const float* k, const float* v,
                                  const float* ds_next, const float* grad_out, const float* dv_new, float* dq,
                                  float* dk_out, float* dv_out, float* dbeta, float* scratch, int64_t BH, int64_t N,
                                  int64_t dk, int64_t dv, int parts, void* stream) {
+  if (bad_parts(parts)) return int(cudaErrorInvalidValue);
+  if (empty(BH, N)) return 0;
   input_grads_kernel<<<chunk_grid(BH, N), kThreads, 0, cudaStream_t(stream)>>>(
       q, k, v, beta, tinv, w, v_new, ckpt, ds_next, grad_out, dv_new, dq, dk_out, dv_out, dbeta, scratch,
       fwp_chunked_cuda_scratch_per_chunk(dk, dv), sizes(N, dk, dv, parts));

@@ -43,12 +43,15 @@ using at::Tensor;
 // part products A_i B_j of order i + j < max(parts of A, parts of B):
 //   `Bf16` (bf16 / fp16 inputs): every operand one part, except the states S and dS, which take
 //          two (hi + lo), so that the fp32 state keeps its accuracy;
+//   `Bf16x2` (fp16 inputs): every operand two parts (16 significant bits, which hold every fp16
+//          value exactly), three part products;
 //   `Bf16x3` (fp32 inputs): every operand three parts (24 significant bits, fp32's), six part
-//          products; the dropped ones are below 2^-26 of the product, so fp32 inputs keep fp32
-//          accuracy.
-enum class Operands { Exact, Bf16, Bf16x3 };
+//          products; each dropped one is at most about 2^-24 of the product (typically far less),
+//          so fp32 inputs keep fp32 accuracy.
+// (Enumerator order = the C ABI's operand code.)
+enum class Operands { Exact, Bf16, Bf16x3, Bf16x2 };
 
-// `exact`, `bf16` or `bf16x3` (the op's `operands` argument).
+// `exact`, `bf16`, `bf16x2` or `bf16x3` (the op's `operands` argument).
 Operands parse_operands(const std::string& name);
 const char* operands_name(Operands operands);
 
@@ -59,7 +62,7 @@ struct Config {
 
 // The stages, declared once per implementation: `cpu` (the twin, chunked_cpu.cpp: ATen products, any
 // device ATen runs on) and `cuda` (the kernels, chunked.cu via chunked_cuda.cpp: CUDA tensors,
-// Operands::Bf16 or Bf16x3, chunks of 64). The functions of the same names directly in fwp::chunked pick by
+// Operands::Bf16, Bf16x2 or Bf16x3, chunks of 64). The functions of the same names directly in fwp::chunked pick by
 // the device of their first argument.
 namespace cpu {
 #include "chunked_stages.inc"

@@ -41,8 +41,10 @@ Tensor split_product(const Tensor& a, int na, const Tensor& b, int nb) {
 }
 
 // Parts of a plain operand and of a state (S or dS) under cfg.operands (not Exact).
-int operand_parts(const Config& cfg) { return cfg.operands == Operands::Bf16x3 ? 3 : 1; }
-int state_parts(const Config& cfg) { return cfg.operands == Operands::Bf16x3 ? 3 : 2; }
+int operand_parts(const Config& cfg) {
+  return cfg.operands == Operands::Bf16x3 ? 3 : cfg.operands == Operands::Bf16x2 ? 2 : 1;
+}
+int state_parts(const Config& cfg) { return std::max(2, operand_parts(cfg)); }
 
 // a b with both operands rounded as the tensor cores see them.
 Tensor mm(const Tensor& a, const Tensor& b, const Config& cfg) {
@@ -182,14 +184,16 @@ namespace fwp::chunked {
 Operands parse_operands(const std::string& name) {
   if (name == "exact") return Operands::Exact;
   if (name == "bf16") return Operands::Bf16;
+  if (name == "bf16x2") return Operands::Bf16x2;
   if (name == "bf16x3") return Operands::Bf16x3;
-  TORCH_CHECK(false, "operands: expected 'exact', 'bf16' or 'bf16x3', got '", name, "'");
+  TORCH_CHECK(false, "operands: expected 'exact', 'bf16', 'bf16x2' or 'bf16x3', got '", name, "'");
 }
 
 const char* operands_name(Operands operands) {
   switch (operands) {
     case Operands::Exact: return "exact";
     case Operands::Bf16: return "bf16";
+    case Operands::Bf16x2: return "bf16x2";
     case Operands::Bf16x3: return "bf16x3";
   }
   return "?";

@@ -1,6 +1,7 @@
 // Host side of the chunked stages' CUDA kernels (chunked.cu): the twin's stage functions
 // (chunked.h) for CUDA tensors. Allocates outputs and scratch, launches on PyTorch's current
-// stream. The kernels take chunks of 64 and multiply on the tensor cores: Operands::Bf16 or Bf16x3.
+// stream. The kernels take chunks of 64 and multiply on the tensor cores: Operands::Bf16, Bf16x2 or
+// Bf16x3.
 
 #include <ATen/ATen.h>
 #include <c10/core/DeviceGuard.h>
@@ -31,7 +32,9 @@ void check_config(const Config& cfg) {
 }
 
 // The floor on bf16 parts per operand (chunked_launch.h).
-int parts(const Config& cfg) { return cfg.operands == Operands::Bf16x3 ? 3 : 1; }
+int parts(const Config& cfg) {
+  return cfg.operands == Operands::Bf16x3 ? 3 : cfg.operands == Operands::Bf16x2 ? 2 : 1;
+}
 
 void* stream(const Tensor& t) {
   void* s = nullptr;
@@ -59,6 +62,7 @@ void launched(int code, const char* stage, void* stream) {
 void check_chunks(const Tensor& x, const char* name) {
   TORCH_CHECK(x.dim() == 4 && x.size(2) == fwp_chunked_cuda_chunk(), "fwp::chunked_rule (CUDA): ", name,
               " must be [BH, N, ", fwp_chunked_cuda_chunk(), ", d], got ", x.sizes());
+  TORCH_CHECK(x.size(1) >= 1, "fwp::chunked_rule (CUDA): ", name, " has no chunk (N = 0)");
   TORCH_CHECK(x.size(1) <= fwp_chunked_cuda_max_chunks(), "fwp::chunked_rule (CUDA): ", name, " has ", x.size(1),
               " chunks; the kernels take at most ", fwp_chunked_cuda_max_chunks(), " (T <= ",
               fwp_chunked_cuda_max_chunks() * fwp_chunked_cuda_chunk(), " steps)");

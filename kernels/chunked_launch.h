@@ -3,7 +3,7 @@
 // [BH, N, C] beta, [BH, N, C, C] per-chunk C x C matrices, [BH, N, d_k, d_v] per-chunk states,
 // [BH, d_k, d_v] single states. Pointers that the sum rule has no use for (beta, tinv, w) are NULL
 // there. `parts` is the least number of bf16 parts of every product operand: 1 for Operands::Bf16
-// (states still take two), 3 for Operands::Bf16x3 (chunked.h). Every launcher returns a cudaError_t
+// (states still take two), 2 for Bf16x2, 3 for Bf16x3 (chunked.h); others are refused. Every launcher returns a cudaError_t
 // code (0 = success) and runs on `stream`.
 #pragma once
 

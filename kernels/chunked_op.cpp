@@ -3,8 +3,8 @@
 //
 // Public op (what a traced TorchScript module records):
 //   fwp::chunked_rule(q, k, v, beta?, initial_state?, chunk=64, operands='exact') -> (out, final_state)
-//   (the delta rule when beta is given, else the sum rule; operands 'exact', 'bf16' or 'bf16x3',
-//   chunked.h's Operands)
+//   (the delta rule when beta is given, else the sum rule; operands 'exact', 'bf16', 'bf16x2' or
+//   'bf16x3', chunked.h's Operands)
 // Internal ops used by its autograd Function:
 //   fwp::chunked_forward(...)  -> (out, final_state, checkpoints)
 //   fwp::chunked_backward(...) -> (dq, dk, dv, dbeta, d_initial_state)
@@ -47,7 +47,7 @@ Sizes check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const OptT
 }
 
 // The operand rounding asked for (chunked.h). The CUDA kernels multiply on the tensor cores, so
-// there it must be `bf16` (meant for bf16 / fp16 inputs) or `bf16x3` (fp32 inputs keep fp32
+// there it must be `bf16` (meant for bf16 inputs), `bf16x2` (fp16) or `bf16x3` (fp32 keeps fp32
 // accuracy); fp64 stays with the recurrent fwp::delta_rule / fwp::sum_rule.
 Config config(const Tensor& q, int64_t chunk, c10::string_view operands) {
   const Operands ops = parse_operands(std::string(operands));
@@ -55,7 +55,7 @@ Config config(const Tensor& q, int64_t chunk, c10::string_view operands) {
     TORCH_CHECK(q.scalar_type() != at::kDouble, "fwp::chunked_rule: the CUDA kernels take bf16, fp16 or fp32 "
                 "inputs, got double (use fwp::delta_rule / fwp::sum_rule, Backend::FusedRecurrent)");
     TORCH_CHECK(ops != Operands::Exact, "fwp::chunked_rule: the CUDA kernels multiply bf16 parts on the tensor "
-                "cores; pass operands='bf16' (bf16 / fp16 inputs) or 'bf16x3' (fp32 inputs)");
+                "cores; pass operands='bf16' (bf16 inputs), 'bf16x2' (fp16) or 'bf16x3' (fp32)");
   }
   return Config{chunk, ops};
 }
@@ -279,9 +279,10 @@ TORCH_LIBRARY_IMPL(fwp, CUDA, m) {
 TORCH_LIBRARY_IMPL(fwp, Autograd, m) { m.impl("chunked_rule", &fwp::chunked::rule_autograd); }
 
 namespace {
-// The C ABI's operand code: 0 exact, 1 bf16, 2 bf16x3.
+// The C ABI's operand code: 0 exact, 1 bf16, 2 bf16x3, 3 bf16x2 (the enum's order).
 fwp::chunked::Operands operands_of(int code) {
-  TORCH_CHECK(code >= 0 && code <= 2, "operands: expected 0 (exact), 1 (bf16) or 2 (bf16x3), got ", code);
+  TORCH_CHECK(code >= 0 && code <= 3, "operands: expected 0 (exact), 1 (bf16), 2 (bf16x3) or 3 (bf16x2), got ",
+              code);
   return static_cast<fwp::chunked::Operands>(code);
 }
 }  // namespace
@@ -289,7 +290,7 @@ fwp::chunked::Operands operands_of(int code) {
 extern "C" {
 
 // (out, final_state) = fwp::chunked_rule(q, k, v, beta, s0, chunk, operands); beta NULL for
-// the sum rule, s0 may be NULL; operands 0 exact, 1 bf16, 2 bf16x3. Through the dispatcher: autograd and the tracer see it.
+// the sum rule, s0 may be NULL; operands 0 exact, 1 bf16, 2 bf16x3, 3 bf16x2. Through the dispatcher: autograd and the tracer see it.
 char* fwp_fast_weight_chunked_kernel(const at::Tensor* q, const at::Tensor* k, const at::Tensor* v,
                                      const at::Tensor* beta, const at::Tensor* s0, int64_t chunk,
                                      int operands, at::Tensor** out, at::Tensor** state) {

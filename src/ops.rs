@@ -223,26 +223,30 @@ pub fn fast_weight_fused(
 }
 
 /// How the chunked kernels round the operands of their matrix products (kernels/chunked.h). The
-/// CUDA kernels take `Bf16` or `Bf16x3`; the CPU twin takes all three, so that a CPU can check the
+/// CUDA kernels take `Bf16`, `Bf16x2` or `Bf16x3`; the CPU twin takes all four, so that a CPU can check the
 /// CUDA kernels' arithmetic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Operands {
     /// In the accumulation dtype (f32, or f64 for f64 inputs).
     Exact,
-    /// As the tensor cores see bf16 / fp16 inputs: bf16 operands (the states S and dS split into
-    /// bf16 hi + lo), f32 accumulation.
+    /// As the tensor cores see bf16 inputs: bf16 operands (the states S and dS split into bf16
+    /// hi + lo), f32 accumulation.
     Bf16,
+    /// As the tensor cores see fp16 inputs: every operand split into two bf16 parts (16
+    /// significant bits, every fp16 value exactly) and multiplied in three part products.
+    Bf16x2,
     /// As the tensor cores see fp32 inputs: every operand split into three bf16 parts (24
     /// significant bits) and multiplied in six part products, f32 accumulation: f32 accuracy.
     Bf16x3,
 }
 
 impl Operands {
-    /// What the CUDA kernels use for inputs of dtype `kind`: `Bf16` for bf16 and fp16, `Bf16x3`
-    /// for f32; `None` for f64 and other dtypes, which they do not take.
+    /// What the CUDA kernels use for inputs of dtype `kind`: `Bf16` for bf16, `Bf16x2` for fp16,
+    /// `Bf16x3` for f32; `None` for f64 and other dtypes, which they do not take.
     pub fn for_cuda(kind: Kind) -> Option<Operands> {
         match kind {
-            Kind::BFloat16 | Kind::Half => Some(Operands::Bf16),
+            Kind::BFloat16 => Some(Operands::Bf16),
+            Kind::Half => Some(Operands::Bf16x2),
             Kind::Float => Some(Operands::Bf16x3),
             _ => None,
         }
@@ -254,6 +258,7 @@ impl Operands {
             Operands::Exact => 0,
             Operands::Bf16 => 1,
             Operands::Bf16x3 => 2,
+            Operands::Bf16x2 => 3,
         }
     }
 }

@@ -1,6 +1,6 @@
 //! `Backend::FusedChunked` (kernels/chunked*.{h,cpp}: the chunked kernels' CPU twin) against the
 //! step-by-step `Reference`: outputs, final state and every gradient (initial state included), both
-//! rules, f64, f32 and the tensor-core emulations (bf16, and three bf16 parts for f32), T and d around the chunk and tile sizes,
+//! rules, f64, f32 and the tensor-core emulations (bf16; two bf16 parts for f16, three for f32), T and d around the chunk and tile sizes,
 //! d_k != d_v; finite differences; chunk sizes; non-finite inputs; bad input.
 
 mod common;
@@ -162,48 +162,22 @@ fn chunked_kernel_gradients_match_finite_differences() {
     }
 }
 
-/// Outputs, final state and every gradient in f64 of the op on `inputs` (q, k, v, s0, beta) cast
-/// to `kind`: the chunked kernel with `operands`, or the Reference when `None`.
+/// Outputs, final state and every gradient in f64 of the op on `case`'s inputs as `kind`: the
+/// chunked kernel with `operands` (its final state as it comes, in the accumulation dtype), or the
+/// Reference when `None`.
 fn run_emulated(
     case: &Case,
-    inputs: &[Tensor; 5],
     rule: UpdateRule,
     kind: Kind,
     operands: Option<Operands>,
 ) -> Vec<Tensor> {
-    let leaf: Vec<Tensor> = inputs
-        .iter()
-        .map(|t| t.to_kind(kind).detach().set_requires_grad(true))
-        .collect();
-    let b = (rule == UpdateRule::Delta).then_some(&leaf[4]);
-    let (out, state) = match operands {
-        Some(ops) => {
-            fast_weight_chunked_kernel(&leaf[0], &leaf[1], &leaf[2], b, Some(&leaf[3]), 64, ops)
-                .unwrap()
-        }
+    case.outputs_and_grads(rule, kind, Device::Cpu, |q, k, v, b, s0| match operands {
+        Some(ops) => fast_weight_chunked_kernel(q, k, v, b, Some(s0), 64, ops).unwrap(),
         None => {
-            let r = fast_weight(
-                &leaf[0],
-                &leaf[1],
-                &leaf[2],
-                b,
-                Some(&leaf[3]),
-                rule,
-                Backend::Reference,
-            )
-            .unwrap();
+            let r = fast_weight(q, k, v, b, Some(s0), rule, Backend::Reference).unwrap();
             (r.out, r.state)
         }
-    };
-    let d = |t: &Tensor| t.to_kind(Kind::Double);
-    let loss =
-        (d(&out) * &case.w_out).sum(Kind::Double) + (d(&state) * &case.w_state).sum(Kind::Double);
-    let n = if rule == UpdateRule::Delta { 5 } else { 4 };
-    let refs: Vec<&Tensor> = leaf.iter().take(n).collect();
-    let g = Tensor::run_backward(&[loss], &refs, false, false);
-    let mut all = vec![d(&out), d(&state)];
-    all.extend(g.iter().map(d));
-    all
+    })
 }
 
 const NAMES: [&str; 7] = ["out", "state", "dq", "dk", "dv", "dS0", "dbeta"];
@@ -214,19 +188,6 @@ fn rel_rms(got: &Tensor, want: &Tensor) -> f64 {
     rms(&(got - want)) / rms(want)
 }
 
-/// The inputs of `case` rounded to `kind` and held in f64 (q, k, v, s0, beta), so that the float64
-/// answer is for the numbers the kernel sees.
-fn rounded_inputs(case: &Case, kind: Kind) -> [Tensor; 5] {
-    let r = |t: &Tensor| t.to_kind(kind).to_kind(Kind::Double);
-    [
-        r(&case.q),
-        r(&case.k),
-        r(&case.v),
-        r(&case.s0),
-        r(&case.beta),
-    ]
-}
-
 /// The tensor-core emulation (bf16 operands, states split into hi + lo, f32 accumulation) on
 /// bf16 inputs: within FLA's own fp16 test bound (RMS error below 0.006 of the RMS of the float64
 /// answer) for outputs, state and every gradient, and measurably different from exact f32
@@ -235,10 +196,10 @@ fn rounded_inputs(case: &Case, kind: Kind) -> [Tensor; 5] {
 fn chunked_kernel_bf16_emulation_stays_within_bounds() {
     let _rng = seeded(64);
     let case = Case::new(1, 2, 300, 64, 64);
-    let inputs = rounded_inputs(&case, Kind::BFloat16);
+    let case = case.rounded(Kind::BFloat16);
     for rule in RULES {
-        let run = |operands| run_emulated(&case, &inputs, rule, Kind::BFloat16, operands);
-        let want = run_emulated(&case, &inputs, rule, Kind::Double, None);
+        let run = |operands| run_emulated(&case, rule, Kind::BFloat16, operands);
+        let want = run_emulated(&case, rule, Kind::Double, None);
         let emulated = run(Some(Operands::Bf16));
         let exact = run(Some(Operands::Exact));
         for i in 0..want.len() {
@@ -262,51 +223,57 @@ fn chunked_kernel_bf16_emulation_stays_within_bounds() {
     }
 }
 
-/// The f32 inputs' emulation (every operand split into three bf16 parts, six part products, f32
-/// accumulation) keeps f32 accuracy: outputs, state and every gradient within a small factor of
-/// the exact f32 twin's error against float64, and far below what one bf16 part per operand
-/// gives, so that the extra parts are really there.
+/// The split emulations keep their input dtype's accuracy: f32 inputs with every operand in three
+/// bf16 parts (six part products) and f16 inputs with two (three part products), f32 accumulation.
+/// Outputs, state and every gradient stay within a small factor of the exact-products twin's error
+/// against float64 (for f16 most of it is the f16 rounding of the results), and far below what one
+/// bf16 part per operand gives, so that the extra parts are really there.
 #[test]
-fn chunked_kernel_bf16x3_emulation_keeps_f32_accuracy() {
+fn chunked_kernel_split_emulations_keep_their_dtype_accuracy() {
     let _rng = seeded(66);
+    // (dtype, operands, allowed factor over exact products, an error small enough regardless (a
+    // tenth of f16's unit roundoff 2^-11 for f16, whose f32 final state is far more accurate than
+    // its f16 outputs), least factor below one bf16 part)
+    let modes = [
+        (Kind::Float, Operands::Bf16x3, 4.0, 1e-7, 100.0),
+        (Kind::Half, Operands::Bf16x2, 1.5, 5e-5, 3.0),
+    ];
     for (t, d) in [(300, 64), (130, 128)] {
         let case = Case::new(1, 2, t, d, d);
-        let inputs = rounded_inputs(&case, Kind::Float);
-        for rule in RULES {
-            let run = |operands| run_emulated(&case, &inputs, rule, Kind::Float, operands);
-            let want = run_emulated(&case, &inputs, rule, Kind::Double, None);
-            let (x3, exact, bf16) = (
-                run(Some(Operands::Bf16x3)),
-                run(Some(Operands::Exact)),
-                run(Some(Operands::Bf16)),
-            );
-            for i in 0..want.len() {
-                let (e3, e, e1) = (
-                    rel_rms(&x3[i], &want[i]),
-                    rel_rms(&exact[i], &want[i]),
-                    rel_rms(&bf16[i], &want[i]),
+        for (kind, split, factor, negligible, below) in modes {
+            let case = case.rounded(kind);
+            for rule in RULES {
+                let run = |operands| run_emulated(&case, rule, kind, operands);
+                let want = run_emulated(&case, rule, Kind::Double, None);
+                let (parts, exact, one) = (
+                    run(Some(split)),
+                    run(Some(Operands::Exact)),
+                    run(Some(Operands::Bf16)),
                 );
-                eprintln!(
-                    "T={t} d={d} {rule:?} {}: relative RMS error bf16x3 {e3:.2e}, exact f32 {e:.2e}, \
-                     bf16 {e1:.2e}",
-                    NAMES[i]
-                );
-                let label = format!("T={t} d={d} {rule:?} {}", NAMES[i]);
-                assert!(
-                    e3 < BF16X3_FACTOR * e.max(1e-7),
-                    "{label}: bf16x3 {e3:.2e} against exact f32 {e:.2e}"
-                );
-                assert!(
-                    e3 * 100.0 < e1,
-                    "{label}: bf16x3 {e3:.2e} is not far below one bf16 part's {e1:.2e}"
-                );
+                for i in 0..want.len() {
+                    let (e, e_exact, e_one) = (
+                        rel_rms(&parts[i], &want[i]),
+                        rel_rms(&exact[i], &want[i]),
+                        rel_rms(&one[i], &want[i]),
+                    );
+                    let label = format!("{kind:?} {split:?} T={t} d={d} {rule:?} {}", NAMES[i]);
+                    eprintln!(
+                        "{label}: relative RMS error {e:.2e}, exact products {e_exact:.2e}, one \
+                         bf16 part {e_one:.2e}"
+                    );
+                    assert!(
+                        e < (factor * e_exact).max(negligible),
+                        "{label}: {e:.2e} against exact products' {e_exact:.2e}"
+                    );
+                    assert!(
+                        e * below < e_one,
+                        "{label}: {e:.2e} is not far below one bf16 part's {e_one:.2e}"
+                    );
+                }
             }
         }
     }
 }
-
-/// How much larger than the exact f32 twin's error the three-part emulation's may be.
-const BF16X3_FACTOR: f64 = 4.0;
 
 /// A NaN at step t reaches no earlier output (the Fused kernel runs such inputs).
 #[test]

@@ -15,18 +15,46 @@ use tch::{Device, Kind, Tensor};
 
 const C: i64 = 64;
 
-/// Relative RMS difference allowed between a CUDA stage and the twin under `Operands::Bf16x3`,
-/// where both multiply the same bf16 parts and only the order of f32 sums differs.
-const STAGE_TOL_BF16X3: f64 = 1e-5;
+/// Relative RMS difference allowed between a CUDA stage and the twin under `Operands::Bf16x2` and
+/// `Bf16x3`, where both multiply the same bf16 parts and only the order of f32 sums differs.
+const STAGE_TOL_SPLIT: f64 = 1e-5;
 
-/// Relative RMS error of the CUDA op against float64 for each input dtype: bf16 and f16 within
-/// FLA's own fp16 test bound (0.006), f32 (three bf16 parts per operand) as the exact f32 twin's
-/// bound in tests/chunked_kernel.rs.
+/// Relative RMS error of the CUDA op against float64 of the same rounded inputs, per input dtype:
+/// bf16 within FLA's own fp16 test bound (0.006); f16 (two bf16 parts per operand, results rounded
+/// to f16) and f32 (three parts) well below one bf16 part's error. The CPU twin, doing the same
+/// arithmetic, stays within each at these shapes (`chunked_twin_meets_the_gpu_op_tolerances`).
 const OP_TOLERANCES: [(Kind, f64); 3] = [
     (Kind::BFloat16, 6e-3),
-    (Kind::Half, 6e-3),
+    (Kind::Half, 1e-3),
     (Kind::Float, 1e-5),
 ];
+
+/// (T, d = d_k = d_v) of the GPU op test, at B = 1, H = 2.
+const OP_SHAPES: [(i64, i64); 6] = [
+    (1, 64),
+    (63, 64),
+    (65, 64),
+    (1000, 64),
+    (1000, 128),
+    (300, 256),
+];
+
+/// Outputs, final state and every gradient (f64, on the CPU) of `fast_weight` with `backend` on
+/// `case`'s inputs as `kind` on `device`.
+fn run_op(
+    case: &Case,
+    rule: UpdateRule,
+    kind: Kind,
+    device: Device,
+    backend: Backend,
+) -> Vec<Tensor> {
+    case.outputs_and_grads(rule, kind, device, |q, k, v, b, s0| {
+        let o = fast_weight(q, k, v, b, Some(s0), rule, backend).unwrap();
+        (o.out, o.state)
+    })
+}
+
+const OP_NAMES: [&str; 7] = ["out", "state", "dq", "dk", "dv", "dS0", "dbeta"];
 
 /// The inputs of the stages in the chunked layout: q, k [BH, N, C, d_k], v [BH, N, C, d_v], beta
 /// [BH, N, C], s0 [BH, d_k, d_v], dO [BH, N, C, d_v], dS_N [BH, d_k, d_v]; fp32 on the CPU, T padded
@@ -295,9 +323,13 @@ fn chunked_cuda_stages_match_the_cpu_twin() {
     } else {
         &[(2, 200, 64, 64), (1, 65, 128, 40), (2, 130, 256, 256)]
     };
-    // bf16 operands for bf16 / f16 inputs, three bf16 parts for f32 inputs; with the same parts on
-    // both sides only the order of f32 sums differs
-    for (operands, tolerance) in [(Operands::Bf16, 1e-3), (Operands::Bf16x3, STAGE_TOL_BF16X3)] {
+    // bf16 operands for bf16 inputs, two bf16 parts for f16 inputs, three for f32; with the same
+    // parts on both sides only the order of f32 sums differs
+    for (operands, tolerance) in [
+        (Operands::Bf16, 1e-3),
+        (Operands::Bf16x2, STAGE_TOL_SPLIT),
+        (Operands::Bf16x3, STAGE_TOL_SPLIT),
+    ] {
         for &(bh, t, d_k, d_v) in shapes {
             let x = StageInputs::new(bh, t, d_k, d_v);
             for delta in [false, true] {
@@ -345,66 +377,67 @@ fn chunked_cuda_op_matches_reference() {
         return;
     }
     let _rng = seeded(72);
-    for (t, d) in [
-        (1, 64),
-        (63, 64),
-        (65, 64),
-        (1000, 64),
-        (1000, 128),
-        (300, 256),
-    ] {
+    for (t, d) in OP_SHAPES {
         let case = Case::new(1, 2, t, d, d);
-        for (rule, (kind, tolerance)) in [UpdateRule::Sum, UpdateRule::Delta]
-            .into_iter()
-            .flat_map(|rule| OP_TOLERANCES.into_iter().map(move |k| (rule, k)))
-        {
-            let r = |t: &Tensor| t.to_kind(kind);
-            let (q, k, v, beta, s0) = (
-                r(&case.q),
-                r(&case.k),
-                r(&case.v),
-                r(&case.beta),
-                r(&case.s0),
-            );
-            let run_on = |kind: Kind, device: Device, backend: Backend| {
-                let leaf = |t: &Tensor| {
-                    t.to_kind(kind)
-                        .to_device(device)
-                        .detach()
-                        .set_requires_grad(true)
-                };
-                let (q, k, v, beta, s0) = (leaf(&q), leaf(&k), leaf(&v), leaf(&beta), leaf(&s0));
-                let b = (rule == UpdateRule::Delta).then_some(&beta);
-                let o = fast_weight(&q, &k, &v, b, Some(&s0), rule, backend).unwrap();
-                let d = |t: &Tensor| t.to_kind(Kind::Double).to_device(Device::Cpu);
-                let loss = (d(&o.out) * &case.w_out).sum(Kind::Double)
-                    + (d(&o.state) * &case.w_state).sum(Kind::Double);
-                let mut inputs = vec![&q, &k, &v, &s0];
-                if rule == UpdateRule::Delta {
-                    inputs.push(&beta);
+        for (kind, tolerance) in OP_TOLERANCES {
+            let case = case.rounded(kind);
+            for rule in [UpdateRule::Sum, UpdateRule::Delta] {
+                let want = run_op(&case, rule, Kind::Double, Device::Cpu, Backend::Reference);
+                let got = run_op(&case, rule, kind, Device::Cuda(0), Backend::FusedChunked);
+                let twin = twin_op(&case, rule, kind, Operands::for_cuda(kind).unwrap());
+                for (i, name) in OP_NAMES.iter().enumerate().take(want.len()) {
+                    let (err, twin_err) = (rel_rms(&got[i], &want[i]), rel_rms(&twin[i], &want[i]));
+                    eprintln!(
+                        "{kind:?} T={t} d={d} {rule:?} {name}: relative RMS error {err:.2e} (CPU \
+                         twin, same operand parts: {twin_err:.2e})"
+                    );
+                    // the bound, or twice what the same arithmetic gives on the CPU where a few
+                    // values make the RMS itself noisy (T = 1: two numbers of dbeta)
+                    let bound = tolerance.max(2.0 * twin_err);
+                    assert!(
+                        err < bound,
+                        "{kind:?} T={t} d={d} {rule:?} {name}: relative RMS error {err:.2e} >= {bound:.1e}"
+                    );
                 }
-                let mut all = vec![d(&o.out), d(&o.state)];
-                all.extend(
-                    Tensor::run_backward(&[loss], &inputs, false, false)
-                        .iter()
-                        .map(d),
-                );
-                all
-            };
-            let want = run_on(Kind::Double, Device::Cpu, Backend::Reference);
-            let got = run_on(kind, Device::Cuda(0), Backend::FusedChunked);
-            for (i, name) in ["out", "state", "dq", "dk", "dv", "dS0", "dbeta"]
-                .iter()
-                .enumerate()
-                .take(want.len())
-            {
-                let err = rel_rms(&got[i], &want[i]);
-                eprintln!("{kind:?} T={t} d={d} {rule:?} {name}: relative RMS error {err:.2e}");
-                assert!(
-                    err < tolerance,
-                    "{kind:?} T={t} d={d} {rule:?} {name}: relative RMS error {err:.2e}"
-                );
             }
         }
     }
+}
+
+/// The CPU twin, emulating the CUDA kernels' operand parts for each dtype (`Operands::for_cuda`),
+/// stays within `OP_TOLERANCES` at the GPU test's shapes: the GPU test's bounds are reachable by
+/// the arithmetic. (Largest errors seen: bf16 5.6e-3, dbeta at T = 1 with two values; f16 3.4e-4;
+/// f32 2.5e-7.)
+#[test]
+fn chunked_twin_meets_the_gpu_op_tolerances() {
+    let _rng = seeded(72);
+    for (t, d) in OP_SHAPES {
+        let case = Case::new(1, 2, t, d, d);
+        for (kind, tolerance) in OP_TOLERANCES {
+            let operands = Operands::for_cuda(kind).unwrap();
+            let case = case.rounded(kind);
+            for rule in [UpdateRule::Sum, UpdateRule::Delta] {
+                let want = run_op(&case, rule, Kind::Double, Device::Cpu, Backend::Reference);
+                let got = twin_op(&case, rule, kind, operands);
+                for (i, name) in OP_NAMES.iter().enumerate().take(want.len()) {
+                    let err = rel_rms(&got[i], &want[i]);
+                    eprintln!("{kind:?} {operands:?} T={t} d={d} {rule:?} {name}: {err:.2e}");
+                    assert!(
+                        err < tolerance,
+                        "{kind:?} {operands:?} T={t} d={d} {rule:?} {name}: relative RMS error \
+                         {err:.2e}, bound {tolerance:.1e}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// What the op gives through the CPU twin with `operands` (the final state cast to `kind`, as
+/// `fast_weight` hands it back), in the order of `run_op`.
+fn twin_op(case: &Case, rule: UpdateRule, kind: Kind, operands: Operands) -> Vec<Tensor> {
+    case.outputs_and_grads(rule, kind, Device::Cpu, |q, k, v, b, s0| {
+        let (out, state) = fast_weight_chunked_kernel(q, k, v, b, Some(s0), C, operands).unwrap();
+        (out, state.to_kind(kind))
+    })
 }

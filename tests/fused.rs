@@ -389,8 +389,20 @@ fn fused_cuda_device_mismatch_and_size_limit() {
             } else {
                 Backend::FusedRecurrent
             };
+            // longer than the chunked kernels' grid takes: the recurrent kernel
+            assert_eq!(
+                backend.resolve(
+                    cuda,
+                    kind,
+                    UpdateRule::Sum,
+                    fwp::recurrence::CHUNKED_KERNEL_MAX_T + 1,
+                    64,
+                    64
+                ),
+                Backend::FusedRecurrent
+            );
             for rule in UpdateRule::ALL {
-                for t in [1, 1024] {
+                for t in [1, 1024, fwp::recurrence::CHUNKED_KERNEL_MAX_T] {
                     assert_eq!(
                         backend.resolve(cuda, kind, rule, t, 256, 256),
                         want,
@@ -574,17 +586,26 @@ fn traced_torchscript_module_records_the_fused_op() {
 #[test]
 fn fused_empty_batch_gives_empty_outputs() {
     for device in devices("fused_empty_batch_gives_empty_outputs") {
-        for rule in RULES {
+        let backends = [
+            Backend::FusedRecurrent,
+            Backend::FusedChunked,
+            Backend::Fused,
+            Backend::Auto,
+        ];
+        for (rule, backend) in RULES
+            .into_iter()
+            .flat_map(|r| backends.into_iter().map(move |b| (r, b)))
+        {
             let f = (Kind::Float, device);
             let q = Tensor::randn([0, 2, 5, 4], f).set_requires_grad(true);
             let v = Tensor::randn([0, 2, 5, 3], f);
             let beta = Tensor::rand([0, 2, 5], f);
             let b = (rule == UpdateRule::Delta).then_some(&beta);
-            let r = fast_weight(&q, &q, &v, b, None, rule, Backend::FusedRecurrent).unwrap();
-            assert_eq!(r.out.size(), vec![0, 2, 5, 3]);
-            assert_eq!(r.state.size(), vec![0, 2, 4, 3]);
+            let r = fast_weight(&q, &q, &v, b, None, rule, backend).unwrap();
+            assert_eq!(r.out.size(), vec![0, 2, 5, 3], "{backend}");
+            assert_eq!(r.state.size(), vec![0, 2, 4, 3], "{backend}");
             let g = grads(&r.out.sum(Kind::Float), &[&q]);
-            assert_eq!(g[0].size(), vec![0, 2, 5, 4]);
+            assert_eq!(g[0].size(), vec![0, 2, 5, 4], "{backend}");
         }
     }
 }

@@ -57,9 +57,9 @@ pub enum Backend {
     /// Our chunked kernels (kernels/chunked*.{h,cpp,cu}; docs/derivations.md Sec. 9): the chunkwise
     /// form in stages, chunks of 64 steps, an explicit backward that recomputes from one saved state
     /// per chunk. CPU: any float dtype, exact products, the CUDA kernels' twin (faster than the
-    /// recurrent kernels only for large heads, docs/performance.md). CUDA: bf16 and f16 inputs with bf16 tensor-core products, f32
-    /// inputs with each operand split into three bf16 parts (f32 accuracy); not yet run on a GPU
-    /// (docs/performance.md). Registered as the libtorch op `fwp::chunked_rule`. Non-finite inputs
+    /// recurrent kernels only for large heads, docs/performance.md). CUDA: bf16 inputs with bf16
+    /// tensor-core products, f16 and f32 inputs with each operand split into two and three bf16
+    /// parts (f16 and f32 accuracy); not yet run on a GPU (docs/performance.md). Registered as the libtorch op `fwp::chunked_rule`. Non-finite inputs
     /// run the recurrent kernel instead, which keeps a NaN or infinity from reaching earlier steps.
     FusedChunked,
     /// `Fused` wherever one of our kernels takes the device, dtype and sizes, else
@@ -149,10 +149,13 @@ pub fn fused_supported(device: Device, kind: Kind, d_k: i64, d_v: i64) -> bool {
 /// The largest d_k and d_v for which [`Backend::Fused`] picks the chunked kernels on CUDA.
 pub const CHUNKED_KERNEL_MAX_D: i64 = 256;
 
+/// The longest sequence the chunked CUDA kernels take: 65535 chunks (a grid dimension) of 64 steps.
+pub const CHUNKED_KERNEL_MAX_T: i64 = 65535 * CHUNKED_KERNEL_CHUNK;
+
 /// Whether [`Backend::Fused`] runs the chunked kernels rather than the recurrent ones.
 ///
 /// CUDA: on a GPU they run on (sm_80 or newer), for bf16, f16 and f32 inputs with d_k, d_v <=
-/// [`CHUNKED_KERNEL_MAX_D`]: tensor cores against CUDA cores.
+/// [`CHUNKED_KERNEL_MAX_D`] and T <= [`CHUNKED_KERNEL_MAX_T`]: tensor cores against CUDA cores.
 ///
 /// CPU: the chunked twin does the recurrence's work plus its chunk-level products as BLAS-3, the
 /// recurrent kernel only the recurrence's work as vector FMAs; which is faster depends on d_k d_v,
@@ -172,6 +175,7 @@ pub fn chunked_kernel_preferred(
             crate::ops::Operands::for_cuda(kind).is_some()
                 && d_k <= CHUNKED_KERNEL_MAX_D
                 && d_v <= CHUNKED_KERNEL_MAX_D
+                && t <= CHUNKED_KERNEL_MAX_T
                 && crate::ops::chunked_cuda_runs_on(i)
         }
         Device::Cpu => {

@@ -214,31 +214,71 @@ impl Case {
         kind: Kind,
         device: Device,
     ) -> (Tensor, Tensor, Vec<Tensor>) {
-        let leaf = |t: &Tensor| {
-            t.to_device(device)
-                .to_kind(kind)
-                .detach()
-                .set_requires_grad(true)
-        };
-        let (q, k, v, beta, s0) = (
-            leaf(&self.q),
-            leaf(&self.k),
-            leaf(&self.v),
-            leaf(&self.beta),
-            leaf(&self.s0),
-        );
+        let [q, k, v, beta, s0] = self.leaves(kind, device);
         let beta_arg = (rule == UpdateRule::Delta).then_some(&beta);
         let r = fast_weight(&q, &k, &v, beta_arg, Some(&s0), rule, backend).unwrap();
         assert_eq!(r.out.kind(), kind);
         assert_eq!(r.state.kind(), kind);
         let w = |t: &Tensor| t.to_device(device).to_kind(kind);
         let loss = (&r.out * w(&self.w_out)).sum(kind) + (&r.state * w(&self.w_state)).sum(kind);
-        let mut inputs = vec![&q, &k, &v, &s0];
-        if rule == UpdateRule::Delta {
-            inputs.push(&beta);
-        }
-        let g = grads(&loss, &inputs);
+        let g = grads(&loss, &differentiated(rule, [&q, &k, &v, &s0, &beta]));
         (r.out.detach(), r.state.detach(), g)
+    }
+
+    /// The inputs as `kind` on `device`, detached leaves that require grad: [q, k, v, beta, s0].
+    pub fn leaves(&self, kind: Kind, device: Device) -> [Tensor; 5] {
+        [&self.q, &self.k, &self.v, &self.beta, &self.s0].map(|t| {
+            t.to_device(device)
+                .to_kind(kind)
+                .detach()
+                .set_requires_grad(true)
+        })
+    }
+}
+
+/// The inputs a gradient is taken for, in GRAD_NAMES' order: [q, k, v, s0], and beta for the delta
+/// rule (`all` is [q, k, v, s0, beta]).
+pub fn differentiated<'a>(rule: UpdateRule, all: [&'a Tensor; 5]) -> Vec<&'a Tensor> {
+    let n = if rule == UpdateRule::Delta { 5 } else { 4 };
+    all[..n].to_vec()
+}
+
+impl Case {
+    /// This case with its inputs rounded to `kind` and held in f64, so that a float64 answer is
+    /// for the numbers a kernel run in `kind` sees.
+    pub fn rounded(&self, kind: Kind) -> Case {
+        let r = |t: &Tensor| t.to_kind(kind).to_kind(Kind::Double);
+        Case {
+            q: r(&self.q),
+            k: r(&self.k),
+            v: r(&self.v),
+            beta: r(&self.beta),
+            s0: r(&self.s0),
+            w_out: self.w_out.shallow_clone(),
+            w_state: self.w_state.shallow_clone(),
+        }
+    }
+
+    /// [out, state, dq, dk, dv, dS0, (dbeta for the delta rule)] in f64 on the CPU of `op` on this
+    /// case's inputs as `kind` on `device` (q, k, v, beta or `None`, s0 -> (out, state)), for the
+    /// loss sum(out w_out) + sum(state w_state) taken in f64.
+    pub fn outputs_and_grads(
+        &self,
+        rule: UpdateRule,
+        kind: Kind,
+        device: Device,
+        op: impl FnOnce(&Tensor, &Tensor, &Tensor, Option<&Tensor>, &Tensor) -> (Tensor, Tensor),
+    ) -> Vec<Tensor> {
+        let [q, k, v, beta, s0] = self.leaves(kind, device);
+        let b = (rule == UpdateRule::Delta).then_some(&beta);
+        let (out, state) = op(&q, &k, &v, b, &s0);
+        let d = |t: &Tensor| t.to_kind(Kind::Double).to_device(Device::Cpu);
+        let loss = (d(&out) * &self.w_out).sum(Kind::Double)
+            + (d(&state) * &self.w_state).sum(Kind::Double);
+        let inputs = differentiated(rule, [&q, &k, &v, &s0, &beta]);
+        let mut all = vec![d(&out), d(&state)];
+        all.extend(grads(&loss, &inputs).iter().map(d));
+        all
     }
 }
 
