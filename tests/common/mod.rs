@@ -238,7 +238,7 @@ impl Case {
 
 /// The inputs a gradient is taken for, in GRAD_NAMES' order: [q, k, v, s0], and beta for the delta
 /// rule (`all` is [q, k, v, s0, beta]).
-pub fn differentiated<'a>(rule: UpdateRule, all: [&'a Tensor; 5]) -> Vec<&'a Tensor> {
+pub fn differentiated(rule: UpdateRule, all: [&Tensor; 5]) -> Vec<&Tensor> {
     let n = if rule == UpdateRule::Delta { 5 } else { 4 };
     all[..n].to_vec()
 }
