@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{assert_close, compare, seeded, Case, Tol};
+use common::{assert_close, compare, rel_rms, seeded, Case, Tol, OUTPUT_NAMES};
 use fwp::ops::{fast_weight_chunked_kernel, Operands};
 use fwp::{fast_weight, Backend, UpdateRule};
 use tch::{Device, Kind, Tensor};
@@ -180,14 +180,6 @@ fn run_emulated(
     })
 }
 
-const NAMES: [&str; 7] = ["out", "state", "dq", "dk", "dv", "dS0", "dbeta"];
-
-/// Relative RMS error of `got` against `want`.
-fn rel_rms(got: &Tensor, want: &Tensor) -> f64 {
-    let rms = |t: &Tensor| f64::try_from(t.square().mean(Kind::Double).sqrt()).unwrap();
-    rms(&(got - want)) / rms(want)
-}
-
 /// The tensor-core emulation (bf16 operands, states split into hi + lo, f32 accumulation) on
 /// bf16 inputs: within FLA's own fp16 test bound (RMS error below 0.006 of the RMS of the float64
 /// answer) for outputs, state and every gradient, and measurably different from exact f32
@@ -207,12 +199,12 @@ fn chunked_kernel_bf16_emulation_stays_within_bounds() {
             assert!(
                 err < 6e-3,
                 "{rule:?} {}: bf16-emulated relative RMS error {err:.2e}",
-                NAMES[i]
+                OUTPUT_NAMES[i]
             );
             let exact_err = rel_rms(&exact[i], &want[i]);
             eprintln!(
                 "{rule:?} {}: relative RMS error emulated {err:.2e}, exact products {exact_err:.2e}",
-                NAMES[i]
+                OUTPUT_NAMES[i]
             );
         }
         let moved = rel_rms(&emulated[0], &exact[0]);
@@ -256,7 +248,10 @@ fn chunked_kernel_split_emulations_keep_their_dtype_accuracy() {
                         rel_rms(&exact[i], &want[i]),
                         rel_rms(&one[i], &want[i]),
                     );
-                    let label = format!("{kind:?} {split:?} T={t} d={d} {rule:?} {}", NAMES[i]);
+                    let label = format!(
+                        "{kind:?} {split:?} T={t} d={d} {rule:?} {}",
+                        OUTPUT_NAMES[i]
+                    );
                     eprintln!(
                         "{label}: relative RMS error {e:.2e}, exact products {e_exact:.2e}, one \
                          bf16 part {e_one:.2e}"

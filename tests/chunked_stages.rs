@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{assert_close, cuda_or_skip, seeded, Case};
+use common::{assert_close, cuda_or_skip, rel_rms, seeded, Case, OUTPUT_NAMES};
 use fwp::ops::{chunked_stage, fast_weight_chunked_kernel, Operands};
 use fwp::{fast_weight, Backend, UpdateRule};
 use tch::{Device, Kind, Tensor};
@@ -53,8 +53,6 @@ fn run_op(
         (o.out, o.state)
     })
 }
-
-const OP_NAMES: [&str; 7] = ["out", "state", "dq", "dk", "dv", "dS0", "dbeta"];
 
 /// The inputs of the stages in the chunked layout: q, k [BH, N, C, d_k], v [BH, N, C, d_v], beta
 /// [BH, N, C], s0 [BH, d_k, d_v], dO [BH, N, C, d_v], dS_N [BH, d_k, d_v]; fp32 on the CPU, T padded
@@ -299,14 +297,6 @@ fn chunked_stage_names_and_arity_are_checked() {
     assert!(err.contains("expected 3 inputs, got 1"), "{err}");
 }
 
-/// Relative RMS error of `got` against `want`.
-fn rel_rms(got: &Tensor, want: &Tensor) -> f64 {
-    let rms = |t: &Tensor| {
-        f64::try_from(t.to_kind(Kind::Double).square().mean(Kind::Double).sqrt()).unwrap()
-    };
-    rms(&(got.to_device(Device::Cpu) - want)) / rms(want).max(1e-30)
-}
-
 /// Each CUDA stage on the twin's inputs of that stage, against the twin's outputs.
 #[test]
 fn chunked_cuda_stages_match_the_cpu_twin() {
@@ -385,7 +375,7 @@ fn chunked_cuda_op_matches_reference() {
                 let want = run_op(&case, rule, Kind::Double, Device::Cpu, Backend::Reference);
                 let got = run_op(&case, rule, kind, Device::Cuda(0), Backend::FusedChunked);
                 let twin = twin_op(&case, rule, kind, Operands::for_cuda(kind).unwrap());
-                for (i, name) in OP_NAMES.iter().enumerate().take(want.len()) {
+                for (i, name) in OUTPUT_NAMES.iter().enumerate().take(want.len()) {
                     let (err, twin_err) = (rel_rms(&got[i], &want[i]), rel_rms(&twin[i], &want[i]));
                     eprintln!(
                         "{kind:?} T={t} d={d} {rule:?} {name}: relative RMS error {err:.2e} (CPU \
@@ -419,7 +409,7 @@ fn chunked_twin_meets_the_gpu_op_tolerances() {
             for rule in [UpdateRule::Sum, UpdateRule::Delta] {
                 let want = run_op(&case, rule, Kind::Double, Device::Cpu, Backend::Reference);
                 let got = twin_op(&case, rule, kind, operands);
-                for (i, name) in OP_NAMES.iter().enumerate().take(want.len()) {
+                for (i, name) in OUTPUT_NAMES.iter().enumerate().take(want.len()) {
                     let err = rel_rms(&got[i], &want[i]);
                     eprintln!("{kind:?} {operands:?} T={t} d={d} {rule:?} {name}: {err:.2e}");
                     assert!(

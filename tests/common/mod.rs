@@ -368,3 +368,14 @@ pub fn cpu_kernels_match_reference(isa: &str, seed: i64) -> bool {
     );
     true
 }
+
+/// The names of what `Case::outputs_and_grads` returns, in its order.
+pub const OUTPUT_NAMES: [&str; 7] = ["out", "state", "dq", "dk", "dv", "dS0", "dbeta"];
+
+/// Relative RMS error of `got` (any device and float dtype) against `want` (f64 on the CPU).
+pub fn rel_rms(got: &Tensor, want: &Tensor) -> f64 {
+    let rms = |t: &Tensor| {
+        f64::try_from(t.to_kind(Kind::Double).square().mean(Kind::Double).sqrt()).unwrap()
+    };
+    rms(&(got.to_device(Device::Cpu).to_kind(Kind::Double) - want)) / rms(want).max(1e-30)
+}
