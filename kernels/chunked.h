@@ -55,9 +55,17 @@ enum class Operands { Exact, Bf16, Bf16x3, Bf16x2 };
 Operands parse_operands(const std::string& name);
 const char* operands_name(Operands operands);
 
+// Which kernels run the two sequential passes (F2, B2) of the CUDA stages. `Fast`: chunked_passes.cuh
+// (state in registers, inputs through shared memory) where it fits the device (d_k <= 256 and its
+// shared memory), else the first version; `First`: chunked.cu's first version (every product through
+// global memory). `Emulated1` / `Emulated2`: chunked_passes.cuh's code run on the CPU by
+// chunked_emulator.cpp with one or two stages, for tests (fp32 CPU tensors, chunks of 64).
+enum class Passes { Fast, First, Emulated1, Emulated2 };
+
 struct Config {
   int64_t chunk;  // C: 16, 32 or 64
   Operands operands;
+  Passes passes = Passes::Fast;
 };
 
 // The stages, declared once per implementation: `cpu` (the twin, chunked_cpu.cpp: ATen products, any
@@ -74,6 +82,19 @@ namespace cuda {
 #include "chunked_stages.inc"
 }  // namespace cuda
 
+// The CUDA kernels' fast passes emulated on the CPU (Passes::Emulated1 / Emulated2).
+namespace emulated {
+std::tuple<Tensor, Tensor, Tensor> state_forward(const Tensor& k, const Tensor& w, const Tensor& u,
+                                                 const Tensor& s0, const Config& cfg);
+std::tuple<Tensor, Tensor, Tensor> state_backward(const Tensor& q, const Tensor& k, const Tensor& w,
+                                                  const Tensor& grad_out, const Tensor& dv_local,
+                                                  const Tensor& ds_final, const Config& cfg);
+}  // namespace emulated
+
+inline bool emulated_passes(const Config& cfg) {
+  return cfg.passes == Passes::Emulated1 || cfg.passes == Passes::Emulated2;
+}
+
 inline std::tuple<Tensor, Tensor, Tensor> wy_forward(const Tensor& k, const Tensor& v, const Tensor& beta,
                                                      const Config& cfg) {
   return k.is_cuda() ? cuda::wy_forward(k, v, beta, cfg) : cpu::wy_forward(k, v, beta, cfg);
@@ -81,6 +102,7 @@ inline std::tuple<Tensor, Tensor, Tensor> wy_forward(const Tensor& k, const Tens
 
 inline std::tuple<Tensor, Tensor, Tensor> state_forward(const Tensor& k, const Tensor& w, const Tensor& u,
                                                         const Tensor& s0, const Config& cfg) {
+  if (emulated_passes(cfg)) return emulated::state_forward(k, w, u, s0, cfg);
   return k.is_cuda() ? cuda::state_forward(k, w, u, s0, cfg) : cpu::state_forward(k, w, u, s0, cfg);
 }
 
@@ -103,6 +125,7 @@ inline Tensor local_value_grad(const Tensor& q, const Tensor& k, const Tensor& g
 inline std::tuple<Tensor, Tensor, Tensor> state_backward(const Tensor& q, const Tensor& k, const Tensor& w,
                                                          const Tensor& grad_out, const Tensor& dv_local,
                                                          const Tensor& ds_final, const Config& cfg) {
+  if (emulated_passes(cfg)) return emulated::state_backward(q, k, w, grad_out, dv_local, ds_final, cfg);
   return q.is_cuda() ? cuda::state_backward(q, k, w, grad_out, dv_local, ds_final, cfg)
                      : cpu::state_backward(q, k, w, grad_out, dv_local, ds_final, cfg);
 }

@@ -36,6 +36,13 @@ int parts(const Config& cfg) {
   return cfg.operands == Operands::Bf16x3 ? 3 : cfg.operands == Operands::Bf16x2 ? 2 : 1;
 }
 
+// The stages of shared memory the fast pass gets on the current device (chunked_launch.h), or 0 for
+// the first-version kernel: asked for (Passes::First), d_k > 256, or too little shared memory.
+int pass_stages(const Config& cfg, int64_t dk, bool backward, bool delta) {
+  if (cfg.passes == Passes::First) return 0;
+  return fwp_chunked_cuda_pass_stages(dk, backward ? 1 : 0, delta ? 1 : 0);
+}
+
 void* stream(const Tensor& t) {
   void* s = nullptr;
   TORCH_CHECK(aoti_torch_get_current_cuda_stream(t.get_device(), &s) == 0,
@@ -106,6 +113,13 @@ std::tuple<Tensor, Tensor, Tensor> state_forward(const Tensor& k_, const Tensor&
   const int64_t BH = k.size(0), N = k.size(1), dk = k.size(3), dv = u.size(3);
   Tensor ckpt = at::empty({BH, N, dk, dv}, k.options()), state = at::empty({BH, dk, dv}, k.options());
   Tensor v_new = w.defined() ? at::empty_like(u) : u;
+  const int stages = pass_stages(cfg, dk, false, w.defined());
+  if (stages > 0) {
+    launched(fwp_chunked_cuda_state_forward_pass(p(k), p(w), p(u), p(s0), p(ckpt), w.defined() ? p(v_new) : nullptr,
+                                                 p(state), BH, N, dk, dv, parts(cfg), stages, stream(k)),
+             "state_forward (fast pass)", stream(k));
+    return {ckpt, v_new, state};
+  }
   launched(fwp_chunked_cuda_state_forward(p(k), p(w), p(u), p(s0), p(ckpt), w.defined() ? p(v_new) : nullptr,
                                           p(state), BH, N, dk, dv, parts(cfg), stream(k)),
            "state_forward", stream(k));
@@ -167,6 +181,14 @@ std::tuple<Tensor, Tensor, Tensor> state_backward(const Tensor& q_, const Tensor
   const int64_t BH = q.size(0), N = q.size(1), dk = q.size(3), dv = grad_out.size(3);
   Tensor dv_new = at::empty_like(dv_local), ds_next = at::empty({BH, N, dk, dv}, q.options());
   Tensor ds0 = at::empty({BH, dk, dv}, q.options());
+  const int stages = pass_stages(cfg, dk, true, w.defined());
+  if (stages > 0) {
+    launched(fwp_chunked_cuda_state_backward_pass(p(q), p(k), p(w), p(grad_out), p(dv_local), p(ds_final),
+                                                  p(dv_new), p(ds_next), p(ds0), BH, N, dk, dv, parts(cfg), stages,
+                                                  stream(q)),
+             "state_backward (fast pass)", stream(q));
+    return {dv_new, ds_next, ds0};
+  }
   launched(fwp_chunked_cuda_state_backward(p(q), p(k), p(w), p(grad_out), p(dv_local), p(ds_final), p(dv_new),
                                            p(ds_next), p(ds0), BH, N, dk, dv, parts(cfg), stream(q)),
            "state_backward", stream(q));
@@ -238,5 +260,16 @@ extern "C" int fwp_chunked_cuda_runs_on(int device) {
 #else
   (void)device;
   return 0;
+#endif
+}
+
+// Bytes of dynamic shared memory the fast pass takes (chunked_launch.h); -1 for d_k > 256 or a build
+// without CUDA.
+extern "C" int64_t fwp_chunked_pass_shared_bytes(int64_t dk, int backward, int delta, int stages) {
+#ifdef FWP_WITH_CUDA
+  return fwp_chunked_cuda_pass_bytes(dk, backward, delta, stages);
+#else
+  (void)dk, (void)backward, (void)delta, (void)stages;
+  return -1;
 #endif
 }

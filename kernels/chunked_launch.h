@@ -57,3 +57,25 @@ int fwp_chunked_cuda_input_grads(const float* q, const float* k, const float* v,
                                  float* dk_out, float* dv_out, float* dbeta, float* scratch, int64_t BH, int64_t N,
                                  int64_t dk, int64_t dv, int parts, void* stream);
 }
+
+// The fast sequential passes (chunked_passes.cuh): the state tile in registers, each chunk's inputs
+// copied into shared memory with cp.async, `stages` (1 or 2) chunks deep. Same buffers and results as
+// fwp_chunked_cuda_state_forward / _state_backward; d_k <= 256.
+extern "C" {
+
+// Bytes of dynamic shared memory a pass takes (-1 for d_k > 256).
+int64_t fwp_chunked_cuda_pass_bytes(int64_t dk, int backward, int delta, int stages);
+
+// The stages (2 or 1) a pass gets within the current device's shared-memory limit; 0 when even one
+// does not fit or d_k > 256 (then the first-version kernels run).
+int fwp_chunked_cuda_pass_stages(int64_t dk, int backward, int delta);
+
+int fwp_chunked_cuda_state_forward_pass(const float* k, const float* w, const float* u, const float* s0, float* ckpt,
+                                        float* v_new, float* state, int64_t BH, int64_t N, int64_t dk, int64_t dv,
+                                        int parts, int stages, void* stream);
+
+int fwp_chunked_cuda_state_backward_pass(const float* q, const float* k, const float* w, const float* grad_out,
+                                         const float* dv_local, const float* ds_final, float* dv_new, float* ds_next,
+                                         float* ds0, int64_t BH, int64_t N, int64_t dk, int64_t dv, int parts,
+                                         int stages, void* stream);
+}

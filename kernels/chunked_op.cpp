@@ -19,6 +19,7 @@
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
+#include <cstdlib>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -46,6 +47,16 @@ Sizes check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const OptT
   return Sizes{s.B, s.H, s.T, s.d_k, s.d_v, chunk, (s.T + chunk - 1) / chunk};
 }
 
+// FWP_CHUNKED_PASSES=first runs the CUDA kernels' first-version sequential passes instead of the fast
+// ones (chunked.h, Passes): a way around the fast passes should they fail on some GPU. Unset or
+// `fast`: the default.
+Passes passes_from_environment() {
+  const char* v = std::getenv("FWP_CHUNKED_PASSES");
+  if (v == nullptr || std::string(v).empty() || std::string(v) == "fast") return Passes::Fast;
+  TORCH_CHECK(std::string(v) == "first", "FWP_CHUNKED_PASSES: expected 'fast' or 'first', got '", v, "'");
+  return Passes::First;
+}
+
 // The operand rounding asked for (chunked.h). The CUDA kernels multiply on the tensor cores, so
 // there it must be `bf16` (meant for bf16 inputs), `bf16x2` (fp16) or `bf16x3` (fp32 keeps fp32
 // accuracy); fp64 stays with the recurrent fwp::delta_rule / fwp::sum_rule.
@@ -57,7 +68,7 @@ Config config(const Tensor& q, int64_t chunk, c10::string_view operands) {
     TORCH_CHECK(ops != Operands::Exact, "fwp::chunked_rule: the CUDA kernels multiply bf16 parts on the tensor "
                 "cores; pass operands='bf16' (bf16 inputs), 'bf16x2' (fp16) or 'bf16x3' (fp32)");
   }
-  return Config{chunk, ops};
+  return Config{chunk, ops, passes_from_environment()};
 }
 
 // [B, H, T, d] -> [BH, N, C, d] in the accumulation dtype, T zero-padded to N C.
@@ -315,15 +326,30 @@ char* fwp_fast_weight_chunked_kernel(const at::Tensor* q, const at::Tensor* k, c
 char* fwp_chunked_stage(const char* stage, const at::Tensor* const* in, int n_in, int64_t chunk, int operands,
                         at::Tensor** out, int* n_out) {
   return fwp::guarded([&] {
+    using fwp::chunked::Passes;
     using fwp::chunked::Tensor;
-    const fwp::chunked::Config cfg{chunk, operands_of(operands)};
+    // `<stage>:first`, `:emulated1`, `:emulated2` pick the sequential passes' kernels (chunked.h, Passes)
+    std::string name(stage);
+    Passes passes = Passes::Fast;
+    if (const size_t colon = name.find(':'); colon != std::string::npos) {
+      const std::string which = name.substr(colon + 1);
+      name = name.substr(0, colon);
+      TORCH_CHECK(name == "state_forward" || name == "state_backward", "fwp_chunked_stage: only state_forward and "
+                  "state_backward take a pass suffix, got '", stage, "'");
+      TORCH_CHECK(which == "fast" || which == "first" || which == "emulated1" || which == "emulated2",
+                  "fwp_chunked_stage: unknown passes '", which, "' (fast, first, emulated1 or emulated2)");
+      passes = which == "first"       ? Passes::First
+               : which == "emulated1" ? Passes::Emulated1
+               : which == "emulated2" ? Passes::Emulated2
+                                      : Passes::Fast;
+    }
+    const fwp::chunked::Config cfg{chunk, operands_of(operands), passes};
     std::vector<Tensor> a;
     for (int i = 0; i < n_in; ++i) a.push_back(in[i] ? *in[i] : Tensor());
     auto need = [&](int n) {
       TORCH_CHECK(n_in == n, "fwp_chunked_stage ", stage, ": expected ", n, " inputs, got ", n_in);
     };
     std::vector<Tensor> r;
-    const std::string name(stage);
     if (name == "wy") {
       need(3);
       auto [t, w, u] = fwp::chunked::wy_forward(a[0], a[1], a[2], cfg);

@@ -114,6 +114,22 @@ def dry_run(lib):
     except RuntimeError as e:
         if "bf16x3" not in str(e):
             sys.exit(f"fla-compare --dry-run: unclear refusal of operands 'bf17': {e}")
+    # FWP_CHUNKED_PASSES, which the GPU run sets for the "fwp-first" rows: 'first' is taken, an
+    # unknown value refused
+    os.environ["FWP_CHUNKED_PASSES"] = "first"
+    try:
+        first = torch.ops.fwp.chunked_rule(*x32, None, CHUNK, "bf16x3")[0]
+        os.environ["FWP_CHUNKED_PASSES"] = "firts"
+        torch.ops.fwp.chunked_rule(*x32, None, CHUNK, "bf16x3")
+        sys.exit("fla-compare --dry-run: the op took FWP_CHUNKED_PASSES=firts")
+    except RuntimeError as e:
+        if "FWP_CHUNKED_PASSES" not in str(e):
+            sys.exit(f"fla-compare --dry-run: unclear refusal of FWP_CHUNKED_PASSES=firts: {e}")
+    finally:
+        os.environ.pop("FWP_CHUNKED_PASSES", None)
+    if not torch.equal(first, out32):
+        sys.exit("fla-compare --dry-run: FWP_CHUNKED_PASSES=first changed the CPU twin's result")
+    print("dry run: FWP_CHUNKED_PASSES=first taken, 'firts' refused")
 
 
 def median_ms(fn, warmup, reps):
@@ -194,9 +210,16 @@ def main():
         fla_do = to_fla(do)
         want_fla = (to_fla(want[0]), [to_fla(g) for g in want[1]])
         shape = {"B": b, "H": HEADS, "T": t, "d": d, "dtype": "bf16", "reference_s": round(ref_s, 1)}
+        # fwp-first: the chunked kernels with their first-version sequential passes (FWP_CHUNKED_PASSES)
         for name, fn, x, grad_out, w in (("fla", fla, fla_x, fla_do, want_fla),
-                                         ("fwp", fwp_op, bf, do, want)):
-            rec = {**shape, **measure(name, fn, x, grad_out, w, args.warmup, args.reps)}
+                                         ("fwp", fwp_op, bf, do, want),
+                                         ("fwp-first", fwp_op, bf, do, want)):
+            if name == "fwp-first":
+                os.environ["FWP_CHUNKED_PASSES"] = "first"
+            try:
+                rec = {**shape, **measure(name, fn, x, grad_out, w, args.warmup, args.reps)}
+            finally:
+                os.environ.pop("FWP_CHUNKED_PASSES", None)
             records.append(rec)
             print(json.dumps(rec), flush=True)
         del q, k, v, beta, do, bf, want, fla_x, fla_do, want_fla
@@ -204,15 +227,18 @@ def main():
     with open(os.path.join(args.out, "fla-compare.jsonl"), "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in records)
     lines = ["| T | d | FLA fwd / bwd / total ms | fwp fwd / bwd / total ms | FLA / fwp (total) "
-             "| FLA max rel. RMS error | fwp max rel. RMS error |", "|---|---|---|---|---|---|---|"]
+             "| FLA max rel. RMS error | fwp max rel. RMS error | fwp, first-version passes: total ms |",
+             "|---|---|---|---|---|---|---|---|"]
     for t, d in SHAPES:
         fr = next(r for r in records if r["T"] == t and r["d"] == d and r["impl"] == "fla")
         ow = next(r for r in records if r["T"] == t and r["d"] == d and r["impl"] == "fwp")
+        first = next(r for r in records if r["T"] == t and r["d"] == d and r["impl"] == "fwp-first")
         cell = lambda r: (r["failed"] if "failed" in r else
                           f"{r['forward_ms']:.3f} / {r['backward_ms']:.3f} / {r['train_ms']:.3f}")
         err = lambda r: "–" if "failed" in r else f"{max(r['errors'].values()):.2e}"
         ratio = "–" if "failed" in fr or "failed" in ow else f"{fr['train_ms'] / ow['train_ms']:.2f}"
-        lines.append(f"| {t} | {d} | {cell(fr)} | {cell(ow)} | {ratio} | {err(fr)} | {err(ow)} |")
+        first_ms = first["failed"] if "failed" in first else f"{first['train_ms']:.3f}"
+        lines.append(f"| {t} | {d} | {cell(fr)} | {cell(ow)} | {ratio} | {err(fr)} | {err(ow)} | {first_ms} |")
     table = "\n".join(lines) + "\n"
     with open(os.path.join(args.out, "fla-compare.md"), "w") as f:
         f.write(table)

@@ -297,7 +297,112 @@ fn chunked_stage_names_and_arity_are_checked() {
     assert!(err.contains("expected 3 inputs, got 1"), "{err}");
 }
 
-/// Each CUDA stage on the twin's inputs of that stage, against the twin's outputs.
+/// Relative RMS difference allowed between a stage and the twin's, per operand mode: bf16 operands
+/// for bf16 inputs, two bf16 parts for f16 inputs, three for f32; with two or three parts on both
+/// sides only the order of f32 sums differs.
+const STAGE_TOLERANCES: [(Operands, f64); 3] = [
+    (Operands::Bf16, 1e-3),
+    (Operands::Bf16x2, STAGE_TOL_SPLIT),
+    (Operands::Bf16x3, STAGE_TOL_SPLIT),
+];
+
+/// Runs stage `name` (the twin's stage, perhaps with a pass suffix) on `inputs` and returns each
+/// output's label and relative RMS difference from the twin's output.
+fn stage_errors(
+    twin: &Stage,
+    name: &str,
+    inputs: &[Option<&Tensor>],
+    operands: Operands,
+    case: &str,
+) -> Vec<(String, f64)> {
+    let got = chunked_stage(name, inputs, C, operands).unwrap();
+    let mut errors = Vec::new();
+    for (i, (want, got)) in twin.outputs.iter().zip(&got).enumerate() {
+        let label = format!("{operands:?} {case} {name} output {i}");
+        match (want, got) {
+            (Some(w), Some(g)) => errors.push((label, rel_rms(g, w))),
+            (None, None) => {}
+            _ => panic!("{label}: defined on one side only"),
+        }
+    }
+    errors
+}
+
+/// The fast CUDA passes (kernels/chunked_passes.cuh) run on the CPU by the emulator (one thread per
+/// CUDA thread, mma.sync from its fragment layout): on the twin's inputs of the state forward and
+/// backward, they give the twin's outputs. The shapes cover each key-tile size (d_k up to 64, 128,
+/// 256), a partial value tile, a T tail, d_v not a multiple of 4 (the 4-byte copies), both rules,
+/// the three operand modes and one and two stages of shared memory.
+#[test]
+fn emulated_fast_passes_match_the_twin() {
+    let _rng = seeded(72);
+    let shapes: &[(i64, i64, i64, i64)] = &[(1, 130, 40, 40), (2, 64, 96, 33), (1, 65, 200, 24)];
+    let mut worst = 0f64;
+    for (operands, tolerance) in STAGE_TOLERANCES {
+        for &(bh, t, d_k, d_v) in shapes {
+            let x = StageInputs::new(bh, t, d_k, d_v);
+            for delta in [false, true] {
+                let case = format!("BH={bh} T={t} d_k={d_k} d_v={d_v} delta={delta}");
+                for twin in chain(&x, delta, operands) {
+                    if !twin.name.starts_with("state_") {
+                        continue;
+                    }
+                    let passes: &[&str] = if operands == Operands::Bf16x3 {
+                        &["emulated1", "emulated2"]
+                    } else {
+                        &["emulated2"]
+                    };
+                    let refs: Vec<Option<&Tensor>> =
+                        twin.inputs.iter().map(Option::as_ref).collect();
+                    for pass in passes {
+                        let name = format!("{}:{pass}", twin.name);
+                        for (label, err) in stage_errors(&twin, &name, &refs, operands, &case) {
+                            worst = worst.max(err / tolerance);
+                            assert!(
+                                err < tolerance,
+                                "{label}: relative RMS difference {err:.2e}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+    eprintln!("emulated fast passes: worst error / tolerance = {worst:.2e}");
+}
+
+/// A pass suffix is only for the sequential stages, and only the known ones.
+#[test]
+fn chunked_stage_pass_suffixes_are_checked() {
+    let x = StageInputs::new(1, 10, 8, 8);
+    let err = chunked_stage(
+        "wy:first",
+        &[Some(&x.k), Some(&x.v), Some(&x.beta)],
+        C,
+        Operands::Bf16,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("only state_forward and state_backward"),
+        "{err}"
+    );
+    let inputs = [Some(&x.k), None, Some(&x.v), Some(&x.s0)];
+    let err = chunked_stage("state_forward:quick", &inputs, C, Operands::Bf16)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown passes 'quick'"), "{err}");
+    let err = chunked_stage("state_forward:emulated2", &inputs, C, Operands::Exact)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("operands 'bf16', 'bf16x2' or 'bf16x3'"),
+        "{err}"
+    );
+}
+
+/// Each CUDA stage on the twin's inputs of that stage, against the twin's outputs; the sequential
+/// passes twice, the fast kernels (where they fit) and the first version.
 #[test]
 fn chunked_cuda_stages_match_the_cpu_twin() {
     if !cuda_or_skip("chunked_cuda_stages_match_the_cpu_twin") {
@@ -313,39 +418,29 @@ fn chunked_cuda_stages_match_the_cpu_twin() {
     } else {
         &[(2, 200, 64, 64), (1, 65, 128, 40), (2, 130, 256, 256)]
     };
-    // bf16 operands for bf16 inputs, two bf16 parts for f16 inputs, three for f32; with the same
-    // parts on both sides only the order of f32 sums differs
-    for (operands, tolerance) in [
-        (Operands::Bf16, 1e-3),
-        (Operands::Bf16x2, STAGE_TOL_SPLIT),
-        (Operands::Bf16x3, STAGE_TOL_SPLIT),
-    ] {
+    for (operands, tolerance) in STAGE_TOLERANCES {
         for &(bh, t, d_k, d_v) in shapes {
             let x = StageInputs::new(bh, t, d_k, d_v);
             for delta in [false, true] {
+                let case = format!("BH={bh} T={t} d_k={d_k} d_v={d_v} delta={delta}");
                 for twin in chain(&x, delta, operands) {
                     let inputs: Vec<Option<Tensor>> = twin
                         .inputs
                         .iter()
                         .map(|t| t.as_ref().map(|t| t.to_device(cuda)))
                         .collect();
-                    let gpu = run(twin.name, inputs, operands);
-                    for (i, (want, got)) in twin.outputs.iter().zip(&gpu.outputs).enumerate() {
-                        let label = format!(
-                            "{operands:?} BH={bh} T={t} d_k={d_k} d_v={d_v} delta={delta} {} output {i}",
-                            twin.name
-                        );
-                        match (want, got) {
-                            (Some(w), Some(g)) => {
-                                let err = rel_rms(g, w);
-                                eprintln!("{label}: relative RMS difference {err:.2e}");
-                                let close = err < tolerance; // false for NaN too
-                                if !close && first_bad.is_none() {
-                                    first_bad = Some(format!("{label}: {err:.2e}"));
-                                }
+                    let refs: Vec<Option<&Tensor>> = inputs.iter().map(Option::as_ref).collect();
+                    let mut names = vec![twin.name.to_string()];
+                    if twin.name.starts_with("state_") {
+                        names.push(format!("{}:first", twin.name));
+                    }
+                    for name in names {
+                        for (label, err) in stage_errors(&twin, &name, &refs, operands, &case) {
+                            eprintln!("{label}: relative RMS difference {err:.2e}");
+                            let close = err < tolerance; // false for NaN too
+                            if !close && first_bad.is_none() {
+                                first_bad = Some(format!("{label}: {err:.2e}"));
                             }
-                            (None, None) => {}
-                            _ => panic!("{label}: defined on one side only"),
                         }
                     }
                 }

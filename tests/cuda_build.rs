@@ -67,8 +67,17 @@ fn chunked_cuda_kernels_have_no_spills_and_fit_shared_memory() {
         return;
     };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // the stage kernels (7) and the fast passes (forward and backward for 3 key tiles x 3 part counts)
+    for (source, kernels) in [("kernels/chunked.cu", 7), ("kernels/chunked_passes.cu", 18)] {
+        check_ptxas_report(&nvcc, root, source, kernels);
+    }
+}
+
+/// Compiles `source` for sm_80 and sm_90 and checks that ptxas reports at least `kernels` kernels
+/// per arch, none spilling, each within 48 KiB of static shared memory.
+fn check_ptxas_report(nvcc: &Path, root: &Path, source: &str, kernels: usize) {
     let obj = std::env::temp_dir().join(format!("fwp-chunked-{}.o", std::process::id()));
-    let output = Command::new(&nvcc)
+    let output = Command::new(nvcc)
         .current_dir(root)
         .args([
             "-c",
@@ -77,7 +86,7 @@ fn chunked_cuda_kernels_have_no_spills_and_fit_shared_memory() {
             "-v",
             "-gencode=arch=compute_80,code=sm_80",
             "-gencode=arch=compute_90,code=sm_90",
-            "kernels/chunked.cu",
+            source,
             "-o",
         ])
         .arg(&obj)
@@ -91,8 +100,8 @@ fn chunked_cuda_kernels_have_no_spills_and_fit_shared_memory() {
     for arch in ["sm_80", "sm_90"] {
         let n = report.iter().filter(|r| r.1 == arch).count();
         assert!(
-            n >= 7,
-            "{arch}: expected the 7 stage kernels in ptxas's report, found {n}:\n{text}"
+            n >= kernels,
+            "{arch}: expected the {kernels} kernels of {source} in ptxas's report, found {n}:\n{text}"
         );
     }
     for (name, arch, stores, loads, smem) in &report {
@@ -106,4 +115,43 @@ fn chunked_cuda_kernels_have_no_spills_and_fit_shared_memory() {
             "{name} ({arch}): {smem} bytes of static shared memory > 48 KiB"
         );
     }
+}
+
+/// The fast passes' dynamic shared memory (kernels/chunked_passes.cuh) at the goal's key widths:
+/// every pass fits one stage within an A100's opt-in limit (163 KiB), so the fast kernels run there;
+/// d_k = 64 fits two stages within an H100 / H200's (227 KiB). Prints the table for the docs.
+#[test]
+fn chunked_fast_passes_fit_shared_memory() {
+    const SM80: i64 = 163 * 1024;
+    const SM90: i64 = 227 * 1024;
+    if fwp::ops::chunked_pass_shared_bytes(64, false, true, 1).is_none() {
+        eprintln!("SKIPPED chunked_fast_passes_fit_shared_memory: built without CUDA");
+        return;
+    }
+    for d_k in [64, 128, 256] {
+        for backward in [false, true] {
+            for delta in [false, true] {
+                let bytes = |stages| {
+                    fwp::ops::chunked_pass_shared_bytes(d_k, backward, delta, stages).unwrap()
+                };
+                eprintln!(
+                    "d_k={d_k} {} {}: 1 stage {} B, 2 stages {} B",
+                    if backward { "backward" } else { "forward" },
+                    if delta { "delta" } else { "sum" },
+                    bytes(1),
+                    bytes(2)
+                );
+                if d_k <= 128 {
+                    assert!(bytes(1) <= SM80, "d_k={d_k}: one stage does not fit sm_80");
+                }
+                if d_k == 64 {
+                    assert!(bytes(2) <= SM90, "d_k=64: two stages do not fit sm_90");
+                }
+            }
+        }
+    }
+    assert_eq!(
+        fwp::ops::chunked_pass_shared_bytes(257, false, true, 1),
+        None
+    );
 }

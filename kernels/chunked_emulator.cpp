@@ -1,0 +1,218 @@
+// The fast sequential passes of the CUDA kernels (chunked_passes.cuh) run on the CPU, for tests: the
+// same source, compiled by the host compiler, with one std::thread per CUDA thread of a block, real
+// barriers for __syncthreads, and mma.sync emulated from the documented m16n8k16 fragment layout
+// (each lane publishes its fragments, the warp meets, each lane sums its own accumulator elements
+// from everyone's). cp.async copies at once (the waits have nothing left to wait for). So the
+// fragment indexing, the part splitting, the tile loads with their zero padding and the stage
+// pipeline are checked against the twin without a GPU; the GPU's own memory model is not.
+//
+// Slow (a barrier per mma), meant for small shapes.
+
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "chunked.h"
+
+namespace fwp::chunked::emulated {
+namespace {
+
+class Barrier {
+ public:
+  explicit Barrier(int n) : n_(n) {}
+  void wait() {
+    std::unique_lock<std::mutex> lock(m_);
+    const uint64_t gen = gen_;
+    if (++waiting_ == n_) {
+      waiting_ = 0;
+      ++gen_;
+      cv_.notify_all();
+    } else {
+      cv_.wait(lock, [&] { return gen_ != gen; });
+    }
+  }
+
+ private:
+  std::mutex m_;
+  std::condition_variable cv_;
+  int n_, waiting_ = 0;
+  uint64_t gen_ = 0;
+};
+
+struct BlockState;
+thread_local int t_tid = 0;
+thread_local BlockState* t_block = nullptr;
+
+#define FWP_DEV inline
+#define FWP_HD inline
+
+int thread_id() { return t_tid; }
+int lane_id() { return t_tid & 31; }
+int warp_id() { return t_tid >> 5; }
+void block_sync();
+void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]);
+
+void copy_async(float* dst, const float* src, int bytes, bool valid) {
+  if (valid)
+    std::memcpy(dst, src, size_t(bytes));
+  else
+    std::memset(dst, 0, size_t(bytes));
+}
+void copy_commit() {}
+void copy_wait_all() {}
+void copy_wait_but_one() {}
+
+// Round to nearest even, as __float2bfloat16_rn (NaN stays NaN).
+uint16_t bf16_bits(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return uint16_t(u >> 16);
+}
+float bf16_value(uint16_t h) {
+  const uint32_t u = uint32_t(h) << 16;
+  float x;
+  std::memcpy(&x, &u, 4);
+  return x;
+}
+
+#include "chunked_passes.cuh"
+
+static_assert(kPassWarps == 4, "BlockState lists one barrier per warp");
+
+struct BlockState {
+  Barrier all{kPassThreads};
+  Barrier warps[kPassWarps] = {Barrier(32), Barrier(32), Barrier(32), Barrier(32)};
+  uint32_t a[kPassWarps][32][4];
+  uint32_t b[kPassWarps][32][2];
+};
+
+void block_sync() { t_block->all.wait(); }
+
+float half_of(uint32_t reg, int half) { return bf16_value(uint16_t(half ? reg >> 16 : reg & 0xffffu)); }
+
+void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  BlockState& bs = *t_block;
+  const int w = warp_id(), lane = lane_id();
+  std::memcpy(bs.a[w][lane], a, sizeof(a));
+  std::memcpy(bs.b[w][lane], b, sizeof(b));
+  bs.warps[w].wait();
+  // A (16 x 16): element (r, k) is in lane (r % 8) * 4 + (k % 8) / 2, register r / 8 + 2 (k / 8),
+  // half k % 2. B (16 x 8): element (k, n) in lane n * 4 + (k % 8) / 2, register k / 8, half k % 2.
+  for (int e = 0; e < 4; ++e) {
+    const int r = acc_row(e), n = acc_col(e);
+    float sum = d[e];
+    for (int k = 0; k < 16; ++k) {
+      const float x = half_of(bs.a[w][(r % 8) * 4 + (k % 8) / 2][r / 8 + 2 * (k / 8)], k % 2);
+      const float y = half_of(bs.b[w][n * 4 + (k % 8) / 2][k / 8], k % 2);
+      sum += x * y;  // a product of two bf16 values is exact in fp32
+    }
+    d[e] = sum;
+  }
+  bs.warps[w].wait();  // everyone has read the fragments before they are replaced
+}
+
+// Runs body() as one block of kPassThreads threads.
+template <typename Body>
+void run_block(const Body& body) {
+  BlockState bs;
+  std::vector<std::thread> threads;
+  threads.reserve(kPassThreads);
+  for (int t = 0; t < kPassThreads; ++t)
+    threads.emplace_back([&, t] {
+      t_tid = t;
+      t_block = &bs;
+      body();
+    });
+  for (auto& th : threads) th.join();
+}
+
+int stages_of(const Config& cfg) {
+  TORCH_CHECK(cfg.passes == Passes::Emulated1 || cfg.passes == Passes::Emulated2,
+              "fwp::chunked emulated passes: expected Passes::Emulated1 or Emulated2");
+  return cfg.passes == Passes::Emulated2 ? 2 : 1;
+}
+
+int parts_of(const Config& cfg) {
+  TORCH_CHECK(cfg.operands != Operands::Exact, "fwp::chunked emulated passes: the tensor-core arithmetic needs "
+              "operands 'bf16', 'bf16x2' or 'bf16x3'");
+  return cfg.operands == Operands::Bf16x3 ? 3 : cfg.operands == Operands::Bf16x2 ? 2 : 1;
+}
+
+Tensor in(const Tensor& t) {
+  if (!t.defined()) return t;
+  TORCH_CHECK(t.is_cpu() && t.scalar_type() == at::kFloat, "fwp::chunked emulated passes: expected fp32 CPU "
+              "tensors, got ", t.scalar_type(), " on ", t.device());
+  return t.contiguous();
+}
+
+const float* ptr(const Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
+
+template <int KT, int P>
+void run_grid(bool backward, const PassArgs& x, int64_t BH) {
+  std::vector<float> smem(size_t(pass_floats(KT, backward, x.b != nullptr, x.stages)));
+  for (int64_t bh = 0; bh < BH; ++bh)
+    for (int tile = 0; tile * kBV < x.dv; ++tile)
+      run_block([&] {
+        if (backward)
+          state_backward_pass<KT, P>(x, smem.data(), int(bh), tile);
+        else
+          state_forward_pass<KT, P>(x, smem.data(), int(bh), tile);
+      });
+}
+
+template <int KT>
+void run_parts(bool backward, const PassArgs& x, int64_t BH, int parts) {
+  if (parts == 1) run_grid<KT, 1>(backward, x, BH);
+  if (parts == 2) run_grid<KT, 2>(backward, x, BH);
+  if (parts == 3) run_grid<KT, 3>(backward, x, BH);
+}
+
+void run(bool backward, const PassArgs& x, int64_t BH, int parts) {
+  TORCH_CHECK(x.dk >= 1 && x.dk <= 16 * kPassMaxKT, "fwp::chunked emulated passes: d_k must be in 1..256, got ",
+              x.dk);
+  TORCH_CHECK(x.N >= 1, "fwp::chunked emulated passes: no chunk (N = 0)");
+  if (x.dk <= 64)
+    run_parts<4>(backward, x, BH, parts);
+  else if (x.dk <= 128)
+    run_parts<8>(backward, x, BH, parts);
+  else
+    run_parts<16>(backward, x, BH, parts);
+}
+
+}  // namespace
+
+std::tuple<Tensor, Tensor, Tensor> state_forward(const Tensor& k_, const Tensor& w_, const Tensor& u_,
+                                                 const Tensor& s0_, const Config& cfg) {
+  const Tensor k = in(k_), w = in(w_), u = in(u_), s0 = in(s0_);
+  const int64_t BH = k.size(0), N = k.size(1), dk = k.size(3), dv = u.size(3);
+  TORCH_CHECK(k.size(2) == kPassC, "fwp::chunked emulated passes: chunks of ", kPassC, " steps, got ", k.size(2));
+  Tensor ckpt = at::empty({BH, N, dk, dv}, k.options()), state = at::empty({BH, dk, dv}, k.options());
+  Tensor v_new = w.defined() ? at::empty_like(u) : u;
+  const PassArgs x{ptr(k), ptr(w), ptr(u), nullptr, nullptr, ptr(s0), ckpt.data_ptr<float>(),
+                   w.defined() ? v_new.data_ptr<float>() : nullptr, state.data_ptr<float>(), N, int(dk), int(dv),
+                   stages_of(cfg)};
+  run(false, x, BH, parts_of(cfg));
+  return {ckpt, v_new, state};
+}
+
+std::tuple<Tensor, Tensor, Tensor> state_backward(const Tensor& q_, const Tensor& k_, const Tensor& w_,
+                                                  const Tensor& grad_out_, const Tensor& dv_local_,
+                                                  const Tensor& ds_final_, const Config& cfg) {
+  const Tensor q = in(q_), k = in(k_), w = in(w_), grad_out = in(grad_out_), dv_local = in(dv_local_),
+               ds_final = in(ds_final_);
+  const int64_t BH = q.size(0), N = q.size(1), dk = q.size(3), dv = grad_out.size(3);
+  TORCH_CHECK(q.size(2) == kPassC, "fwp::chunked emulated passes: chunks of ", kPassC, " steps, got ", q.size(2));
+  Tensor dv_new = at::empty_like(dv_local), ds_next = at::empty({BH, N, dk, dv}, q.options());
+  Tensor ds0 = at::empty({BH, dk, dv}, q.options());
+  const PassArgs x{ptr(k), ptr(w), ptr(q), ptr(dv_local), ptr(grad_out), ptr(ds_final), ds_next.data_ptr<float>(),
+                   dv_new.data_ptr<float>(), ds0.data_ptr<float>(), N, int(dk), int(dv), stages_of(cfg)};
+  run(true, x, BH, parts_of(cfg));
+  return {dv_new, ds_next, ds0};
+}
+
+}  // namespace fwp::chunked::emulated

@@ -1,0 +1,163 @@
+// The fast sequential passes (chunked_passes.cuh) as CUDA kernels: the device primitives the shared
+// code asks for (mma.sync, cp.async, bf16 rounding), one kernel per (KT, P) instantiation, and the
+// launchers, which size shared memory from the device's opt-in limit (cached per device) and fall
+// back to the first-version kernels of chunked.cu where the pass does not fit (chunked_launch.h).
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <atomic>
+#include <cstdint>
+
+#include "chunked_launch.h"
+
+namespace {
+
+#define FWP_DEV __device__ __forceinline__
+#define FWP_HD __host__ __device__ __forceinline__
+
+FWP_DEV int thread_id() { return int(threadIdx.x); }
+FWP_DEV int lane_id() { return int(threadIdx.x) & 31; }
+FWP_DEV int warp_id() { return int(threadIdx.x) >> 5; }
+FWP_DEV void block_sync() { __syncthreads(); }
+
+FWP_DEV void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+FWP_DEV void copy_async(float* dst, const float* src, int bytes, bool valid) {
+  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  if (bytes == 16)
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 16 : 0)
+                 : "memory");
+  else
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 4 : 0)
+                 : "memory");
+}
+FWP_DEV void copy_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+FWP_DEV void copy_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+FWP_DEV void copy_wait_but_one() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
+
+FWP_DEV uint16_t bf16_bits(float x) { return __bfloat16_as_ushort(__float2bfloat16_rn(x)); }
+FWP_DEV float bf16_value(uint16_t h) { return __bfloat162float(__ushort_as_bfloat16(h)); }
+
+#include "chunked_passes.cuh"
+
+template <int KT, int P>
+__global__ void __launch_bounds__(kPassThreads, 1) state_forward_pass_kernel(PassArgs x) {
+  extern __shared__ float4 smem[];
+  state_forward_pass<KT, P>(x, reinterpret_cast<float*>(smem), int(blockIdx.x), int(blockIdx.y));
+}
+
+template <int KT, int P>
+__global__ void __launch_bounds__(kPassThreads, 1) state_backward_pass_kernel(PassArgs x) {
+  extern __shared__ float4 smem[];
+  state_backward_pass<KT, P>(x, reinterpret_cast<float*>(smem), int(blockIdx.x), int(blockIdx.y));
+}
+
+constexpr int kMaxDevices = 64;
+
+// The device's opt-in limit of shared memory per block, read once per device.
+int smem_limit(int device) {
+  static std::atomic<int> cached[kMaxDevices] = {};
+  if (device < 0 || device >= kMaxDevices) return 0;
+  int limit = cached[device].load();
+  if (limit == 0) {
+    if (cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess) return 0;
+    cached[device].store(limit);
+  }
+  return limit;
+}
+
+// Keys padded to KT * 16 columns: 4 (d_k <= 64), 8 (<= 128) or 16 (<= 256); 0 above.
+int key_tiles(int64_t dk) { return dk <= 64 ? 4 : dk <= 128 ? 8 : dk <= 256 ? 16 : 0; }
+
+size_t pass_bytes(int64_t dk, bool backward, bool delta, int stages) {
+  return size_t(pass_floats(key_tiles(dk), backward, delta, stages)) * sizeof(float);
+}
+
+// Launches one (KT, P) instantiation with `bytes` of dynamic shared memory, raising the kernel's limit
+// on this device first where it is above the default 48 KiB (once per kernel and device).
+template <typename Kernel>
+int launch(Kernel kernel, std::atomic<int>* raised, const PassArgs& x, int64_t BH, size_t bytes, void* stream) {
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return int(err);
+  if (device >= kMaxDevices) return int(cudaErrorInvalidDevice);
+  if (bytes > 48 * 1024 && raised[device].load() < int(bytes)) {
+    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
+    if (err != cudaSuccess) return int(err);
+    raised[device].store(int(bytes));
+  }
+  const dim3 grid(unsigned(BH), unsigned((x.dv + kBV - 1) / kBV));
+  kernel<<<grid, kPassThreads, bytes, cudaStream_t(stream)>>>(x);
+  return int(cudaGetLastError());
+}
+
+template <int KT, int P>
+int launch_pass(bool backward, const PassArgs& x, int64_t BH, void* stream) {
+  static std::atomic<int> raised_forward[kMaxDevices] = {}, raised_backward[kMaxDevices] = {};
+  const size_t bytes = pass_bytes(x.dk, backward, x.b != nullptr, x.stages);
+  return backward ? launch(state_backward_pass_kernel<KT, P>, raised_backward, x, BH, bytes, stream)
+                  : launch(state_forward_pass_kernel<KT, P>, raised_forward, x, BH, bytes, stream);
+}
+
+template <int KT>
+int launch_parts(bool backward, const PassArgs& x, int64_t BH, int parts, void* stream) {
+  switch (parts) {
+    case 1: return launch_pass<KT, 1>(backward, x, BH, stream);
+    case 2: return launch_pass<KT, 2>(backward, x, BH, stream);
+    case 3: return launch_pass<KT, 3>(backward, x, BH, stream);
+    default: return int(cudaErrorInvalidValue);
+  }
+}
+
+int run_pass(bool backward, const PassArgs& x, int64_t BH, int parts, void* stream) {
+  if (x.stages != 1 && x.stages != 2) return int(cudaErrorInvalidValue);
+  if (BH == 0 || x.N == 0) return 0;
+  switch (key_tiles(x.dk)) {
+    case 4: return launch_parts<4>(backward, x, BH, parts, stream);
+    case 8: return launch_parts<8>(backward, x, BH, parts, stream);
+    case 16: return launch_parts<16>(backward, x, BH, parts, stream);
+    default: return int(cudaErrorInvalidValue);
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+int64_t fwp_chunked_cuda_pass_bytes(int64_t dk, int backward, int delta, int stages) {
+  return key_tiles(dk) == 0 ? -1 : int64_t(pass_bytes(dk, backward != 0, delta != 0, stages));
+}
+
+int fwp_chunked_cuda_pass_stages(int64_t dk, int backward, int delta) {
+  if (key_tiles(dk) == 0) return 0;
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return 0;
+  const size_t limit = size_t(smem_limit(device));
+  for (int stages = 2; stages >= 1; --stages)
+    if (pass_bytes(dk, backward != 0, delta != 0, stages) <= limit) return stages;
+  return 0;
+}
+
+int fwp_chunked_cuda_state_forward_pass(const float* k, const float* w, const float* u, const float* s0, float* ckpt,
+                                        float* v_new, float* state, int64_t BH, int64_t N, int64_t dk, int64_t dv,
+                                        int parts, int stages, void* stream) {
+  const PassArgs x{k, w, u, nullptr, nullptr, s0, ckpt, v_new, state, N, int(dk), int(dv), stages};
+  return run_pass(false, x, BH, parts, stream);
+}
+
+int fwp_chunked_cuda_state_backward_pass(const float* q, const float* k, const float* w, const float* grad_out,
+                                         const float* dv_local, const float* ds_final, float* dv_new, float* ds_next,
+                                         float* ds0, int64_t BH, int64_t N, int64_t dk, int64_t dv, int parts,
+                                         int stages, void* stream) {
+  const PassArgs x{k, w, q, dv_local, grad_out, ds_final, ds_next, dv_new, ds0, N, int(dk), int(dv), stages};
+  return run_pass(true, x, BH, parts, stream);
+}
+
+}  // extern "C"

@@ -1,0 +1,348 @@
+// The fast sequential passes of the chunked kernels (chunked.h: F2, the state forward, and B2, the
+// state backward), written once for two compilers: nvcc builds them as CUDA kernels
+// (chunked_passes.cu) and the host compiler builds them for chunked_emulator.cpp, which runs the
+// same code on the CPU with one thread per CUDA thread, so that CI checks its indexing without a GPU.
+//
+// Design (docs/derivations.md Sec. 9): one block of 4 warps per (batch·head, tile of kBV value
+// columns) walks the chunks in order (backward: in reverse). The state tile (d_k x kBV, fp32) lives
+// in the warps' registers as mma.sync accumulators; each chunk's inputs are copied into shared memory
+// with cp.async, the next chunk's while this one is computed when two stages fit (the launcher picks
+// the stages from the device's shared-memory limit). Products are mma.sync.m16n8k16 on bf16 parts,
+// built in registers from the fp32 tiles by the same splitting as the twin (chunked.h, Operands), with
+// fp32 accumulation. Per chunk (sum rule: W = 0, U' = U):
+//   forward:  S_c -> checkpoint c;  U' = U - W S_c;  S_{c+1} = S_c + K^T U'
+//   backward: dS_{c+1} -> ds_next[c];  dU' = dU'_loc + K dS_{c+1};  dS_c = dS_{c+1} + Q^T dO - W^T dU'
+// with each product accumulated from zero and then added, as the first-version kernels and the twin do.
+//
+// The includer defines, before including this file:
+//   FWP_DEV                         the qualifier of device functions
+//   FWP_HD                          the qualifier of functions for both sides (the sizes)
+//   thread_id(), lane_id(), warp_id()
+//   block_sync()                    __syncthreads()
+//   mma_16816(d, a, b)              d += A B for one m16n8k16 bf16 tile (warp-collective)
+//   copy_async(dst, src, bytes, valid)   cp.async of 4 or 16 bytes (zero-fill when !valid)
+//   copy_commit(), copy_wait_all(), copy_wait_but_one()
+//   bf16_bits(float) -> uint16_t (round to nearest even), bf16_value(uint16_t) -> float
+// and includes it inside its own namespace.
+
+#ifdef __CUDACC__
+#define FWP_UNROLL _Pragma("unroll")
+#define FWP_NO_UNROLL _Pragma("unroll 1")
+#else
+#define FWP_UNROLL
+#define FWP_NO_UNROLL
+#endif
+
+constexpr int kPassC = 64;          // chunk
+constexpr int kPassWarps = 4;
+constexpr int kPassThreads = 32 * kPassWarps;
+constexpr int kBV = 32;             // value columns per block
+constexpr int kNT = kBV / 8;        // n-tiles (8 columns) per block
+constexpr int kLdV = kBV + 4;       // row length of value tiles in shared memory (floats; padding
+                                    // keeps the fragment loads off each other's banks)
+constexpr int kPassMaxKT = 16;      // d_k <= 16 * 16 = 256
+
+// The tiles' sizes for keys padded to KT * 16 columns.
+FWP_HD constexpr int pass_ld_k(int kt) { return kt * 16 + 4; }
+
+// Floats of shared memory the pass needs: the state tile (KT*16 x kBV), one C x kBV tile of U' (dU'),
+// and per stage the chunk's d_k-wide inputs (forward: K, W; backward: K, Q, W; W for the delta rule
+// only) and its kBV-wide ones (forward: U; backward: dU'_loc, dO).
+FWP_HD constexpr int64_t pass_wide_inputs(bool backward, bool delta) { return (backward ? 2 : 1) + (delta ? 1 : 0); }
+FWP_HD constexpr int64_t pass_narrow_inputs(bool backward) { return backward ? 2 : 1; }
+FWP_HD constexpr int64_t pass_stage_floats(int kt, bool backward, bool delta) {
+  return pass_wide_inputs(backward, delta) * kPassC * pass_ld_k(kt) + pass_narrow_inputs(backward) * kPassC * kLdV;
+}
+FWP_HD constexpr int64_t pass_floats(int kt, bool backward, bool delta, int stages) {
+  return int64_t(kt) * 16 * kLdV + kPassC * kLdV + stages * pass_stage_floats(kt, backward, delta);
+}
+
+// Everything a pass reads and writes; the chunked layout of chunked_launch.h. Forward: a = k,
+// b = w (null: sum rule), c = u, init = s0, per_chunk = ckpt, values = v_new (delta rule),
+// last = final state. Backward: a = k, b = w (null: sum rule), c = q, d = dU'_loc, e = dO,
+// init = dS_N, per_chunk = ds_next, values = dU', last = dS_0.
+struct PassArgs {
+  const float *a, *b, *c, *d, *e, *init;
+  float *per_chunk, *values, *last;
+  int64_t N;
+  int dk, dv, stages;
+};
+
+FWP_DEV int imin(int x, int y) { return x < y ? x : y; }
+
+FWP_DEV uint32_t pack(uint16_t lo, uint16_t hi) { return uint32_t(lo) | (uint32_t(hi) << 16); }
+
+// The first P bf16 parts of x (hi first; each next part is bf16 of what the earlier ones leave).
+template <int P>
+FWP_DEV void split(float x, uint16_t (&h)[P]) {
+FWP_UNROLL
+  for (int p = 0; p < P; ++p) {
+    h[p] = bf16_bits(x);
+    x -= bf16_value(h[p]);
+  }
+}
+
+// The A fragment (16 x 16, row-major) of m16n8k16 in P parts, element (r, c) = get(r, c): register i
+// holds rows g + 8 (i & 1), columns 2t + 8 (i >> 1) and the next one (g = lane / 4, t = lane % 4;
+// the lower column in the lower half).
+template <int P, class Get>
+FWP_DEV void load_a(uint32_t (&a)[P][4], const Get& get) {
+  const int g = lane_id() >> 2, t = lane_id() & 3;
+FWP_UNROLL
+  for (int i = 0; i < 4; ++i) {
+    const int r = g + 8 * (i & 1), c = 2 * t + 8 * (i >> 1);
+    uint16_t lo[P], hi[P];
+    split<P>(get(r, c), lo);
+    split<P>(get(r, c + 1), hi);
+FWP_UNROLL
+    for (int p = 0; p < P; ++p) a[p][i] = pack(lo[p], hi[p]);
+  }
+}
+
+// The B fragment (16 x 8) in P parts, element (k, n) = get(k, n): register i holds rows 2t + 8 i and
+// the next one, column g.
+template <int P, class Get>
+FWP_DEV void load_b(uint32_t (&b)[P][2], const Get& get) {
+  const int g = lane_id() >> 2, t = lane_id() & 3;
+FWP_UNROLL
+  for (int i = 0; i < 2; ++i) {
+    const int k = 2 * t + 8 * i;
+    uint16_t lo[P], hi[P];
+    split<P>(get(k, g), lo);
+    split<P>(get(k + 1, g), hi);
+FWP_UNROLL
+    for (int p = 0; p < P; ++p) b[p][i] = pack(lo[p], hi[p]);
+  }
+}
+
+// d += A B from PA parts of A and PB of B: the part products A_i B_j of order i + j < max(PA, PB).
+template <int PA, int PB>
+FWP_DEV void mma_parts(float (&d)[4], const uint32_t (&a)[PA][4], const uint32_t (&b)[PB][2]) {
+  constexpr int orders = PA > PB ? PA : PB;
+FWP_UNROLL
+  for (int i = 0; i < PA; ++i)
+FWP_UNROLL
+    for (int j = 0; j < PB; ++j)
+      if (i + j < orders) mma_16816(d, a[i], b[j]);
+}
+
+// Accumulator element e of a 16 x 8 tile: row g + 8 (e >> 1), column 2t + (e & 1).
+FWP_DEV int acc_row(int e) { return (lane_id() >> 2) + 8 * (e >> 1); }
+FWP_DEV int acc_col(int e) { return 2 * (lane_id() & 3) + (e & 1); }
+
+// Copies rows x `cols` floats of src (row stride lds) into dst (row stride ldd), zero-filling columns
+// cols .. width - 1 (width a multiple of 4), asynchronously. 16-byte copies when the rows allow.
+FWP_DEV void load_tile(float* dst, int ldd, const float* src, int64_t lds, int rows, int cols, int width) {
+  const bool wide = (reinterpret_cast<uintptr_t>(src) & 15) == 0 && lds % 4 == 0 && cols % 4 == 0;
+  if (wide) {
+    const int quads = width / 4;
+    for (int e = thread_id(); e < rows * quads; e += kPassThreads) {
+      const int r = e / quads, c = 4 * (e % quads);
+      const bool valid = c < cols;
+      copy_async(dst + r * ldd + c, valid ? src + r * lds + c : src, 16, valid);
+    }
+  } else {
+    for (int e = thread_id(); e < rows * width; e += kPassThreads) {
+      const int r = e / width, c = e % width;
+      const bool valid = c < cols;
+      copy_async(dst + r * ldd + c, valid ? src + r * lds + c : src, 4, valid);
+    }
+  }
+}
+
+// Walks the N chunks, in order or in reverse, through `stages` (1 or 2) buffers of shared memory:
+// load(c, s) starts copying chunk c's inputs into buffer s (and commits them), step(c, s) computes
+// with them once they have arrived. With two buffers the next chunk's copy runs during this chunk's
+// step. Every step ends at a barrier, after which its buffer may be refilled.
+template <class Load, class Step>
+FWP_DEV void walk_chunks(int64_t N, bool reverse, int stages, const Load& load, const Step& step) {
+  const auto chunk = [&](int64_t n) { return reverse ? N - 1 - n : n; };
+  load(chunk(0), 0);
+  for (int64_t n = 0; n < N; ++n) {
+    const int s = stages == 2 ? int(n & 1) : 0;
+    if (stages == 2 && n + 1 < N) {
+      load(chunk(n + 1), s ^ 1);  // buffer s ^ 1 was freed by the previous step's barrier
+      copy_wait_but_one();
+    } else {
+      copy_wait_all();
+    }
+    step(chunk(n), s);
+    block_sync();
+    if (stages == 1 && n + 1 < N) load(chunk(n + 1), 0);
+  }
+}
+
+// The state tile of this warp: m-tiles warp + 4 i (i < KT / 4) of 16 key rows, kNT n-tiles of 8 value
+// columns, as accumulators.
+template <int KT>
+struct StateTile {
+  float x[KT / 4][kNT][4];
+
+  FWP_DEV int row(int i, int e) const { return 16 * (warp_id() + 4 * i) + acc_row(e); }
+
+  // From src[r * ld + c] (r < dk, c < nv; zero elsewhere), or zeros when src is null.
+  FWP_DEV void load(const float* src, int64_t ld, int dk, int nv) {
+FWP_UNROLL
+    for (int i = 0; i < KT / 4; ++i)
+FWP_UNROLL
+      for (int j = 0; j < kNT; ++j)
+FWP_UNROLL
+        for (int e = 0; e < 4; ++e) {
+          const int r = row(i, e), c = 8 * j + acc_col(e);
+          x[i][j][e] = (r < dk && c < nv) ? src[r * ld + c] : 0.f;
+        }
+  }
+
+  // To shared memory (sm[r * kLdV + c], every row and column) and to dst[r * ld + c] (r < dk, c < nv).
+  FWP_DEV void store(float* sm, float* dst, int64_t ld, int dk, int nv) const {
+FWP_UNROLL
+    for (int i = 0; i < KT / 4; ++i)
+FWP_UNROLL
+      for (int j = 0; j < kNT; ++j)
+FWP_UNROLL
+        for (int e = 0; e < 4; ++e) {
+          const int r = row(i, e), c = 8 * j + acc_col(e);
+          if (sm != nullptr) sm[r * kLdV + c] = x[i][j][e];
+          if (r < dk && c < nv) dst[r * ld + c] = x[i][j][e];
+        }
+  }
+
+  // x += sign * A^T B for this warp's rows, with A = a_sm (C x KT*16, row stride lda: A^T's row r is
+  // column r of a_sm) and B = b_sm (C x kBV, row stride kLdV); P parts each.
+  template <int P>
+  FWP_DEV void add_transposed_product(float sign, const float* a_sm, int lda, const float* b_sm) {
+FWP_UNROLL
+    for (int i = 0; i < KT / 4; ++i) {
+      const int m0 = 16 * (warp_id() + 4 * i);
+      float acc[kNT][4] = {};
+FWP_NO_UNROLL
+      for (int kk = 0; kk < kPassC / 16; ++kk) {
+        uint32_t a[P][4];
+        load_a<P>(a, [&](int r, int c) { return a_sm[(16 * kk + c) * lda + m0 + r]; });
+FWP_UNROLL
+        for (int j = 0; j < kNT; ++j) {
+          uint32_t b[P][2];
+          load_b<P>(b, [&](int r, int c) { return b_sm[(16 * kk + r) * kLdV + 8 * j + c]; });
+          mma_parts<P, P>(acc[j], a, b);
+        }
+      }
+FWP_UNROLL
+      for (int j = 0; j < kNT; ++j)
+FWP_UNROLL
+        for (int e = 0; e < 4; ++e) x[i][j][e] += sign * acc[j][e];
+    }
+  }
+};
+
+// This warp's 16 rows (chunk steps 16 warp ..) of base + sign * A S, A = a_sm (C x KT*16, row stride
+// lda, P parts), S = s_sm (KT*16 x kBV, the state, PS parts), base = base_sm (C x kBV) or 0 when
+// null; into out_sm (C x kBV) and out[r * ld + c] for c < nv.
+template <int KT, int P, int PS>
+FWP_DEV void rows_times_state(const float* a_sm, int lda, const float* s_sm, float sign, const float* base_sm,
+                              float* out_sm, float* out, int64_t ld, int nv) {
+  const int m0 = 16 * warp_id();
+  float acc[kNT][4] = {};
+FWP_NO_UNROLL
+  for (int kk = 0; kk < KT; ++kk) {
+    uint32_t a[P][4];
+    load_a<P>(a, [&](int r, int c) { return a_sm[(m0 + r) * lda + 16 * kk + c]; });
+FWP_UNROLL
+    for (int j = 0; j < kNT; ++j) {
+      uint32_t b[PS][2];
+      load_b<PS>(b, [&](int r, int c) { return s_sm[(16 * kk + r) * kLdV + 8 * j + c]; });
+      mma_parts<P, PS>(acc[j], a, b);
+    }
+  }
+FWP_UNROLL
+  for (int j = 0; j < kNT; ++j)
+FWP_UNROLL
+    for (int e = 0; e < 4; ++e) {
+      const int r = m0 + acc_row(e), c = 8 * j + acc_col(e);
+      const float x = (base_sm != nullptr ? base_sm[r * kLdV + c] : 0.f) + sign * acc[j][e];
+      out_sm[r * kLdV + c] = x;
+      if (c < nv) out[r * ld + c] = x;
+    }
+}
+
+// F2 for block (bh, tile): see the header. P parts per plain operand, the state max(2, P).
+template <int KT, int P>
+FWP_DEV void state_forward_pass(const PassArgs& x, float* smem, int bh, int tile) {
+  constexpr int PS = P > 2 ? P : 2, ldk = pass_ld_k(KT);
+  const bool delta = x.b != nullptr;
+  const int col0 = tile * kBV, nv = imin(kBV, x.dv - col0);
+  const int64_t state = int64_t(x.dk) * x.dv;
+  float* s_sm = smem;
+  float* vn_sm = s_sm + KT * 16 * kLdV;
+  float* stages = vn_sm + kPassC * kLdV;
+  const int64_t stage_floats = pass_stage_floats(KT, false, delta);
+  // stage layout: K [C][ldk], then W [C][ldk] (delta rule), then U [C][kLdV]
+  const auto k_sm = [&](int s) { return stages + s * stage_floats; };
+  const auto w_sm = [&](int s) { return k_sm(s) + kPassC * ldk; };
+  const auto u_sm = [&](int s) { return k_sm(s) + (delta ? 2 : 1) * kPassC * ldk; };
+  const auto load = [&](int64_t c, int s) {
+    const int64_t row0 = (int64_t(bh) * x.N + c) * kPassC;
+    load_tile(k_sm(s), ldk, x.a + row0 * x.dk, x.dk, kPassC, x.dk, KT * 16);
+    if (delta) load_tile(w_sm(s), ldk, x.b + row0 * x.dk, x.dk, kPassC, x.dk, KT * 16);
+    load_tile(u_sm(s), kLdV, x.c + row0 * x.dv + col0, x.dv, kPassC, nv, kBV);
+    copy_commit();
+  };
+
+  StateTile<KT> st;
+  st.load(x.init + bh * state + col0, x.dv, x.dk, nv);
+  walk_chunks(x.N, false, x.stages, load, [&](int64_t c, int s) {
+    st.store(s_sm, x.per_chunk + (int64_t(bh) * x.N + c) * state + col0, x.dv, x.dk, nv);  // checkpoint c = S_c
+    block_sync();
+    const float* vn = u_sm(s);
+    if (delta) {  // U' = U - W S_c
+      rows_times_state<KT, P, PS>(w_sm(s), ldk, s_sm, -1.f, u_sm(s), vn_sm,
+                                  x.values + (int64_t(bh) * x.N + c) * kPassC * x.dv + col0, x.dv, nv);
+      block_sync();
+      vn = vn_sm;
+    }
+    st.template add_transposed_product<P>(1.f, k_sm(s), ldk, vn);  // S_{c+1} = S_c + K^T U'
+  });
+  st.store(nullptr, x.last + bh * state + col0, x.dv, x.dk, nv);
+}
+
+// B2 for block (bh, tile), in reverse over chunks: see the header.
+template <int KT, int P>
+FWP_DEV void state_backward_pass(const PassArgs& x, float* smem, int bh, int tile) {
+  constexpr int PS = P > 2 ? P : 2, ldk = pass_ld_k(KT);
+  const bool delta = x.b != nullptr;
+  const int col0 = tile * kBV, nv = imin(kBV, x.dv - col0);
+  const int64_t state = int64_t(x.dk) * x.dv;
+  float* ds_sm = smem;
+  float* dvn_sm = ds_sm + KT * 16 * kLdV;
+  float* stages = dvn_sm + kPassC * kLdV;
+  const int64_t stage_floats = pass_stage_floats(KT, true, delta);
+  // stage layout: K, Q [C][ldk], then W [C][ldk] (delta rule), then dU'_loc, dO [C][kLdV]
+  const auto k_sm = [&](int s) { return stages + s * stage_floats; };
+  const auto q_sm = [&](int s) { return k_sm(s) + kPassC * ldk; };
+  const auto w_sm = [&](int s) { return k_sm(s) + 2 * kPassC * ldk; };
+  const auto dl_sm = [&](int s) { return k_sm(s) + (delta ? 3 : 2) * kPassC * ldk; };
+  const auto do_sm = [&](int s) { return dl_sm(s) + kPassC * kLdV; };
+  const auto load = [&](int64_t c, int s) {
+    const int64_t row0 = (int64_t(bh) * x.N + c) * kPassC;
+    load_tile(k_sm(s), ldk, x.a + row0 * x.dk, x.dk, kPassC, x.dk, KT * 16);
+    load_tile(q_sm(s), ldk, x.c + row0 * x.dk, x.dk, kPassC, x.dk, KT * 16);
+    if (delta) load_tile(w_sm(s), ldk, x.b + row0 * x.dk, x.dk, kPassC, x.dk, KT * 16);
+    load_tile(dl_sm(s), kLdV, x.d + row0 * x.dv + col0, x.dv, kPassC, nv, kBV);
+    load_tile(do_sm(s), kLdV, x.e + row0 * x.dv + col0, x.dv, kPassC, nv, kBV);
+    copy_commit();
+  };
+
+  StateTile<KT> ds;
+  ds.load(x.init + bh * state + col0, x.dv, x.dk, nv);
+  walk_chunks(x.N, true, x.stages, load, [&](int64_t c, int s) {
+    ds.store(ds_sm, x.per_chunk + (int64_t(bh) * x.N + c) * state + col0, x.dv, x.dk, nv);  // dS_{c+1}
+    block_sync();
+    // dU' = dU'_loc + K dS_{c+1}
+    rows_times_state<KT, P, PS>(k_sm(s), ldk, ds_sm, 1.f, dl_sm(s), dvn_sm,
+                                x.values + (int64_t(bh) * x.N + c) * kPassC * x.dv + col0, x.dv, nv);
+    block_sync();
+    // dS_c = dS_{c+1} + Q^T dO - W^T dU'
+    ds.template add_transposed_product<P>(1.f, q_sm(s), ldk, do_sm(s));
+    if (delta) ds.template add_transposed_product<P>(-1.f, w_sm(s), ldk, dvn_sm);
+  });
+  ds.store(nullptr, x.last + bh * state + col0, x.dv, x.dk, nv);
+}
