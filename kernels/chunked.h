@@ -55,11 +55,12 @@ enum class Operands { Exact, Bf16, Bf16x3, Bf16x2 };
 Operands parse_operands(const std::string& name);
 const char* operands_name(Operands operands);
 
-// Which kernels run the two sequential passes (F2, B2) of the CUDA stages. `Fast`: chunked_passes.cuh
-// (state in registers, inputs through shared memory) where it fits the device (d_k <= 256 and its
-// shared memory), else the first version; `First`: chunked.cu's first version (every product through
-// global memory). `Emulated1` / `Emulated2`: chunked_passes.cuh's code run on the CPU by
-// chunked_emulator.cpp with one or two stages, for tests (fp32 CPU tensors, chunks of 64).
+// Which kernels run the CUDA stages that have a fast version (chunked_passes.cuh): the two sequential
+// passes (F2, B2: state in registers, inputs through shared memory, where it fits the device: d_k <=
+// 256 and its shared memory) and the row stages (values, F3 output, B1 local_grad: warp-local, no
+// shared memory). `Fast`: those; `First`: chunked.cu's first version of every stage (every product
+// through global memory). `Emulated1` / `Emulated2`: chunked_passes.cuh's code run on the CPU by
+// chunked_emulator.cpp, the passes with one or two stages, for tests (fp32 CPU tensors, chunks of 64).
 enum class Passes { Fast, First, Emulated1, Emulated2 };
 
 struct Config {
@@ -82,8 +83,13 @@ namespace cuda {
 #include "chunked_stages.inc"
 }  // namespace cuda
 
-// The CUDA kernels' fast passes emulated on the CPU (Passes::Emulated1 / Emulated2).
+// The CUDA kernels' fast versions emulated on the CPU (Passes::Emulated1 / Emulated2; the row stages
+// ignore the stage count).
 namespace emulated {
+Tensor values_from_checkpoints(const Tensor& w, const Tensor& u, const Tensor& checkpoints, const Config& cfg);
+Tensor output_forward(const Tensor& q, const Tensor& k, const Tensor& v_new, const Tensor& checkpoints,
+                      const Config& cfg);
+Tensor local_value_grad(const Tensor& q, const Tensor& k, const Tensor& grad_out, const Config& cfg);
 std::tuple<Tensor, Tensor, Tensor> state_forward(const Tensor& k, const Tensor& w, const Tensor& u,
                                                  const Tensor& s0, const Config& cfg);
 std::tuple<Tensor, Tensor, Tensor> state_backward(const Tensor& q, const Tensor& k, const Tensor& w,
@@ -108,17 +114,20 @@ inline std::tuple<Tensor, Tensor, Tensor> state_forward(const Tensor& k, const T
 
 inline Tensor values_from_checkpoints(const Tensor& w, const Tensor& u, const Tensor& checkpoints,
                                       const Config& cfg) {
+  if (emulated_passes(cfg)) return emulated::values_from_checkpoints(w, u, checkpoints, cfg);
   return u.is_cuda() ? cuda::values_from_checkpoints(w, u, checkpoints, cfg)
                      : cpu::values_from_checkpoints(w, u, checkpoints, cfg);
 }
 
 inline Tensor output_forward(const Tensor& q, const Tensor& k, const Tensor& v_new, const Tensor& checkpoints,
                              const Config& cfg) {
+  if (emulated_passes(cfg)) return emulated::output_forward(q, k, v_new, checkpoints, cfg);
   return q.is_cuda() ? cuda::output_forward(q, k, v_new, checkpoints, cfg)
                      : cpu::output_forward(q, k, v_new, checkpoints, cfg);
 }
 
 inline Tensor local_value_grad(const Tensor& q, const Tensor& k, const Tensor& grad_out, const Config& cfg) {
+  if (emulated_passes(cfg)) return emulated::local_value_grad(q, k, grad_out, cfg);
   return q.is_cuda() ? cuda::local_value_grad(q, k, grad_out, cfg) : cpu::local_value_grad(q, k, grad_out, cfg);
 }
 

@@ -134,6 +134,12 @@ Tensor values_from_checkpoints(const Tensor& w_, const Tensor& u_, const Tensor&
   check_chunks(w, "w");
   check_chunks(u, "u");
   Tensor v_new = at::empty_like(u);
+  if (cfg.passes != Passes::First) {
+    launched(fwp_chunked_cuda_values_rows(p(w), p(u), p(ckpt), p(v_new), u.size(0), u.size(1), w.size(3), u.size(3),
+                                          parts(cfg), stream(u)),
+             "values (fast)", stream(u));
+    return v_new;
+  }
   launched(fwp_chunked_cuda_values(p(w), p(u), p(ckpt), p(v_new), u.size(0), u.size(1), w.size(3), u.size(3),
                                    parts(cfg), stream(u)),
            "values", stream(u));
@@ -148,7 +154,14 @@ Tensor output_forward(const Tensor& q_, const Tensor& k_, const Tensor& v_new_, 
   check_chunks(q, "q");
   check_chunks(v_new, "v_new");
   const int64_t BH = q.size(0), N = q.size(1), C = q.size(2);
-  Tensor out = at::empty_like(v_new), qk = at::empty({BH, N, C, C}, q.options());
+  Tensor out = at::empty_like(v_new);
+  if (cfg.passes != Passes::First) {
+    launched(fwp_chunked_cuda_output_rows(p(q), p(k), p(v_new), p(ckpt), p(out), BH, N, q.size(3), v_new.size(3),
+                                          parts(cfg), stream(q)),
+             "output (fast)", stream(q));
+    return out;
+  }
+  Tensor qk = at::empty({BH, N, C, C}, q.options());
   launched(fwp_chunked_cuda_output(p(q), p(k), p(v_new), p(ckpt), p(out), p(qk), BH, N, q.size(3), v_new.size(3),
                                    parts(cfg), stream(q)),
            "output", stream(q));
@@ -162,7 +175,14 @@ Tensor local_value_grad(const Tensor& q_, const Tensor& k_, const Tensor& grad_o
   check_chunks(q, "q");
   check_chunks(grad_out, "grad_out");
   const int64_t BH = q.size(0), N = q.size(1), C = q.size(2);
-  Tensor dv_local = at::empty_like(grad_out), qk = at::empty({BH, N, C, C}, q.options());
+  Tensor dv_local = at::empty_like(grad_out);
+  if (cfg.passes != Passes::First) {
+    launched(fwp_chunked_cuda_local_grad_rows(p(q), p(k), p(grad_out), p(dv_local), BH, N, q.size(3),
+                                              grad_out.size(3), parts(cfg), stream(q)),
+             "local_grad (fast)", stream(q));
+    return dv_local;
+  }
+  Tensor qk = at::empty({BH, N, C, C}, q.options());
   launched(fwp_chunked_cuda_local_grad(p(q), p(k), p(grad_out), p(dv_local), p(qk), BH, N, q.size(3),
                                        grad_out.size(3), parts(cfg), stream(q)),
            "local_grad", stream(q));

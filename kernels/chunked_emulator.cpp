@@ -1,4 +1,5 @@
-// The fast sequential passes of the CUDA kernels (chunked_passes.cuh) run on the CPU, for tests: the
+// The fast CUDA kernels (chunked_passes.cuh: the sequential passes and the per-chunk row stages) run
+// on the CPU, for tests: the
 // same source, compiled by the host compiler, with one std::thread per CUDA thread of a block, real
 // barriers for __syncthreads, and mma.sync emulated from the documented m16n8k16 fragment layout
 // (each lane publishes its fragments, the warp meets, each lane sums its own accumulator elements
@@ -132,8 +133,7 @@ void run_block(const Body& body) {
 }
 
 int stages_of(const Config& cfg) {
-  TORCH_CHECK(cfg.passes == Passes::Emulated1 || cfg.passes == Passes::Emulated2,
-              "fwp::chunked emulated passes: expected Passes::Emulated1 or Emulated2");
+  TORCH_CHECK(emulated_passes(cfg), "fwp::chunked emulated passes: expected Passes::Emulated1 or Emulated2");
   return cfg.passes == Passes::Emulated2 ? 2 : 1;
 }
 
@@ -184,7 +184,56 @@ void run(bool backward, const PassArgs& x, int64_t BH, int parts) {
     run_parts<16>(backward, x, BH, parts);
 }
 
+template <RowStage stage>
+void run_rows(const RowArgs& x, int64_t BH, int parts) {
+  for (int64_t bh = 0; bh < BH; ++bh)
+    for (int64_t c = 0; c < x.N; ++c)
+      for (int tile = 0; tile * kRowCols < x.dv; ++tile)
+        run_block([&] {
+          if (parts == 1) row_stage<stage, 1>(x, int(bh), c, tile);
+          if (parts == 2) row_stage<stage, 2>(x, int(bh), c, tile);
+          if (parts == 3) row_stage<stage, 3>(x, int(bh), c, tile);
+        });
+}
+
+void check_chunks(const Tensor& x, const char* name) {
+  TORCH_CHECK(x.dim() == 4 && x.size(2) == kPassC && x.size(1) >= 1, "fwp::chunked emulated kernels: ", name,
+              " must be [BH, N >= 1, ", kPassC, ", d], got ", x.sizes());
+}
+
 }  // namespace
+
+Tensor values_from_checkpoints(const Tensor& w_, const Tensor& u_, const Tensor& ckpt_, const Config& cfg) {
+  if (!w_.defined()) return u_;
+  const Tensor w = in(w_), u = in(u_), ckpt = in(ckpt_);
+  check_chunks(w, "w");
+  Tensor v_new = at::empty_like(u);
+  const RowArgs x{ptr(w), nullptr, ptr(ckpt), nullptr, ptr(u), v_new.data_ptr<float>(), u.size(1), int(w.size(3)),
+                  int(u.size(3))};
+  run_rows<RowStage::Values>(x, u.size(0), parts_of(cfg));
+  return v_new;
+}
+
+Tensor output_forward(const Tensor& q_, const Tensor& k_, const Tensor& v_new_, const Tensor& ckpt_,
+                      const Config& cfg) {
+  const Tensor q = in(q_), k = in(k_), v_new = in(v_new_), ckpt = in(ckpt_);
+  check_chunks(q, "q");
+  Tensor out = at::empty_like(v_new);
+  const RowArgs x{ptr(q), ptr(k), ptr(ckpt), ptr(v_new), nullptr, out.data_ptr<float>(), q.size(1), int(q.size(3)),
+                  int(v_new.size(3))};
+  run_rows<RowStage::Output>(x, q.size(0), parts_of(cfg));
+  return out;
+}
+
+Tensor local_value_grad(const Tensor& q_, const Tensor& k_, const Tensor& grad_out_, const Config& cfg) {
+  const Tensor q = in(q_), k = in(k_), grad_out = in(grad_out_);
+  check_chunks(q, "q");
+  Tensor dv_local = at::empty_like(grad_out);
+  const RowArgs x{ptr(q), ptr(k), nullptr, ptr(grad_out), nullptr, dv_local.data_ptr<float>(), q.size(1),
+                  int(q.size(3)), int(grad_out.size(3))};
+  run_rows<RowStage::LocalGrad>(x, q.size(0), parts_of(cfg));
+  return dv_local;
+}
 
 std::tuple<Tensor, Tensor, Tensor> state_forward(const Tensor& k_, const Tensor& w_, const Tensor& u_,
                                                  const Tensor& s0_, const Config& cfg) {

@@ -78,4 +78,14 @@ int fwp_chunked_cuda_state_backward_pass(const float* q, const float* k, const f
                                          const float* dv_local, const float* ds_final, float* dv_new, float* ds_next,
                                          float* ds0, int64_t BH, int64_t N, int64_t dk, int64_t dv, int parts,
                                          int stages, void* stream);
+
+// The per-chunk row stages, fast version (chunked_passes.cuh: warp-local mma.sync, no shared memory):
+// same buffers and results as fwp_chunked_cuda_values / _output / _local_grad, without their scratch;
+// any d_k and d_v.
+int fwp_chunked_cuda_values_rows(const float* w, const float* u, const float* ckpt, float* v_new, int64_t BH,
+                                 int64_t N, int64_t dk, int64_t dv, int parts, void* stream);
+int fwp_chunked_cuda_output_rows(const float* q, const float* k, const float* v_new, const float* ckpt, float* out,
+                                 int64_t BH, int64_t N, int64_t dk, int64_t dv, int parts, void* stream);
+int fwp_chunked_cuda_local_grad_rows(const float* q, const float* k, const float* grad_out, float* dv_local,
+                                     int64_t BH, int64_t N, int64_t dk, int64_t dv, int parts, void* stream);
 }

@@ -47,9 +47,9 @@ Sizes check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const OptT
   return Sizes{s.B, s.H, s.T, s.d_k, s.d_v, chunk, (s.T + chunk - 1) / chunk};
 }
 
-// FWP_CHUNKED_PASSES=first runs the CUDA kernels' first-version sequential passes instead of the fast
-// ones (chunked.h, Passes): a way around the fast passes should they fail on some GPU. Unset or
-// `fast`: the default.
+// FWP_CHUNKED_PASSES=first runs the first version of every CUDA stage instead of the fast kernels
+// (chunked.h, Passes): a way around the fast kernels should they fail on some GPU. Unset or `fast`:
+// the default.
 Passes passes_from_environment() {
   const char* v = std::getenv("FWP_CHUNKED_PASSES");
   if (v == nullptr || std::string(v).empty() || std::string(v) == "fast") return Passes::Fast;
@@ -328,14 +328,16 @@ char* fwp_chunked_stage(const char* stage, const at::Tensor* const* in, int n_in
   return fwp::guarded([&] {
     using fwp::chunked::Passes;
     using fwp::chunked::Tensor;
-    // `<stage>:first`, `:emulated1`, `:emulated2` pick the sequential passes' kernels (chunked.h, Passes)
+    // `<stage>:first`, `:emulated1`, `:emulated2` pick the kernels of the stages with a fast version (chunked.h, Passes)
     std::string name(stage);
     Passes passes = Passes::Fast;
     if (const size_t colon = name.find(':'); colon != std::string::npos) {
       const std::string which = name.substr(colon + 1);
       name = name.substr(0, colon);
-      TORCH_CHECK(name == "state_forward" || name == "state_backward", "fwp_chunked_stage: only state_forward and "
-                  "state_backward take a pass suffix, got '", stage, "'");
+      TORCH_CHECK(name == "state_forward" || name == "state_backward" || name == "values" || name == "output" ||
+                      name == "local_grad",
+                  "fwp_chunked_stage: only the stages with a fast version (state_forward, state_backward, values, "
+                  "output, local_grad) take a suffix, got '", stage, "'");
       TORCH_CHECK(which == "fast" || which == "first" || which == "emulated1" || which == "emulated2",
                   "fwp_chunked_stage: unknown passes '", which, "' (fast, first, emulated1 or emulated2)");
       passes = which == "first"       ? Passes::First

@@ -59,6 +59,25 @@ __global__ void __launch_bounds__(kPassThreads, 1) state_backward_pass_kernel(Pa
   state_backward_pass<KT, P>(x, reinterpret_cast<float*>(smem), int(blockIdx.x), int(blockIdx.y));
 }
 
+template <RowStage stage, int P>
+__global__ void __launch_bounds__(kPassThreads) row_stage_kernel(RowArgs x) {
+  row_stage<stage, P>(x, int(blockIdx.x), int64_t(blockIdx.y), int(blockIdx.z));
+}
+
+template <RowStage stage>
+int launch_rows(const RowArgs& x, int64_t BH, int parts, void* stream) {
+  if (BH == 0 || x.N == 0) return 0;
+  const dim3 grid(unsigned(BH), unsigned(x.N), unsigned((x.dv + kRowCols - 1) / kRowCols));
+  const cudaStream_t s = cudaStream_t(stream);
+  switch (parts) {
+    case 1: row_stage_kernel<stage, 1><<<grid, kPassThreads, 0, s>>>(x); break;
+    case 2: row_stage_kernel<stage, 2><<<grid, kPassThreads, 0, s>>>(x); break;
+    case 3: row_stage_kernel<stage, 3><<<grid, kPassThreads, 0, s>>>(x); break;
+    default: return int(cudaErrorInvalidValue);
+  }
+  return int(cudaGetLastError());
+}
+
 constexpr int kMaxDevices = 64;
 
 // The device's opt-in limit of shared memory per block, read once per device.
@@ -158,6 +177,24 @@ int fwp_chunked_cuda_state_backward_pass(const float* q, const float* k, const f
                                          int stages, void* stream) {
   const PassArgs x{k, w, q, dv_local, grad_out, ds_final, ds_next, dv_new, ds0, N, int(dk), int(dv), stages};
   return run_pass(true, x, BH, parts, stream);
+}
+
+int fwp_chunked_cuda_values_rows(const float* w, const float* u, const float* ckpt, float* v_new, int64_t BH,
+                                 int64_t N, int64_t dk, int64_t dv, int parts, void* stream) {
+  const RowArgs x{w, nullptr, ckpt, nullptr, u, v_new, N, int(dk), int(dv)};
+  return launch_rows<RowStage::Values>(x, BH, parts, stream);
+}
+
+int fwp_chunked_cuda_output_rows(const float* q, const float* k, const float* v_new, const float* ckpt, float* out,
+                                 int64_t BH, int64_t N, int64_t dk, int64_t dv, int parts, void* stream) {
+  const RowArgs x{q, k, ckpt, v_new, nullptr, out, N, int(dk), int(dv)};
+  return launch_rows<RowStage::Output>(x, BH, parts, stream);
+}
+
+int fwp_chunked_cuda_local_grad_rows(const float* q, const float* k, const float* grad_out, float* dv_local,
+                                     int64_t BH, int64_t N, int64_t dk, int64_t dv, int parts, void* stream) {
+  const RowArgs x{q, k, nullptr, grad_out, nullptr, dv_local, N, int(dk), int(dv)};
+  return launch_rows<RowStage::LocalGrad>(x, BH, parts, stream);
 }
 
 }  // extern "C"

@@ -346,3 +346,126 @@ FWP_DEV void state_backward_pass(const PassArgs& x, float* smem, int bh, int til
   });
   ds.store(nullptr, x.last + bh * state + col0, x.dv, x.dk, nv);
 }
+
+// ---- The per-chunk row stages (chunked.h: values, F3 output, B1 local_grad), fast version ----
+//
+// One block of 4 warps per (batch·head, chunk, tile of kRowCols value columns); warp w computes the
+// chunk's rows 16 w .. 16 w + 15 on its own, with no shared memory and no barrier: fragments are read
+// straight from global memory (L1 / L2), and the C x C intermediate tril(Q K^T) never leaves the
+// registers: an m16n8k16 accumulator pair (n-tiles 2 kk, 2 kk + 1) holds exactly the A fragment of
+// k-block kk, split into bf16 parts in place.
+
+constexpr int kRowCols = 64;          // value columns per block
+constexpr int kRowNT = kRowCols / 8;  // n-tiles per warp
+constexpr int kQKNT = kPassC / 8;     // n-tiles of a C x C row block
+
+enum class RowStage { Values, Output, LocalGrad };
+
+// Everything a row stage reads and writes (chunked layout). Values: a = w, s = checkpoints, base = u
+// -> out = U'. Output: a = q, b = k, s = checkpoints, v = U' -> out = O. LocalGrad: a = q, b = k,
+// v = dO -> out = dU'_loc.
+struct RowArgs {
+  const float *a, *b, *s, *v, *base;
+  float* out;
+  int64_t N;
+  int dk, dv;
+};
+
+// acc[j] += A B over k in [0, K) by 16, for this warp's 16 rows: A(r, k) = ga(r, k) in PA parts,
+// B(k, n) = gb(k, n) for n-tile j's columns 8 j .. in PB parts (the getters give 0 outside).
+template <int NJ, int PA, int PB, class GA, class GB>
+FWP_DEV void warp_product(float (&acc)[NJ][4], int K, const GA& ga, const GB& gb) {
+  FWP_NO_UNROLL
+  for (int k0 = 0; k0 < K; k0 += 16) {
+    uint32_t a[PA][4];
+    load_a<PA>(a, [&](int r, int c) { return ga(r, k0 + c); });
+    FWP_UNROLL
+    for (int j = 0; j < NJ; ++j) {
+      uint32_t b[PB][2];
+      load_b<PB>(b, [&](int r, int c) { return gb(k0 + r, 8 * j + c); });
+      mma_parts<PA, PB>(acc[j], a, b);
+    }
+  }
+}
+
+// The A fragment, in P parts, of k-block kk of a 16 x C row block held as accumulators (n-tiles 2 kk
+// and 2 kk + 1; load_a's register order).
+template <int P>
+FWP_DEV void a_from_acc(uint32_t (&a)[P][4], const float (&acc)[kQKNT][4], int kk) {
+  FWP_UNROLL
+  for (int i = 0; i < 4; ++i) {
+    uint16_t lo[P], hi[P];
+    split<P>(acc[2 * kk + (i >> 1)][2 * (i & 1)], lo);
+    split<P>(acc[2 * kk + (i >> 1)][2 * (i & 1) + 1], hi);
+    FWP_UNROLL
+    for (int p = 0; p < P; ++p) a[p][i] = pack(lo[p], hi[p]);
+  }
+}
+
+// The row stage `stage` for block (bh, chunk c, value tile): see RowArgs. P parts per plain operand,
+// max(2, P) for the checkpoints.
+template <RowStage stage, int P>
+FWP_DEV void row_stage(const RowArgs& x, int bh, int64_t c, int tile) {
+  constexpr int PS = P > 2 ? P : 2;
+  const int m0 = 16 * warp_id(), col0 = tile * kRowCols;
+  const int nv = imin(kRowCols, x.dv - col0), dk = x.dk;
+  const int64_t chunk = int64_t(bh) * x.N + c;
+  const float* a = x.a + chunk * kPassC * dk;                 // [C, d_k] rows of W or Q
+  const auto ga = [&](int r, int k) { return k < dk ? a[(m0 + r) * dk + k] : 0.f; };
+  float acc[kRowNT][4] = {};
+  if (stage != RowStage::LocalGrad) {  // W S_c or Q S_c
+    const float* sc = x.s + chunk * dk * x.dv + col0;         // [d_k, d_v] checkpoint
+    warp_product<kRowNT, P, PS>(acc, dk, ga,
+                                [&](int k, int n) { return k < dk && n < nv ? sc[k * x.dv + n] : 0.f; });
+  }
+  float local[kRowNT][4] = {};
+  if (stage != RowStage::Values) {
+    // rows m0.. of tril(Q K^T) (Output) or of triu(K Q^T) = tril(Q K^T)^T (LocalGrad)
+    const float* b = x.b + chunk * kPassC * dk;               // [C, d_k] rows of K
+    float qk[kQKNT][4] = {};
+    if (stage == RowStage::Output)
+      warp_product<kQKNT, P, P>(qk, dk, ga, [&](int k, int n) { return k < dk ? b[n * dk + k] : 0.f; });
+    else
+      warp_product<kQKNT, P, P>(qk, dk, [&](int r, int k) { return k < dk ? b[(m0 + r) * dk + k] : 0.f; },
+                                [&](int k, int n) { return k < dk ? a[n * dk + k] : 0.f; });
+    FWP_UNROLL
+    for (int j = 0; j < kQKNT; ++j)
+      FWP_UNROLL
+      for (int e = 0; e < 4; ++e) {
+        const int r = m0 + acc_row(e), n = 8 * j + acc_col(e);
+        if (stage == RowStage::Output ? n > r : n < r) qk[j][e] = 0.f;
+      }
+    const float* v = x.v + chunk * kPassC * x.dv + col0;      // [C, d_v] rows of U' or dO
+    FWP_UNROLL
+    for (int kk = 0; kk < kPassC / 16; ++kk) {
+      uint32_t af[P][4];
+      a_from_acc<P>(af, qk, kk);
+      FWP_UNROLL
+      for (int j = 0; j < kRowNT; ++j) {
+        uint32_t bf[P][2];
+        load_b<P>(bf, [&](int r, int n) {
+          const int col = 8 * j + n;
+          return col < nv ? v[(16 * kk + r) * x.dv + col] : 0.f;
+        });
+        mma_parts<P, P>(local[j], af, bf);
+      }
+    }
+  }
+  float* out = x.out + chunk * kPassC * x.dv + col0;
+  const float* base = stage == RowStage::Values ? x.base + chunk * kPassC * x.dv + col0 : nullptr;
+  FWP_UNROLL
+  for (int j = 0; j < kRowNT; ++j)
+    FWP_UNROLL
+    for (int e = 0; e < 4; ++e) {
+      const int r = m0 + acc_row(e), n = 8 * j + acc_col(e);
+      if (n >= nv) continue;
+      float y;
+      if (stage == RowStage::Values)
+        y = base[r * x.dv + n] - acc[j][e];  // U' = U - W S_c
+      else if (stage == RowStage::Output)
+        y = acc[j][e] + local[j][e];         // O = Q S_c + tril(Q K^T) U'
+      else
+        y = local[j][e];                     // dU'_loc = tril(Q K^T)^T dO
+      out[r * x.dv + n] = y;
+    }
+}

@@ -328,11 +328,21 @@ fn stage_errors(
     errors
 }
 
-/// The fast CUDA passes (kernels/chunked_passes.cuh) run on the CPU by the emulator (one thread per
-/// CUDA thread, mma.sync from its fragment layout): on the twin's inputs of the state forward and
-/// backward, they give the twin's outputs. The shapes cover each key-tile size (d_k up to 64, 128,
-/// 256), a partial value tile, a T tail, d_v not a multiple of 4 (the 4-byte copies), both rules,
-/// the three operand modes and one and two stages of shared memory.
+/// The stages with a fast CUDA version (kernels/chunked_passes.cuh): the sequential passes and the
+/// per-chunk row stages.
+const FAST_STAGES: [&str; 5] = [
+    "state_forward",
+    "state_backward",
+    "values",
+    "output",
+    "local_grad",
+];
+
+/// The fast CUDA kernels (kernels/chunked_passes.cuh) run on the CPU by the emulator (one thread per
+/// CUDA thread, mma.sync from its fragment layout): on the twin's inputs of each stage they have,
+/// they give the twin's outputs. The shapes cover each key-tile size of the passes (d_k up to 64,
+/// 128, 256), partial value tiles, a T tail, d_v not a multiple of 4 (the passes' 4-byte copies),
+/// both rules, the three operand modes and one and two stages of shared memory.
 #[test]
 fn emulated_fast_passes_match_the_twin() {
     let _rng = seeded(72);
@@ -344,14 +354,15 @@ fn emulated_fast_passes_match_the_twin() {
             for delta in [false, true] {
                 let case = format!("BH={bh} T={t} d_k={d_k} d_v={d_v} delta={delta}");
                 for twin in chain(&x, delta, operands) {
-                    if !twin.name.starts_with("state_") {
+                    if !FAST_STAGES.contains(&twin.name) {
                         continue;
                     }
-                    let passes: &[&str] = if operands == Operands::Bf16x3 {
-                        &["emulated1", "emulated2"]
-                    } else {
-                        &["emulated2"]
-                    };
+                    let passes: &[&str] =
+                        if operands == Operands::Bf16x3 && twin.name.starts_with("state_") {
+                            &["emulated1", "emulated2"]
+                        } else {
+                            &["emulated2"]
+                        };
                     let refs: Vec<Option<&Tensor>> =
                         twin.inputs.iter().map(Option::as_ref).collect();
                     for pass in passes {
@@ -383,10 +394,7 @@ fn chunked_stage_pass_suffixes_are_checked() {
     )
     .unwrap_err()
     .to_string();
-    assert!(
-        err.contains("only state_forward and state_backward"),
-        "{err}"
-    );
+    assert!(err.contains("only the stages with a fast version"), "{err}");
     let inputs = [Some(&x.k), None, Some(&x.v), Some(&x.s0)];
     let err = chunked_stage("state_forward:quick", &inputs, C, Operands::Bf16)
         .unwrap_err()
@@ -401,8 +409,8 @@ fn chunked_stage_pass_suffixes_are_checked() {
     );
 }
 
-/// Each CUDA stage on the twin's inputs of that stage, against the twin's outputs; the sequential
-/// passes twice, the fast kernels (where they fit) and the first version.
+/// Each CUDA stage on the twin's inputs of that stage, against the twin's outputs; the stages with a
+/// fast version twice, the fast kernels (where they fit) and the first version.
 #[test]
 fn chunked_cuda_stages_match_the_cpu_twin() {
     if !cuda_or_skip("chunked_cuda_stages_match_the_cpu_twin") {
@@ -431,7 +439,7 @@ fn chunked_cuda_stages_match_the_cpu_twin() {
                         .collect();
                     let refs: Vec<Option<&Tensor>> = inputs.iter().map(Option::as_ref).collect();
                     let mut names = vec![twin.name.to_string()];
-                    if twin.name.starts_with("state_") {
+                    if FAST_STAGES.contains(&twin.name) {
                         names.push(format!("{}:first", twin.name));
                     }
                     for name in names {
