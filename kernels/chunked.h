@@ -57,8 +57,8 @@ const char* operands_name(Operands operands);
 
 // Which kernels run the CUDA stages that have a fast version (chunked_passes.cuh): the two sequential
 // passes (F2, B2: state in registers, inputs through shared memory, where it fits the device: d_k <=
-// 256 and its shared memory) and the row stages (values, F3 output, B1 local_grad: warp-local, no
-// shared memory). `Fast`: those; `First`: chunked.cu's first version of every stage (every product
+// 256 and its shared memory), the row stages (values, F3 output, B1 local_grad: warp-local, no
+// shared memory) and F1 (wy: rows warp-local, the solve in shared memory). `Fast`: those; `First`: chunked.cu's first version of every stage (every product
 // through global memory). `Emulated1` / `Emulated2`: chunked_passes.cuh's code run on the CPU by
 // chunked_emulator.cpp, the passes with one or two stages, for tests (fp32 CPU tensors, chunks of 64).
 enum class Passes { Fast, First, Emulated1, Emulated2 };
@@ -86,6 +86,8 @@ namespace cuda {
 // The CUDA kernels' fast versions emulated on the CPU (Passes::Emulated1 / Emulated2; the row stages
 // ignore the stage count).
 namespace emulated {
+std::tuple<Tensor, Tensor, Tensor> wy_forward(const Tensor& k, const Tensor& v, const Tensor& beta,
+                                              const Config& cfg);
 Tensor values_from_checkpoints(const Tensor& w, const Tensor& u, const Tensor& checkpoints, const Config& cfg);
 Tensor output_forward(const Tensor& q, const Tensor& k, const Tensor& v_new, const Tensor& checkpoints,
                       const Config& cfg);
@@ -103,6 +105,7 @@ inline bool emulated_passes(const Config& cfg) {
 
 inline std::tuple<Tensor, Tensor, Tensor> wy_forward(const Tensor& k, const Tensor& v, const Tensor& beta,
                                                      const Config& cfg) {
+  if (emulated_passes(cfg)) return emulated::wy_forward(k, v, beta, cfg);
   return k.is_cuda() ? cuda::wy_forward(k, v, beta, cfg) : cpu::wy_forward(k, v, beta, cfg);
 }
 

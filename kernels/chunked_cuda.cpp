@@ -96,8 +96,14 @@ std::tuple<Tensor, Tensor, Tensor> wy_forward(const Tensor& k_, const Tensor& v_
   check_chunks(k, "k");
   check_chunks(v, "v");
   const int64_t BH = k.size(0), N = k.size(1), C = k.size(2), dk = k.size(3), dv = v.size(3);
-  Tensor tinv = at::empty({BH, N, C, C}, k.options()), a = at::empty_like(tinv);
+  Tensor tinv = at::empty({BH, N, C, C}, k.options());
   Tensor w = at::empty({BH, N, C, dk}, k.options()), u = at::empty({BH, N, C, dv}, k.options());
+  if (cfg.passes != Passes::First) {
+    launched(fwp_chunked_cuda_wy_rows(p(k), p(v), p(beta), p(tinv), p(w), p(u), BH, N, dk, dv, parts(cfg), stream(k)),
+             "wy (fast)", stream(k));
+    return {tinv, w, u};
+  }
+  Tensor a = at::empty_like(tinv);
   launched(fwp_chunked_cuda_wy(p(k), p(v), p(beta), p(tinv), p(w), p(u), p(a), BH, N, dk, dv, parts(cfg), stream(k)), "wy",
            stream(k));
   return {tinv, w, u};

@@ -81,6 +81,9 @@ float bf16_value(uint16_t h) {
   return x;
 }
 
+// -std=c++17 keeps the host compiler from contracting it with a later add (-ffp-contract=off).
+float mul_rn(float a, float b) { return a * b; }
+
 #include "chunked_passes.cuh"
 
 static_assert(kPassWarps == 4, "BlockState lists one barrier per warp");
@@ -196,12 +199,37 @@ void run_rows(const RowArgs& x, int64_t BH, int parts) {
         });
 }
 
+template <int P>
+void run_wy(const WyArgs& x, int64_t BH) {
+  for (int64_t bh = 0; bh < BH; ++bh)
+    for (int64_t c = 0; c < x.N; ++c) {
+      WySmem sh;
+      run_block([&] { wy_stage<P>(x, sh, int(bh), c); });
+    }
+}
+
 void check_chunks(const Tensor& x, const char* name) {
   TORCH_CHECK(x.dim() == 4 && x.size(2) == kPassC && x.size(1) >= 1, "fwp::chunked emulated kernels: ", name,
               " must be [BH, N >= 1, ", kPassC, ", d], got ", x.sizes());
 }
 
 }  // namespace
+
+std::tuple<Tensor, Tensor, Tensor> wy_forward(const Tensor& k_, const Tensor& v_, const Tensor& beta_,
+                                              const Config& cfg) {
+  const Tensor k = in(k_), v = in(v_), beta = in(beta_);
+  check_chunks(k, "k");
+  const int64_t BH = k.size(0), N = k.size(1), dk = k.size(3), dv = v.size(3);
+  Tensor tinv = at::empty({BH, N, kPassC, kPassC}, k.options());
+  Tensor w = at::empty_like(k), u = at::empty_like(v);
+  const WyArgs x{ptr(k), ptr(v), ptr(beta), tinv.data_ptr<float>(), w.data_ptr<float>(), u.data_ptr<float>(), N,
+                 int(dk), int(dv)};
+  const int parts = parts_of(cfg);
+  if (parts == 1) run_wy<1>(x, BH);
+  if (parts == 2) run_wy<2>(x, BH);
+  if (parts == 3) run_wy<3>(x, BH);
+  return {tinv, w, u};
+}
 
 Tensor values_from_checkpoints(const Tensor& w_, const Tensor& u_, const Tensor& ckpt_, const Config& cfg) {
   if (!w_.defined()) return u_;

@@ -88,4 +88,6 @@ int fwp_chunked_cuda_output_rows(const float* q, const float* k, const float* v_
                                  int64_t BH, int64_t N, int64_t dk, int64_t dv, int parts, void* stream);
 int fwp_chunked_cuda_local_grad_rows(const float* q, const float* k, const float* grad_out, float* dv_local,
                                      int64_t BH, int64_t N, int64_t dk, int64_t dv, int parts, void* stream);
+int fwp_chunked_cuda_wy_rows(const float* k, const float* v, const float* beta, float* tinv, float* w, float* u,
+                             int64_t BH, int64_t N, int64_t dk, int64_t dv, int parts, void* stream);
 }

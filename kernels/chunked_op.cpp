@@ -334,10 +334,10 @@ char* fwp_chunked_stage(const char* stage, const at::Tensor* const* in, int n_in
     if (const size_t colon = name.find(':'); colon != std::string::npos) {
       const std::string which = name.substr(colon + 1);
       name = name.substr(0, colon);
-      TORCH_CHECK(name == "state_forward" || name == "state_backward" || name == "values" || name == "output" ||
-                      name == "local_grad",
-                  "fwp_chunked_stage: only the stages with a fast version (state_forward, state_backward, values, "
-                  "output, local_grad) take a suffix, got '", stage, "'");
+      TORCH_CHECK(name == "wy" || name == "state_forward" || name == "state_backward" || name == "values" ||
+                      name == "output" || name == "local_grad",
+                  "fwp_chunked_stage: only the stages with a fast version (wy, state_forward, state_backward, "
+                  "values, output, local_grad) take a suffix, got '", stage, "'");
       TORCH_CHECK(which == "fast" || which == "first" || which == "emulated1" || which == "emulated2",
                   "fwp_chunked_stage: unknown passes '", which, "' (fast, first, emulated1 or emulated2)");
       passes = which == "first"       ? Passes::First

@@ -44,6 +44,7 @@ FWP_DEV void copy_wait_but_one() { asm volatile("cp.async.wait_group 1;\n" ::: "
 
 FWP_DEV uint16_t bf16_bits(float x) { return __bfloat16_as_ushort(__float2bfloat16_rn(x)); }
 FWP_DEV float bf16_value(uint16_t h) { return __bfloat162float(__ushort_as_bfloat16(h)); }
+FWP_DEV float mul_rn(float a, float b) { return __fmul_rn(a, b); }
 
 #include "chunked_passes.cuh"
 
@@ -76,6 +77,12 @@ int launch_rows(const RowArgs& x, int64_t BH, int parts, void* stream) {
     default: return int(cudaErrorInvalidValue);
   }
   return int(cudaGetLastError());
+}
+
+template <int P>
+__global__ void __launch_bounds__(kPassThreads, 1) wy_stage_kernel(WyArgs x) {
+  __shared__ WySmem sh;
+  wy_stage<P>(x, sh, int(blockIdx.x), int64_t(blockIdx.y));
 }
 
 constexpr int kMaxDevices = 64;
@@ -195,6 +202,21 @@ int fwp_chunked_cuda_local_grad_rows(const float* q, const float* k, const float
                                      int64_t BH, int64_t N, int64_t dk, int64_t dv, int parts, void* stream) {
   const RowArgs x{q, k, nullptr, grad_out, nullptr, dv_local, N, int(dk), int(dv)};
   return launch_rows<RowStage::LocalGrad>(x, BH, parts, stream);
+}
+
+int fwp_chunked_cuda_wy_rows(const float* k, const float* v, const float* beta, float* tinv, float* w, float* u,
+                             int64_t BH, int64_t N, int64_t dk, int64_t dv, int parts, void* stream) {
+  if (BH == 0 || N == 0) return 0;
+  const WyArgs x{k, v, beta, tinv, w, u, N, int(dk), int(dv)};
+  const dim3 grid(static_cast<unsigned>(BH), static_cast<unsigned>(N));
+  const cudaStream_t s = cudaStream_t(stream);
+  switch (parts) {
+    case 1: wy_stage_kernel<1><<<grid, kPassThreads, 0, s>>>(x); break;
+    case 2: wy_stage_kernel<2><<<grid, kPassThreads, 0, s>>>(x); break;
+    case 3: wy_stage_kernel<3><<<grid, kPassThreads, 0, s>>>(x); break;
+    default: return int(cudaErrorInvalidValue);
+  }
+  return int(cudaGetLastError());
 }
 
 }  // extern "C"

@@ -23,6 +23,7 @@
 //   copy_async(dst, src, bytes, valid)   cp.async of 4 or 16 bytes (zero-fill when !valid)
 //   copy_commit(), copy_wait_all(), copy_wait_but_one()
 //   bf16_bits(float) -> uint16_t (round to nearest even), bf16_value(uint16_t) -> float
+//   mul_rn(float, float)            a product rounded on its own (never fused into a later add)
 // and includes it inside its own namespace.
 
 #ifdef __CUDACC__
@@ -468,4 +469,108 @@ FWP_DEV void row_stage(const RowArgs& x, int bh, int64_t c, int tile) {
         y = local[j][e];                     // dU'_loc = tril(Q K^T)^T dO
       out[r * x.dv + n] = y;
     }
+}
+
+// ---- F1, the WY stage, fast version ----
+//
+// One block of 4 warps per (batch·head, chunk): warp w computes rows 16 w .. of
+// A = tril((beta K) K^T, -1) into shared memory, the block inverts I + A there in fp32 (forward
+// substitution on the four 16 x 16 diagonal blocks, one warp each, then merges 16 -> 32 -> 64, the
+// first version's order), and each warp computes its rows of W = T~ (beta K) and U = T~ (beta V),
+// 64 columns at a time, with T~'s rows read from shared memory.
+
+struct WyArgs {
+  const float *k, *v, *beta;
+  float *tinv, *w, *u;
+  int64_t N;
+  int dk, dv;
+};
+
+struct WySmem {
+  float a[kPassC][kPassC + 1];
+  float x[kPassC][kPassC + 1];  // T~
+  float t[32][33];
+};
+
+// sh.x = (I + sh.a)^-1 for strictly lower sh.a, by the whole block. Ends with a barrier.
+FWP_DEV void unit_lower_inverse(WySmem& sh) {
+  for (int e = thread_id(); e < kPassC * kPassC; e += kPassThreads) sh.x[e / kPassC][e % kPassC] = 0.f;
+  block_sync();
+  const int lane = lane_id();
+  if (lane < 16) {  // diagonal block warp_id(), one lane per column
+    const int base = 16 * warp_id(), col = base + lane;
+    for (int i = 0; i < 16; ++i) {
+      float v = (i == lane) ? 1.f : 0.f;
+      for (int j = 0; j < i; ++j) v -= sh.a[base + i][base + j] * sh.x[base + j][col];
+      sh.x[base + i][col] = v;
+    }
+  }
+  block_sync();
+  for (int s = 16; s < kPassC; s *= 2) {
+    for (int blk = 0; blk < kPassC / (2 * s); ++blk) {
+      const int r0 = blk * 2 * s + s, c0 = blk * 2 * s;
+      // t = Y^-1 B with Y^-1 = x[r0.., r0..], B = a[r0.., c0..]
+      for (int e = thread_id(); e < s * s; e += kPassThreads) {
+        const int i = e / s, j = e % s;
+        float v = 0.f;
+        for (int m = 0; m < s; ++m) v += sh.x[r0 + i][r0 + m] * sh.a[r0 + m][c0 + j];
+        sh.t[i][j] = v;
+      }
+      block_sync();
+      // x[r0.., c0..] = -t X^-1 with X^-1 = x[c0.., c0..]
+      for (int e = thread_id(); e < s * s; e += kPassThreads) {
+        const int i = e / s, j = e % s;
+        float v = 0.f;
+        for (int m = 0; m < s; ++m) v += sh.t[i][m] * sh.x[c0 + m][c0 + j];
+        sh.x[r0 + i][c0 + j] = -v;
+      }
+      block_sync();
+    }
+  }
+}
+
+// out rows m0.. (C x cols, row stride cols) = T~ (beta X) for X = x (C x cols), 64 columns at a time.
+template <int P>
+FWP_DEV void tinv_times_scaled(const WySmem& sh, const float* x, const float* beta, int cols, float* out) {
+  const int m0 = 16 * warp_id();
+  for (int c0 = 0; c0 < cols; c0 += kRowCols) {
+    float acc[kRowNT][4] = {};
+    warp_product<kRowNT, P, P>(
+        acc, kPassC, [&](int r, int k) { return sh.x[m0 + r][k]; },
+        [&](int k, int n) { return c0 + n < cols ? mul_rn(x[k * cols + c0 + n], beta[k]) : 0.f; });
+    FWP_UNROLL
+    for (int j = 0; j < kRowNT; ++j)
+      FWP_UNROLL
+      for (int e = 0; e < 4; ++e) {
+        const int r = m0 + acc_row(e), n = c0 + 8 * j + acc_col(e);
+        if (n < cols) out[r * cols + n] = acc[j][e];
+      }
+  }
+}
+
+template <int P>
+FWP_DEV void wy_stage(const WyArgs& x, WySmem& sh, int bh, int64_t c) {
+  const int m0 = 16 * warp_id(), dk = x.dk;
+  const int64_t chunk = int64_t(bh) * x.N + c;
+  const float* k = x.k + chunk * kPassC * dk;
+  const float* beta = x.beta + chunk * kPassC;
+  {  // A = tril((beta K) K^T, -1), this warp's rows
+    float acc[kQKNT][4] = {};
+    warp_product<kQKNT, P, P>(
+        acc, dk, [&](int r, int j) { return j < dk ? mul_rn(k[(m0 + r) * dk + j], beta[m0 + r]) : 0.f; },
+        [&](int j, int n) { return j < dk ? k[n * dk + j] : 0.f; });
+    FWP_UNROLL
+    for (int j = 0; j < kQKNT; ++j)
+      FWP_UNROLL
+      for (int e = 0; e < 4; ++e) {
+        const int r = m0 + acc_row(e), n = 8 * j + acc_col(e);
+        sh.a[r][n] = n < r ? acc[j][e] : 0.f;
+      }
+  }
+  block_sync();
+  unit_lower_inverse(sh);
+  float* tinv = x.tinv + chunk * kPassC * kPassC;
+  for (int e = thread_id(); e < kPassC * kPassC; e += kPassThreads) tinv[e] = sh.x[e / kPassC][e % kPassC];
+  tinv_times_scaled<P>(sh, k, beta, dk, x.w + chunk * kPassC * dk);
+  tinv_times_scaled<P>(sh, x.v + chunk * kPassC * x.dv, beta, x.dv, x.u + chunk * kPassC * x.dv);
 }

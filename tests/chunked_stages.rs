@@ -328,9 +328,9 @@ fn stage_errors(
     errors
 }
 
-/// The stages with a fast CUDA version (kernels/chunked_passes.cuh): the sequential passes and the
-/// per-chunk row stages.
-const FAST_STAGES: [&str; 5] = [
+/// The stages with a fast CUDA version (kernels/chunked_passes.cuh): all but the input gradients.
+const FAST_STAGES: [&str; 6] = [
+    "wy",
     "state_forward",
     "state_backward",
     "values",
@@ -387,7 +387,7 @@ fn emulated_fast_passes_match_the_twin() {
 fn chunked_stage_pass_suffixes_are_checked() {
     let x = StageInputs::new(1, 10, 8, 8);
     let err = chunked_stage(
-        "wy:first",
+        "input_grads:first",
         &[Some(&x.k), Some(&x.v), Some(&x.beta)],
         C,
         Operands::Bf16,
