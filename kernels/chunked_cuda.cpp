@@ -75,6 +75,16 @@ void check_chunks(const Tensor& x, const char* name) {
               fwp_chunked_cuda_max_chunks() * fwp_chunked_cuda_chunk(), " steps)");
 }
 
+// `x` has the sizes `want`: the kernels index every argument by the sizes of the first ones. An
+// undefined `x` is an error unless `optional` (the sum rule's beta, T~ and W).
+void check_sizes(const Tensor& x, at::IntArrayRef want, const char* name, bool optional = false) {
+  if (!x.defined()) {
+    TORCH_CHECK(optional, "fwp::chunked_rule (CUDA): ", name, " is missing");
+    return;
+  }
+  TORCH_CHECK(x.sizes() == want, "fwp::chunked_rule (CUDA): ", name, " must be ", want, ", got ", x.sizes());
+}
+
 // fp32, contiguous, on the GPU (undefined stays undefined).
 Tensor in(const Tensor& t) {
   if (!t.defined()) return t;
@@ -96,6 +106,8 @@ std::tuple<Tensor, Tensor, Tensor> wy_forward(const Tensor& k_, const Tensor& v_
   check_chunks(k, "k");
   check_chunks(v, "v");
   const int64_t BH = k.size(0), N = k.size(1), C = k.size(2), dk = k.size(3), dv = v.size(3);
+  check_sizes(v, {BH, N, C, dv}, "v");
+  check_sizes(beta, {BH, N, C}, "beta");
   Tensor tinv = at::empty({BH, N, C, C}, k.options());
   Tensor w = at::empty({BH, N, C, dk}, k.options()), u = at::empty({BH, N, C, dv}, k.options());
   if (cfg.passes != Passes::First) {
@@ -116,7 +128,10 @@ std::tuple<Tensor, Tensor, Tensor> state_forward(const Tensor& k_, const Tensor&
   const Tensor k = in(k_), w = in(w_), u = in(u_), s0 = in(s0_);
   check_chunks(k, "k");
   check_chunks(u, "u");
-  const int64_t BH = k.size(0), N = k.size(1), dk = k.size(3), dv = u.size(3);
+  const int64_t BH = k.size(0), N = k.size(1), C = k.size(2), dk = k.size(3), dv = u.size(3);
+  check_sizes(w, {BH, N, C, dk}, "w", true);
+  check_sizes(u, {BH, N, C, dv}, "u");
+  check_sizes(s0, {BH, dk, dv}, "s0");
   Tensor ckpt = at::empty({BH, N, dk, dv}, k.options()), state = at::empty({BH, dk, dv}, k.options());
   Tensor v_new = w.defined() ? at::empty_like(u) : u;
   const int stages = pass_stages(cfg, dk, false, w.defined());
@@ -139,6 +154,8 @@ Tensor values_from_checkpoints(const Tensor& w_, const Tensor& u_, const Tensor&
   const Tensor w = in(w_), u = in(u_), ckpt = in(ckpt_);
   check_chunks(w, "w");
   check_chunks(u, "u");
+  check_sizes(u, {w.size(0), w.size(1), w.size(2), u.size(3)}, "u");
+  check_sizes(ckpt, {w.size(0), w.size(1), w.size(3), u.size(3)}, "checkpoints");
   Tensor v_new = at::empty_like(u);
   if (cfg.passes != Passes::First) {
     launched(fwp_chunked_cuda_values_rows(p(w), p(u), p(ckpt), p(v_new), u.size(0), u.size(1), w.size(3), u.size(3),
@@ -160,6 +177,9 @@ Tensor output_forward(const Tensor& q_, const Tensor& k_, const Tensor& v_new_, 
   check_chunks(q, "q");
   check_chunks(v_new, "v_new");
   const int64_t BH = q.size(0), N = q.size(1), C = q.size(2);
+  check_sizes(k, q.sizes(), "k");
+  check_sizes(v_new, {BH, N, C, v_new.size(3)}, "v_new");
+  check_sizes(ckpt, {BH, N, q.size(3), v_new.size(3)}, "checkpoints");
   Tensor out = at::empty_like(v_new);
   if (cfg.passes != Passes::First) {
     launched(fwp_chunked_cuda_output_rows(p(q), p(k), p(v_new), p(ckpt), p(out), BH, N, q.size(3), v_new.size(3),
@@ -181,6 +201,8 @@ Tensor local_value_grad(const Tensor& q_, const Tensor& k_, const Tensor& grad_o
   check_chunks(q, "q");
   check_chunks(grad_out, "grad_out");
   const int64_t BH = q.size(0), N = q.size(1), C = q.size(2);
+  check_sizes(k, q.sizes(), "k");
+  check_sizes(grad_out, {BH, N, C, grad_out.size(3)}, "grad_out");
   Tensor dv_local = at::empty_like(grad_out);
   if (cfg.passes != Passes::First) {
     launched(fwp_chunked_cuda_local_grad_rows(p(q), p(k), p(grad_out), p(dv_local), BH, N, q.size(3),
@@ -205,6 +227,11 @@ std::tuple<Tensor, Tensor, Tensor> state_backward(const Tensor& q_, const Tensor
   check_chunks(q, "q");
   check_chunks(grad_out, "grad_out");
   const int64_t BH = q.size(0), N = q.size(1), dk = q.size(3), dv = grad_out.size(3);
+  check_sizes(k, q.sizes(), "k");
+  check_sizes(w, q.sizes(), "w", true);
+  check_sizes(grad_out, {BH, N, q.size(2), dv}, "grad_out");
+  check_sizes(dv_local, grad_out.sizes(), "dv_local");
+  check_sizes(ds_final, {BH, dk, dv}, "ds_final");
   Tensor dv_new = at::empty_like(dv_local), ds_next = at::empty({BH, N, dk, dv}, q.options());
   Tensor ds0 = at::empty({BH, dk, dv}, q.options());
   const int stages = pass_stages(cfg, dk, true, w.defined());
@@ -234,7 +261,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> input_grads(const Tensor& q_, const T
   check_chunks(q, "q");
   check_chunks(v, "v");
   const bool delta = tinv.defined();
-  const int64_t BH = q.size(0), N = q.size(1), dk = q.size(3), dv = v.size(3);
+  const int64_t BH = q.size(0), N = q.size(1), C = q.size(2), dk = q.size(3), dv = v.size(3);
+  check_sizes(tinv, {BH, N, C, C}, "tinv", true);
+  check_sizes(k, q.sizes(), "k");
+  check_sizes(v, {BH, N, C, dv}, "v");
+  check_sizes(beta, {BH, N, C}, "beta", !delta);
+  check_sizes(w, q.sizes(), "w", !delta);
+  check_sizes(v_new, v.sizes(), "v_new");
+  check_sizes(grad_out, v.sizes(), "grad_out");
+  check_sizes(dv_new, v.sizes(), "dv_new");
+  check_sizes(ckpt, {BH, N, dk, dv}, "checkpoints");
+  check_sizes(ds_next, {BH, N, dk, dv}, "ds_next");
   Tensor dq = at::empty_like(q), dkt = at::empty_like(k);
   Tensor dvt = delta ? at::empty_like(v) : Tensor(), dbeta = delta ? at::empty_like(beta) : Tensor();
   Tensor scratch = at::empty({BH, N, fwp_chunked_cuda_scratch_per_chunk(dk, dv)}, q.options());

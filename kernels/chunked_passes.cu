@@ -106,18 +106,20 @@ size_t pass_bytes(int64_t dk, bool backward, bool delta, int stages) {
   return size_t(pass_floats(key_tiles(dk), backward, delta, stages)) * sizeof(float);
 }
 
-// Launches one (KT, P) instantiation with `bytes` of dynamic shared memory, raising the kernel's limit
-// on this device first where it is above the default 48 KiB (once per kernel and device).
+// Launches one (KT, P) instantiation with `bytes` of dynamic shared memory. Above the default 48 KiB
+// the kernel's limit on this device is first raised to the device's whole opt-in limit, once per
+// kernel and device: one value for every launch, so that concurrent callers with different sizes
+// (the sum and delta rules share a kernel) cannot lower it under each other.
 template <typename Kernel>
-int launch(Kernel kernel, std::atomic<int>* raised, const PassArgs& x, int64_t BH, size_t bytes, void* stream) {
+int launch(Kernel kernel, std::atomic<bool>* raised, const PassArgs& x, int64_t BH, size_t bytes, void* stream) {
   int device = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err != cudaSuccess) return int(err);
   if (device >= kMaxDevices) return int(cudaErrorInvalidDevice);
-  if (bytes > 48 * 1024 && raised[device].load() < int(bytes)) {
-    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
+  if (bytes > 48 * 1024 && !raised[device].load()) {
+    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_limit(device));
     if (err != cudaSuccess) return int(err);
-    raised[device].store(int(bytes));
+    raised[device].store(true);
   }
   const dim3 grid(unsigned(BH), unsigned((x.dv + kBV - 1) / kBV));
   kernel<<<grid, kPassThreads, bytes, cudaStream_t(stream)>>>(x);
@@ -126,7 +128,7 @@ int launch(Kernel kernel, std::atomic<int>* raised, const PassArgs& x, int64_t B
 
 template <int KT, int P>
 int launch_pass(bool backward, const PassArgs& x, int64_t BH, void* stream) {
-  static std::atomic<int> raised_forward[kMaxDevices] = {}, raised_backward[kMaxDevices] = {};
+  static std::atomic<bool> raised_forward[kMaxDevices] = {}, raised_backward[kMaxDevices] = {};
   const size_t bytes = pass_bytes(x.dk, backward, x.b != nullptr, x.stages);
   return backward ? launch(state_backward_pass_kernel<KT, P>, raised_backward, x, BH, bytes, stream)
                   : launch(state_forward_pass_kernel<KT, P>, raised_forward, x, BH, bytes, stream);

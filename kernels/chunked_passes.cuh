@@ -190,7 +190,7 @@ FWP_UNROLL
 FWP_UNROLL
         for (int e = 0; e < 4; ++e) {
           const int r = row(i, e), c = 8 * j + acc_col(e);
-          x[i][j][e] = (r < dk && c < nv) ? src[r * ld + c] : 0.f;
+          x[i][j][e] = (src != nullptr && r < dk && c < nv) ? src[r * ld + c] : 0.f;
         }
   }
 
