@@ -265,19 +265,40 @@ FWP_UNROLL
     }
 }
 
+// What a pass block (bh, tile) works on: its value columns col0 .. col0 + nv - 1, the size of one
+// state, and its shared memory: the state tile (KT*16 x kBV), one C x kBV tile (U' or dU'), then
+// `stages` buffers of stage_floats each (the layout pass_floats counts).
+template <int KT>
+struct PassBlock {
+  int col0, nv;
+  int64_t state;
+  float *state_sm, *values_sm, *stages;
+  int64_t stage_floats;
+
+  FWP_DEV PassBlock(const PassArgs& x, float* smem, int tile, bool backward)
+      : col0(tile * kBV),
+        nv(imin(kBV, x.dv - tile * kBV)),
+        state(int64_t(x.dk) * x.dv),
+        state_sm(smem),
+        values_sm(smem + KT * 16 * kLdV),
+        stages(smem + KT * 16 * kLdV + kPassC * kLdV),
+        stage_floats(pass_stage_floats(KT, backward, x.b != nullptr)) {}
+
+  FWP_DEV float* stage(int s) const { return stages + s * stage_floats; }
+};
+
 // F2 for block (bh, tile): see the header. P parts per plain operand, the state max(2, P).
 template <int KT, int P>
 FWP_DEV void state_forward_pass(const PassArgs& x, float* smem, int bh, int tile) {
   constexpr int PS = P > 2 ? P : 2, ldk = pass_ld_k(KT);
   const bool delta = x.b != nullptr;
-  const int col0 = tile * kBV, nv = imin(kBV, x.dv - col0);
-  const int64_t state = int64_t(x.dk) * x.dv;
-  float* s_sm = smem;
-  float* vn_sm = s_sm + KT * 16 * kLdV;
-  float* stages = vn_sm + kPassC * kLdV;
-  const int64_t stage_floats = pass_stage_floats(KT, false, delta);
+  const PassBlock<KT> blk(x, smem, tile, false);
+  const int col0 = blk.col0, nv = blk.nv;
+  const int64_t state = blk.state;
+  float* s_sm = blk.state_sm;
+  float* vn_sm = blk.values_sm;
   // stage layout: K [C][ldk], then W [C][ldk] (delta rule), then U [C][kLdV]
-  const auto k_sm = [&](int s) { return stages + s * stage_floats; };
+  const auto k_sm = [&](int s) { return blk.stage(s); };
   const auto w_sm = [&](int s) { return k_sm(s) + kPassC * ldk; };
   const auto u_sm = [&](int s) { return k_sm(s) + (delta ? 2 : 1) * kPassC * ldk; };
   const auto load = [&](int64_t c, int s) {
@@ -310,14 +331,13 @@ template <int KT, int P>
 FWP_DEV void state_backward_pass(const PassArgs& x, float* smem, int bh, int tile) {
   constexpr int PS = P > 2 ? P : 2, ldk = pass_ld_k(KT);
   const bool delta = x.b != nullptr;
-  const int col0 = tile * kBV, nv = imin(kBV, x.dv - col0);
-  const int64_t state = int64_t(x.dk) * x.dv;
-  float* ds_sm = smem;
-  float* dvn_sm = ds_sm + KT * 16 * kLdV;
-  float* stages = dvn_sm + kPassC * kLdV;
-  const int64_t stage_floats = pass_stage_floats(KT, true, delta);
+  const PassBlock<KT> blk(x, smem, tile, true);
+  const int col0 = blk.col0, nv = blk.nv;
+  const int64_t state = blk.state;
+  float* ds_sm = blk.state_sm;
+  float* dvn_sm = blk.values_sm;
   // stage layout: K, Q [C][ldk], then W [C][ldk] (delta rule), then dU'_loc, dO [C][kLdV]
-  const auto k_sm = [&](int s) { return stages + s * stage_floats; };
+  const auto k_sm = [&](int s) { return blk.stage(s); };
   const auto q_sm = [&](int s) { return k_sm(s) + kPassC * ldk; };
   const auto w_sm = [&](int s) { return k_sm(s) + 2 * kPassC * ldk; };
   const auto dl_sm = [&](int s) { return k_sm(s) + (delta ? 3 : 2) * kPassC * ldk; };
