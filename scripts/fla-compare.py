@@ -11,7 +11,9 @@ each one's relative RMS error of the output and every gradient against a float64
 same inputs (the chunkwise form in float64, autograd for the gradients). fwp's
 target: FLA / fwp >= 1.5 for forward + backward, at equal or better accuracy.
 
-Writes fla-compare.jsonl (one record per shape and implementation) and fla-compare.md to --out.
+Writes fla-compare.jsonl (one record per shape and implementation) and fla-compare.md to --out, and
+fla-compare-profile.md: where each implementation's forward + backward spends its GPU time, kernel by
+kernel (torch.profiler), at T = 4k for each d, so that a first run also says which stage to speed up.
 
   usage: python3 scripts/fla-compare.py --lib gpu-bundle/libfwp_torch.so --wheels gpu-bundle/wheels --out DIR
          python3 scripts/fla-compare.py --lib gpu-bundle/libfwp_torch.so --dry-run
@@ -130,6 +132,12 @@ def dry_run(lib):
     if not torch.equal(first, out32):
         sys.exit("fla-compare --dry-run: FWP_CHUNKED_PASSES=first changed the CPU twin's result")
     print("dry run: FWP_CHUNKED_PASSES=first taken, 'firts' refused")
+    # the profile of the GPU run, here over CPU ops: it names fwp's op and accounts for its time
+    rows = profile(fwp_op, x32, do.float(), 2)
+    table = profile_table("fwp (CPU dry run)", rows)
+    if not rows or not any("chunked" in r[0] for r in rows):
+        sys.exit(f"fla-compare --dry-run: the profile does not show fwp's op:\n{table}")
+    print(table)
 
 
 def median_ms(fn, warmup, reps):
@@ -167,6 +175,44 @@ def measure(name, fn, x, grad_out, want, warmup, reps):
     return rec
 
 
+PROFILE_T = 4096
+
+
+def profile(fn, x, grad_out, reps):
+    """Self time per kernel (CUDA) or per op (CPU) of forward + backward of fn on leaves made from x,
+    per run over `reps` profiled runs after one untimed one: [(name, calls, us)], most time first."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+    cuda = x[0].is_cuda
+    leaves = [t.detach().requires_grad_() for t in x]
+    step = lambda: torch.autograd.grad(fn(*leaves), leaves, grad_out)
+    step()
+    with torch_profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        for _ in range(reps):
+            step()
+        if cuda:
+            torch.cuda.synchronize()
+    want = torch.autograd.DeviceType.CUDA if cuda else torch.autograd.DeviceType.CPU
+    rows = [(e.key, e.count / reps, (e.device_time_total if cuda else e.self_cpu_time_total) / reps)
+            for e in prof.key_averages() if e.device_type == want]
+    return sorted((r for r in rows if r[2] > 0), key=lambda r: -r[2])
+
+
+def profile_table(title, rows, top=15):
+    """A markdown table of profile()'s rows: the `top` most expensive and the rest summed."""
+    total = sum(r[2] for r in rows)
+    lines = [f"### {title}: {total / 1000:.3f} ms per forward + backward", "",
+             "| kernel (CPU: op) | calls | ms | share |", "|---|---|---|---|"]
+    clip = lambda name: (name[:97] + "...") if len(name) > 100 else name
+    for name, calls, us in rows[:top]:
+        lines.append(f"| `{clip(name)}` | {calls:g} | {us / 1000:.3f} | {us / max(total, 1e-9):.0%} |")
+    rest = rows[top:]
+    if rest:
+        us = sum(r[2] for r in rest)
+        lines.append(f"| ({len(rest)} more) | | {us / 1000:.3f} | {us / max(total, 1e-9):.0%} |")
+    return "\n".join(lines) + "\n"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--lib", required=True, help="gpu-bundle/libfwp_torch.so")
@@ -195,7 +241,7 @@ def main():
         return chunk_delta_rule(q, k, v, beta, scale=1.0, output_final_state=False)[0]
 
     os.makedirs(args.out, exist_ok=True)
-    records = []
+    records, profiles = [], []
     print(f"GPU: {torch.cuda.get_device_name(0)}, torch {torch.__version__}")
     for t, d in SHAPES:
         b = max(1, TOKENS // t)
@@ -222,6 +268,15 @@ def main():
                 os.environ.pop("FWP_CHUNKED_PASSES", None)
             records.append(rec)
             print(json.dumps(rec), flush=True)
+        if t == PROFILE_T:
+            for name, fn, x, grad_out in (("FLA chunk_delta_rule", fla, fla_x, fla_do),
+                                          ("fwp chunked_rule", fwp_op, bf, do)):
+                try:
+                    profiles.append(profile_table(f"{name}, T = {t}, d = {d}, B = {b}, H = {HEADS}, bf16",
+                                                  profile(fn, x, grad_out, 3)))
+                except Exception as e:  # the profile is extra: its failure is reported, not fatal
+                    profiles.append(f"### {name}, T = {t}, d = {d}: profile failed: {type(e).__name__}: {e}\n")
+                print(profiles[-1], flush=True)
         del q, k, v, beta, do, bf, want, fla_x, fla_do, want_fla
         torch.cuda.empty_cache()
     with open(os.path.join(args.out, "fla-compare.jsonl"), "w") as f:
@@ -242,6 +297,8 @@ def main():
     table = "\n".join(lines) + "\n"
     with open(os.path.join(args.out, "fla-compare.md"), "w") as f:
         f.write(table)
+    with open(os.path.join(args.out, "fla-compare-profile.md"), "w") as f:
+        f.write("\n".join(profiles))
     print(table)
 
 
