@@ -55,12 +55,14 @@ enum class Operands { Exact, Bf16, Bf16x3, Bf16x2 };
 Operands parse_operands(const std::string& name);
 const char* operands_name(Operands operands);
 
-// Which kernels run the CUDA stages that have a fast version (chunked_passes.cuh): the two sequential
-// passes (F2, B2: state in registers, inputs through shared memory, where it fits the device: d_k <=
-// 256 and its shared memory), the row stages (values, F3 output, B1 local_grad: warp-local, no
-// shared memory) and F1 (wy: rows warp-local, the solve in shared memory). `Fast`: those; `First`: chunked.cu's first version of every stage (every product
-// through global memory). `Emulated1` / `Emulated2`: chunked_passes.cuh's code run on the CPU by
-// chunked_emulator.cpp, the passes with one or two stages, for tests (fp32 CPU tensors, chunks of 64).
+// Which kernels run the CUDA stages (chunked_passes.cuh has a fast version of every one): the two
+// sequential passes (F2, B2: state in registers, inputs through shared memory, where it fits the
+// device: d_k <= 256 and its shared memory), the row stages (values, F3 output, B1 local_grad:
+// warp-local, no shared memory), F1 (wy: rows warp-local, the solve in shared memory) and B3
+// (input_grads: rows warp-local, P, dT~ and dA in shared memory). `Fast`: those; `First`: chunked.cu's
+// first version of every stage (every product through global memory). `Emulated1` / `Emulated2`:
+// chunked_passes.cuh's code run on the CPU by chunked_emulator.cpp, the passes with one or two
+// stages, for tests (fp32 CPU tensors, chunks of 64).
 enum class Passes { Fast, First, Emulated1, Emulated2 };
 
 struct Config {
@@ -97,6 +99,12 @@ std::tuple<Tensor, Tensor, Tensor> state_forward(const Tensor& k, const Tensor& 
 std::tuple<Tensor, Tensor, Tensor> state_backward(const Tensor& q, const Tensor& k, const Tensor& w,
                                                   const Tensor& grad_out, const Tensor& dv_local,
                                                   const Tensor& ds_final, const Config& cfg);
+std::tuple<Tensor, Tensor, Tensor, Tensor> input_grads(const Tensor& q, const Tensor& k, const Tensor& v,
+                                                       const Tensor& beta, const Tensor& tinv,
+                                                       const Tensor& w, const Tensor& v_new,
+                                                       const Tensor& checkpoints, const Tensor& ds_next,
+                                                       const Tensor& grad_out, const Tensor& dv_new,
+                                                       const Config& cfg);
 }  // namespace emulated
 
 inline bool emulated_passes(const Config& cfg) {
@@ -148,6 +156,8 @@ inline std::tuple<Tensor, Tensor, Tensor, Tensor> input_grads(const Tensor& q, c
                                                               const Tensor& checkpoints, const Tensor& ds_next,
                                                               const Tensor& grad_out, const Tensor& dv_new,
                                                               const Config& cfg) {
+  if (emulated_passes(cfg))
+    return emulated::input_grads(q, k, v, beta, tinv, w, v_new, checkpoints, ds_next, grad_out, dv_new, cfg);
   return q.is_cuda() ? cuda::input_grads(q, k, v, beta, tinv, w, v_new, checkpoints, ds_next, grad_out, dv_new, cfg)
                      : cpu::input_grads(q, k, v, beta, tinv, w, v_new, checkpoints, ds_next, grad_out, dv_new, cfg);
 }

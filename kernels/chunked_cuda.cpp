@@ -274,6 +274,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> input_grads(const Tensor& q_, const T
   check_sizes(ds_next, {BH, N, dk, dv}, "ds_next");
   Tensor dq = at::empty_like(q), dkt = at::empty_like(k);
   Tensor dvt = delta ? at::empty_like(v) : Tensor(), dbeta = delta ? at::empty_like(beta) : Tensor();
+  if (cfg.passes != Passes::First) {
+    Tensor dw = delta ? at::empty_like(q) : Tensor();  // dW, the fast kernel's scratch
+    launched(fwp_chunked_cuda_input_grads_rows(p(q), p(k), p(v), p(beta), p(tinv), p(v_new), p(ckpt), p(ds_next),
+                                               p(grad_out), p(dv_new), p(dq), p(dkt), p(dvt), p(dbeta), p(dw), BH,
+                                               N, dk, dv, parts(cfg), stream(q)),
+             "input_grads (fast)", stream(q));
+    return {dq, dkt, delta ? dvt : dv_new, dbeta};
+  }
   Tensor scratch = at::empty({BH, N, fwp_chunked_cuda_scratch_per_chunk(dk, dv)}, q.options());
   launched(fwp_chunked_cuda_input_grads(p(q), p(k), p(v), p(beta), p(tinv), p(w), p(v_new), p(ckpt), p(ds_next),
                                         p(grad_out), p(dv_new), p(dq), p(dkt), p(dvt), p(dbeta), p(scratch), BH, N,

@@ -1,4 +1,4 @@
-// The fast CUDA kernels (chunked_passes.cuh: the sequential passes and the per-chunk row stages) run
+// The fast CUDA kernels (chunked_passes.cuh: the sequential passes and the per-chunk stages) run
 // on the CPU, for tests: the
 // same source, compiled by the host compiler, with one std::thread per CUDA thread of a block, real
 // barriers for __syncthreads, and mma.sync emulated from the documented m16n8k16 fragment layout
@@ -199,13 +199,24 @@ void run_rows(const RowArgs& x, int64_t BH, int parts) {
         });
 }
 
+// Runs block(sh, bh, c) for every (batch·head, chunk) as one block, with fresh shared memory `Smem`.
+template <class Smem, class Block>
+void run_chunks(int64_t BH, int64_t N, const Block& block) {
+  for (int64_t bh = 0; bh < BH; ++bh)
+    for (int64_t c = 0; c < N; ++c) {
+      Smem sh;
+      run_block([&] { block(sh, int(bh), c); });
+    }
+}
+
 template <int P>
 void run_wy(const WyArgs& x, int64_t BH) {
-  for (int64_t bh = 0; bh < BH; ++bh)
-    for (int64_t c = 0; c < x.N; ++c) {
-      WySmem sh;
-      run_block([&] { wy_stage<P>(x, sh, int(bh), c); });
-    }
+  run_chunks<WySmem>(BH, x.N, [&](WySmem& sh, int bh, int64_t c) { wy_stage<P>(x, sh, bh, c); });
+}
+
+template <int P>
+void run_input_grads(const GradArgs& x, int64_t BH) {
+  run_chunks<GradSmem>(BH, x.N, [&](GradSmem& sh, int bh, int64_t c) { input_grads_stage<P>(x, sh, bh, c); });
 }
 
 void check_chunks(const Tensor& x, const char* name) {
@@ -290,6 +301,48 @@ std::tuple<Tensor, Tensor, Tensor> state_backward(const Tensor& q_, const Tensor
                    dv_new.data_ptr<float>(), ds0.data_ptr<float>(), N, int(dk), int(dv), stages_of(cfg)};
   run(true, x, BH, parts_of(cfg));
   return {dv_new, ds_next, ds0};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> input_grads(const Tensor& q_, const Tensor& k_, const Tensor& v_,
+                                                       const Tensor& beta_, const Tensor& tinv_, const Tensor& w_,
+                                                       const Tensor& v_new_, const Tensor& ckpt_,
+                                                       const Tensor& ds_next_, const Tensor& grad_out_,
+                                                       const Tensor& dv_new_, const Config& cfg) {
+  (void)w_;  // B3 does not read W
+  const Tensor q = in(q_), k = in(k_), v = in(v_), beta = in(beta_), tinv = in(tinv_), v_new = in(v_new_),
+               ckpt = in(ckpt_), ds_next = in(ds_next_), grad_out = in(grad_out_), dv_new = in(dv_new_);
+  check_chunks(q, "q");
+  check_chunks(v, "v");
+  const bool delta = tinv.defined();
+  const int64_t BH = q.size(0), N = q.size(1), dk = q.size(3), dv = v.size(3);
+  const auto check = [](const Tensor& x, at::IntArrayRef want, const char* name) {
+    TORCH_CHECK(x.defined() && x.sizes() == want, "fwp::chunked emulated kernels: ", name, " must be ", want,
+                ", got ", x.defined() ? x.sizes() : at::IntArrayRef{});
+  };
+  check(k, q.sizes(), "k");
+  check(ckpt, {BH, N, dk, dv}, "checkpoints");
+  check(ds_next, {BH, N, dk, dv}, "ds_next");
+  check(v, {BH, N, kPassC, dv}, "v");
+  check(v_new, v.sizes(), "v_new");
+  check(grad_out, v.sizes(), "grad_out");
+  check(dv_new, v.sizes(), "dv_new");
+  if (delta) {
+    check(tinv, {BH, N, kPassC, kPassC}, "tinv");
+    check(beta, {BH, N, kPassC}, "beta");
+  }
+  Tensor dq = at::empty_like(q), dkt = at::empty_like(k);
+  Tensor dvt = delta ? at::empty_like(v) : Tensor(), dbeta = delta ? at::empty_like(beta) : Tensor();
+  Tensor dw = delta ? at::empty_like(q) : Tensor();
+  const GradArgs x{ptr(q),       ptr(k),         ptr(v),       ptr(beta),      ptr(tinv),
+                   ptr(v_new),   ptr(ckpt),      ptr(ds_next), ptr(grad_out),  ptr(dv_new),
+                   dq.data_ptr<float>(), dkt.data_ptr<float>(), delta ? dvt.data_ptr<float>() : nullptr,
+                   delta ? dbeta.data_ptr<float>() : nullptr, delta ? dw.data_ptr<float>() : nullptr,
+                   N,            int(dk),        int(dv)};
+  const int parts = parts_of(cfg);
+  if (parts == 1) run_input_grads<1>(x, BH);
+  if (parts == 2) run_input_grads<2>(x, BH);
+  if (parts == 3) run_input_grads<3>(x, BH);
+  return {dq, dkt, delta ? dvt : dv_new, dbeta};
 }
 
 }  // namespace fwp::chunked::emulated

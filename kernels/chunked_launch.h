@@ -90,4 +90,12 @@ int fwp_chunked_cuda_local_grad_rows(const float* q, const float* k, const float
                                      int64_t BH, int64_t N, int64_t dk, int64_t dv, int parts, void* stream);
 int fwp_chunked_cuda_wy_rows(const float* k, const float* v, const float* beta, float* tinv, float* w, float* u,
                              int64_t BH, int64_t N, int64_t dk, int64_t dv, int parts, void* stream);
+
+// B3, fast version: the results of fwp_chunked_cuda_input_grads (no W: B3 does not read it); dw_scratch
+// [BH, N, C, d_k] for the delta rule (dW), NULL for the sum rule; any d_k and d_v.
+int fwp_chunked_cuda_input_grads_rows(const float* q, const float* k, const float* v, const float* beta,
+                                      const float* tinv, const float* v_new, const float* ckpt,
+                                      const float* ds_next, const float* grad_out, const float* dv_new, float* dq,
+                                      float* dk_out, float* dv_out, float* dbeta, float* dw_scratch, int64_t BH,
+                                      int64_t N, int64_t dk, int64_t dv, int parts, void* stream);
 }

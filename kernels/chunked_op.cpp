@@ -71,21 +71,37 @@ Config config(const Tensor& q, int64_t chunk, c10::string_view operands) {
   return Config{chunk, ops, passes_from_environment()};
 }
 
-// [B, H, T, d] -> [BH, N, C, d] in the accumulation dtype, T zero-padded to N C.
+// [B, H, T, d] -> [BH, N, C, d] in the accumulation dtype, T zero-padded to N C: a view of x when
+// it needs no conversion, no padding and no reordering (no copy; the stages never write their inputs).
 Tensor to_chunks(const Tensor& x, const Sizes& s) {
-  const at::ScalarType acc = acc_type(x.scalar_type());
-  const int64_t d = x.size(3);
-  return at::constant_pad_nd(x.to(acc), {0, 0, 0, s.N * s.C - s.T}).reshape({s.B * s.H, s.N, s.C, d});
+  const Tensor a = x.to(acc_type(x.scalar_type()));
+  const Tensor padded = s.N * s.C == s.T ? a : at::constant_pad_nd(a, {0, 0, 0, s.N * s.C - s.T});
+  return padded.reshape({s.B * s.H, s.N, s.C, x.size(3)});
 }
 
 Tensor beta_chunks(const Tensor& beta, const Sizes& s) {
-  return at::constant_pad_nd(beta.to(acc_type(beta.scalar_type())), {0, s.N * s.C - s.T})
-      .reshape({s.B * s.H, s.N, s.C});
+  const Tensor a = beta.to(acc_type(beta.scalar_type()));
+  const Tensor padded = s.N * s.C == s.T ? a : at::constant_pad_nd(a, {0, s.N * s.C - s.T});
+  return padded.reshape({s.B * s.H, s.N, s.C});
 }
 
 // [BH, N, C, d] -> [B, H, T, d] in `dtype`, the padding dropped.
 Tensor from_chunks(const Tensor& x, const Sizes& s, at::ScalarType dtype) {
   return x.reshape({s.B, s.H, s.N * s.C, x.size(3)}).narrow(2, 0, s.T).to(dtype).contiguous();
+}
+
+// A result over all batch·heads, [BH, ...]: on the CPU allocated here, for over_batch_heads' threads
+// to fill part by part; on CUDA left undefined, to become the one call's own stage output (no copy).
+Tensor result(const Tensor& q, at::IntArrayRef sizes, const at::TensorOptions& options) {
+  return q.is_cuda() ? Tensor() : at::empty(sizes, options);
+}
+
+// Puts a stage's output for batch·heads [b0, b1) into `dst` (see result()).
+void put(Tensor& dst, const Tensor& src, int64_t b0, int64_t b1) {
+  if (dst.defined())
+    dst.narrow(0, b0, b1 - b0).copy_(src);
+  else
+    dst = src;
 }
 
 // Runs body(b0, b1) over the batch·head range. CPU: split across ATen's threads, each part through
@@ -113,16 +129,16 @@ std::tuple<Tensor, Tensor, Tensor> forward_kernel(const Tensor& q, const Tensor&
                               : at::zeros({s.B * s.H, s.dk, s.dv}, acc);
   const Tensor bc = has(beta) ? beta_chunks(*beta, s) : Tensor();
   const int64_t BH = s.B * s.H;
-  Tensor out = at::empty({BH, s.N, s.C, s.dv}, acc), state = at::empty({BH, s.dk, s.dv}, acc);
-  Tensor checkpoints = at::empty({BH, s.N, s.dk, s.dv}, acc);
+  Tensor out = result(q, {BH, s.N, s.C, s.dv}, acc), state = result(q, {BH, s.dk, s.dv}, acc);
+  Tensor checkpoints = result(q, {BH, s.N, s.dk, s.dv}, acc);
   over_batch_heads(q, BH, [&](int64_t b0, int64_t b1) {
     const auto part = [&](const Tensor& t) { return t.defined() ? t.narrow(0, b0, b1 - b0) : t; };
     Tensor w, u = part(vc);
     if (has(beta)) std::tie(std::ignore, w, u) = wy_forward(part(kc), part(vc), part(bc), cfg);
     auto [ckpt, v_new, st] = state_forward(part(kc), w, u, part(init), cfg);
-    part(out).copy_(output_forward(part(qc), part(kc), v_new, ckpt, cfg));
-    part(state).copy_(st);
-    part(checkpoints).copy_(ckpt);
+    put(out, output_forward(part(qc), part(kc), v_new, ckpt, cfg), b0, b1);
+    put(state, st, b0, b1);
+    put(checkpoints, ckpt, b0, b1);
   });
   return {from_chunks(out, s, q.scalar_type()), state.view({s.B, s.H, s.dk, s.dv}),
           checkpoints.view({s.B, s.H, s.N, s.dk, s.dv})};
@@ -161,8 +177,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_kernel(const Tensor&
   const bool delta = has(beta);
   const Tensor bc = delta ? beta_chunks(*beta, s) : Tensor();
   const int64_t BH = s.B * s.H;
-  Tensor dq = at::empty_like(qc), dk = at::empty_like(kc), dv = at::empty_like(vc);
-  Tensor dbeta = delta ? at::empty_like(bc) : Tensor(), ds0 = at::empty({BH, s.dk, s.dv}, qc.options());
+  Tensor dq = result(q, qc.sizes(), qc.options()), dk = result(q, kc.sizes(), kc.options());
+  Tensor dv = result(q, vc.sizes(), vc.options()), ds0 = result(q, {BH, s.dk, s.dv}, qc.options());
+  Tensor dbeta = delta ? result(q, bc.sizes(), bc.options()) : Tensor();
   over_batch_heads(q, BH, [&](int64_t b0, int64_t b1) {
     const auto part = [&](const Tensor& t) { return t.defined() ? t.narrow(0, b0, b1 - b0) : t; };
     Tensor tinv, w, u = part(vc);
@@ -172,11 +189,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_kernel(const Tensor&
     auto [dv_new, ds_next, d0] = state_backward(part(qc), part(kc), w, part(go), dv_local, part(gs), cfg);
     auto [gq, gk, gv, gb] = input_grads(part(qc), part(kc), part(vc), part(bc), tinv, w, v_new, part(ckpt), ds_next,
                                         part(go), dv_new, cfg);
-    part(dq).copy_(gq);
-    part(dk).copy_(gk);
-    part(dv).copy_(gv);
-    if (delta) part(dbeta).copy_(gb);
-    part(ds0).copy_(d0);
+    put(dq, gq, b0, b1);
+    put(dk, gk, b0, b1);
+    put(dv, gv, b0, b1);
+    if (delta) put(dbeta, gb, b0, b1);
+    put(ds0, d0, b0, b1);
   });
   const at::ScalarType dt = q.scalar_type();
   Tensor dbeta_out = has(beta) ? dbeta.reshape({s.B, s.H, s.N * s.C}).narrow(2, 0, s.T).to(dt).contiguous()
@@ -328,16 +345,15 @@ char* fwp_chunked_stage(const char* stage, const at::Tensor* const* in, int n_in
   return fwp::guarded([&] {
     using fwp::chunked::Passes;
     using fwp::chunked::Tensor;
-    // `<stage>:first`, `:emulated1`, `:emulated2` pick the kernels of the stages with a fast version (chunked.h, Passes)
+    // `<stage>:fast`, `:first`, `:emulated1`, `:emulated2` pick the stage's kernel (chunked.h, Passes)
     std::string name(stage);
     Passes passes = Passes::Fast;
     if (const size_t colon = name.find(':'); colon != std::string::npos) {
       const std::string which = name.substr(colon + 1);
       name = name.substr(0, colon);
       TORCH_CHECK(name == "wy" || name == "state_forward" || name == "state_backward" || name == "values" ||
-                      name == "output" || name == "local_grad",
-                  "fwp_chunked_stage: only the stages with a fast version (wy, state_forward, state_backward, "
-                  "values, output, local_grad) take a suffix, got '", stage, "'");
+                      name == "output" || name == "local_grad" || name == "input_grads",
+                  "fwp_chunked_stage: unknown stage '", name, "' in '", stage, "'");
       TORCH_CHECK(which == "fast" || which == "first" || which == "emulated1" || which == "emulated2",
                   "fwp_chunked_stage: unknown passes '", which, "' (fast, first, emulated1 or emulated2)");
       passes = which == "first"       ? Passes::First

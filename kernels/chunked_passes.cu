@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <initializer_list>
 
 #include "chunked_launch.h"
 
@@ -83,6 +84,24 @@ template <int P>
 __global__ void __launch_bounds__(kPassThreads, 1) wy_stage_kernel(WyArgs x) {
   __shared__ WySmem sh;
   wy_stage<P>(x, sh, int(blockIdx.x), int64_t(blockIdx.y));
+}
+
+template <int P>
+__global__ void __launch_bounds__(kPassThreads, 1) input_grads_stage_kernel(GradArgs x) {
+  __shared__ GradSmem sh;
+  input_grads_stage<P>(x, sh, int(blockIdx.x), int64_t(blockIdx.y));
+}
+
+// Launches kernels[parts - 1] (the instantiations for 1, 2 and 3 bf16 parts) on a (BH, N) grid of
+// blocks, one per (batch·head, chunk), with static shared memory only.
+template <class Args>
+int launch_chunks(std::initializer_list<void (*)(Args)> kernels, const Args& x, int64_t BH, int parts,
+                  void* stream) {
+  if (parts < 1 || parts > int(kernels.size())) return int(cudaErrorInvalidValue);
+  if (BH == 0 || x.N == 0) return 0;
+  const dim3 grid(static_cast<unsigned>(BH), static_cast<unsigned>(x.N));
+  kernels.begin()[parts - 1]<<<grid, kPassThreads, 0, cudaStream_t(stream)>>>(x);
+  return int(cudaGetLastError());
 }
 
 constexpr int kMaxDevices = 64;
@@ -208,17 +227,19 @@ int fwp_chunked_cuda_local_grad_rows(const float* q, const float* k, const float
 
 int fwp_chunked_cuda_wy_rows(const float* k, const float* v, const float* beta, float* tinv, float* w, float* u,
                              int64_t BH, int64_t N, int64_t dk, int64_t dv, int parts, void* stream) {
-  if (BH == 0 || N == 0) return 0;
   const WyArgs x{k, v, beta, tinv, w, u, N, int(dk), int(dv)};
-  const dim3 grid(static_cast<unsigned>(BH), static_cast<unsigned>(N));
-  const cudaStream_t s = cudaStream_t(stream);
-  switch (parts) {
-    case 1: wy_stage_kernel<1><<<grid, kPassThreads, 0, s>>>(x); break;
-    case 2: wy_stage_kernel<2><<<grid, kPassThreads, 0, s>>>(x); break;
-    case 3: wy_stage_kernel<3><<<grid, kPassThreads, 0, s>>>(x); break;
-    default: return int(cudaErrorInvalidValue);
-  }
-  return int(cudaGetLastError());
+  return launch_chunks<WyArgs>({wy_stage_kernel<1>, wy_stage_kernel<2>, wy_stage_kernel<3>}, x, BH, parts, stream);
+}
+
+int fwp_chunked_cuda_input_grads_rows(const float* q, const float* k, const float* v, const float* beta,
+                                      const float* tinv, const float* v_new, const float* ckpt,
+                                      const float* ds_next, const float* grad_out, const float* dv_new, float* dq,
+                                      float* dk_out, float* dv_out, float* dbeta, float* dw_scratch, int64_t BH,
+                                      int64_t N, int64_t dk, int64_t dv, int parts, void* stream) {
+  const GradArgs x{q,  k,     v,      beta,  tinv,  v_new,      ckpt, ds_next, grad_out,
+                   dv_new, dq, dk_out, dv_out, dbeta, dw_scratch, N,    int(dk), int(dv)};
+  return launch_chunks<GradArgs>(
+      {input_grads_stage_kernel<1>, input_grads_stage_kernel<2>, input_grads_stage_kernel<3>}, x, BH, parts, stream);
 }
 
 }  // extern "C"

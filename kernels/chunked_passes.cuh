@@ -594,3 +594,189 @@ FWP_DEV void wy_stage(const WyArgs& x, WySmem& sh, int bh, int64_t c) {
   tinv_times_scaled<P>(sh, k, beta, dk, x.w + chunk * kPassC * dk);
   tinv_times_scaled<P>(sh, x.v + chunk * kPassC * x.dv, beta, x.dv, x.u + chunk * kPassC * x.dv);
 }
+
+// ---- B3, the input gradients, fast version ----
+//
+// One block of 4 warps per (batch·head, chunk); warp w owns the chunk's rows 16 w .. 16 w + 15 of
+// every C-row result, d_k and d_v wide ones 64 columns at a time. Operands are read straight from
+// global memory, as in the row stages; shared memory holds the C x C intermediates, which other warps
+// need whole or which would hold too many registers: P (for P K and P^T Q), and in turn dT~, T~^T dT~
+// and dA (for T~^T dT~, its product with T~^T, and G K, G^T K). dW = -dU' S_c^T, which every warp needs whole
+// (T~^T dW), goes through a C x d_k scratch per chunk in global memory. The products and the
+// roundings of their operands are the twin's (chunked.h, B3); where the twin adds separately
+// computed products, one accumulator takes them all here (fp32 sums in another order). The rows'
+// dbeta terms are summed per lane, then per row in a fixed order: no atomics.
+
+struct GradArgs {
+  const float *q, *k, *v, *beta, *tinv, *v_new, *ckpt, *ds_next, *grad_out, *dv_new;
+  float *grad_q, *grad_k, *grad_v, *grad_beta;
+  float* dw;  // scratch [BH, N, C, d_k] (delta rule)
+  int64_t N;
+  int dk, dv;
+};
+
+struct GradSmem {
+  float p[kPassC][kPassC + 1];  // P = tril(dO U'^T); at the end the dbeta partial sums
+  float m[kPassC][kPassC + 1];  // dT~, then T~^T dT~, then dA
+};
+
+// f(r, col, e, y) for each accumulator element y (index e) of a 64-column tile starting at column c0:
+// row r (of this warp's rows), column col < cols.
+template <class F>
+FWP_DEV void for_tile(const float (&acc)[kRowNT][4], int m0, int c0, int cols, const F& f) {
+  FWP_UNROLL
+  for (int j = 0; j < kRowNT; ++j)
+    FWP_UNROLL
+    for (int e = 0; e < 4; ++e) {
+      const int col = c0 + 8 * j + acc_col(e);
+      if (col < cols) f(m0 + acc_row(e), col, e, acc[j][e]);
+    }
+}
+
+template <int P>
+FWP_DEV void input_grads_stage(const GradArgs& x, GradSmem& sh, int bh, int64_t c) {
+  constexpr int PS = P > 2 ? P : 2;
+  const int m0 = 16 * warp_id(), dk = x.dk, dv = x.dv;
+  const bool delta = x.tinv != nullptr;
+  const int64_t chunk = int64_t(bh) * x.N + c;
+  const float* q = x.q + chunk * kPassC * dk;         // [C, d_k]
+  const float* k = x.k + chunk * kPassC * dk;         // [C, d_k]
+  const float* vn = x.v_new + chunk * kPassC * dv;    // U' [C, d_v]
+  const float* go = x.grad_out + chunk * kPassC * dv;  // dO [C, d_v]
+  const float* dvn = x.dv_new + chunk * kPassC * dv;   // dU' [C, d_v]
+  const float* sc = x.ckpt + chunk * dk * dv;          // S_c [d_k, d_v]
+  const float* dsc = x.ds_next + chunk * dk * dv;      // dS_{c+1} [d_k, d_v]
+  float* dw = delta ? x.dw + chunk * kPassC * dk : nullptr;  // dW [C, d_k]
+  // this warp's rows of a [C, d] matrix, and the columns c0.. of a state's transpose
+  const auto rows = [&](const float* a, int d) { return [=](int r, int j) { return j < d ? a[(m0 + r) * d + j] : 0.f; }; };
+  const auto state_t = [&](const float* s, int c0) {
+    return [=](int j, int n) { return j < dv && c0 + n < dk ? s[(c0 + n) * dv + j] : 0.f; };
+  };
+  const auto cols = [&](const float* a, int d, int c0) {  // B(j, n) = a[j, c0 + n], j < C
+    return [=](int j, int n) { return c0 + n < d ? a[j * d + c0 + n] : 0.f; };
+  };
+
+  {  // P = tril(dO U'^T), this warp's rows, into shared memory
+    float p[kQKNT][4] = {};
+    warp_product<kQKNT, P, P>(p, dv, rows(go, dv), [&](int j, int n) { return j < dv ? vn[n * dv + j] : 0.f; });
+    FWP_UNROLL
+    for (int j = 0; j < kQKNT; ++j)
+      FWP_UNROLL
+      for (int e = 0; e < 4; ++e) {
+        const int r = m0 + acc_row(e), n = 8 * j + acc_col(e);
+        sh.p[r][n] = n > r ? 0.f : p[j][e];
+      }
+  }
+  block_sync();
+  for (int c0 = 0; c0 < dk; c0 += kRowCols) {  // dQ = dO S_c^T + P K
+    float acc[kRowNT][4] = {};
+    warp_product<kRowNT, P, PS>(acc, dv, rows(go, dv), state_t(sc, c0));
+    warp_product<kRowNT, P, P>(acc, kPassC, [&](int r, int j) { return sh.p[m0 + r][j]; }, cols(k, dk, c0));
+    float* dq = x.grad_q + chunk * kPassC * dk;
+    for_tile(acc, m0, c0, dk, [&](int r, int col, int, float y) { dq[r * dk + col] = y; });
+  }
+  for (int c0 = 0; delta && c0 < dk; c0 += kRowCols) {  // dW = -dU' S_c^T
+    float d[kRowNT][4] = {};
+    warp_product<kRowNT, P, PS>(d, dv, rows(dvn, dv), state_t(sc, c0));
+    for_tile(d, m0, c0, dk, [&](int r, int col, int, float y) { dw[r * dk + col] = -y; });
+  }
+  block_sync();
+
+  float dbeta[2] = {0.f, 0.f};  // this lane's share of rows m0 + g and m0 + g + 8
+  const float* beta = delta ? x.beta + chunk * kPassC : nullptr;
+  const float* tinv = delta ? x.tinv + chunk * kPassC * kPassC : nullptr;  // T~ [C, C]
+  const float* v = delta ? x.v + chunk * kPassC * dv : nullptr;
+  const auto tinv_t = [&](int r, int j) { return tinv[j * kPassC + m0 + r]; };  // T~^T, this warp's rows
+  if (delta) {
+    {  // dT~ = dW (beta K)^T + dU' (beta V)^T, this warp's rows, into shared memory
+      float dt[kQKNT][4] = {};
+      warp_product<kQKNT, P, P>(dt, dk, rows(dw, dk),
+                                [&](int j, int n) { return j < dk ? mul_rn(k[n * dk + j], beta[n]) : 0.f; });
+      warp_product<kQKNT, P, P>(dt, dv, rows(dvn, dv),
+                                [&](int j, int n) { return j < dv ? mul_rn(v[n * dv + j], beta[n]) : 0.f; });
+      FWP_UNROLL
+      for (int j = 0; j < kQKNT; ++j)
+        FWP_UNROLL
+        for (int e = 0; e < 4; ++e) sh.m[m0 + acc_row(e)][8 * j + acc_col(e)] = dt[j][e];
+    }
+    block_sync();
+    {  // T~^T dT~, this warp's rows, into shared memory over dT~ once every warp has read it
+      float tmp[kQKNT][4] = {};
+      warp_product<kQKNT, P, P>(tmp, kPassC, tinv_t, [&](int j, int n) { return sh.m[j][n]; });
+      block_sync();
+      FWP_UNROLL
+      for (int j = 0; j < kQKNT; ++j)
+        FWP_UNROLL
+        for (int e = 0; e < 4; ++e) sh.m[m0 + acc_row(e)][8 * j + acc_col(e)] = tmp[j][e];
+    }
+    block_sync();
+    {  // dA = -tril(T~^T dT~ T~^T, -1), over T~^T dT~ once read
+      float da[kQKNT][4] = {};
+      warp_product<kQKNT, P, P>(da, kPassC, [&](int r, int j) { return sh.m[m0 + r][j]; },
+                                [&](int j, int n) { return tinv[n * kPassC + j]; });
+      block_sync();
+      FWP_UNROLL
+      for (int j = 0; j < kQKNT; ++j)
+        FWP_UNROLL
+        for (int e = 0; e < 4; ++e) {
+          const int r = m0 + acc_row(e), n = 8 * j + acc_col(e);
+          sh.m[r][n] = n < r ? -da[j][e] : 0.f;
+        }
+    }
+    {  // rowsum(dA . K K^T): each lane its own elements of dA, which it wrote itself
+      float kk_t[kQKNT][4] = {};
+      warp_product<kQKNT, P, P>(kk_t, dk, rows(k, dk), [&](int j, int n) { return j < dk ? k[n * dk + j] : 0.f; });
+      FWP_UNROLL
+      for (int j = 0; j < kQKNT; ++j)
+        FWP_UNROLL
+        for (int e = 0; e < 4; ++e) dbeta[e >> 1] += sh.m[m0 + acc_row(e)][8 * j + acc_col(e)] * kk_t[j][e];
+    }
+    block_sync();
+  }
+
+  for (int c0 = 0; c0 < dk; c0 += kRowCols) {
+    float acc[kRowNT][4] = {};
+    if (delta) {
+      // d(beta K) = T~^T dW, first: its terms rowsum(d(beta K) . K) and beta d(beta K) are taken at once
+      warp_product<kRowNT, P, P>(acc, kPassC, tinv_t, cols(dw, dk, c0));
+      FWP_UNROLL
+      for (int j = 0; j < kRowNT; ++j)
+        FWP_UNROLL
+        for (int e = 0; e < 4; ++e) {
+          const int r = m0 + acc_row(e), col = c0 + 8 * j + acc_col(e);
+          if (col < dk) dbeta[e >> 1] += acc[j][e] * k[r * dk + col];
+          acc[j][e] = mul_rn(acc[j][e], beta[r]);
+        }
+      // + G K + G^T K with G = diag(beta) dA
+      warp_product<kRowNT, P, P>(acc, kPassC, [&](int r, int j) { return mul_rn(sh.m[m0 + r][j], beta[m0 + r]); },
+                                 cols(k, dk, c0));
+      warp_product<kRowNT, P, P>(acc, kPassC, [&](int r, int j) { return mul_rn(sh.m[j][m0 + r], beta[j]); },
+                                 cols(k, dk, c0));
+    }
+    warp_product<kRowNT, P, P>(acc, kPassC, [&](int r, int j) { return sh.p[j][m0 + r]; }, cols(q, dk, c0));  // + P^T Q
+    warp_product<kRowNT, P, PS>(acc, dv, rows(vn, dv), state_t(dsc, c0));  // + U' dS_{c+1}^T
+    float* dko = x.grad_k + chunk * kPassC * dk;
+    for_tile(acc, m0, c0, dk, [&](int r, int col, int, float y) { dko[r * dk + col] = y; });
+  }
+  if (!delta) return;
+  for (int c0 = 0; c0 < dv; c0 += kRowCols) {
+    float dvb[kRowNT][4] = {};  // d(beta V) = T~^T dU'; dV = beta d(beta V)
+    warp_product<kRowNT, P, P>(dvb, kPassC, tinv_t, cols(dvn, dv, c0));
+    float* dvo = x.grad_v + chunk * kPassC * dv;
+    for_tile(dvb, m0, c0, dv, [&](int r, int col, int e, float y) {
+      dbeta[e >> 1] += y * v[r * dv + col];  // rowsum(d(beta V) . V)
+      dvo[r * dv + col] = mul_rn(y, beta[r]);
+    });
+  }
+  // dbeta: each row's four lanes (t = lane % 4) through shared memory, summed in order of t
+  block_sync();  // every warp is done with P
+  float* part = &sh.p[0][0];  // [C][4]
+  const int t = lane_id() & 3;
+  part[(m0 + (lane_id() >> 2)) * 4 + t] = dbeta[0];
+  part[(m0 + (lane_id() >> 2) + 8) * 4 + t] = dbeta[1];
+  block_sync();
+  if (thread_id() < kPassC) {
+    const float* r = part + thread_id() * 4;
+    x.grad_beta[chunk * kPassC + thread_id()] = ((r[0] + r[1]) + r[2]) + r[3];
+  }
+}
