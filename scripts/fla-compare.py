@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -133,6 +134,8 @@ def dry_run(lib):
         sys.exit("fla-compare --dry-run: FWP_CHUNKED_PASSES=first changed the CPU twin's result")
     print("dry run: FWP_CHUNKED_PASSES=first taken, 'firts' refused")
     # the profile of the GPU run, here over CPU ops: it names fwp's op and accounts for its time
+    # (KINETO_LOG_LEVEL: without it the profiler logs an error on a machine without a GPU)
+    os.environ.setdefault("KINETO_LOG_LEVEL", "5")
     rows = profile(fwp_op, x32, do.float(), 2)
     table = profile_table("fwp (CPU dry run)", rows)
     if not rows or not any("chunked" in r[0] for r in rows):
@@ -187,6 +190,7 @@ def profile(fn, x, grad_out, reps):
     leaves = [t.detach().requires_grad_() for t in x]
     step = lambda: torch.autograd.grad(fn(*leaves), leaves, grad_out)
     step()
+    warnings.filterwarnings("ignore", message=".*Profiler clears events")  # one profiling cycle here
     with torch_profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
         for _ in range(reps):
             step()
