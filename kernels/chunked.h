@@ -24,7 +24,8 @@
 //
 // Layout: chunked tensors are [BH, N, C, d] (T zero-padded to N·C: a zero step writes nothing
 // and its output is dropped), states [BH, N, d_k, d_v], all in the accumulation dtype (fp32, or
-// fp64 for fp64 inputs).
+// fp64 for fp64 inputs); except that the fast CUDA kernels (and their emulation) also take the
+// caller's inputs q, k, v, beta, dO (and the sum rule's U' = V) in bf16, as they are.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -62,7 +63,7 @@ const char* operands_name(Operands operands);
 // (input_grads: rows warp-local, P, dT~ and dA in shared memory). `Fast`: those; `First`: chunked.cu's
 // first version of every stage (every product through global memory). `Emulated1` / `Emulated2`:
 // chunked_passes.cuh's code run on the CPU by chunked_emulator.cpp, the passes with one or two
-// stages, for tests (fp32 CPU tensors, chunks of 64).
+// stages, for tests (fp32 CPU tensors, or bf16 for the caller's inputs; chunks of 64).
 enum class Passes { Fast, First, Emulated1, Emulated2 };
 
 struct Config {

@@ -96,22 +96,40 @@ Tensor in(const Tensor& t) {
 const float* p(const Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
 float* p(Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
 
+// An input in the caller's dtype (q, k, v, beta, dO; the sum rule's U' = V): the fast kernels read
+// fp32 or bf16 as it is (`fast`), the first-version kernels take fp32, converted here.
+Tensor user(const Tensor& t, bool fast) {
+  if (!t.defined()) return t;
+  TORCH_CHECK(t.is_cuda() && (t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16),
+              "fwp::chunked_rule (CUDA): stages take fp32 or bf16 inputs (q, k, v, beta, dO) and fp32 "
+              "intermediates, got ", t.scalar_type(), " on ", t.device());
+  return (fast ? t : t.to(at::kFloat)).contiguous();
+}
+
+FwpIn arg(const Tensor& t) {
+  return t.defined() ? FwpIn{t.data_ptr(), t.scalar_type() == at::kBFloat16 ? 1 : 0} : FwpIn{nullptr, 0};
+}
+
+at::TensorOptions f32(const Tensor& t) { return t.options().dtype(at::kFloat); }
+
 }  // namespace
 
 std::tuple<Tensor, Tensor, Tensor> wy_forward(const Tensor& k_, const Tensor& v_, const Tensor& beta_,
                                               const Config& cfg) {
   check_config(cfg);
   const c10::DeviceGuard guard(k_.device());
-  const Tensor k = in(k_), v = in(v_), beta = in(beta_);
+  const bool fast = cfg.passes != Passes::First;
+  const Tensor k = user(k_, fast), v = user(v_, fast), beta = user(beta_, fast);
   check_chunks(k, "k");
   check_chunks(v, "v");
   const int64_t BH = k.size(0), N = k.size(1), C = k.size(2), dk = k.size(3), dv = v.size(3);
   check_sizes(v, {BH, N, C, dv}, "v");
   check_sizes(beta, {BH, N, C}, "beta");
-  Tensor tinv = at::empty({BH, N, C, C}, k.options());
-  Tensor w = at::empty({BH, N, C, dk}, k.options()), u = at::empty({BH, N, C, dv}, k.options());
-  if (cfg.passes != Passes::First) {
-    launched(fwp_chunked_cuda_wy_rows(p(k), p(v), p(beta), p(tinv), p(w), p(u), BH, N, dk, dv, parts(cfg), stream(k)),
+  Tensor tinv = at::empty({BH, N, C, C}, f32(k));
+  Tensor w = at::empty({BH, N, C, dk}, f32(k)), u = at::empty({BH, N, C, dv}, f32(k));
+  if (fast) {
+    launched(fwp_chunked_cuda_wy_rows(arg(k), arg(v), arg(beta), p(tinv), p(w), p(u), BH, N, dk, dv, parts(cfg),
+                                      stream(k)),
              "wy (fast)", stream(k));
     return {tinv, w, u};
   }
@@ -125,18 +143,18 @@ std::tuple<Tensor, Tensor, Tensor> state_forward(const Tensor& k_, const Tensor&
                                                  const Tensor& s0_, const Config& cfg) {
   check_config(cfg);
   const c10::DeviceGuard guard(k_.device());
-  const Tensor k = in(k_), w = in(w_), u = in(u_), s0 = in(s0_);
-  check_chunks(k, "k");
+  check_chunks(k_, "k");
+  const int stages = pass_stages(cfg, k_.size(3), false, w_.defined());
+  const Tensor k = user(k_, stages > 0), w = in(w_), u = user(u_, stages > 0), s0 = in(s0_);
   check_chunks(u, "u");
   const int64_t BH = k.size(0), N = k.size(1), C = k.size(2), dk = k.size(3), dv = u.size(3);
   check_sizes(w, {BH, N, C, dk}, "w", true);
   check_sizes(u, {BH, N, C, dv}, "u");
   check_sizes(s0, {BH, dk, dv}, "s0");
-  Tensor ckpt = at::empty({BH, N, dk, dv}, k.options()), state = at::empty({BH, dk, dv}, k.options());
-  Tensor v_new = w.defined() ? at::empty_like(u) : u;
-  const int stages = pass_stages(cfg, dk, false, w.defined());
+  Tensor ckpt = at::empty({BH, N, dk, dv}, f32(k)), state = at::empty({BH, dk, dv}, f32(k));
+  Tensor v_new = w.defined() ? at::empty({BH, N, C, dv}, f32(u)) : u;
   if (stages > 0) {
-    launched(fwp_chunked_cuda_state_forward_pass(p(k), p(w), p(u), p(s0), p(ckpt), w.defined() ? p(v_new) : nullptr,
+    launched(fwp_chunked_cuda_state_forward_pass(arg(k), p(w), arg(u), p(s0), p(ckpt), w.defined() ? p(v_new) : nullptr,
                                                  p(state), BH, N, dk, dv, parts(cfg), stages, stream(k)),
              "state_forward (fast pass)", stream(k));
     return {ckpt, v_new, state};
@@ -173,21 +191,22 @@ Tensor output_forward(const Tensor& q_, const Tensor& k_, const Tensor& v_new_, 
                       const Config& cfg) {
   check_config(cfg);
   const c10::DeviceGuard guard(q_.device());
-  const Tensor q = in(q_), k = in(k_), v_new = in(v_new_), ckpt = in(ckpt_);
+  const bool fast = cfg.passes != Passes::First;
+  const Tensor q = user(q_, fast), k = user(k_, fast), v_new = user(v_new_, fast), ckpt = in(ckpt_);
   check_chunks(q, "q");
   check_chunks(v_new, "v_new");
   const int64_t BH = q.size(0), N = q.size(1), C = q.size(2);
   check_sizes(k, q.sizes(), "k");
   check_sizes(v_new, {BH, N, C, v_new.size(3)}, "v_new");
   check_sizes(ckpt, {BH, N, q.size(3), v_new.size(3)}, "checkpoints");
-  Tensor out = at::empty_like(v_new);
-  if (cfg.passes != Passes::First) {
-    launched(fwp_chunked_cuda_output_rows(p(q), p(k), p(v_new), p(ckpt), p(out), BH, N, q.size(3), v_new.size(3),
+  Tensor out = at::empty(v_new.sizes(), f32(v_new));
+  if (fast) {
+    launched(fwp_chunked_cuda_output_rows(arg(q), arg(k), arg(v_new), p(ckpt), p(out), BH, N, q.size(3), v_new.size(3),
                                           parts(cfg), stream(q)),
              "output (fast)", stream(q));
     return out;
   }
-  Tensor qk = at::empty({BH, N, C, C}, q.options());
+  Tensor qk = at::empty({BH, N, C, C}, f32(q));
   launched(fwp_chunked_cuda_output(p(q), p(k), p(v_new), p(ckpt), p(out), p(qk), BH, N, q.size(3), v_new.size(3),
                                    parts(cfg), stream(q)),
            "output", stream(q));
@@ -197,20 +216,21 @@ Tensor output_forward(const Tensor& q_, const Tensor& k_, const Tensor& v_new_, 
 Tensor local_value_grad(const Tensor& q_, const Tensor& k_, const Tensor& grad_out_, const Config& cfg) {
   check_config(cfg);
   const c10::DeviceGuard guard(q_.device());
-  const Tensor q = in(q_), k = in(k_), grad_out = in(grad_out_);
+  const bool fast = cfg.passes != Passes::First;
+  const Tensor q = user(q_, fast), k = user(k_, fast), grad_out = user(grad_out_, fast);
   check_chunks(q, "q");
   check_chunks(grad_out, "grad_out");
   const int64_t BH = q.size(0), N = q.size(1), C = q.size(2);
   check_sizes(k, q.sizes(), "k");
   check_sizes(grad_out, {BH, N, C, grad_out.size(3)}, "grad_out");
-  Tensor dv_local = at::empty_like(grad_out);
-  if (cfg.passes != Passes::First) {
-    launched(fwp_chunked_cuda_local_grad_rows(p(q), p(k), p(grad_out), p(dv_local), BH, N, q.size(3),
+  Tensor dv_local = at::empty(grad_out.sizes(), f32(grad_out));
+  if (fast) {
+    launched(fwp_chunked_cuda_local_grad_rows(arg(q), arg(k), arg(grad_out), p(dv_local), BH, N, q.size(3),
                                               grad_out.size(3), parts(cfg), stream(q)),
              "local_grad (fast)", stream(q));
     return dv_local;
   }
-  Tensor qk = at::empty({BH, N, C, C}, q.options());
+  Tensor qk = at::empty({BH, N, C, C}, f32(q));
   launched(fwp_chunked_cuda_local_grad(p(q), p(k), p(grad_out), p(dv_local), p(qk), BH, N, q.size(3),
                                        grad_out.size(3), parts(cfg), stream(q)),
            "local_grad", stream(q));
@@ -222,9 +242,10 @@ std::tuple<Tensor, Tensor, Tensor> state_backward(const Tensor& q_, const Tensor
                                                   const Tensor& ds_final_, const Config& cfg) {
   check_config(cfg);
   const c10::DeviceGuard guard(q_.device());
-  const Tensor q = in(q_), k = in(k_), w = in(w_), grad_out = in(grad_out_), dv_local = in(dv_local_),
-               ds_final = in(ds_final_);
-  check_chunks(q, "q");
+  check_chunks(q_, "q");
+  const int stages = pass_stages(cfg, q_.size(3), true, w_.defined());
+  const Tensor q = user(q_, stages > 0), k = user(k_, stages > 0), w = in(w_),
+               grad_out = user(grad_out_, stages > 0), dv_local = in(dv_local_), ds_final = in(ds_final_);
   check_chunks(grad_out, "grad_out");
   const int64_t BH = q.size(0), N = q.size(1), dk = q.size(3), dv = grad_out.size(3);
   check_sizes(k, q.sizes(), "k");
@@ -232,11 +253,10 @@ std::tuple<Tensor, Tensor, Tensor> state_backward(const Tensor& q_, const Tensor
   check_sizes(grad_out, {BH, N, q.size(2), dv}, "grad_out");
   check_sizes(dv_local, grad_out.sizes(), "dv_local");
   check_sizes(ds_final, {BH, dk, dv}, "ds_final");
-  Tensor dv_new = at::empty_like(dv_local), ds_next = at::empty({BH, N, dk, dv}, q.options());
-  Tensor ds0 = at::empty({BH, dk, dv}, q.options());
-  const int stages = pass_stages(cfg, dk, true, w.defined());
+  Tensor dv_new = at::empty_like(dv_local), ds_next = at::empty({BH, N, dk, dv}, f32(q));
+  Tensor ds0 = at::empty({BH, dk, dv}, f32(q));
   if (stages > 0) {
-    launched(fwp_chunked_cuda_state_backward_pass(p(q), p(k), p(w), p(grad_out), p(dv_local), p(ds_final),
+    launched(fwp_chunked_cuda_state_backward_pass(arg(q), arg(k), p(w), arg(grad_out), p(dv_local), p(ds_final),
                                                   p(dv_new), p(ds_next), p(ds0), BH, N, dk, dv, parts(cfg), stages,
                                                   stream(q)),
              "state_backward (fast pass)", stream(q));
@@ -255,9 +275,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> input_grads(const Tensor& q_, const T
                                                        const Tensor& dv_new_, const Config& cfg) {
   check_config(cfg);
   const c10::DeviceGuard guard(q_.device());
-  const Tensor q = in(q_), k = in(k_), v = in(v_), beta = in(beta_), tinv = in(tinv_), w = in(w_),
-               v_new = in(v_new_), ckpt = in(ckpt_), ds_next = in(ds_next_), grad_out = in(grad_out_),
-               dv_new = in(dv_new_);
+  const bool fast = cfg.passes != Passes::First;
+  const Tensor q = user(q_, fast), k = user(k_, fast), v = user(v_, fast), beta = user(beta_, fast),
+               tinv = in(tinv_), w = in(w_), v_new = user(v_new_, fast), ckpt = in(ckpt_), ds_next = in(ds_next_),
+               grad_out = user(grad_out_, fast), dv_new = in(dv_new_);
   check_chunks(q, "q");
   check_chunks(v, "v");
   const bool delta = tinv.defined();
@@ -272,17 +293,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> input_grads(const Tensor& q_, const T
   check_sizes(dv_new, v.sizes(), "dv_new");
   check_sizes(ckpt, {BH, N, dk, dv}, "checkpoints");
   check_sizes(ds_next, {BH, N, dk, dv}, "ds_next");
-  Tensor dq = at::empty_like(q), dkt = at::empty_like(k);
-  Tensor dvt = delta ? at::empty_like(v) : Tensor(), dbeta = delta ? at::empty_like(beta) : Tensor();
-  if (cfg.passes != Passes::First) {
-    Tensor dw = delta ? at::empty_like(q) : Tensor();  // dW, the fast kernel's scratch
-    launched(fwp_chunked_cuda_input_grads_rows(p(q), p(k), p(v), p(beta), p(tinv), p(v_new), p(ckpt), p(ds_next),
-                                               p(grad_out), p(dv_new), p(dq), p(dkt), p(dvt), p(dbeta), p(dw), BH,
-                                               N, dk, dv, parts(cfg), stream(q)),
+  Tensor dq = at::empty(q.sizes(), f32(q)), dkt = at::empty(k.sizes(), f32(k));
+  Tensor dvt = delta ? at::empty(v.sizes(), f32(v)) : Tensor();
+  Tensor dbeta = delta ? at::empty(beta.sizes(), f32(beta)) : Tensor();
+  if (fast) {
+    Tensor dw = delta ? at::empty(q.sizes(), f32(q)) : Tensor();  // dW, the fast kernel's scratch
+    launched(fwp_chunked_cuda_input_grads_rows(arg(q), arg(k), arg(v), arg(beta), p(tinv), arg(v_new), p(ckpt),
+                                               p(ds_next), arg(grad_out), p(dv_new), p(dq), p(dkt), p(dvt), p(dbeta),
+                                               p(dw), BH, N, dk, dv, parts(cfg), stream(q)),
              "input_grads (fast)", stream(q));
     return {dq, dkt, delta ? dvt : dv_new, dbeta};
   }
-  Tensor scratch = at::empty({BH, N, fwp_chunked_cuda_scratch_per_chunk(dk, dv)}, q.options());
+  Tensor scratch = at::empty({BH, N, fwp_chunked_cuda_scratch_per_chunk(dk, dv)}, f32(q));
   launched(fwp_chunked_cuda_input_grads(p(q), p(k), p(v), p(beta), p(tinv), p(w), p(v_new), p(ckpt), p(ds_next),
                                         p(grad_out), p(dv_new), p(dq), p(dkt), p(dvt), p(dbeta), p(scratch), BH, N,
                                         dk, dv, parts(cfg), stream(q)),

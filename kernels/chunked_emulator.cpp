@@ -155,6 +155,21 @@ Tensor in(const Tensor& t) {
 
 const float* ptr(const Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
 
+// An input in the caller's dtype (q, k, v, beta, dO; the sum rule's U'): fp32 or bf16 CPU tensors.
+Tensor user(const Tensor& t) {
+  if (!t.defined()) return t;
+  TORCH_CHECK(t.is_cpu() && (t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16),
+              "fwp::chunked emulated kernels: expected fp32 or bf16 CPU tensors for the inputs, got ",
+              t.scalar_type(), " on ", t.device());
+  return t.contiguous();
+}
+
+In arg(const Tensor& t) {
+  return t.defined() ? In{t.data_ptr(), t.scalar_type() == at::kBFloat16} : In{nullptr, false};
+}
+
+at::TensorOptions f32(const Tensor& t) { return t.options().dtype(at::kFloat); }
+
 template <int KT, int P>
 void run_grid(bool backward, const PassArgs& x, int64_t BH) {
   std::vector<float> smem(size_t(pass_floats(KT, backward, x.b != nullptr, x.stages)));
@@ -228,12 +243,12 @@ void check_chunks(const Tensor& x, const char* name) {
 
 std::tuple<Tensor, Tensor, Tensor> wy_forward(const Tensor& k_, const Tensor& v_, const Tensor& beta_,
                                               const Config& cfg) {
-  const Tensor k = in(k_), v = in(v_), beta = in(beta_);
+  const Tensor k = user(k_), v = user(v_), beta = user(beta_);
   check_chunks(k, "k");
   const int64_t BH = k.size(0), N = k.size(1), dk = k.size(3), dv = v.size(3);
-  Tensor tinv = at::empty({BH, N, kPassC, kPassC}, k.options());
-  Tensor w = at::empty_like(k), u = at::empty_like(v);
-  const WyArgs x{ptr(k), ptr(v), ptr(beta), tinv.data_ptr<float>(), w.data_ptr<float>(), u.data_ptr<float>(), N,
+  Tensor tinv = at::empty({BH, N, kPassC, kPassC}, f32(k));
+  Tensor w = at::empty(k.sizes(), f32(k)), u = at::empty(v.sizes(), f32(v));
+  const WyArgs x{arg(k), arg(v), arg(beta), tinv.data_ptr<float>(), w.data_ptr<float>(), u.data_ptr<float>(), N,
                  int(dk), int(dv)};
   const int parts = parts_of(cfg);
   if (parts == 1) run_wy<1>(x, BH);
@@ -247,28 +262,28 @@ Tensor values_from_checkpoints(const Tensor& w_, const Tensor& u_, const Tensor&
   const Tensor w = in(w_), u = in(u_), ckpt = in(ckpt_);
   check_chunks(w, "w");
   Tensor v_new = at::empty_like(u);
-  const RowArgs x{ptr(w), nullptr, ptr(ckpt), nullptr, ptr(u), v_new.data_ptr<float>(), u.size(1), int(w.size(3)),
-                  int(u.size(3))};
+  const RowArgs x{In{ptr(w), false}, In{nullptr, false}, In{nullptr, false}, ptr(ckpt), ptr(u),
+                  v_new.data_ptr<float>(), u.size(1), int(w.size(3)), int(u.size(3))};
   run_rows<RowStage::Values>(x, u.size(0), parts_of(cfg));
   return v_new;
 }
 
 Tensor output_forward(const Tensor& q_, const Tensor& k_, const Tensor& v_new_, const Tensor& ckpt_,
                       const Config& cfg) {
-  const Tensor q = in(q_), k = in(k_), v_new = in(v_new_), ckpt = in(ckpt_);
+  const Tensor q = user(q_), k = user(k_), v_new = user(v_new_), ckpt = in(ckpt_);
   check_chunks(q, "q");
-  Tensor out = at::empty_like(v_new);
-  const RowArgs x{ptr(q), ptr(k), ptr(ckpt), ptr(v_new), nullptr, out.data_ptr<float>(), q.size(1), int(q.size(3)),
+  Tensor out = at::empty(v_new.sizes(), f32(v_new));
+  const RowArgs x{arg(q), arg(k), arg(v_new), ptr(ckpt), nullptr, out.data_ptr<float>(), q.size(1), int(q.size(3)),
                   int(v_new.size(3))};
   run_rows<RowStage::Output>(x, q.size(0), parts_of(cfg));
   return out;
 }
 
 Tensor local_value_grad(const Tensor& q_, const Tensor& k_, const Tensor& grad_out_, const Config& cfg) {
-  const Tensor q = in(q_), k = in(k_), grad_out = in(grad_out_);
+  const Tensor q = user(q_), k = user(k_), grad_out = user(grad_out_);
   check_chunks(q, "q");
-  Tensor dv_local = at::empty_like(grad_out);
-  const RowArgs x{ptr(q), ptr(k), nullptr, ptr(grad_out), nullptr, dv_local.data_ptr<float>(), q.size(1),
+  Tensor dv_local = at::empty(grad_out.sizes(), f32(grad_out));
+  const RowArgs x{arg(q), arg(k), arg(grad_out), nullptr, nullptr, dv_local.data_ptr<float>(), q.size(1),
                   int(q.size(3)), int(grad_out.size(3))};
   run_rows<RowStage::LocalGrad>(x, q.size(0), parts_of(cfg));
   return dv_local;
@@ -276,12 +291,12 @@ Tensor local_value_grad(const Tensor& q_, const Tensor& k_, const Tensor& grad_o
 
 std::tuple<Tensor, Tensor, Tensor> state_forward(const Tensor& k_, const Tensor& w_, const Tensor& u_,
                                                  const Tensor& s0_, const Config& cfg) {
-  const Tensor k = in(k_), w = in(w_), u = in(u_), s0 = in(s0_);
+  const Tensor k = user(k_), w = in(w_), u = user(u_), s0 = in(s0_);
   const int64_t BH = k.size(0), N = k.size(1), dk = k.size(3), dv = u.size(3);
   TORCH_CHECK(k.size(2) == kPassC, "fwp::chunked emulated passes: chunks of ", kPassC, " steps, got ", k.size(2));
-  Tensor ckpt = at::empty({BH, N, dk, dv}, k.options()), state = at::empty({BH, dk, dv}, k.options());
-  Tensor v_new = w.defined() ? at::empty_like(u) : u;
-  const PassArgs x{ptr(k), ptr(w), ptr(u), nullptr, nullptr, ptr(s0), ckpt.data_ptr<float>(),
+  Tensor ckpt = at::empty({BH, N, dk, dv}, f32(k)), state = at::empty({BH, dk, dv}, f32(k));
+  Tensor v_new = w.defined() ? at::empty(u.sizes(), f32(u)) : u;
+  const PassArgs x{arg(k), arg(u), In{nullptr, false}, ptr(w), nullptr, ptr(s0), ckpt.data_ptr<float>(),
                    w.defined() ? v_new.data_ptr<float>() : nullptr, state.data_ptr<float>(), N, int(dk), int(dv),
                    stages_of(cfg)};
   run(false, x, BH, parts_of(cfg));
@@ -291,13 +306,13 @@ std::tuple<Tensor, Tensor, Tensor> state_forward(const Tensor& k_, const Tensor&
 std::tuple<Tensor, Tensor, Tensor> state_backward(const Tensor& q_, const Tensor& k_, const Tensor& w_,
                                                   const Tensor& grad_out_, const Tensor& dv_local_,
                                                   const Tensor& ds_final_, const Config& cfg) {
-  const Tensor q = in(q_), k = in(k_), w = in(w_), grad_out = in(grad_out_), dv_local = in(dv_local_),
+  const Tensor q = user(q_), k = user(k_), w = in(w_), grad_out = user(grad_out_), dv_local = in(dv_local_),
                ds_final = in(ds_final_);
   const int64_t BH = q.size(0), N = q.size(1), dk = q.size(3), dv = grad_out.size(3);
   TORCH_CHECK(q.size(2) == kPassC, "fwp::chunked emulated passes: chunks of ", kPassC, " steps, got ", q.size(2));
-  Tensor dv_new = at::empty_like(dv_local), ds_next = at::empty({BH, N, dk, dv}, q.options());
-  Tensor ds0 = at::empty({BH, dk, dv}, q.options());
-  const PassArgs x{ptr(k), ptr(w), ptr(q), ptr(dv_local), ptr(grad_out), ptr(ds_final), ds_next.data_ptr<float>(),
+  Tensor dv_new = at::empty_like(dv_local), ds_next = at::empty({BH, N, dk, dv}, f32(q));
+  Tensor ds0 = at::empty({BH, dk, dv}, f32(q));
+  const PassArgs x{arg(k), arg(q), arg(grad_out), ptr(w), ptr(dv_local), ptr(ds_final), ds_next.data_ptr<float>(),
                    dv_new.data_ptr<float>(), ds0.data_ptr<float>(), N, int(dk), int(dv), stages_of(cfg)};
   run(true, x, BH, parts_of(cfg));
   return {dv_new, ds_next, ds0};
@@ -309,8 +324,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> input_grads(const Tensor& q_, const T
                                                        const Tensor& ds_next_, const Tensor& grad_out_,
                                                        const Tensor& dv_new_, const Config& cfg) {
   (void)w_;  // B3 does not read W
-  const Tensor q = in(q_), k = in(k_), v = in(v_), beta = in(beta_), tinv = in(tinv_), v_new = in(v_new_),
-               ckpt = in(ckpt_), ds_next = in(ds_next_), grad_out = in(grad_out_), dv_new = in(dv_new_);
+  const Tensor q = user(q_), k = user(k_), v = user(v_), beta = user(beta_), tinv = in(tinv_),
+               v_new = user(v_new_), ckpt = in(ckpt_), ds_next = in(ds_next_), grad_out = user(grad_out_),
+               dv_new = in(dv_new_);
   check_chunks(q, "q");
   check_chunks(v, "v");
   const bool delta = tinv.defined();
@@ -330,11 +346,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> input_grads(const Tensor& q_, const T
     check(tinv, {BH, N, kPassC, kPassC}, "tinv");
     check(beta, {BH, N, kPassC}, "beta");
   }
-  Tensor dq = at::empty_like(q), dkt = at::empty_like(k);
-  Tensor dvt = delta ? at::empty_like(v) : Tensor(), dbeta = delta ? at::empty_like(beta) : Tensor();
-  Tensor dw = delta ? at::empty_like(q) : Tensor();
-  const GradArgs x{ptr(q),       ptr(k),         ptr(v),       ptr(beta),      ptr(tinv),
-                   ptr(v_new),   ptr(ckpt),      ptr(ds_next), ptr(grad_out),  ptr(dv_new),
+  Tensor dq = at::empty(q.sizes(), f32(q)), dkt = at::empty(k.sizes(), f32(k));
+  Tensor dvt = delta ? at::empty(v.sizes(), f32(v)) : Tensor();
+  Tensor dbeta = delta ? at::empty(beta.sizes(), f32(beta)) : Tensor();
+  Tensor dw = delta ? at::empty(q.sizes(), f32(q)) : Tensor();
+  const GradArgs x{arg(q),       arg(k),    arg(v),        arg(beta),   arg(v_new),  arg(grad_out),
+                   ptr(tinv),    ptr(ckpt), ptr(ds_next),  ptr(dv_new),
                    dq.data_ptr<float>(), dkt.data_ptr<float>(), delta ? dvt.data_ptr<float>() : nullptr,
                    delta ? dbeta.data_ptr<float>() : nullptr, delta ? dw.data_ptr<float>() : nullptr,
                    N,            int(dk),        int(dv)};

@@ -58,10 +58,19 @@ int fwp_chunked_cuda_input_grads(const float* q, const float* k, const float* v,
                                  int64_t dk, int64_t dv, int parts, void* stream);
 }
 
-// The fast sequential passes (chunked_passes.cuh): the state tile in registers, each chunk's inputs
-// copied into shared memory with cp.async, `stages` (1 or 2) chunks deep. Same buffers and results as
-// fwp_chunked_cuda_state_forward / _state_backward; d_k <= 256.
+// The fast kernels (chunked_passes.cuh). Their inputs in the caller's dtype (q, k, v, beta, dO, and
+// the sum rule's U' = V) are FwpIn: fp32, or bf16 when `bf16` is nonzero, read as they are; every
+// other buffer is fp32 as above.
 extern "C" {
+struct FwpIn {
+  const void* p;
+  int bf16;
+};
+
+// The fast sequential passes: the state tile in registers, each chunk's inputs copied into shared
+// memory (cp.async for fp32), `stages` (1 or 2) chunks deep. Same buffers and results as
+// fwp_chunked_cuda_state_forward / _state_backward; d_k <= 256. Forward: u is W's partner U (fp32)
+// for the delta rule, V for the sum rule.
 
 // Bytes of dynamic shared memory a pass takes (-1 for d_k > 256).
 int64_t fwp_chunked_cuda_pass_bytes(int64_t dk, int backward, int delta, int stages);
@@ -70,32 +79,28 @@ int64_t fwp_chunked_cuda_pass_bytes(int64_t dk, int backward, int delta, int sta
 // does not fit or d_k > 256 (then the first-version kernels run).
 int fwp_chunked_cuda_pass_stages(int64_t dk, int backward, int delta);
 
-int fwp_chunked_cuda_state_forward_pass(const float* k, const float* w, const float* u, const float* s0, float* ckpt,
+int fwp_chunked_cuda_state_forward_pass(FwpIn k, const float* w, FwpIn u, const float* s0, float* ckpt,
                                         float* v_new, float* state, int64_t BH, int64_t N, int64_t dk, int64_t dv,
                                         int parts, int stages, void* stream);
 
-int fwp_chunked_cuda_state_backward_pass(const float* q, const float* k, const float* w, const float* grad_out,
-                                         const float* dv_local, const float* ds_final, float* dv_new, float* ds_next,
-                                         float* ds0, int64_t BH, int64_t N, int64_t dk, int64_t dv, int parts,
-                                         int stages, void* stream);
+int fwp_chunked_cuda_state_backward_pass(FwpIn q, FwpIn k, const float* w, FwpIn grad_out, const float* dv_local,
+                                         const float* ds_final, float* dv_new, float* ds_next, float* ds0, int64_t BH,
+                                         int64_t N, int64_t dk, int64_t dv, int parts, int stages, void* stream);
 
-// The per-chunk row stages, fast version (chunked_passes.cuh: warp-local mma.sync, no shared memory):
-// same buffers and results as fwp_chunked_cuda_values / _output / _local_grad, without their scratch;
-// any d_k and d_v.
+// The per-chunk stages, fast version (warp-local mma.sync): same buffers and results as
+// fwp_chunked_cuda_values / _output / _local_grad / _wy / _input_grads, without their scratch (B3
+// takes dw_scratch [BH, N, C, d_k] for the delta rule, NULL for the sum rule); any d_k and d_v.
+// v_new is U' (fp32) for the delta rule, V for the sum rule.
 int fwp_chunked_cuda_values_rows(const float* w, const float* u, const float* ckpt, float* v_new, int64_t BH,
                                  int64_t N, int64_t dk, int64_t dv, int parts, void* stream);
-int fwp_chunked_cuda_output_rows(const float* q, const float* k, const float* v_new, const float* ckpt, float* out,
-                                 int64_t BH, int64_t N, int64_t dk, int64_t dv, int parts, void* stream);
-int fwp_chunked_cuda_local_grad_rows(const float* q, const float* k, const float* grad_out, float* dv_local,
-                                     int64_t BH, int64_t N, int64_t dk, int64_t dv, int parts, void* stream);
-int fwp_chunked_cuda_wy_rows(const float* k, const float* v, const float* beta, float* tinv, float* w, float* u,
-                             int64_t BH, int64_t N, int64_t dk, int64_t dv, int parts, void* stream);
-
-// B3, fast version: the results of fwp_chunked_cuda_input_grads (no W: B3 does not read it); dw_scratch
-// [BH, N, C, d_k] for the delta rule (dW), NULL for the sum rule; any d_k and d_v.
-int fwp_chunked_cuda_input_grads_rows(const float* q, const float* k, const float* v, const float* beta,
-                                      const float* tinv, const float* v_new, const float* ckpt,
-                                      const float* ds_next, const float* grad_out, const float* dv_new, float* dq,
-                                      float* dk_out, float* dv_out, float* dbeta, float* dw_scratch, int64_t BH,
-                                      int64_t N, int64_t dk, int64_t dv, int parts, void* stream);
+int fwp_chunked_cuda_output_rows(FwpIn q, FwpIn k, FwpIn v_new, const float* ckpt, float* out, int64_t BH, int64_t N,
+                                 int64_t dk, int64_t dv, int parts, void* stream);
+int fwp_chunked_cuda_local_grad_rows(FwpIn q, FwpIn k, FwpIn grad_out, float* dv_local, int64_t BH, int64_t N,
+                                     int64_t dk, int64_t dv, int parts, void* stream);
+int fwp_chunked_cuda_wy_rows(FwpIn k, FwpIn v, FwpIn beta, float* tinv, float* w, float* u, int64_t BH, int64_t N,
+                             int64_t dk, int64_t dv, int parts, void* stream);
+int fwp_chunked_cuda_input_grads_rows(FwpIn q, FwpIn k, FwpIn v, FwpIn beta, const float* tinv, FwpIn v_new,
+                                      const float* ckpt, const float* ds_next, FwpIn grad_out, const float* dv_new,
+                                      float* dq, float* dk_out, float* dv_out, float* dbeta, float* dw_scratch,
+                                      int64_t BH, int64_t N, int64_t dk, int64_t dv, int parts, void* stream);
 }

@@ -71,16 +71,25 @@ Config config(const Tensor& q, int64_t chunk, c10::string_view operands) {
   return Config{chunk, ops, passes_from_environment()};
 }
 
-// [B, H, T, d] -> [BH, N, C, d] in the accumulation dtype, T zero-padded to N C: a view of x when
-// it needs no conversion, no padding and no reordering (no copy; the stages never write their inputs).
-Tensor to_chunks(const Tensor& x, const Sizes& s) {
-  const Tensor a = x.to(acc_type(x.scalar_type()));
+// Whether the stages take bf16 inputs as they are: the fast CUDA kernels read them so (chunked_cuda.cpp
+// converts for a first-version kernel); the CPU twin computes in the accumulation dtype.
+bool keeps_bf16(const Tensor& q, const Config& cfg) { return q.is_cuda() && cfg.passes != Passes::First; }
+
+// The dtype x goes to the stages in: bf16 as it is where `keep_bf16`, else the accumulation dtype.
+at::ScalarType stage_type(const Tensor& x, bool keep_bf16) {
+  return keep_bf16 && x.scalar_type() == at::kBFloat16 ? at::kBFloat16 : acc_type(x.scalar_type());
+}
+
+// [B, H, T, d] -> [BH, N, C, d] in stage_type, T zero-padded to N C: a view of x when it needs no
+// conversion, no padding and no reordering (no copy; the stages never write their inputs).
+Tensor to_chunks(const Tensor& x, const Sizes& s, bool keep_bf16) {
+  const Tensor a = x.to(stage_type(x, keep_bf16));
   const Tensor padded = s.N * s.C == s.T ? a : at::constant_pad_nd(a, {0, 0, 0, s.N * s.C - s.T});
   return padded.reshape({s.B * s.H, s.N, s.C, x.size(3)});
 }
 
-Tensor beta_chunks(const Tensor& beta, const Sizes& s) {
-  const Tensor a = beta.to(acc_type(beta.scalar_type()));
+Tensor beta_chunks(const Tensor& beta, const Sizes& s, bool keep_bf16) {
+  const Tensor a = beta.to(stage_type(beta, keep_bf16));
   const Tensor padded = s.N * s.C == s.T ? a : at::constant_pad_nd(a, {0, s.N * s.C - s.T});
   return padded.reshape({s.B * s.H, s.N, s.C});
 }
@@ -124,10 +133,11 @@ std::tuple<Tensor, Tensor, Tensor> forward_kernel(const Tensor& q, const Tensor&
   const Config cfg = config(q, chunk, operands);
   c10::DeviceGuard guard(q.device());
   const auto acc = q.options().dtype(acc_type(q.scalar_type()));
-  const Tensor qc = to_chunks(q, s), kc = to_chunks(k, s), vc = to_chunks(v, s);
+  const bool bf16 = keeps_bf16(q, cfg);
+  const Tensor qc = to_chunks(q, s, bf16), kc = to_chunks(k, s, bf16), vc = to_chunks(v, s, bf16);
   const Tensor init = has(s0) ? s0->to(acc.dtype()).reshape({s.B * s.H, s.dk, s.dv}).clone()
                               : at::zeros({s.B * s.H, s.dk, s.dv}, acc);
-  const Tensor bc = has(beta) ? beta_chunks(*beta, s) : Tensor();
+  const Tensor bc = has(beta) ? beta_chunks(*beta, s, bf16) : Tensor();
   const int64_t BH = s.B * s.H;
   Tensor out = result(q, {BH, s.N, s.C, s.dv}, acc), state = result(q, {BH, s.dk, s.dv}, acc);
   Tensor checkpoints = result(q, {BH, s.N, s.dk, s.dv}, acc);
@@ -169,13 +179,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_kernel(const Tensor&
               "checkpoints: expected ", acc, " [B, H, N, d_k, d_v] = [", s.B, ", ", s.H, ", ", s.N, ", ", s.dk, ", ",
               s.dv, "] (N = ceil(T / chunk) for chunk ", chunk, "), got ", checkpoints.scalar_type(), " ",
               checkpoints.sizes());
-  const Tensor qc = to_chunks(q, s), kc = to_chunks(k, s), vc = to_chunks(v, s);
-  const Tensor go = to_chunks(grad_out, s);
+  const bool bf16 = keeps_bf16(q, cfg);
+  const Tensor qc = to_chunks(q, s, bf16), kc = to_chunks(k, s, bf16), vc = to_chunks(v, s, bf16);
+  const Tensor go = to_chunks(grad_out, s, bf16);
   const Tensor ckpt = checkpoints.reshape({s.B * s.H, s.N, s.dk, s.dv});
   const Tensor gs = has(grad_state) ? grad_state->to(acc).reshape({s.B * s.H, s.dk, s.dv})
                                     : at::zeros({s.B * s.H, s.dk, s.dv}, q.options().dtype(acc));
   const bool delta = has(beta);
-  const Tensor bc = delta ? beta_chunks(*beta, s) : Tensor();
+  const Tensor bc = delta ? beta_chunks(*beta, s, bf16) : Tensor();
   const int64_t BH = s.B * s.H;
   Tensor dq = result(q, qc.sizes(), qc.options()), dk = result(q, kc.sizes(), kc.options());
   Tensor dv = result(q, vc.sizes(), vc.options()), ds0 = result(q, {BH, s.dk, s.dv}, qc.options());

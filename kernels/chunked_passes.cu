@@ -49,6 +49,8 @@ FWP_DEV float mul_rn(float a, float b) { return __fmul_rn(a, b); }
 
 #include "chunked_passes.cuh"
 
+In in(FwpIn x) { return In{x.p, x.bf16 != 0}; }
+
 template <int KT, int P>
 __global__ void __launch_bounds__(kPassThreads, 1) state_forward_pass_kernel(PassArgs x) {
   extern __shared__ float4 smem[];
@@ -192,52 +194,51 @@ int fwp_chunked_cuda_pass_stages(int64_t dk, int backward, int delta) {
   return 0;
 }
 
-int fwp_chunked_cuda_state_forward_pass(const float* k, const float* w, const float* u, const float* s0, float* ckpt,
+int fwp_chunked_cuda_state_forward_pass(FwpIn k, const float* w, FwpIn u, const float* s0, float* ckpt,
                                         float* v_new, float* state, int64_t BH, int64_t N, int64_t dk, int64_t dv,
                                         int parts, int stages, void* stream) {
-  const PassArgs x{k, w, u, nullptr, nullptr, s0, ckpt, v_new, state, N, int(dk), int(dv), stages};
+  const PassArgs x{in(k), in(u), in({}), w, nullptr, s0, ckpt, v_new, state, N, int(dk), int(dv), stages};
   return run_pass(false, x, BH, parts, stream);
 }
 
-int fwp_chunked_cuda_state_backward_pass(const float* q, const float* k, const float* w, const float* grad_out,
-                                         const float* dv_local, const float* ds_final, float* dv_new, float* ds_next,
-                                         float* ds0, int64_t BH, int64_t N, int64_t dk, int64_t dv, int parts,
-                                         int stages, void* stream) {
-  const PassArgs x{k, w, q, dv_local, grad_out, ds_final, ds_next, dv_new, ds0, N, int(dk), int(dv), stages};
+int fwp_chunked_cuda_state_backward_pass(FwpIn q, FwpIn k, const float* w, FwpIn grad_out, const float* dv_local,
+                                         const float* ds_final, float* dv_new, float* ds_next, float* ds0, int64_t BH,
+                                         int64_t N, int64_t dk, int64_t dv, int parts, int stages, void* stream) {
+  const PassArgs x{in(k), in(q), in(grad_out), w, dv_local, ds_final, ds_next, dv_new, ds0, N, int(dk), int(dv),
+                   stages};
   return run_pass(true, x, BH, parts, stream);
 }
 
 int fwp_chunked_cuda_values_rows(const float* w, const float* u, const float* ckpt, float* v_new, int64_t BH,
                                  int64_t N, int64_t dk, int64_t dv, int parts, void* stream) {
-  const RowArgs x{w, nullptr, ckpt, nullptr, u, v_new, N, int(dk), int(dv)};
+  const RowArgs x{In{w, false}, in({}), in({}), ckpt, u, v_new, N, int(dk), int(dv)};
   return launch_rows<RowStage::Values>(x, BH, parts, stream);
 }
 
-int fwp_chunked_cuda_output_rows(const float* q, const float* k, const float* v_new, const float* ckpt, float* out,
-                                 int64_t BH, int64_t N, int64_t dk, int64_t dv, int parts, void* stream) {
-  const RowArgs x{q, k, ckpt, v_new, nullptr, out, N, int(dk), int(dv)};
+int fwp_chunked_cuda_output_rows(FwpIn q, FwpIn k, FwpIn v_new, const float* ckpt, float* out, int64_t BH, int64_t N,
+                                 int64_t dk, int64_t dv, int parts, void* stream) {
+  const RowArgs x{in(q), in(k), in(v_new), ckpt, nullptr, out, N, int(dk), int(dv)};
   return launch_rows<RowStage::Output>(x, BH, parts, stream);
 }
 
-int fwp_chunked_cuda_local_grad_rows(const float* q, const float* k, const float* grad_out, float* dv_local,
-                                     int64_t BH, int64_t N, int64_t dk, int64_t dv, int parts, void* stream) {
-  const RowArgs x{q, k, nullptr, grad_out, nullptr, dv_local, N, int(dk), int(dv)};
+int fwp_chunked_cuda_local_grad_rows(FwpIn q, FwpIn k, FwpIn grad_out, float* dv_local, int64_t BH, int64_t N,
+                                     int64_t dk, int64_t dv, int parts, void* stream) {
+  const RowArgs x{in(q), in(k), in(grad_out), nullptr, nullptr, dv_local, N, int(dk), int(dv)};
   return launch_rows<RowStage::LocalGrad>(x, BH, parts, stream);
 }
 
-int fwp_chunked_cuda_wy_rows(const float* k, const float* v, const float* beta, float* tinv, float* w, float* u,
-                             int64_t BH, int64_t N, int64_t dk, int64_t dv, int parts, void* stream) {
-  const WyArgs x{k, v, beta, tinv, w, u, N, int(dk), int(dv)};
+int fwp_chunked_cuda_wy_rows(FwpIn k, FwpIn v, FwpIn beta, float* tinv, float* w, float* u, int64_t BH, int64_t N,
+                             int64_t dk, int64_t dv, int parts, void* stream) {
+  const WyArgs x{in(k), in(v), in(beta), tinv, w, u, N, int(dk), int(dv)};
   return launch_chunks<WyArgs>({wy_stage_kernel<1>, wy_stage_kernel<2>, wy_stage_kernel<3>}, x, BH, parts, stream);
 }
 
-int fwp_chunked_cuda_input_grads_rows(const float* q, const float* k, const float* v, const float* beta,
-                                      const float* tinv, const float* v_new, const float* ckpt,
-                                      const float* ds_next, const float* grad_out, const float* dv_new, float* dq,
-                                      float* dk_out, float* dv_out, float* dbeta, float* dw_scratch, int64_t BH,
-                                      int64_t N, int64_t dk, int64_t dv, int parts, void* stream) {
-  const GradArgs x{q,  k,     v,      beta,  tinv,  v_new,      ckpt, ds_next, grad_out,
-                   dv_new, dq, dk_out, dv_out, dbeta, dw_scratch, N,    int(dk), int(dv)};
+int fwp_chunked_cuda_input_grads_rows(FwpIn q, FwpIn k, FwpIn v, FwpIn beta, const float* tinv, FwpIn v_new,
+                                      const float* ckpt, const float* ds_next, FwpIn grad_out, const float* dv_new,
+                                      float* dq, float* dk_out, float* dv_out, float* dbeta, float* dw_scratch,
+                                      int64_t BH, int64_t N, int64_t dk, int64_t dv, int parts, void* stream) {
+  const GradArgs x{in(q), in(k), in(v),  in(beta), in(v_new), in(grad_out), tinv,       ckpt,   ds_next,
+                   dv_new, dq,   dk_out, dv_out,   dbeta,     dw_scratch,   N,    int(dk), int(dv)};
   return launch_chunks<GradArgs>(
       {input_grads_stage_kernel<1>, input_grads_stage_kernel<2>, input_grads_stage_kernel<3>}, x, BH, parts, stream);
 }

@@ -58,12 +58,30 @@ FWP_HD constexpr int64_t pass_floats(int kt, bool backward, bool delta, int stag
   return int64_t(kt) * 16 * kLdV + kPassC * kLdV + stages * pass_stage_floats(kt, backward, delta);
 }
 
+// A matrix the caller gives in its own dtype, fp32 or bf16 (bits), read as fp32. The chunked inputs
+// q, k, v, beta and dO may be bf16: the fast kernels read them as they are, half the bytes of fp32
+// (the sum rule's U' is v itself); every intermediate is fp32.
+struct In {
+  const void* p;
+  bool bf16;
+
+  FWP_DEV float operator[](int64_t i) const {
+    return bf16 ? bf16_value(static_cast<const uint16_t*>(p)[i]) : static_cast<const float*>(p)[i];
+  }
+  FWP_DEV In operator+(int64_t n) const {
+    return In{bf16 ? static_cast<const void*>(static_cast<const uint16_t*>(p) + n)
+                   : static_cast<const void*>(static_cast<const float*>(p) + n),
+              bf16};
+  }
+};
+
 // Everything a pass reads and writes; the chunked layout of chunked_launch.h. Forward: a = k,
 // b = w (null: sum rule), c = u, init = s0, per_chunk = ckpt, values = v_new (delta rule),
 // last = final state. Backward: a = k, b = w (null: sum rule), c = q, d = dU'_loc, e = dO,
 // init = dS_N, per_chunk = ds_next, values = dU', last = dS_0.
 struct PassArgs {
-  const float *a, *b, *c, *d, *e, *init;
+  In a, c, e;  // caller's dtype
+  const float *b, *d, *init;
   float *per_chunk, *values, *last;
   int64_t N;
   int dk, dv, stages;
@@ -148,6 +166,19 @@ FWP_DEV void load_tile(float* dst, int ldd, const float* src, int64_t lds, int r
       const bool valid = c < cols;
       copy_async(dst + r * ldd + c, valid ? src + r * lds + c : src, 4, valid);
     }
+  }
+}
+
+// load_tile from an input in the caller's dtype: fp32 by cp.async; bf16 converted to fp32 on the way,
+// by plain loads and stores (the pass's barrier before its step makes them visible, as for cp.async).
+FWP_DEV void load_tile(float* dst, int ldd, In src, int64_t lds, int rows, int cols, int width) {
+  if (!src.bf16) {
+    load_tile(dst, ldd, static_cast<const float*>(src.p), lds, rows, cols, width);
+    return;
+  }
+  for (int e = thread_id(); e < rows * width; e += kPassThreads) {
+    const int r = e / width, c = e % width;
+    dst[r * ldd + c] = c < cols ? src[r * lds + c] : 0.f;
   }
 }
 
@@ -386,7 +417,8 @@ enum class RowStage { Values, Output, LocalGrad };
 // -> out = U'. Output: a = q, b = k, s = checkpoints, v = U' -> out = O. LocalGrad: a = q, b = k,
 // v = dO -> out = dU'_loc.
 struct RowArgs {
-  const float *a, *b, *s, *v, *base;
+  In a, b, v;  // caller's dtype (W is fp32)
+  const float *s, *base;
   float* out;
   int64_t N;
   int dk, dv;
@@ -431,7 +463,7 @@ FWP_DEV void row_stage(const RowArgs& x, int bh, int64_t c, int tile) {
   const int m0 = 16 * warp_id(), col0 = tile * kRowCols;
   const int nv = imin(kRowCols, x.dv - col0), dk = x.dk;
   const int64_t chunk = int64_t(bh) * x.N + c;
-  const float* a = x.a + chunk * kPassC * dk;                 // [C, d_k] rows of W or Q
+  const In a = x.a + chunk * kPassC * dk;                     // [C, d_k] rows of W or Q
   const auto ga = [&](int r, int k) { return k < dk ? a[(m0 + r) * dk + k] : 0.f; };
   float acc[kRowNT][4] = {};
   if (stage != RowStage::LocalGrad) {  // W S_c or Q S_c
@@ -442,7 +474,7 @@ FWP_DEV void row_stage(const RowArgs& x, int bh, int64_t c, int tile) {
   float local[kRowNT][4] = {};
   if (stage != RowStage::Values) {
     // rows m0.. of tril(Q K^T) (Output) or of triu(K Q^T) = tril(Q K^T)^T (LocalGrad)
-    const float* b = x.b + chunk * kPassC * dk;               // [C, d_k] rows of K
+    const In b = x.b + chunk * kPassC * dk;                   // [C, d_k] rows of K
     float qk[kQKNT][4] = {};
     if (stage == RowStage::Output)
       warp_product<kQKNT, P, P>(qk, dk, ga, [&](int k, int n) { return k < dk ? b[n * dk + k] : 0.f; });
@@ -456,7 +488,7 @@ FWP_DEV void row_stage(const RowArgs& x, int bh, int64_t c, int tile) {
         const int r = m0 + acc_row(e), n = 8 * j + acc_col(e);
         if (stage == RowStage::Output ? n > r : n < r) qk[j][e] = 0.f;
       }
-    const float* v = x.v + chunk * kPassC * x.dv + col0;      // [C, d_v] rows of U' or dO
+    const In v = x.v + (chunk * kPassC * x.dv + col0);        // [C, d_v] rows of U' or dO
     FWP_UNROLL
     for (int kk = 0; kk < kPassC / 16; ++kk) {
       uint32_t af[P][4];
@@ -500,7 +532,7 @@ FWP_DEV void row_stage(const RowArgs& x, int bh, int64_t c, int tile) {
 // 64 columns at a time, with T~'s rows read from shared memory.
 
 struct WyArgs {
-  const float *k, *v, *beta;
+  In k, v, beta;  // caller's dtype
   float *tinv, *w, *u;
   int64_t N;
   int dk, dv;
@@ -551,7 +583,7 @@ FWP_DEV void unit_lower_inverse(WySmem& sh) {
 
 // out rows m0.. (C x cols, row stride cols) = T~ (beta X) for X = x (C x cols), 64 columns at a time.
 template <int P>
-FWP_DEV void tinv_times_scaled(const WySmem& sh, const float* x, const float* beta, int cols, float* out) {
+FWP_DEV void tinv_times_scaled(const WySmem& sh, In x, In beta, int cols, float* out) {
   const int m0 = 16 * warp_id();
   for (int c0 = 0; c0 < cols; c0 += kRowCols) {
     float acc[kRowNT][4] = {};
@@ -572,8 +604,8 @@ template <int P>
 FWP_DEV void wy_stage(const WyArgs& x, WySmem& sh, int bh, int64_t c) {
   const int m0 = 16 * warp_id(), dk = x.dk;
   const int64_t chunk = int64_t(bh) * x.N + c;
-  const float* k = x.k + chunk * kPassC * dk;
-  const float* beta = x.beta + chunk * kPassC;
+  const In k = x.k + chunk * kPassC * dk;
+  const In beta = x.beta + chunk * kPassC;
   {  // A = tril((beta K) K^T, -1), this warp's rows
     float acc[kQKNT][4] = {};
     warp_product<kQKNT, P, P>(
@@ -608,7 +640,8 @@ FWP_DEV void wy_stage(const WyArgs& x, WySmem& sh, int bh, int64_t c) {
 // dbeta terms are summed per lane, then per row in a fixed order: no atomics.
 
 struct GradArgs {
-  const float *q, *k, *v, *beta, *tinv, *v_new, *ckpt, *ds_next, *grad_out, *dv_new;
+  In q, k, v, beta, v_new, grad_out;  // caller's dtype (U' is fp32 for the delta rule, v for the sum rule)
+  const float *tinv, *ckpt, *ds_next, *dv_new;
   float *grad_q, *grad_k, *grad_v, *grad_beta;
   float* dw;  // scratch [BH, N, C, d_k] (delta rule)
   int64_t N;
@@ -639,20 +672,20 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmem& sh, int bh, int64_t 
   const int m0 = 16 * warp_id(), dk = x.dk, dv = x.dv;
   const bool delta = x.tinv != nullptr;
   const int64_t chunk = int64_t(bh) * x.N + c;
-  const float* q = x.q + chunk * kPassC * dk;         // [C, d_k]
-  const float* k = x.k + chunk * kPassC * dk;         // [C, d_k]
-  const float* vn = x.v_new + chunk * kPassC * dv;    // U' [C, d_v]
-  const float* go = x.grad_out + chunk * kPassC * dv;  // dO [C, d_v]
+  const In q = x.q + chunk * kPassC * dk;             // [C, d_k]
+  const In k = x.k + chunk * kPassC * dk;             // [C, d_k]
+  const In vn = x.v_new + chunk * kPassC * dv;        // U' [C, d_v]
+  const In go = x.grad_out + chunk * kPassC * dv;     // dO [C, d_v]
   const float* dvn = x.dv_new + chunk * kPassC * dv;   // dU' [C, d_v]
   const float* sc = x.ckpt + chunk * dk * dv;          // S_c [d_k, d_v]
   const float* dsc = x.ds_next + chunk * dk * dv;      // dS_{c+1} [d_k, d_v]
   float* dw = delta ? x.dw + chunk * kPassC * dk : nullptr;  // dW [C, d_k]
   // this warp's rows of a [C, d] matrix, and the columns c0.. of a state's transpose
-  const auto rows = [&](const float* a, int d) { return [=](int r, int j) { return j < d ? a[(m0 + r) * d + j] : 0.f; }; };
+  const auto rows = [&](auto a, int d) { return [=](int r, int j) { return j < d ? a[(m0 + r) * d + j] : 0.f; }; };
   const auto state_t = [&](const float* s, int c0) {
     return [=](int j, int n) { return j < dv && c0 + n < dk ? s[(c0 + n) * dv + j] : 0.f; };
   };
-  const auto cols = [&](const float* a, int d, int c0) {  // B(j, n) = a[j, c0 + n], j < C
+  const auto cols = [&](auto a, int d, int c0) {  // B(j, n) = a[j, c0 + n], j < C
     return [=](int j, int n) { return c0 + n < d ? a[j * d + c0 + n] : 0.f; };
   };
 
@@ -683,9 +716,9 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmem& sh, int bh, int64_t 
   block_sync();
 
   float dbeta[2] = {0.f, 0.f};  // this lane's share of rows m0 + g and m0 + g + 8
-  const float* beta = delta ? x.beta + chunk * kPassC : nullptr;
+  const In beta = delta ? x.beta + chunk * kPassC : In{nullptr, false};
   const float* tinv = delta ? x.tinv + chunk * kPassC * kPassC : nullptr;  // T~ [C, C]
-  const float* v = delta ? x.v + chunk * kPassC * dv : nullptr;
+  const In v = delta ? x.v + chunk * kPassC * dv : In{nullptr, false};
   const auto tinv_t = [&](int r, int j) { return tinv[j * kPassC + m0 + r]; };  // T~^T, this warp's rows
   if (delta) {
     {  // dT~ = dW (beta K)^T + dU' (beta V)^T, this warp's rows, into shared memory

@@ -370,6 +370,95 @@ fn emulated_fast_passes_match_the_twin() {
     eprintln!("emulated fast passes: worst error / tolerance = {worst:.2e}");
 }
 
+/// The inputs of stage `name` that the caller gives in its own dtype (q, k, v, beta, dO, and the
+/// sum rule's U' = V), by position in the stage's inputs.
+fn caller_inputs(name: &str) -> &'static [usize] {
+    match name {
+        "wy" => &[0, 1, 2],
+        "state_forward" => &[0, 2],
+        "output" | "local_grad" => &[0, 1, 2],
+        "state_backward" => &[0, 1, 3],
+        "input_grads" => &[0, 1, 2, 3, 6, 9],
+        _ => &[],
+    }
+}
+
+fn refs(v: &[Option<Tensor>]) -> Vec<Option<&Tensor>> {
+    v.iter().map(Option::as_ref).collect()
+}
+
+/// The fast kernels read bf16 inputs as they are: each stage (`suffix` picks the kernels) on inputs
+/// that bf16 holds exactly, given once in fp32 and once with every caller input that bf16 holds
+/// exactly as bf16, gives bit for bit the same fp32 results.
+fn bf16_inputs_read_as_they_are(device: Device, suffix: &str) {
+    let mut x = StageInputs::new(1, 130, 30, 72);
+    for t in [&mut x.q, &mut x.k, &mut x.v, &mut x.beta, &mut x.grad_out] {
+        *t = t.to_kind(Kind::BFloat16).to_kind(Kind::Float);
+    }
+    for delta in [false, true] {
+        for twin in chain(&x, delta, Operands::Bf16) {
+            let caller = caller_inputs(twin.name);
+            let f32_inputs: Vec<Option<Tensor>> = twin
+                .inputs
+                .iter()
+                .map(|t| t.as_ref().map(|t| t.to_device(device)))
+                .collect();
+            let mut converted = 0;
+            let mixed: Vec<Option<Tensor>> = f32_inputs
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    t.as_ref().map(|t| {
+                        let b = t.to_kind(Kind::BFloat16);
+                        if caller.contains(&i) && b.to_kind(Kind::Float).equal(t) {
+                            converted += 1;
+                            b
+                        } else {
+                            t.shallow_clone()
+                        }
+                    })
+                })
+                .collect();
+            assert_eq!(
+                converted > 0,
+                !caller.is_empty(),
+                "{}: {converted} inputs in bf16",
+                twin.name
+            );
+            let name = format!("{}{suffix}", twin.name);
+            let want = chunked_stage(&name, &refs(&f32_inputs), C, Operands::Bf16).unwrap();
+            let got = chunked_stage(&name, &refs(&mixed), C, Operands::Bf16).unwrap();
+            for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+                let label = format!("delta={delta} {name} output {i}");
+                match (w, g) {
+                    (Some(w), Some(g)) if g.kind() == Kind::BFloat16 => {
+                        // the sum rule's U' passed through: the input itself
+                        assert!(w.equal(&g.to_kind(Kind::Float)), "{label}: differs");
+                    }
+                    (Some(w), Some(g)) => assert!(w.equal(g), "{label}: differs with bf16 inputs"),
+                    (None, None) => {}
+                    _ => panic!("{label}: defined on one side only"),
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn emulated_fast_kernels_read_bf16_inputs() {
+    let _rng = seeded(73);
+    bf16_inputs_read_as_they_are(Device::Cpu, ":emulated2");
+}
+
+#[test]
+fn cuda_fast_kernels_read_bf16_inputs() {
+    if !cuda_or_skip("cuda_fast_kernels_read_bf16_inputs") {
+        return;
+    }
+    let _rng = seeded(73);
+    bf16_inputs_read_as_they_are(Device::Cuda(0), "");
+}
+
 /// A kernel suffix names a known stage and a known version.
 #[test]
 fn chunked_stage_pass_suffixes_are_checked() {
