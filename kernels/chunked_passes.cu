@@ -1,7 +1,8 @@
-// The fast sequential passes (chunked_passes.cuh) as CUDA kernels: the device primitives the shared
-// code asks for (mma.sync, cp.async, bf16 rounding), one kernel per (KT, P) instantiation, and the
-// launchers, which size shared memory from the device's opt-in limit (cached per device) and fall
-// back to the first-version kernels of chunked.cu where the pass does not fit (chunked_launch.h).
+// The fast chunked kernels (chunked_passes.cuh) as CUDA kernels: the device primitives the shared
+// code asks for (mma.sync, cp.async, bf16 rounding), one kernel per instantiation (passes: key tiles
+// KT x parts P; per-chunk stages: P), and the launchers. The passes size their shared memory from the
+// device's opt-in limit (cached per device); where a pass does not fit, the host side runs the
+// first-version kernel of chunked.cu instead (chunked_launch.h).
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>

@@ -1,5 +1,6 @@
-// The fast sequential passes of the chunked kernels (chunked.h: F2, the state forward, and B2, the
-// state backward), written once for two compilers: nvcc builds them as CUDA kernels
+// The fast versions of the chunked kernels (chunked.h): first the sequential passes (F2, the state
+// forward, and B2, the state backward), then the per-chunk stages (values, F3, B1; F1; B3), further
+// down. Written once for two compilers: nvcc builds them as CUDA kernels
 // (chunked_passes.cu) and the host compiler builds them for chunked_emulator.cpp, which runs the
 // same code on the CPU with one thread per CUDA thread, so that CI checks its indexing without a GPU.
 //
