@@ -25,7 +25,8 @@
 // Layout: chunked tensors are [BH, N, C, d] (T zero-padded to N·C: a zero step writes nothing
 // and its output is dropped), states [BH, N, d_k, d_v], all in the accumulation dtype (fp32, or
 // fp64 for fp64 inputs); except that the fast CUDA kernels (and their emulation) also take the
-// caller's inputs q, k, v, beta, dO (and the sum rule's U' = V) in bf16, as they are.
+// caller's inputs q, k, v, beta, dO (and the sum rule's U' = V) in bf16, as they are, and write some
+// results and intermediates in bf16 (fast_result_type, fast_operand_type below).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -90,7 +91,7 @@ namespace cuda {
 // ignore the stage count).
 namespace emulated {
 std::tuple<Tensor, Tensor, Tensor> wy_forward(const Tensor& k, const Tensor& v, const Tensor& beta,
-                                              const Config& cfg);
+                                              const Config& cfg, bool with_tinv = true);
 Tensor values_from_checkpoints(const Tensor& w, const Tensor& u, const Tensor& checkpoints, const Config& cfg);
 Tensor output_forward(const Tensor& q, const Tensor& k, const Tensor& v_new, const Tensor& checkpoints,
                       const Config& cfg);
@@ -112,10 +113,21 @@ inline bool emulated_passes(const Config& cfg) {
   return cfg.passes == Passes::Emulated1 || cfg.passes == Passes::Emulated2;
 }
 
+// The dtypes the fast kernels (and their emulation) write, chunked_passes.cuh's Out: the op's results
+// (O, dQ, dK, dV, dbeta) in the caller's dtype when it is bf16, else fp32; and the intermediates that
+// are only ever product operands (W, U', T~, dU', dW) as bf16 where every operand is one bf16 part
+// (Operands::Bf16), the very value each consumer rounds them to, else fp32.
+inline at::ScalarType fast_result_type(const Tensor& q) {
+  return q.scalar_type() == at::kBFloat16 ? at::kBFloat16 : at::kFloat;
+}
+inline at::ScalarType fast_operand_type(const Config& cfg) {
+  return cfg.operands == Operands::Bf16 ? at::kBFloat16 : at::kFloat;
+}
+
 inline std::tuple<Tensor, Tensor, Tensor> wy_forward(const Tensor& k, const Tensor& v, const Tensor& beta,
-                                                     const Config& cfg) {
-  if (emulated_passes(cfg)) return emulated::wy_forward(k, v, beta, cfg);
-  return k.is_cuda() ? cuda::wy_forward(k, v, beta, cfg) : cpu::wy_forward(k, v, beta, cfg);
+                                                     const Config& cfg, bool with_tinv = true) {
+  if (emulated_passes(cfg)) return emulated::wy_forward(k, v, beta, cfg, with_tinv);
+  return k.is_cuda() ? cuda::wy_forward(k, v, beta, cfg, with_tinv) : cpu::wy_forward(k, v, beta, cfg, with_tinv);
 }
 
 inline std::tuple<Tensor, Tensor, Tensor> state_forward(const Tensor& k, const Tensor& w, const Tensor& u,

@@ -101,7 +101,7 @@ Tensor unit_lower_inverse(const Tensor& a) {
 }
 
 std::tuple<Tensor, Tensor, Tensor> wy_forward(const Tensor& k, const Tensor& v, const Tensor& beta,
-                                              const Config& cfg) {
+                                              const Config& cfg, bool /*with_tinv: always made*/) {
   const Tensor b = beta.unsqueeze(-1);           // [BH, N, C, 1]
   const Tensor kb = k * b, vb = v * b;           // beta K, beta V
   const Tensor a = mm(kb, tr(k), cfg).tril(-1);   // A = tril(diag(beta) K K^T, -1)

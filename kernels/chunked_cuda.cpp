@@ -96,13 +96,14 @@ Tensor in(const Tensor& t) {
 const float* p(const Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
 float* p(Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
 
-// An input in the caller's dtype (q, k, v, beta, dO; the sum rule's U' = V): the fast kernels read
+// An input that may be bf16: the caller's (q, k, v, beta, dO; the sum rule's U' = V) or an
+// operand-only intermediate (W, U', T~, dU'; chunked.h, fast_operand_type). The fast kernels read
 // fp32 or bf16 as it is (`fast`), the first-version kernels take fp32, converted here.
 Tensor user(const Tensor& t, bool fast) {
   if (!t.defined()) return t;
   TORCH_CHECK(t.is_cuda() && (t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16),
-              "fwp::chunked_rule (CUDA): stages take fp32 or bf16 inputs (q, k, v, beta, dO) and fp32 "
-              "intermediates, got ", t.scalar_type(), " on ", t.device());
+              "fwp::chunked_rule (CUDA): stages take fp32 or bf16 inputs (q, k, v, beta, dO) and operands "
+              "(W, U', T~, dU'), fp32 for the rest, got ", t.scalar_type(), " on ", t.device());
   return (fast ? t : t.to(at::kFloat)).contiguous();
 }
 
@@ -110,12 +111,25 @@ FwpIn arg(const Tensor& t) {
   return t.defined() ? FwpIn{t.data_ptr(), t.scalar_type() == at::kBFloat16 ? 1 : 0} : FwpIn{nullptr, 0};
 }
 
+FwpOut res(Tensor& t) {
+  return t.defined() ? FwpOut{t.data_ptr(), t.scalar_type() == at::kBFloat16 ? 1 : 0} : FwpOut{nullptr, 0};
+}
+
 at::TensorOptions f32(const Tensor& t) { return t.options().dtype(at::kFloat); }
+
+// Where the fast kernels write: an op result in the caller's dtype (fast_result_type of q) or an
+// operand-only intermediate (fast_operand_type); the first-version kernels write fp32.
+at::TensorOptions result_options(const Tensor& q, bool fast) {
+  return q.options().dtype(fast ? fast_result_type(q) : at::kFloat);
+}
+at::TensorOptions operand_options(const Tensor& t, const Config& cfg, bool fast) {
+  return t.options().dtype(fast ? fast_operand_type(cfg) : at::kFloat);
+}
 
 }  // namespace
 
 std::tuple<Tensor, Tensor, Tensor> wy_forward(const Tensor& k_, const Tensor& v_, const Tensor& beta_,
-                                              const Config& cfg) {
+                                              const Config& cfg, bool with_tinv) {
   check_config(cfg);
   const c10::DeviceGuard guard(k_.device());
   const bool fast = cfg.passes != Passes::First;
@@ -125,14 +139,16 @@ std::tuple<Tensor, Tensor, Tensor> wy_forward(const Tensor& k_, const Tensor& v_
   const int64_t BH = k.size(0), N = k.size(1), C = k.size(2), dk = k.size(3), dv = v.size(3);
   check_sizes(v, {BH, N, C, dv}, "v");
   check_sizes(beta, {BH, N, C}, "beta");
-  Tensor tinv = at::empty({BH, N, C, C}, f32(k));
-  Tensor w = at::empty({BH, N, C, dk}, f32(k)), u = at::empty({BH, N, C, dv}, f32(k));
+  Tensor u = at::empty({BH, N, C, dv}, f32(k));
   if (fast) {
-    launched(fwp_chunked_cuda_wy_rows(arg(k), arg(v), arg(beta), p(tinv), p(w), p(u), BH, N, dk, dv, parts(cfg),
+    Tensor tinv = with_tinv ? at::empty({BH, N, C, C}, operand_options(k, cfg, true)) : Tensor();
+    Tensor w = at::empty({BH, N, C, dk}, operand_options(k, cfg, true));
+    launched(fwp_chunked_cuda_wy_rows(arg(k), arg(v), arg(beta), res(tinv), res(w), p(u), BH, N, dk, dv, parts(cfg),
                                       stream(k)),
              "wy (fast)", stream(k));
     return {tinv, w, u};
   }
+  Tensor tinv = at::empty({BH, N, C, C}, f32(k)), w = at::empty({BH, N, C, dk}, f32(k));
   Tensor a = at::empty_like(tinv);
   launched(fwp_chunked_cuda_wy(p(k), p(v), p(beta), p(tinv), p(w), p(u), p(a), BH, N, dk, dv, parts(cfg), stream(k)), "wy",
            stream(k));
@@ -145,17 +161,18 @@ std::tuple<Tensor, Tensor, Tensor> state_forward(const Tensor& k_, const Tensor&
   const c10::DeviceGuard guard(k_.device());
   check_chunks(k_, "k");
   const int stages = pass_stages(cfg, k_.size(3), false, w_.defined());
-  const Tensor k = user(k_, stages > 0), w = in(w_), u = user(u_, stages > 0), s0 = in(s0_);
+  const Tensor k = user(k_, stages > 0), w = user(w_, stages > 0), u = user(u_, stages > 0), s0 = in(s0_);
   check_chunks(u, "u");
   const int64_t BH = k.size(0), N = k.size(1), C = k.size(2), dk = k.size(3), dv = u.size(3);
   check_sizes(w, {BH, N, C, dk}, "w", true);
   check_sizes(u, {BH, N, C, dv}, "u");
   check_sizes(s0, {BH, dk, dv}, "s0");
   Tensor ckpt = at::empty({BH, N, dk, dv}, f32(k)), state = at::empty({BH, dk, dv}, f32(k));
-  Tensor v_new = w.defined() ? at::empty({BH, N, C, dv}, f32(u)) : u;
+  Tensor v_new = w.defined() ? at::empty({BH, N, C, dv}, operand_options(u, cfg, stages > 0)) : u;
   if (stages > 0) {
-    launched(fwp_chunked_cuda_state_forward_pass(arg(k), p(w), arg(u), p(s0), p(ckpt), w.defined() ? p(v_new) : nullptr,
-                                                 p(state), BH, N, dk, dv, parts(cfg), stages, stream(k)),
+    launched(fwp_chunked_cuda_state_forward_pass(arg(k), arg(w), arg(u), p(s0), p(ckpt),
+                                                 w.defined() ? res(v_new) : FwpOut{nullptr, 0}, p(state), BH, N, dk,
+                                                 dv, parts(cfg), stages, stream(k)),
              "state_forward (fast pass)", stream(k));
     return {ckpt, v_new, state};
   }
@@ -169,15 +186,16 @@ Tensor values_from_checkpoints(const Tensor& w_, const Tensor& u_, const Tensor&
   check_config(cfg);
   if (!w_.defined()) return u_;
   const c10::DeviceGuard guard(u_.device());
-  const Tensor w = in(w_), u = in(u_), ckpt = in(ckpt_);
+  const bool fast = cfg.passes != Passes::First;
+  const Tensor w = user(w_, fast), u = in(u_), ckpt = in(ckpt_);
   check_chunks(w, "w");
   check_chunks(u, "u");
   check_sizes(u, {w.size(0), w.size(1), w.size(2), u.size(3)}, "u");
   check_sizes(ckpt, {w.size(0), w.size(1), w.size(3), u.size(3)}, "checkpoints");
-  Tensor v_new = at::empty_like(u);
-  if (cfg.passes != Passes::First) {
-    launched(fwp_chunked_cuda_values_rows(p(w), p(u), p(ckpt), p(v_new), u.size(0), u.size(1), w.size(3), u.size(3),
-                                          parts(cfg), stream(u)),
+  Tensor v_new = at::empty(u.sizes(), operand_options(u, cfg, fast));
+  if (fast) {
+    launched(fwp_chunked_cuda_values_rows(arg(w), p(u), p(ckpt), res(v_new), u.size(0), u.size(1), w.size(3),
+                                          u.size(3), parts(cfg), stream(u)),
              "values (fast)", stream(u));
     return v_new;
   }
@@ -199,10 +217,10 @@ Tensor output_forward(const Tensor& q_, const Tensor& k_, const Tensor& v_new_, 
   check_sizes(k, q.sizes(), "k");
   check_sizes(v_new, {BH, N, C, v_new.size(3)}, "v_new");
   check_sizes(ckpt, {BH, N, q.size(3), v_new.size(3)}, "checkpoints");
-  Tensor out = at::empty(v_new.sizes(), f32(v_new));
+  Tensor out = at::empty(v_new.sizes(), result_options(q, fast));
   if (fast) {
-    launched(fwp_chunked_cuda_output_rows(arg(q), arg(k), arg(v_new), p(ckpt), p(out), BH, N, q.size(3), v_new.size(3),
-                                          parts(cfg), stream(q)),
+    launched(fwp_chunked_cuda_output_rows(arg(q), arg(k), arg(v_new), p(ckpt), res(out), BH, N, q.size(3),
+                                          v_new.size(3), parts(cfg), stream(q)),
              "output (fast)", stream(q));
     return out;
   }
@@ -244,7 +262,7 @@ std::tuple<Tensor, Tensor, Tensor> state_backward(const Tensor& q_, const Tensor
   const c10::DeviceGuard guard(q_.device());
   check_chunks(q_, "q");
   const int stages = pass_stages(cfg, q_.size(3), true, w_.defined());
-  const Tensor q = user(q_, stages > 0), k = user(k_, stages > 0), w = in(w_),
+  const Tensor q = user(q_, stages > 0), k = user(k_, stages > 0), w = user(w_, stages > 0),
                grad_out = user(grad_out_, stages > 0), dv_local = in(dv_local_), ds_final = in(ds_final_);
   check_chunks(grad_out, "grad_out");
   const int64_t BH = q.size(0), N = q.size(1), dk = q.size(3), dv = grad_out.size(3);
@@ -253,11 +271,13 @@ std::tuple<Tensor, Tensor, Tensor> state_backward(const Tensor& q_, const Tensor
   check_sizes(grad_out, {BH, N, q.size(2), dv}, "grad_out");
   check_sizes(dv_local, grad_out.sizes(), "dv_local");
   check_sizes(ds_final, {BH, dk, dv}, "ds_final");
-  Tensor dv_new = at::empty_like(dv_local), ds_next = at::empty({BH, N, dk, dv}, f32(q));
-  Tensor ds0 = at::empty({BH, dk, dv}, f32(q));
+  // dU': for the delta rule an operand of B3's products; for the sum rule the op's dV
+  Tensor dv_new = at::empty(dv_local.sizes(), w.defined() ? operand_options(q, cfg, stages > 0)
+                                                          : result_options(q, stages > 0));
+  Tensor ds_next = at::empty({BH, N, dk, dv}, f32(q)), ds0 = at::empty({BH, dk, dv}, f32(q));
   if (stages > 0) {
-    launched(fwp_chunked_cuda_state_backward_pass(arg(q), arg(k), p(w), arg(grad_out), p(dv_local), p(ds_final),
-                                                  p(dv_new), p(ds_next), p(ds0), BH, N, dk, dv, parts(cfg), stages,
+    launched(fwp_chunked_cuda_state_backward_pass(arg(q), arg(k), arg(w), arg(grad_out), p(dv_local), p(ds_final),
+                                                  res(dv_new), p(ds_next), p(ds0), BH, N, dk, dv, parts(cfg), stages,
                                                   stream(q)),
              "state_backward (fast pass)", stream(q));
     return {dv_new, ds_next, ds0};
@@ -277,8 +297,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> input_grads(const Tensor& q_, const T
   const c10::DeviceGuard guard(q_.device());
   const bool fast = cfg.passes != Passes::First;
   const Tensor q = user(q_, fast), k = user(k_, fast), v = user(v_, fast), beta = user(beta_, fast),
-               tinv = in(tinv_), w = in(w_), v_new = user(v_new_, fast), ckpt = in(ckpt_), ds_next = in(ds_next_),
-               grad_out = user(grad_out_, fast), dv_new = in(dv_new_);
+               tinv = user(tinv_, fast), w = user(w_, fast), v_new = user(v_new_, fast), ckpt = in(ckpt_),
+               ds_next = in(ds_next_), grad_out = user(grad_out_, fast), dv_new = user(dv_new_, fast);
   check_chunks(q, "q");
   check_chunks(v, "v");
   const bool delta = tinv.defined();
@@ -293,14 +313,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> input_grads(const Tensor& q_, const T
   check_sizes(dv_new, v.sizes(), "dv_new");
   check_sizes(ckpt, {BH, N, dk, dv}, "checkpoints");
   check_sizes(ds_next, {BH, N, dk, dv}, "ds_next");
-  Tensor dq = at::empty(q.sizes(), f32(q)), dkt = at::empty(k.sizes(), f32(k));
-  Tensor dvt = delta ? at::empty(v.sizes(), f32(v)) : Tensor();
-  Tensor dbeta = delta ? at::empty(beta.sizes(), f32(beta)) : Tensor();
+  const auto ro = result_options(q, fast);
+  Tensor dq = at::empty(q.sizes(), ro), dkt = at::empty(k.sizes(), ro);
+  Tensor dvt = delta ? at::empty(v.sizes(), ro) : Tensor();
+  Tensor dbeta = delta ? at::empty(beta.sizes(), ro) : Tensor();
   if (fast) {
-    Tensor dw = delta ? at::empty(q.sizes(), f32(q)) : Tensor();  // dW, the fast kernel's scratch
-    launched(fwp_chunked_cuda_input_grads_rows(arg(q), arg(k), arg(v), arg(beta), p(tinv), arg(v_new), p(ckpt),
-                                               p(ds_next), arg(grad_out), p(dv_new), p(dq), p(dkt), p(dvt), p(dbeta),
-                                               p(dw), BH, N, dk, dv, parts(cfg), stream(q)),
+    Tensor dw = delta ? at::empty(q.sizes(), operand_options(q, cfg, true)) : Tensor();  // dW, the kernel's scratch
+    launched(fwp_chunked_cuda_input_grads_rows(arg(q), arg(k), arg(v), arg(beta), arg(tinv), arg(v_new), p(ckpt),
+                                               p(ds_next), arg(grad_out), arg(dv_new), res(dq), res(dkt), res(dvt),
+                                               res(dbeta), res(dw), BH, N, dk, dv, parts(cfg), stream(q)),
              "input_grads (fast)", stream(q));
     return {dq, dkt, delta ? dvt : dv_new, dbeta};
   }
@@ -321,7 +342,7 @@ namespace {
 }
 }  // namespace
 
-std::tuple<Tensor, Tensor, Tensor> wy_forward(const Tensor&, const Tensor&, const Tensor&, const Config&) {
+std::tuple<Tensor, Tensor, Tensor> wy_forward(const Tensor&, const Tensor&, const Tensor&, const Config&, bool) {
   no_cuda();
 }
 std::tuple<Tensor, Tensor, Tensor> state_forward(const Tensor&, const Tensor&, const Tensor&, const Tensor&,

@@ -56,7 +56,7 @@ int warp_id() { return t_tid >> 5; }
 void block_sync();
 void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]);
 
-void copy_async(float* dst, const float* src, int bytes, bool valid) {
+void copy_async(void* dst, const void* src, int bytes, bool valid) {
   if (valid)
     std::memcpy(dst, src, size_t(bytes));
   else
@@ -155,7 +155,8 @@ Tensor in(const Tensor& t) {
 
 const float* ptr(const Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
 
-// An input in the caller's dtype (q, k, v, beta, dO; the sum rule's U'): fp32 or bf16 CPU tensors.
+// An input that may be bf16: the caller's (q, k, v, beta, dO; the sum rule's U') or an operand-only
+// intermediate (W, U', T~, dU'; chunked.h, fast_operand_type): fp32 or bf16 CPU tensors.
 Tensor user(const Tensor& t) {
   if (!t.defined()) return t;
   TORCH_CHECK(t.is_cpu() && (t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16),
@@ -168,11 +169,22 @@ In arg(const Tensor& t) {
   return t.defined() ? In{t.data_ptr(), t.scalar_type() == at::kBFloat16} : In{nullptr, false};
 }
 
+Out res(Tensor& t) {
+  return t.defined() ? Out{t.data_ptr(), t.scalar_type() == at::kBFloat16} : Out{nullptr, false};
+}
+
 at::TensorOptions f32(const Tensor& t) { return t.options().dtype(at::kFloat); }
+
+// Where the kernels write (chunked.h): an op result in the caller's dtype, or an operand-only
+// intermediate.
+at::TensorOptions result_options(const Tensor& q) { return q.options().dtype(fast_result_type(q)); }
+at::TensorOptions operand_options(const Tensor& t, const Config& cfg) {
+  return t.options().dtype(fast_operand_type(cfg));
+}
 
 template <int KT, int P>
 void run_grid(bool backward, const PassArgs& x, int64_t BH) {
-  std::vector<float> smem(size_t(pass_floats(KT, backward, x.b != nullptr, x.stages)));
+  std::vector<float> smem(size_t(pass_floats(KT, backward, x.b.p != nullptr, x.stages)));
   for (int64_t bh = 0; bh < BH; ++bh)
     for (int tile = 0; tile * kBV < x.dv; ++tile)
       run_block([&] {
@@ -242,14 +254,13 @@ void check_chunks(const Tensor& x, const char* name) {
 }  // namespace
 
 std::tuple<Tensor, Tensor, Tensor> wy_forward(const Tensor& k_, const Tensor& v_, const Tensor& beta_,
-                                              const Config& cfg) {
+                                              const Config& cfg, bool with_tinv) {
   const Tensor k = user(k_), v = user(v_), beta = user(beta_);
   check_chunks(k, "k");
   const int64_t BH = k.size(0), N = k.size(1), dk = k.size(3), dv = v.size(3);
-  Tensor tinv = at::empty({BH, N, kPassC, kPassC}, f32(k));
-  Tensor w = at::empty(k.sizes(), f32(k)), u = at::empty(v.sizes(), f32(v));
-  const WyArgs x{arg(k), arg(v), arg(beta), tinv.data_ptr<float>(), w.data_ptr<float>(), u.data_ptr<float>(), N,
-                 int(dk), int(dv)};
+  Tensor tinv = with_tinv ? at::empty({BH, N, kPassC, kPassC}, operand_options(k, cfg)) : Tensor();
+  Tensor w = at::empty(k.sizes(), operand_options(k, cfg)), u = at::empty(v.sizes(), f32(v));
+  const WyArgs x{arg(k), arg(v), arg(beta), res(tinv), res(w), u.data_ptr<float>(), N, int(dk), int(dv)};
   const int parts = parts_of(cfg);
   if (parts == 1) run_wy<1>(x, BH);
   if (parts == 2) run_wy<2>(x, BH);
@@ -259,11 +270,11 @@ std::tuple<Tensor, Tensor, Tensor> wy_forward(const Tensor& k_, const Tensor& v_
 
 Tensor values_from_checkpoints(const Tensor& w_, const Tensor& u_, const Tensor& ckpt_, const Config& cfg) {
   if (!w_.defined()) return u_;
-  const Tensor w = in(w_), u = in(u_), ckpt = in(ckpt_);
+  const Tensor w = user(w_), u = in(u_), ckpt = in(ckpt_);
   check_chunks(w, "w");
-  Tensor v_new = at::empty_like(u);
-  const RowArgs x{In{ptr(w), false}, In{nullptr, false}, In{nullptr, false}, ptr(ckpt), ptr(u),
-                  v_new.data_ptr<float>(), u.size(1), int(w.size(3)), int(u.size(3))};
+  Tensor v_new = at::empty(u.sizes(), operand_options(u, cfg));
+  const RowArgs x{arg(w), In{nullptr, false}, In{nullptr, false}, ptr(ckpt), ptr(u), res(v_new), u.size(1),
+                  int(w.size(3)), int(u.size(3))};
   run_rows<RowStage::Values>(x, u.size(0), parts_of(cfg));
   return v_new;
 }
@@ -272,8 +283,8 @@ Tensor output_forward(const Tensor& q_, const Tensor& k_, const Tensor& v_new_, 
                       const Config& cfg) {
   const Tensor q = user(q_), k = user(k_), v_new = user(v_new_), ckpt = in(ckpt_);
   check_chunks(q, "q");
-  Tensor out = at::empty(v_new.sizes(), f32(v_new));
-  const RowArgs x{arg(q), arg(k), arg(v_new), ptr(ckpt), nullptr, out.data_ptr<float>(), q.size(1), int(q.size(3)),
+  Tensor out = at::empty(v_new.sizes(), result_options(q));
+  const RowArgs x{arg(q), arg(k), arg(v_new), ptr(ckpt), nullptr, res(out), q.size(1), int(q.size(3)),
                   int(v_new.size(3))};
   run_rows<RowStage::Output>(x, q.size(0), parts_of(cfg));
   return out;
@@ -283,22 +294,22 @@ Tensor local_value_grad(const Tensor& q_, const Tensor& k_, const Tensor& grad_o
   const Tensor q = user(q_), k = user(k_), grad_out = user(grad_out_);
   check_chunks(q, "q");
   Tensor dv_local = at::empty(grad_out.sizes(), f32(grad_out));
-  const RowArgs x{arg(q), arg(k), arg(grad_out), nullptr, nullptr, dv_local.data_ptr<float>(), q.size(1),
-                  int(q.size(3)), int(grad_out.size(3))};
+  const RowArgs x{arg(q), arg(k), arg(grad_out), nullptr, nullptr, res(dv_local), q.size(1), int(q.size(3)),
+                  int(grad_out.size(3))};
   run_rows<RowStage::LocalGrad>(x, q.size(0), parts_of(cfg));
   return dv_local;
 }
 
 std::tuple<Tensor, Tensor, Tensor> state_forward(const Tensor& k_, const Tensor& w_, const Tensor& u_,
                                                  const Tensor& s0_, const Config& cfg) {
-  const Tensor k = user(k_), w = in(w_), u = user(u_), s0 = in(s0_);
+  const Tensor k = user(k_), w = user(w_), u = user(u_), s0 = in(s0_);
   const int64_t BH = k.size(0), N = k.size(1), dk = k.size(3), dv = u.size(3);
   TORCH_CHECK(k.size(2) == kPassC, "fwp::chunked emulated passes: chunks of ", kPassC, " steps, got ", k.size(2));
   Tensor ckpt = at::empty({BH, N, dk, dv}, f32(k)), state = at::empty({BH, dk, dv}, f32(k));
-  Tensor v_new = w.defined() ? at::empty(u.sizes(), f32(u)) : u;
-  const PassArgs x{arg(k), arg(u), In{nullptr, false}, ptr(w), nullptr, ptr(s0), ckpt.data_ptr<float>(),
-                   w.defined() ? v_new.data_ptr<float>() : nullptr, state.data_ptr<float>(), N, int(dk), int(dv),
-                   stages_of(cfg)};
+  Tensor v_new = w.defined() ? at::empty(u.sizes(), operand_options(u, cfg)) : u;
+  const PassArgs x{arg(k),  arg(w),  arg(u),        In{nullptr, false},
+                   nullptr, ptr(s0), ckpt.data_ptr<float>(), state.data_ptr<float>(),
+                   w.defined() ? res(v_new) : Out{nullptr, false}, N, int(dk), int(dv), stages_of(cfg)};
   run(false, x, BH, parts_of(cfg));
   return {ckpt, v_new, state};
 }
@@ -306,14 +317,16 @@ std::tuple<Tensor, Tensor, Tensor> state_forward(const Tensor& k_, const Tensor&
 std::tuple<Tensor, Tensor, Tensor> state_backward(const Tensor& q_, const Tensor& k_, const Tensor& w_,
                                                   const Tensor& grad_out_, const Tensor& dv_local_,
                                                   const Tensor& ds_final_, const Config& cfg) {
-  const Tensor q = user(q_), k = user(k_), w = in(w_), grad_out = user(grad_out_), dv_local = in(dv_local_),
+  const Tensor q = user(q_), k = user(k_), w = user(w_), grad_out = user(grad_out_), dv_local = in(dv_local_),
                ds_final = in(ds_final_);
   const int64_t BH = q.size(0), N = q.size(1), dk = q.size(3), dv = grad_out.size(3);
   TORCH_CHECK(q.size(2) == kPassC, "fwp::chunked emulated passes: chunks of ", kPassC, " steps, got ", q.size(2));
-  Tensor dv_new = at::empty_like(dv_local), ds_next = at::empty({BH, N, dk, dv}, f32(q));
-  Tensor ds0 = at::empty({BH, dk, dv}, f32(q));
-  const PassArgs x{arg(k), arg(q), arg(grad_out), ptr(w), ptr(dv_local), ptr(ds_final), ds_next.data_ptr<float>(),
-                   dv_new.data_ptr<float>(), ds0.data_ptr<float>(), N, int(dk), int(dv), stages_of(cfg)};
+  // dU': for the delta rule an operand of B3's products; for the sum rule the op's dV
+  Tensor dv_new = at::empty(dv_local.sizes(), w.defined() ? operand_options(q, cfg) : result_options(q));
+  Tensor ds_next = at::empty({BH, N, dk, dv}, f32(q)), ds0 = at::empty({BH, dk, dv}, f32(q));
+  const PassArgs x{arg(k),        arg(w),        arg(q),        arg(grad_out), ptr(dv_local), ptr(ds_final),
+                   ds_next.data_ptr<float>(), ds0.data_ptr<float>(), res(dv_new), N, int(dk), int(dv),
+                   stages_of(cfg)};
   run(true, x, BH, parts_of(cfg));
   return {dv_new, ds_next, ds0};
 }
@@ -324,9 +337,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> input_grads(const Tensor& q_, const T
                                                        const Tensor& ds_next_, const Tensor& grad_out_,
                                                        const Tensor& dv_new_, const Config& cfg) {
   (void)w_;  // B3 does not read W
-  const Tensor q = user(q_), k = user(k_), v = user(v_), beta = user(beta_), tinv = in(tinv_),
+  const Tensor q = user(q_), k = user(k_), v = user(v_), beta = user(beta_), tinv = user(tinv_),
                v_new = user(v_new_), ckpt = in(ckpt_), ds_next = in(ds_next_), grad_out = user(grad_out_),
-               dv_new = in(dv_new_);
+               dv_new = user(dv_new_);
   check_chunks(q, "q");
   check_chunks(v, "v");
   const bool delta = tinv.defined();
@@ -346,15 +359,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> input_grads(const Tensor& q_, const T
     check(tinv, {BH, N, kPassC, kPassC}, "tinv");
     check(beta, {BH, N, kPassC}, "beta");
   }
-  Tensor dq = at::empty(q.sizes(), f32(q)), dkt = at::empty(k.sizes(), f32(k));
-  Tensor dvt = delta ? at::empty(v.sizes(), f32(v)) : Tensor();
-  Tensor dbeta = delta ? at::empty(beta.sizes(), f32(beta)) : Tensor();
-  Tensor dw = delta ? at::empty(q.sizes(), f32(q)) : Tensor();
-  const GradArgs x{arg(q),       arg(k),    arg(v),        arg(beta),   arg(v_new),  arg(grad_out),
-                   ptr(tinv),    ptr(ckpt), ptr(ds_next),  ptr(dv_new),
-                   dq.data_ptr<float>(), dkt.data_ptr<float>(), delta ? dvt.data_ptr<float>() : nullptr,
-                   delta ? dbeta.data_ptr<float>() : nullptr, delta ? dw.data_ptr<float>() : nullptr,
-                   N,            int(dk),        int(dv)};
+  const auto ro = result_options(q);
+  Tensor dq = at::empty(q.sizes(), ro), dkt = at::empty(k.sizes(), ro);
+  Tensor dvt = delta ? at::empty(v.sizes(), ro) : Tensor();
+  Tensor dbeta = delta ? at::empty(beta.sizes(), ro) : Tensor();
+  Tensor dw = delta ? at::empty(q.sizes(), operand_options(q, cfg)) : Tensor();
+  const GradArgs x{arg(q),    arg(k),   arg(v),        arg(beta),    arg(v_new), arg(grad_out), arg(tinv),
+                   arg(dv_new), ptr(ckpt), ptr(ds_next), res(dq),     res(dkt),   res(dvt),      res(dbeta),
+                   res(dw),   N,        int(dk),       int(dv)};
   const int parts = parts_of(cfg);
   if (parts == 1) run_input_grads<1>(x, BH);
   if (parts == 2) run_input_grads<2>(x, BH);

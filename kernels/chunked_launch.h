@@ -59,11 +59,19 @@ int fwp_chunked_cuda_input_grads(const float* q, const float* k, const float* v,
 }
 
 // The fast kernels (chunked_passes.cuh). Their inputs in the caller's dtype (q, k, v, beta, dO, and
-// the sum rule's U' = V) are FwpIn: fp32, or bf16 when `bf16` is nonzero, read as they are; every
-// other buffer is fp32 as above.
+// the sum rule's U' = V) are FwpIn: fp32, or bf16 when `bf16` is nonzero, read as they are. Their
+// results that are also the op's (O, dQ, dK, dV, dbeta; the sum rule's dV = dU') are FwpOut, written
+// as fp32 or bf16. So are the intermediates that are only ever product operands (W, U', T~, dU', the
+// scratch dW), which may be bf16 where every operand is one bf16 part (parts = 1): the value each
+// consumer rounds them to anyway. Every other buffer is fp32 as above.
 extern "C" {
 struct FwpIn {
   const void* p;
+  int bf16;
+};
+
+struct FwpOut {
+  void* p;
   int bf16;
 };
 
@@ -79,28 +87,28 @@ int64_t fwp_chunked_cuda_pass_bytes(int64_t dk, int backward, int delta, int sta
 // does not fit or d_k > 256 (then the first-version kernels run).
 int fwp_chunked_cuda_pass_stages(int64_t dk, int backward, int delta);
 
-int fwp_chunked_cuda_state_forward_pass(FwpIn k, const float* w, FwpIn u, const float* s0, float* ckpt,
-                                        float* v_new, float* state, int64_t BH, int64_t N, int64_t dk, int64_t dv,
-                                        int parts, int stages, void* stream);
+int fwp_chunked_cuda_state_forward_pass(FwpIn k, FwpIn w, FwpIn u, const float* s0, float* ckpt, FwpOut v_new,
+                                        float* state, int64_t BH, int64_t N, int64_t dk, int64_t dv, int parts,
+                                        int stages, void* stream);
 
-int fwp_chunked_cuda_state_backward_pass(FwpIn q, FwpIn k, const float* w, FwpIn grad_out, const float* dv_local,
-                                         const float* ds_final, float* dv_new, float* ds_next, float* ds0, int64_t BH,
+int fwp_chunked_cuda_state_backward_pass(FwpIn q, FwpIn k, FwpIn w, FwpIn grad_out, const float* dv_local,
+                                         const float* ds_final, FwpOut dv_new, float* ds_next, float* ds0, int64_t BH,
                                          int64_t N, int64_t dk, int64_t dv, int parts, int stages, void* stream);
 
 // The per-chunk stages, fast version (warp-local mma.sync): same buffers and results as
 // fwp_chunked_cuda_values / _output / _local_grad / _wy / _input_grads, without their scratch (B3
-// takes dw_scratch [BH, N, C, d_k] for the delta rule, NULL for the sum rule); any d_k and d_v.
-// v_new is U' (fp32) for the delta rule, V for the sum rule.
-int fwp_chunked_cuda_values_rows(const float* w, const float* u, const float* ckpt, float* v_new, int64_t BH,
-                                 int64_t N, int64_t dk, int64_t dv, int parts, void* stream);
-int fwp_chunked_cuda_output_rows(FwpIn q, FwpIn k, FwpIn v_new, const float* ckpt, float* out, int64_t BH, int64_t N,
+// takes dw_scratch [BH, N, C, d_k] for the delta rule, null for the sum rule; WY writes no T~ when
+// tinv is null); any d_k and d_v. v_new is U' for the delta rule, V for the sum rule.
+int fwp_chunked_cuda_values_rows(FwpIn w, const float* u, const float* ckpt, FwpOut v_new, int64_t BH, int64_t N,
+                                 int64_t dk, int64_t dv, int parts, void* stream);
+int fwp_chunked_cuda_output_rows(FwpIn q, FwpIn k, FwpIn v_new, const float* ckpt, FwpOut out, int64_t BH, int64_t N,
                                  int64_t dk, int64_t dv, int parts, void* stream);
 int fwp_chunked_cuda_local_grad_rows(FwpIn q, FwpIn k, FwpIn grad_out, float* dv_local, int64_t BH, int64_t N,
                                      int64_t dk, int64_t dv, int parts, void* stream);
-int fwp_chunked_cuda_wy_rows(FwpIn k, FwpIn v, FwpIn beta, float* tinv, float* w, float* u, int64_t BH, int64_t N,
+int fwp_chunked_cuda_wy_rows(FwpIn k, FwpIn v, FwpIn beta, FwpOut tinv, FwpOut w, float* u, int64_t BH, int64_t N,
                              int64_t dk, int64_t dv, int parts, void* stream);
-int fwp_chunked_cuda_input_grads_rows(FwpIn q, FwpIn k, FwpIn v, FwpIn beta, const float* tinv, FwpIn v_new,
-                                      const float* ckpt, const float* ds_next, FwpIn grad_out, const float* dv_new,
-                                      float* dq, float* dk_out, float* dv_out, float* dbeta, float* dw_scratch,
+int fwp_chunked_cuda_input_grads_rows(FwpIn q, FwpIn k, FwpIn v, FwpIn beta, FwpIn tinv, FwpIn v_new,
+                                      const float* ckpt, const float* ds_next, FwpIn grad_out, FwpIn dv_new,
+                                      FwpOut dq, FwpOut dk_out, FwpOut dv_out, FwpOut dbeta, FwpOut dw_scratch,
                                       int64_t BH, int64_t N, int64_t dk, int64_t dv, int parts, void* stream);
 }

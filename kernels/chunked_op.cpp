@@ -144,7 +144,7 @@ std::tuple<Tensor, Tensor, Tensor> forward_kernel(const Tensor& q, const Tensor&
   over_batch_heads(q, BH, [&](int64_t b0, int64_t b1) {
     const auto part = [&](const Tensor& t) { return t.defined() ? t.narrow(0, b0, b1 - b0) : t; };
     Tensor w, u = part(vc);
-    if (has(beta)) std::tie(std::ignore, w, u) = wy_forward(part(kc), part(vc), part(bc), cfg);
+    if (has(beta)) std::tie(std::ignore, w, u) = wy_forward(part(kc), part(vc), part(bc), cfg, /*with_tinv=*/false);
     auto [ckpt, v_new, st] = state_forward(part(kc), w, u, part(init), cfg);
     put(out, output_forward(part(qc), part(kc), v_new, ckpt, cfg), b0, b1);
     put(state, st, b0, b1);

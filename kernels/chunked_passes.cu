@@ -31,7 +31,7 @@ FWP_DEV void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
-FWP_DEV void copy_async(float* dst, const float* src, int bytes, bool valid) {
+FWP_DEV void copy_async(void* dst, const void* src, int bytes, bool valid) {
   const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
   if (bytes == 16)
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 16 : 0)
@@ -51,6 +51,7 @@ FWP_DEV float mul_rn(float a, float b) { return __fmul_rn(a, b); }
 #include "chunked_passes.cuh"
 
 In in(FwpIn x) { return In{x.p, x.bf16 != 0}; }
+Out out(FwpOut x) { return Out{x.p, x.bf16 != 0}; }
 
 template <int KT, int P>
 __global__ void __launch_bounds__(kPassThreads, 1) state_forward_pass_kernel(PassArgs x) {
@@ -151,7 +152,7 @@ int launch(Kernel kernel, std::atomic<bool>* raised, const PassArgs& x, int64_t 
 template <int KT, int P>
 int launch_pass(bool backward, const PassArgs& x, int64_t BH, void* stream) {
   static std::atomic<bool> raised_forward[kMaxDevices] = {}, raised_backward[kMaxDevices] = {};
-  const size_t bytes = pass_bytes(x.dk, backward, x.b != nullptr, x.stages);
+  const size_t bytes = pass_bytes(x.dk, backward, x.b.p != nullptr, x.stages);
   return backward ? launch(state_backward_pass_kernel<KT, P>, raised_backward, x, BH, bytes, stream)
                   : launch(state_forward_pass_kernel<KT, P>, raised_forward, x, BH, bytes, stream);
 }
@@ -195,51 +196,52 @@ int fwp_chunked_cuda_pass_stages(int64_t dk, int backward, int delta) {
   return 0;
 }
 
-int fwp_chunked_cuda_state_forward_pass(FwpIn k, const float* w, FwpIn u, const float* s0, float* ckpt,
-                                        float* v_new, float* state, int64_t BH, int64_t N, int64_t dk, int64_t dv,
-                                        int parts, int stages, void* stream) {
-  const PassArgs x{in(k), in(u), in({}), w, nullptr, s0, ckpt, v_new, state, N, int(dk), int(dv), stages};
+int fwp_chunked_cuda_state_forward_pass(FwpIn k, FwpIn w, FwpIn u, const float* s0, float* ckpt, FwpOut v_new,
+                                        float* state, int64_t BH, int64_t N, int64_t dk, int64_t dv, int parts,
+                                        int stages, void* stream) {
+  const PassArgs x{in(k), in(w), in(u), in({}), nullptr, s0, ckpt, state, out(v_new), N, int(dk), int(dv), stages};
   return run_pass(false, x, BH, parts, stream);
 }
 
-int fwp_chunked_cuda_state_backward_pass(FwpIn q, FwpIn k, const float* w, FwpIn grad_out, const float* dv_local,
-                                         const float* ds_final, float* dv_new, float* ds_next, float* ds0, int64_t BH,
+int fwp_chunked_cuda_state_backward_pass(FwpIn q, FwpIn k, FwpIn w, FwpIn grad_out, const float* dv_local,
+                                         const float* ds_final, FwpOut dv_new, float* ds_next, float* ds0, int64_t BH,
                                          int64_t N, int64_t dk, int64_t dv, int parts, int stages, void* stream) {
-  const PassArgs x{in(k), in(q), in(grad_out), w, dv_local, ds_final, ds_next, dv_new, ds0, N, int(dk), int(dv),
-                   stages};
+  const PassArgs x{in(k),   in(w), in(q),        in(grad_out), dv_local, ds_final, ds_next, ds0, out(dv_new),
+                   N,       int(dk), int(dv),    stages};
   return run_pass(true, x, BH, parts, stream);
 }
 
-int fwp_chunked_cuda_values_rows(const float* w, const float* u, const float* ckpt, float* v_new, int64_t BH,
-                                 int64_t N, int64_t dk, int64_t dv, int parts, void* stream) {
-  const RowArgs x{In{w, false}, in({}), in({}), ckpt, u, v_new, N, int(dk), int(dv)};
+int fwp_chunked_cuda_values_rows(FwpIn w, const float* u, const float* ckpt, FwpOut v_new, int64_t BH, int64_t N,
+                                 int64_t dk, int64_t dv, int parts, void* stream) {
+  const RowArgs x{in(w), in({}), in({}), ckpt, u, out(v_new), N, int(dk), int(dv)};
   return launch_rows<RowStage::Values>(x, BH, parts, stream);
 }
 
-int fwp_chunked_cuda_output_rows(FwpIn q, FwpIn k, FwpIn v_new, const float* ckpt, float* out, int64_t BH, int64_t N,
+int fwp_chunked_cuda_output_rows(FwpIn q, FwpIn k, FwpIn v_new, const float* ckpt, FwpOut o, int64_t BH, int64_t N,
                                  int64_t dk, int64_t dv, int parts, void* stream) {
-  const RowArgs x{in(q), in(k), in(v_new), ckpt, nullptr, out, N, int(dk), int(dv)};
+  const RowArgs x{in(q), in(k), in(v_new), ckpt, nullptr, out(o), N, int(dk), int(dv)};
   return launch_rows<RowStage::Output>(x, BH, parts, stream);
 }
 
 int fwp_chunked_cuda_local_grad_rows(FwpIn q, FwpIn k, FwpIn grad_out, float* dv_local, int64_t BH, int64_t N,
                                      int64_t dk, int64_t dv, int parts, void* stream) {
-  const RowArgs x{in(q), in(k), in(grad_out), nullptr, nullptr, dv_local, N, int(dk), int(dv)};
+  const RowArgs x{in(q), in(k), in(grad_out), nullptr, nullptr, Out{dv_local, false}, N, int(dk), int(dv)};
   return launch_rows<RowStage::LocalGrad>(x, BH, parts, stream);
 }
 
-int fwp_chunked_cuda_wy_rows(FwpIn k, FwpIn v, FwpIn beta, float* tinv, float* w, float* u, int64_t BH, int64_t N,
+int fwp_chunked_cuda_wy_rows(FwpIn k, FwpIn v, FwpIn beta, FwpOut tinv, FwpOut w, float* u, int64_t BH, int64_t N,
                              int64_t dk, int64_t dv, int parts, void* stream) {
-  const WyArgs x{in(k), in(v), in(beta), tinv, w, u, N, int(dk), int(dv)};
+  const WyArgs x{in(k), in(v), in(beta), out(tinv), out(w), u, N, int(dk), int(dv)};
   return launch_chunks<WyArgs>({wy_stage_kernel<1>, wy_stage_kernel<2>, wy_stage_kernel<3>}, x, BH, parts, stream);
 }
 
-int fwp_chunked_cuda_input_grads_rows(FwpIn q, FwpIn k, FwpIn v, FwpIn beta, const float* tinv, FwpIn v_new,
-                                      const float* ckpt, const float* ds_next, FwpIn grad_out, const float* dv_new,
-                                      float* dq, float* dk_out, float* dv_out, float* dbeta, float* dw_scratch,
+int fwp_chunked_cuda_input_grads_rows(FwpIn q, FwpIn k, FwpIn v, FwpIn beta, FwpIn tinv, FwpIn v_new,
+                                      const float* ckpt, const float* ds_next, FwpIn grad_out, FwpIn dv_new,
+                                      FwpOut dq, FwpOut dk_out, FwpOut dv_out, FwpOut dbeta, FwpOut dw_scratch,
                                       int64_t BH, int64_t N, int64_t dk, int64_t dv, int parts, void* stream) {
-  const GradArgs x{in(q), in(k), in(v),  in(beta), in(v_new), in(grad_out), tinv,       ckpt,   ds_next,
-                   dv_new, dq,   dk_out, dv_out,   dbeta,     dw_scratch,   N,    int(dk), int(dv)};
+  const GradArgs x{in(q),       in(k),       in(v),       in(beta),       in(v_new),   in(grad_out),
+                   in(tinv),    in(dv_new),  ckpt,        ds_next,        out(dq),     out(dk_out),
+                   out(dv_out), out(dbeta),  out(dw_scratch), N,          int(dk),     int(dv)};
   return launch_chunks<GradArgs>(
       {input_grads_stage_kernel<1>, input_grads_stage_kernel<2>, input_grads_stage_kernel<3>}, x, BH, parts, stream);
 }

@@ -59,9 +59,9 @@ FWP_HD constexpr int64_t pass_floats(int kt, bool backward, bool delta, int stag
   return int64_t(kt) * 16 * kLdV + kPassC * kLdV + stages * pass_stage_floats(kt, backward, delta);
 }
 
-// A matrix the caller gives in its own dtype, fp32 or bf16 (bits), read as fp32. The chunked inputs
-// q, k, v, beta and dO may be bf16: the fast kernels read them as they are, half the bytes of fp32
-// (the sum rule's U' is v itself); every intermediate is fp32.
+// A matrix read as fp32 from fp32 or bf16 (bits). The chunked inputs q, k, v, beta and dO may be
+// bf16: the fast kernels read them as they are, half the bytes of fp32 (the sum rule's U' is v
+// itself); so may the operand-only intermediates (see Out). Every other intermediate is fp32.
 struct In {
   const void* p;
   bool bf16;
@@ -76,14 +76,36 @@ struct In {
   }
 };
 
+// A matrix written as fp32 or bf16 (round to nearest even). The op's results (O, dQ, dK, dV, dbeta)
+// come in the caller's dtype, and with one bf16 part per operand (Operands::Bf16) the intermediates
+// that are only ever product operands (W, U', T~, dU', dW) are stored as the bf16 value each
+// consumer would round them to anyway: half the bytes, the same results bit for bit.
+struct Out {
+  void* p;
+  bool bf16;
+
+  FWP_DEV void set(int64_t i, float x) const {
+    if (bf16)
+      static_cast<uint16_t*>(p)[i] = bf16_bits(x);
+    else
+      static_cast<float*>(p)[i] = x;
+  }
+  FWP_DEV Out operator+(int64_t n) const {
+    return Out{bf16 ? static_cast<void*>(static_cast<uint16_t*>(p) + n) : static_cast<void*>(static_cast<float*>(p) + n),
+               bf16};
+  }
+  FWP_DEV In in() const { return In{p, bf16}; }
+};
+
 // Everything a pass reads and writes; the chunked layout of chunked_launch.h. Forward: a = k,
 // b = w (null: sum rule), c = u, init = s0, per_chunk = ckpt, values = v_new (delta rule),
 // last = final state. Backward: a = k, b = w (null: sum rule), c = q, d = dU'_loc, e = dO,
 // init = dS_N, per_chunk = ds_next, values = dU', last = dS_0.
 struct PassArgs {
-  In a, c, e;  // caller's dtype
-  const float *b, *d, *init;
-  float *per_chunk, *values, *last;
+  In a, b, c, e;  // caller's dtype, or bf16 for W (see Out)
+  const float *d, *init;
+  float *per_chunk, *last;
+  Out values;
   int64_t N;
   int dk, dv, stages;
 };
@@ -150,37 +172,54 @@ FWP_UNROLL
 FWP_DEV int acc_row(int e) { return (lane_id() >> 2) + 8 * (e >> 1); }
 FWP_DEV int acc_col(int e) { return 2 * (lane_id() & 3) + (e & 1); }
 
-// Copies rows x `cols` floats of src (row stride lds) into dst (row stride ldd), zero-filling columns
-// cols .. width - 1 (width a multiple of 4), asynchronously. 16-byte copies when the rows allow.
-FWP_DEV void load_tile(float* dst, int ldd, const float* src, int64_t lds, int rows, int cols, int width) {
-  const bool wide = (reinterpret_cast<uintptr_t>(src) & 15) == 0 && lds % 4 == 0 && cols % 4 == 0;
-  if (wide) {
-    const int quads = width / 4;
-    for (int e = thread_id(); e < rows * quads; e += kPassThreads) {
-      const int r = e / quads, c = 4 * (e % quads);
-      const bool valid = c < cols;
-      copy_async(dst + r * ldd + c, valid ? src + r * lds + c : src, 16, valid);
-    }
-  } else {
+// A tile of a chunk's input in shared memory, in the dtype it came in (fp32 or bf16): element
+// (r, c) at m[r * ld + c]. Row strides: a tile `width` elements wide (a multiple of 16) takes
+// width + 4 floats per row in fp32 and width + 8 halves in bf16 (16-byte rows for cp.async; both
+// keep a warp's fragment loads on distinct banks), so a bf16 tile fits in an fp32 tile's space.
+struct Tile {
+  In m;
+  int ld;
+
+  FWP_DEV float operator()(int r, int c) const { return m[r * ld + c]; }
+};
+
+FWP_HD constexpr int tile_ld(int width, bool bf16) { return width + (bf16 ? 8 : 4); }
+
+FWP_DEV Tile smem_tile(const float* slot, bool bf16, int width) { return Tile{In{slot, bf16}, tile_ld(width, bf16)}; }
+
+// Copies rows x `cols` elements of src (row stride lds, elements of `bytes` bytes) into dst (row
+// stride ldd), zero-filling columns cols .. width - 1, asynchronously: 16-byte copies where the rows
+// allow, else 4-byte ones, else (bf16 with odd sizes or addresses) plain loads and stores, which the
+// pass's barrier before its step makes visible as it does the copies.
+FWP_DEV void copy_tile(void* dst, int ldd, const void* src, int64_t lds, int rows, int cols, int width, int bytes) {
+  const auto aligned = [&](int b) {
+    const int per = b / bytes;
+    return (reinterpret_cast<uintptr_t>(src) % b) == 0 && lds % per == 0 && cols % per == 0;
+  };
+  const int chunk = aligned(16) ? 16 : aligned(4) ? 4 : 0;
+  if (chunk == 0) {  // bf16 only: 4-byte copies need pairs
+    const uint16_t* s = static_cast<const uint16_t*>(src);
+    uint16_t* d = static_cast<uint16_t*>(dst);
     for (int e = thread_id(); e < rows * width; e += kPassThreads) {
       const int r = e / width, c = e % width;
-      const bool valid = c < cols;
-      copy_async(dst + r * ldd + c, valid ? src + r * lds + c : src, 4, valid);
+      d[r * ldd + c] = c < cols ? s[r * lds + c] : uint16_t(0);
     }
+    return;
+  }
+  const int per = chunk / bytes, pieces = width / per;
+  const char* s = static_cast<const char*>(src);
+  char* d = static_cast<char*>(dst);
+  for (int e = thread_id(); e < rows * pieces; e += kPassThreads) {
+    const int r = e / pieces, c = per * (e % pieces);
+    const bool valid = c < cols;
+    copy_async(d + (int64_t(r) * ldd + c) * bytes, valid ? s + (r * lds + c) * bytes : s, chunk, valid);
   }
 }
 
-// load_tile from an input in the caller's dtype: fp32 by cp.async; bf16 converted to fp32 on the way,
-// by plain loads and stores (the pass's barrier before its step makes them visible, as for cp.async).
-FWP_DEV void load_tile(float* dst, int ldd, In src, int64_t lds, int rows, int cols, int width) {
-  if (!src.bf16) {
-    load_tile(dst, ldd, static_cast<const float*>(src.p), lds, rows, cols, width);
-    return;
-  }
-  for (int e = thread_id(); e < rows * width; e += kPassThreads) {
-    const int r = e / width, c = e % width;
-    dst[r * ldd + c] = c < cols ? src[r * lds + c] : 0.f;
-  }
+// Starts copying rows x cols of src (row stride lds, fp32 or bf16) into the tile at `slot`
+// (smem_tile(slot, src.bf16, width) reads it).
+FWP_DEV void load_tile(float* slot, In src, int64_t lds, int rows, int cols, int width) {
+  copy_tile(slot, tile_ld(width, src.bf16), src.p, lds, rows, cols, width, src.bf16 ? 2 : 4);
 }
 
 // Walks the N chunks, in order or in reverse, through `stages` (1 or 2) buffers of shared memory:
@@ -240,10 +279,10 @@ FWP_UNROLL
         }
   }
 
-  // x += sign * A^T B for this warp's rows, with A = a_sm (C x KT*16, row stride lda: A^T's row r is
-  // column r of a_sm) and B = b_sm (C x kBV, row stride kLdV); P parts each.
+  // x += sign * A^T B for this warp's rows, with A (C x KT*16: A^T's row r is column r of A) and
+  // B (C x kBV) tiles in shared memory; P parts each.
   template <int P>
-  FWP_DEV void add_transposed_product(float sign, const float* a_sm, int lda, const float* b_sm) {
+  FWP_DEV void add_transposed_product(float sign, const Tile& a_sm, const Tile& b_sm) {
 FWP_UNROLL
     for (int i = 0; i < KT / 4; ++i) {
       const int m0 = 16 * (warp_id() + 4 * i);
@@ -251,11 +290,11 @@ FWP_UNROLL
 FWP_NO_UNROLL
       for (int kk = 0; kk < kPassC / 16; ++kk) {
         uint32_t a[P][4];
-        load_a<P>(a, [&](int r, int c) { return a_sm[(16 * kk + c) * lda + m0 + r]; });
+        load_a<P>(a, [&](int r, int c) { return a_sm(16 * kk + c, m0 + r); });
 FWP_UNROLL
         for (int j = 0; j < kNT; ++j) {
           uint32_t b[P][2];
-          load_b<P>(b, [&](int r, int c) { return b_sm[(16 * kk + r) * kLdV + 8 * j + c]; });
+          load_b<P>(b, [&](int r, int c) { return b_sm(16 * kk + r, 8 * j + c); });
           mma_parts<P, P>(acc[j], a, b);
         }
       }
@@ -267,18 +306,18 @@ FWP_UNROLL
   }
 };
 
-// This warp's 16 rows (chunk steps 16 warp ..) of base + sign * A S, A = a_sm (C x KT*16, row stride
-// lda, P parts), S = s_sm (KT*16 x kBV, the state, PS parts), base = base_sm (C x kBV) or 0 when
-// null; into out_sm (C x kBV) and out[r * ld + c] for c < nv.
+// This warp's 16 rows (chunk steps 16 warp ..) of base + sign * A S, A = a_sm (C x KT*16, P parts),
+// S = s_sm (KT*16 x kBV, the state, row stride kLdV, PS parts), base = base_sm (C x kBV); into out_sm
+// (C x kBV, row stride kLdV) and out[r * ld + c] for c < nv.
 template <int KT, int P, int PS>
-FWP_DEV void rows_times_state(const float* a_sm, int lda, const float* s_sm, float sign, const float* base_sm,
-                              float* out_sm, float* out, int64_t ld, int nv) {
+FWP_DEV void rows_times_state(const Tile& a_sm, const float* s_sm, float sign, const Tile& base_sm, float* out_sm,
+                              Out out, int64_t ld, int nv) {
   const int m0 = 16 * warp_id();
   float acc[kNT][4] = {};
 FWP_NO_UNROLL
   for (int kk = 0; kk < KT; ++kk) {
     uint32_t a[P][4];
-    load_a<P>(a, [&](int r, int c) { return a_sm[(m0 + r) * lda + 16 * kk + c]; });
+    load_a<P>(a, [&](int r, int c) { return a_sm(m0 + r, 16 * kk + c); });
 FWP_UNROLL
     for (int j = 0; j < kNT; ++j) {
       uint32_t b[PS][2];
@@ -291,9 +330,9 @@ FWP_UNROLL
 FWP_UNROLL
     for (int e = 0; e < 4; ++e) {
       const int r = m0 + acc_row(e), c = 8 * j + acc_col(e);
-      const float x = (base_sm != nullptr ? base_sm[r * kLdV + c] : 0.f) + sign * acc[j][e];
+      const float x = base_sm(r, c) + sign * acc[j][e];
       out_sm[r * kLdV + c] = x;
-      if (c < nv) out[r * ld + c] = x;
+      if (c < nv) out.set(r * ld + c, x);
     }
 }
 
@@ -314,7 +353,7 @@ struct PassBlock {
         state_sm(smem),
         values_sm(smem + KT * 16 * kLdV),
         stages(smem + KT * 16 * kLdV + kPassC * kLdV),
-        stage_floats(pass_stage_floats(KT, backward, x.b != nullptr)) {}
+        stage_floats(pass_stage_floats(KT, backward, x.b.p != nullptr)) {}
 
   FWP_DEV float* stage(int s) const { return stages + s * stage_floats; }
 };
@@ -323,21 +362,22 @@ struct PassBlock {
 template <int KT, int P>
 FWP_DEV void state_forward_pass(const PassArgs& x, float* smem, int bh, int tile) {
   constexpr int PS = P > 2 ? P : 2, ldk = pass_ld_k(KT);
-  const bool delta = x.b != nullptr;
+  const bool delta = x.b.p != nullptr;
   const PassBlock<KT> blk(x, smem, tile, false);
   const int col0 = blk.col0, nv = blk.nv;
   const int64_t state = blk.state;
   float* s_sm = blk.state_sm;
   float* vn_sm = blk.values_sm;
-  // stage layout: K [C][ldk], then W [C][ldk] (delta rule), then U [C][kLdV]
+  // stage layout: slots for K [C][ldk], then W [C][ldk] (delta rule), then U [C][kLdV] floats (a bf16
+  // input takes part of its slot; see Tile)
   const auto k_sm = [&](int s) { return blk.stage(s); };
   const auto w_sm = [&](int s) { return k_sm(s) + kPassC * ldk; };
   const auto u_sm = [&](int s) { return k_sm(s) + (delta ? 2 : 1) * kPassC * ldk; };
   const auto load = [&](int64_t c, int s) {
     const int64_t row0 = (int64_t(bh) * x.N + c) * kPassC;
-    load_tile(k_sm(s), ldk, x.a + row0 * x.dk, x.dk, kPassC, x.dk, KT * 16);
-    if (delta) load_tile(w_sm(s), ldk, x.b + row0 * x.dk, x.dk, kPassC, x.dk, KT * 16);
-    load_tile(u_sm(s), kLdV, x.c + row0 * x.dv + col0, x.dv, kPassC, nv, kBV);
+    load_tile(k_sm(s), x.a + row0 * x.dk, x.dk, kPassC, x.dk, KT * 16);
+    if (delta) load_tile(w_sm(s), x.b + row0 * x.dk, x.dk, kPassC, x.dk, KT * 16);
+    load_tile(u_sm(s), x.c + row0 * x.dv + col0, x.dv, kPassC, nv, kBV);
     copy_commit();
   };
 
@@ -346,14 +386,15 @@ FWP_DEV void state_forward_pass(const PassArgs& x, float* smem, int bh, int tile
   walk_chunks(x.N, false, x.stages, load, [&](int64_t c, int s) {
     st.store(s_sm, x.per_chunk + (int64_t(bh) * x.N + c) * state + col0, x.dv, x.dk, nv);  // checkpoint c = S_c
     block_sync();
-    const float* vn = u_sm(s);
+    const Tile u = smem_tile(u_sm(s), x.c.bf16, kBV);
+    Tile vn = u;
     if (delta) {  // U' = U - W S_c
-      rows_times_state<KT, P, PS>(w_sm(s), ldk, s_sm, -1.f, u_sm(s), vn_sm,
+      rows_times_state<KT, P, PS>(smem_tile(w_sm(s), x.b.bf16, KT * 16), s_sm, -1.f, u, vn_sm,
                                   x.values + (int64_t(bh) * x.N + c) * kPassC * x.dv + col0, x.dv, nv);
       block_sync();
-      vn = vn_sm;
+      vn = smem_tile(vn_sm, false, kBV);
     }
-    st.template add_transposed_product<P>(1.f, k_sm(s), ldk, vn);  // S_{c+1} = S_c + K^T U'
+    st.template add_transposed_product<P>(1.f, smem_tile(k_sm(s), x.a.bf16, KT * 16), vn);  // S_{c+1} = S_c + K^T U'
   });
   st.store(nullptr, x.last + bh * state + col0, x.dv, x.dk, nv);
 }
@@ -362,13 +403,14 @@ FWP_DEV void state_forward_pass(const PassArgs& x, float* smem, int bh, int tile
 template <int KT, int P>
 FWP_DEV void state_backward_pass(const PassArgs& x, float* smem, int bh, int tile) {
   constexpr int PS = P > 2 ? P : 2, ldk = pass_ld_k(KT);
-  const bool delta = x.b != nullptr;
+  const bool delta = x.b.p != nullptr;
   const PassBlock<KT> blk(x, smem, tile, true);
   const int col0 = blk.col0, nv = blk.nv;
   const int64_t state = blk.state;
   float* ds_sm = blk.state_sm;
   float* dvn_sm = blk.values_sm;
-  // stage layout: K, Q [C][ldk], then W [C][ldk] (delta rule), then dU'_loc, dO [C][kLdV]
+  // stage layout: slots for K, Q [C][ldk], then W [C][ldk] (delta rule), then dU'_loc, dO [C][kLdV]
+  // floats (a bf16 input takes part of its slot; see Tile)
   const auto k_sm = [&](int s) { return blk.stage(s); };
   const auto q_sm = [&](int s) { return k_sm(s) + kPassC * ldk; };
   const auto w_sm = [&](int s) { return k_sm(s) + 2 * kPassC * ldk; };
@@ -376,11 +418,11 @@ FWP_DEV void state_backward_pass(const PassArgs& x, float* smem, int bh, int til
   const auto do_sm = [&](int s) { return dl_sm(s) + kPassC * kLdV; };
   const auto load = [&](int64_t c, int s) {
     const int64_t row0 = (int64_t(bh) * x.N + c) * kPassC;
-    load_tile(k_sm(s), ldk, x.a + row0 * x.dk, x.dk, kPassC, x.dk, KT * 16);
-    load_tile(q_sm(s), ldk, x.c + row0 * x.dk, x.dk, kPassC, x.dk, KT * 16);
-    if (delta) load_tile(w_sm(s), ldk, x.b + row0 * x.dk, x.dk, kPassC, x.dk, KT * 16);
-    load_tile(dl_sm(s), kLdV, x.d + row0 * x.dv + col0, x.dv, kPassC, nv, kBV);
-    load_tile(do_sm(s), kLdV, x.e + row0 * x.dv + col0, x.dv, kPassC, nv, kBV);
+    load_tile(k_sm(s), x.a + row0 * x.dk, x.dk, kPassC, x.dk, KT * 16);
+    load_tile(q_sm(s), x.c + row0 * x.dk, x.dk, kPassC, x.dk, KT * 16);
+    if (delta) load_tile(w_sm(s), x.b + row0 * x.dk, x.dk, kPassC, x.dk, KT * 16);
+    load_tile(dl_sm(s), In{x.d + row0 * x.dv + col0, false}, x.dv, kPassC, nv, kBV);
+    load_tile(do_sm(s), x.e + row0 * x.dv + col0, x.dv, kPassC, nv, kBV);
     copy_commit();
   };
 
@@ -390,12 +432,12 @@ FWP_DEV void state_backward_pass(const PassArgs& x, float* smem, int bh, int til
     ds.store(ds_sm, x.per_chunk + (int64_t(bh) * x.N + c) * state + col0, x.dv, x.dk, nv);  // dS_{c+1}
     block_sync();
     // dU' = dU'_loc + K dS_{c+1}
-    rows_times_state<KT, P, PS>(k_sm(s), ldk, ds_sm, 1.f, dl_sm(s), dvn_sm,
+    rows_times_state<KT, P, PS>(smem_tile(k_sm(s), x.a.bf16, KT * 16), ds_sm, 1.f, smem_tile(dl_sm(s), false, kBV), dvn_sm,
                                 x.values + (int64_t(bh) * x.N + c) * kPassC * x.dv + col0, x.dv, nv);
     block_sync();
     // dS_c = dS_{c+1} + Q^T dO - W^T dU'
-    ds.template add_transposed_product<P>(1.f, q_sm(s), ldk, do_sm(s));
-    if (delta) ds.template add_transposed_product<P>(-1.f, w_sm(s), ldk, dvn_sm);
+    ds.template add_transposed_product<P>(1.f, smem_tile(q_sm(s), x.c.bf16, KT * 16), smem_tile(do_sm(s), x.e.bf16, kBV));
+    if (delta) ds.template add_transposed_product<P>(-1.f, smem_tile(w_sm(s), x.b.bf16, KT * 16), smem_tile(dvn_sm, false, kBV));
   });
   ds.store(nullptr, x.last + bh * state + col0, x.dv, x.dk, nv);
 }
@@ -418,9 +460,9 @@ enum class RowStage { Values, Output, LocalGrad };
 // -> out = U'. Output: a = q, b = k, s = checkpoints, v = U' -> out = O. LocalGrad: a = q, b = k,
 // v = dO -> out = dU'_loc.
 struct RowArgs {
-  In a, b, v;  // caller's dtype (W is fp32)
+  In a, b, v;  // caller's dtype, or bf16 for W and U' (see Out)
   const float *s, *base;
-  float* out;
+  Out out;
   int64_t N;
   int dk, dv;
 };
@@ -505,23 +547,30 @@ FWP_DEV void row_stage(const RowArgs& x, int bh, int64_t c, int tile) {
       }
     }
   }
-  float* out = x.out + chunk * kPassC * x.dv + col0;
+  const Out out = x.out + (chunk * kPassC * x.dv + col0);
   const float* base = stage == RowStage::Values ? x.base + chunk * kPassC * x.dv + col0 : nullptr;
-  FWP_UNROLL
-  for (int j = 0; j < kRowNT; ++j)
+  // one store loop per dtype; dU'_loc is always fp32 (with a bf16 branch there ptxas spilled)
+  const auto store = [&](auto* dst, const auto& convert) {
     FWP_UNROLL
-    for (int e = 0; e < 4; ++e) {
-      const int r = m0 + acc_row(e), n = 8 * j + acc_col(e);
-      if (n >= nv) continue;
-      float y;
-      if (stage == RowStage::Values)
-        y = base[r * x.dv + n] - acc[j][e];  // U' = U - W S_c
-      else if (stage == RowStage::Output)
-        y = acc[j][e] + local[j][e];         // O = Q S_c + tril(Q K^T) U'
-      else
-        y = local[j][e];                     // dU'_loc = tril(Q K^T)^T dO
-      out[r * x.dv + n] = y;
-    }
+    for (int j = 0; j < kRowNT; ++j)
+      FWP_UNROLL
+      for (int e = 0; e < 4; ++e) {
+        const int r = m0 + acc_row(e), n = 8 * j + acc_col(e);
+        if (n >= nv) continue;
+        float y;
+        if (stage == RowStage::Values)
+          y = base[r * x.dv + n] - acc[j][e];  // U' = U - W S_c
+        else if (stage == RowStage::Output)
+          y = acc[j][e] + local[j][e];         // O = Q S_c + tril(Q K^T) U'
+        else
+          y = local[j][e];                     // dU'_loc = tril(Q K^T)^T dO
+        dst[r * x.dv + n] = convert(y);
+      }
+  };
+  if (stage != RowStage::LocalGrad && out.bf16)
+    store(static_cast<uint16_t*>(out.p), [](float y) { return bf16_bits(y); });
+  else
+    store(static_cast<float*>(out.p), [](float y) { return y; });
 }
 
 // ---- F1, the WY stage, fast version ----
@@ -534,7 +583,8 @@ FWP_DEV void row_stage(const RowArgs& x, int bh, int64_t c, int tile) {
 
 struct WyArgs {
   In k, v, beta;  // caller's dtype
-  float *tinv, *w, *u;
+  Out tinv, w;    // T~ (null: not wanted) and W, fp32 or bf16 (see Out)
+  float* u;
   int64_t N;
   int dk, dv;
 };
@@ -584,7 +634,7 @@ FWP_DEV void unit_lower_inverse(WySmem& sh) {
 
 // out rows m0.. (C x cols, row stride cols) = T~ (beta X) for X = x (C x cols), 64 columns at a time.
 template <int P>
-FWP_DEV void tinv_times_scaled(const WySmem& sh, In x, In beta, int cols, float* out) {
+FWP_DEV void tinv_times_scaled(const WySmem& sh, In x, In beta, int cols, Out out) {
   const int m0 = 16 * warp_id();
   for (int c0 = 0; c0 < cols; c0 += kRowCols) {
     float acc[kRowNT][4] = {};
@@ -596,7 +646,7 @@ FWP_DEV void tinv_times_scaled(const WySmem& sh, In x, In beta, int cols, float*
       FWP_UNROLL
       for (int e = 0; e < 4; ++e) {
         const int r = m0 + acc_row(e), n = c0 + 8 * j + acc_col(e);
-        if (n < cols) out[r * cols + n] = acc[j][e];
+        if (n < cols) out.set(r * cols + n, acc[j][e]);
       }
   }
 }
@@ -622,10 +672,12 @@ FWP_DEV void wy_stage(const WyArgs& x, WySmem& sh, int bh, int64_t c) {
   }
   block_sync();
   unit_lower_inverse(sh);
-  float* tinv = x.tinv + chunk * kPassC * kPassC;
-  for (int e = thread_id(); e < kPassC * kPassC; e += kPassThreads) tinv[e] = sh.x[e / kPassC][e % kPassC];
+  if (x.tinv.p != nullptr) {  // the backward's B3 reads T~; the forward has no use for it
+    const Out tinv = x.tinv + chunk * kPassC * kPassC;
+    for (int e = thread_id(); e < kPassC * kPassC; e += kPassThreads) tinv.set(e, sh.x[e / kPassC][e % kPassC]);
+  }
   tinv_times_scaled<P>(sh, k, beta, dk, x.w + chunk * kPassC * dk);
-  tinv_times_scaled<P>(sh, x.v + chunk * kPassC * x.dv, beta, x.dv, x.u + chunk * kPassC * x.dv);
+  tinv_times_scaled<P>(sh, x.v + chunk * kPassC * x.dv, beta, x.dv, Out{x.u + chunk * kPassC * x.dv, false});
 }
 
 // ---- B3, the input gradients, fast version ----
@@ -641,10 +693,11 @@ FWP_DEV void wy_stage(const WyArgs& x, WySmem& sh, int bh, int64_t c) {
 // dbeta terms are summed per lane, then per row in a fixed order: no atomics.
 
 struct GradArgs {
-  In q, k, v, beta, v_new, grad_out;  // caller's dtype (U' is fp32 for the delta rule, v for the sum rule)
-  const float *tinv, *ckpt, *ds_next, *dv_new;
-  float *grad_q, *grad_k, *grad_v, *grad_beta;
-  float* dw;  // scratch [BH, N, C, d_k] (delta rule)
+  In q, k, v, beta, v_new, grad_out;  // caller's dtype (U' is an intermediate for the delta rule, v for the sum rule)
+  In tinv, dv_new;                    // intermediates, fp32 or bf16 (see Out)
+  const float *ckpt, *ds_next;
+  Out grad_q, grad_k, grad_v, grad_beta;
+  Out dw;  // scratch [BH, N, C, d_k] (delta rule)
   int64_t N;
   int dk, dv;
 };
@@ -671,16 +724,16 @@ template <int P>
 FWP_DEV void input_grads_stage(const GradArgs& x, GradSmem& sh, int bh, int64_t c) {
   constexpr int PS = P > 2 ? P : 2;
   const int m0 = 16 * warp_id(), dk = x.dk, dv = x.dv;
-  const bool delta = x.tinv != nullptr;
+  const bool delta = x.tinv.p != nullptr;
   const int64_t chunk = int64_t(bh) * x.N + c;
   const In q = x.q + chunk * kPassC * dk;             // [C, d_k]
   const In k = x.k + chunk * kPassC * dk;             // [C, d_k]
   const In vn = x.v_new + chunk * kPassC * dv;        // U' [C, d_v]
   const In go = x.grad_out + chunk * kPassC * dv;     // dO [C, d_v]
-  const float* dvn = x.dv_new + chunk * kPassC * dv;   // dU' [C, d_v]
+  const In dvn = x.dv_new + chunk * kPassC * dv;      // dU' [C, d_v]
   const float* sc = x.ckpt + chunk * dk * dv;          // S_c [d_k, d_v]
   const float* dsc = x.ds_next + chunk * dk * dv;      // dS_{c+1} [d_k, d_v]
-  float* dw = delta ? x.dw + chunk * kPassC * dk : nullptr;  // dW [C, d_k]
+  const Out dw = delta ? x.dw + chunk * kPassC * dk : Out{nullptr, false};  // dW [C, d_k]
   // this warp's rows of a [C, d] matrix, and the columns c0.. of a state's transpose
   const auto rows = [&](auto a, int d) { return [=](int r, int j) { return j < d ? a[(m0 + r) * d + j] : 0.f; }; };
   const auto state_t = [&](const float* s, int c0) {
@@ -706,25 +759,25 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmem& sh, int bh, int64_t 
     float acc[kRowNT][4] = {};
     warp_product<kRowNT, P, PS>(acc, dv, rows(go, dv), state_t(sc, c0));
     warp_product<kRowNT, P, P>(acc, kPassC, [&](int r, int j) { return sh.p[m0 + r][j]; }, cols(k, dk, c0));
-    float* dq = x.grad_q + chunk * kPassC * dk;
-    for_tile(acc, m0, c0, dk, [&](int r, int col, int, float y) { dq[r * dk + col] = y; });
+    const Out dq = x.grad_q + chunk * kPassC * dk;
+    for_tile(acc, m0, c0, dk, [&](int r, int col, int, float y) { dq.set(r * dk + col, y); });
   }
   for (int c0 = 0; delta && c0 < dk; c0 += kRowCols) {  // dW = -dU' S_c^T
     float d[kRowNT][4] = {};
     warp_product<kRowNT, P, PS>(d, dv, rows(dvn, dv), state_t(sc, c0));
-    for_tile(d, m0, c0, dk, [&](int r, int col, int, float y) { dw[r * dk + col] = -y; });
+    for_tile(d, m0, c0, dk, [&](int r, int col, int, float y) { dw.set(r * dk + col, -y); });
   }
   block_sync();
 
   float dbeta[2] = {0.f, 0.f};  // this lane's share of rows m0 + g and m0 + g + 8
   const In beta = delta ? x.beta + chunk * kPassC : In{nullptr, false};
-  const float* tinv = delta ? x.tinv + chunk * kPassC * kPassC : nullptr;  // T~ [C, C]
+  const In tinv = delta ? x.tinv + chunk * kPassC * kPassC : In{nullptr, false};  // T~ [C, C]
   const In v = delta ? x.v + chunk * kPassC * dv : In{nullptr, false};
   const auto tinv_t = [&](int r, int j) { return tinv[j * kPassC + m0 + r]; };  // T~^T, this warp's rows
   if (delta) {
     {  // dT~ = dW (beta K)^T + dU' (beta V)^T, this warp's rows, into shared memory
       float dt[kQKNT][4] = {};
-      warp_product<kQKNT, P, P>(dt, dk, rows(dw, dk),
+      warp_product<kQKNT, P, P>(dt, dk, rows(dw.in(), dk),
                                 [&](int j, int n) { return j < dk ? mul_rn(k[n * dk + j], beta[n]) : 0.f; });
       warp_product<kQKNT, P, P>(dt, dv, rows(dvn, dv),
                                 [&](int j, int n) { return j < dv ? mul_rn(v[n * dv + j], beta[n]) : 0.f; });
@@ -772,7 +825,7 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmem& sh, int bh, int64_t 
     float acc[kRowNT][4] = {};
     if (delta) {
       // d(beta K) = T~^T dW, first: its terms rowsum(d(beta K) . K) and beta d(beta K) are taken at once
-      warp_product<kRowNT, P, P>(acc, kPassC, tinv_t, cols(dw, dk, c0));
+      warp_product<kRowNT, P, P>(acc, kPassC, tinv_t, cols(dw.in(), dk, c0));
       FWP_UNROLL
       for (int j = 0; j < kRowNT; ++j)
         FWP_UNROLL
@@ -789,17 +842,17 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmem& sh, int bh, int64_t 
     }
     warp_product<kRowNT, P, P>(acc, kPassC, [&](int r, int j) { return sh.p[j][m0 + r]; }, cols(q, dk, c0));  // + P^T Q
     warp_product<kRowNT, P, PS>(acc, dv, rows(vn, dv), state_t(dsc, c0));  // + U' dS_{c+1}^T
-    float* dko = x.grad_k + chunk * kPassC * dk;
-    for_tile(acc, m0, c0, dk, [&](int r, int col, int, float y) { dko[r * dk + col] = y; });
+    const Out dko = x.grad_k + chunk * kPassC * dk;
+    for_tile(acc, m0, c0, dk, [&](int r, int col, int, float y) { dko.set(r * dk + col, y); });
   }
   if (!delta) return;
   for (int c0 = 0; c0 < dv; c0 += kRowCols) {
     float dvb[kRowNT][4] = {};  // d(beta V) = T~^T dU'; dV = beta d(beta V)
     warp_product<kRowNT, P, P>(dvb, kPassC, tinv_t, cols(dvn, dv, c0));
-    float* dvo = x.grad_v + chunk * kPassC * dv;
+    const Out dvo = x.grad_v + chunk * kPassC * dv;
     for_tile(dvb, m0, c0, dv, [&](int r, int col, int e, float y) {
       dbeta[e >> 1] += y * v[r * dv + col];  // rowsum(d(beta V) . V)
-      dvo[r * dv + col] = mul_rn(y, beta[r]);
+      dvo.set(r * dv + col, mul_rn(y, beta[r]));
     });
   }
   // dbeta: each row's four lanes (t = lane % 4) through shared memory, summed in order of t
@@ -811,6 +864,6 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmem& sh, int bh, int64_t 
   block_sync();
   if (thread_id() < kPassC) {
     const float* r = part + thread_id() * 4;
-    x.grad_beta[chunk * kPassC + thread_id()] = ((r[0] + r[1]) + r[2]) + r[3];
+    x.grad_beta.set(chunk * kPassC + thread_id(), ((r[0] + r[1]) + r[2]) + r[3]);
   }
 }

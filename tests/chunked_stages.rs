@@ -306,13 +306,54 @@ const STAGE_TOLERANCES: [(Operands, f64); 3] = [
     (Operands::Bf16x3, STAGE_TOL_SPLIT),
 ];
 
+/// The outputs of stage `name` that are the op's results, by position: the fast kernels write them
+/// in the caller's dtype (bf16 or fp32; kernels/chunked.h, `fast_result_type`). Outputs that pass
+/// an input through (the sum rule's dV) are left out.
+fn result_outputs(name: &str, delta: bool) -> &'static [usize] {
+    match (name, delta) {
+        ("output", _) => &[0],
+        ("input_grads", true) => &[0, 1, 2, 3],
+        ("input_grads", false) => &[0, 1],
+        ("state_backward", false) => &[0],
+        _ => &[],
+    }
+}
+
+/// The outputs of stage `name` that are only ever operands of later products (W, U', T~, dU'), by
+/// position: the fast kernels store them as bf16 under `Operands::Bf16` (`fast_operand_type`).
+fn operand_outputs(name: &str, delta: bool) -> &'static [usize] {
+    match (name, delta) {
+        ("wy", _) => &[0, 1],
+        ("state_forward", true) => &[1],
+        ("values", _) => &[0],
+        ("state_backward", true) => &[0],
+        _ => &[],
+    }
+}
+
+/// The dtype the fast kernels (or, with `:first`, the first-version ones) write output `i` of
+/// stage `name` in, given fp32 inputs.
+fn stored_kind(name: &str, i: usize, operands: Operands, delta: bool) -> Kind {
+    let (stage, version) = name.split_once(':').unwrap_or((name, "fast"));
+    if version != "first"
+        && operands == Operands::Bf16
+        && operand_outputs(stage, delta).contains(&i)
+    {
+        Kind::BFloat16
+    } else {
+        Kind::Float
+    }
+}
+
 /// Runs stage `name` (the twin's stage, perhaps with a pass suffix) on `inputs` and returns each
-/// output's label and relative RMS difference from the twin's output.
+/// output's label and relative RMS difference from the twin's output (rounded to bf16 where the
+/// kernel stores bf16: what every consumer of that output rounds it to).
 fn stage_errors(
     twin: &Stage,
     name: &str,
     inputs: &[Option<&Tensor>],
     operands: Operands,
+    delta: bool,
     case: &str,
 ) -> Vec<(String, f64)> {
     let got = chunked_stage(name, inputs, C, operands).unwrap();
@@ -320,7 +361,11 @@ fn stage_errors(
     for (i, (want, got)) in twin.outputs.iter().zip(&got).enumerate() {
         let label = format!("{operands:?} {case} {name} output {i}");
         match (want, got) {
-            (Some(w), Some(g)) => errors.push((label, rel_rms(g, w))),
+            (Some(w), Some(g)) => {
+                let kind = stored_kind(name, i, operands, delta);
+                assert_eq!(g.kind(), kind, "{label}: stored as {:?}", g.kind());
+                errors.push((label, rel_rms(g, &w.to_kind(kind))));
+            }
             (None, None) => {}
             _ => panic!("{label}: defined on one side only"),
         }
@@ -355,7 +400,9 @@ fn emulated_fast_passes_match_the_twin() {
                         twin.inputs.iter().map(Option::as_ref).collect();
                     for pass in passes {
                         let name = format!("{}:{pass}", twin.name);
-                        for (label, err) in stage_errors(&twin, &name, &refs, operands, &case) {
+                        for (label, err) in
+                            stage_errors(&twin, &name, &refs, operands, delta, &case)
+                        {
                             worst = worst.max(err / tolerance);
                             assert!(
                                 err < tolerance,
@@ -383,21 +430,46 @@ fn caller_inputs(name: &str) -> &'static [usize] {
     }
 }
 
+/// The inputs of stage `name` that are only ever operands of its products (W, U', T~, dU': what
+/// `operand_outputs` makes), by position.
+fn operand_inputs(name: &str, delta: bool) -> &'static [usize] {
+    match (name, delta) {
+        ("state_forward", true) => &[1],
+        ("values", _) => &[0],
+        ("output", true) => &[2],
+        ("state_backward", true) => &[2],
+        ("input_grads", true) => &[4, 5, 6, 10],
+        _ => &[],
+    }
+}
+
 fn refs(v: &[Option<Tensor>]) -> Vec<Option<&Tensor>> {
     v.iter().map(Option::as_ref).collect()
 }
 
-/// The fast kernels read bf16 inputs as they are: each stage (`suffix` picks the kernels) on inputs
-/// that bf16 holds exactly, given once in fp32 and once with every caller input that bf16 holds
-/// exactly as bf16, gives bit for bit the same fp32 results.
+/// The fast kernels read bf16 inputs as they are and write bf16 where it changes nothing, under
+/// `Operands::Bf16`. Each stage (`suffix` picks the kernels) runs on inputs that bf16 holds exactly,
+/// once in fp32 and once with every such caller input as bf16 and every operand-only intermediate
+/// rounded to bf16 (the one bf16 part each product takes of it anyway). Every output must be bit
+/// for bit the same, or, where the second run writes bf16 (results in the caller's dtype), the
+/// first run's value rounded to bf16. Operand-only outputs are bf16 in both runs. The shapes take
+/// each way the passes copy a bf16 tile: 16-byte and 4-byte `cp.async` (d_v = 72, d_k = 30), and
+/// plain loads (odd d_k and d_v).
 fn bf16_inputs_read_as_they_are(device: Device, suffix: &str) {
-    let mut x = StageInputs::new(1, 130, 30, 72);
-    for t in [&mut x.q, &mut x.k, &mut x.v, &mut x.beta, &mut x.grad_out] {
-        *t = t.to_kind(Kind::BFloat16).to_kind(Kind::Float);
+    for (bh, t, d_k, d_v) in [(1, 130, 30, 72), (1, 70, 7, 33)] {
+        let mut x = StageInputs::new(bh, t, d_k, d_v);
+        for t in [&mut x.q, &mut x.k, &mut x.v, &mut x.beta, &mut x.grad_out] {
+            *t = t.to_kind(Kind::BFloat16).to_kind(Kind::Float);
+        }
+        bf16_case(&x, device, suffix);
     }
+}
+
+fn bf16_case(x: &StageInputs, device: Device, suffix: &str) {
     for delta in [false, true] {
-        for twin in chain(&x, delta, Operands::Bf16) {
+        for twin in chain(x, delta, Operands::Bf16) {
             let caller = caller_inputs(twin.name);
+            let operand = operand_inputs(twin.name, delta);
             let f32_inputs: Vec<Option<Tensor>> = twin
                 .inputs
                 .iter()
@@ -410,7 +482,8 @@ fn bf16_inputs_read_as_they_are(device: Device, suffix: &str) {
                 .map(|(i, t)| {
                     t.as_ref().map(|t| {
                         let b = t.to_kind(Kind::BFloat16);
-                        if caller.contains(&i) && b.to_kind(Kind::Float).equal(t) {
+                        let exact = b.to_kind(Kind::Float).equal(t);
+                        if operand.contains(&i) || (caller.contains(&i) && exact) {
                             converted += 1;
                             b
                         } else {
@@ -421,7 +494,7 @@ fn bf16_inputs_read_as_they_are(device: Device, suffix: &str) {
                 .collect();
             assert_eq!(
                 converted > 0,
-                !caller.is_empty(),
+                !caller.is_empty() || !operand.is_empty(),
                 "{}: {converted} inputs in bf16",
                 twin.name
             );
@@ -429,16 +502,41 @@ fn bf16_inputs_read_as_they_are(device: Device, suffix: &str) {
             let want = chunked_stage(&name, &refs(&f32_inputs), C, Operands::Bf16).unwrap();
             let got = chunked_stage(&name, &refs(&mixed), C, Operands::Bf16).unwrap();
             for (i, (w, g)) in want.iter().zip(&got).enumerate() {
-                let label = format!("delta={delta} {name} output {i}");
-                match (w, g) {
-                    (Some(w), Some(g)) if g.kind() == Kind::BFloat16 => {
-                        // the sum rule's U' passed through: the input itself
-                        assert!(w.equal(&g.to_kind(Kind::Float)), "{label}: differs");
-                    }
-                    (Some(w), Some(g)) => assert!(w.equal(g), "{label}: differs with bf16 inputs"),
-                    (None, None) => {}
-                    _ => panic!("{label}: defined on one side only"),
+                let label = format!(
+                    "d_k={} d_v={} delta={delta} {name} output {i}",
+                    x.k.size()[3],
+                    x.v.size()[3]
+                );
+                let (Some(w), Some(g)) = (w, g) else {
+                    assert!(
+                        w.is_none() && g.is_none(),
+                        "{label}: defined on one side only"
+                    );
+                    continue;
+                };
+                if operand_outputs(twin.name, delta).contains(&i) {
+                    assert_eq!(
+                        w.kind(),
+                        Kind::BFloat16,
+                        "{label}: operand stored as {:?}",
+                        w.kind()
+                    );
                 }
+                if result_outputs(twin.name, delta).contains(&i) {
+                    assert_eq!(
+                        g.kind(),
+                        Kind::BFloat16,
+                        "{label}: result written as {:?}",
+                        g.kind()
+                    );
+                }
+                // a bf16 output against the fp32 one rounded; a passed-through input unchanged
+                assert!(
+                    g.equal(&w.to_kind(g.kind())),
+                    "{label}: differs with bf16 inputs ({:?} against {:?})",
+                    g.kind(),
+                    w.kind()
+                );
             }
         }
     }
@@ -525,7 +623,9 @@ fn chunked_cuda_stages_match_the_cpu_twin() {
                         .collect();
                     let refs: Vec<Option<&Tensor>> = inputs.iter().map(Option::as_ref).collect();
                     for name in [twin.name.to_string(), format!("{}:first", twin.name)] {
-                        for (label, err) in stage_errors(&twin, &name, &refs, operands, &case) {
+                        for (label, err) in
+                            stage_errors(&twin, &name, &refs, operands, delta, &case)
+                        {
                             eprintln!("{label}: relative RMS difference {err:.2e}");
                             let close = err < tolerance; // false for NaN too
                             if !close && first_bad.is_none() {
