@@ -36,11 +36,16 @@ int parts(const Config& cfg) {
   return cfg.operands == Operands::Bf16x3 ? 3 : cfg.operands == Operands::Bf16x2 ? 2 : 1;
 }
 
+bool is_bf16(const Tensor& t) { return t.defined() && t.scalar_type() == at::kBFloat16; }
+
 // The stages of shared memory the fast pass gets on the current device (chunked_launch.h), or 0 for
 // the first-version kernel: asked for (Passes::First), d_k > 256, or too little shared memory.
-int pass_stages(const Config& cfg, int64_t dk, bool backward, bool delta) {
+// Forward: (a, b, c, d) = (k, w, u, -); backward: (k, w, q, dO); bf16 ones take half the space.
+int pass_stages(const Config& cfg, int64_t dk, bool backward, const Tensor& a, const Tensor& w, const Tensor& c,
+                const Tensor& d) {
   if (cfg.passes == Passes::First) return 0;
-  return fwp_chunked_cuda_pass_stages(dk, backward ? 1 : 0, delta ? 1 : 0);
+  const int bf16 = (is_bf16(a) ? 1 : 0) | (is_bf16(w) ? 2 : 0) | (is_bf16(c) ? 4 : 0) | (is_bf16(d) ? 8 : 0);
+  return fwp_chunked_cuda_pass_stages(dk, backward ? 1 : 0, w.defined() ? 1 : 0, bf16);
 }
 
 void* stream(const Tensor& t) {
@@ -160,7 +165,7 @@ std::tuple<Tensor, Tensor, Tensor> state_forward(const Tensor& k_, const Tensor&
   check_config(cfg);
   const c10::DeviceGuard guard(k_.device());
   check_chunks(k_, "k");
-  const int stages = pass_stages(cfg, k_.size(3), false, w_.defined());
+  const int stages = pass_stages(cfg, k_.size(3), false, k_, w_, u_, Tensor());
   const Tensor k = user(k_, stages > 0), w = user(w_, stages > 0), u = user(u_, stages > 0), s0 = in(s0_);
   check_chunks(u, "u");
   const int64_t BH = k.size(0), N = k.size(1), C = k.size(2), dk = k.size(3), dv = u.size(3);
@@ -261,7 +266,7 @@ std::tuple<Tensor, Tensor, Tensor> state_backward(const Tensor& q_, const Tensor
   check_config(cfg);
   const c10::DeviceGuard guard(q_.device());
   check_chunks(q_, "q");
-  const int stages = pass_stages(cfg, q_.size(3), true, w_.defined());
+  const int stages = pass_stages(cfg, q_.size(3), true, k_, w_, q_, grad_out_);
   const Tensor q = user(q_, stages > 0), k = user(k_, stages > 0), w = user(w_, stages > 0),
                grad_out = user(grad_out_, stages > 0), dv_local = in(dv_local_), ds_final = in(ds_final_);
   check_chunks(grad_out, "grad_out");
@@ -377,13 +382,15 @@ extern "C" int fwp_chunked_cuda_runs_on(int device) {
 #endif
 }
 
-// Bytes of dynamic shared memory the fast pass takes (chunked_launch.h); -1 for d_k > 256 or a build
-// without CUDA.
-extern "C" int64_t fwp_chunked_pass_shared_bytes(int64_t dk, int backward, int delta, int stages) {
+// Bytes of dynamic shared memory the fast pass takes (chunked_launch.h), for fp32 inputs or (`bf16`)
+// bf16 inputs with one bf16 part per operand (W bf16 too; U and dU'_loc stay fp32); -1 for d_k > 256
+// or a build without CUDA.
+extern "C" int64_t fwp_chunked_pass_shared_bytes(int64_t dk, int backward, int delta, int bf16, int stages) {
 #ifdef FWP_WITH_CUDA
-  return fwp_chunked_cuda_pass_bytes(dk, backward, delta, stages);
+  const int mask = bf16 == 0 ? 0 : 1 | 2 | 8 | (backward != 0 || delta == 0 ? 4 : 0);
+  return fwp_chunked_cuda_pass_bytes(dk, backward, delta, mask, stages);
 #else
-  (void)dk, (void)backward, (void)delta, (void)stages;
+  (void)dk, (void)backward, (void)delta, (void)bf16, (void)stages;
   return -1;
 #endif
 }

@@ -184,7 +184,7 @@ at::TensorOptions operand_options(const Tensor& t, const Config& cfg) {
 
 template <int KT, int P>
 void run_grid(bool backward, const PassArgs& x, int64_t BH) {
-  std::vector<float> smem(size_t(pass_floats(KT, backward, x.b.p != nullptr, x.stages)));
+  std::vector<float> smem(size_t(pass_floats(KT, backward, x.b.p != nullptr, pass_bf16(x), x.stages)));
   for (int64_t bh = 0; bh < BH; ++bh)
     for (int tile = 0; tile * kBV < x.dv; ++tile)
       run_block([&] {

@@ -80,12 +80,15 @@ struct FwpOut {
 // fwp_chunked_cuda_state_forward / _state_backward; d_k <= 256. Forward: u is W's partner U (fp32)
 // for the delta rule, V for the sum rule.
 
+// `bf16`: which of the pass's chunk inputs are bf16 (their tiles stay bf16 in shared memory, half the
+// size), a mask of 1 = k, 2 = w, 4 = u (forward) or q (backward), 8 = dO.
+
 // Bytes of dynamic shared memory a pass takes (-1 for d_k > 256).
-int64_t fwp_chunked_cuda_pass_bytes(int64_t dk, int backward, int delta, int stages);
+int64_t fwp_chunked_cuda_pass_bytes(int64_t dk, int backward, int delta, int bf16, int stages);
 
 // The stages (2 or 1) a pass gets within the current device's shared-memory limit; 0 when even one
 // does not fit or d_k > 256 (then the first-version kernels run).
-int fwp_chunked_cuda_pass_stages(int64_t dk, int backward, int delta);
+int fwp_chunked_cuda_pass_stages(int64_t dk, int backward, int delta, int bf16);
 
 int fwp_chunked_cuda_state_forward_pass(FwpIn k, FwpIn w, FwpIn u, const float* s0, float* ckpt, FwpOut v_new,
                                         float* state, int64_t BH, int64_t N, int64_t dk, int64_t dv, int parts,

@@ -125,8 +125,8 @@ int smem_limit(int device) {
 // Keys padded to KT * 16 columns: 4 (d_k <= 64), 8 (<= 128) or 16 (<= 256); 0 above.
 int key_tiles(int64_t dk) { return dk <= 64 ? 4 : dk <= 128 ? 8 : dk <= 256 ? 16 : 0; }
 
-size_t pass_bytes(int64_t dk, bool backward, bool delta, int stages) {
-  return size_t(pass_floats(key_tiles(dk), backward, delta, stages)) * sizeof(float);
+size_t pass_bytes(int64_t dk, bool backward, bool delta, int bf16, int stages) {
+  return size_t(pass_floats(key_tiles(dk), backward, delta, bf16, stages)) * sizeof(float);
 }
 
 // Launches one (KT, P) instantiation with `bytes` of dynamic shared memory. Above the default 48 KiB
@@ -152,7 +152,7 @@ int launch(Kernel kernel, std::atomic<bool>* raised, const PassArgs& x, int64_t 
 template <int KT, int P>
 int launch_pass(bool backward, const PassArgs& x, int64_t BH, void* stream) {
   static std::atomic<bool> raised_forward[kMaxDevices] = {}, raised_backward[kMaxDevices] = {};
-  const size_t bytes = pass_bytes(x.dk, backward, x.b.p != nullptr, x.stages);
+  const size_t bytes = pass_bytes(x.dk, backward, x.b.p != nullptr, pass_bf16(x), x.stages);
   return backward ? launch(state_backward_pass_kernel<KT, P>, raised_backward, x, BH, bytes, stream)
                   : launch(state_forward_pass_kernel<KT, P>, raised_forward, x, BH, bytes, stream);
 }
@@ -182,17 +182,17 @@ int run_pass(bool backward, const PassArgs& x, int64_t BH, int parts, void* stre
 
 extern "C" {
 
-int64_t fwp_chunked_cuda_pass_bytes(int64_t dk, int backward, int delta, int stages) {
-  return key_tiles(dk) == 0 ? -1 : int64_t(pass_bytes(dk, backward != 0, delta != 0, stages));
+int64_t fwp_chunked_cuda_pass_bytes(int64_t dk, int backward, int delta, int bf16, int stages) {
+  return key_tiles(dk) == 0 ? -1 : int64_t(pass_bytes(dk, backward != 0, delta != 0, bf16, stages));
 }
 
-int fwp_chunked_cuda_pass_stages(int64_t dk, int backward, int delta) {
+int fwp_chunked_cuda_pass_stages(int64_t dk, int backward, int delta, int bf16) {
   if (key_tiles(dk) == 0) return 0;
   int device = 0;
   if (cudaGetDevice(&device) != cudaSuccess) return 0;
   const size_t limit = size_t(smem_limit(device));
   for (int stages = 2; stages >= 1; --stages)
-    if (pass_bytes(dk, backward != 0, delta != 0, stages) <= limit) return stages;
+    if (pass_bytes(dk, backward != 0, delta != 0, bf16, stages) <= limit) return stages;
   return 0;
 }
 

@@ -44,19 +44,48 @@ constexpr int kLdV = kBV + 4;       // row length of value tiles in shared memor
                                     // keeps the fragment loads off each other's banks)
 constexpr int kPassMaxKT = 16;      // d_k <= 16 * 16 = 256
 
-// The tiles' sizes for keys padded to KT * 16 columns.
-FWP_HD constexpr int pass_ld_k(int kt) { return kt * 16 + 4; }
+// Row stride (elements) of a tile of a chunk's input in shared memory, `width` elements wide (a
+// multiple of 16): width + 4 floats in fp32, width + 8 halves in bf16. Rows stay 16-byte aligned for
+// cp.async, and a warp's fragment loads stay on distinct banks.
+FWP_HD constexpr int tile_ld(int width, bool bf16) { return width + (bf16 ? 8 : 4); }
 
-// Floats of shared memory the pass needs: the state tile (KT*16 x kBV), one C x kBV tile of U' (dU'),
-// and per stage the chunk's d_k-wide inputs (forward: K, W; backward: K, Q, W; W for the delta rule
-// only) and its kBV-wide ones (forward: U; backward: dU'_loc, dO).
-FWP_HD constexpr int64_t pass_wide_inputs(bool backward, bool delta) { return (backward ? 2 : 1) + (delta ? 1 : 0); }
-FWP_HD constexpr int64_t pass_narrow_inputs(bool backward) { return backward ? 2 : 1; }
-FWP_HD constexpr int64_t pass_stage_floats(int kt, bool backward, bool delta) {
-  return pass_wide_inputs(backward, delta) * kPassC * pass_ld_k(kt) + pass_narrow_inputs(backward) * kPassC * kLdV;
+// Floats of shared memory such a tile of C rows takes.
+FWP_HD constexpr int64_t slot_floats(int width, bool bf16) {
+  return bf16 ? int64_t(kPassC) * tile_ld(width, true) / 2 : int64_t(kPassC) * tile_ld(width, false);
 }
-FWP_HD constexpr int64_t pass_floats(int kt, bool backward, bool delta, int stages) {
-  return int64_t(kt) * 16 * kLdV + kPassC * kLdV + stages * pass_stage_floats(kt, backward, delta);
+
+// Bits of a pass's `bf16` mask: which of its chunk inputs are bf16 (the rest fp32).
+constexpr int kPassK16 = 1, kPassW16 = 2, kPassC16 = 4 /* U or V (forward), Q (backward) */, kPassDO16 = 8;
+
+// Where a pass's chunk inputs sit in one stage buffer (floats from its start), each tile in its
+// input's dtype (`bf16`, the mask above), and the buffer's size: forward K, W (delta rule), U (or V);
+// backward K, Q, W (delta rule), dU'_loc (fp32), dO. Keys are padded to kt * 16 columns.
+struct PassLayout {
+  int64_t k, c, w, d, e, floats;
+};
+
+FWP_HD constexpr PassLayout pass_layout(int kt, bool backward, bool delta, int bf16) {
+  const int wide = kt * 16;
+  const int64_t k_slot = slot_floats(wide, bf16 & kPassK16), w_slot = delta ? slot_floats(wide, bf16 & kPassW16) : 0;
+  PassLayout l{};
+  if (!backward) {
+    l.w = k_slot;
+    l.c = l.w + w_slot;
+    l.floats = l.d = l.e = l.c + slot_floats(kBV, bf16 & kPassC16);
+  } else {
+    l.c = k_slot;
+    l.w = l.c + slot_floats(wide, bf16 & kPassC16);
+    l.d = l.w + w_slot;
+    l.e = l.d + slot_floats(kBV, false);
+    l.floats = l.e + slot_floats(kBV, bf16 & kPassDO16);
+  }
+  return l;
+}
+
+// Floats of shared memory a pass needs: the state tile (kt*16 x kBV), one C x kBV tile of U' (dU'),
+// then `stages` buffers of the layout above.
+FWP_HD constexpr int64_t pass_floats(int kt, bool backward, bool delta, int bf16, int stages) {
+  return int64_t(kt) * 16 * kLdV + kPassC * kLdV + stages * pass_layout(kt, backward, delta, bf16).floats;
 }
 
 // A matrix read as fp32 from fp32 or bf16 (bits). The chunked inputs q, k, v, beta and dO may be
@@ -109,6 +138,11 @@ struct PassArgs {
   int64_t N;
   int dk, dv, stages;
 };
+
+// The pass's bf16 mask (pass_layout) from its arguments' dtypes.
+FWP_HD int pass_bf16(const PassArgs& x) {
+  return (x.a.bf16 ? kPassK16 : 0) | (x.b.bf16 ? kPassW16 : 0) | (x.c.bf16 ? kPassC16 : 0) | (x.e.bf16 ? kPassDO16 : 0);
+}
 
 FWP_DEV int imin(int x, int y) { return x < y ? x : y; }
 
@@ -173,17 +207,13 @@ FWP_DEV int acc_row(int e) { return (lane_id() >> 2) + 8 * (e >> 1); }
 FWP_DEV int acc_col(int e) { return 2 * (lane_id() & 3) + (e & 1); }
 
 // A tile of a chunk's input in shared memory, in the dtype it came in (fp32 or bf16): element
-// (r, c) at m[r * ld + c]. Row strides: a tile `width` elements wide (a multiple of 16) takes
-// width + 4 floats per row in fp32 and width + 8 halves in bf16 (16-byte rows for cp.async; both
-// keep a warp's fragment loads on distinct banks), so a bf16 tile fits in an fp32 tile's space.
+// (r, c) at m[r * ld + c], ld = tile_ld(width, bf16).
 struct Tile {
   In m;
   int ld;
 
   FWP_DEV float operator()(int r, int c) const { return m[r * ld + c]; }
 };
-
-FWP_HD constexpr int tile_ld(int width, bool bf16) { return width + (bf16 ? 8 : 4); }
 
 FWP_DEV Tile smem_tile(const float* slot, bool bf16, int width) { return Tile{In{slot, bf16}, tile_ld(width, bf16)}; }
 
@@ -338,13 +368,13 @@ FWP_UNROLL
 
 // What a pass block (bh, tile) works on: its value columns col0 .. col0 + nv - 1, the size of one
 // state, and its shared memory: the state tile (KT*16 x kBV), one C x kBV tile (U' or dU'), then
-// `stages` buffers of stage_floats each (the layout pass_floats counts).
+// `stages` buffers laid out as `layout` says (the sizes pass_floats counts).
 template <int KT>
 struct PassBlock {
   int col0, nv;
   int64_t state;
   float *state_sm, *values_sm, *stages;
-  int64_t stage_floats;
+  PassLayout layout;
 
   FWP_DEV PassBlock(const PassArgs& x, float* smem, int tile, bool backward)
       : col0(tile * kBV),
@@ -353,26 +383,24 @@ struct PassBlock {
         state_sm(smem),
         values_sm(smem + KT * 16 * kLdV),
         stages(smem + KT * 16 * kLdV + kPassC * kLdV),
-        stage_floats(pass_stage_floats(KT, backward, x.b.p != nullptr)) {}
+        layout(pass_layout(KT, backward, x.b.p != nullptr, pass_bf16(x))) {}
 
-  FWP_DEV float* stage(int s) const { return stages + s * stage_floats; }
+  FWP_DEV float* stage(int s) const { return stages + s * layout.floats; }
 };
 
 // F2 for block (bh, tile): see the header. P parts per plain operand, the state max(2, P).
 template <int KT, int P>
 FWP_DEV void state_forward_pass(const PassArgs& x, float* smem, int bh, int tile) {
-  constexpr int PS = P > 2 ? P : 2, ldk = pass_ld_k(KT);
+  constexpr int PS = P > 2 ? P : 2;
   const bool delta = x.b.p != nullptr;
   const PassBlock<KT> blk(x, smem, tile, false);
   const int col0 = blk.col0, nv = blk.nv;
   const int64_t state = blk.state;
   float* s_sm = blk.state_sm;
   float* vn_sm = blk.values_sm;
-  // stage layout: slots for K [C][ldk], then W [C][ldk] (delta rule), then U [C][kLdV] floats (a bf16
-  // input takes part of its slot; see Tile)
-  const auto k_sm = [&](int s) { return blk.stage(s); };
-  const auto w_sm = [&](int s) { return k_sm(s) + kPassC * ldk; };
-  const auto u_sm = [&](int s) { return k_sm(s) + (delta ? 2 : 1) * kPassC * ldk; };
+  const auto k_sm = [&](int s) { return blk.stage(s) + blk.layout.k; };
+  const auto w_sm = [&](int s) { return blk.stage(s) + blk.layout.w; };
+  const auto u_sm = [&](int s) { return blk.stage(s) + blk.layout.c; };
   const auto load = [&](int64_t c, int s) {
     const int64_t row0 = (int64_t(bh) * x.N + c) * kPassC;
     load_tile(k_sm(s), x.a + row0 * x.dk, x.dk, kPassC, x.dk, KT * 16);
@@ -402,20 +430,18 @@ FWP_DEV void state_forward_pass(const PassArgs& x, float* smem, int bh, int tile
 // B2 for block (bh, tile), in reverse over chunks: see the header.
 template <int KT, int P>
 FWP_DEV void state_backward_pass(const PassArgs& x, float* smem, int bh, int tile) {
-  constexpr int PS = P > 2 ? P : 2, ldk = pass_ld_k(KT);
+  constexpr int PS = P > 2 ? P : 2;
   const bool delta = x.b.p != nullptr;
   const PassBlock<KT> blk(x, smem, tile, true);
   const int col0 = blk.col0, nv = blk.nv;
   const int64_t state = blk.state;
   float* ds_sm = blk.state_sm;
   float* dvn_sm = blk.values_sm;
-  // stage layout: slots for K, Q [C][ldk], then W [C][ldk] (delta rule), then dU'_loc, dO [C][kLdV]
-  // floats (a bf16 input takes part of its slot; see Tile)
-  const auto k_sm = [&](int s) { return blk.stage(s); };
-  const auto q_sm = [&](int s) { return k_sm(s) + kPassC * ldk; };
-  const auto w_sm = [&](int s) { return k_sm(s) + 2 * kPassC * ldk; };
-  const auto dl_sm = [&](int s) { return k_sm(s) + (delta ? 3 : 2) * kPassC * ldk; };
-  const auto do_sm = [&](int s) { return dl_sm(s) + kPassC * kLdV; };
+  const auto k_sm = [&](int s) { return blk.stage(s) + blk.layout.k; };
+  const auto q_sm = [&](int s) { return blk.stage(s) + blk.layout.c; };
+  const auto w_sm = [&](int s) { return blk.stage(s) + blk.layout.w; };
+  const auto dl_sm = [&](int s) { return blk.stage(s) + blk.layout.d; };
+  const auto do_sm = [&](int s) { return blk.stage(s) + blk.layout.e; };
   const auto load = [&](int64_t c, int s) {
     const int64_t row0 = (int64_t(bh) * x.N + c) * kPassC;
     load_tile(k_sm(s), x.a + row0 * x.dk, x.dk, kPassC, x.dk, KT * 16);

@@ -69,8 +69,13 @@ extern "C" {
         out: *mut *mut C_tensor,
     ) -> *mut c_char;
     fn fwp_chunked_cuda_runs_on(device: c_int) -> c_int;
-    fn fwp_chunked_pass_shared_bytes(d_k: i64, backward: c_int, delta: c_int, stages: c_int)
-        -> i64;
+    fn fwp_chunked_pass_shared_bytes(
+        d_k: i64,
+        backward: c_int,
+        delta: c_int,
+        bf16: c_int,
+        stages: c_int,
+    ) -> i64;
     fn fwp_cpu_kernel_isa(name: *mut *const c_char) -> *mut c_char;
     fn fwp_cuda_event_create(device: c_int, event: *mut *mut std::ffi::c_void) -> *mut c_char;
     fn fwp_cuda_event_record(device: c_int, event: *mut std::ffi::c_void) -> *mut c_char;
@@ -137,18 +142,26 @@ pub fn chunked_cuda_runs_on(device: usize) -> bool {
 }
 
 /// Bytes of dynamic shared memory the chunked CUDA kernels' fast sequential pass takes
-/// (kernels/chunked_passes.cuh) for keys of width `d_k`, forward or backward, delta or sum rule, with
+/// (kernels/chunked_passes.cuh) for keys of width `d_k`, forward or backward, delta or sum rule, fp32
+/// inputs or (`bf16`) bf16 inputs with `Operands::Bf16` (whose tiles take half the space), with
 /// `stages` (1 or 2) chunks of inputs in flight; `None` for d_k > 256 or a build without CUDA. A pass
 /// runs with the most stages that fit the device's opt-in limit, else the first-version kernel runs.
 pub fn chunked_pass_shared_bytes(
     d_k: i64,
     backward: bool,
     delta: bool,
+    bf16: bool,
     stages: i32,
 ) -> Option<i64> {
     // SAFETY: no pointers; arithmetic only.
     let bytes = unsafe {
-        fwp_chunked_pass_shared_bytes(d_k, c_int::from(backward), c_int::from(delta), stages)
+        fwp_chunked_pass_shared_bytes(
+            d_k,
+            c_int::from(backward),
+            c_int::from(delta),
+            c_int::from(bf16),
+            stages,
+        )
     };
     (bytes >= 0).then_some(bytes)
 }

@@ -465,80 +465,104 @@ fn bf16_inputs_read_as_they_are(device: Device, suffix: &str) {
     }
 }
 
+/// One shape of `bf16_inputs_read_as_they_are`, twice: with the caller's inputs and the
+/// operand-only ones in bf16, and with only the operand-only ones (fp32 inputs under
+/// `Operands::Bf16`, whose W, U', T~ and dU' are bf16 all the same).
 fn bf16_case(x: &StageInputs, device: Device, suffix: &str) {
     for delta in [false, true] {
         for twin in chain(x, delta, Operands::Bf16) {
-            let caller = caller_inputs(twin.name);
-            let operand = operand_inputs(twin.name, delta);
-            let f32_inputs: Vec<Option<Tensor>> = twin
-                .inputs
-                .iter()
-                .map(|t| t.as_ref().map(|t| t.to_device(device)))
-                .collect();
-            let mut converted = 0;
-            let mixed: Vec<Option<Tensor>> = f32_inputs
-                .iter()
-                .enumerate()
-                .map(|(i, t)| {
-                    t.as_ref().map(|t| {
-                        let b = t.to_kind(Kind::BFloat16);
-                        let exact = b.to_kind(Kind::Float).equal(t);
-                        if operand.contains(&i) || (caller.contains(&i) && exact) {
-                            converted += 1;
-                            b
-                        } else {
-                            t.shallow_clone()
-                        }
-                    })
-                })
-                .collect();
-            assert_eq!(
-                converted > 0,
-                !caller.is_empty() || !operand.is_empty(),
-                "{}: {converted} inputs in bf16",
-                twin.name
-            );
-            let name = format!("{}{suffix}", twin.name);
-            let want = chunked_stage(&name, &refs(&f32_inputs), C, Operands::Bf16).unwrap();
-            let got = chunked_stage(&name, &refs(&mixed), C, Operands::Bf16).unwrap();
-            for (i, (w, g)) in want.iter().zip(&got).enumerate() {
-                let label = format!(
-                    "d_k={} d_v={} delta={delta} {name} output {i}",
-                    x.k.size()[3],
-                    x.v.size()[3]
-                );
-                let (Some(w), Some(g)) = (w, g) else {
-                    assert!(
-                        w.is_none() && g.is_none(),
-                        "{label}: defined on one side only"
-                    );
-                    continue;
-                };
-                if operand_outputs(twin.name, delta).contains(&i) {
-                    assert_eq!(
-                        w.kind(),
-                        Kind::BFloat16,
-                        "{label}: operand stored as {:?}",
-                        w.kind()
-                    );
-                }
-                if result_outputs(twin.name, delta).contains(&i) {
-                    assert_eq!(
-                        g.kind(),
-                        Kind::BFloat16,
-                        "{label}: result written as {:?}",
-                        g.kind()
-                    );
-                }
-                // a bf16 output against the fp32 one rounded; a passed-through input unchanged
-                assert!(
-                    g.equal(&w.to_kind(g.kind())),
-                    "{label}: differs with bf16 inputs ({:?} against {:?})",
-                    g.kind(),
-                    w.kind()
-                );
+            for callers_too in [true, false] {
+                bf16_stage(x, &twin, delta, callers_too, device, suffix);
             }
         }
+    }
+}
+
+fn bf16_stage(
+    x: &StageInputs,
+    twin: &Stage,
+    delta: bool,
+    callers_too: bool,
+    device: Device,
+    suffix: &str,
+) {
+    let caller = caller_inputs(twin.name);
+    let operand = operand_inputs(twin.name, delta);
+    let f32_inputs: Vec<Option<Tensor>> = twin
+        .inputs
+        .iter()
+        .map(|t| t.as_ref().map(|t| t.to_device(device)))
+        .collect();
+    let mut converted = 0;
+    let mixed: Vec<Option<Tensor>> = f32_inputs
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            t.as_ref().map(|t| {
+                let b = t.to_kind(Kind::BFloat16);
+                let exact = b.to_kind(Kind::Float).equal(t);
+                if operand.contains(&i) || (callers_too && caller.contains(&i) && exact) {
+                    converted += 1;
+                    b
+                } else {
+                    t.shallow_clone()
+                }
+            })
+        })
+        .collect();
+    assert_eq!(
+        converted > 0,
+        (callers_too && !caller.is_empty()) || !operand.is_empty(),
+        "{}: {converted} inputs in bf16",
+        twin.name
+    );
+    if converted == 0 {
+        return;
+    }
+    let name = format!("{}{suffix}", twin.name);
+    let want = chunked_stage(&name, &refs(&f32_inputs), C, Operands::Bf16).unwrap();
+    let got = chunked_stage(&name, &refs(&mixed), C, Operands::Bf16).unwrap();
+    let result_kind = if callers_too {
+        Kind::BFloat16
+    } else {
+        Kind::Float
+    };
+    for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+        let label = format!(
+            "d_k={} d_v={} delta={delta} callers_too={callers_too} {name} output {i}",
+            x.k.size()[3],
+            x.v.size()[3]
+        );
+        let (Some(w), Some(g)) = (w, g) else {
+            assert!(
+                w.is_none() && g.is_none(),
+                "{label}: defined on one side only"
+            );
+            continue;
+        };
+        if operand_outputs(twin.name, delta).contains(&i) {
+            assert_eq!(
+                w.kind(),
+                Kind::BFloat16,
+                "{label}: operand stored as {:?}",
+                w.kind()
+            );
+        }
+        if result_outputs(twin.name, delta).contains(&i) {
+            assert_eq!(
+                g.kind(),
+                result_kind,
+                "{label}: result written as {:?}",
+                g.kind()
+            );
+        }
+        // a bf16 output against the fp32 one rounded; a passed-through input unchanged
+        assert!(
+            g.equal(&w.to_kind(g.kind())),
+            "{label}: differs with bf16 inputs ({:?} against {:?})",
+            g.kind(),
+            w.kind()
+        );
     }
 }
 
