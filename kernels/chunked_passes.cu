@@ -65,20 +65,26 @@ __global__ void __launch_bounds__(kPassThreads, 1) state_backward_pass_kernel(Pa
   state_backward_pass<KT, P>(x, reinterpret_cast<float*>(smem), int(blockIdx.x), int(blockIdx.y));
 }
 
+// At most 128 registers, so four blocks fit an SM (without the bound ptxas chose 64-80 for some
+// instantiations and spilled 4 bytes in one).
 template <RowStage stage, int P>
-__global__ void __launch_bounds__(kPassThreads) row_stage_kernel(RowArgs x) {
-  row_stage<stage, P>(x, int(blockIdx.x), int64_t(blockIdx.y), int(blockIdx.z));
+__global__ void __launch_bounds__(kPassThreads, 4) row_stage_kernel(RowArgs x, int tiles) {
+  row_stage<stage, P>(x, int(blockIdx.x / tiles), int64_t(blockIdx.y), int(blockIdx.x % tiles));
 }
 
+// Blocks (batch·head, value tile) along x, value tiles fastest: the blocks of one chunk's tiles,
+// which all read the chunk's Q and K, run side by side and share those reads through L2.
 template <RowStage stage>
 int launch_rows(const RowArgs& x, int64_t BH, int parts, void* stream) {
   if (BH == 0 || x.N == 0) return 0;
-  const dim3 grid(unsigned(BH), unsigned(x.N), unsigned((x.dv + kRowCols - 1) / kRowCols));
+  const int tiles = (x.dv + kRowCols - 1) / kRowCols;
+  if (BH * tiles > int64_t(INT32_MAX)) return int(cudaErrorInvalidConfiguration);
+  const dim3 grid(unsigned(BH * tiles), unsigned(x.N));
   const cudaStream_t s = cudaStream_t(stream);
   switch (parts) {
-    case 1: row_stage_kernel<stage, 1><<<grid, kPassThreads, 0, s>>>(x); break;
-    case 2: row_stage_kernel<stage, 2><<<grid, kPassThreads, 0, s>>>(x); break;
-    case 3: row_stage_kernel<stage, 3><<<grid, kPassThreads, 0, s>>>(x); break;
+    case 1: row_stage_kernel<stage, 1><<<grid, kPassThreads, 0, s>>>(x, tiles); break;
+    case 2: row_stage_kernel<stage, 2><<<grid, kPassThreads, 0, s>>>(x, tiles); break;
+    case 3: row_stage_kernel<stage, 3><<<grid, kPassThreads, 0, s>>>(x, tiles); break;
     default: return int(cudaErrorInvalidValue);
   }
   return int(cudaGetLastError());
