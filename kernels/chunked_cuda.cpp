@@ -44,7 +44,8 @@ bool is_bf16(const Tensor& t) { return t.defined() && t.scalar_type() == at::kBF
 int pass_stages(const Config& cfg, int64_t dk, bool backward, const Tensor& a, const Tensor& w, const Tensor& c,
                 const Tensor& d) {
   if (cfg.passes == Passes::First) return 0;
-  const int bf16 = (is_bf16(a) ? 1 : 0) | (is_bf16(w) ? 2 : 0) | (is_bf16(c) ? 4 : 0) | (is_bf16(d) ? 8 : 0);
+  const int bf16 = (is_bf16(a) ? FWP_PASS_K_BF16 : 0) | (is_bf16(w) ? FWP_PASS_W_BF16 : 0) |
+                   (is_bf16(c) ? FWP_PASS_UQ_BF16 : 0) | (is_bf16(d) ? FWP_PASS_DO_BF16 : 0);
   return fwp_chunked_cuda_pass_stages(dk, backward ? 1 : 0, w.defined() ? 1 : 0, bf16);
 }
 
@@ -387,7 +388,10 @@ extern "C" int fwp_chunked_cuda_runs_on(int device) {
 // or a build without CUDA.
 extern "C" int64_t fwp_chunked_pass_shared_bytes(int64_t dk, int backward, int delta, int bf16, int stages) {
 #ifdef FWP_WITH_CUDA
-  const int mask = bf16 == 0 ? 0 : 1 | 2 | 8 | (backward != 0 || delta == 0 ? 4 : 0);
+  // every chunk input bf16 but the delta rule's U in the forward
+  const int mask = bf16 == 0 ? 0
+                             : FWP_PASS_K_BF16 | FWP_PASS_W_BF16 | FWP_PASS_DO_BF16 |
+                                   (backward != 0 || delta == 0 ? FWP_PASS_UQ_BF16 : 0);
   return fwp_chunked_cuda_pass_bytes(dk, backward, delta, mask, stages);
 #else
   (void)dk, (void)backward, (void)delta, (void)bf16, (void)stages;

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "chunked.h"
+#include "chunked_launch.h"
 
 namespace fwp::chunked::emulated {
 namespace {

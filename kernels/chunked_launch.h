@@ -81,7 +81,9 @@ struct FwpOut {
 // for the delta rule, V for the sum rule.
 
 // `bf16`: which of the pass's chunk inputs are bf16 (their tiles stay bf16 in shared memory, half the
-// size), a mask of 1 = k, 2 = w, 4 = u (forward) or q (backward), 8 = dO.
+// size), a mask of these bits:
+enum FwpPassBf16 { FWP_PASS_K_BF16 = 1, FWP_PASS_W_BF16 = 2, FWP_PASS_UQ_BF16 = 4 /* u (forward), q (backward) */,
+                   FWP_PASS_DO_BF16 = 8 };
 
 // Bytes of dynamic shared memory a pass takes (-1 for d_k > 256).
 int64_t fwp_chunked_cuda_pass_bytes(int64_t dk, int backward, int delta, int bf16, int stages);

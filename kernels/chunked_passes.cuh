@@ -25,7 +25,7 @@
 //   copy_commit(), copy_wait_all(), copy_wait_but_one()
 //   bf16_bits(float) -> uint16_t (round to nearest even), bf16_value(uint16_t) -> float
 //   mul_rn(float, float)            a product rounded on its own (never fused into a later add)
-// and includes it inside its own namespace.
+// and includes it inside its own namespace, after chunked_launch.h (its constants).
 
 #ifdef __CUDACC__
 #define FWP_UNROLL _Pragma("unroll")
@@ -54,11 +54,8 @@ FWP_HD constexpr int64_t slot_floats(int width, bool bf16) {
   return bf16 ? int64_t(kPassC) * tile_ld(width, true) / 2 : int64_t(kPassC) * tile_ld(width, false);
 }
 
-// Bits of a pass's `bf16` mask: which of its chunk inputs are bf16 (the rest fp32).
-constexpr int kPassK16 = 1, kPassW16 = 2, kPassC16 = 4 /* U or V (forward), Q (backward) */, kPassDO16 = 8;
-
 // Where a pass's chunk inputs sit in one stage buffer (floats from its start), each tile in its
-// input's dtype (`bf16`, the mask above), and the buffer's size: forward K, W (delta rule), U (or V);
+// input's dtype (`bf16`, a mask of chunked_launch.h's FwpPassBf16), and the buffer's size: forward K, W (delta rule), U (or V);
 // backward K, Q, W (delta rule), dU'_loc (fp32), dO. Keys are padded to kt * 16 columns.
 struct PassLayout {
   int64_t k, c, w, d, e, floats;
@@ -66,18 +63,18 @@ struct PassLayout {
 
 FWP_HD constexpr PassLayout pass_layout(int kt, bool backward, bool delta, int bf16) {
   const int wide = kt * 16;
-  const int64_t k_slot = slot_floats(wide, bf16 & kPassK16), w_slot = delta ? slot_floats(wide, bf16 & kPassW16) : 0;
+  const int64_t k_slot = slot_floats(wide, bf16 & FWP_PASS_K_BF16), w_slot = delta ? slot_floats(wide, bf16 & FWP_PASS_W_BF16) : 0;
   PassLayout l{};
   if (!backward) {
     l.w = k_slot;
     l.c = l.w + w_slot;
-    l.floats = l.d = l.e = l.c + slot_floats(kBV, bf16 & kPassC16);
+    l.floats = l.d = l.e = l.c + slot_floats(kBV, bf16 & FWP_PASS_UQ_BF16);
   } else {
     l.c = k_slot;
-    l.w = l.c + slot_floats(wide, bf16 & kPassC16);
+    l.w = l.c + slot_floats(wide, bf16 & FWP_PASS_UQ_BF16);
     l.d = l.w + w_slot;
     l.e = l.d + slot_floats(kBV, false);
-    l.floats = l.e + slot_floats(kBV, bf16 & kPassDO16);
+    l.floats = l.e + slot_floats(kBV, bf16 & FWP_PASS_DO_BF16);
   }
   return l;
 }
@@ -141,7 +138,7 @@ struct PassArgs {
 
 // The pass's bf16 mask (pass_layout) from its arguments' dtypes.
 FWP_HD int pass_bf16(const PassArgs& x) {
-  return (x.a.bf16 ? kPassK16 : 0) | (x.b.bf16 ? kPassW16 : 0) | (x.c.bf16 ? kPassC16 : 0) | (x.e.bf16 ? kPassDO16 : 0);
+  return (x.a.bf16 ? FWP_PASS_K_BF16 : 0) | (x.b.bf16 ? FWP_PASS_W_BF16 : 0) | (x.c.bf16 ? FWP_PASS_UQ_BF16 : 0) | (x.e.bf16 ? FWP_PASS_DO_BF16 : 0);
 }
 
 FWP_DEV int imin(int x, int y) { return x < y ? x : y; }
