@@ -102,20 +102,27 @@ fn main() {
             cpp.define("FWP_WITH_CUDA_HEADERS", None);
         }
     }
-    // The CPU fast-weight kernels once more with AVX2 + FMA, picked at run time on CPUs that have
-    // them (kernels/fast_weight_op.cpp); the baseline build above stays for the others.
+    // The CPU fast-weight kernels once more with AVX2 + FMA and once with AVX-512F, picked at run
+    // time on CPUs that have them (kernels/fast_weight_op.cpp); the baseline build above stays for
+    // the others.
     let x86_64 = env::var("CARGO_CFG_TARGET_ARCH").as_deref() == Ok("x86_64");
     if x86_64 {
         cpp.define("FWP_HAVE_AVX2", None);
     }
     cpp.compile("fwp_ops");
     if x86_64 {
-        cpp_build(&includes)
-            .flag("-mavx2")
-            .flag("-mfma")
-            .define("FWP_CPU_ISA", "avx2")
-            .file("kernels/fast_weight_cpu.cpp")
-            .compile("fwp_ops_avx2");
+        for (isa, flags) in [
+            ("avx2", &["-mavx2", "-mfma"][..]),
+            ("avx512", &["-mavx2", "-mfma", "-mavx512f"][..]),
+        ] {
+            let mut b = cpp_build(&includes);
+            for f in flags {
+                b.flag(f);
+            }
+            b.define("FWP_CPU_ISA", isa)
+                .file("kernels/fast_weight_cpu.cpp")
+                .compile(&format!("fwp_ops_{isa}"));
+        }
     }
 }
 

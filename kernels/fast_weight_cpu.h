@@ -8,7 +8,9 @@
 #include "fast_weight.h"
 
 // Declared once per instruction-set variant: `generic` (baseline x86-64 or the host's default)
-// and, on x86-64, `avx2` (the same source compiled with -mavx2 -mfma; chosen at run time).
+// and, on x86-64, `avx2` (the same source compiled with -mavx2 -mfma) and `avx512` (with
+// -mavx512f as well); fast_weight_op.cpp chooses one at run time. state_tile_bytes is the size of
+// one column tile's state in the backward's replay buffer (rows padded to whole registers).
 #define FWP_DECLARE_CPU_KERNELS(ns)                                                                         \
   namespace ns {                                                                                            \
   void forward_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& beta,  \
@@ -18,6 +20,7 @@
                     const at::Tensor& k, const at::Tensor& v, const at::Tensor& beta,                       \
                     const at::Tensor& checkpoints, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv,          \
                     at::Tensor& dbeta, at::Tensor& ds0, const Dims& d, bool delta);                         \
+  int64_t state_tile_bytes(int64_t d_k, bool fp64);                                                         \
   }
 
 namespace fwp {
@@ -26,4 +29,5 @@ namespace fwp {
 // rule) and ds0 [BH, d_k, d_v] from grad_out [BH, T, d_v] and grad_state [BH, d_k, d_v] (acc dtype).
 FWP_DECLARE_CPU_KERNELS(generic)
 FWP_DECLARE_CPU_KERNELS(avx2)
+FWP_DECLARE_CPU_KERNELS(avx512)
 }  // namespace fwp

@@ -36,7 +36,7 @@ using OptTensor = std::optional<Tensor>;
 
 at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
-enum class CpuIsa { Generic, Avx2 };
+enum class CpuIsa { Generic, Avx2, Avx512 };
 CpuIsa pick_cpu_isa();
 
 CpuIsa cpu_isa() {
@@ -46,6 +46,7 @@ CpuIsa cpu_isa() {
 
 const char* cpu_isa_name(CpuIsa isa) {
   switch (isa) {
+    case CpuIsa::Avx512: return "avx512";
     case CpuIsa::Avx2: return "avx2";
     case CpuIsa::Generic: return "generic";
   }
@@ -60,34 +61,46 @@ Dims check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const OptTe
   return Dims{s.B * s.H, s.T, s.d_k, s.d_v, chunk};
 }
 
-// Which build of the CPU kernels runs (fast_weight_cpu.h): AVX2 + FMA where the build has it and the
-// CPU supports it, else the baseline. FWP_CPU_ISA (generic or avx2) asks for one, and FWP_CPU_GENERIC
-// for the baseline; tests use them to check both. Read once per process; asking for a build the CPU
-// lacks is an error, never an illegal instruction.
+// Which build of the CPU kernels runs (fast_weight_cpu.h): the widest this binary has and the CPU
+// supports (AVX-512F, else AVX2 + FMA, else the baseline). FWP_CPU_ISA (generic, avx2 or avx512)
+// asks for one, and FWP_CPU_GENERIC for the baseline; tests use them to check each. Read once per
+// process; asking for a build the CPU lacks is an error, never an illegal instruction.
 CpuIsa pick_cpu_isa() {
   const char* want = std::getenv("FWP_CPU_ISA");
   if (std::getenv("FWP_CPU_GENERIC") != nullptr) return CpuIsa::Generic;
 #ifdef FWP_HAVE_AVX2
   const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  const bool avx512 = avx2 && __builtin_cpu_supports("avx512f");
 #else
-  const bool avx2 = false;
+  const bool avx2 = false, avx512 = false;
 #endif
-  if (want == nullptr) return avx2 ? CpuIsa::Avx2 : CpuIsa::Generic;
+  if (want == nullptr) return avx512 ? CpuIsa::Avx512 : avx2 ? CpuIsa::Avx2 : CpuIsa::Generic;
   const std::string name(want);
   if (name == "generic") return CpuIsa::Generic;
-  TORCH_CHECK(name == "avx2", "FWP_CPU_ISA: expected generic or avx2, got '", name, "'");
-  TORCH_CHECK(avx2, "FWP_CPU_ISA=avx2: this CPU (or this build) has no AVX2 + FMA");
-  return CpuIsa::Avx2;
+  TORCH_CHECK(name == "avx2" || name == "avx512", "FWP_CPU_ISA: expected generic, avx2 or avx512, got '", name,
+              "'");
+  if (name == "avx2") {
+    TORCH_CHECK(avx2, "FWP_CPU_ISA=avx2: this CPU (or this build) has no AVX2 + FMA");
+    return CpuIsa::Avx2;
+  }
+  TORCH_CHECK(avx512, "FWP_CPU_ISA=avx512: this CPU (or this build) has no AVX-512F");
+  return CpuIsa::Avx512;
 }
 
-// Checkpoint interval. CPU: 64 steps, fewer where the backward's replay buffer of chunk + 1 column-tile
-// states (d_k x 64 bytes each, fast_weight_cpu.cpp) would pass 384 KiB, so that it stays in L2; never
-// under 8, which bounds the checkpoints at T/8 states. CUDA: what the device's shared memory allows
-// (fast_weight.cu).
+// Checkpoint interval. CPU: 64 steps, fewer where the backward's replay buffer of chunk column-tile
+// states (state_tile_bytes: 16 KiB at d_k = 64 with AVX-512, fast_weight_cpu.cpp) would pass 1 MiB,
+// so that it stays in a core's L2 on current CPUs; never under 8, which bounds the checkpoints at
+// T/8 states. CUDA: what the device's shared memory allows (fast_weight.cu).
 int64_t choose_chunk(const Tensor& q, int64_t dk, int64_t dv) {
-  const int64_t acc_bytes = acc_type(q.scalar_type()) == at::kDouble ? 8 : 4;
-  if (q.is_cuda()) return cuda_chunk(q, dk, dv, acc_bytes);
-  const int64_t fit = (int64_t(384) << 10) / (dk * 64) - 1;
+  const bool fp64 = acc_type(q.scalar_type()) == at::kDouble;
+  if (q.is_cuda()) return cuda_chunk(q, dk, dv, fp64 ? 8 : 4);
+  int64_t tile = 0;
+  switch (cpu_isa()) {
+    case CpuIsa::Avx512: tile = avx512::state_tile_bytes(dk, fp64); break;
+    case CpuIsa::Avx2: tile = avx2::state_tile_bytes(dk, fp64); break;
+    case CpuIsa::Generic: tile = generic::state_tile_bytes(dk, fp64); break;
+  }
+  const int64_t fit = (int64_t(1) << 20) / tile;
   return std::max<int64_t>(1, std::min<int64_t>({64, q.size(2), std::max<int64_t>(8, fit)}));
 }
 
@@ -112,6 +125,7 @@ std::tuple<Tensor, Tensor, Tensor> forward_kernel(const Tensor& q, const Tensor&
   } else {
     TORCH_CHECK(q.is_cpu(), "fwp fused fast weights: unsupported device ", q.device());
     switch (cpu_isa()) {
+      case CpuIsa::Avx512: avx512::forward_cpu(q3, k3, v3, b2, init, out, state, ckpt, d, delta); break;
       case CpuIsa::Avx2: avx2::forward_cpu(q3, k3, v3, b2, init, out, state, ckpt, d, delta); break;
       case CpuIsa::Generic: generic::forward_cpu(q3, k3, v3, b2, init, out, state, ckpt, d, delta); break;
     }
@@ -176,6 +190,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_kernel(
   } else {
     TORCH_CHECK(q.is_cpu(), "fwp fused fast weights: unsupported device ", q.device());
     switch (cpu_isa()) {
+      case CpuIsa::Avx512:
+        avx512::backward_cpu(go, gs, q3, k3, v3, b2, ckpt, dq, dk, dv, dbeta, ds0, d, delta);
+        break;
       case CpuIsa::Avx2: avx2::backward_cpu(go, gs, q3, k3, v3, b2, ckpt, dq, dk, dv, dbeta, ds0, d, delta); break;
       case CpuIsa::Generic:
         generic::backward_cpu(go, gs, q3, k3, v3, b2, ckpt, dq, dk, dv, dbeta, ds0, d, delta);
@@ -382,7 +399,7 @@ char* fwp_fused_cuda_max_dk(int device, int64_t d_v, int acc_bytes, int64_t* out
   return fwp::guarded([&] { *out = fwp::cuda_max_dk(device, d_v, acc_bytes); });
 }
 
-// The build of the CPU kernels this process runs: "generic" or "avx2" (see pick_cpu_isa).
+// The build of the CPU kernels this process runs: "generic", "avx2" or "avx512" (see pick_cpu_isa).
 char* fwp_cpu_kernel_isa(const char** name) {
   return fwp::guarded([&] { *name = fwp::cpu_isa_name(fwp::cpu_isa()); });
 }

@@ -18,7 +18,7 @@ pub struct BuildInfo {
     pub cuda_archs: Vec<&'static str>,
     /// Whether libtorch can use CUDA in this process.
     pub torch_cuda: bool,
-    /// The build of the CPU kernels this process runs (`generic`, `avx2`), or why none.
+    /// The build of the CPU kernels this process runs (`generic`, `avx2`, `avx512`), or why none.
     pub cpu_kernels: Result<&'static str, String>,
     /// GPUs seen through the CUDA driver (cudarc), or why none could be listed.
     pub gpus: Result<Vec<Gpu>, String>,

@@ -121,10 +121,10 @@ pub fn built_with_cuda() -> bool {
     unsafe { fwp_built_with_cuda() != 0 }
 }
 
-/// The build of the recurrent CPU kernels this process runs: `avx2` where the CPU has AVX2 + FMA,
-/// else `generic`, unless the environment variable `FWP_CPU_ISA` (`generic` or `avx2`; or
-/// `FWP_CPU_GENERIC`) asked for one when the process first used them; an `FWP_CPU_ISA` the CPU
-/// lacks, or does not name a build, is an error.
+/// The build of the recurrent CPU kernels this process runs: `avx512` where the CPU has AVX-512F,
+/// else `avx2` where it has AVX2 + FMA, else `generic`, unless the environment variable
+/// `FWP_CPU_ISA` (`generic`, `avx2` or `avx512`; or `FWP_CPU_GENERIC`) asked for one when the
+/// process first used them; an `FWP_CPU_ISA` the CPU lacks, or does not name a build, is an error.
 pub fn cpu_kernel_isa() -> Result<&'static str> {
     let mut name: *const c_char = std::ptr::null();
     // SAFETY: on success the C side points `name` at a static NUL-terminated string.
