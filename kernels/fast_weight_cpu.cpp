@@ -10,14 +10,16 @@
 // - forward, step t: S_t[j] = S_{t-1}[j] + k_t[j] u_t; o_t += q_t[j] S_t[j], and for the delta rule
 //   the next step's retrieval S_t^T k_{t+1} += k_{t+1}[j] S_t[j]. All sums run over rows, so they
 //   are vertical in the registers; the state is read and written once per step.
-// - backward: for each chunk (last first) the tile replays the chunk forward from its checkpoint
-//   into a buffer of chunk + 1 states, then walks it in reverse. Reverse step t is fused with the
-//   first half of step t - 1: per row, dk[j] += dS[j] . u_t + S_{t-1}[j] . g_t and
-//   dq[j] += S_t[j] . dO_t (sums over columns: per row one register, summed across registers for N
-//   rows at a time by lane_sums), dS[j] += k_t[j] g_t + q_{t-1}[j] dO_{t-1}, and
+// - backward: for each chunk (last first) the tile replays the chunk forward from its checkpoint,
+//   keeping the states before its even steps (the replay computes the retrievals, hence u), then
+//   walks it in reverse, forming S_{t-1} and S_t of each step in registers from the kept state
+//   with the forward's own fma (so bit for bit the forward's states). Reverse step t is fused
+//   with the first half of step t - 1: per row, dk[j] += dS[j] . u_t + S_{t-1}[j] . g_t and
+//   dq[j] += S_t[j] . dO_t (sums over columns: per row one register, summed across registers for
+//   N rows at a time by lane_sums), dS[j] += k_t[j] g_t + q_{t-1}[j] dO_{t-1}, and
 //   du_{t-1} += k_{t-1}[j] dS[j].
-// Tasks of at::parallel_for: (batch-head, tile) in the forward, batch-head in the backward (whose
-// tiles add into one chunk's dq, dk and dbeta).
+// Buffers are 64-byte aligned. Tasks of at::parallel_for: (batch-head, tile) in the forward,
+// batch-head in the backward (whose tiles add into one chunk's dq, dk and dbeta).
 // build.rs compiles this file once per instruction set (the baseline as fwp::generic; on x86-64
 // also fwp::avx2 with AVX2 + FMA and fwp::avx512 with AVX-512F); fast_weight_op.cpp picks the
 // build at run time.
@@ -27,6 +29,8 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <c10/core/alignment.h>
+#include <c10/core/impl/alloc_cpu.h>
 
 #include <algorithm>
 #include <vector>
@@ -42,6 +46,25 @@ namespace FWP_CPU_ISA {
 namespace {
 
 constexpr int kRegisters = 4;  // registers of columns per tile
+
+// Storage from c10::alloc_cpu, 64-byte aligned: with rows of whole registers no load or store
+// straddles two cache lines (a split access costs about two; it made the kernels 10-20% slower).
+template <typename T>
+struct CpuAllocator {
+  static_assert(c10::gAlignment >= 64, "c10::alloc_cpu aligns to less than a zmm register");
+  using value_type = T;
+  CpuAllocator() = default;
+  template <typename U>
+  CpuAllocator(const CpuAllocator<U>&) {}
+  T* allocate(size_t n) { return static_cast<T*>(c10::alloc_cpu(n * sizeof(T))); }
+  void deallocate(T* p, size_t) { c10::free_cpu(p); }
+  template <typename U>
+  bool operator==(const CpuAllocator<U>&) const { return true; }
+  template <typename U>
+  bool operator!=(const CpuAllocator<U>&) const { return false; }
+};
+template <typename T>
+using Buffer = std::vector<T, CpuAllocator<T>>;
 
 template <typename acc_t>
 constexpr int64_t kColumns = kRegisters * CpuVec<acc_t>::N;
@@ -113,41 +136,47 @@ struct Tile {
   // The second half of reverse step t (dS holds the gradient of S_t, its output term included):
   //   dk_t += dS u_t;  dq_t += S_t dO_t;  delta rule: dk_t += S_{t-1} g_t, dS += k_t g_t^T.
   // With PREV, fused with the first half of step t - 1: dS += q_{t-1} dO_{t-1}^T,
-  // du_{t-1} = dS^T k_{t-1}. The sums over columns come out per row as one register, N rows at a
-  // time through lane_sums.
-  template <bool DELTA, bool PREV>
-  FWP_INLINE void state_grad(acc_t* dS, const acc_t* S_prev, const acc_t* S_cur, const acc_t* k, const acc_t* u,
-                             const acc_t* g, const acc_t* go, acc_t* dq, acc_t* dkey, const acc_t* q_p,
-                             const acc_t* go_p, const acc_t* k_p, acc_t* du_p) const {
-    R uu[NV], gg[NV], oo[NV], op[NV], ap[NV];
+  // du_{t-1} = dS^T k_{t-1}. The replay keeps every other state, so S_{t-1} is `base` (ODD false)
+  // or base + k_b u_b^T (ODD true), and S_t = S_{t-1} + k_t u_t^T, formed per row in registers by
+  // the forward's own fma, hence bit for bit its states. The sums over columns come out per row
+  // as one register, N rows at a time through lane_sums.
+  template <bool DELTA, bool PREV, bool ODD>
+  FWP_INLINE void state_grad(acc_t* dS, const acc_t* base, const acc_t* k_b, const acc_t* u_b, const acc_t* k,
+                             const acc_t* u, const acc_t* g, const acc_t* go, acc_t* dq, acc_t* dkey,
+                             const acc_t* q_p, const acc_t* go_p, const acc_t* k_p, acc_t* du_p) const {
+    static_assert(PREV || !ODD, "an odd step is never a chunk's first");
+    R uu[NV], gg[NV], oo[NV], op[NV], ap[NV], ub[NV];
     for (int v = 0; v < NV; ++v) {
       uu[v] = V::load(u + v * N), oo[v] = V::load(go + v * N), ap[v] = V::zero();
       if (DELTA) gg[v] = V::load(g + v * N);
       if (PREV) op[v] = V::load(go_p + v * N);
+      if (ODD) ub[v] = V::load(u_b + v * N);
     }
     R hk[N], hq[N];
     for (int64_t j0 = 0; j0 < DK; j0 += N) {
       for (int i = 0; i < N; ++i) {
         const int64_t j = j0 + i;
-        R s[NV];
-        for (int v = 0; v < NV; ++v) s[v] = at(dS, j, v);
-        R pk = V::mul(s[0], uu[0]), pq = V::mul(at(S_cur, j, 0), oo[0]);
+        const R kj = V::set1(k[j]);
+        R s[NV], prev[NV];
+        for (int v = 0; v < NV; ++v) {
+          s[v] = at(dS, j, v);
+          prev[v] = at(base, j, v);
+          if (ODD) prev[v] = V::fma(V::set1(k_b[j]), ub[v], prev[v]);
+        }
+        R pk = V::mul(s[0], uu[0]), pq = V::mul(V::fma(kj, uu[0], prev[0]), oo[0]);
         for (int v = 1; v < NV; ++v) {
           pk = V::fma(s[v], uu[v], pk);
-          pq = V::fma(at(S_cur, j, v), oo[v], pq);
+          pq = V::fma(V::fma(kj, uu[v], prev[v]), oo[v], pq);
         }
         if (DELTA) {
-          R pg = V::mul(at(S_prev, j, 0), gg[0]);
-          for (int v = 1; v < NV; ++v) pg = V::fma(at(S_prev, j, v), gg[v], pg);
-          pk = V::add(pk, pg);
-          const R kj = V::set1(k[j]);
+          for (int v = 0; v < NV; ++v) pk = V::fma(prev[v], gg[v], pk);
           for (int v = 0; v < NV; ++v) s[v] = V::fma(kj, gg[v], s[v]);
         }
         if (PREV) {
-          const R qj = V::set1(q_p[j]), kj = V::set1(k_p[j]);
+          const R qj = V::set1(q_p[j]), kpj = V::set1(k_p[j]);
           for (int v = 0; v < NV; ++v) {
             s[v] = V::fma(qj, op[v], s[v]);
-            ap[v] = V::fma(kj, s[v], ap[v]);
+            ap[v] = V::fma(kpj, s[v], ap[v]);
           }
         }
         if (DELTA || PREV)
@@ -191,7 +220,7 @@ struct Forward {
   // Per-thread buffers: the tile state, two key rows (this step's and the next), the query row,
   // u_t, the retrieval and the output, each padded with zeros.
   struct Scratch {
-    std::vector<acc_t> S, k2, q, u, r, o;
+    Buffer<acc_t> S, k2, q, u, r, o;
     explicit Scratch(const Dims& d) {
       const int64_t DK = padded_rows<acc_t>(d.d_k), W = Tile<acc_t>::W;
       S.resize(DK * W), k2.assign(2 * DK, 0), q.assign(DK, 0), u.assign(W, 0), r.assign(W, 0), o.resize(W);
@@ -268,14 +297,15 @@ struct Backward {
   const Dims& d;
   bool delta;
 
-  // Per-thread buffers, padded with zeros: the replayed states of one tile; per step of the chunk
-  // its keys and queries, and the tile's dO, residual v - S^T k and u; the chunk's dq, dk and
-  // dbeta sums over tiles; du for this step and the previous one, and g.
+  // Per-thread buffers, padded with zeros: the replayed states of one tile (those before the
+  // chunk's even steps; odd ones pass through `odd`); per step of the chunk its keys and queries,
+  // and the tile's dO, residual v - S^T k and u; the chunk's dq, dk and dbeta sums over tiles; du
+  // for this step and the previous one, and g.
   struct Scratch {
-    std::vector<acc_t> states, k, q, go, e, u, dq, dk, db, du, du_p, g;
+    Buffer<acc_t> states, odd, k, q, go, e, u, dq, dk, db, du, du_p, g;
     explicit Scratch(const Dims& d) {
       const int64_t DK = padded_rows<acc_t>(d.d_k), W = Tile<acc_t>::W, C = d.chunk;
-      states.resize((C + 1) * DK * W);
+      states.resize((C + 1) / 2 * DK * W), odd.resize(DK * W);
       k.assign(C * DK, 0), q.assign(C * DK, 0), go.assign(C * W, 0), e.assign(C * W, 0), u.assign(C * W, 0);
       dq.resize(C * DK), dk.resize(C * DK), db.resize(C);
       du.assign(W, 0), du_p.assign(W, 0), g.assign(W, 0);
@@ -298,21 +328,24 @@ struct Backward {
       std::fill_n(s.go.data() + i * W + w, W - w, acc_t(0));
     }
     gather(ckpt + (bh * d.n_chunks() + n) * ss, dk, DV, m0, w, states);
-    // replay: S^T k_i lands in e_i, which then becomes v_i - S^T k_i
+    // replay: S^T k_i lands in e_i, which then becomes v_i - S^T k_i; the state before step i is
+    // kept for even i (slot i / 2), and the last step's state is left to the reverse
     if (delta) tl.retrieve(states, s.k.data(), s.e.data());
     for (int64_t i = 0; i < len; ++i) {
       const int64_t row = bh * d.T + c0 + i;
       const scalar_t* vt = v + row * DV + m0;
-      acc_t *e = s.e.data() + i * W, *u = s.u.data() + i * W, *go = s.go.data() + i * W;
+      acc_t *e = s.e.data() + i * W, *u = s.u.data() + i * W;
       const acc_t b = delta ? static_cast<acc_t>(beta[row]) : acc_t(0);
       for (int64_t m = 0; m < w; ++m) {
         if (delta) e[m] = delta_residual(acc_t(vt[m]), e[m]);
         u[m] = written_value(delta, b, acc_t(vt[m]), e[m]);
       }
-      load_row(grad_out + row * DV + m0, w, go);
+      load_row(grad_out + row * DV + m0, w, s.go.data() + i * W);
+      if (i + 1 == len) break;
       const acc_t* kt = s.k.data() + i * DK;
-      acc_t *from = states + i * ts, *to = from + ts;
-      if (delta && i + 1 < len) {
+      const acc_t* from = i % 2 == 0 ? states + i / 2 * ts : s.odd.data();
+      acc_t* to = i % 2 == 0 ? s.odd.data() : states + (i + 1) / 2 * ts;
+      if (delta) {
         tl.template sweep<false, true>(from, to, kt, u, nullptr, nullptr, kt + DK, e + W);
       } else {
         tl.template sweep<false, false>(from, to, kt, u, nullptr, nullptr, nullptr, nullptr);
@@ -334,25 +367,36 @@ struct Backward {
         }
         s.db[i] += db;
       }
-      const acc_t *S_prev = states + i * ts, *kt = s.k.data() + i * DK, *go = s.go.data() + i * W;
+      const acc_t *base = states + i / 2 * ts, *kt = s.k.data() + i * DK, *go = s.go.data() + i * W;
       acc_t *dqi = s.dq.data() + i * DK, *dki = s.dk.data() + i * DK;
       const acc_t* g = s.g.data();
-      if (i > 0) {
-        const acc_t *q_p = s.q.data() + (i - 1) * DK, *go_p = go - W, *k_p = kt - DK;
-        acc_t* du_p = s.du_p.data();
+      if (i == 0) {
         if (delta) {
-          tl.template state_grad<true, true>(dS, S_prev, S_prev + ts, kt, u, g, go, dqi, dki, q_p, go_p, k_p, du_p);
+          tl.template state_grad<true, false, false>(dS, base, nullptr, nullptr, kt, u, g, go, dqi, dki, nullptr,
+                                                     nullptr, nullptr, nullptr);
         } else {
-          tl.template state_grad<false, true>(dS, S_prev, S_prev + ts, kt, u, g, go, dqi, dki, q_p, go_p, k_p, du_p);
+          tl.template state_grad<false, false, false>(dS, base, nullptr, nullptr, kt, u, g, go, dqi, dki, nullptr,
+                                                      nullptr, nullptr, nullptr);
         }
-        std::swap(s.du, s.du_p);
-      } else if (delta) {
-        tl.template state_grad<true, false>(dS, S_prev, S_prev + ts, kt, u, g, go, dqi, dki, nullptr, nullptr,
-                                            nullptr, nullptr);
-      } else {
-        tl.template state_grad<false, false>(dS, S_prev, S_prev + ts, kt, u, g, go, dqi, dki, nullptr, nullptr,
-                                             nullptr, nullptr);
+        break;
       }
+      // step i - 1's key, query, dO and u
+      const acc_t *k_p = kt - DK, *q_p = s.q.data() + (i - 1) * DK, *go_p = go - W, *u_p = u - W;
+      acc_t* du_p = s.du_p.data();
+      if (i % 2 == 1) {
+        if (delta) {
+          tl.template state_grad<true, true, true>(dS, base, k_p, u_p, kt, u, g, go, dqi, dki, q_p, go_p, k_p, du_p);
+        } else {
+          tl.template state_grad<false, true, true>(dS, base, k_p, u_p, kt, u, g, go, dqi, dki, q_p, go_p, k_p, du_p);
+        }
+      } else if (delta) {
+        tl.template state_grad<true, true, false>(dS, base, nullptr, nullptr, kt, u, g, go, dqi, dki, q_p, go_p, k_p,
+                                                  du_p);
+      } else {
+        tl.template state_grad<false, true, false>(dS, base, nullptr, nullptr, kt, u, g, go, dqi, dki, q_p, go_p, k_p,
+                                                   du_p);
+      }
+      std::swap(s.du, s.du_p);
     }
   }
 };
@@ -384,7 +428,7 @@ void backward_impl(const at::Tensor& grad_out, const at::Tensor& grad_state, con
   const int64_t tiles = (dv + W - 1) / W, ts = DK * W;
   at::parallel_for(0, d.batch_heads, 1, [&](int64_t begin, int64_t end) {
     typename B::Scratch s(d);
-    std::vector<acc_t> dS(tiles * ts);  // the state gradient, tile by tile
+    Buffer<acc_t> dS(tiles * ts);  // the state gradient, tile by tile
     for (int64_t bh = begin; bh < end; ++bh) {
       std::fill(dS.begin(), dS.end(), acc_t(0));
       for (int64_t tile = 0; tile < tiles; ++tile) {

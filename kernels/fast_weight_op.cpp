@@ -87,10 +87,11 @@ CpuIsa pick_cpu_isa() {
   return CpuIsa::Avx512;
 }
 
-// Checkpoint interval. CPU: 64 steps, fewer where the backward's replay buffer of chunk column-tile
-// states (state_tile_bytes: 16 KiB at d_k = 64 with AVX-512, fast_weight_cpu.cpp) would pass 1 MiB,
-// so that it stays in a core's L2 on current CPUs; never under 8, which bounds the checkpoints at
-// T/8 states. CUDA: what the device's shared memory allows (fast_weight.cu).
+// Checkpoint interval. CPU: 64 steps, fewer where the backward's replay buffer, which keeps every other
+// state of a chunk for one column tile (state_tile_bytes: 16 KiB at d_k = 64 with AVX-512,
+// fast_weight_cpu.cpp), would pass 1 MiB, so that it stays in a core's L2 on current CPUs; never
+// under 8, which bounds the checkpoints at T/8 states. CUDA: what the device's shared memory allows
+// (fast_weight.cu).
 int64_t choose_chunk(const Tensor& q, int64_t dk, int64_t dv) {
   const bool fp64 = acc_type(q.scalar_type()) == at::kDouble;
   if (q.is_cuda()) return cuda_chunk(q, dk, dv, fp64 ? 8 : 4);
@@ -100,7 +101,7 @@ int64_t choose_chunk(const Tensor& q, int64_t dk, int64_t dv) {
     case CpuIsa::Avx2: tile = avx2::state_tile_bytes(dk, fp64); break;
     case CpuIsa::Generic: tile = generic::state_tile_bytes(dk, fp64); break;
   }
-  const int64_t fit = (int64_t(1) << 20) / tile;
+  const int64_t fit = (int64_t(2) << 20) / tile;
   return std::max<int64_t>(1, std::min<int64_t>({64, q.size(2), std::max<int64_t>(8, fit)}));
 }
 
