@@ -415,7 +415,8 @@ fn fused_cuda_device_mismatch_and_size_limit() {
 }
 
 /// On the CPU `Auto` and `Fused` pick the chunked twin only for f32 inputs of at least 256 steps
-/// whose d_k d_v reaches the measured crossover of the rule and the CPU's vector width.
+/// whose d_k d_v reaches the measured crossover of the rule and the CPU's vector width, and never
+/// for the delta rule, whose crossover no measured size reached.
 #[test]
 fn auto_and_fused_pick_the_cpu_kernel_by_the_measured_crossover() {
     use fwp::recurrence::{cpu_chunked_min_size, cpu_has_avx512, CPU_CHUNKED_MIN_T};
@@ -423,10 +424,15 @@ fn auto_and_fused_pick_the_cpu_kernel_by_the_measured_crossover() {
     let wide = cpu_has_avx512();
     for backend in [Backend::Auto, Backend::Fused] {
         for rule in UpdateRule::ALL {
-            let min = cpu_chunked_min_size(rule, wide);
+            let pick = |kind, t, d_k, d_v| backend.resolve(cpu, kind, rule, t, d_k, d_v);
+            let Some(min) = cpu_chunked_min_size(rule, wide) else {
+                for (t, d_k, d_v) in [(4096, 384, 600), (256, 256, 256), (1024, 64, 64)] {
+                    assert_eq!(pick(Kind::Float, t, d_k, d_v), Backend::FusedRecurrent);
+                }
+                continue;
+            };
             let (small, large) = ((min as f64).sqrt() as i64 - 8, (min as f64).sqrt() as i64);
             let long = CPU_CHUNKED_MIN_T;
-            let pick = |kind, t, d_k, d_v| backend.resolve(cpu, kind, rule, t, d_k, d_v);
             assert_eq!(pick(Kind::Float, long, large, large), Backend::FusedChunked);
             assert_eq!(pick(Kind::Float, 4096, 384, 600), Backend::FusedChunked);
             assert_eq!(
@@ -446,10 +452,13 @@ fn auto_and_fused_pick_the_cpu_kernel_by_the_measured_crossover() {
         }
     }
     // the measured table
-    assert_eq!(cpu_chunked_min_size(UpdateRule::Sum, true), 128 * 128);
-    assert_eq!(cpu_chunked_min_size(UpdateRule::Sum, false), 192 * 192);
+    assert_eq!(cpu_chunked_min_size(UpdateRule::Sum, true), Some(192 * 192));
+    assert_eq!(
+        cpu_chunked_min_size(UpdateRule::Sum, false),
+        Some(256 * 256)
+    );
     for wide in [true, false] {
-        assert_eq!(cpu_chunked_min_size(UpdateRule::Delta, wide), 256 * 256);
+        assert_eq!(cpu_chunked_min_size(UpdateRule::Delta, wide), None);
     }
     for explicit in [
         Backend::Chunked { chunk_size: 8 },
@@ -470,7 +479,8 @@ fn auto_and_fused_pick_the_cpu_kernel_by_the_measured_crossover() {
 fn fused_runs_the_kernel_resolve_names() {
     let _rng = seeded(47);
     let rule = UpdateRule::Sum;
-    let min = fwp::recurrence::cpu_chunked_min_size(rule, fwp::recurrence::cpu_has_avx512());
+    let min = fwp::recurrence::cpu_chunked_min_size(rule, fwp::recurrence::cpu_has_avx512())
+        .expect("the sum rule has a measured crossover");
     let big = (min as f64).sqrt() as i64;
     for (d, t, want) in [
         (big, 256, Backend::FusedChunked),

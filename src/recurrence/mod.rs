@@ -161,7 +161,8 @@ pub const CHUNKED_KERNEL_MAX_T: i64 = 65535 * CHUNKED_KERNEL_CHUNK;
 /// recurrent kernel only the recurrence's work as vector FMAs; which is faster depends on d_k d_v,
 /// the rule and how fast the CPU multiplies matrices. From measured timings (docs/performance.md)
 /// the twin is picked for f32 inputs with at least [`CPU_CHUNKED_MIN_T`] steps and d_k d_v at
-/// least [`cpu_chunked_min_size`]; below that, and for other dtypes, the recurrent kernel.
+/// least [`cpu_chunked_min_size`] (the sum rule only); below that, for the delta rule, and for
+/// other dtypes, the recurrent kernel.
 pub fn chunked_kernel_preferred(
     device: Device,
     kind: Kind,
@@ -181,7 +182,7 @@ pub fn chunked_kernel_preferred(
         Device::Cpu => {
             kind == Kind::Float
                 && t >= CPU_CHUNKED_MIN_T
-                && d_k * d_v >= cpu_chunked_min_size(rule, cpu_has_avx512())
+                && cpu_chunked_min_size(rule, cpu_has_avx512()).is_some_and(|min| d_k * d_v >= min)
         }
         _ => false,
     }
@@ -193,27 +194,25 @@ pub fn chunked_kernel_preferred(
 pub const CPU_CHUNKED_MIN_T: i64 = 256;
 
 /// The smallest d_k d_v from which the chunked twin was faster than the recurrent kernel on the CPU,
-/// forward alone and forward + backward, in most of the repeated measurements (f32, B = 2, H = 4,
-/// T = 256 and 1024, 2 threads; docs/performance.md, "Which CPU kernel `Fused` runs", where the
-/// twin / recurrent time ratios are):
+/// counting forward alone and forward + backward at T = 256 and 1024 (f32, B = 2, H = 4, 2 threads),
+/// in at least three of those four timings; `None` where it was faster at no measured size (up to
+/// 256 x 256). docs/performance.md, "Which CPU kernel `Fused` runs", has the twin / recurrent time
+/// ratios:
 ///
-/// | rule | AVX-512 (MKL's sgemm at 253 GFLOP/s) | AVX2 only (MKL held to AVX2) |
+/// | rule | AVX-512 (the recurrent kernel's AVX-512 build) | AVX2 only (MKL held to AVX2) |
 /// |---|---|---|
-/// | sum | 128 x 128 (forward 0.99-1.00, fwd + bwd 0.47-0.79) | 192 x 192 (0.69-0.85, 0.73-0.82) |
-/// | delta | 256 x 256 (0.56-0.76, 0.72-0.99) | 256 x 256 (0.77-0.81, 0.88-1.02) |
-///
-/// (At 192 x 192 the delta rule's ratios ranged 0.79-1.04 across runs on the AVX-512 machine: a
-/// tie, which the recurrent kernel keeps.)
-pub fn cpu_chunked_min_size(rule: UpdateRule, avx512: bool) -> i64 {
+/// | sum | 192 x 192 (forward 0.87-1.04, fwd + bwd 0.70-0.79) | 256 x 256 (0.68-1.37, 0.58-0.74) |
+/// | delta | none (at 256 x 256: 0.76-1.23, 1.12-1.16) | none (at 256 x 256: 1.38-1.82, 1.40-1.50) |
+pub fn cpu_chunked_min_size(rule: UpdateRule, avx512: bool) -> Option<i64> {
     match (rule, avx512) {
-        (UpdateRule::Sum, true) => 128 * 128,
-        (UpdateRule::Sum, false) => 192 * 192,
-        (UpdateRule::Delta, _) => 256 * 256,
+        (UpdateRule::Sum, true) => Some(192 * 192),
+        (UpdateRule::Sum, false) => Some(256 * 256),
+        (UpdateRule::Delta, _) => None,
     }
 }
 
-/// Whether this CPU has AVX-512 (MKL's matrix products then run twice as wide as the recurrent
-/// kernel's AVX2 loops).
+/// Whether this CPU has AVX-512 (MKL's matrix products and the recurrent kernel's loops then both
+/// run 16 lanes wide).
 pub fn cpu_has_avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
