@@ -28,6 +28,12 @@ namespace fwp {
 // s0 [BH, d_k, d_v]. backward_cpu fills dq, dk [BH, T, d_k], dv [BH, T, d_v], dbeta [BH, T] (delta
 // rule) and ds0 [BH, d_k, d_v] from grad_out [BH, T, d_v] and grad_state [BH, d_k, d_v] (acc dtype).
 FWP_DECLARE_CPU_KERNELS(generic)
+#if defined(__x86_64__)
 FWP_DECLARE_CPU_KERNELS(avx2)
 FWP_DECLARE_CPU_KERNELS(avx512)
+#else
+// build.rs compiles only the baseline elsewhere, and pick_cpu_isa never picks the others there
+namespace avx2 = generic;
+namespace avx512 = generic;
+#endif
 }  // namespace fwp
