@@ -33,6 +33,7 @@
 #include <c10/core/impl/alloc_cpu.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #ifndef FWP_CPU_ISA
@@ -191,6 +192,16 @@ struct Tile {
       for (int v = 0; v < NV; ++v) V::store(du_p + v * N, ap[v]);
   }
 };
+
+// f(std::true_type) or f(std::false_type): a run-time flag as a template argument.
+template <typename F>
+FWP_INLINE void with_flag(bool flag, F&& f) {
+  if (flag) {
+    f(std::true_type{});
+  } else {
+    f(std::false_type{});
+  }
+}
 
 // n values of an input row into an accumulation-type buffer (whose padding stays as it was).
 template <typename scalar_t, typename acc_t>
@@ -370,32 +381,23 @@ struct Backward {
       const acc_t *base = states + i / 2 * ts, *kt = s.k.data() + i * DK, *go = s.go.data() + i * W;
       acc_t *dqi = s.dq.data() + i * DK, *dki = s.dk.data() + i * DK;
       const acc_t* g = s.g.data();
-      if (i == 0) {
-        if (delta) {
-          tl.template state_grad<true, false, false>(dS, base, nullptr, nullptr, kt, u, g, go, dqi, dki, nullptr,
-                                                     nullptr, nullptr, nullptr);
-        } else {
-          tl.template state_grad<false, false, false>(dS, base, nullptr, nullptr, kt, u, g, go, dqi, dki, nullptr,
-                                                      nullptr, nullptr, nullptr);
-        }
-        break;
-      }
-      // step i - 1's key, query, dO and u
-      const acc_t *k_p = kt - DK, *q_p = s.q.data() + (i - 1) * DK, *go_p = go - W, *u_p = u - W;
-      acc_t* du_p = s.du_p.data();
-      if (i % 2 == 1) {
-        if (delta) {
-          tl.template state_grad<true, true, true>(dS, base, k_p, u_p, kt, u, g, go, dqi, dki, q_p, go_p, k_p, du_p);
-        } else {
-          tl.template state_grad<false, true, true>(dS, base, k_p, u_p, kt, u, g, go, dqi, dki, q_p, go_p, k_p, du_p);
-        }
-      } else if (delta) {
-        tl.template state_grad<true, true, false>(dS, base, nullptr, nullptr, kt, u, g, go, dqi, dki, q_p, go_p, k_p,
-                                                  du_p);
-      } else {
-        tl.template state_grad<false, true, false>(dS, base, nullptr, nullptr, kt, u, g, go, dqi, dki, q_p, go_p, k_p,
-                                                   du_p);
-      }
+      // step i - 1's key, query, dO and u (none before the chunk's first step)
+      const bool prev = i > 0;
+      const acc_t* k_p = prev ? kt - DK : nullptr;
+      const acc_t* q_p = prev ? s.q.data() + (i - 1) * DK : nullptr;
+      const acc_t* go_p = prev ? go - W : nullptr;
+      const acc_t* u_p = prev ? u - W : nullptr;
+      with_flag(delta, [&](auto dl) {
+        with_flag(prev, [&](auto pv) {
+          with_flag(i % 2 == 1, [&](auto od) {
+            constexpr bool DELTA = decltype(dl)::value, PREV = decltype(pv)::value, ODD = decltype(od)::value;
+            if constexpr (PREV || !ODD)
+              tl.template state_grad<DELTA, PREV, ODD>(dS, base, k_p, u_p, kt, u, g, go, dqi, dki, q_p, go_p, k_p,
+                                                       s.du_p.data());
+          });
+        });
+      });
+      if (!prev) break;
       std::swap(s.du, s.du_p);
     }
   }
