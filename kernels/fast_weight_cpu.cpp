@@ -10,14 +10,15 @@
 // - forward, step t: S_t[j] = S_{t-1}[j] + k_t[j] u_t; o_t += q_t[j] S_t[j], and for the delta rule
 //   the next step's retrieval S_t^T k_{t+1} += k_{t+1}[j] S_t[j]. All sums run over rows, so they
 //   are vertical in the registers; the state is read and written once per step.
-// - backward: for each chunk (last first) the tile replays the chunk forward from its checkpoint,
-//   keeping the states before its even steps (the replay computes the retrievals, hence u), then
-//   walks it in reverse, forming S_{t-1} and S_t of each step in registers from the kept state
-//   with the forward's own fma (so bit for bit the forward's states). Reverse step t is fused
-//   with the first half of step t - 1: per row, dk[j] += dS[j] . u_t + S_{t-1}[j] . g_t and
-//   dq[j] += S_t[j] . dO_t (sums over columns: per row one register, summed across registers for
-//   N rows at a time by lane_sums), dS[j] += k_t[j] g_t + q_{t-1}[j] dO_{t-1}, and
-//   du_{t-1} += k_{t-1}[j] dS[j].
+// - backward: for each chunk (last first) the tile replays the chunk forward from its checkpoint
+//   (the replay computes the retrievals, hence u), keeping the state before every kKeep-th step
+//   (fp32: 8 with AVX-512, 4 with AVX2), then walks it in reverse. Reverse step t is fused with the first
+//   half of step t - 1: per row, dk[j] += dS[j] . u_t + S_{t-1}[j] . g_t and dq[j] += S_t[j] . dO_t
+//   (sums over columns: per row one register, summed across registers for N rows at a time by
+//   lane_sums), dS[j] += k_t[j] g_t + q_{t-1}[j] dO_{t-1}, and du_{t-1} += k_{t-1}[j] dS[j]. S_{t-1}
+//   and S_t are never formed: they are the kept state plus the rank-one terms k_r u_r^T of the
+//   steps since, whose products with dO_t and g_t are sums over columns taken once per step.
+// The forward and the replay prefetch the input rows a few steps ahead.
 // Buffers are 64-byte aligned. Tasks of at::parallel_for: (batch-head, tile) in the forward,
 // batch-head in the backward (whose tiles add into one chunk's dq, dk and dbeta).
 // build.rs compiles this file once per instruction set (the baseline as fwp::generic; on x86-64
@@ -76,6 +77,31 @@ int64_t padded_rows(int64_t d_k) {
   constexpr int64_t n = CpuVec<acc_t>::N;
   return (d_k + n - 1) / n * n;
 }
+
+// out[i]: the sum of the lanes of h[i], for M registers h (one lane_sums where M <= N).
+template <int M, typename acc_t>
+FWP_INLINE void sums_of_lanes(const typename CpuVec<acc_t>::R* h, acc_t* out) {
+  using V = CpuVec<acc_t>;
+  alignas(64) acc_t lanes[V::N];
+  if constexpr (M <= V::N) {
+    typename V::R all[V::N];
+    for (int i = 0; i < V::N; ++i) all[i] = i < M ? h[i] : V::zero();
+    V::store(lanes, V::lane_sums(all));
+    for (int i = 0; i < M; ++i) out[i] = lanes[i];
+  } else {
+    for (int i = 0; i < M; ++i) {
+      V::store(lanes, h[i]);
+      out[i] = 0;
+      for (int l = 0; l < V::N; ++l) out[i] += lanes[l];
+    }
+  }
+}
+
+// The backward's replay keeps the state before every kKeep-th step of a chunk; the reverse step
+// adds the up to kKeep - 1 rank-one terms since then through sums over columns, two per term,
+// which with two more fill the N lanes of one lane_sums (Tile::state_grad).
+template <typename acc_t>
+constexpr int kKeep = CpuVec<acc_t>::N / 2;
 
 // The arithmetic of one column tile: DK rows of W = NV * N values each.
 template <typename acc_t>
@@ -137,40 +163,57 @@ struct Tile {
   // The second half of reverse step t (dS holds the gradient of S_t, its output term included):
   //   dk_t += dS u_t;  dq_t += S_t dO_t;  delta rule: dk_t += S_{t-1} g_t, dS += k_t g_t^T.
   // With PREV, fused with the first half of step t - 1: dS += q_{t-1} dO_{t-1}^T,
-  // du_{t-1} = dS^T k_{t-1}. The replay keeps every other state, so S_{t-1} is `base` (ODD false)
-  // or base + k_b u_b^T (ODD true), and S_t = S_{t-1} + k_t u_t^T, formed per row in registers by
-  // the forward's own fma, hence bit for bit its states. The sums over columns come out per row
-  // as one register, N rows at a time through lane_sums.
-  template <bool DELTA, bool PREV, bool ODD>
-  FWP_INLINE void state_grad(acc_t* dS, const acc_t* base, const acc_t* k_b, const acc_t* u_b, const acc_t* k,
-                             const acc_t* u, const acc_t* g, const acc_t* go, acc_t* dq, acc_t* dkey,
-                             const acc_t* q_p, const acc_t* go_p, const acc_t* k_p, acc_t* du_p) const {
-    static_assert(PREV || !ODD, "an odd step is never a chunk's first");
-    R uu[NV], gg[NV], oo[NV], op[NV], ap[NV], ub[NV];
+  // du_{t-1} = dS^T k_{t-1}. The replay keeps one state in kKeep<acc_t>: `base`, with
+  // S_{t-1} = base + sum_r k_r u_r^T over the n < kKeep steps r between them (rows kr, ur).
+  // Only `base` is read; the rank-one terms enter through sums over columns taken once per step:
+  //   S_t[j] . dO_t = base[j] . dO_t + k_t[j] (u_t . dO_t) + sum_r k_r[j] (u_r . dO_t),
+  //   S_{t-1}[j] . g_t = base[j] . g_t + sum_r k_r[j] (u_r . g_t),
+  // so a row costs the products the gradient needs and no more (docs/derivations.md Sec. 6).
+  // The delta rule's dbeta_t = du_t . e_t (e_t = v_t - S_{t-1}^T k_t) is one more such sum, added
+  // to *db. The 2 + 2n <= N sums come out of one lane_sums, and so do the per-row sums over
+  // columns, N rows at a time.
+  template <bool DELTA, bool PREV>
+  FWP_INLINE void state_grad(acc_t* dS, const acc_t* base, const acc_t* kr, const acc_t* ur, int n, const acc_t* k,
+                             const acc_t* u, acc_t beta, const acc_t* go, acc_t* dq, acc_t* dkey,
+                             const acc_t* q_p, const acc_t* go_p, const acc_t* k_p, acc_t* du_p, const acc_t* du,
+                             const acc_t* e, acc_t* db) const {
+    R uu[NV], gg[NV], oo[NV], op[NV], ap[NV];
+    // lanes of u_t . dO_t, du_t . e_t, then per term r: u_r . dO_t, u_r . g_t
+    R h[N];
+    for (int i = 0; i < N; ++i) h[i] = V::zero();
+    const R nb = V::set1(retrieval_grad(beta, acc_t(1)));  // g_t = -beta_t du_t, from du in registers
     for (int v = 0; v < NV; ++v) {
       uu[v] = V::load(u + v * N), oo[v] = V::load(go + v * N), ap[v] = V::zero();
-      if (DELTA) gg[v] = V::load(g + v * N);
+      if (DELTA) {
+        gg[v] = V::mul(nb, V::load(du + v * N));
+        h[1] = V::fma(V::load(du + v * N), V::load(e + v * N), h[1]);
+      }
       if (PREV) op[v] = V::load(go_p + v * N);
-      if (ODD) ub[v] = V::load(u_b + v * N);
+      h[0] = V::fma(uu[v], oo[v], h[0]);
     }
+    for (int r = 0; r < n; ++r)
+      for (int v = 0; v < NV; ++v) {
+        const R ub = V::load(ur + r * W + v * N);
+        h[2 + 2 * r] = V::fma(ub, oo[v], h[2 + 2 * r]);
+        if (DELTA) h[3 + 2 * r] = V::fma(ub, gg[v], h[3 + 2 * r]);
+      }
+    alignas(64) acc_t dots[N];
+    V::store(dots, V::lane_sums(h));
+    if (DELTA) *db += dots[1];
     R hk[N], hq[N];
     for (int64_t j0 = 0; j0 < DK; j0 += N) {
       for (int i = 0; i < N; ++i) {
         const int64_t j = j0 + i;
-        const R kj = V::set1(k[j]);
-        R s[NV], prev[NV];
-        for (int v = 0; v < NV; ++v) {
-          s[v] = at(dS, j, v);
-          prev[v] = at(base, j, v);
-          if (ODD) prev[v] = V::fma(V::set1(k_b[j]), ub[v], prev[v]);
-        }
-        R pk = V::mul(s[0], uu[0]), pq = V::mul(V::fma(kj, uu[0], prev[0]), oo[0]);
+        R s[NV], b[NV];
+        for (int v = 0; v < NV; ++v) s[v] = at(dS, j, v), b[v] = at(base, j, v);
+        R pk = V::mul(s[0], uu[0]), pq = V::mul(b[0], oo[0]);
         for (int v = 1; v < NV; ++v) {
           pk = V::fma(s[v], uu[v], pk);
-          pq = V::fma(V::fma(kj, uu[v], prev[v]), oo[v], pq);
+          pq = V::fma(b[v], oo[v], pq);
         }
         if (DELTA) {
-          for (int v = 0; v < NV; ++v) pk = V::fma(prev[v], gg[v], pk);
+          const R kj = V::set1(k[j]);
+          for (int v = 0; v < NV; ++v) pk = V::fma(b[v], gg[v], pk);
           for (int v = 0; v < NV; ++v) s[v] = V::fma(kj, gg[v], s[v]);
         }
         if (PREV) {
@@ -185,8 +228,14 @@ struct Tile {
         hk[i] = pk;
         hq[i] = pq;
       }
-      V::store(dkey + j0, V::add(V::load(dkey + j0), V::lane_sums(hk)));
-      V::store(dq + j0, V::add(V::load(dq + j0), V::lane_sums(hq)));
+      R rq = V::fma(V::set1(dots[0]), V::load(k + j0), V::lane_sums(hq)), rk = V::lane_sums(hk);
+      for (int r = 0; r < n; ++r) {
+        const R kj = V::load(kr + r * DK + j0);
+        rq = V::fma(V::set1(dots[2 + 2 * r]), kj, rq);
+        if (DELTA) rk = V::fma(V::set1(dots[3 + 2 * r]), kj, rk);
+      }
+      V::store(dq + j0, V::add(V::load(dq + j0), rq));
+      V::store(dkey + j0, V::add(V::load(dkey + j0), rk));
     }
     if (PREV)
       for (int v = 0; v < NV; ++v) V::store(du_p + v * N, ap[v]);
@@ -207,6 +256,16 @@ FWP_INLINE void with_flag(bool flag, F&& f) {
 template <typename scalar_t, typename acc_t>
 FWP_INLINE void load_row(const scalar_t* src, int64_t n, acc_t* dst) {
   for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<acc_t>(src[i]);
+}
+
+// Asks for the n values at p ahead of use. The recurrence reads one row of each input per step, a
+// few hundred bytes: left to the hardware prefetcher, rows of inputs larger than L2 arrived late
+// (the forward at d = 64 ran 15-20% slower on 8 batch-heads than on one).
+constexpr int64_t kPrefetchSteps = 4;
+template <typename scalar_t>
+FWP_INLINE void prefetch_row(const scalar_t* p, int64_t n) {
+  const char* c = reinterpret_cast<const char*>(p);
+  for (int64_t b = 0; b < n * static_cast<int64_t>(sizeof(scalar_t)); b += 64) __builtin_prefetch(c + b);
 }
 
 // Columns [m0, m0 + w) of a row-major d_k x d_v matrix <-> a tile state (rows of stride W).
@@ -256,6 +315,11 @@ struct Forward {
     for (int64_t t = 0; t < d.T; ++t) {
       if (t % d.chunk == 0) scatter(S, dk, dv, m0, w, ckpt + (bh * d.n_chunks() + t / d.chunk) * ss);
       const int64_t row = bh * d.T + t;
+      if (t + kPrefetchSteps + 1 < d.T) {
+        const int64_t ahead = row + kPrefetchSteps;
+        prefetch_row(q + ahead * dk, dk), prefetch_row(k + (ahead + 1) * dk, dk), prefetch_row(v + ahead * dv + m0, w);
+        if (delta) prefetch_row(beta + ahead, 1);
+      }
       load_row(q + row * dk, dk, s.q.data());
       const scalar_t* vt = v + row * dv + m0;
       const acc_t b = delta ? static_cast<acc_t>(beta[row]) : acc_t(0);
@@ -308,18 +372,18 @@ struct Backward {
   const Dims& d;
   bool delta;
 
-  // Per-thread buffers, padded with zeros: the replayed states of one tile (those before the
-  // chunk's even steps; odd ones pass through `odd`); per step of the chunk its keys and queries,
-  // and the tile's dO, residual v - S^T k and u; the chunk's dq, dk and dbeta sums over tiles; du
-  // for this step and the previous one, and g.
+  // Per-thread buffers, padded with zeros: the replayed states of one tile (those before every
+  // kKeep-th step of the chunk; the others pass through `work`); per step of the chunk its keys
+  // and queries, and the tile's dO, residual v - S^T k and u; the chunk's dq, dk and dbeta sums
+  // over tiles; du for this step and the previous one.
   struct Scratch {
-    Buffer<acc_t> states, odd, k, q, go, e, u, dq, dk, db, du, du_p, g;
+    Buffer<acc_t> states, work, k, q, go, e, u, dq, dk, db, du, du_p;
     explicit Scratch(const Dims& d) {
       const int64_t DK = padded_rows<acc_t>(d.d_k), W = Tile<acc_t>::W, C = d.chunk;
-      states.resize((C + 1) / 2 * DK * W), odd.resize(DK * W);
+      states.resize((C + kKeep<acc_t> - 1) / kKeep<acc_t> * DK * W), work.resize(DK * W);
       k.assign(C * DK, 0), q.assign(C * DK, 0), go.assign(C * W, 0), e.assign(C * W, 0), u.assign(C * W, 0);
       dq.resize(C * DK), dk.resize(C * DK), db.resize(C);
-      du.assign(W, 0), du_p.assign(W, 0), g.assign(W, 0);
+      du.assign(W, 0), du_p.assign(W, 0);
     }
   };
 
@@ -333,17 +397,21 @@ struct Backward {
     std::fill_n(states, ts, acc_t(0));
     // zero padding in the per-step vectors (a wider tile may have used it); e's comes out of the
     // replay's retrievals of zero columns
-    std::fill(s.g.begin() + w, s.g.end(), acc_t(0));
     for (int64_t i = 0; i < len; ++i) {
       std::fill_n(s.u.data() + i * W + w, W - w, acc_t(0));
       std::fill_n(s.go.data() + i * W + w, W - w, acc_t(0));
     }
     gather(ckpt + (bh * d.n_chunks() + n) * ss, dk, DV, m0, w, states);
     // replay: S^T k_i lands in e_i, which then becomes v_i - S^T k_i; the state before step i is
-    // kept for even i (slot i / 2), and the last step's state is left to the reverse
+    // kept for i a multiple of kKeep (slot i / kKeep), and the last step's state is left to the
+    // reverse
     if (delta) tl.retrieve(states, s.k.data(), s.e.data());
     for (int64_t i = 0; i < len; ++i) {
       const int64_t row = bh * d.T + c0 + i;
+      if (i + kPrefetchSteps < len) {
+        const int64_t ahead = row + kPrefetchSteps;
+        prefetch_row(v + ahead * DV + m0, w), prefetch_row(grad_out + ahead * DV + m0, w);
+      }
       const scalar_t* vt = v + row * DV + m0;
       acc_t *e = s.e.data() + i * W, *u = s.u.data() + i * W;
       const acc_t b = delta ? static_cast<acc_t>(beta[row]) : acc_t(0);
@@ -354,8 +422,9 @@ struct Backward {
       load_row(grad_out + row * DV + m0, w, s.go.data() + i * W);
       if (i + 1 == len) break;
       const acc_t* kt = s.k.data() + i * DK;
-      const acc_t* from = i % 2 == 0 ? states + i / 2 * ts : s.odd.data();
-      acc_t* to = i % 2 == 0 ? s.odd.data() : states + (i + 1) / 2 * ts;
+      constexpr int64_t m = kKeep<acc_t>;
+      const acc_t* from = i % m == 0 ? states + i / m * ts : s.work.data();
+      acc_t* to = (i + 1) % m == 0 ? states + (i + 1) / m * ts : s.work.data();
       if (delta) {
         tl.template sweep<false, true>(from, to, kt, u, nullptr, nullptr, kt + DK, e + W);
       } else {
@@ -370,31 +439,20 @@ struct Backward {
       const acc_t b = delta ? static_cast<acc_t>(beta[row]) : acc_t(0);
       const acc_t *e = s.e.data() + i * W, *u = s.u.data() + i * W, *du = s.du.data();
       for (int64_t m = 0; m < w; ++m) dv[row * DV + m0 + m] = static_cast<scalar_t>(value_grad(delta, b, du[m]));
-      if (delta) {
-        acc_t db = 0;
-        for (int64_t m = 0; m < w; ++m) {
-          db += du[m] * e[m];
-          s.g[m] = retrieval_grad(b, du[m]);
-        }
-        s.db[i] += db;
-      }
-      const acc_t *base = states + i / 2 * ts, *kt = s.k.data() + i * DK, *go = s.go.data() + i * W;
+      // the kept state at or before S_{i-1}, and the steps since then
+      const int64_t b0 = i / kKeep<acc_t> * kKeep<acc_t>;
+      const acc_t *base = states + i / kKeep<acc_t> * ts, *kt = s.k.data() + i * DK, *go = s.go.data() + i * W;
       acc_t *dqi = s.dq.data() + i * DK, *dki = s.dk.data() + i * DK;
-      const acc_t* g = s.g.data();
-      // step i - 1's key, query, dO and u (none before the chunk's first step)
+      // step i - 1's key, query and dO (none before the chunk's first step)
       const bool prev = i > 0;
       const acc_t* k_p = prev ? kt - DK : nullptr;
       const acc_t* q_p = prev ? s.q.data() + (i - 1) * DK : nullptr;
       const acc_t* go_p = prev ? go - W : nullptr;
-      const acc_t* u_p = prev ? u - W : nullptr;
       with_flag(delta, [&](auto dl) {
         with_flag(prev, [&](auto pv) {
-          with_flag(i % 2 == 1, [&](auto od) {
-            constexpr bool DELTA = decltype(dl)::value, PREV = decltype(pv)::value, ODD = decltype(od)::value;
-            if constexpr (PREV || !ODD)
-              tl.template state_grad<DELTA, PREV, ODD>(dS, base, k_p, u_p, kt, u, g, go, dqi, dki, q_p, go_p, k_p,
-                                                       s.du_p.data());
-          });
+          tl.template state_grad<decltype(dl)::value, decltype(pv)::value>(
+              dS, base, s.k.data() + b0 * DK, s.u.data() + b0 * W, static_cast<int>(i - b0), kt, u, b, go, dqi, dki,
+              q_p, go_p, k_p, s.du_p.data(), du, e, s.db.data() + i);
         });
       });
       if (!prev) break;

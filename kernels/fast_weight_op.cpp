@@ -87,10 +87,10 @@ CpuIsa pick_cpu_isa() {
   return CpuIsa::Avx512;
 }
 
-// Checkpoint interval. CPU: 64 steps, fewer where the backward's replay buffer, which keeps every other
-// state of a chunk for one column tile (state_tile_bytes: 16 KiB at d_k = 64 with AVX-512,
-// fast_weight_cpu.cpp), would pass 1 MiB, so that it stays in a core's L2 on current CPUs; never
-// under 8, which bounds the checkpoints at T/8 states. CUDA: what the device's shared memory allows
+// Checkpoint interval. CPU: 64 steps, fewer where a chunk's states of one column tile
+// (state_tile_bytes: 16 KiB at d_k = 64 with AVX-512, fast_weight_cpu.cpp) would pass 2 MiB; the
+// backward's replay keeps one in 4 or 8 of them, so its buffer stays well within a core's L2;
+// never under 8, which bounds the checkpoints at T/8 states. CUDA: what the device's shared memory allows
 // (fast_weight.cu).
 int64_t choose_chunk(const Tensor& q, int64_t dk, int64_t dv) {
   const bool fp64 = acc_type(q.scalar_type()) == at::kDouble;
