@@ -415,17 +415,17 @@ fn fused_cuda_device_mismatch_and_size_limit() {
 }
 
 /// On the CPU `Auto` and `Fused` pick the chunked twin only for f32 inputs of at least 256 steps
-/// whose d_k d_v reaches the measured crossover of the rule and the CPU's vector width, and never
-/// for the delta rule, whose crossover no measured size reached.
+/// whose d_k d_v reaches the measured crossover of the rule and the kind of CPU, and never for the
+/// delta rule, whose crossover no measured size reached.
 #[test]
 fn auto_and_fused_pick_the_cpu_kernel_by_the_measured_crossover() {
-    use fwp::recurrence::{cpu_chunked_min_size, cpu_has_avx512, CPU_CHUNKED_MIN_T};
+    use fwp::recurrence::{cpu_chunked_min_size, CpuClass, CPU_CHUNKED_MIN_T};
     let cpu = Device::Cpu;
-    let wide = cpu_has_avx512();
+    let class = CpuClass::this_cpu();
     for backend in [Backend::Auto, Backend::Fused] {
         for rule in UpdateRule::ALL {
             let pick = |kind, t, d_k, d_v| backend.resolve(cpu, kind, rule, t, d_k, d_v);
-            let Some(min) = cpu_chunked_min_size(rule, wide) else {
+            let Some(min) = cpu_chunked_min_size(rule, class) else {
                 for (t, d_k, d_v) in [(4096, 384, 600), (256, 256, 256), (1024, 64, 64)] {
                     assert_eq!(pick(Kind::Float, t, d_k, d_v), Backend::FusedRecurrent);
                 }
@@ -452,13 +452,12 @@ fn auto_and_fused_pick_the_cpu_kernel_by_the_measured_crossover() {
         }
     }
     // the measured table
-    assert_eq!(cpu_chunked_min_size(UpdateRule::Sum, true), Some(192 * 192));
-    assert_eq!(
-        cpu_chunked_min_size(UpdateRule::Sum, false),
-        Some(256 * 256)
-    );
-    for wide in [true, false] {
-        assert_eq!(cpu_chunked_min_size(UpdateRule::Delta, wide), None);
+    let sum = |class| cpu_chunked_min_size(UpdateRule::Sum, class);
+    assert_eq!(sum(CpuClass::IntelAvx512), Some(192 * 192));
+    assert_eq!(sum(CpuClass::OtherAvx512), None);
+    assert_eq!(sum(CpuClass::NoAvx512), Some(256 * 256));
+    for class in CpuClass::ALL {
+        assert_eq!(cpu_chunked_min_size(UpdateRule::Delta, class), None);
     }
     for explicit in [
         Backend::Chunked { chunk_size: 8 },
@@ -474,18 +473,18 @@ fn auto_and_fused_pick_the_cpu_kernel_by_the_measured_crossover() {
 }
 
 /// What `fast_weight` runs is what `resolve` names: with `Fused` at a size the twin is picked for,
-/// the answer equals `FusedChunked`'s bit for bit, and below it `FusedRecurrent`'s.
+/// the answer equals `FusedChunked`'s bit for bit, and below it (or, on a CPU where the twin is
+/// never picked, at 256 x 256) `FusedRecurrent`'s.
 #[test]
 fn fused_runs_the_kernel_resolve_names() {
+    use fwp::recurrence::{cpu_chunked_min_size, CpuClass};
     let _rng = seeded(47);
     let rule = UpdateRule::Sum;
-    let min = fwp::recurrence::cpu_chunked_min_size(rule, fwp::recurrence::cpu_has_avx512())
-        .expect("the sum rule has a measured crossover");
-    let big = (min as f64).sqrt() as i64;
-    for (d, t, want) in [
-        (big, 256, Backend::FusedChunked),
-        (16, 256, Backend::FusedRecurrent),
-    ] {
+    let large = match cpu_chunked_min_size(rule, CpuClass::this_cpu()) {
+        Some(min) => ((min as f64).sqrt() as i64, Backend::FusedChunked),
+        None => (256, Backend::FusedRecurrent),
+    };
+    for (d, t, want) in [(large.0, 256, large.1), (16, 256, Backend::FusedRecurrent)] {
         let f = (Kind::Float, Device::Cpu);
         let (q, k, v) = (
             Tensor::randn([1, 2, t, d], f),

@@ -161,8 +161,8 @@ pub const CHUNKED_KERNEL_MAX_T: i64 = 65535 * CHUNKED_KERNEL_CHUNK;
 /// recurrent kernel only the recurrence's work as vector FMAs; which is faster depends on d_k d_v,
 /// the rule and how fast the CPU multiplies matrices. From measured timings (docs/performance.md)
 /// the twin is picked for f32 inputs with at least [`CPU_CHUNKED_MIN_T`] steps and d_k d_v at
-/// least [`cpu_chunked_min_size`] (the sum rule only); below that, for the delta rule, and for
-/// other dtypes, the recurrent kernel.
+/// least [`cpu_chunked_min_size`] for this [`CpuClass`] (the sum rule on some CPUs only); below
+/// that, for the delta rule, and for other dtypes, the recurrent kernel.
 pub fn chunked_kernel_preferred(
     device: Device,
     kind: Kind,
@@ -182,7 +182,8 @@ pub fn chunked_kernel_preferred(
         Device::Cpu => {
             kind == Kind::Float
                 && t >= CPU_CHUNKED_MIN_T
-                && cpu_chunked_min_size(rule, cpu_has_avx512()).is_some_and(|min| d_k * d_v >= min)
+                && cpu_chunked_min_size(rule, CpuClass::this_cpu())
+                    .is_some_and(|min| d_k * d_v >= min)
         }
         _ => false,
     }
@@ -197,30 +198,67 @@ pub const CPU_CHUNKED_MIN_T: i64 = 256;
 /// counting forward alone and forward + backward at T = 256 and 1024 (f32, B = 2, H = 4, 2 threads),
 /// in at least three of those four timings; `None` where it was faster at no measured size (up to
 /// 256 x 256). docs/performance.md, "Which CPU kernel `Fused` runs", has the twin / recurrent time
-/// ratios:
+/// ratios (forward; forward + backward):
 ///
-/// | rule | AVX-512 (the recurrent kernel's AVX-512 build) | AVX2 only (MKL held to AVX2) |
-/// |---|---|---|
-/// | sum | 192 x 192 (forward 0.87-1.04, fwd + bwd 0.70-0.79) | 256 x 256 (0.68-1.37, 0.58-0.74) |
-/// | delta | none (at 256 x 256: 0.76-1.23, 1.12-1.16) | none (at 256 x 256: 1.38-1.82, 1.40-1.50) |
-pub fn cpu_chunked_min_size(rule: UpdateRule, avx512: bool) -> Option<i64> {
-    match (rule, avx512) {
-        (UpdateRule::Sum, true) => Some(192 * 192),
-        (UpdateRule::Sum, false) => Some(256 * 256),
-        (UpdateRule::Delta, _) => None,
+/// | rule | [`CpuClass::IntelAvx512`] | [`CpuClass::OtherAvx512`] | [`CpuClass::NoAvx512`] |
+/// |---|---|---|---|
+/// | sum | 192 x 192 (0.87-1.04; 0.70-0.79) | none (at 256 x 256: 1.34-1.63; 1.25-1.31) | 256 x 256 (0.68-1.37; 0.58-0.74) |
+/// | delta | none (at 256 x 256: 0.76-1.23; 1.12-1.16) | none (1.04-1.79; 1.80-2.11) | none (1.38-1.82; 1.40-1.50) |
+pub fn cpu_chunked_min_size(rule: UpdateRule, cpu: CpuClass) -> Option<i64> {
+    match (rule, cpu) {
+        (UpdateRule::Sum, CpuClass::IntelAvx512) => Some(192 * 192),
+        (UpdateRule::Sum, CpuClass::NoAvx512) => Some(256 * 256),
+        (UpdateRule::Sum, CpuClass::OtherAvx512) | (UpdateRule::Delta, _) => None,
     }
 }
 
-/// Whether this CPU has AVX-512 (MKL's matrix products and the recurrent kernel's loops then both
-/// run 16 lanes wide).
-pub fn cpu_has_avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+/// The kinds of CPU whose kernel crossovers were measured ([`cpu_chunked_min_size`]). What
+/// decides is how fast MKL's matrix products run against the recurrent kernel's vector loops, and
+/// AVX-512 alone does not settle it: the Intel cores measured have two 512-bit FMA units, while
+/// AMD's Zen 4 runs 512-bit FMAs on 256-bit units, where the recurrent kernel kept the lead at
+/// every size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CpuClass {
+    /// AVX-512 on an Intel CPU (measured: a Xeon of the Sapphire/Emerald Rapids class).
+    IntelAvx512,
+    /// AVX-512 on any other CPU (measured: an AMD EPYC of the Zen 4 generation).
+    OtherAvx512,
+    /// No AVX-512, or not x86-64 (measured: the Intel Xeon with MKL, ATen and the recurrent
+    /// kernel held to AVX2).
+    NoAvx512,
+}
+
+impl CpuClass {
+    pub const ALL: [CpuClass; 3] = [
+        CpuClass::IntelAvx512,
+        CpuClass::OtherAvx512,
+        CpuClass::NoAvx512,
+    ];
+
+    /// The class of the CPU this process runs on (CPUID's vendor and AVX-512F).
+    pub fn this_cpu() -> CpuClass {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if !std::arch::is_x86_feature_detected!("avx512f") {
+                return CpuClass::NoAvx512;
+            }
+            // leaf 0: the vendor string in ebx, edx, ecx
+            #[allow(unused_unsafe)]
+            let id = unsafe { std::arch::x86_64::__cpuid(0) };
+            let vendor: Vec<u8> = [id.ebx, id.edx, id.ecx]
+                .iter()
+                .flat_map(|r| r.to_le_bytes())
+                .collect();
+            if vendor == b"GenuineIntel" {
+                CpuClass::IntelAvx512
+            } else {
+                CpuClass::OtherAvx512
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            CpuClass::NoAvx512
+        }
     }
 }
 
