@@ -230,3 +230,52 @@ fn an_unknown_cpu_kernel_build_is_refused() {
         "{text}"
     );
 }
+
+/// scripts/cpu-kernel-ab builds the CPU kernels of two revisions and times them against each
+/// other: with the working tree on both sides its two builds agree bit for bit on every result,
+/// and bad arguments are refused by name before anything is built.
+#[test]
+fn the_cpu_kernel_ab_script_runs_and_refuses_bad_arguments() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/cpu-kernel-ab");
+    fails(
+        "bash",
+        &[script, "--rule", "gated"],
+        &["--rule must be delta or sum"],
+    );
+    fails("bash", &[script, "--d", "0"], &["positive integers", "0"]);
+    fails(
+        "bash",
+        &[script, "--isa", "sse9"],
+        &["--isa must be", "sse9"],
+    );
+    fails(
+        "bash",
+        &[script, "--base", "no-such-rev"],
+        &["--base no-such-rev"],
+    );
+    fails("bash", &[script, "--repeats"], &["--repeats needs a value"]);
+    let args = "--base . --isa generic --d 20 --t 70 --bh 2 --repeats 2";
+    let run = Command::new("bash")
+        .arg(script)
+        .args(args.split(' '))
+        .output();
+    let out = run.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let diffs = stdout
+        .lines()
+        .find_map(|l| l.split_once("relative to the largest value: "))
+        .unwrap_or_else(|| panic!("no differences reported: {stdout}"))
+        .1;
+    let values: Vec<&str> = diffs
+        .split(", ")
+        .map(|pair| pair.rsplit(' ').next().unwrap())
+        .collect();
+    assert_eq!(values.len(), 7, "{stdout}");
+    assert!(values.iter().all(|v| *v == "0.0e+00"), "{stdout}");
+    assert!(stdout.contains("base / head at the minimum"), "{stdout}");
+}
