@@ -12,12 +12,13 @@
 //   are vertical in the registers; the state is read and written once per step.
 // - backward: for each chunk (last first) the tile replays the chunk forward from its checkpoint
 //   (the replay computes the retrievals, hence u), keeping the state before every kKeep-th step
-//   (fp32: 8 with AVX-512, 4 with AVX2), then walks it in reverse. Reverse step t is fused with the first
-//   half of step t - 1: per row, dk[j] += dS[j] . u_t + S_{t-1}[j] . g_t and dq[j] += S_t[j] . dO_t
-//   (sums over columns: per row one register, summed across registers for N rows at a time by
-//   lane_sums), dS[j] += k_t[j] g_t + q_{t-1}[j] dO_{t-1}, and du_{t-1} += k_{t-1}[j] dS[j]. S_{t-1}
-//   and S_t are never formed: they are the kept state plus the rank-one terms k_r u_r^T of the
-//   steps since, whose products with dO_t and g_t are sums over columns taken once per step.
+//   (fp32: 8 with AVX-512, 4 with AVX2), then walks it in reverse. Reverse step t is fused with
+//   the first half of step t - 1: per row, dk[j] += dS[j] . u_t + S_{t-1}[j] . g_t and
+//   dq[j] += S_t[j] . dO_t (sums over columns: per row one register, summed across registers for
+//   N rows at a time by lane_sums), dS[j] += k_t[j] g_t + q_{t-1}[j] dO_{t-1}, and
+//   du_{t-1} += k_{t-1}[j] dS[j]. S_{t-1} and S_t are never formed: they are the kept state plus
+//   the rank-one terms k_r u_r^T of the steps since, whose products with dO_t and g_t are sums
+//   over columns taken once per step.
 // The forward and the replay prefetch the input rows a few steps ahead.
 // Buffers are 64-byte aligned. Tasks of at::parallel_for: (batch-head, tile) in the forward,
 // batch-head in the backward (whose tiles add into one chunk's dq, dk and dbeta).
@@ -76,25 +77,6 @@ template <typename acc_t>
 int64_t padded_rows(int64_t d_k) {
   constexpr int64_t n = CpuVec<acc_t>::N;
   return (d_k + n - 1) / n * n;
-}
-
-// out[i]: the sum of the lanes of h[i], for M registers h (one lane_sums where M <= N).
-template <int M, typename acc_t>
-FWP_INLINE void sums_of_lanes(const typename CpuVec<acc_t>::R* h, acc_t* out) {
-  using V = CpuVec<acc_t>;
-  alignas(64) acc_t lanes[V::N];
-  if constexpr (M <= V::N) {
-    typename V::R all[V::N];
-    for (int i = 0; i < V::N; ++i) all[i] = i < M ? h[i] : V::zero();
-    V::store(lanes, V::lane_sums(all));
-    for (int i = 0; i < M; ++i) out[i] = lanes[i];
-  } else {
-    for (int i = 0; i < M; ++i) {
-      V::store(lanes, h[i]);
-      out[i] = 0;
-      for (int l = 0; l < V::N; ++l) out[i] += lanes[l];
-    }
-  }
 }
 
 // The backward's replay keeps the state before every kKeep-th step of a chunk; the reverse step
@@ -185,8 +167,9 @@ struct Tile {
     for (int v = 0; v < NV; ++v) {
       uu[v] = V::load(u + v * N), oo[v] = V::load(go + v * N), ap[v] = V::zero();
       if (DELTA) {
-        gg[v] = V::mul(nb, V::load(du + v * N));
-        h[1] = V::fma(V::load(du + v * N), V::load(e + v * N), h[1]);
+        const R dd = V::load(du + v * N);
+        gg[v] = V::mul(nb, dd);
+        h[1] = V::fma(dd, V::load(e + v * N), h[1]);
       }
       if (PREV) op[v] = V::load(go_p + v * N);
       h[0] = V::fma(uu[v], oo[v], h[0]);
