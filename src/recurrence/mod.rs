@@ -235,8 +235,14 @@ impl CpuClass {
         CpuClass::NoAvx512,
     ];
 
-    /// The class of the CPU this process runs on (CPUID's vendor and AVX-512F).
+    /// The class of the CPU this process runs on (CPUID's vendor and AVX-512F), read once: under
+    /// a hypervisor CPUID traps, and `Backend::resolve` asks on every call.
     pub fn this_cpu() -> CpuClass {
+        static CLASS: std::sync::OnceLock<CpuClass> = std::sync::OnceLock::new();
+        *CLASS.get_or_init(Self::detect)
+    }
+
+    fn detect() -> CpuClass {
         #[cfg(target_arch = "x86_64")]
         {
             if !std::arch::is_x86_feature_detected!("avx512f") {
