@@ -4,8 +4,8 @@
 //   AVX-512: fp32 in 16-lane zmm registers (Avx512Float)
 //   AVX2:    fp32 in 8-lane ymm registers (Avx2Float)
 //   else, and fp64 everywhere: PortableVec (compiler vector types as wide as the registers).
-// Every type keeps the same order of operations (one fma per lane per call), so a build's forward
-// pass and the backward's replay of it round identically.
+// Every type keeps the same order of operations (one fma per lane per call), so the backward's
+// undoing of a forward step (fnma against fma) mirrors it in every build.
 //
 // Included once per instruction-set build, after FWP_CPU_ISA names it: everything here lives in
 // fwp::FWP_CPU_ISA, so that no inline function compiled for one instruction set can stand in for
@@ -46,8 +46,16 @@ struct PortableVec {
   static FWP_INLINE R zero() { return R{}; }
   // a * b + c, one fma per lane where the build has them
   static FWP_INLINE R fma(R a, R b, R c) { return a * b + c; }
+  // c - a * b, likewise
+  static FWP_INLINE R fnma(R a, R b, R c) { return c - a * b; }
   static FWP_INLINE R add(R a, R b) { return a + b; }
   static FWP_INLINE R mul(R a, R b) { return a * b; }
+  // the sum of the lanes of v
+  static FWP_INLINE T sum(R v) {
+    T s = 0;
+    for (int l = 0; l < N; ++l) s += v[l];
+    return s;
+  }
   // Lane i of the result: the sum of the N lanes of v[i], for N registers v[0..N).
   static FWP_INLINE R lane_sums(const R* v) {
     R r;
@@ -70,8 +78,14 @@ struct Avx2Float {
   static FWP_INLINE R set1(T s) { return _mm256_set1_ps(s); }
   static FWP_INLINE R zero() { return _mm256_setzero_ps(); }
   static FWP_INLINE R fma(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
+  static FWP_INLINE R fnma(R a, R b, R c) { return _mm256_fnmadd_ps(a, b, c); }
   static FWP_INLINE R add(R a, R b) { return _mm256_add_ps(a, b); }
   static FWP_INLINE R mul(R a, R b) { return _mm256_mul_ps(a, b); }
+  static FWP_INLINE T sum(R v) {
+    const __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    const __m128 q = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    return _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)));
+  }
   // a horizontal-add tree: three levels of hadd, then the two 128-bit halves added
   static FWP_INLINE R lane_sums(const R* v) {
     const __m256 a = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
@@ -92,8 +106,19 @@ struct Avx512Float {
   static FWP_INLINE R set1(T s) { return _mm512_set1_ps(s); }
   static FWP_INLINE R zero() { return _mm512_setzero_ps(); }
   static FWP_INLINE R fma(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
+  static FWP_INLINE R fnma(R a, R b, R c) { return _mm512_fnmadd_ps(a, b, c); }
   static FWP_INLINE R add(R a, R b) { return _mm512_add_ps(a, b); }
   static FWP_INLINE R mul(R a, R b) { return _mm512_mul_ps(a, b); }
+  // the halves added, then as in Avx2Float (_mm512_reduce_add_ps and _mm512_castps512_ps256 draw
+  // GCC 12's warning above)
+  static FWP_INLINE T sum(R v) {
+    const __m512d w = _mm512_castps_pd(v);
+    const __m256 a = _mm256_add_ps(_mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xFF, w, 0)),
+                                   _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xFF, w, 1)));
+    const __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    const __m128 q = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    return _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)));
+  }
   // Four levels of pairwise folds, each adding two shuffles of a pair of registers: 128-bit blocks
   // (twice), then lanes within blocks (twice). Afterwards lane 4i + s holds the sum of input 4s + i,
   // so the inputs are taken in that transposed order to come out in order.

@@ -11,9 +11,11 @@
 //   sum rule:   dv_t = du_t
 //   delta rule: dv_t = beta_t du_t;  dbeta_t = du_t . r_t;  g_t = -beta_t du_t
 //               dk_t += S_{t-1} g_t;  dS += k_t g_t^T
-// The forward saves S at every `chunk`-th step (checkpoints [B, H, N, d_k, d_v], N = ceil(T/chunk));
-// the backward replays each chunk forward from its checkpoint, in acc_t, to get S_{t-1} and S_t.
-// Nothing is "un-done" by subtraction, and no T x d_k x d_v tensor is ever stored.
+// The forward saves S at every `chunk`-th step (checkpoints [B, H, N, d_k, d_v], N = ceil(T/chunk)),
+// and no T x d_k x d_v tensor is ever stored. For S_{t-1} and S_t the CUDA backward replays each
+// chunk forward from its checkpoint, in acc_t; the CPU backward starts from the state after the
+// chunk and undoes its steps, S_{t-1} = S_t - k_t u_t^T, with the delta rule's r_t saved by the
+// forward (docs/derivations.md Sec. 6).
 //
 // The per-element arithmetic lives in the FWP_HD helpers below so that the CPU tests exercise
 // the same expressions the GPU runs.

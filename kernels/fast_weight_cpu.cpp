@@ -9,17 +9,15 @@
 // Every step is one sweep over the tile's rows, the row held in registers while it is used:
 // - forward, step t: S_t[j] = S_{t-1}[j] + k_t[j] u_t; o_t += q_t[j] S_t[j], and for the delta rule
 //   the next step's retrieval S_t^T k_{t+1} += k_{t+1}[j] S_t[j]. All sums run over rows, so they
-//   are vertical in the registers; the state is read and written once per step.
-// - backward: for each chunk (last first) the tile replays the chunk forward from its checkpoint
-//   (the replay computes the retrievals, hence u), keeping the state before every kKeep-th step
-//   (fp32: 8 with AVX-512, 4 with AVX2), then walks it in reverse. Reverse step t is fused with
-//   the first half of step t - 1: per row, dk[j] += dS[j] . u_t + S_{t-1}[j] . g_t and
-//   dq[j] += S_t[j] . dO_t (sums over columns: per row one register, summed across registers for
-//   N rows at a time by lane_sums), dS[j] += k_t[j] g_t + q_{t-1}[j] dO_{t-1}, and
-//   du_{t-1} += k_{t-1}[j] dS[j]. S_{t-1} and S_t are never formed: they are the kept state plus
-//   the rank-one terms k_r u_r^T of the steps since, whose products with dO_t and g_t are sums
-//   over columns taken once per step.
-// The forward and the replay prefetch the input rows a few steps ahead.
+//   are vertical in the registers; the state is read and written once per step. The delta rule's
+//   residual e_t = v_t - S_{t-1}^T k_t (u_t = beta_t e_t) is saved for the backward.
+// - backward: for each chunk (last first) the tile starts from the state after the chunk (the next
+//   checkpoint, or the final state) and walks back, undoing each step: S_{t-1}[j] = S_t[j] -
+//   k_t[j] u_t, with u_t from the saved residual, rounded as the forward's fma rounded the update
+//   (docs/derivations.md Sec. 6). Reverse step t is fused with the first half of step t - 1: per
+//   row, dq[j] += S_t[j] . dO_t and dk[j] += dS[j] . u_t + S_{t-1}[j] . g_t (sums over columns:
+//   per row one register, summed across registers for N rows at a time by lane_sums),
+//   dS[j] += k_t[j] g_t + q_{t-1}[j] dO_{t-1}, and du_{t-1} += k_{t-1}[j] dS[j].
 // Buffers are 64-byte aligned. Tasks of at::parallel_for: (batch-head, tile) in the forward,
 // batch-head in the backward (whose tiles add into one chunk's dq, dk and dbeta).
 // build.rs compiles this file once per instruction set (the baseline as fwp::generic; on x86-64
@@ -73,17 +71,12 @@ template <typename acc_t>
 constexpr int64_t kColumns = kRegisters * CpuVec<acc_t>::N;
 
 // rows of a tile state: d_k rounded up to whole registers (lane_sums takes N rows at a time)
+// rows of a tile state: d_k rounded up to whole registers (lane_sums takes N rows at a time)
 template <typename acc_t>
 int64_t padded_rows(int64_t d_k) {
   constexpr int64_t n = CpuVec<acc_t>::N;
   return (d_k + n - 1) / n * n;
 }
-
-// The backward's replay keeps the state before every kKeep-th step of a chunk; the reverse step
-// adds the up to kKeep - 1 rank-one terms since then through sums over columns, two per term,
-// which with two more fill the N lanes of one lane_sums (Tile::state_grad).
-template <typename acc_t>
-constexpr int kKeep = CpuVec<acc_t>::N / 2;
 
 // The arithmetic of one column tile: DK rows of W = NV * N values each.
 template <typename acc_t>
@@ -97,24 +90,24 @@ struct Tile {
 
   FWP_INLINE const R at(const acc_t* rows, int64_t j, int v) const { return V::load(rows + j * W + v * N); }
 
-  // S_out[j] = S_in[j] + k[j] u for every row (S_out may be S_in); with Q also o = sum_j q[j] S_out[j],
-  // with KN also r = sum_j kn[j] S_out[j], the next step's retrieval (formed as retrieve forms it).
-  template <bool Q, bool KN>
-  FWP_INLINE void sweep(const acc_t* S_in, acc_t* S_out, const acc_t* k, const acc_t* u, const acc_t* q, acc_t* o,
-                        const acc_t* kn, acc_t* r) const {
+  // One forward step, in place: S[j] += k[j] u for every row; o = sum_j q[j] S[j], and with KN also
+  // r = sum_j kn[j] S[j], the next step's retrieval (formed as retrieve forms it).
+  template <bool KN>
+  FWP_INLINE void sweep(acc_t* S, const acc_t* k, const acc_t* u, const acc_t* q, acc_t* o, const acc_t* kn,
+                        acc_t* r) const {
     R uu[NV], ao[NV], ar[NV];
     for (int v = 0; v < NV; ++v) uu[v] = V::load(u + v * N), ao[v] = V::zero(), ar[v] = V::zero();
     for (int64_t j = 0; j < DK; ++j) {
       const R kj = V::set1(k[j]);
       for (int v = 0; v < NV; ++v) {
-        const R s = V::fma(kj, uu[v], at(S_in, j, v));
-        V::store(S_out + j * W + v * N, s);
-        if (Q) ao[v] = V::fma(V::set1(q[j]), s, ao[v]);
+        const R s = V::fma(kj, uu[v], at(S, j, v));
+        V::store(S + j * W + v * N, s);
+        ao[v] = V::fma(V::set1(q[j]), s, ao[v]);
         if (KN) ar[v] = V::fma(V::set1(kn[j]), s, ar[v]);
       }
     }
     for (int v = 0; v < NV; ++v) {
-      if (Q) V::store(o + v * N, ao[v]);
+      V::store(o + v * N, ao[v]);
       if (KN) V::store(r + v * N, ar[v]);
     }
   }
@@ -142,61 +135,49 @@ struct Tile {
     for (int v = 0; v < NV; ++v) V::store(du + v * N, a[v]);
   }
 
-  // The second half of reverse step t (dS holds the gradient of S_t, its output term included):
-  //   dk_t += dS u_t;  dq_t += S_t dO_t;  delta rule: dk_t += S_{t-1} g_t, dS += k_t g_t^T.
-  // With PREV, fused with the first half of step t - 1: dS += q_{t-1} dO_{t-1}^T,
-  // du_{t-1} = dS^T k_{t-1}. The replay keeps one state in kKeep<acc_t>: `base`, with
-  // S_{t-1} = base + sum_r k_r u_r^T over the n < kKeep steps r between them (rows kr, ur).
-  // Only `base` is read; the rank-one terms enter through sums over columns taken once per step:
-  //   S_t[j] . dO_t = base[j] . dO_t + k_t[j] (u_t . dO_t) + sum_r k_r[j] (u_r . dO_t),
-  //   S_{t-1}[j] . g_t = base[j] . g_t + sum_r k_r[j] (u_r . g_t),
-  // so a row costs the products the gradient needs and no more (docs/derivations.md Sec. 6).
-  // The delta rule's dbeta_t = du_t . e_t (e_t = v_t - S_{t-1}^T k_t) is one more such sum, added
-  // to *db. The 2 + 2n <= N sums come out of one lane_sums, and so do the per-row sums over
-  // columns, N rows at a time.
+  // The second half of reverse step t. On entry S holds S_t and dS the gradient of S_t (its output
+  // term included); S leaves holding S_{t-1} = S_t - k_t u_t^T, the step undone (fnma against the
+  // forward's fma):
+  //   dq_t += S_t dO_t;  dk_t += dS u_t;  delta rule: dk_t += S_{t-1} g_t, dS += k_t g_t^T,
+  // with g_t = -beta_t du_t. With PREV, fused with the first half of step t - 1:
+  // dS += q_{t-1} dO_{t-1}^T, du_{t-1} = dS^T k_{t-1}. The delta rule's dbeta_t = du_t . e_t
+  // (e_t = v_t - S_{t-1}^T k_t, saved by the forward) is added to *db. The per-row sums over
+  // columns come out of lane_sums, N rows at a time.
   template <bool DELTA, bool PREV>
-  FWP_INLINE void state_grad(acc_t* dS, const acc_t* base, const acc_t* kr, const acc_t* ur, int n, const acc_t* k,
-                             const acc_t* u, acc_t beta, const acc_t* go, acc_t* dq, acc_t* dkey,
-                             const acc_t* q_p, const acc_t* go_p, const acc_t* k_p, acc_t* du_p, const acc_t* du,
-                             const acc_t* e, acc_t* db) const {
+  FWP_INLINE void state_grad(acc_t* dS, acc_t* S, const acc_t* k, const acc_t* u, acc_t beta, const acc_t* go,
+                             acc_t* dq, acc_t* dkey, const acc_t* q_p, const acc_t* go_p, const acc_t* k_p,
+                             acc_t* du_p, const acc_t* du, const acc_t* e, acc_t* db) const {
     R uu[NV], gg[NV], oo[NV], op[NV], ap[NV];
-    // lanes of u_t . dO_t, du_t . e_t, then per term r: u_r . dO_t, u_r . g_t
-    R h[N];
-    for (int i = 0; i < N; ++i) h[i] = V::zero();
     const R nb = V::set1(retrieval_grad(beta, acc_t(1)));  // g_t = -beta_t du_t, from du in registers
+    R hb = V::zero();
     for (int v = 0; v < NV; ++v) {
       uu[v] = V::load(u + v * N), oo[v] = V::load(go + v * N), ap[v] = V::zero();
       if (DELTA) {
         const R dd = V::load(du + v * N);
         gg[v] = V::mul(nb, dd);
-        h[1] = V::fma(dd, V::load(e + v * N), h[1]);
+        hb = V::fma(dd, V::load(e + v * N), hb);
       }
       if (PREV) op[v] = V::load(go_p + v * N);
-      h[0] = V::fma(uu[v], oo[v], h[0]);
     }
-    for (int r = 0; r < n; ++r)
-      for (int v = 0; v < NV; ++v) {
-        const R ub = V::load(ur + r * W + v * N);
-        h[2 + 2 * r] = V::fma(ub, oo[v], h[2 + 2 * r]);
-        if (DELTA) h[3 + 2 * r] = V::fma(ub, gg[v], h[3 + 2 * r]);
-      }
-    alignas(64) acc_t dots[N];
-    V::store(dots, V::lane_sums(h));
-    if (DELTA) *db += dots[1];
+    if (DELTA) *db += V::sum(hb);
     R hk[N], hq[N];
     for (int64_t j0 = 0; j0 < DK; j0 += N) {
       for (int i = 0; i < N; ++i) {
         const int64_t j = j0 + i;
-        R s[NV], b[NV];
-        for (int v = 0; v < NV; ++v) s[v] = at(dS, j, v), b[v] = at(base, j, v);
-        R pk = V::mul(s[0], uu[0]), pq = V::mul(b[0], oo[0]);
+        R s[NV], st[NV];
+        for (int v = 0; v < NV; ++v) s[v] = at(dS, j, v), st[v] = at(S, j, v);
+        R pk = V::mul(s[0], uu[0]), pq = V::mul(st[0], oo[0]);
         for (int v = 1; v < NV; ++v) {
           pk = V::fma(s[v], uu[v], pk);
-          pq = V::fma(b[v], oo[v], pq);
+          pq = V::fma(st[v], oo[v], pq);
+        }
+        const R kj = V::set1(k[j]);
+        for (int v = 0; v < NV; ++v) {
+          st[v] = V::fnma(kj, uu[v], st[v]);
+          V::store(S + j * W + v * N, st[v]);
         }
         if (DELTA) {
-          const R kj = V::set1(k[j]);
-          for (int v = 0; v < NV; ++v) pk = V::fma(b[v], gg[v], pk);
+          for (int v = 0; v < NV; ++v) pk = V::fma(st[v], gg[v], pk);
           for (int v = 0; v < NV; ++v) s[v] = V::fma(kj, gg[v], s[v]);
         }
         if (PREV) {
@@ -211,14 +192,8 @@ struct Tile {
         hk[i] = pk;
         hq[i] = pq;
       }
-      R rq = V::fma(V::set1(dots[0]), V::load(k + j0), V::lane_sums(hq)), rk = V::lane_sums(hk);
-      for (int r = 0; r < n; ++r) {
-        const R kj = V::load(kr + r * DK + j0);
-        rq = V::fma(V::set1(dots[2 + 2 * r]), kj, rq);
-        if (DELTA) rk = V::fma(V::set1(dots[3 + 2 * r]), kj, rk);
-      }
-      V::store(dq + j0, V::add(V::load(dq + j0), rq));
-      V::store(dkey + j0, V::add(V::load(dkey + j0), rk));
+      V::store(dq + j0, V::add(V::load(dq + j0), V::lane_sums(hq)));
+      V::store(dkey + j0, V::add(V::load(dkey + j0), V::lane_sums(hk)));
     }
     if (PREV)
       for (int v = 0; v < NV; ++v) V::store(du_p + v * N, ap[v]);
@@ -251,6 +226,13 @@ FWP_INLINE void prefetch_row(const scalar_t* p, int64_t n) {
   for (int64_t b = 0; b < n * static_cast<int64_t>(sizeof(scalar_t)); b += 64) __builtin_prefetch(c + b);
 }
 
+// The same for a row about to be written (the delta rule's residuals, a row of new lines per step).
+template <typename T>
+FWP_INLINE void prefetch_row_for_write(T* p, int64_t n) {
+  char* c = reinterpret_cast<char*>(p);
+  for (int64_t b = 0; b < n * static_cast<int64_t>(sizeof(T)); b += 64) __builtin_prefetch(c + b, 1);
+}
+
 // Columns [m0, m0 + w) of a row-major d_k x d_v matrix <-> a tile state (rows of stride W).
 template <typename acc_t>
 void gather(const acc_t* full, int64_t d_k, int64_t d_v, int64_t m0, int64_t w, acc_t* tile) {
@@ -266,7 +248,7 @@ struct Forward {
   const scalar_t *q, *k, *v, *beta;
   const acc_t* s0;
   scalar_t* out;
-  acc_t *state, *ckpt;
+  acc_t *state, *ckpt, *resid;  // resid: the delta rule's e_t, [BH, T, d_v]
   const Dims& d;
   bool delta;
 
@@ -301,18 +283,30 @@ struct Forward {
       if (t + kPrefetchSteps + 1 < d.T) {
         const int64_t ahead = row + kPrefetchSteps;
         prefetch_row(q + ahead * dk, dk), prefetch_row(k + (ahead + 1) * dk, dk), prefetch_row(v + ahead * dv + m0, w);
-        if (delta) prefetch_row(beta + ahead, 1);
+        if (delta) {
+          prefetch_row(beta + ahead, 1);
+          prefetch_row_for_write(resid + ahead * dv + m0, w);
+        }
       }
       load_row(q + row * dk, dk, s.q.data());
       const scalar_t* vt = v + row * dv + m0;
-      const acc_t b = delta ? static_cast<acc_t>(beta[row]) : acc_t(0);
-      for (int64_t m = 0; m < w; ++m)
-        s.u[m] = written_value(delta, b, acc_t(vt[m]), delta_residual(acc_t(vt[m]), s.r[m]));
+      acc_t* __restrict u = s.u.data();
+      if (delta) {
+        const acc_t b = static_cast<acc_t>(beta[row]);
+        const acc_t* __restrict r = s.r.data();
+        acc_t* __restrict e = resid + row * dv + m0;
+        for (int64_t m = 0; m < w; ++m) {
+          e[m] = delta_residual(acc_t(vt[m]), r[m]);
+          u[m] = written_value(true, b, acc_t(vt[m]), e[m]);
+        }
+      } else {
+        for (int64_t m = 0; m < w; ++m) u[m] = written_value(false, acc_t(0), acc_t(vt[m]), acc_t(0));
+      }
       const acc_t* kn = t + 1 < d.T ? key(t + 1) : nullptr;
       if (delta && kn != nullptr) {
-        tl.template sweep<true, true>(S, S, kt, s.u.data(), s.q.data(), s.o.data(), kn, s.r.data());
+        tl.template sweep<true>(S, kt, s.u.data(), s.q.data(), s.o.data(), kn, s.r.data());
       } else {
-        tl.template sweep<true, false>(S, S, kt, s.u.data(), s.q.data(), s.o.data(), nullptr, nullptr);
+        tl.template sweep<false>(S, kt, s.u.data(), s.q.data(), s.o.data(), nullptr, nullptr);
       }
       kt = kn;
       for (int64_t m = 0; m < w; ++m) out[row * dv + m0 + m] = static_cast<scalar_t>(s.o[m]);
@@ -324,7 +318,7 @@ struct Forward {
 template <typename scalar_t, typename acc_t>
 void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& beta,
                   const at::Tensor& s0, at::Tensor& out, at::Tensor& state, at::Tensor& checkpoints,
-                  const Dims& d, bool delta) {
+                  at::Tensor& residuals, const Dims& d, bool delta) {
   using F = Forward<scalar_t, acc_t>;
   constexpr int64_t W = Tile<acc_t>::W;
   const F f{q.data_ptr<scalar_t>(),
@@ -335,6 +329,7 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
             out.data_ptr<scalar_t>(),
             state.data_ptr<acc_t>(),
             checkpoints.data_ptr<acc_t>(),
+            delta ? residuals.data_ptr<acc_t>() : nullptr,
             d,
             delta};
   const int64_t tiles = (d.d_v + W - 1) / W;
@@ -350,69 +345,60 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
 template <typename scalar_t, typename acc_t>
 struct Backward {
   const scalar_t *grad_out, *q, *k, *v, *beta;
-  const acc_t* ckpt;
+  const acc_t *ckpt, *final_state, *resid;
   scalar_t* dv;
   const Dims& d;
   bool delta;
 
-  // Per-thread buffers, padded with zeros: the replayed states of one tile (those before every
-  // kKeep-th step of the chunk; the others pass through `work`); per step of the chunk its keys
-  // and queries, and the tile's dO, residual v - S^T k and u; the chunk's dq, dk and dbeta sums
-  // over tiles; du for this step and the previous one.
+  // Per-thread buffers, padded with zeros: the state of one tile, walked back through a chunk; per
+  // step of the chunk its keys and queries, and the tile's dO, residual e and u; the chunk's dq, dk
+  // and dbeta sums over tiles; du for this step and the previous one.
   struct Scratch {
-    Buffer<acc_t> states, work, k, q, go, e, u, dq, dk, db, du, du_p;
+    Buffer<acc_t> S, k, q, go, e, u, dq, dk, db, du, du_p;
     explicit Scratch(const Dims& d) {
       const int64_t DK = padded_rows<acc_t>(d.d_k), W = Tile<acc_t>::W, C = d.chunk;
-      states.resize((C + kKeep<acc_t> - 1) / kKeep<acc_t> * DK * W), work.resize(DK * W);
+      S.resize(DK * W);
       k.assign(C * DK, 0), q.assign(C * DK, 0), go.assign(C * W, 0), e.assign(C * W, 0), u.assign(C * W, 0);
       dq.resize(C * DK), dk.resize(C * DK), db.resize(C);
       du.assign(W, 0), du_p.assign(W, 0);
     }
   };
 
-  // Chunk n of columns [m0, m0 + w): replay, then the reverse steps; dS is the tile's state gradient.
+  // Chunk n of columns [m0, m0 + w), in reverse; dS is the tile's state gradient.
   void tile(int64_t bh, int64_t n, int64_t m0, int64_t w, acc_t* dS, Scratch& s) const {
     const int64_t dk = d.d_k, DV = d.d_v, ss = dk * DV, DK = padded_rows<acc_t>(dk);
     constexpr int64_t W = Tile<acc_t>::W;
-    const int64_t ts = DK * W, c0 = n * d.chunk, len = std::min(d.chunk, d.T - c0);
+    const int64_t c0 = n * d.chunk, len = std::min(d.chunk, d.T - c0);
     const Tile<acc_t> tl{DK};
-    acc_t* states = s.states.data();
-    std::fill_n(states, ts, acc_t(0));
-    // zero padding in the per-step vectors (a wider tile may have used it); e's comes out of the
-    // replay's retrievals of zero columns
-    for (int64_t i = 0; i < len; ++i) {
-      std::fill_n(s.u.data() + i * W + w, W - w, acc_t(0));
-      std::fill_n(s.go.data() + i * W + w, W - w, acc_t(0));
-    }
-    gather(ckpt + (bh * d.n_chunks() + n) * ss, dk, DV, m0, w, states);
-    // replay: S^T k_i lands in e_i, which then becomes v_i - S^T k_i; the state before step i is
-    // kept for i a multiple of kKeep (slot i / kKeep), and the last step's state is left to the
-    // reverse
-    if (delta) tl.retrieve(states, s.k.data(), s.e.data());
+    // the state after the chunk's last step: the next chunk's checkpoint, or the final state
+    acc_t* S = s.S.data();
+    std::fill(s.S.begin(), s.S.end(), acc_t(0));
+    const acc_t* after = n + 1 < d.n_chunks() ? ckpt + (bh * d.n_chunks() + n + 1) * ss : final_state + bh * ss;
+    gather(after, dk, DV, m0, w, S);
+    // per step: dO, and the residual and u = beta e (delta rule) or u = v (sum rule), padded with
+    // zeros (a wider tile may have used the padding)
     for (int64_t i = 0; i < len; ++i) {
       const int64_t row = bh * d.T + c0 + i;
       if (i + kPrefetchSteps < len) {
         const int64_t ahead = row + kPrefetchSteps;
-        prefetch_row(v + ahead * DV + m0, w), prefetch_row(grad_out + ahead * DV + m0, w);
+        prefetch_row(grad_out + ahead * DV + m0, w);
+        if (delta) {
+          prefetch_row(resid + ahead * DV + m0, w);
+        } else {
+          prefetch_row(v + ahead * DV + m0, w);
+        }
       }
-      const scalar_t* vt = v + row * DV + m0;
-      acc_t *e = s.e.data() + i * W, *u = s.u.data() + i * W;
-      const acc_t b = delta ? static_cast<acc_t>(beta[row]) : acc_t(0);
-      for (int64_t m = 0; m < w; ++m) {
-        if (delta) e[m] = delta_residual(acc_t(vt[m]), e[m]);
-        u[m] = written_value(delta, b, acc_t(vt[m]), e[m]);
-      }
-      load_row(grad_out + row * DV + m0, w, s.go.data() + i * W);
-      if (i + 1 == len) break;
-      const acc_t* kt = s.k.data() + i * DK;
-      constexpr int64_t m = kKeep<acc_t>;
-      const acc_t* from = i % m == 0 ? states + i / m * ts : s.work.data();
-      acc_t* to = (i + 1) % m == 0 ? states + (i + 1) / m * ts : s.work.data();
+      acc_t *e = s.e.data() + i * W, *u = s.u.data() + i * W, *go = s.go.data() + i * W;
+      load_row(grad_out + row * DV + m0, w, go);
       if (delta) {
-        tl.template sweep<false, true>(from, to, kt, u, nullptr, nullptr, kt + DK, e + W);
+        const acc_t b = static_cast<acc_t>(beta[row]);
+        const acc_t* er = resid + row * DV + m0;
+        for (int64_t m = 0; m < w; ++m) e[m] = er[m], u[m] = written_value(true, b, acc_t(0), er[m]);
       } else {
-        tl.template sweep<false, false>(from, to, kt, u, nullptr, nullptr, nullptr, nullptr);
+        const scalar_t* vt = v + row * DV + m0;
+        for (int64_t m = 0; m < w; ++m) u[m] = written_value(false, acc_t(0), acc_t(vt[m]), acc_t(0));
       }
+      std::fill(e + w, e + W, acc_t(0)), std::fill(u + w, u + W, acc_t(0)), std::fill(go + w, go + W, acc_t(0));
     }
     // reverse
     const int64_t last = len - 1;
@@ -422,9 +408,7 @@ struct Backward {
       const acc_t b = delta ? static_cast<acc_t>(beta[row]) : acc_t(0);
       const acc_t *e = s.e.data() + i * W, *u = s.u.data() + i * W, *du = s.du.data();
       for (int64_t m = 0; m < w; ++m) dv[row * DV + m0 + m] = static_cast<scalar_t>(value_grad(delta, b, du[m]));
-      // the kept state at or before S_{i-1}, and the steps since then
-      const int64_t b0 = i / kKeep<acc_t> * kKeep<acc_t>;
-      const acc_t *base = states + i / kKeep<acc_t> * ts, *kt = s.k.data() + i * DK, *go = s.go.data() + i * W;
+      const acc_t *kt = s.k.data() + i * DK, *go = s.go.data() + i * W;
       acc_t *dqi = s.dq.data() + i * DK, *dki = s.dk.data() + i * DK;
       // step i - 1's key, query and dO (none before the chunk's first step)
       const bool prev = i > 0;
@@ -434,8 +418,7 @@ struct Backward {
       with_flag(delta, [&](auto dl) {
         with_flag(prev, [&](auto pv) {
           tl.template state_grad<decltype(dl)::value, decltype(pv)::value>(
-              dS, base, s.k.data() + b0 * DK, s.u.data() + b0 * W, static_cast<int>(i - b0), kt, u, b, go, dqi, dki,
-              q_p, go_p, k_p, s.du_p.data(), du, e, s.db.data() + i);
+              dS, S, kt, u, b, go, dqi, dki, q_p, go_p, k_p, s.du_p.data(), du, e, s.db.data() + i);
         });
       });
       if (!prev) break;
@@ -447,8 +430,9 @@ struct Backward {
 template <typename scalar_t, typename acc_t>
 void backward_impl(const at::Tensor& grad_out, const at::Tensor& grad_state, const at::Tensor& q,
                    const at::Tensor& k, const at::Tensor& v, const at::Tensor& beta,
-                   const at::Tensor& checkpoints, at::Tensor& dq, at::Tensor& dk_t, at::Tensor& dv_t,
-                   at::Tensor& dbeta, at::Tensor& ds0, const Dims& d, bool delta) {
+                   const at::Tensor& checkpoints, const at::Tensor& final_state, const at::Tensor& residuals,
+                   at::Tensor& dq, at::Tensor& dk_t, at::Tensor& dv_t, at::Tensor& dbeta, at::Tensor& ds0,
+                   const Dims& d, bool delta) {
   using B = Backward<scalar_t, acc_t>;
   constexpr int64_t W = Tile<acc_t>::W;
   const B bw{grad_out.data_ptr<scalar_t>(),
@@ -457,6 +441,8 @@ void backward_impl(const at::Tensor& grad_out, const at::Tensor& grad_state, con
              v.data_ptr<scalar_t>(),
              delta ? beta.data_ptr<scalar_t>() : nullptr,
              checkpoints.data_ptr<acc_t>(),
+             final_state.data_ptr<acc_t>(),
+             delta ? residuals.data_ptr<acc_t>() : nullptr,
              dv_t.data_ptr<scalar_t>(),
              d,
              delta};
@@ -509,27 +495,24 @@ void backward_impl(const at::Tensor& grad_out, const at::Tensor& grad_state, con
 
 }  // namespace
 
-int64_t state_tile_bytes(int64_t d_k, bool fp64) {
-  return fp64 ? padded_rows<double>(d_k) * Tile<double>::W * 8 : padded_rows<float>(d_k) * Tile<float>::W * 4;
-}
-
 void forward_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& beta,
                  const at::Tensor& s0, at::Tensor& out, at::Tensor& state, at::Tensor& checkpoints,
-                 const Dims& d, bool delta) {
+                 at::Tensor& residuals, const Dims& d, bool delta) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "fwp_forward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    forward_impl<scalar_t, acc_t>(q, k, v, beta, s0, out, state, checkpoints, d, delta);
+    forward_impl<scalar_t, acc_t>(q, k, v, beta, s0, out, state, checkpoints, residuals, d, delta);
   });
 }
 
 void backward_cpu(const at::Tensor& grad_out, const at::Tensor& grad_state, const at::Tensor& q,
                   const at::Tensor& k, const at::Tensor& v, const at::Tensor& beta,
-                  const at::Tensor& checkpoints, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv,
-                  at::Tensor& dbeta, at::Tensor& ds0, const Dims& d, bool delta) {
+                  const at::Tensor& checkpoints, const at::Tensor& final_state, const at::Tensor& residuals,
+                  at::Tensor& dq, at::Tensor& dk, at::Tensor& dv, at::Tensor& dbeta, at::Tensor& ds0,
+                  const Dims& d, bool delta) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "fwp_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    backward_impl<scalar_t, acc_t>(grad_out, grad_state, q, k, v, beta, checkpoints, dq, dk, dv, dbeta,
-                                   ds0, d, delta);
+    backward_impl<scalar_t, acc_t>(grad_out, grad_state, q, k, v, beta, checkpoints, final_state, residuals, dq,
+                                   dk, dv, dbeta, ds0, d, delta);
   });
 }
 

@@ -5,11 +5,14 @@
 //   fwp::sum_rule(q, k, v, initial_state?)         -> (out, final_state)
 //   fwp::delta_rule(q, k, v, beta, initial_state?) -> (out, final_state)
 // Internal ops used by their autograd Functions:
-//   fwp::fast_weight_forward(...)  -> (out, final_state, checkpoints)
+//   fwp::fast_weight_forward(...)  -> (out, final_state, checkpoints, residuals)
 //   fwp::fast_weight_backward(...) -> (dq, dk, dv, dbeta, d_initial_state)
 // Shapes: q, k [B, H, T, d_k]; v [B, H, T, d_v]; beta [B, H, T]; states [B, H, d_k, d_v];
-// checkpoints [B, H, N, d_k, d_v] with N = ceil(T / chunk). The final state and the checkpoints
-// are in the accumulation dtype (fp64 for fp64 inputs, fp32 otherwise); the rest in the inputs'.
+// checkpoints [B, H, N, d_k, d_v] with N = ceil(T / chunk); residuals [B, H, T, d_v], the delta
+// rule's e_t = v_t - S_{t-1}^T k_t, which the CPU backward needs to undo the steps (empty for the
+// sum rule and on CUDA, whose backward replays the chunks instead). The final state, the
+// checkpoints and the residuals are in the accumulation dtype (fp64 for fp64 inputs, fp32
+// otherwise); the rest in the inputs'.
 
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -87,27 +90,18 @@ CpuIsa pick_cpu_isa() {
   return CpuIsa::Avx512;
 }
 
-// Checkpoint interval. CPU: 64 steps, fewer where a chunk's states of one column tile
-// (state_tile_bytes: 16 KiB at d_k = 64 with AVX-512, fast_weight_cpu.cpp) would pass 2 MiB; the
-// backward's replay keeps one in 4 or 8 of them, so its buffer stays well within a core's L2;
-// never under 8, which bounds the checkpoints at T/8 states. CUDA: what the device's shared memory allows
-// (fast_weight.cu).
+// Checkpoint interval. CPU: 64 steps (the backward walks each chunk back from the state after it,
+// so the interval bounds how many undone steps' roundings add up; the checkpoints take T/64
+// states). CUDA: what the device's shared memory allows (fast_weight.cu).
 int64_t choose_chunk(const Tensor& q, int64_t dk, int64_t dv) {
   const bool fp64 = acc_type(q.scalar_type()) == at::kDouble;
   if (q.is_cuda()) return cuda_chunk(q, dk, dv, fp64 ? 8 : 4);
-  int64_t tile = 0;
-  switch (cpu_isa()) {
-    case CpuIsa::Avx512: tile = avx512::state_tile_bytes(dk, fp64); break;
-    case CpuIsa::Avx2: tile = avx2::state_tile_bytes(dk, fp64); break;
-    case CpuIsa::Generic: tile = generic::state_tile_bytes(dk, fp64); break;
-  }
-  const int64_t fit = (int64_t(2) << 20) / tile;
-  return std::max<int64_t>(1, std::min<int64_t>({64, q.size(2), std::max<int64_t>(8, fit)}));
+  return std::min<int64_t>(64, q.size(2));
 }
 
-std::tuple<Tensor, Tensor, Tensor> forward_kernel(const Tensor& q, const Tensor& k, const Tensor& v,
-                                                  const OptTensor& beta, const OptTensor& s0,
-                                                  int64_t chunk) {
+std::tuple<Tensor, Tensor, Tensor, Tensor> forward_kernel(const Tensor& q, const Tensor& k, const Tensor& v,
+                                                          const OptTensor& beta, const OptTensor& s0,
+                                                          int64_t chunk) {
   const Dims d = check_inputs(q, k, v, beta, s0, chunk);
   const bool delta = has(beta);
   c10::DeviceGuard guard(q.device());
@@ -121,23 +115,26 @@ std::tuple<Tensor, Tensor, Tensor> forward_kernel(const Tensor& q, const Tensor&
   Tensor out = at::empty({d.batch_heads, d.T, d.d_v}, q.options());
   Tensor state = at::empty({d.batch_heads, d.d_k, d.d_v}, acc);
   Tensor ckpt = at::empty({d.batch_heads, d.n_chunks(), d.d_k, d.d_v}, acc);
+  const bool residuals = delta && !q.is_cuda();
+  Tensor resid = residuals ? at::empty({d.batch_heads, d.T, d.d_v}, acc) : at::empty({0}, acc);
   if (q.is_cuda()) {
     forward_cuda(q3, k3, v3, b2, init, out, state, ckpt, d, delta);
   } else {
     TORCH_CHECK(q.is_cpu(), "fwp fused fast weights: unsupported device ", q.device());
     switch (cpu_isa()) {
-      case CpuIsa::Avx512: avx512::forward_cpu(q3, k3, v3, b2, init, out, state, ckpt, d, delta); break;
-      case CpuIsa::Avx2: avx2::forward_cpu(q3, k3, v3, b2, init, out, state, ckpt, d, delta); break;
-      case CpuIsa::Generic: generic::forward_cpu(q3, k3, v3, b2, init, out, state, ckpt, d, delta); break;
+      case CpuIsa::Avx512: avx512::forward_cpu(q3, k3, v3, b2, init, out, state, ckpt, resid, d, delta); break;
+      case CpuIsa::Avx2: avx2::forward_cpu(q3, k3, v3, b2, init, out, state, ckpt, resid, d, delta); break;
+      case CpuIsa::Generic: generic::forward_cpu(q3, k3, v3, b2, init, out, state, ckpt, resid, d, delta); break;
     }
   }
   return {out.view({B, H, d.T, d.d_v}), state.view({B, H, d.d_k, d.d_v}),
-          ckpt.view({B, H, d.n_chunks(), d.d_k, d.d_v})};
+          ckpt.view({B, H, d.n_chunks(), d.d_k, d.d_v}), residuals ? resid.view({B, H, d.T, d.d_v}) : resid};
 }
 
 // Checks the backward's own inputs against q, k, v (the public schema takes them from anyone).
 void check_backward_inputs(const Tensor& grad_out, const OptTensor& grad_state, const Tensor& q,
-                           const Tensor& checkpoints, const Dims& d) {
+                           const Tensor& checkpoints, const Tensor& final_state, const Tensor& residuals,
+                           const Dims& d, bool delta) {
   const int64_t B = q.size(0), H = q.size(1);
   TORCH_CHECK(grad_out.dim() == 4 && grad_out.size(0) == B && grad_out.size(1) == H &&
                   grad_out.size(2) == d.T && grad_out.size(3) == d.d_v,
@@ -165,14 +162,33 @@ void check_backward_inputs(const Tensor& grad_out, const OptTensor& grad_state, 
               q.scalar_type(), " inputs), got ", checkpoints.scalar_type());
   TORCH_CHECK(checkpoints.device() == q.device(), "checkpoints: on ", checkpoints.device(), " but q is on ",
               q.device());
+  TORCH_CHECK(final_state.dim() == 4 && final_state.size(0) == B && final_state.size(1) == H &&
+                  final_state.size(2) == d.d_k && final_state.size(3) == d.d_v,
+              "final_state: expected [B, H, d_k, d_v] = [", B, ", ", H, ", ", d.d_k, ", ", d.d_v, "], got ",
+              final_state.sizes());
+  TORCH_CHECK(final_state.scalar_type() == acc, "final_state: expected dtype ", acc, " (the state dtype for ",
+              q.scalar_type(), " inputs), got ", final_state.scalar_type());
+  TORCH_CHECK(final_state.device() == q.device(), "final_state: on ", final_state.device(), " but q is on ",
+              q.device());
+  if (delta && !q.is_cuda()) {
+    TORCH_CHECK(residuals.dim() == 4 && residuals.size(0) == B && residuals.size(1) == H &&
+                    residuals.size(2) == d.T && residuals.size(3) == d.d_v,
+                "residuals: expected the forward's [B, H, T, d_v] = [", B, ", ", H, ", ", d.T, ", ", d.d_v,
+                "] (the delta rule on the CPU), got ", residuals.sizes());
+    TORCH_CHECK(residuals.scalar_type() == acc, "residuals: expected dtype ", acc, ", got ",
+                residuals.scalar_type());
+    TORCH_CHECK(residuals.device() == q.device(), "residuals: on ", residuals.device(), " but q is on ",
+                q.device());
+  }
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_kernel(
     const Tensor& grad_out, const OptTensor& grad_state, const Tensor& q, const Tensor& k,
-    const Tensor& v, const OptTensor& beta, const Tensor& checkpoints, int64_t chunk) {
+    const Tensor& v, const OptTensor& beta, const Tensor& checkpoints, const Tensor& final_state,
+    const Tensor& residuals, int64_t chunk) {
   const Dims d = check_inputs(q, k, v, beta, std::nullopt, chunk);
   const bool delta = has(beta);
-  check_backward_inputs(grad_out, grad_state, q, checkpoints, d);
+  check_backward_inputs(grad_out, grad_state, q, checkpoints, final_state, residuals, d, delta);
   c10::DeviceGuard guard(q.device());
   const int64_t B = q.size(0), H = q.size(1);
   const auto acc = q.options().dtype(acc_type(q.scalar_type()));
@@ -183,6 +199,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_kernel(
   Tensor gs = has(grad_state) ? grad_state->to(acc.dtype()).contiguous().view({d.batch_heads, d.d_k, d.d_v})
                               : at::zeros({d.batch_heads, d.d_k, d.d_v}, acc);
   Tensor ckpt = checkpoints.contiguous();
+  Tensor last = final_state.contiguous().view({d.batch_heads, d.d_k, d.d_v});
+  Tensor resid = delta && !q.is_cuda() ? residuals.contiguous().view({d.batch_heads, d.T, d.d_v}) : residuals;
   Tensor dq = at::empty_like(q3), dk = at::empty_like(k3), dv = at::empty_like(v3);
   Tensor dbeta = delta ? at::empty_like(b2) : at::empty({0}, q.options());
   Tensor ds0 = at::empty({d.batch_heads, d.d_k, d.d_v}, acc);
@@ -192,11 +210,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_kernel(
     TORCH_CHECK(q.is_cpu(), "fwp fused fast weights: unsupported device ", q.device());
     switch (cpu_isa()) {
       case CpuIsa::Avx512:
-        avx512::backward_cpu(go, gs, q3, k3, v3, b2, ckpt, dq, dk, dv, dbeta, ds0, d, delta);
+        avx512::backward_cpu(go, gs, q3, k3, v3, b2, ckpt, last, resid, dq, dk, dv, dbeta, ds0, d, delta);
         break;
-      case CpuIsa::Avx2: avx2::backward_cpu(go, gs, q3, k3, v3, b2, ckpt, dq, dk, dv, dbeta, ds0, d, delta); break;
+      case CpuIsa::Avx2:
+        avx2::backward_cpu(go, gs, q3, k3, v3, b2, ckpt, last, resid, dq, dk, dv, dbeta, ds0, d, delta);
+        break;
       case CpuIsa::Generic:
-        generic::backward_cpu(go, gs, q3, k3, v3, b2, ckpt, dq, dk, dv, dbeta, ds0, d, delta);
+        generic::backward_cpu(go, gs, q3, k3, v3, b2, ckpt, last, resid, dq, dk, dv, dbeta, ds0, d, delta);
         break;
     }
   }
@@ -205,12 +225,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_kernel(
 }
 
 // Typed handles on the internal ops, so autograd Functions call them through the dispatcher.
-std::tuple<Tensor, Tensor, Tensor> call_forward(const Tensor& q, const Tensor& k, const Tensor& v,
-                                                const OptTensor& beta, const OptTensor& s0, int64_t chunk) {
+std::tuple<Tensor, Tensor, Tensor, Tensor> call_forward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                                        const OptTensor& beta, const OptTensor& s0,
+                                                        int64_t chunk) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("fwp::fast_weight_forward", "")
-                       .typed<std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
-                                                                 const OptTensor&, const OptTensor&, int64_t)>();
+                       .typed<std::tuple<Tensor, Tensor, Tensor, Tensor>(
+                           const Tensor&, const Tensor&, const Tensor&, const OptTensor&, const OptTensor&, int64_t)>();
   return op.call(q, k, v, beta, s0, chunk);
 }
 
@@ -218,20 +239,22 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> call_backward(const Tensor& g
                                                                  const OptTensor& grad_state,
                                                                  const Tensor& q, const Tensor& k,
                                                                  const Tensor& v, const OptTensor& beta,
-                                                                 const Tensor& checkpoints, int64_t chunk) {
+                                                                 const Tensor& checkpoints,
+                                                                 const Tensor& final_state,
+                                                                 const Tensor& residuals, int64_t chunk) {
   static auto op =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("fwp::fast_weight_backward", "")
           .typed<std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>(
               const Tensor&, const OptTensor&, const Tensor&, const Tensor&, const Tensor&,
-              const OptTensor&, const Tensor&, int64_t)>();
-  return op.call(grad_out, grad_state, q, k, v, beta, checkpoints, chunk);
+              const OptTensor&, const Tensor&, const Tensor&, const Tensor&, int64_t)>();
+  return op.call(grad_out, grad_state, q, k, v, beta, checkpoints, final_state, residuals, chunk);
 }
 
 // Forward without autograd (inference, or below the Autograd key).
 std::tuple<Tensor, Tensor> run_rule(const Tensor& q, const Tensor& k, const Tensor& v,
                                     const OptTensor& beta, const OptTensor& s0) {
-  auto [out, state, ckpt] = call_forward(q, k, v, beta, s0, choose_chunk(q, q.size(-1), v.size(-1)));
+  auto [out, state, ckpt, resid] = call_forward(q, k, v, beta, s0, choose_chunk(q, q.size(-1), v.size(-1)));
   return {out, state};
 }
 
@@ -244,11 +267,11 @@ struct RuleFunction : public torch::autograd::Function<RuleFunction<Delta>> {
                                const Tensor& v, const OptTensor& beta, const OptTensor& s0) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     const int64_t chunk = choose_chunk(q, q.size(-1), v.size(-1));
-    auto [out, state, ckpt] = call_forward(q, k, v, Delta ? beta : std::nullopt, s0, chunk);
+    auto [out, state, ckpt, resid] = call_forward(q, k, v, Delta ? beta : std::nullopt, s0, chunk);
     if (Delta) {
-      ctx->save_for_backward({q, k, v, ckpt, *beta});
+      ctx->save_for_backward({q, k, v, ckpt, state, resid, *beta});
     } else {
-      ctx->save_for_backward({q, k, v, ckpt});
+      ctx->save_for_backward({q, k, v, ckpt, state, resid});
     }
     ctx->saved_data["chunk"] = chunk;
     ctx->saved_data["has_s0"] = has(s0);
@@ -264,12 +287,13 @@ struct RuleFunction : public torch::autograd::Function<RuleFunction<Delta>> {
                 ": the fused kernels have no double backward (a backward with create_graph); use "
                 "Backend::Chunked or Backend::Reference for higher-order gradients");
     auto saved = ctx->get_saved_variables();
-    const Tensor &q = saved[0], &k = saved[1], &v = saved[2], &ckpt = saved[3];
-    const OptTensor beta = Delta ? OptTensor(saved[4]) : std::nullopt;
+    const Tensor &q = saved[0], &k = saved[1], &v = saved[2], &ckpt = saved[3], &state = saved[4],
+                 &resid = saved[5];
+    const OptTensor beta = Delta ? OptTensor(saved[6]) : std::nullopt;
     Tensor grad_out = grads[0].defined() ? grads[0] : at::zeros({q.size(0), q.size(1), q.size(2), v.size(3)}, v.options());
     const OptTensor grad_state = grads[1].defined() ? OptTensor(grads[1]) : std::nullopt;
     auto [dq, dk, dv, dbeta, ds0] =
-        call_backward(grad_out, grad_state, q, k, v, beta, ckpt, ctx->saved_data["chunk"].toInt());
+        call_backward(grad_out, grad_state, q, k, v, beta, ckpt, state, resid, ctx->saved_data["chunk"].toInt());
     Tensor ds0_out;
     if (ctx->saved_data["has_s0"].toBool()) {
       ds0_out = ds0.to(static_cast<at::ScalarType>(ctx->saved_data["s0_dtype"].toInt()));
@@ -307,9 +331,10 @@ TORCH_LIBRARY_FRAGMENT(fwp, m) {
   m.def("sum_rule(Tensor q, Tensor k, Tensor v, Tensor? initial_state=None) -> (Tensor, Tensor)");
   m.def("delta_rule(Tensor q, Tensor k, Tensor v, Tensor beta, Tensor? initial_state=None) -> (Tensor, Tensor)");
   m.def("fast_weight_forward(Tensor q, Tensor k, Tensor v, Tensor? beta, Tensor? initial_state, int chunk)"
-        " -> (Tensor, Tensor, Tensor)");
+        " -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("fast_weight_backward(Tensor grad_out, Tensor? grad_state, Tensor q, Tensor k, Tensor v, Tensor? beta,"
-        " Tensor checkpoints, int chunk) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+        " Tensor checkpoints, Tensor final_state, Tensor residuals, int chunk)"
+        " -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(fwp, CPU, m) {
@@ -357,28 +382,31 @@ char* fwp_fast_weight_fused(const at::Tensor* q, const at::Tensor* k, const at::
 }
 
 // The internal ops as registered, for callers of the raw schema (and the tests of its checks):
-// (out, final_state, checkpoints) = fwp::fast_weight_forward(q, k, v, beta?, s0?, chunk) and
-// (dq, dk, dv, dbeta, ds0) = fwp::fast_weight_backward(grad_out, grad_state?, q, k, v, beta?,
-// checkpoints, chunk). NULL stands for an absent optional tensor.
+// (out, final_state, checkpoints, residuals) = fwp::fast_weight_forward(q, k, v, beta?, s0?, chunk)
+// and (dq, dk, dv, dbeta, ds0) = fwp::fast_weight_backward(grad_out, grad_state?, q, k, v, beta?,
+// checkpoints, final_state, residuals, chunk). NULL stands for an absent optional tensor.
 char* fwp_fast_weight_forward_op(const at::Tensor* q, const at::Tensor* k, const at::Tensor* v,
                                  const at::Tensor* beta, const at::Tensor* s0, int64_t chunk,
                                  at::Tensor** out) {
   return fwp::guarded([&] {
     auto opt = [](const at::Tensor* t) { return t ? std::optional<at::Tensor>(*t) : std::nullopt; };
-    auto [o, s, c] = fwp::call_forward(*q, *k, *v, opt(beta), opt(s0), chunk);
+    auto [o, s, c, r] = fwp::call_forward(*q, *k, *v, opt(beta), opt(s0), chunk);
     out[0] = new at::Tensor(std::move(o));
     out[1] = new at::Tensor(std::move(s));
     out[2] = new at::Tensor(std::move(c));
+    out[3] = new at::Tensor(std::move(r));
   });
 }
 
 char* fwp_fast_weight_backward_op(const at::Tensor* grad_out, const at::Tensor* grad_state,
                                   const at::Tensor* q, const at::Tensor* k, const at::Tensor* v,
-                                  const at::Tensor* beta, const at::Tensor* checkpoints, int64_t chunk,
+                                  const at::Tensor* beta, const at::Tensor* checkpoints,
+                                  const at::Tensor* final_state, const at::Tensor* residuals, int64_t chunk,
                                   at::Tensor** out) {
   return fwp::guarded([&] {
     auto opt = [](const at::Tensor* t) { return t ? std::optional<at::Tensor>(*t) : std::nullopt; };
-    auto r = fwp::call_backward(*grad_out, opt(grad_state), *q, *k, *v, opt(beta), *checkpoints, chunk);
+    auto r = fwp::call_backward(*grad_out, opt(grad_state), *q, *k, *v, opt(beta), *checkpoints, *final_state,
+                                *residuals, chunk);
     out[0] = new at::Tensor(std::move(std::get<0>(r)));
     out[1] = new at::Tensor(std::move(std::get<1>(r)));
     out[2] = new at::Tensor(std::move(std::get<2>(r)));

@@ -28,7 +28,7 @@ FWP_DECLARE_CPU_KERNELS(ab_head)
 namespace {
 
 struct Outputs {
-  at::Tensor out, state, ckpt, dq, dk, dv, dbeta, ds0;
+  at::Tensor out, state, ckpt, resid, dq, dk, dv, dbeta, ds0;
 };
 
 double rel_diff(const at::Tensor& a, const at::Tensor& b) {
@@ -65,19 +65,21 @@ int main(int argc, char** argv) {
   const fwp::Dims dims{BH, T, d, d, std::min<int64_t>(64, T)};
   auto buffers = [&] {
     return Outputs{at::empty({BH, T, d}, f32), at::empty({BH, d, d}, f32),
-                   at::empty({BH, dims.n_chunks(), d, d}, f32), at::empty({BH, T, d}, f32),
+                   at::empty({BH, dims.n_chunks(), d, d}, f32), at::empty({BH, T, d}, f32), at::empty({BH, T, d}, f32),
                    at::empty({BH, T, d}, f32), at::empty({BH, T, d}, f32),
                    at::empty({BH, T}, f32), at::empty({BH, d, d}, f32)};
   };
   Outputs base = buffers(), head = buffers();
   using Fwd = void (*)(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                       const at::Tensor&, at::Tensor&, at::Tensor&, at::Tensor&, const fwp::Dims&, bool);
+                       const at::Tensor&, at::Tensor&, at::Tensor&, at::Tensor&, at::Tensor&, const fwp::Dims&,
+                       bool);
   using Bwd = void (*)(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                       const at::Tensor&, const at::Tensor&, const at::Tensor&, at::Tensor&, at::Tensor&,
-                       at::Tensor&, at::Tensor&, at::Tensor&, const fwp::Dims&, bool);
-  auto forward = [&](Fwd fn, Outputs& o) { fn(q, k, v, beta, s0, o.out, o.state, o.ckpt, dims, delta); };
+                       const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                       const at::Tensor&, at::Tensor&, at::Tensor&, at::Tensor&, at::Tensor&, at::Tensor&,
+                       const fwp::Dims&, bool);
+  auto forward = [&](Fwd fn, Outputs& o) { fn(q, k, v, beta, s0, o.out, o.state, o.ckpt, o.resid, dims, delta); };
   auto backward = [&](Bwd fn, Outputs& o) {
-    fn(go, gs, q, k, v, beta, o.ckpt, o.dq, o.dk, o.dv, o.dbeta, o.ds0, dims, delta);
+    fn(go, gs, q, k, v, beta, o.ckpt, o.state, o.resid, o.dq, o.dk, o.dv, o.dbeta, o.ds0, dims, delta);
   };
   auto timed = [](auto&& fn) {
     const auto t0 = std::chrono::steady_clock::now();

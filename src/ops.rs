@@ -65,6 +65,8 @@ extern "C" {
         v: *const C_tensor,
         beta: *const C_tensor,
         checkpoints: *const C_tensor,
+        final_state: *const C_tensor,
+        residuals: *const C_tensor,
         chunk: i64,
         out: *mut *mut C_tensor,
     ) -> *mut c_char;
@@ -366,9 +368,22 @@ fn opt_ptr(t: Option<&Tensor>) -> *const C_tensor {
     t.map_or(std::ptr::null(), |t| t.as_ptr())
 }
 
+/// What the raw fused forward returns ([`fast_weight_forward_op`]).
+pub struct FusedForward {
+    /// `[B, H, T, d_v]`
+    pub out: Tensor,
+    /// `[B, H, d_k, d_v]`, in the accumulation dtype (f64 for f64 inputs, else f32)
+    pub final_state: Tensor,
+    /// The state before each chunk: `[B, H, ceil(T / chunk), d_k, d_v]`, accumulation dtype.
+    pub checkpoints: Tensor,
+    /// The delta rule's residuals `e_t = v_t - S_{t-1}^T k_t`, `[B, H, T, d_v]` in the accumulation
+    /// dtype, which the CPU backward needs; empty for the sum rule and on CUDA.
+    pub residuals: Tensor,
+}
+
 /// The fused forward as the raw op `fwp::fast_weight_forward` (no autograd, no checks in Rust: the
-/// op checks its inputs itself): (out, final state, checkpoints `[B, H, ceil(T / chunk), d_k, d_v]`).
-/// For callers of the registered schema; [`crate::recurrence::fast_weight`] is the public entry.
+/// op checks its inputs itself). For callers of the registered schema;
+/// [`crate::recurrence::fast_weight`] is the public entry.
 pub fn fast_weight_forward_op(
     q: &Tensor,
     k: &Tensor,
@@ -376,9 +391,9 @@ pub fn fast_weight_forward_op(
     beta: Option<&Tensor>,
     initial: Option<&Tensor>,
     chunk: i64,
-) -> Result<(Tensor, Tensor, Tensor)> {
-    let mut out = [std::ptr::null_mut::<C_tensor>(); 3];
-    // SAFETY: live tensors or NULL; on success three new at::Tensor* that we own.
+) -> Result<FusedForward> {
+    let mut out = [std::ptr::null_mut::<C_tensor>(); 4];
+    // SAFETY: live tensors or NULL; on success four new at::Tensor* that we own.
     status("fwp::fast_weight_forward", unsafe {
         fwp_fast_weight_forward_op(
             q.as_ptr(),
@@ -390,12 +405,18 @@ pub fn fast_weight_forward_op(
             out.as_mut_ptr(),
         )
     })?;
-    let [o, s, c] = out.map(|p| unsafe { Tensor::from_ptr(p) });
-    Ok((o, s, c))
+    let [out, final_state, checkpoints, residuals] = out.map(|p| unsafe { Tensor::from_ptr(p) });
+    Ok(FusedForward {
+        out,
+        final_state,
+        checkpoints,
+        residuals,
+    })
 }
 
 /// The fused backward as the raw op `fwp::fast_weight_backward`: (dq, dk, dv, dbeta, dS0) from the
-/// output's gradient, the final state's (optional), the inputs and the forward's checkpoints.
+/// output's gradient, the final state's (optional), the inputs and what the forward returned
+/// besides the output (its final state, checkpoints and residuals).
 #[allow(clippy::too_many_arguments)]
 pub fn fast_weight_backward_op(
     grad_out: &Tensor,
@@ -404,7 +425,7 @@ pub fn fast_weight_backward_op(
     k: &Tensor,
     v: &Tensor,
     beta: Option<&Tensor>,
-    checkpoints: &Tensor,
+    saved: &FusedForward,
     chunk: i64,
 ) -> Result<[Tensor; 5]> {
     let mut out = [std::ptr::null_mut::<C_tensor>(); 5];
@@ -417,7 +438,9 @@ pub fn fast_weight_backward_op(
             k.as_ptr(),
             v.as_ptr(),
             opt_ptr(beta),
-            checkpoints.as_ptr(),
+            saved.checkpoints.as_ptr(),
+            saved.final_state.as_ptr(),
+            saved.residuals.as_ptr(),
             chunk,
             out.as_mut_ptr(),
         )

@@ -233,7 +233,8 @@ fn an_unknown_cpu_kernel_build_is_refused() {
 
 /// scripts/cpu-kernel-ab builds the CPU kernels of two revisions and times them against each
 /// other: with the working tree on both sides its two builds agree bit for bit on every result,
-/// and bad arguments are refused by name before anything is built.
+/// and bad arguments (a base with another kernel interface among them) are refused by name
+/// before anything is built.
 #[test]
 fn the_cpu_kernel_ab_script_runs_and_refuses_bad_arguments() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/cpu-kernel-ab");
@@ -254,6 +255,12 @@ fn the_cpu_kernel_ab_script_runs_and_refuses_bad_arguments() {
         &["--base no-such-rev"],
     );
     fails("bash", &[script, "--repeats"], &["--repeats needs a value"]);
+    // a base whose backward replayed chunks (before the residuals): another interface
+    fails(
+        "bash",
+        &[script, "--base", "902b2eb"],
+        &["902b2eb", "predates"],
+    );
     let args = "--base . --isa generic --d 20 --t 70 --bh 2 --repeats 2";
     let run = Command::new("bash")
         .arg(script)

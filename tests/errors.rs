@@ -395,19 +395,42 @@ fn fused_has_no_double_backward_and_says_so() {
 #[test]
 fn raw_backward_op_checks_its_checkpoints_and_gradients() {
     let (q, k, v) = (t(&[1, 2, 9, 4]), t(&[1, 2, 9, 4]), t(&[1, 2, 9, 3]));
-    let (out, _, ckpt) = ops::fast_weight_forward_op(&q, &k, &v, None, None, 4).unwrap();
-    assert_eq!(ckpt.size(), [1, 2, 3, 4, 3]);
-    let go = out.ones_like();
+    let saved = ops::fast_weight_forward_op(&q, &k, &v, None, None, 4).unwrap();
+    assert_eq!(saved.checkpoints.size(), [1, 2, 3, 4, 3]);
+    assert_eq!(
+        saved.residuals.numel(),
+        0,
+        "the sum rule saves no residuals"
+    );
+    let go = saved.out.ones_like();
+    // the forward's saved tensors with the checkpoints, final state or residuals replaced
+    let with =
+        |ckpt: Option<&Tensor>, last: Option<&Tensor>, resid: Option<&Tensor>| ops::FusedForward {
+            out: saved.out.shallow_clone(),
+            final_state: last.unwrap_or(&saved.final_state).shallow_clone(),
+            checkpoints: ckpt.unwrap_or(&saved.checkpoints).shallow_clone(),
+            residuals: resid.unwrap_or(&saved.residuals).shallow_clone(),
+        };
+    let ckpt = &saved.checkpoints;
     let run = |go: &Tensor, ckpt: &Tensor, gs: Option<&Tensor>| {
-        ops::fast_weight_backward_op(go, gs, &q, &k, &v, None, ckpt, 4)
+        ops::fast_weight_backward_op(go, gs, &q, &k, &v, None, &with(Some(ckpt), None, None), 4)
     };
-    assert!(run(&go, &ckpt, None).is_ok());
+    assert!(run(&go, ckpt, None).is_ok());
     // a chunk longer than T (N = 1 checkpoint): refused, not a read beyond the buffers
     let first = ckpt.narrow(2, 0, 1);
-    let e0 = ops::fast_weight_backward_op(&go, None, &q, &k, &v, None, &first, 1 << 40)
-        .map(|_| ())
-        .unwrap_err()
-        .to_string();
+    let e0 = ops::fast_weight_backward_op(
+        &go,
+        None,
+        &q,
+        &k,
+        &v,
+        None,
+        &with(Some(&first), None, None),
+        1 << 40,
+    )
+    .map(|_| ())
+    .unwrap_err()
+    .to_string();
     assert_mentions(&e0, &["chunk", "T = 9"]);
     let e = |r: anyhow::Result<[Tensor; 5]>| r.map(|_| ()).unwrap_err().to_string();
     assert_mentions(
@@ -431,17 +454,50 @@ fn raw_backward_op_checks_its_checkpoints_and_gradients() {
         &["checkpoints", "d_k"],
     );
     assert_mentions(
-        &e(run(&go.narrow(1, 0, 1), &ckpt, None)),
+        &e(run(&go.narrow(1, 0, 1), ckpt, None)),
         &["grad_out", "[1, 2, 9, 3]"],
     );
     assert_mentions(
-        &e(run(&go, &ckpt, Some(&t(&[1, 2, 3, 3])))),
+        &e(run(&go, ckpt, Some(&t(&[1, 2, 3, 3])))),
         &["grad_state", "[1, 2, 4, 3]"],
+    );
+    // the final state the backward starts the last chunk from, and the delta rule's residuals
+    let last = |s: &Tensor| {
+        ops::fast_weight_backward_op(&go, None, &q, &k, &v, None, &with(None, Some(s), None), 4)
+    };
+    assert_mentions(
+        &e(last(&saved.final_state.narrow(2, 0, 3))),
+        &["final_state", "[1, 2, 4, 3]", "[1, 2, 3, 3]"],
+    );
+    assert_mentions(
+        &e(last(&saved.final_state.to_kind(Kind::Double))),
+        &["final_state", "Float", "Double"],
+    );
+    let beta = t(&[1, 2, 9]).sigmoid();
+    let delta = ops::fast_weight_forward_op(&q, &k, &v, Some(&beta), None, 4).unwrap();
+    assert_eq!(delta.residuals.size(), [1, 2, 9, 3]);
+    let resid = |r: &Tensor| {
+        let saved = ops::FusedForward {
+            out: delta.out.shallow_clone(),
+            final_state: delta.final_state.shallow_clone(),
+            checkpoints: delta.checkpoints.shallow_clone(),
+            residuals: r.shallow_clone(),
+        };
+        ops::fast_weight_backward_op(&go, None, &q, &k, &v, Some(&beta), &saved, 4)
+    };
+    assert!(resid(&delta.residuals).is_ok());
+    assert_mentions(
+        &e(resid(&saved.residuals)),
+        &["residuals", "[1, 2, 9, 3]", "[0]"],
+    );
+    assert_mentions(
+        &e(resid(&delta.residuals.to_kind(Kind::Double))),
+        &["residuals", "Float", "Double"],
     );
     if common::cuda_or_skip("raw_backward_op_checks_its_checkpoints_and_gradients") {
         let gpu = ckpt.to_device(Device::Cuda(0));
         assert_mentions(&e(run(&go, &gpu, None)), &["checkpoints", "cuda"]);
         let go_gpu = go.to_device(Device::Cuda(0));
-        assert_mentions(&e(run(&go_gpu, &ckpt, None)), &["grad_out", "cuda"]);
+        assert_mentions(&e(run(&go_gpu, ckpt, None)), &["grad_out", "cuda"]);
     }
 }

@@ -108,7 +108,7 @@ impl Case {
     /// sum rule 4 and 8, delta rule 6 and 12 d_k d_v per head-token. This is the work the
     /// recurrence needs, so rates are comparable across backends; the chunked form executes more
     /// (10 C d + 6 d^2 + C^2/3 forward for the delta rule) and the fused backward also replays
-    /// the forward (4 d_k d_v more).
+    /// the forward on CUDA (4 d_k d_v more) or undoes each step on the CPU (2 d_k d_v more).
     /// Softmax, causal: QK^T and PV over the lower triangle, T (d_k + d_v) per head-token forward,
     /// and 2.5 times that backward (five matmuls against two, the usual convention).
     pub fn model_flops(&self) -> (f64, f64) {

@@ -50,7 +50,8 @@ pub enum Backend {
     /// [`Backend::FusedRecurrent`]. [`Backend::resolve`] names the one that runs.
     Fused,
     /// Our recurrent kernels (kernels/fast_weight*.{cpp,cu}): the recurrence in one pass with an
-    /// explicit backward that replays chunks from saved checkpoints; CPU and CUDA, any float dtype.
+    /// explicit backward that walks chunks back from saved checkpoints (the CPU undoing each step,
+    /// CUDA replaying the chunk; docs/derivations.md Sec. 6); CPU and CUDA, any float dtype.
     /// Registered as the libtorch ops `fwp::sum_rule` / `fwp::delta_rule`, so traced TorchScript
     /// records them.
     FusedRecurrent,
