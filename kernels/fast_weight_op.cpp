@@ -268,10 +268,13 @@ struct RuleFunction : public torch::autograd::Function<RuleFunction<Delta>> {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     const int64_t chunk = choose_chunk(q, q.size(-1), v.size(-1));
     auto [out, state, ckpt, resid] = call_forward(q, k, v, Delta ? beta : std::nullopt, s0, chunk);
+    // the backward starts from the final state: a copy of its own (d_k x d_v per head), so that a
+    // caller may update the returned state in place
+    const Tensor last = state.clone();
     if (Delta) {
-      ctx->save_for_backward({q, k, v, ckpt, state, resid, *beta});
+      ctx->save_for_backward({q, k, v, ckpt, last, resid, *beta});
     } else {
-      ctx->save_for_backward({q, k, v, ckpt, state, resid});
+      ctx->save_for_backward({q, k, v, ckpt, last, resid});
     }
     ctx->saved_data["chunk"] = chunk;
     ctx->saved_data["has_s0"] = has(s0);

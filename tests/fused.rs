@@ -320,6 +320,35 @@ fn fused_cpu_backward_stays_accurate_before_a_large_step() {
 }
 
 #[test]
+fn fused_final_state_may_be_updated_in_place_before_the_backward() {
+    // The backward starts from the final state, and keeps a copy of its own: a caller that carries
+    // the returned state on and updates it in place (before calling backward) changes nothing.
+    let _rng = seeded(48);
+    let case = Case::new(1, 2, 70, 8, 6);
+    for device in devices("fused_final_state_may_be_updated_in_place_before_the_backward") {
+        for rule in RULES {
+            let run = |touch: bool| {
+                let [q, k, v, beta, s0] = case.leaves(Kind::Double, device);
+                let b = (rule == UpdateRule::Delta).then_some(&beta);
+                let r =
+                    fast_weight(&q, &k, &v, b, Some(&s0), rule, Backend::FusedRecurrent).unwrap();
+                let loss = (&r.out * case.w_out.to_device(device)).sum(Kind::Double);
+                if touch {
+                    let mut carried = r.state.detach();
+                    let _ = carried.f_mul_scalar_(0.5).unwrap();
+                }
+                let inputs = common::differentiated(rule, [&q, &k, &v, &s0, &beta]);
+                grads(&loss, &inputs)
+            };
+            let (want, got) = (run(false), run(true));
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_close(&format!("{device:?} {rule:?} {}", NAMES[i]), g, w, 0.0, 0.0);
+            }
+        }
+    }
+}
+
+#[test]
 fn fused_bad_input_is_an_error() {
     let f = (Kind::Float, Device::Cpu);
     let (q, v) = (
