@@ -67,10 +67,6 @@ struct CpuAllocator {
 template <typename T>
 using Buffer = std::vector<T, CpuAllocator<T>>;
 
-template <typename acc_t>
-constexpr int64_t kColumns = kRegisters * CpuVec<acc_t>::N;
-
-// rows of a tile state: d_k rounded up to whole registers (lane_sums takes N rows at a time)
 // rows of a tile state: d_k rounded up to whole registers (lane_sums takes N rows at a time)
 template <typename acc_t>
 int64_t padded_rows(int64_t d_k) {
@@ -248,17 +244,18 @@ struct Forward {
   const scalar_t *q, *k, *v, *beta;
   const acc_t* s0;
   scalar_t* out;
-  acc_t *state, *ckpt, *resid;  // resid: the delta rule's e_t, [BH, T, d_v]
+  acc_t *state, *ckpt, *resid;  // resid: the delta rule's e_t, [BH, T, d_v]; both null in inference
   const Dims& d;
   bool delta;
 
   // Per-thread buffers: the tile state, two key rows (this step's and the next), the query row,
-  // u_t, the retrieval and the output, each padded with zeros.
+  // u_t, the retrieval and the output, each padded with zeros; e_t when it is not saved.
   struct Scratch {
-    Buffer<acc_t> S, k2, q, u, r, o;
+    Buffer<acc_t> S, k2, q, u, r, o, e;
     explicit Scratch(const Dims& d) {
       const int64_t DK = padded_rows<acc_t>(d.d_k), W = Tile<acc_t>::W;
       S.resize(DK * W), k2.assign(2 * DK, 0), q.assign(DK, 0), u.assign(W, 0), r.assign(W, 0), o.resize(W);
+      e.resize(W);
     }
   };
 
@@ -278,14 +275,15 @@ struct Forward {
     const acc_t* kt = key(0);
     if (delta) tl.retrieve(S, kt, s.r.data());
     for (int64_t t = 0; t < d.T; ++t) {
-      if (t % d.chunk == 0) scatter(S, dk, dv, m0, w, ckpt + (bh * d.n_chunks() + t / d.chunk) * ss);
+      if (ckpt != nullptr && t % d.chunk == 0)
+        scatter(S, dk, dv, m0, w, ckpt + (bh * d.n_chunks() + t / d.chunk) * ss);
       const int64_t row = bh * d.T + t;
       if (t + kPrefetchSteps + 1 < d.T) {
         const int64_t ahead = row + kPrefetchSteps;
         prefetch_row(q + ahead * dk, dk), prefetch_row(k + (ahead + 1) * dk, dk), prefetch_row(v + ahead * dv + m0, w);
         if (delta) {
           prefetch_row(beta + ahead, 1);
-          prefetch_row_for_write(resid + ahead * dv + m0, w);
+          if (resid != nullptr) prefetch_row_for_write(resid + ahead * dv + m0, w);
         }
       }
       load_row(q + row * dk, dk, s.q.data());
@@ -294,7 +292,7 @@ struct Forward {
       if (delta) {
         const acc_t b = static_cast<acc_t>(beta[row]);
         const acc_t* __restrict r = s.r.data();
-        acc_t* __restrict e = resid + row * dv + m0;
+        acc_t* __restrict e = resid != nullptr ? resid + row * dv + m0 : s.e.data();
         for (int64_t m = 0; m < w; ++m) {
           e[m] = delta_residual(acc_t(vt[m]), r[m]);
           u[m] = written_value(true, b, acc_t(vt[m]), e[m]);
@@ -328,8 +326,8 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
             s0.data_ptr<acc_t>(),
             out.data_ptr<scalar_t>(),
             state.data_ptr<acc_t>(),
-            checkpoints.data_ptr<acc_t>(),
-            delta ? residuals.data_ptr<acc_t>() : nullptr,
+            checkpoints.numel() > 0 ? checkpoints.data_ptr<acc_t>() : nullptr,
+            delta && residuals.numel() > 0 ? residuals.data_ptr<acc_t>() : nullptr,
             d,
             delta};
   const int64_t tiles = (d.d_v + W - 1) / W;

@@ -25,7 +25,8 @@
 namespace fwp {
 // forward_cpu fills out [BH, T, d_v], state [BH, d_k, d_v], checkpoints [BH, N, d_k, d_v] (the
 // state before each chunk) and, for the delta rule, residuals [BH, T, d_v] (e_t = v_t - S_{t-1}^T
-// k_t; untouched for the sum rule) from s0 [BH, d_k, d_v]. backward_cpu fills dq, dk [BH, T, d_k],
+// k_t; untouched for the sum rule) from s0 [BH, d_k, d_v]; empty checkpoints and residuals
+// (inference) are not written. backward_cpu fills dq, dk [BH, T, d_k],
 // dv [BH, T, d_v], dbeta [BH, T] (delta rule) and ds0 [BH, d_k, d_v] from grad_out [BH, T, d_v],
 // grad_state [BH, d_k, d_v] (acc dtype) and what the forward saved: the checkpoints, the final
 // state and the residuals.

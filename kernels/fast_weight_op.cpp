@@ -99,9 +99,12 @@ int64_t choose_chunk(const Tensor& q, int64_t dk, int64_t dv) {
   return std::min<int64_t>(64, q.size(2));
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> forward_kernel(const Tensor& q, const Tensor& k, const Tensor& v,
-                                                          const OptTensor& beta, const OptTensor& s0,
-                                                          int64_t chunk) {
+// The forward; with `save`, also what the backward needs (the checkpoints, and on the CPU the delta
+// rule's residuals). Without, the CPU kernel stores neither (inference); CUDA's always writes the
+// checkpoints.
+std::tuple<Tensor, Tensor, Tensor, Tensor> run_forward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                                       const OptTensor& beta, const OptTensor& s0, int64_t chunk,
+                                                       bool save) {
   const Dims d = check_inputs(q, k, v, beta, s0, chunk);
   const bool delta = has(beta);
   c10::DeviceGuard guard(q.device());
@@ -114,8 +117,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_kernel(const Tensor& q, const
                         : at::zeros({d.batch_heads, d.d_k, d.d_v}, acc);
   Tensor out = at::empty({d.batch_heads, d.T, d.d_v}, q.options());
   Tensor state = at::empty({d.batch_heads, d.d_k, d.d_v}, acc);
-  Tensor ckpt = at::empty({d.batch_heads, d.n_chunks(), d.d_k, d.d_v}, acc);
-  const bool residuals = delta && !q.is_cuda();
+  const bool checkpoints = save || q.is_cuda();
+  Tensor ckpt = checkpoints ? at::empty({d.batch_heads, d.n_chunks(), d.d_k, d.d_v}, acc) : at::empty({0}, acc);
+  const bool residuals = save && delta && !q.is_cuda();
   Tensor resid = residuals ? at::empty({d.batch_heads, d.T, d.d_v}, acc) : at::empty({0}, acc);
   if (q.is_cuda()) {
     forward_cuda(q3, k3, v3, b2, init, out, state, ckpt, d, delta);
@@ -128,7 +132,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_kernel(const Tensor& q, const
     }
   }
   return {out.view({B, H, d.T, d.d_v}), state.view({B, H, d.d_k, d.d_v}),
-          ckpt.view({B, H, d.n_chunks(), d.d_k, d.d_v}), residuals ? resid.view({B, H, d.T, d.d_v}) : resid};
+          checkpoints ? ckpt.view({B, H, d.n_chunks(), d.d_k, d.d_v}) : ckpt,
+          residuals ? resid.view({B, H, d.T, d.d_v}) : resid};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> forward_kernel(const Tensor& q, const Tensor& k, const Tensor& v,
+                                                          const OptTensor& beta, const OptTensor& s0,
+                                                          int64_t chunk) {
+  return run_forward(q, k, v, beta, s0, chunk, true);
 }
 
 // Checks the backward's own inputs against q, k, v (the public schema takes them from anyone).
@@ -251,10 +262,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> call_backward(const Tensor& g
   return op.call(grad_out, grad_state, q, k, v, beta, checkpoints, final_state, residuals, chunk);
 }
 
-// Forward without autograd (inference, or below the Autograd key).
+// Forward without autograd (inference, or below the Autograd key): nothing saved for a backward.
 std::tuple<Tensor, Tensor> run_rule(const Tensor& q, const Tensor& k, const Tensor& v,
                                     const OptTensor& beta, const OptTensor& s0) {
-  auto [out, state, ckpt, resid] = call_forward(q, k, v, beta, s0, choose_chunk(q, q.size(-1), v.size(-1)));
+  auto [out, state, ckpt, resid] = run_forward(q, k, v, beta, s0, choose_chunk(q, q.size(-1), v.size(-1)), false);
   return {out, state};
 }
 
@@ -315,14 +326,30 @@ std::tuple<Tensor, Tensor> delta_rule_kernel(const Tensor& q, const Tensor& k, c
   return run_rule(q, k, v, beta, s0);
 }
 
+// Whether a backward can follow: grad mode on and some input requiring a gradient. Otherwise
+// (inference) the Autograd kernels run the forward alone, which saves nothing for a backward.
+bool wants_grad(const Tensor& q, const Tensor& k, const Tensor& v, const OptTensor& beta, const OptTensor& s0) {
+  const auto req = [](const OptTensor& t) { return has(t) && t->requires_grad(); };
+  return c10::GradMode::is_enabled() &&
+         (q.requires_grad() || k.requires_grad() || v.requires_grad() || req(beta) || req(s0));
+}
+
 std::tuple<Tensor, Tensor> sum_rule_autograd(const Tensor& q, const Tensor& k, const Tensor& v,
                                              const OptTensor& s0) {
+  if (!wants_grad(q, k, v, std::nullopt, s0)) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return run_rule(q, k, v, std::nullopt, s0);
+  }
   auto r = RuleFunction<false>::apply(q, k, v, OptTensor(), s0);
   return {r[0], r[1]};
 }
 
 std::tuple<Tensor, Tensor> delta_rule_autograd(const Tensor& q, const Tensor& k, const Tensor& v,
                                                const Tensor& beta, const OptTensor& s0) {
+  if (!wants_grad(q, k, v, beta, s0)) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return run_rule(q, k, v, beta, s0);
+  }
   auto r = RuleFunction<true>::apply(q, k, v, OptTensor(beta), s0);
   return {r[0], r[1]};
 }

@@ -349,6 +349,36 @@ fn fused_final_state_may_be_updated_in_place_before_the_backward() {
 }
 
 #[test]
+fn fused_inference_gives_the_training_forward() {
+    // Without autograd the kernels save nothing for a backward (no checkpoints, no residuals on
+    // the CPU); the output and final state are the same bits as with autograd.
+    let _rng = seeded(49);
+    let case = Case::new(2, 2, 130, 16, 24);
+    for device in devices("fused_inference_gives_the_training_forward") {
+        for rule in RULES {
+            for kind in [Kind::Float, Kind::Double] {
+                let [q, k, v, beta, s0] = case.leaves(kind, device);
+                let b = (rule == UpdateRule::Delta).then_some(&beta);
+                let run = || {
+                    fast_weight(&q, &k, &v, b, Some(&s0), rule, Backend::FusedRecurrent).unwrap()
+                };
+                let train = run();
+                let infer = tch::no_grad(run);
+                assert!(train.out.requires_grad() && !infer.out.requires_grad());
+                assert!(
+                    train.out.equal(&infer.out),
+                    "{device:?} {rule:?} {kind:?}: out"
+                );
+                assert!(
+                    train.state.equal(&infer.state),
+                    "{device:?} {rule:?} {kind:?}: state"
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn fused_bad_input_is_an_error() {
     let f = (Kind::Float, Device::Cpu);
     let (q, v) = (
