@@ -8,6 +8,7 @@
 //! - [`attention`], [`block`], [`model`]: layers built from these, softmax attention beside them;
 //! - [`ops`]: the C++/CUDA ops in `kernels/`, behind checked wrappers;
 //! - [`param`]: parameters and the linear, embedding and LayerNorm layers, created fallibly;
+//! - [`host_memory`]: the C allocator's handling of large blocks (keeps freed pages for reuse);
 //! - [`info`]: what this build was compiled with and which GPUs it sees; [`selftest`]: each kernel
 //!   once against its reference twin;
 //! - [`bench`]: timing and peak memory of the backends against softmax attention (`bench`);
@@ -24,6 +25,7 @@ pub mod block;
 pub mod check;
 pub mod cross_attention;
 pub mod feature_map;
+pub mod host_memory;
 pub mod info;
 pub mod lm;
 pub mod model;

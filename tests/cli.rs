@@ -286,3 +286,34 @@ fn the_cpu_kernel_ab_script_runs_and_refuses_bad_arguments() {
     assert!(values.iter().all(|v| *v == "0.0e+00"), "{stdout}");
     assert!(stdout.contains("base / head at the minimum"), "{stdout}");
 }
+
+#[test]
+fn every_binary_names_a_bad_keep_freed_memory_setting() {
+    for bin in [
+        env!("CARGO_BIN_EXE_retrieval"),
+        env!("CARGO_BIN_EXE_lm"),
+        env!("CARGO_BIN_EXE_translate"),
+        env!("CARGO_BIN_EXE_bench"),
+        env!("CARGO_BIN_EXE_demo"),
+    ] {
+        let out = Command::new(bin)
+            .arg("--help")
+            .env("FWP_KEEP_FREED_MEMORY", "yes")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{bin}: {stderr}");
+        assert!(
+            stderr.contains("FWP_KEEP_FREED_MEMORY must be 0 (off) or 1 (on), got \"yes\""),
+            "{bin}: {stderr}"
+        );
+        for on_or_off in ["0", "1"] {
+            let out = Command::new(bin)
+                .arg("--help")
+                .env("FWP_KEEP_FREED_MEMORY", on_or_off)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{bin} with {on_or_off}: {out:?}");
+        }
+    }
+}

@@ -186,10 +186,44 @@ fn peak_lines(p: &Peak) -> String {
     )
 }
 
+/// How the C allocator treated freed memory in `records` (`fwp::host_memory`): it changes CPU times
+/// at large T and, through the heap's fragmentation, some peaks.
+fn host_memory_line(records: &[Record]) -> String {
+    let kept = records
+        .iter()
+        .filter(|r| r.host_memory_kept == Some(true))
+        .count();
+    let default = records
+        .iter()
+        .filter(|r| r.host_memory_kept == Some(false))
+        .count();
+    let unknown = records.len() - kept - default;
+    let mut parts = Vec::new();
+    for (n, what) in [
+        (kept, "kept freed memory for reuse"),
+        (
+            default,
+            "ran with glibc's defaults (FWP_KEEP_FREED_MEMORY=0)",
+        ),
+        (unknown, "predate the setting (glibc's defaults)"),
+    ] {
+        if n > 0 {
+            parts.push(format!("{n} of {} records {what}", records.len()));
+        }
+    }
+    format!(
+        "Host allocator (fwp::host_memory): {}.\n\n",
+        parts.join("; ")
+    )
+}
+
 fn report(out: &Path, records: &[Record], p: Option<&Peak>) -> Result<()> {
     let mut md = String::from("# bench results\n\n");
     if let Some(p) = p {
         md += &format!("Measured ceilings: {}\n\n", peak_lines(p));
+    }
+    if !records.is_empty() {
+        md += &host_memory_line(records);
     }
     md += "## Where each fast-weight variant overtakes softmax attention\n\n";
     md += &summary::crossover_table(records);
@@ -207,6 +241,9 @@ fn report(out: &Path, records: &[Record], p: Option<&Peak>) -> Result<()> {
 }
 
 fn main() -> Result<()> {
+    // Large tensors reuse the heap's pages instead of faulting fresh ones in every step
+    // (fwp::host_memory; FWP_KEEP_FREED_MEMORY=0 turns it off).
+    fwp::host_memory::keep_freed_memory_unless_disabled()?;
     let args = Args::parse();
     if let Some(n) = args.threads {
         if n < 1 {

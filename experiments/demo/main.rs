@@ -139,6 +139,9 @@ fn check(a: &Args) -> Result<()> {
 }
 
 fn main() -> Result<()> {
+    // Large tensors reuse the heap's pages instead of faulting fresh ones in every step
+    // (fwp::host_memory; FWP_KEEP_FREED_MEMORY=0 turns it off).
+    fwp::host_memory::keep_freed_memory_unless_disabled()?;
     let args = Args::parse();
     check(&args)?;
     tch::manual_seed(args.seed);

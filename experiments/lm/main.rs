@@ -281,6 +281,9 @@ fn run_config(a: &TrainArgs) -> Result<RunConfig> {
 }
 
 fn main() -> Result<()> {
+    // Large tensors reuse the heap's pages instead of faulting fresh ones in every step
+    // (fwp::host_memory; FWP_KEEP_FREED_MEMORY=0 turns it off).
+    fwp::host_memory::keep_freed_memory_unless_disabled()?;
     common::flush_denormals();
     match Cli::parse().command {
         Command::PrepareBrown {

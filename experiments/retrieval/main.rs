@@ -183,6 +183,9 @@ fn sweep(args: &Args) -> Result<Sweep> {
 }
 
 fn main() -> Result<()> {
+    // Large tensors reuse the heap's pages instead of faulting fresh ones in every step
+    // (fwp::host_memory; FWP_KEEP_FREED_MEMORY=0 turns it off).
+    fwp::host_memory::keep_freed_memory_unless_disabled()?;
     // Denormals (FAVOR+ features and their gradients can reach them) cost x86 CPUs up to 100x per
     // operation; flushed before libtorch starts its threads, which inherit the setting.
     fwp::ops::set_flush_denormal(true);

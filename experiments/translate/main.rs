@@ -337,6 +337,9 @@ fn read_lines(path: &PathBuf) -> Result<Vec<String>> {
 }
 
 fn main() -> Result<()> {
+    // Large tensors reuse the heap's pages instead of faulting fresh ones in every step
+    // (fwp::host_memory; FWP_KEEP_FREED_MEMORY=0 turns it off).
+    fwp::host_memory::keep_freed_memory_unless_disabled()?;
     common::flush_denormals();
     match Cli::parse().command {
         Command::Prepare { db, out } => {

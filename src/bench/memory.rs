@@ -7,15 +7,8 @@
 //! reset, `malloc_trim(0)` hands every free heap page back to the kernel, so that memory the run
 //! takes from the allocator's free lists counts too (it faults those pages in again).
 
-use std::ffi::c_int;
-
 use anyhow::{bail, Context, Result};
 use tch::Device;
-
-extern "C" {
-    /// glibc: returns free heap memory of every arena to the kernel.
-    fn malloc_trim(pad: usize) -> c_int;
-}
 
 /// A started peak-memory measurement.
 pub struct Meter {
@@ -53,8 +46,7 @@ impl Meter {
                 })
             }
             Device::Cpu => {
-                // SAFETY: malloc_trim only releases free memory; safe at any time.
-                unsafe { malloc_trim(0) };
+                crate::host_memory::release_free_memory();
                 std::fs::write("/proc/self/clear_refs", "5")
                     .context("resetting the RSS high-water mark (/proc/self/clear_refs)")?;
                 Ok(Meter {

@@ -27,6 +27,10 @@ pub struct Record {
     /// What it ran on and with.
     pub hardware: String,
     pub threads: i32,
+    /// Whether the C allocator kept freed memory for reuse (`fwp::host_memory`; `None` in records
+    /// made before this field existed, which all ran with glibc's defaults).
+    #[serde(default)]
+    pub host_memory_kept: Option<bool>,
     pub fwp_version: String,
     /// Seconds since the Unix epoch when the record was made.
     pub unix_time: u64,
@@ -54,6 +58,7 @@ impl Record {
             // the ceilings already name the hardware; ask the system only without them
             hardware: peak.map_or_else(|| super::peak::hardware(device), |p| p.hardware.clone()),
             threads: tch::get_num_threads(),
+            host_memory_kept: Some(crate::host_memory::keeps_freed_memory()),
             fwp_version: env!("CARGO_PKG_VERSION").into(),
             unix_time: crate::training::unix_time(),
             case,

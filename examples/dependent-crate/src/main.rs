@@ -8,6 +8,8 @@ use fwp::{fast_weight, Backend, UpdateRule};
 use tch::{Device, Kind, Tensor};
 
 fn main() -> Result<()> {
+    // Freed large tensors' pages are reused rather than faulted in afresh (README).
+    fwp::host_memory::keep_freed_memory();
     tch::manual_seed(0);
     let f = (Kind::Double, Device::Cpu);
     let q = Tensor::randn([1, 2, 9, 4], f);
