@@ -551,7 +551,9 @@ fn auto_and_fused_pick_the_cpu_kernel_by_the_measured_crossover() {
     let sum = |class| cpu_chunked_min_size(UpdateRule::Sum, class);
     assert_eq!(sum(CpuClass::IntelAvx512), Some(192 * 192));
     assert_eq!(sum(CpuClass::OtherAvx512), None);
-    assert_eq!(sum(CpuClass::NoAvx512), Some(256 * 256));
+    assert_eq!(sum(CpuClass::IntelNoAvx512), Some(256 * 256));
+    assert_eq!(sum(CpuClass::OtherNoAvx512), None);
+    assert_eq!(sum(CpuClass::NotX86), Some(256 * 256));
     for class in CpuClass::ALL {
         assert_eq!(cpu_chunked_min_size(UpdateRule::Delta, class), None);
     }

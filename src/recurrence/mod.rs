@@ -201,15 +201,18 @@ pub const CPU_CHUNKED_MIN_T: i64 = 256;
 /// 256 x 256). docs/performance.md, "Which CPU kernel `Fused` runs", has the twin / recurrent time
 /// ratios (forward; forward + backward):
 ///
-/// | rule | [`CpuClass::IntelAvx512`] | [`CpuClass::OtherAvx512`] | [`CpuClass::NoAvx512`] |
-/// |---|---|---|---|
-/// | sum | 192 x 192 (0.87-1.04; 0.70-0.79) | none (at 256 x 256: 1.34-1.63; 1.25-1.31) | 256 x 256 (0.68-1.37; 0.58-0.74) |
-/// | delta | none (at 256 x 256: 0.76-1.23; 1.12-1.16) | none (1.04-1.79; 1.80-2.11) | none (1.38-1.82; 1.40-1.50) |
+/// | rule | [`CpuClass::IntelAvx512`] | [`CpuClass::OtherAvx512`] | [`CpuClass::IntelNoAvx512`] | [`CpuClass::OtherNoAvx512`] |
+/// |---|---|---|---|---|
+/// | sum | 192 x 192 (0.87-1.04; 0.70-0.79) | none (at 256 x 256: 1.34-1.63; 1.25-1.31) | 256 x 256 (0.68-1.37; 0.58-0.74) | none (at 256 x 256: 1.61-1.89; 0.97-1.08) |
+/// | delta | none (at 256 x 256: 0.76-1.23; 1.12-1.16) | none (1.04-1.79; 1.80-2.11) | none (1.38-1.82; 1.40-1.50) | none (1.88-2.14; 1.85-2.03) |
+///
+/// [`CpuClass::NotX86`] was not measured and takes the Intel no-AVX-512 row.
 pub fn cpu_chunked_min_size(rule: UpdateRule, cpu: CpuClass) -> Option<i64> {
     match (rule, cpu) {
         (UpdateRule::Sum, CpuClass::IntelAvx512) => Some(192 * 192),
-        (UpdateRule::Sum, CpuClass::NoAvx512) => Some(256 * 256),
-        (UpdateRule::Sum, CpuClass::OtherAvx512) | (UpdateRule::Delta, _) => None,
+        (UpdateRule::Sum, CpuClass::IntelNoAvx512 | CpuClass::NotX86) => Some(256 * 256),
+        (UpdateRule::Sum, CpuClass::OtherAvx512 | CpuClass::OtherNoAvx512)
+        | (UpdateRule::Delta, _) => None,
     }
 }
 
@@ -217,23 +220,30 @@ pub fn cpu_chunked_min_size(rule: UpdateRule, cpu: CpuClass) -> Option<i64> {
 /// decides is how fast MKL's matrix products run against the recurrent kernel's vector loops, and
 /// AVX-512 alone does not settle it: the Intel cores measured have two 512-bit FMA units, while
 /// AMD's Zen 4 runs 512-bit FMAs on 256-bit units, where the recurrent kernel kept the lead at
-/// every size.
+/// every size, with AVX-512 and held to AVX2 alike.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CpuClass {
     /// AVX-512 on an Intel CPU (measured: a Xeon of the Sapphire/Emerald Rapids class).
     IntelAvx512,
     /// AVX-512 on any other CPU (measured: an AMD EPYC of the Zen 4 generation).
     OtherAvx512,
-    /// No AVX-512, or not x86-64 (measured: the Intel Xeon with MKL, ATen and the recurrent
+    /// An Intel CPU without AVX-512 (measured: the Intel Xeon with MKL, ATen and the recurrent
     /// kernel held to AVX2).
-    NoAvx512,
+    IntelNoAvx512,
+    /// An x86-64 CPU of another vendor without AVX-512 (measured: the AMD Zen 4 with MKL, ATen and
+    /// the recurrent kernel held to AVX2, standing in for AMD's AVX2 generations).
+    OtherNoAvx512,
+    /// Not x86-64 (not measured).
+    NotX86,
 }
 
 impl CpuClass {
-    pub const ALL: [CpuClass; 3] = [
+    pub const ALL: [CpuClass; 5] = [
         CpuClass::IntelAvx512,
         CpuClass::OtherAvx512,
-        CpuClass::NoAvx512,
+        CpuClass::IntelNoAvx512,
+        CpuClass::OtherNoAvx512,
+        CpuClass::NotX86,
     ];
 
     /// The class of the CPU this process runs on (CPUID's vendor and AVX-512F), read once: under
@@ -246,9 +256,6 @@ impl CpuClass {
     fn detect() -> CpuClass {
         #[cfg(target_arch = "x86_64")]
         {
-            if !std::arch::is_x86_feature_detected!("avx512f") {
-                return CpuClass::NoAvx512;
-            }
             // leaf 0: the vendor string in ebx, edx, ecx
             #[allow(unused_unsafe)]
             let id = unsafe { std::arch::x86_64::__cpuid(0) };
@@ -256,15 +263,17 @@ impl CpuClass {
                 .iter()
                 .flat_map(|r| r.to_le_bytes())
                 .collect();
-            if vendor == b"GenuineIntel" {
-                CpuClass::IntelAvx512
-            } else {
-                CpuClass::OtherAvx512
+            let intel = vendor == b"GenuineIntel";
+            match (intel, std::arch::is_x86_feature_detected!("avx512f")) {
+                (true, true) => CpuClass::IntelAvx512,
+                (false, true) => CpuClass::OtherAvx512,
+                (true, false) => CpuClass::IntelNoAvx512,
+                (false, false) => CpuClass::OtherNoAvx512,
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
-            CpuClass::NoAvx512
+            CpuClass::NotX86
         }
     }
 }
