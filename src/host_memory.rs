@@ -53,8 +53,10 @@ mod glibc {
 /// much freed memory, instead of mapping and unmapping every large block. Returns whether it did:
 /// `false` where the C library is not glibc (nothing to do there) or where glibc refused a value.
 ///
-/// The cost: a process keeps up to 2 GiB of freed memory resident, which the next allocations
-/// reuse; its peak is unchanged. Safe to call at any time, from any thread.
+/// The cost: a process keeps up to 2 GiB of freed memory resident for the next allocations, and
+/// the heap fragments, so that a later large block may need fresh space although enough is free in
+/// pieces: the peak can grow (by a third in the `lm` run of docs/performance.md). Safe to call at
+/// any time, from any thread.
 pub fn keep_freed_memory() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets two allocator parameters under the allocator's own lock.
