@@ -65,7 +65,9 @@ const char* operands_name(Operands operands);
 // first version of every stage (every product through global memory). `Emulated1` / `Emulated2`:
 // chunked_passes.cuh's code run on the CPU by chunked_emulator.cpp, the passes with one or two
 // stages, for tests (fp32 CPU tensors, or bf16 for the caller's inputs; chunks of 64).
-enum class Passes { Fast, First, Emulated1, Emulated2 };
+// `EmulatedFirst`: the first version's code (chunked_first.cuh) run on the CPU by
+// chunked_first_emulator.cpp, for tests (CPU tensors, computed in fp32; chunks of 64).
+enum class Passes { Fast, First, Emulated1, Emulated2, EmulatedFirst };
 
 struct Config {
   int64_t chunk;  // C: 16, 32 or 64
@@ -109,6 +111,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> input_grads(const Tensor& q, const Te
                                                        const Config& cfg);
 }  // namespace emulated
 
+// The CUDA kernels' first versions emulated on the CPU (Passes::EmulatedFirst).
+namespace emulated_first {
+#include "chunked_stages.inc"
+}  // namespace emulated_first
+
 inline bool emulated_passes(const Config& cfg) {
   return cfg.passes == Passes::Emulated1 || cfg.passes == Passes::Emulated2;
 }
@@ -126,18 +133,21 @@ inline at::ScalarType fast_operand_type(const Config& cfg) {
 
 inline std::tuple<Tensor, Tensor, Tensor> wy_forward(const Tensor& k, const Tensor& v, const Tensor& beta,
                                                      const Config& cfg, bool with_tinv = true) {
+  if (cfg.passes == Passes::EmulatedFirst) return emulated_first::wy_forward(k, v, beta, cfg, with_tinv);
   if (emulated_passes(cfg)) return emulated::wy_forward(k, v, beta, cfg, with_tinv);
   return k.is_cuda() ? cuda::wy_forward(k, v, beta, cfg, with_tinv) : cpu::wy_forward(k, v, beta, cfg, with_tinv);
 }
 
 inline std::tuple<Tensor, Tensor, Tensor> state_forward(const Tensor& k, const Tensor& w, const Tensor& u,
                                                         const Tensor& s0, const Config& cfg) {
+  if (cfg.passes == Passes::EmulatedFirst) return emulated_first::state_forward(k, w, u, s0, cfg);
   if (emulated_passes(cfg)) return emulated::state_forward(k, w, u, s0, cfg);
   return k.is_cuda() ? cuda::state_forward(k, w, u, s0, cfg) : cpu::state_forward(k, w, u, s0, cfg);
 }
 
 inline Tensor values_from_checkpoints(const Tensor& w, const Tensor& u, const Tensor& checkpoints,
                                       const Config& cfg) {
+  if (cfg.passes == Passes::EmulatedFirst) return emulated_first::values_from_checkpoints(w, u, checkpoints, cfg);
   if (emulated_passes(cfg)) return emulated::values_from_checkpoints(w, u, checkpoints, cfg);
   return u.is_cuda() ? cuda::values_from_checkpoints(w, u, checkpoints, cfg)
                      : cpu::values_from_checkpoints(w, u, checkpoints, cfg);
@@ -145,12 +155,14 @@ inline Tensor values_from_checkpoints(const Tensor& w, const Tensor& u, const Te
 
 inline Tensor output_forward(const Tensor& q, const Tensor& k, const Tensor& v_new, const Tensor& checkpoints,
                              const Config& cfg) {
+  if (cfg.passes == Passes::EmulatedFirst) return emulated_first::output_forward(q, k, v_new, checkpoints, cfg);
   if (emulated_passes(cfg)) return emulated::output_forward(q, k, v_new, checkpoints, cfg);
   return q.is_cuda() ? cuda::output_forward(q, k, v_new, checkpoints, cfg)
                      : cpu::output_forward(q, k, v_new, checkpoints, cfg);
 }
 
 inline Tensor local_value_grad(const Tensor& q, const Tensor& k, const Tensor& grad_out, const Config& cfg) {
+  if (cfg.passes == Passes::EmulatedFirst) return emulated_first::local_value_grad(q, k, grad_out, cfg);
   if (emulated_passes(cfg)) return emulated::local_value_grad(q, k, grad_out, cfg);
   return q.is_cuda() ? cuda::local_value_grad(q, k, grad_out, cfg) : cpu::local_value_grad(q, k, grad_out, cfg);
 }
@@ -158,6 +170,7 @@ inline Tensor local_value_grad(const Tensor& q, const Tensor& k, const Tensor& g
 inline std::tuple<Tensor, Tensor, Tensor> state_backward(const Tensor& q, const Tensor& k, const Tensor& w,
                                                          const Tensor& grad_out, const Tensor& dv_local,
                                                          const Tensor& ds_final, const Config& cfg) {
+  if (cfg.passes == Passes::EmulatedFirst) return emulated_first::state_backward(q, k, w, grad_out, dv_local, ds_final, cfg);
   if (emulated_passes(cfg)) return emulated::state_backward(q, k, w, grad_out, dv_local, ds_final, cfg);
   return q.is_cuda() ? cuda::state_backward(q, k, w, grad_out, dv_local, ds_final, cfg)
                      : cpu::state_backward(q, k, w, grad_out, dv_local, ds_final, cfg);
@@ -169,6 +182,8 @@ inline std::tuple<Tensor, Tensor, Tensor, Tensor> input_grads(const Tensor& q, c
                                                               const Tensor& checkpoints, const Tensor& ds_next,
                                                               const Tensor& grad_out, const Tensor& dv_new,
                                                               const Config& cfg) {
+  if (cfg.passes == Passes::EmulatedFirst)
+    return emulated_first::input_grads(q, k, v, beta, tinv, w, v_new, checkpoints, ds_next, grad_out, dv_new, cfg);
   if (emulated_passes(cfg))
     return emulated::input_grads(q, k, v, beta, tinv, w, v_new, checkpoints, ds_next, grad_out, dv_new, cfg);
   return q.is_cuda() ? cuda::input_grads(q, k, v, beta, tinv, w, v_new, checkpoints, ds_next, grad_out, dv_new, cfg)

@@ -9,11 +9,14 @@
 //
 // Slow (a barrier per mma), meant for small shapes.
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <mutex>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "chunked.h"
@@ -183,17 +186,30 @@ at::TensorOptions operand_options(const Tensor& t, const Config& cfg) {
   return t.options().dtype(fast_operand_type(cfg));
 }
 
+// Each block's shared memory starts as NaN (a GPU's holds whatever was there before: a read of an
+// element nobody wrote shows up in the results), and a guard zone after the pass's dynamic shared
+// memory must be intact when the block ends.
+constexpr size_t kGuardFloats = 256;
+constexpr float kGuardValue = 1234.5f;
+
 template <int KT, int P>
 void run_grid(bool backward, const PassArgs& x, int64_t BH) {
-  std::vector<float> smem(size_t(pass_floats(KT, backward, x.b.p != nullptr, pass_bf16(x), x.stages)));
+  const size_t n = size_t(pass_floats(KT, backward, x.b.p != nullptr, pass_bf16(x), x.stages));
+  std::vector<float> smem(n + kGuardFloats);
   for (int64_t bh = 0; bh < BH; ++bh)
-    for (int tile = 0; tile * kBV < x.dv; ++tile)
+    for (int tile = 0; tile * kBV < x.dv; ++tile) {
+      std::fill(smem.begin(), smem.begin() + n, std::numeric_limits<float>::quiet_NaN());
+      std::fill(smem.begin() + n, smem.end(), kGuardValue);
       run_block([&] {
         if (backward)
           state_backward_pass<KT, P>(x, smem.data(), int(bh), tile);
         else
           state_forward_pass<KT, P>(x, smem.data(), int(bh), tile);
       });
+      TORCH_CHECK(std::all_of(smem.begin() + n, smem.end(), [](float g) { return g == kGuardValue; }),
+                  "fwp::chunked emulated passes: a block wrote past its ", n * sizeof(float),
+                  " bytes of dynamic shared memory");
+    }
 }
 
 template <int KT>
@@ -232,7 +248,9 @@ template <class Smem, class Block>
 void run_chunks(int64_t BH, int64_t N, const Block& block) {
   for (int64_t bh = 0; bh < BH; ++bh)
     for (int64_t c = 0; c < N; ++c) {
+      static_assert(std::is_trivially_copyable<Smem>::value, "shared memory is plain data");
       Smem sh;
+      std::memset(&sh, 0xFF, sizeof(Smem));  // NaN: what nobody wrote must not be read
       run_block([&] { block(sh, int(bh), c); });
     }
 }

@@ -356,7 +356,8 @@ char* fwp_chunked_stage(const char* stage, const at::Tensor* const* in, int n_in
   return fwp::guarded([&] {
     using fwp::chunked::Passes;
     using fwp::chunked::Tensor;
-    // `<stage>:fast`, `:first`, `:emulated1`, `:emulated2` pick the stage's kernel (chunked.h, Passes)
+    // `<stage>:fast`, `:first`, `:emulated1`, `:emulated2`, `:emulated_first` pick the stage's kernel
+    // (chunked.h, Passes)
     std::string name(stage);
     Passes passes = Passes::Fast;
     if (const size_t colon = name.find(':'); colon != std::string::npos) {
@@ -365,12 +366,15 @@ char* fwp_chunked_stage(const char* stage, const at::Tensor* const* in, int n_in
       TORCH_CHECK(name == "wy" || name == "state_forward" || name == "state_backward" || name == "values" ||
                       name == "output" || name == "local_grad" || name == "input_grads",
                   "fwp_chunked_stage: unknown stage '", name, "' in '", stage, "'");
-      TORCH_CHECK(which == "fast" || which == "first" || which == "emulated1" || which == "emulated2",
-                  "fwp_chunked_stage: unknown passes '", which, "' (fast, first, emulated1 or emulated2)");
-      passes = which == "first"       ? Passes::First
-               : which == "emulated1" ? Passes::Emulated1
-               : which == "emulated2" ? Passes::Emulated2
-                                      : Passes::Fast;
+      TORCH_CHECK(which == "fast" || which == "first" || which == "emulated1" || which == "emulated2" ||
+                      which == "emulated_first",
+                  "fwp_chunked_stage: unknown passes '", which,
+                  "' (fast, first, emulated1, emulated2 or emulated_first)");
+      passes = which == "first"            ? Passes::First
+               : which == "emulated1"      ? Passes::Emulated1
+               : which == "emulated2"      ? Passes::Emulated2
+               : which == "emulated_first" ? Passes::EmulatedFirst
+                                           : Passes::Fast;
     }
     const fwp::chunked::Config cfg{chunk, operands_of(operands), passes};
     std::vector<Tensor> a;

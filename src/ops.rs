@@ -70,6 +70,18 @@ extern "C" {
         chunk: i64,
         out: *mut *mut C_tensor,
     ) -> *mut c_char;
+    #[allow(clippy::too_many_arguments)]
+    fn fwp_recurrent_cuda_emulated(
+        q: *const C_tensor,
+        k: *const C_tensor,
+        v: *const C_tensor,
+        beta: *const C_tensor,
+        s0: *const C_tensor,
+        grad_out: *const C_tensor,
+        grad_state: *const C_tensor,
+        chunk: i64,
+        out: *mut *mut C_tensor,
+    ) -> *mut c_char;
     fn fwp_chunked_cuda_runs_on(device: c_int) -> c_int;
     fn fwp_chunked_pass_shared_bytes(
         d_k: i64,
@@ -446,6 +458,71 @@ pub fn fast_weight_backward_op(
         )
     })?;
     Ok(out.map(|p| unsafe { Tensor::from_ptr(p) }))
+}
+
+/// What [`recurrent_cuda_emulated`] returns.
+pub struct RecurrentEmulated {
+    /// `[B, H, T, d_v]`
+    pub out: Tensor,
+    /// `[B, H, d_k, d_v]`, accumulation dtype (f64 for f64 inputs, else f32)
+    pub final_state: Tensor,
+    /// `[B, H, ceil(T / chunk), d_k, d_v]`, accumulation dtype
+    pub checkpoints: Tensor,
+    /// dq, dk, dv in the inputs' dtype; dbeta (`None` for the sum rule); dS0 in the accumulation
+    /// dtype.
+    pub dq: Tensor,
+    pub dk: Tensor,
+    pub dv: Tensor,
+    pub dbeta: Option<Tensor>,
+    pub ds0: Tensor,
+}
+
+/// The recurrent CUDA kernels' own code (kernels/fast_weight_kernels.cuh) run on the CPU by an
+/// emulator (kernels/cuda_on_host.h: one thread per CUDA thread, real barriers, warp shuffles):
+/// the forward with checkpoints every `chunk` steps, then the backward for the gradients
+/// `grad_out` of the output and `grad_state` of the final state (`None`: zero). Inputs on the CPU
+/// in one dtype (f32, f64, f16 or bf16), shapes as [`crate::fast_weight`]'s; `beta` `None` for the
+/// sum rule. For tests: it checks the kernels' indexing without a GPU, slowly (small shapes).
+#[allow(clippy::too_many_arguments)]
+pub fn recurrent_cuda_emulated(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    beta: Option<&Tensor>,
+    initial: Option<&Tensor>,
+    grad_out: &Tensor,
+    grad_state: Option<&Tensor>,
+    chunk: i64,
+) -> Result<RecurrentEmulated> {
+    let mut out = [std::ptr::null_mut::<C_tensor>(); 8];
+    // SAFETY: live tensors or NULL; on success eight entries, each a new at::Tensor* that we own
+    // or NULL.
+    status("recurrent CUDA kernels (emulated)", unsafe {
+        fwp_recurrent_cuda_emulated(
+            q.as_ptr(),
+            k.as_ptr(),
+            v.as_ptr(),
+            opt_ptr(beta),
+            opt_ptr(initial),
+            grad_out.as_ptr(),
+            opt_ptr(grad_state),
+            chunk,
+            out.as_mut_ptr(),
+        )
+    })?;
+    let [out, final_state, checkpoints, dq, dk, dv, dbeta, ds0] =
+        out.map(|p| (!p.is_null()).then(|| unsafe { Tensor::from_ptr(p) }));
+    let some = |t: Option<Tensor>| t.expect("the emulator returns this tensor");
+    Ok(RecurrentEmulated {
+        out: some(out),
+        final_state: some(final_state),
+        checkpoints: some(checkpoints),
+        dq: some(dq),
+        dk: some(dk),
+        dv: some(dv),
+        dbeta,
+        ds0: some(ds0),
+    })
 }
 
 /// The largest d_k the CUDA fused kernels take on CUDA device `device` for inputs of dtype `kind`
