@@ -53,6 +53,12 @@ using at::Tensor;
 // (Enumerator order = the C ABI's operand code.)
 enum class Operands { Exact, Bf16, Bf16x3, Bf16x2 };
 
+// The least number of bf16 parts of every product operand (the states S and dS take at least two):
+// 1 for Bf16, 2 for Bf16x2, 3 for Bf16x3 (the kernels' `parts`; Exact has none, 1 here).
+inline int operand_parts(Operands operands) {
+  return operands == Operands::Bf16x3 ? 3 : operands == Operands::Bf16x2 ? 2 : 1;
+}
+
 // `exact`, `bf16`, `bf16x2` or `bf16x3` (the op's `operands` argument).
 Operands parse_operands(const std::string& name);
 const char* operands_name(Operands operands);

@@ -32,9 +32,7 @@ void check_config(const Config& cfg) {
 }
 
 // The floor on bf16 parts per operand (chunked_launch.h).
-int parts(const Config& cfg) {
-  return cfg.operands == Operands::Bf16x3 ? 3 : cfg.operands == Operands::Bf16x2 ? 2 : 1;
-}
+int parts(const Config& cfg) { return operand_parts(cfg.operands); }
 
 bool is_bf16(const Tensor& t) { return t.defined() && t.scalar_type() == at::kBFloat16; }
 

@@ -10,7 +10,6 @@
 // Slow (a barrier per mma), meant for small shapes.
 
 #include <algorithm>
-#include <condition_variable>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -21,31 +20,12 @@
 
 #include "chunked.h"
 #include "chunked_launch.h"
+#include "host_barrier.h"
 
 namespace fwp::chunked::emulated {
 namespace {
 
-class Barrier {
- public:
-  explicit Barrier(int n) : n_(n) {}
-  void wait() {
-    std::unique_lock<std::mutex> lock(m_);
-    const uint64_t gen = gen_;
-    if (++waiting_ == n_) {
-      waiting_ = 0;
-      ++gen_;
-      cv_.notify_all();
-    } else {
-      cv_.wait(lock, [&] { return gen_ != gen; });
-    }
-  }
-
- private:
-  std::mutex m_;
-  std::condition_variable cv_;
-  int n_, waiting_ = 0;
-  uint64_t gen_ = 0;
-};
+using host_cuda::Barrier;
 
 struct BlockState;
 thread_local int t_tid = 0;
@@ -147,7 +127,7 @@ int stages_of(const Config& cfg) {
 int parts_of(const Config& cfg) {
   TORCH_CHECK(cfg.operands != Operands::Exact, "fwp::chunked emulated passes: the tensor-core arithmetic needs "
               "operands 'bf16', 'bf16x2' or 'bf16x3'");
-  return cfg.operands == Operands::Bf16x3 ? 3 : cfg.operands == Operands::Bf16x2 ? 2 : 1;
+  return operand_parts(cfg.operands);
 }
 
 Tensor in(const Tensor& t) {

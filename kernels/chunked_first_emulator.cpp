@@ -26,7 +26,7 @@ using host_cuda::launch;
 int parts(const Config& cfg) {
   TORCH_CHECK(cfg.operands != Operands::Exact, "fwp::chunked emulated first-version kernels: the tensor-core "
               "arithmetic needs operands 'bf16', 'bf16x2' or 'bf16x3'");
-  return cfg.operands == Operands::Bf16x3 ? 3 : cfg.operands == Operands::Bf16x2 ? 2 : 1;
+  return operand_parts(cfg.operands);
 }
 
 // fp32, contiguous, on the CPU (undefined stays undefined), as the first-version kernels read.

@@ -18,13 +18,14 @@
 #include <c10/util/Half.h>
 
 #include <algorithm>
-#include <condition_variable>
 #include <cstdint>
 #include <cstring>
 #include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
+
+#include "host_barrier.h"
 
 #define __global__
 #define __device__
@@ -41,37 +42,6 @@ namespace fwp::host_cuda {
 
 struct Dim3 {
   unsigned x = 0, y = 0, z = 0;
-};
-
-// A barrier for the threads of a block or a warp. A thread that has returned from the kernel
-// leaves it, so that the others do not wait for it.
-class Barrier {
- public:
-  explicit Barrier(int n) : n_(n) {}
-  void wait() {
-    std::unique_lock<std::mutex> lock(m_);
-    const uint64_t gen = gen_;
-    if (++waiting_ == n_) {
-      release();
-    } else {
-      cv_.wait(lock, [&] { return gen_ != gen; });
-    }
-  }
-  void leave() {
-    std::lock_guard<std::mutex> lock(m_);
-    if (--n_ > 0 && waiting_ == n_) release();
-  }
-
- private:
-  void release() {
-    waiting_ = 0;
-    ++gen_;
-    cv_.notify_all();
-  }
-  std::mutex m_;
-  std::condition_variable cv_;
-  int n_, waiting_ = 0;
-  uint64_t gen_ = 0;
 };
 
 struct Block {

@@ -9,7 +9,9 @@
 //! times slower (docs/performance.md, "Large blocks and page faults").
 //!
 //! [`keep_freed_memory`] raises the mmap threshold and the trim threshold, so that large blocks come
-//! from the heap and stay with the process when freed, and the next step reuses their pages. The
+//! from the heap and stay with the process when freed, and later steps reuse their pages (a block
+//! of exactly a freed one's size may first take new heap space: libtorch's 64-byte alignment asks
+//! glibc for a little more than the block; docs/performance.md has the details). The
 //! experiment binaries call it first thing ([`keep_freed_memory_unless_disabled`]); a program that
 //! uses fwp as a library can call it too.
 //!

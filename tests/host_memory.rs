@@ -15,10 +15,15 @@ fn minor_faults() -> u64 {
     after_name.split(' ').nth(7).unwrap().parse().unwrap()
 }
 
-/// Page faults while a 64 MiB tensor is allocated, filled (every page touched) and freed.
-fn faults_of_one_block() -> u64 {
+/// Floats in the 64 MiB block, and in a block one page smaller.
+const BLOCK: i64 = 16 << 20;
+const SMALLER: i64 = BLOCK - 1024;
+
+/// Page faults while a tensor of `floats` f32 values is allocated, filled (every page touched) and
+/// freed.
+fn faults_of_one_block(floats: i64) -> u64 {
     let before = minor_faults();
-    let t = Tensor::ones([16 << 20], (Kind::Float, Device::Cpu));
+    let t = Tensor::ones([floats], (Kind::Float, Device::Cpu));
     assert_eq!(t.double_value(&[12345]), 1.0);
     drop(t);
     minor_faults() - before
@@ -45,23 +50,32 @@ fn a_freed_large_block_is_reused_without_page_faults() {
     }
     let pages = (64u64 << 20) / 4096;
     // The premise: by default, glibc maps a block this large afresh every time.
-    faults_of_one_block();
-    let by_default = faults_of_one_block();
-    println!("64 MiB block, allocated a second time: {by_default} page faults by default");
+    faults_of_one_block(BLOCK);
+    let by_default = faults_of_one_block(SMALLER);
+    println!(
+        "64 MiB block freed, then a block one page smaller: {by_default} page faults by default"
+    );
     assert!(
         by_default >= pages / 2,
         "{by_default} faults for {pages} pages"
     );
 
     assert!(fwp::host_memory::keep_freed_memory());
-    faults_of_one_block();
-    let kept = faults_of_one_block();
+    faults_of_one_block(BLOCK);
+    let kept = faults_of_one_block(SMALLER);
     println!("and {kept} after keep_freed_memory");
     assert!(kept < pages / 16, "{kept} faults for {pages} pages");
+    // A block of the same size again may not fit the freed one: the aligned allocation asks for
+    // some bytes more than the block, which the freed block has only when the small chunk after
+    // it was free too (it depends on where other allocations landed). Printed, not asserted.
+    println!(
+        "(the same 64 MiB again: {} faults)",
+        faults_of_one_block(BLOCK)
+    );
 
     // A trim hands the pages back: the next block faults them in again.
     fwp::host_memory::release_free_memory();
-    let after_trim = faults_of_one_block();
+    let after_trim = faults_of_one_block(SMALLER);
     println!("and {after_trim} after release_free_memory");
     assert!(
         after_trim >= pages / 2,
