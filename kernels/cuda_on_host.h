@@ -114,18 +114,33 @@ inline unsigned char* host_dynamic_shared() { return fwp::host_cuda::t_block->dy
 inline void __syncthreads() { fwp::host_cuda::t_block->all.wait(); }
 inline void __syncwarp(unsigned = 0xffffffffu) { fwp::host_cuda::t_block->warps[threadIdx.x / 32]->wait(); }
 
-// The value of lane (this lane ^ mask) of the warp; every lane of the warp must call it.
-template <typename T>
-T __shfl_xor_sync(unsigned, T x, int mask) {
+namespace fwp::host_cuda {
+
+// The value x of lane `source(this lane)` of the warp; every lane of the warp must call it.
+template <typename T, typename Source>
+T shuffle(T x, const Source& source) {
   static_assert(sizeof(T) <= sizeof(uint64_t), "shuffle of a value wider than 8 bytes");
-  auto& block = *fwp::host_cuda::t_block;
+  auto& block = *t_block;
   const unsigned lane = threadIdx.x % 32, base = threadIdx.x - lane;
   std::memcpy(&block.exchange[threadIdx.x], &x, sizeof(T));
   block.warps[threadIdx.x / 32]->wait();
   T y;
-  std::memcpy(&y, &block.exchange[base + (lane ^ unsigned(mask))], sizeof(T));
+  std::memcpy(&y, &block.exchange[base + source(lane)], sizeof(T));
   block.warps[threadIdx.x / 32]->wait();  // everyone has read before the slots are reused
   return y;
+}
+
+}  // namespace fwp::host_cuda
+
+template <typename T>
+T __shfl_xor_sync(unsigned, T x, int mask) {
+  return fwp::host_cuda::shuffle(x, [&](unsigned lane) { return lane ^ unsigned(mask); });
+}
+
+// Lanes whose source lies beyond the warp keep their own value, as in CUDA.
+template <typename T>
+T __shfl_down_sync(unsigned, T x, unsigned delta) {
+  return fwp::host_cuda::shuffle(x, [&](unsigned lane) { return lane + delta < 32 ? lane + delta : lane; });
 }
 
 template <typename T>

@@ -17,6 +17,11 @@ extern "C" {
     fn fwp_set_flush_denormal(on: c_int) -> c_int;
     fn fwp_tensor_layout(t: *const C_tensor, out: *mut c_int) -> *mut c_char;
     fn fwp_sum_norm(x: *const C_tensor, eps: f64, out: *mut *mut C_tensor) -> *mut c_char;
+    fn fwp_sum_norm_cuda_emulated(
+        x: *const C_tensor,
+        eps: f64,
+        out: *mut *mut C_tensor,
+    ) -> *mut c_char;
     fn fwp_fast_weight_fused(
         q: *const C_tensor,
         k: *const C_tensor,
@@ -230,6 +235,17 @@ pub fn sum_norm(x: &Tensor, eps: f64) -> Result<Tensor> {
     // SAFETY: x is a live tensor; on success `out` receives a new at::Tensor* that we own.
     status("fwp::sum_norm", unsafe {
         fwp_sum_norm(x.as_ptr(), eps, &mut out)
+    })?;
+    Ok(unsafe { Tensor::from_ptr(out) })
+}
+
+/// `sum_norm`'s CUDA kernel (kernels/sum_norm_kernel.cuh) run on the CPU by an emulator
+/// (kernels/cuda_on_host.h), for tests: `x` a non-empty f32 CPU tensor, no autograd.
+pub fn sum_norm_cuda_emulated(x: &Tensor, eps: f64) -> Result<Tensor> {
+    let mut out: *mut C_tensor = std::ptr::null_mut();
+    // SAFETY: x is a live tensor; on success `out` receives a new at::Tensor* that we own.
+    status("sum_norm CUDA kernel (emulated)", unsafe {
+        fwp_sum_norm_cuda_emulated(x.as_ptr(), eps, &mut out)
     })?;
     Ok(unsafe { Tensor::from_ptr(out) })
 }

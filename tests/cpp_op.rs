@@ -47,6 +47,28 @@ fn sum_norm_matches_reference_cuda() {
     }
 }
 
+/// The CUDA kernel's own code, run on the CPU by the emulator (one thread per CUDA thread, warp
+/// shuffles through a barrier), against the libtorch expression: rows shorter than a warp, longer
+/// than the block's 256 threads, and all-zero rows (the eps guard).
+#[test]
+fn sum_norm_cuda_kernel_emulated_matches_reference() {
+    let _rng = seeded(31);
+    for n in [1, 31, 300, 1000] {
+        let x = Tensor::rand([3, n], (Kind::Float, Device::Cpu)) + 0.1;
+        let x = x.index_fill(0, &Tensor::from_slice(&[1i64]), 0.0);
+        let want = &x / (x.sum_dim_intlist(-1, true, Kind::Float) + 1e-6);
+        let got = ops::sum_norm_cuda_emulated(&x, 1e-6).unwrap();
+        assert_close(&format!("n = {n}"), &got, &want, 1e-7, 1e-5);
+    }
+    let err = ops::sum_norm_cuda_emulated(&Tensor::zeros([2, 3], (Kind::Double, Device::Cpu)), 0.0)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("expected a non-empty fp32 CPU tensor"),
+        "{err}"
+    );
+}
+
 #[test]
 fn sum_norm_is_finite_on_all_zero_features() {
     // All-zero DPFP features must not produce NaN: the eps guard.
