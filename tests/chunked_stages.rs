@@ -29,14 +29,16 @@ const OP_TOLERANCES: [(Kind, f64); 3] = [
     (Kind::Float, 1e-5),
 ];
 
-/// (T, d = d_k = d_v) of the GPU op test, at B = 1, H = 2.
-const OP_SHAPES: [(i64, i64); 6] = [
-    (1, 64),
-    (63, 64),
-    (65, 64),
-    (1000, 64),
-    (1000, 128),
-    (300, 256),
+/// (H, T, d = d_k = d_v) of the GPU op test, at B = 1. At T = 1, dbeta has one value per head, and
+/// the relative RMS error of a few values is itself noisy: over 30 seeds, bf16 dbeta errors reached
+/// 2.1e-2 with H = 2 (median 2.8e-3) but only 3.7e-3 with H = 64, so T = 1 runs 64 heads.
+const OP_SHAPES: [(i64, i64, i64); 6] = [
+    (64, 1, 64),
+    (2, 63, 64),
+    (2, 65, 64),
+    (2, 1000, 64),
+    (2, 1000, 128),
+    (2, 300, 256),
 ];
 
 /// Outputs, final state and every gradient (f64, on the CPU) of `fast_weight` with `backend` on
@@ -702,8 +704,8 @@ fn chunked_cuda_op_matches_reference() {
         return;
     }
     let _rng = seeded(72);
-    for (t, d) in OP_SHAPES {
-        let case = Case::new(1, 2, t, d, d);
+    for (h, t, d) in OP_SHAPES {
+        let case = Case::new(1, h, t, d, d);
         for (kind, tolerance) in OP_TOLERANCES {
             let case = case.rounded(kind);
             for rule in [UpdateRule::Sum, UpdateRule::Delta] {
@@ -723,12 +725,10 @@ fn chunked_cuda_op_matches_reference() {
                         "{kind:?} T={t} d={d} {rule:?} {name}: relative RMS error {err:.2e} (CPU \
                          twin, same operand parts: {twin_err:.2e})"
                     );
-                    // the bound, or twice what the same arithmetic gives on the CPU where a few
-                    // values make the RMS itself noisy (T = 1: two numbers of dbeta)
-                    let bound = tolerance.max(2.0 * twin_err);
                     assert!(
-                        err < bound,
-                        "{kind:?} T={t} d={d} {rule:?} {name}: relative RMS error {err:.2e} >= {bound:.1e}"
+                        err < tolerance,
+                        "{kind:?} T={t} d={d} {rule:?} {name}: relative RMS error {err:.2e} >= \
+                         {tolerance:.1e}"
                     );
                 }
             }
@@ -738,13 +738,12 @@ fn chunked_cuda_op_matches_reference() {
 
 /// The CPU twin, emulating the CUDA kernels' operand parts for each dtype (`Operands::for_cuda`),
 /// stays within `OP_TOLERANCES` at the GPU test's shapes: the GPU test's bounds are reachable by
-/// the arithmetic. (Largest errors seen: bf16 5.6e-3, dbeta at T = 1 with two values; f16 3.4e-4;
-/// f32 2.5e-7.)
+/// the arithmetic. (Largest errors seen: bf16 4.9e-3, dk at T = 1000; f16 3.0e-4; f32 2.6e-7.)
 #[test]
 fn chunked_twin_meets_the_gpu_op_tolerances() {
     let _rng = seeded(72);
-    for (t, d) in OP_SHAPES {
-        let case = Case::new(1, 2, t, d, d);
+    for (h, t, d) in OP_SHAPES {
+        let case = Case::new(1, h, t, d, d);
         for (kind, tolerance) in OP_TOLERANCES {
             let operands = Operands::for_cuda(kind).unwrap();
             let case = case.rounded(kind);
