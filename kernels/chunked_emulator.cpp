@@ -3,13 +3,15 @@
 // same source, compiled by the host compiler, with one std::thread per CUDA thread of a block, real
 // barriers for __syncthreads, and mma.sync emulated from the documented m16n8k16 fragment layout
 // (each lane publishes its fragments, the warp meets, each lane sums its own accumulator elements
-// from everyone's). cp.async copies at once (the waits have nothing left to wait for). So the
-// fragment indexing, the part splitting, the tile loads with their zero padding and the stage
-// pipeline are checked against the twin without a GPU; the GPU's own memory model is not.
+// from everyone's). cp.async lands as late as it may: at the issuing thread's wait for its group.
+// So the fragment indexing, the part splitting, the tile loads with their zero padding and the
+// stage pipeline, its waits included, are checked against the twin without a GPU; the rest of the
+// GPU's memory model is not.
 //
 // Slow (a barrier per mma), meant for small shapes.
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -40,15 +42,41 @@ int warp_id() { return t_tid >> 5; }
 void block_sync();
 void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]);
 
+// cp.async as late as the hardware may land it: a thread's copies wait in its queue until it commits
+// them as a group and then waits for that group (wait_group 0 or 1), so a read before the wait, or
+// of another thread's copy before the barrier after the wait, sees what was there before (NaN in a
+// fresh block: chunked_stages.rs then fails), and a buffer refilled while others still read it is
+// written at the wait, unordered with their reads (a race that ThreadSanitizer names).
+struct PendingCopy {
+  void* dst;
+  const void* src;
+  int bytes;
+  bool valid;
+};
+thread_local std::vector<PendingCopy> t_uncommitted;
+thread_local std::vector<std::vector<PendingCopy>> t_groups;  // committed, oldest first
+
 void copy_async(void* dst, const void* src, int bytes, bool valid) {
-  if (valid)
-    std::memcpy(dst, src, size_t(bytes));
-  else
-    std::memset(dst, 0, size_t(bytes));
+  t_uncommitted.push_back(PendingCopy{dst, src, bytes, valid});
 }
-void copy_commit() {}
-void copy_wait_all() {}
-void copy_wait_but_one() {}
+void copy_commit() {
+  t_groups.push_back(std::move(t_uncommitted));
+  t_uncommitted.clear();
+}
+// Lands every committed group but the newest `keep` (cp.async.wait_group keep).
+void copy_wait(size_t keep) {
+  while (t_groups.size() > keep) {
+    for (const PendingCopy& c : t_groups.front()) {
+      if (c.valid)
+        std::memcpy(c.dst, c.src, size_t(c.bytes));
+      else
+        std::memset(c.dst, 0, size_t(c.bytes));
+    }
+    t_groups.erase(t_groups.begin());
+  }
+}
+void copy_wait_all() { copy_wait(0); }
+void copy_wait_but_one() { copy_wait(1); }
 
 // Round to nearest even, as __float2bfloat16_rn (NaN stays NaN).
 uint16_t bf16_bits(float x) {
@@ -77,6 +105,7 @@ struct BlockState {
   Barrier warps[kPassWarps] = {Barrier(32), Barrier(32), Barrier(32), Barrier(32)};
   uint32_t a[kPassWarps][32][4];
   uint32_t b[kPassWarps][32][2];
+  std::atomic<bool> copies_left{false};  // a thread ended with cp.async copies it never waited for
 };
 
 void block_sync() { t_block->all.wait(); }
@@ -115,8 +144,11 @@ void run_block(const Body& body) {
       t_tid = t;
       t_block = &bs;
       body();
+      if (!t_uncommitted.empty() || !t_groups.empty()) bs.copies_left = true;
     });
   for (auto& th : threads) th.join();
+  TORCH_CHECK(!bs.copies_left, "fwp::chunked emulated passes: a thread ended with cp.async copies it did not "
+              "wait for");
 }
 
 int stages_of(const Config& cfg) {
