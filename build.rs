@@ -47,6 +47,8 @@ fn main() {
         "-ltorch".to_string(),
     ];
     println!("cargo:rustc-link-search=native={}", lib_dir.display());
+    // For tests that build C++ against the same libtorch (tests/emulator_races.rs).
+    println!("cargo:rustc-env=FWP_LIBTORCH_LIB={}", lib_dir.display());
 
     let cu_sources = sources("kernels", "cu");
     let cpp_sources = sources("kernels", "cpp");

@@ -3,7 +3,7 @@
 // same source, compiled by the host compiler, with one std::thread per CUDA thread of a block, real
 // barriers for __syncthreads, and mma.sync emulated from the documented m16n8k16 fragment layout
 // (each lane publishes its fragments, the warp meets, each lane sums its own accumulator elements
-// from everyone's). cp.async lands as late as it may: at the issuing thread's wait for its group.
+// from everyone's). cp.async leaves NaN in its destination until the issuing thread waits for it.
 // So the fragment indexing, the part splitting, the tile loads with their zero padding and the
 // stage pipeline, its waits included, are checked against the twin without a GPU; the rest of the
 // GPU's memory model is not.
@@ -42,11 +42,12 @@ int warp_id() { return t_tid >> 5; }
 void block_sync();
 void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]);
 
-// cp.async as late as the hardware may land it: a thread's copies wait in its queue until it commits
-// them as a group and then waits for that group (wait_group 0 or 1), so a read before the wait, or
-// of another thread's copy before the barrier after the wait, sees what was there before (NaN in a
-// fresh block: chunked_stages.rs then fails), and a buffer refilled while others still read it is
-// written at the wait, unordered with their reads (a race that ThreadSanitizer names).
+// cp.async with the destination undefined from the issue to the wait, as on the GPU, where the copy
+// may land at any moment in between: the issue fills it with NaN, and the data lands only when the
+// issuing thread waits for its group (wait_group 0 or 1). So a read before the wait, or of another
+// thread's copy before the barrier after the wait, sees NaN (chunked_stages.rs then fails); and a
+// buffer refilled while other threads still read it is written at the issue, unordered with their
+// reads (a data race for ThreadSanitizer: tests/emulator_races.rs).
 struct PendingCopy {
   void* dst;
   const void* src;
@@ -57,6 +58,7 @@ thread_local std::vector<PendingCopy> t_uncommitted;
 thread_local std::vector<std::vector<PendingCopy>> t_groups;  // committed, oldest first
 
 void copy_async(void* dst, const void* src, int bytes, bool valid) {
+  std::memset(dst, 0xFF, size_t(bytes));  // NaN in fp32 and in bf16
   t_uncommitted.push_back(PendingCopy{dst, src, bytes, valid});
 }
 void copy_commit() {
