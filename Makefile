@@ -47,9 +47,10 @@ build: setup
 # LD_LIBRARY_PATH); then scripts/gpu-check on this machine, whose GPU stages skip.
 # OMP_WAIT_POLICY=PASSIVE: with more test threads than cores, libtorch's OpenMP workers would spin
 # at every barrier waiting for descheduled peers (measured: a test of many small products took 46 s
-# instead of 0.8 s on 2 busy cores).
+# instead of 0.8 s on 2 busy cores). FWP_REQUIRE_TSAN=1: the data-race check of the CUDA kernels'
+# emulators (tests/emulator_races.rs) fails, rather than skips, where ThreadSanitizer does not work.
 test: setup
-	OMP_WAIT_POLICY=PASSIVE cargo test $(CARGO_FLAGS) -- --test-threads $(TEST_THREADS)
+	OMP_WAIT_POLICY=PASSIVE FWP_REQUIRE_TSAN=1 cargo test $(CARGO_FLAGS) -- --test-threads $(TEST_THREADS)
 	$(MAKE) --no-print-directory dependent-crate gpu-dry-run
 
 dependent-crate: setup

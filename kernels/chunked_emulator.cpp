@@ -44,10 +44,11 @@ void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]);
 
 // cp.async with the destination undefined from the issue to the wait, as on the GPU, where the copy
 // may land at any moment in between: the issue fills it with NaN, and the data lands only when the
-// issuing thread waits for its group (wait_group 0 or 1). So a read before the wait, or of another
-// thread's copy before the barrier after the wait, sees NaN (chunked_stages.rs then fails); and a
-// buffer refilled while other threads still read it is written at the issue, unordered with their
-// reads (a data race for ThreadSanitizer: tests/emulator_races.rs).
+// issuing thread waits for its group (wait_group 0 or 1). So a thread that reads its own copy before
+// its wait sees NaN (chunked_stages.rs then fails). A read of another thread's copy before the
+// barrier after the wait, and a buffer refilled while other threads still read it, are writes
+// unordered with reads: data races, which ThreadSanitizer reports (tests/emulator_races.rs) and the
+// results show only when the timing happens to expose them.
 struct PendingCopy {
   void* dst;
   const void* src;

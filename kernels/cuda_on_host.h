@@ -2,8 +2,9 @@
 // needs so that the same source runs on the CPU (chunked_first_emulator.cpp,
 // fast_weight_emulator.cpp). A launch runs its blocks one after another, each as one std::thread
 // per CUDA thread; __syncthreads and __syncwarp are real barriers, warp shuffles meet at a warp
-// barrier, atomicAdd takes a lock, and the WMMA calls work on whole 16 x 16 tiles held by every
-// lane (the fragments' register layout is opaque in CUDA, so no kernel can depend on it). Static
+// barrier, atomicAdd is a relaxed compare-and-swap, and the WMMA calls work on whole 16 x 16 tiles
+// held by every lane (the fragments' register layout is opaque in CUDA, so no kernel can depend on
+// it). Static
 // __shared__ variables become function statics: launches are serialised, so each block has them to
 // itself. Dynamic shared memory is a fresh buffer per block, filled with NaN bytes (a read of what
 // nobody wrote shows up in the results) and followed by a guard zone that is checked when the block
@@ -23,6 +24,7 @@
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "host_barrier.h"
@@ -143,12 +145,21 @@ T __shfl_down_sync(unsigned, T x, unsigned delta) {
   return fwp::host_cuda::shuffle(x, [&](unsigned lane) { return lane + delta < 32 ? lane + delta : lane; });
 }
 
+// A relaxed atomic read-modify-write, as CUDA's: atomic, but no ordering with the threads' other
+// accesses (a lock here would order every pair of callers and hide their races from
+// ThreadSanitizer).
 template <typename T>
 T atomicAdd(T* address, T value) {
-  static std::mutex m;
-  const std::lock_guard<std::mutex> lock(m);
-  const T old = *address;
-  *address = old + value;
+  static_assert(sizeof(T) == 4 || sizeof(T) == 8, "atomicAdd of 4- or 8-byte values");
+  using Bits = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+  Bits* bits = reinterpret_cast<Bits*>(address);
+  Bits seen = __atomic_load_n(bits, __ATOMIC_RELAXED), next;
+  T old;
+  do {
+    std::memcpy(&old, &seen, sizeof(T));
+    const T sum = old + value;
+    std::memcpy(&next, &sum, sizeof(T));
+  } while (!__atomic_compare_exchange_n(bits, &seen, next, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED));
   return old;
 }
 
