@@ -16,6 +16,7 @@
 #include <cstring>
 #include <limits>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <type_traits>
 #include <vector>
@@ -58,7 +59,14 @@ struct PendingCopy {
 thread_local std::vector<PendingCopy> t_uncommitted;
 thread_local std::vector<std::vector<PendingCopy>> t_groups;  // committed, oldest first
 
+// The GPU's rules for the copy itself: 4 or 16 bytes (cp.async.cg takes only 16), both addresses
+// aligned to the size, the source's even where it is not read (src-size 0): a copy that breaks them
+// is a misaligned-address fault there, and here an error at the block's end.
+void note_bad_copy(const void* dst, const void* src, int bytes);
 void copy_async(void* dst, const void* src, int bytes, bool valid) {
+  if ((bytes != 4 && bytes != 16) || reinterpret_cast<uintptr_t>(dst) % unsigned(bytes) != 0 ||
+      reinterpret_cast<uintptr_t>(src) % unsigned(bytes) != 0)
+    note_bad_copy(dst, src, bytes);
   std::memset(dst, 0xFF, size_t(bytes));  // NaN in fp32 and in bf16
   t_uncommitted.push_back(PendingCopy{dst, src, bytes, valid});
 }
@@ -109,7 +117,19 @@ struct BlockState {
   uint32_t a[kPassWarps][32][4];
   uint32_t b[kPassWarps][32][2];
   std::atomic<bool> copies_left{false};  // a thread ended with cp.async copies it never waited for
+  std::once_flag bad_copy_once;
+  std::string bad_copy;  // the first cp.async that broke the GPU's size or alignment rules
 };
+
+void note_bad_copy(const void* dst, const void* src, int bytes) {
+  BlockState& bs = *t_block;
+  std::call_once(bs.bad_copy_once, [&] {
+    bs.bad_copy = "thread " + std::to_string(t_tid) + " issued a " + std::to_string(bytes) +
+                  "-byte cp.async from an address " + std::to_string(reinterpret_cast<uintptr_t>(src) % 16) +
+                  " bytes past a 16-byte boundary to one " + std::to_string(reinterpret_cast<uintptr_t>(dst) % 16) +
+                  " bytes past";
+  });
+}
 
 void block_sync() { t_block->all.wait(); }
 
@@ -152,6 +172,8 @@ void run_block(const Body& body) {
   for (auto& th : threads) th.join();
   TORCH_CHECK(!bs.copies_left, "fwp::chunked emulated passes: a thread ended with cp.async copies it did not "
               "wait for");
+  TORCH_CHECK(bs.bad_copy.empty(), "fwp::chunked emulated passes: ", bs.bad_copy,
+              " (a GPU needs 4 or 16 bytes, both addresses aligned to the size)");
 }
 
 int stages_of(const Config& cfg) {
@@ -211,6 +233,9 @@ template <int KT, int P>
 void run_grid(bool backward, const PassArgs& x, int64_t BH) {
   const size_t n = size_t(pass_floats(KT, backward, x.b.p != nullptr, pass_bf16(x), x.stages));
   std::vector<float> smem(n + kGuardFloats);
+  // CUDA's dynamic shared memory (extern __shared__ float4) starts 16-byte aligned; so must this,
+  // for the alignment check of cp.async to mean the same.
+  static_assert(__STDCPP_DEFAULT_NEW_ALIGNMENT__ >= 16, "std::vector<float> may start below 16-byte alignment");
   for (int64_t bh = 0; bh < BH; ++bh)
     for (int tile = 0; tile * kBV < x.dv; ++tile) {
       std::fill(smem.begin(), smem.begin() + n, std::numeric_limits<float>::quiet_NaN());
