@@ -16,6 +16,10 @@ const CUDA_GENCODE: &[(&str, &str)] = &[
     ("compute_90", "compute_90"),
 ];
 
+/// nvcc's flags for every .cu file besides the targets (cc adds -O, -Xcompiler -fPIC and, for more
+/// than one file, --device-c).
+const NVCC_FLAGS: &[&str] = &["-std=c++17", "-lineinfo"];
+
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(fwp_cuda)");
     println!("cargo:rerun-if-env-changed=NVCC");
@@ -177,14 +181,20 @@ fn build_cuda(nvcc: &Path, cu_sources: &[PathBuf]) -> (Option<PathBuf>, Option<P
     // cc picks nvcc (and its flag translation) from the NVCC variable.
     env::set_var("NVCC", nvcc);
     let mut cu = cc::Build::new();
-    cu.cuda(true)
-        .cudart("none")
-        .pic(true)
-        .flag("-std=c++17")
-        .flag("-lineinfo");
+    // debug(false): in a debug profile (`cargo test` without --release) cc would pass nvcc -G, which
+    // turns device optimisation off: no unrolling, the kernels' fragment arrays in local memory,
+    // spills under their launch bounds, kernels many times slower than tests/cuda_build.rs checks.
+    // -lineinfo keeps source lines for the sanitizers and profilers.
+    cu.cuda(true).cudart("none").pic(true).debug(false);
+    for flag in NVCC_FLAGS {
+        cu.flag(flag);
+    }
     for (arch, code) in CUDA_GENCODE {
         cu.flag(format!("-gencode=arch={arch},code={code}"));
     }
+    // With more than one .cu file cc also compiles with --device-c (and device-links the library);
+    // tests/cuda_build.rs compiles with these flags and that one.
+    println!("cargo:rustc-env=FWP_NVCC_FLAGS={}", NVCC_FLAGS.join(" "));
     cu.files(cu_sources).compile("fwp_cuda");
 
     let runtime_dir = cuda_root

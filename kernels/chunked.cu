@@ -19,6 +19,7 @@
 #include <cstdint>
 
 #include "chunked_launch.h"
+#include "cuda_launch.cuh"
 
 namespace {
 
@@ -32,12 +33,20 @@ dim3 chunk_grid(int64_t BH, int64_t N) { return dim3(unsigned(BH), unsigned(N));
 
 dim3 column_grid(int64_t BH, int64_t dv) { return dim3(unsigned(BH), unsigned((dv + kColumns - 1) / kColumns)); }
 
-int status() { return int(cudaGetLastError()); }
-
 // Launches nothing for an empty range (an empty grid is an invalid launch; the host side returns
-// before launching) and refuses a part count the staging cannot hold.
+// before launching) and refuses a part count the staging cannot hold and a grid CUDA cannot launch.
 bool empty(int64_t BH, int64_t N) { return BH == 0 || N == 0; }
 bool bad_parts(int parts) { return parts < 1 || parts > kMaxParts; }
+bool bad_grid(int64_t BH, int64_t N) { return BH > fwp_cuda::kMaxGridX || N > 65535; }
+
+// Checks, then launches: 0 (nothing to do, or launched) or the CUDA error.
+template <typename Launch>
+int checked(int64_t BH, int64_t N, int parts, Launch launch) {
+  if (bad_parts(parts)) return int(cudaErrorInvalidValue);
+  if (empty(BH, N)) return 0;
+  if (bad_grid(BH, N)) return int(cudaErrorInvalidConfiguration);
+  return int(fwp_cuda::launch_checked(launch));
+}
 
 }  // namespace
 
@@ -53,57 +62,51 @@ int64_t fwp_chunked_cuda_scratch_per_chunk(int64_t dk, int64_t dv) { return grad
 
 int fwp_chunked_cuda_wy(const float* k, const float* v, const float* beta, float* tinv, float* w, float* u,
                         float* a_scratch, int64_t BH, int64_t N, int64_t dk, int64_t dv, int parts, void* stream) {
-  if (bad_parts(parts)) return int(cudaErrorInvalidValue);
-  if (empty(BH, N)) return 0;
-  wy_kernel<<<chunk_grid(BH, N), kThreads, 0, cudaStream_t(stream)>>>(k, v, beta, tinv, w, u, a_scratch,
-                                                                      sizes(N, dk, dv, parts));
-  return status();
+  return checked(BH, N, parts, [&] {
+    wy_kernel<<<chunk_grid(BH, N), kThreads, 0, cudaStream_t(stream)>>>(k, v, beta, tinv, w, u, a_scratch,
+                                                                        sizes(N, dk, dv, parts));
+  });
 }
 
 int fwp_chunked_cuda_state_forward(const float* k, const float* w, const float* u, const float* s0, float* ckpt,
                                    float* v_new, float* state, int64_t BH, int64_t N, int64_t dk, int64_t dv,
                                    int parts, void* stream) {
-  if (bad_parts(parts)) return int(cudaErrorInvalidValue);
-  if (empty(BH, N)) return 0;
-  state_forward_kernel<<<column_grid(BH, dv), kThreads, 0, cudaStream_t(stream)>>>(k, w, u, s0, ckpt, v_new, state,
-                                                                                   sizes(N, dk, dv, parts));
-  return status();
+  return checked(BH, N, parts, [&] {
+    state_forward_kernel<<<column_grid(BH, dv), kThreads, 0, cudaStream_t(stream)>>>(k, w, u, s0, ckpt, v_new, state,
+                                                                                     sizes(N, dk, dv, parts));
+  });
 }
 
 int fwp_chunked_cuda_values(const float* w, const float* u, const float* ckpt, float* v_new, int64_t BH, int64_t N,
                             int64_t dk, int64_t dv, int parts, void* stream) {
-  if (bad_parts(parts)) return int(cudaErrorInvalidValue);
-  if (empty(BH, N)) return 0;
-  values_kernel<<<chunk_grid(BH, N), kThreads, 0, cudaStream_t(stream)>>>(w, u, ckpt, v_new, sizes(N, dk, dv, parts));
-  return status();
+  return checked(BH, N, parts, [&] {
+    values_kernel<<<chunk_grid(BH, N), kThreads, 0, cudaStream_t(stream)>>>(w, u, ckpt, v_new, sizes(N, dk, dv, parts));
+  });
 }
 
 int fwp_chunked_cuda_output(const float* q, const float* k, const float* v_new, const float* ckpt, float* out,
                             float* qk_scratch, int64_t BH, int64_t N, int64_t dk, int64_t dv, int parts, void* stream) {
-  if (bad_parts(parts)) return int(cudaErrorInvalidValue);
-  if (empty(BH, N)) return 0;
-  output_kernel<<<chunk_grid(BH, N), kThreads, 0, cudaStream_t(stream)>>>(q, k, v_new, ckpt, out, qk_scratch,
-                                                                          sizes(N, dk, dv, parts));
-  return status();
+  return checked(BH, N, parts, [&] {
+    output_kernel<<<chunk_grid(BH, N), kThreads, 0, cudaStream_t(stream)>>>(q, k, v_new, ckpt, out, qk_scratch,
+                                                                            sizes(N, dk, dv, parts));
+  });
 }
 
 int fwp_chunked_cuda_local_grad(const float* q, const float* k, const float* grad_out, float* dv_local,
                                 float* qk_scratch, int64_t BH, int64_t N, int64_t dk, int64_t dv, int parts, void* stream) {
-  if (bad_parts(parts)) return int(cudaErrorInvalidValue);
-  if (empty(BH, N)) return 0;
-  local_grad_kernel<<<chunk_grid(BH, N), kThreads, 0, cudaStream_t(stream)>>>(q, k, grad_out, dv_local, qk_scratch,
-                                                                              sizes(N, dk, dv, parts));
-  return status();
+  return checked(BH, N, parts, [&] {
+    local_grad_kernel<<<chunk_grid(BH, N), kThreads, 0, cudaStream_t(stream)>>>(q, k, grad_out, dv_local, qk_scratch,
+                                                                                sizes(N, dk, dv, parts));
+  });
 }
 
 int fwp_chunked_cuda_state_backward(const float* q, const float* k, const float* w, const float* grad_out,
                                     const float* dv_local, const float* ds_final, float* dv_new, float* ds_next,
                                     float* ds0, int64_t BH, int64_t N, int64_t dk, int64_t dv, int parts, void* stream) {
-  if (bad_parts(parts)) return int(cudaErrorInvalidValue);
-  if (empty(BH, N)) return 0;
-  state_backward_kernel<<<column_grid(BH, dv), kThreads, 0, cudaStream_t(stream)>>>(
-      q, k, w, grad_out, dv_local, ds_final, dv_new, ds_next, ds0, sizes(N, dk, dv, parts));
-  return status();
+  return checked(BH, N, parts, [&] {
+    state_backward_kernel<<<column_grid(BH, dv), kThreads, 0, cudaStream_t(stream)>>>(
+        q, k, w, grad_out, dv_local, ds_final, dv_new, ds_next, ds0, sizes(N, dk, dv, parts));
+  });
 }
 
 int fwp_chunked_cuda_input_grads(const float* q, const float* k, const float* v, const float* beta,
@@ -111,12 +114,11 @@ int fwp_chunked_cuda_input_grads(const float* q, const float* k, const float* v,
                                  const float* ds_next, const float* grad_out, const float* dv_new, float* dq,
                                  float* dk_out, float* dv_out, float* dbeta, float* scratch, int64_t BH, int64_t N,
                                  int64_t dk, int64_t dv, int parts, void* stream) {
-  if (bad_parts(parts)) return int(cudaErrorInvalidValue);
-  if (empty(BH, N)) return 0;
-  input_grads_kernel<<<chunk_grid(BH, N), kThreads, 0, cudaStream_t(stream)>>>(
-      q, k, v, beta, tinv, w, v_new, ckpt, ds_next, grad_out, dv_new, dq, dk_out, dv_out, dbeta, scratch,
-      fwp_chunked_cuda_scratch_per_chunk(dk, dv), sizes(N, dk, dv, parts));
-  return status();
+  return checked(BH, N, parts, [&] {
+    input_grads_kernel<<<chunk_grid(BH, N), kThreads, 0, cudaStream_t(stream)>>>(
+        q, k, v, beta, tinv, w, v_new, ckpt, ds_next, grad_out, dv_new, dq, dk_out, dv_out, dbeta, scratch,
+        fwp_chunked_cuda_scratch_per_chunk(dk, dv), sizes(N, dk, dv, parts));
+  });
 }
 
 }  // extern "C"

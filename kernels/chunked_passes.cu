@@ -12,6 +12,7 @@
 #include <initializer_list>
 
 #include "chunked_launch.h"
+#include "cuda_launch.cuh"
 
 namespace {
 
@@ -78,16 +79,17 @@ template <RowStage stage>
 int launch_rows(const RowArgs& x, int64_t BH, int parts, void* stream) {
   if (BH == 0 || x.N == 0) return 0;
   const int tiles = (x.dv + kRowCols - 1) / kRowCols;
-  if (BH * tiles > int64_t(INT32_MAX)) return int(cudaErrorInvalidConfiguration);
+  if (BH * tiles > fwp_cuda::kMaxGridX || x.N > 65535) return int(cudaErrorInvalidConfiguration);
+  if (parts < 1 || parts > 3) return int(cudaErrorInvalidValue);
   const dim3 grid(unsigned(BH * tiles), unsigned(x.N));
   const cudaStream_t s = cudaStream_t(stream);
-  switch (parts) {
-    case 1: row_stage_kernel<stage, 1><<<grid, kPassThreads, 0, s>>>(x, tiles); break;
-    case 2: row_stage_kernel<stage, 2><<<grid, kPassThreads, 0, s>>>(x, tiles); break;
-    case 3: row_stage_kernel<stage, 3><<<grid, kPassThreads, 0, s>>>(x, tiles); break;
-    default: return int(cudaErrorInvalidValue);
-  }
-  return int(cudaGetLastError());
+  return int(fwp_cuda::launch_checked([&] {
+    switch (parts) {
+      case 1: row_stage_kernel<stage, 1><<<grid, kPassThreads, 0, s>>>(x, tiles); break;
+      case 2: row_stage_kernel<stage, 2><<<grid, kPassThreads, 0, s>>>(x, tiles); break;
+      default: row_stage_kernel<stage, 3><<<grid, kPassThreads, 0, s>>>(x, tiles); break;
+    }
+  }));
 }
 
 template <int P>
@@ -109,23 +111,19 @@ int launch_chunks(std::initializer_list<void (*)(Args)> kernels, const Args& x, 
                   void* stream) {
   if (parts < 1 || parts > int(kernels.size())) return int(cudaErrorInvalidValue);
   if (BH == 0 || x.N == 0) return 0;
+  if (BH > fwp_cuda::kMaxGridX || x.N > 65535) return int(cudaErrorInvalidConfiguration);
   const dim3 grid(static_cast<unsigned>(BH), static_cast<unsigned>(x.N));
-  kernels.begin()[parts - 1]<<<grid, kPassThreads, 0, cudaStream_t(stream)>>>(x);
-  return int(cudaGetLastError());
+  return int(fwp_cuda::launch_checked(
+      [&] { kernels.begin()[parts - 1]<<<grid, kPassThreads, 0, cudaStream_t(stream)>>>(x); }));
 }
 
-constexpr int kMaxDevices = 64;
+using fwp_cuda::kMaxDevices;
 
-// The device's opt-in limit of shared memory per block, read once per device.
+// The device's opt-in limit of shared memory per block (cached per device), or 0 where it cannot
+// be read.
 int smem_limit(int device) {
-  static std::atomic<int> cached[kMaxDevices] = {};
-  if (device < 0 || device >= kMaxDevices) return 0;
-  int limit = cached[device].load();
-  if (limit == 0) {
-    if (cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess) return 0;
-    cached[device].store(limit);
-  }
-  return limit;
+  const int64_t limit = fwp_cuda_smem_limit(device);
+  return limit > 0 ? int(limit) : 0;
 }
 
 // Keys padded to KT * 16 columns: 4 (d_k <= 64), 8 (<= 128) or 16 (<= 256); 0 above.
@@ -137,22 +135,16 @@ size_t pass_bytes(int64_t dk, bool backward, bool delta, int bf16, int stages) {
 
 // Launches one (KT, P) instantiation with `bytes` of dynamic shared memory. Above the default 48 KiB
 // the kernel's limit on this device is first raised to the device's whole opt-in limit, once per
-// kernel and device: one value for every launch, so that concurrent callers with different sizes
-// (the sum and delta rules share a kernel) cannot lower it under each other.
+// kernel and device (fwp_cuda::allow_shared_memory; the sum and delta rules share a kernel).
 template <typename Kernel>
 int launch(Kernel kernel, std::atomic<bool>* raised, const PassArgs& x, int64_t BH, size_t bytes, void* stream) {
-  int device = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err != cudaSuccess) return int(err);
-  if (device >= kMaxDevices) return int(cudaErrorInvalidDevice);
-  if (bytes > 48 * 1024 && !raised[device].load()) {
-    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_limit(device));
+  if (BH > fwp_cuda::kMaxGridX) return int(cudaErrorInvalidConfiguration);
+  if (bytes > 48 * 1024) {
+    const cudaError_t err = fwp_cuda::allow_shared_memory(kernel, raised);
     if (err != cudaSuccess) return int(err);
-    raised[device].store(true);
   }
   const dim3 grid(unsigned(BH), unsigned((x.dv + kBV - 1) / kBV));
-  kernel<<<grid, kPassThreads, bytes, cudaStream_t(stream)>>>(x);
-  return int(cudaGetLastError());
+  return int(fwp_cuda::launch_checked([&] { kernel<<<grid, kPassThreads, bytes, cudaStream_t(stream)>>>(x); }));
 }
 
 template <int KT, int P>
@@ -195,7 +187,10 @@ int64_t fwp_chunked_cuda_pass_bytes(int64_t dk, int backward, int delta, int bf1
 int fwp_chunked_cuda_pass_stages(int64_t dk, int backward, int delta, int bf16) {
   if (key_tiles(dk) == 0) return 0;
   int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess) return 0;
+  if (cudaGetDevice(&device) != cudaSuccess) {
+    (void)cudaGetLastError();  // not left pending for the next launch to report
+    return 0;
+  }
   const size_t limit = size_t(smem_limit(device));
   for (int stages = 2; stages >= 1; --stages)
     if (pass_bytes(dk, backward != 0, delta != 0, bf16, stages) <= limit) return stages;

@@ -21,6 +21,7 @@
 
 #include "fast_weight.h"
 #include "fast_weight_launch.h"
+#include "cuda_launch.cuh"
 
 // What fast_weight_kernels.cuh asks of its includer.
 #define FWP_UNROLL _Pragma("unroll")
@@ -28,42 +29,14 @@
 
 namespace {
 
-constexpr int kMaxDevices = 64;  // per-device caches below; more devices are asked every time
+using fwp_cuda::kMaxDevices;
 
 #include "fast_weight_kernels.cuh"
 
 int64_t tiles(int64_t dv) { return (dv + kWarps - 1) / kWarps; }
 
-// Lets `kernel` use the current device's whole opt-in shared memory, once per device (the
-// attribute is per device; `done` is one set of flags per kernel instantiation).
-template <typename Kernel>
-cudaError_t allow_shared_memory(Kernel kernel, std::atomic<bool>* done) {
-  int device = 0;
-  cudaError_t e = cudaGetDevice(&device);
-  if (e != cudaSuccess) {
-    (void)cudaGetLastError();  // returned to the caller, not left pending for another library
-    return e;
-  }
-  if (device < kMaxDevices && done[device].load(std::memory_order_acquire)) return cudaSuccess;
-  const int64_t limit = fwp_cuda_smem_limit(device);
-  if (limit <= 0) return static_cast<cudaError_t>(-limit);
-  e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(limit));
-  if (e != cudaSuccess) {
-    (void)cudaGetLastError();
-    return e;
-  }
-  if (device < kMaxDevices) done[device].store(true, std::memory_order_release);
-  return e;
-}
-
-// Launches, reporting only this launch's error: an error left pending by another library's earlier
-// call is cleared first (cudaGetLastError resets it), so that it is not blamed on this kernel.
-template <typename Launch>
-cudaError_t launch_checked(Launch launch) {
-  (void)cudaGetLastError();
-  launch();
-  return cudaGetLastError();
-}
+using fwp_cuda::allow_shared_memory;
+using fwp_cuda::launch_checked;
 
 template <typename scalar_t, typename acc_t>
 int launch_forward(const void* q, const void* k, const void* v, const void* beta, const void* s0,
@@ -101,7 +74,7 @@ int launch_backward(const void* go, const void* gs, const void* q, const void* k
   });
 }
 
-bool launchable(int64_t BH, int64_t dv) { return BH <= 0x7fffffffLL && tiles(dv) <= 65535; }
+bool launchable(int64_t BH, int64_t dv) { return BH <= fwp_cuda::kMaxGridX && tiles(dv) <= 65535; }
 
 }  // namespace
 

@@ -15,7 +15,10 @@
 // and no T x d_k x d_v tensor is ever stored. For S_{t-1} and S_t the CUDA backward replays each
 // chunk forward from its checkpoint, in acc_t; the CPU backward starts from the state after the
 // chunk and undoes its steps, S_{t-1} = S_t - k_t u_t^T, with the delta rule's r_t saved by the
-// forward (docs/derivations.md Sec. 6).
+// forward (docs/derivations.md Sec. 6). A CUDA block takes kCudaWarps value columns, so with d_v
+// above that several blocks add their shares of dq, dk and dbeta with atomicAdd, in the order they
+// finish: those gradients can differ between runs in the last bits of acc_t (the CPU backward and
+// the chunked kernels sum in a fixed order).
 //
 // The per-element arithmetic lives in the FWP_HD helpers below so that the CPU tests exercise
 // the same expressions the GPU runs.

@@ -649,10 +649,11 @@ fn chunked_cuda_stages_match_the_cpu_twin() {
     let _rng = seeded(71);
     let cuda = Device::Cuda(0);
     let mut first_bad: Option<String> = None;
-    // FWP_CHUNKED_SHAPES=small: one small shape (for the sanitizers of scripts/gpu-check)
+    // FWP_CHUNKED_SHAPES=small: two small shapes, the second's rows not a multiple of 4 floats (for
+    // the sanitizers of scripts/gpu-check)
     let small = std::env::var("FWP_CHUNKED_SHAPES").as_deref() == Ok("small");
     let shapes: &[(i64, i64, i64, i64)] = if small {
-        &[(1, 65, 32, 24)]
+        &[(1, 65, 32, 24), (1, 70, 30, 37)]
     } else {
         // (30, 37): rows not a multiple of 4 floats, the fast passes' 4-byte copies
         &[

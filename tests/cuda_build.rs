@@ -75,15 +75,24 @@ fn chunked_cuda_kernels_have_no_spills_and_fit_shared_memory() {
     }
 }
 
-/// Compiles `source` for sm_80 and sm_90 and checks that ptxas reports at least `kernels` kernels
+/// build.rs's nvcc flags (it compiles the kernels with these, plus --device-c since there are several
+/// .cu files, and without -G in every profile), or its defaults where built without CUDA.
+fn build_flags() -> Vec<&'static str> {
+    option_env!("FWP_NVCC_FLAGS")
+        .unwrap_or("-std=c++17 -lineinfo")
+        .split_whitespace()
+        .collect()
+}
+
+/// Compiles `source` as build.rs does, for sm_80 and sm_90 and checks that ptxas reports at least `kernels` kernels
 /// per arch, none spilling, each within 48 KiB of static shared memory.
 fn check_ptxas_report(nvcc: &Path, root: &Path, source: &str, kernels: usize) {
     let obj = std::env::temp_dir().join(format!("fwp-chunked-{}.o", std::process::id()));
     let output = Command::new(nvcc)
         .current_dir(root)
+        .args(["-c", "--device-c"])
+        .args(build_flags())
         .args([
-            "-c",
-            "-std=c++17",
             "-Xptxas",
             "-v",
             "-gencode=arch=compute_80,code=sm_80",

@@ -53,7 +53,10 @@ pub enum Backend {
     /// explicit backward that walks chunks back from saved checkpoints (the CPU undoing each step,
     /// CUDA replaying the chunk; docs/derivations.md Sec. 6); CPU and CUDA, any float dtype.
     /// Registered as the libtorch ops `fwp::sum_rule` / `fwp::delta_rule`, so traced TorchScript
-    /// records them.
+    /// records them. Reproducibility: the CPU kernels give the same bits on every run; on CUDA with
+    /// d_v > 8 the blocks of a head's value columns add their shares of dq, dk and dβ atomically, in
+    /// the order they finish, so those gradients can differ between runs in the last bits of the
+    /// accumulation type (the chunked kernels have no atomics and give the same bits every run).
     FusedRecurrent,
     /// Our chunked kernels (kernels/chunked*.{h,cpp,cu}; docs/derivations.md Sec. 9): the chunkwise
     /// form in stages, chunks of 64 steps, an explicit backward that recomputes from one saved state
