@@ -35,8 +35,18 @@ pub fn assert_close(name: &str, got: &Tensor, want: &Tensor, atol: f64, rtol: f6
     } else {
         0.0
     };
-    let bad = i64::try_from(diff.gt_tensor(&(w.abs() * rtol + atol)).sum(Kind::Int64)).unwrap();
-    println!("  {name}: max abs err {max_abs:.3e}, max rel err {max_rel:.3e}");
+    let allowed = w.abs() * rtol + atol;
+    let bad = i64::try_from(diff.gt_tensor(&allowed).sum(Kind::Int64)).unwrap();
+    // the largest share of its allowance an element used: how close this comparison came to failing
+    let used = if diff.numel() > 0 {
+        f64::try_from((&diff / (allowed + 1e-300)).max()).unwrap()
+    } else {
+        0.0
+    };
+    println!(
+        "  {name}: max abs err {max_abs:.3e}, max rel err {max_rel:.3e}, {:.0}% of the tolerance",
+        100.0 * used
+    );
     assert!(
         bad == 0,
         "{name}: {bad} of {} elements beyond atol {atol:e} + rtol {rtol:e}; max abs err {max_abs:.3e}",
