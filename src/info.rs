@@ -9,6 +9,11 @@ pub struct Gpu {
     pub name: String,
     pub compute_capability: (i32, i32),
     pub memory_bytes: usize,
+    /// Shared memory a block may opt in to, in bytes: what the CUDA kernels size their passes from.
+    pub shared_memory_per_block: usize,
+    /// Whether [`Backend::Fused`](crate::recurrence::Backend::Fused) can run the chunked kernels here
+    /// ([`crate::ops::chunked_cuda_runs_on`]).
+    pub chunked_kernels: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -49,9 +54,34 @@ pub fn gpus() -> Result<Vec<Gpu>, String> {
                     .compute_capability()
                     .map_err(|e| format!("device {i}: {e:?}"))?,
                 memory_bytes: ctx.total_mem().map_err(|e| format!("device {i}: {e:?}"))?,
+                shared_memory_per_block: ctx
+                    .attribute(
+                        cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+                    )
+                    .map_err(|e| format!("device {i}: {e:?}"))?
+                    .max(0) as usize,
+                chunked_kernels: crate::ops::chunked_cuda_runs_on(i),
             })
         })
         .collect()
+}
+
+/// The chunked kernels' fast sequential passes on a GPU with `smem_limit` bytes of opt-in shared
+/// memory per block: for d_k up to 64, 128 and 256, how many chunks of inputs each pass keeps in
+/// flight (forward / backward, delta rule; [`crate::ops::chunked_pass_stages`]) with fp32 and with
+/// bf16 inputs, 0 where the first-version kernel runs instead; `None` in a build without CUDA.
+pub fn pass_plan(smem_limit: i64) -> Option<String> {
+    let mut parts = Vec::new();
+    for d_k in [64, 128, 256] {
+        let mut dtypes = Vec::new();
+        for (name, bf16) in [("fp32", false), ("bf16", true)] {
+            let stages =
+                |backward| crate::ops::chunked_pass_stages(d_k, backward, true, bf16, smem_limit);
+            dtypes.push(format!("{name} {}/{}", stages(false)?, stages(true)?));
+        }
+        parts.push(format!("d_k <= {d_k}: {}", dtypes.join(", ")));
+    }
+    Some(parts.join("; "))
 }
 
 pub fn build_info() -> BuildInfo {
@@ -91,13 +121,27 @@ impl std::fmt::Display for BuildInfo {
                 for gpu in g {
                     writeln!(
                         f,
-                        "GPU {}: {} (sm_{}{}, {:.1} GiB)",
+                        "GPU {}: {} (sm_{}{}, {:.1} GiB, {} KiB of shared memory per block)",
                         gpu.index,
                         gpu.name,
                         gpu.compute_capability.0,
                         gpu.compute_capability.1,
-                        gpu.memory_bytes as f64 / (1u64 << 30) as f64
+                        gpu.memory_bytes as f64 / (1u64 << 30) as f64,
+                        gpu.shared_memory_per_block / 1024
                     )?;
+                    if !gpu.chunked_kernels {
+                        writeln!(
+                            f,
+                            "  chunked kernels: do not run here (they need sm_80 or newer); \
+                             Backend::Fused runs the recurrent ones"
+                        )?;
+                    } else if let Some(plan) = pass_plan(gpu.shared_memory_per_block as i64) {
+                        writeln!(
+                            f,
+                            "  chunked kernels run here; chunks in flight per pass (forward/backward, \
+                             delta rule, 0: first-version kernel): {plan}"
+                        )?;
+                    }
                 }
                 Ok(())
             }

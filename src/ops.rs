@@ -185,6 +185,26 @@ pub fn chunked_pass_shared_bytes(
     (bytes >= 0).then_some(bytes)
 }
 
+/// How many chunks of inputs the fast sequential pass keeps in flight on a GPU with `smem_limit`
+/// bytes of opt-in shared memory per block, as the launcher decides (kernels/chunked_passes.cu): 2 or
+/// 1, the most whose [`chunked_pass_shared_bytes`] fit; 0 when not even one does (then the
+/// first-version kernel runs); `None` for d_k > 256 or a build without CUDA.
+pub fn chunked_pass_stages(
+    d_k: i64,
+    backward: bool,
+    delta: bool,
+    bf16: bool,
+    smem_limit: i64,
+) -> Option<i32> {
+    let mut stages = 0;
+    for s in [1, 2] {
+        if chunked_pass_shared_bytes(d_k, backward, delta, bf16, s)? <= smem_limit {
+            stages = s;
+        }
+    }
+    Some(stages)
+}
+
 /// Flushes denormal floats (magnitudes below 1.2e-38 in f32) to zero, as PyTorch's
 /// `torch.set_flush_denormal`: on the calling thread and on the threads it starts later, which
 /// inherit its floating-point state (libtorch's CPU worker threads among them, when this runs before

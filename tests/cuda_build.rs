@@ -183,3 +183,49 @@ fn chunked_fast_passes_fit_shared_memory() {
         None
     );
 }
+
+/// The launcher's choice of chunks in flight (`chunked_pass_stages`), which `fwp info` prints per
+/// GPU: the most stages whose shared memory fits the limit, 0 where none does, `None` above
+/// d_k = 256; at the limits of A100 and H100 / H200 as `chunked_fast_passes_fit_shared_memory`
+/// states them.
+#[test]
+fn chunked_pass_stages_follow_the_shared_memory_limit() {
+    const SM80: i64 = 163 * 1024;
+    const SM90: i64 = 227 * 1024;
+    if fwp::ops::chunked_pass_shared_bytes(64, false, true, false, 1).is_none() {
+        eprintln!("SKIPPED chunked_pass_stages_follow_the_shared_memory_limit: built without CUDA");
+        return;
+    }
+    let stages = fwp::ops::chunked_pass_stages;
+    let bytes = |d_k, backward, bf16, s| {
+        fwp::ops::chunked_pass_shared_bytes(d_k, backward, true, bf16, s).unwrap()
+    };
+    for d_k in [16, 64, 100, 128, 200, 256] {
+        for backward in [false, true] {
+            for bf16 in [false, true] {
+                let (one, two) = (bytes(d_k, backward, bf16, 1), bytes(d_k, backward, bf16, 2));
+                assert!(one < two, "d_k {d_k}: two stages take more than one");
+                for (limit, want) in [(one - 1, 0), (one, 1), (two - 1, 1), (two, 2)] {
+                    assert_eq!(
+                        stages(d_k, backward, true, bf16, limit),
+                        Some(want),
+                        "d_k {d_k} backward {backward} bf16 {bf16}, limit {limit} B"
+                    );
+                }
+            }
+        }
+    }
+    assert_eq!(stages(64, false, true, false, SM90), Some(2));
+    assert_eq!(stages(64, true, true, false, SM90), Some(2));
+    assert_eq!(stages(128, true, true, false, SM80), Some(1));
+    assert_eq!(stages(128, true, true, true, SM80), Some(2));
+    assert_eq!(stages(256, true, true, true, SM80), Some(1));
+    assert_eq!(stages(257, false, true, false, SM90), None);
+    let plan = fwp::info::pass_plan(SM90).unwrap();
+    println!("H100 / H200: {plan}");
+    assert!(
+        plan.starts_with("d_k <= 64: fp32 2/2, bf16 2/2; d_k <= 128: "),
+        "{plan}"
+    );
+    assert!(plan.contains("d_k <= 256: "), "{plan}");
+}
