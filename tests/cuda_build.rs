@@ -128,6 +128,19 @@ fn check_ptxas_report(nvcc: &Path, root: &Path, source: &str, kernels: usize) {
     }
 }
 
+/// Opt-in shared memory per block of an A100 (sm_80) and an H100 / H200 (sm_90), in bytes.
+const SM80: i64 = 163 * 1024;
+const SM90: i64 = 227 * 1024;
+
+/// Whether `test` must skip because this build has no CUDA kernels (it says so).
+fn skipped_without_cuda(test: &str) -> bool {
+    let without = fwp::ops::chunked_pass_shared_bytes(64, false, true, false, 1).is_none();
+    if without {
+        eprintln!("SKIPPED {test}: built without CUDA");
+    }
+    without
+}
+
 /// The fast passes' dynamic shared memory (kernels/chunked_passes.cuh) at the goal's key widths. With
 /// fp32 inputs every pass fits one stage within an A100's opt-in limit (163 KiB) at d_k <= 128, and
 /// d_k = 64 fits two within an H100 / H200's (227 KiB). With bf16 inputs (bf16 tiles take half the
@@ -135,10 +148,7 @@ fn check_ptxas_report(nvcc: &Path, root: &Path, source: &str, kernels: usize) {
 /// table for the docs.
 #[test]
 fn chunked_fast_passes_fit_shared_memory() {
-    const SM80: i64 = 163 * 1024;
-    const SM90: i64 = 227 * 1024;
-    if fwp::ops::chunked_pass_shared_bytes(64, false, true, false, 1).is_none() {
-        eprintln!("SKIPPED chunked_fast_passes_fit_shared_memory: built without CUDA");
+    if skipped_without_cuda("chunked_fast_passes_fit_shared_memory") {
         return;
     }
     for bf16 in [false, true] {
@@ -190,10 +200,7 @@ fn chunked_fast_passes_fit_shared_memory() {
 /// states them.
 #[test]
 fn chunked_pass_stages_follow_the_shared_memory_limit() {
-    const SM80: i64 = 163 * 1024;
-    const SM90: i64 = 227 * 1024;
-    if fwp::ops::chunked_pass_shared_bytes(64, false, true, false, 1).is_none() {
-        eprintln!("SKIPPED chunked_pass_stages_follow_the_shared_memory_limit: built without CUDA");
+    if skipped_without_cuda("chunked_pass_stages_follow_the_shared_memory_limit") {
         return;
     }
     let stages = fwp::ops::chunked_pass_stages;
