@@ -381,18 +381,36 @@ extern "C" int fwp_chunked_cuda_runs_on(int device) {
 #endif
 }
 
-// Bytes of dynamic shared memory the fast pass takes (chunked_launch.h), for fp32 inputs or (`bf16`)
-// bf16 inputs with one bf16 part per operand (W bf16 too; U and dU'_loc stay fp32); -1 for d_k > 256
-// or a build without CUDA.
+#ifdef FWP_WITH_CUDA
+// The pass's bf16 mask (chunked_launch.h) for fp32 inputs or (`bf16`) bf16 inputs with one bf16 part
+// per operand: every chunk input bf16 but the delta rule's U in the forward (W bf16 too; U and
+// dU'_loc stay fp32).
+static int pass_bf16_mask(int backward, int delta, int bf16) {
+  return bf16 == 0 ? 0
+                   : FWP_PASS_K_BF16 | FWP_PASS_W_BF16 | FWP_PASS_DO_BF16 |
+                         (backward != 0 || delta == 0 ? FWP_PASS_UQ_BF16 : 0);
+}
+#endif
+
+// Bytes of dynamic shared memory the fast pass takes (chunked_launch.h), for fp32 or bf16 inputs
+// (pass_bf16_mask); -1 for d_k > 256 or a build without CUDA.
 extern "C" int64_t fwp_chunked_pass_shared_bytes(int64_t dk, int backward, int delta, int bf16, int stages) {
 #ifdef FWP_WITH_CUDA
-  // every chunk input bf16 but the delta rule's U in the forward
-  const int mask = bf16 == 0 ? 0
-                             : FWP_PASS_K_BF16 | FWP_PASS_W_BF16 | FWP_PASS_DO_BF16 |
-                                   (backward != 0 || delta == 0 ? FWP_PASS_UQ_BF16 : 0);
-  return fwp_chunked_cuda_pass_bytes(dk, backward, delta, mask, stages);
+  return fwp_chunked_cuda_pass_bytes(dk, backward, delta, pass_bf16_mask(backward, delta, bf16), stages);
 #else
   (void)dk, (void)backward, (void)delta, (void)bf16, (void)stages;
+  return -1;
+#endif
+}
+
+// The stages the fast pass gets within `limit` bytes of shared memory per block, by the launcher's
+// own rule (fwp_chunked_cuda_pass_stages_within): 2, 1, or 0 (first-version kernel); -1 for
+// d_k > 256 or a build without CUDA.
+extern "C" int fwp_chunked_pass_stages(int64_t dk, int backward, int delta, int bf16, int64_t limit) {
+#ifdef FWP_WITH_CUDA
+  return fwp_chunked_cuda_pass_stages_within(dk, backward, delta, pass_bf16_mask(backward, delta, bf16), limit);
+#else
+  (void)dk, (void)backward, (void)delta, (void)bf16, (void)limit;
   return -1;
 #endif
 }

@@ -88,8 +88,13 @@ enum FwpPassBf16 { FWP_PASS_K_BF16 = 1, FWP_PASS_W_BF16 = 2, FWP_PASS_UQ_BF16 = 
 // Bytes of dynamic shared memory a pass takes (-1 for d_k > 256).
 int64_t fwp_chunked_cuda_pass_bytes(int64_t dk, int backward, int delta, int bf16, int stages);
 
-// The stages (2 or 1) a pass gets within the current device's shared-memory limit; 0 when even one
-// does not fit or d_k > 256 (then the first-version kernels run).
+// The stages (2 or 1) a pass gets within `limit` bytes of shared memory per block: the most whose
+// fwp_chunked_cuda_pass_bytes fit; 0 when even one does not (then the first-version kernel runs); -1
+// for d_k > 256. The one rule both the launcher and `fwp info` (ops::chunked_pass_stages) follow.
+int fwp_chunked_cuda_pass_stages_within(int64_t dk, int backward, int delta, int bf16, int64_t limit);
+
+// The stages a pass gets within the current device's limit; 0 when even one does not fit, the limit
+// cannot be read, or d_k > 256 (then the first-version kernels run).
 int fwp_chunked_cuda_pass_stages(int64_t dk, int backward, int delta, int bf16);
 
 int fwp_chunked_cuda_state_forward_pass(FwpIn k, FwpIn w, FwpIn u, const float* s0, float* ckpt, FwpOut v_new,

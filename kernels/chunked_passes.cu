@@ -184,6 +184,13 @@ int64_t fwp_chunked_cuda_pass_bytes(int64_t dk, int backward, int delta, int bf1
   return key_tiles(dk) == 0 ? -1 : int64_t(pass_bytes(dk, backward != 0, delta != 0, bf16, stages));
 }
 
+int fwp_chunked_cuda_pass_stages_within(int64_t dk, int backward, int delta, int bf16, int64_t limit) {
+  if (key_tiles(dk) == 0) return -1;
+  for (int stages = 2; stages >= 1; --stages)
+    if (limit >= 0 && pass_bytes(dk, backward != 0, delta != 0, bf16, stages) <= size_t(limit)) return stages;
+  return 0;
+}
+
 int fwp_chunked_cuda_pass_stages(int64_t dk, int backward, int delta, int bf16) {
   if (key_tiles(dk) == 0) return 0;
   int device = 0;
@@ -191,10 +198,7 @@ int fwp_chunked_cuda_pass_stages(int64_t dk, int backward, int delta, int bf16) 
     (void)cudaGetLastError();  // not left pending for the next launch to report
     return 0;
   }
-  const size_t limit = size_t(smem_limit(device));
-  for (int stages = 2; stages >= 1; --stages)
-    if (pass_bytes(dk, backward != 0, delta != 0, bf16, stages) <= limit) return stages;
-  return 0;
+  return fwp_chunked_cuda_pass_stages_within(dk, backward, delta, bf16, smem_limit(device));
 }
 
 int fwp_chunked_cuda_state_forward_pass(FwpIn k, FwpIn w, FwpIn u, const float* s0, float* ckpt, FwpOut v_new,

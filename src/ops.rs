@@ -95,6 +95,13 @@ extern "C" {
         bf16: c_int,
         stages: c_int,
     ) -> i64;
+    fn fwp_chunked_pass_stages(
+        d_k: i64,
+        backward: c_int,
+        delta: c_int,
+        bf16: c_int,
+        limit: i64,
+    ) -> c_int;
     fn fwp_cpu_kernel_isa(name: *mut *const c_char) -> *mut c_char;
     fn fwp_cuda_event_create(device: c_int, event: *mut *mut std::ffi::c_void) -> *mut c_char;
     fn fwp_cuda_event_record(device: c_int, event: *mut std::ffi::c_void) -> *mut c_char;
@@ -186,9 +193,10 @@ pub fn chunked_pass_shared_bytes(
 }
 
 /// How many chunks of inputs the fast sequential pass keeps in flight on a GPU with `smem_limit`
-/// bytes of opt-in shared memory per block, as the launcher decides (kernels/chunked_passes.cu): 2 or
-/// 1, the most whose [`chunked_pass_shared_bytes`] fit; 0 when not even one does (then the
-/// first-version kernel runs); `None` for d_k > 256 or a build without CUDA.
+/// bytes of opt-in shared memory per block: 2 or 1, the most whose [`chunked_pass_shared_bytes`]
+/// fit; 0 when not even one does (then the first-version kernel runs); `None` for d_k > 256 or a
+/// build without CUDA. It asks the launcher's own rule (kernels/chunked_passes.cu), so what
+/// `fwp info` prints is what runs.
 pub fn chunked_pass_stages(
     d_k: i64,
     backward: bool,
@@ -196,13 +204,17 @@ pub fn chunked_pass_stages(
     bf16: bool,
     smem_limit: i64,
 ) -> Option<i32> {
-    let mut stages = 0;
-    for s in [1, 2] {
-        if chunked_pass_shared_bytes(d_k, backward, delta, bf16, s)? <= smem_limit {
-            stages = s;
-        }
-    }
-    Some(stages)
+    // SAFETY: no pointers; arithmetic only.
+    let stages = unsafe {
+        fwp_chunked_pass_stages(
+            d_k,
+            c_int::from(backward),
+            c_int::from(delta),
+            c_int::from(bf16),
+            smem_limit,
+        )
+    };
+    (stages >= 0).then_some(stages)
 }
 
 /// Flushes denormal floats (magnitudes below 1.2e-38 in f32) to zero, as PyTorch's
