@@ -47,19 +47,24 @@ build: setup
 # LD_LIBRARY_PATH); then scripts/gpu-check on this machine, whose GPU stages skip.
 # OMP_WAIT_POLICY=PASSIVE: with more test threads than cores, libtorch's OpenMP workers would spin
 # at every barrier waiting for descheduled peers (measured: a test of many small products took 46 s
-# instead of 0.8 s on 2 busy cores). FWP_REQUIRE_TSAN=1: the data-race check of the CUDA kernels'
-# emulators (tests/emulator_races.rs) fails, rather than skips, where ThreadSanitizer does not work.
+# instead of 0.8 s on 2 busy cores). FWP_REQUIRE_SANITIZERS=1: the race and bounds checks of the CUDA
+# kernels' emulators (tests/emulator_races.rs) fail, rather than skip, where ThreadSanitizer or
+# AddressSanitizer does not work.
 test: setup
-	OMP_WAIT_POLICY=PASSIVE FWP_REQUIRE_TSAN=1 cargo test $(CARGO_FLAGS) -- --test-threads $(TEST_THREADS)
+	OMP_WAIT_POLICY=PASSIVE FWP_REQUIRE_SANITIZERS=1 cargo test $(CARGO_FLAGS) -- --test-threads $(TEST_THREADS)
 	$(MAKE) --no-print-directory dependent-crate gpu-dry-run
 
 dependent-crate: setup
 	cargo build $(CARGO_FLAGS) -p fwp-dependent-crate
 	env -u LD_LIBRARY_PATH $(TARGET_DIR)/fwp-dependent-crate
 
+# The GPU check without a GPU, in full, then with a selection of its stages (GPU_CHECK_STAGES): one
+# that names a stage runs it, one that names none fails.
 gpu-dry-run: setup
 	bash scripts/gpu-bundle >/dev/null
 	OUT=$$(mktemp -d) bash scripts/gpu-check --dry-run
+	GPU_CHECK_STAGES=selftest-cpu OUT=$$(mktemp -d) bash scripts/gpu-check --dry-run | grep "^passed: bundle selftest-cpu$$" >/dev/null
+	! GPU_CHECK_STAGES=no-such-stage OUT=$$(mktemp -d) bash scripts/gpu-check --dry-run >/dev/null
 
 # The main job: the retrieval experiment's quick capacity sweep (table and plot in runs/retrieval-quick/).
 run: setup

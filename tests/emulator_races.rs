@@ -1,17 +1,23 @@
-//! A data-race check of every CUDA kernel's source, which CI can make without a GPU: the CPU
-//! emulators (kernels/*_emulator.cpp, kernels/cuda_on_host.h) run one std::thread per CUDA thread
-//! with real barriers, so a missing `__syncthreads` or `__syncwarp`, a buffer that cp.async refills
-//! while other threads still read it (the emulator writes it at the issue), or two threads writing
-//! one shared word between barriers is a data race between std::threads. This test builds the
-//! emulators and `tests/emulator_races/driver.cpp` (which runs each kernel family once, on small
-//! shapes) with the host compiler's ThreadSanitizer, runs it, and fails on any report.
+//! Two checks of every CUDA kernel's source that CI can make without a GPU, by running the kernels'
+//! CPU emulators (kernels/*_emulator.cpp, kernels/cuda_on_host.h) under the host compiler's
+//! sanitizers. Both build the emulators and `tests/emulator_races/driver.cpp` (which runs each kernel
+//! family once or more, on small shapes) and fail on any report.
 //!
-//! What it cannot see: races between blocks (the emulators run blocks one after another), the GPU's
-//! own ordering of global memory, and timing; nothing here checks those (on a GPU,
-//! `scripts/gpu-check`'s compute-sanitizer racecheck looks for shared-memory hazards within a block
-//! with the real timing). Skips with a notice when the compiler cannot build and run a
-//! ThreadSanitizer program, unless FWP_REQUIRE_TSAN=1 (set by `make test`), which makes that a
-//! failure.
+//! - **Races** (ThreadSanitizer): the emulators run one std::thread per CUDA thread with real
+//!   barriers, so a missing `__syncthreads` or `__syncwarp`, a buffer that cp.async refills while
+//!   other threads still read it (the emulator writes it at the issue), or two threads writing one
+//!   shared word between barriers is a data race between std::threads.
+//! - **Bounds** (AddressSanitizer and UndefinedBehaviorSanitizer), the CPU's stand-in for
+//!   compute-sanitizer's memcheck: a kernel that reads or writes global memory past a tensor (the
+//!   T tail, a partial value tile, the padded key columns), overflows an index, or shifts or converts
+//!   out of range. Shared memory past a block's dynamic allocation is caught by the emulator's own
+//!   guard bytes (kernels/cuda_on_host.h) and its cp.async alignment check.
+//!
+//! What neither can see: races between blocks (the emulators run blocks one after another), the
+//! GPU's own ordering of global memory, and timing; nothing here checks those (on a GPU,
+//! `scripts/gpu-check`'s compute-sanitizer runs look for them with the real timing). Each check
+//! skips with a notice when the compiler cannot build and run a program with its sanitizer, unless
+//! FWP_REQUIRE_SANITIZERS=1 (set by `make test`), which makes that a failure.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -40,13 +46,46 @@ fn run(cmd: &mut Command) -> Output {
         .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"))
 }
 
-/// Whether the compiler builds and runs a ThreadSanitizer program here.
-fn tsan_works(dir: &Path) -> bool {
+/// A sanitizer the emulators are built with: its compiler flags, its runtime options, and the
+/// line that starts each of its reports.
+struct Sanitizer {
+    name: &'static str,
+    flags: &'static [&'static str],
+    options: (&'static str, &'static str),
+    report: &'static str,
+}
+
+const THREAD: Sanitizer = Sanitizer {
+    name: "thread",
+    flags: &["-fsanitize=thread"],
+    options: ("TSAN_OPTIONS", "halt_on_error=0 exitcode=66"),
+    report: "WARNING: ThreadSanitizer",
+};
+
+// libtorch is not instrumented: its own leaks at exit and its operator new / free pairs are not the
+// kernels' faults, so leak checks and the mismatch check are off. Every undefined behaviour aborts.
+const ADDRESS: Sanitizer = Sanitizer {
+    name: "address-undefined",
+    flags: &[
+        "-fsanitize=address,undefined",
+        "-fno-sanitize-recover=undefined",
+        "-fno-omit-frame-pointer",
+    ],
+    options: (
+        "ASAN_OPTIONS",
+        "detect_leaks=0 alloc_dealloc_mismatch=0 exitcode=66",
+    ),
+    report: "ERROR: AddressSanitizer",
+};
+
+/// Whether the compiler builds and runs a program with `san` here.
+fn sanitizer_works(dir: &Path, san: &Sanitizer) -> bool {
     let src = dir.join("probe.cpp");
     std::fs::write(&src, "int main() { return 0; }\n").unwrap();
     let exe = dir.join("probe");
     let built = compiler()
-        .args(["-fsanitize=thread", "-o"])
+        .args(san.flags)
+        .arg("-o")
         .arg(&exe)
         .arg(&src)
         .output();
@@ -58,22 +97,36 @@ fn tsan_works(dir: &Path) -> bool {
 
 #[test]
 fn emulated_cuda_kernels_have_no_data_races() {
+    run_driver_under(&THREAD, "emulated_cuda_kernels_have_no_data_races");
+}
+
+#[test]
+fn emulated_cuda_kernels_stay_in_bounds() {
+    run_driver_under(&ADDRESS, "emulated_cuda_kernels_stay_in_bounds");
+}
+
+/// Builds the emulators and the driver with `san`, runs the driver and fails on any report.
+fn run_driver_under(san: &Sanitizer, test: &str) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    // one directory per profile: target/tmp is shared by debug and release test builds
+    // one directory per profile and sanitizer: target/tmp is shared by debug and release test builds
     let profile = if cfg!(debug_assertions) {
         "debug"
     } else {
         "release"
     };
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("emulator-races-{profile}"));
+    let dir =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("emulator-{}-{profile}", san.name));
     std::fs::create_dir_all(&dir).unwrap();
-    if !tsan_works(&dir) {
-        let why = "the C++ compiler ($CXX or g++) cannot build and run a -fsanitize=thread program";
-        assert!(
-            std::env::var("FWP_REQUIRE_TSAN").as_deref() != Ok("1"),
-            "FWP_REQUIRE_TSAN=1, but {why}"
+    if !sanitizer_works(&dir, san) {
+        let why = format!(
+            "the C++ compiler ($CXX or g++) cannot build and run a {} program",
+            san.flags[0]
         );
-        eprintln!("SKIPPED emulated_cuda_kernels_have_no_data_races: {why}");
+        assert!(
+            std::env::var("FWP_REQUIRE_SANITIZERS").as_deref() != Ok("1"),
+            "FWP_REQUIRE_SANITIZERS=1, but {why}"
+        );
+        eprintln!("SKIPPED {test}: {why}");
         return;
     }
     let lib = PathBuf::from(env!("FWP_LIBTORCH_LIB"));
@@ -90,7 +143,8 @@ fn emulated_cuda_kernels_have_no_data_races() {
             .map(|src| {
                 let object = dir.join(format!("{}.o", src.replace('/', "_")));
                 let child = compiler()
-                    .args(["-std=c++17", "-O1", "-g", "-fsanitize=thread"])
+                    .args(["-std=c++17", "-O1", "-g"])
+                    .args(san.flags)
                     .args(["-D_GLIBCXX_USE_CXX11_ABI=1", "-DGLOG_USE_GLOG_EXPORT"])
                     .arg(include("include"))
                     .arg(include("include/torch/csrc/api/include"))
@@ -115,12 +169,13 @@ fn emulated_cuda_kernels_have_no_data_races() {
     }
     assert!(
         failures.is_empty(),
-        "compiling with ThreadSanitizer failed: {}",
+        "compiling with {} failed: {}",
+        san.flags[0],
         failures.join("\n")
     );
     let exe = dir.join("driver");
     let link = run(compiler()
-        .arg("-fsanitize=thread")
+        .args(san.flags)
         .args(&objects)
         .arg("-o")
         .arg(&exe)
@@ -129,23 +184,26 @@ fn emulated_cuda_kernels_have_no_data_races() {
         .args(["-ltorch_cpu", "-lc10"]));
     assert!(
         link.status.success(),
-        "linking the race check failed:\n{}",
+        "linking the {} check failed:\n{}",
+        san.name,
         String::from_utf8_lossy(&link.stderr)
     );
 
     let out = run(Command::new(&exe)
-        .env("TSAN_OPTIONS", "halt_on_error=0 exitcode=66")
+        .env(san.options.0, san.options.1)
+        .env("UBSAN_OPTIONS", "print_stacktrace=1")
         .env("OMP_NUM_THREADS", "1"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprint!("{stdout}");
-    let races = stderr.matches("WARNING: ThreadSanitizer").count();
-    // the first report in full (each names the two accesses, with their kernel source lines)
+    let reports = stderr.matches(san.report).count() + stderr.matches("runtime error:").count();
+    // the first report in full (each names the accesses, with their kernel source lines)
     let first: String = stderr.lines().take(60).collect::<Vec<_>>().join("\n");
     assert!(
-        races == 0 && out.status.success() && stdout.contains("all kernels ran"),
-        "the emulated CUDA kernels: {races} ThreadSanitizer reports, exit status {}; the start of \
+        reports == 0 && out.status.success() && stdout.contains("all kernels ran"),
+        "the emulated CUDA kernels under {}: {reports} reports, exit status {}; the start of \
          its output:\n{first}",
+        san.flags[0],
         out.status
     );
 }

@@ -1,8 +1,9 @@
-// Runs every CUDA kernel of fwp through its CPU emulator once, for tests/emulator_races.rs, which
-// builds this file and the emulators with ThreadSanitizer: the emulators run one std::thread per
+// Runs every CUDA kernel of fwp through its CPU emulator, for tests/emulator_races.rs, which builds
+// this file and the emulators twice: with ThreadSanitizer (the emulators run one std::thread per
 // CUDA thread with real barriers, so a missing __syncthreads or __syncwarp, a buffer refilled by
 // cp.async while other threads still read it, or two threads writing one shared-memory word between
-// barriers is a data race between std::threads, and ThreadSanitizer reports it. The values are not
+// barriers is a data race between std::threads, and ThreadSanitizer reports it), and with
+// AddressSanitizer and UBSan (an access past a tensor, an index overflow). The values are not
 // checked here (chunked_stages.rs, recurrent_cuda_emulated.rs and cpp_op.rs do that).
 //
 // Prints one line per run and "all kernels ran" at the end; exits 1 on an error of the kernels'
