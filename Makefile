@@ -47,9 +47,9 @@ build: setup
 # LD_LIBRARY_PATH); then scripts/gpu-check on this machine, whose GPU stages skip.
 # OMP_WAIT_POLICY=PASSIVE: with more test threads than cores, libtorch's OpenMP workers would spin
 # at every barrier waiting for descheduled peers (measured: a test of many small products took 46 s
-# instead of 0.8 s on 2 busy cores). FWP_REQUIRE_SANITIZERS=1: the race and bounds checks of the CUDA
-# kernels' emulators (tests/emulator_races.rs) fail, rather than skip, where ThreadSanitizer or
-# AddressSanitizer does not work.
+# instead of 0.8 s on 2 busy cores). FWP_REQUIRE_SANITIZERS=1: the sanitizer checks of the kernels
+# (tests/sanitized_kernels.rs) fail, rather than skip, where ThreadSanitizer or AddressSanitizer
+# does not work.
 test: setup
 	OMP_WAIT_POLICY=PASSIVE FWP_REQUIRE_SANITIZERS=1 cargo test $(CARGO_FLAGS) -- --test-threads $(TEST_THREADS)
 	$(MAKE) --no-print-directory dependent-crate gpu-dry-run

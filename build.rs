@@ -51,7 +51,7 @@ fn main() {
         "-ltorch".to_string(),
     ];
     println!("cargo:rustc-link-search=native={}", lib_dir.display());
-    // For tests that build C++ against the same libtorch (tests/emulator_races.rs).
+    // For tests that build C++ against the same libtorch (tests/sanitized_kernels.rs).
     println!("cargo:rustc-env=FWP_LIBTORCH_LIB={}", lib_dir.display());
 
     let cu_sources = sources("kernels", "cu");

@@ -48,7 +48,7 @@ void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]);
 // issuing thread waits for its group (wait_group 0 or 1). So a thread that reads its own copy before
 // its wait sees NaN (chunked_stages.rs then fails). A read of another thread's copy before the
 // barrier after the wait, and a buffer refilled while other threads still read it, are writes
-// unordered with reads: data races, which ThreadSanitizer reports (tests/emulator_races.rs) and the
+// unordered with reads: data races, which ThreadSanitizer reports (tests/sanitized_kernels.rs) and the
 // results show only when the timing happens to expose them.
 struct PendingCopy {
   void* dst;

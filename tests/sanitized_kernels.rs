@@ -1,35 +1,64 @@
-//! Two checks of every CUDA kernel's source that CI can make without a GPU, by running the kernels'
-//! CPU emulators (kernels/*_emulator.cpp, kernels/cuda_on_host.h) under the host compiler's
-//! sanitizers. Both build the emulators and `tests/emulator_races/driver.cpp` (which runs each kernel
-//! family once or more, on small shapes) and fail on any report.
+//! Checks of fwp's hand-written kernels that CI can make without a GPU, by building them with the
+//! host compiler's sanitizers and running them on small shapes; each fails on any report.
 //!
-//! - **Races** (ThreadSanitizer): the emulators run one std::thread per CUDA thread with real
+//! The CUDA kernels run through their CPU emulators (kernels/*_emulator.cpp,
+//! kernels/cuda_on_host.h), driven by `tests/sanitized_kernels/emulated_cuda.cpp`:
+//! - **races** (ThreadSanitizer): the emulators run one std::thread per CUDA thread with real
 //!   barriers, so a missing `__syncthreads` or `__syncwarp`, a buffer that cp.async refills while
 //!   other threads still read it (the emulator writes it at the issue), or two threads writing one
-//!   shared word between barriers is a data race between std::threads.
-//! - **Bounds** (AddressSanitizer and UndefinedBehaviorSanitizer), the CPU's stand-in for
-//!   compute-sanitizer's memcheck: a kernel that reads or writes global memory past a tensor (the
-//!   T tail, a partial value tile, the padded key columns), overflows an index, or shifts or converts
+//!   shared word between barriers is a data race between std::threads;
+//! - **bounds** (AddressSanitizer and UndefinedBehaviorSanitizer), the CPU's stand-in for
+//!   compute-sanitizer's memcheck: a kernel that reads or writes global memory past a tensor (the T
+//!   tail, a partial value tile, the padded key columns), overflows an index, or shifts or converts
 //!   out of range. Shared memory past a block's dynamic allocation is caught by the emulator's own
 //!   guard bytes (kernels/cuda_on_host.h) and its cp.async alignment check.
 //!
-//! What neither can see: races between blocks (the emulators run blocks one after another), the
-//! GPU's own ordering of global memory, and timing; nothing here checks those (on a GPU,
-//! `scripts/gpu-check`'s compute-sanitizer runs look for them with the real timing). Each check
-//! skips with a notice when the compiler cannot build and run a program with its sanitizer, unless
-//! FWP_REQUIRE_SANITIZERS=1 (set by `make test`), which makes that a failure.
+//! The recurrent CPU kernels (kernels/fast_weight_cpu.cpp), every instruction-set build the CPU can
+//! run, are checked for bounds the same way, driven by `tests/sanitized_kernels/cpu.cpp`: their
+//! vector loads and stores against the ends of rows, tensors and their own padded buffers.
+//!
+//! What none of this can see: races between CUDA blocks (the emulators run blocks one after
+//! another), the GPU's own ordering of global memory, and timing (on a GPU, `scripts/gpu-check`'s
+//! compute-sanitizer runs look for those). Each check skips with a notice when the compiler cannot
+//! build and run a program with its sanitizer, unless FWP_REQUIRE_SANITIZERS=1 (set by `make test`),
+//! which makes that a failure.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// The emulators and what they need, relative to the repository root.
-const SOURCES: [&str; 6] = [
-    "kernels/chunked_emulator.cpp",
-    "kernels/chunked_first_emulator.cpp",
-    "kernels/fast_weight_emulator.cpp",
-    "kernels/sum_norm_emulator.cpp",
-    "kernels/ffi.cpp",
-    "tests/emulator_races/driver.cpp",
+/// A translation unit of a checked program: its source, relative to the repository root, and the
+/// flags it needs beyond the common ones.
+struct Unit {
+    src: &'static str,
+    flags: &'static [&'static str],
+}
+
+const fn unit(src: &'static str) -> Unit {
+    Unit { src, flags: &[] }
+}
+
+/// The CUDA kernels' emulators and their driver.
+const EMULATED_CUDA: &[Unit] = &[
+    unit("kernels/chunked_emulator.cpp"),
+    unit("kernels/chunked_first_emulator.cpp"),
+    unit("kernels/fast_weight_emulator.cpp"),
+    unit("kernels/sum_norm_emulator.cpp"),
+    unit("kernels/ffi.cpp"),
+    unit("tests/sanitized_kernels/emulated_cuda.cpp"),
+];
+
+/// The recurrent CPU kernels, built per instruction set as build.rs builds them, and their driver.
+const CPU_KERNELS: &[Unit] = &[
+    unit("kernels/fast_weight_cpu.cpp"),
+    Unit {
+        src: "kernels/fast_weight_cpu.cpp",
+        flags: &["-DFWP_CPU_ISA=avx2", "-mavx2", "-mfma"],
+    },
+    Unit {
+        src: "kernels/fast_weight_cpu.cpp",
+        flags: &["-DFWP_CPU_ISA=avx512", "-mavx2", "-mfma", "-mavx512f"],
+    },
+    unit("tests/sanitized_kernels/cpu.cpp"),
 ];
 
 /// `$CXX` (split on whitespace, so that a launcher such as `ccache g++` works), else `g++`.
@@ -97,16 +126,36 @@ fn sanitizer_works(dir: &Path, san: &Sanitizer) -> bool {
 
 #[test]
 fn emulated_cuda_kernels_have_no_data_races() {
-    run_driver_under(&THREAD, "emulated_cuda_kernels_have_no_data_races");
+    check(
+        "emulated_cuda_kernels_have_no_data_races",
+        &THREAD,
+        "emulated-cuda",
+        EMULATED_CUDA,
+    );
 }
 
 #[test]
 fn emulated_cuda_kernels_stay_in_bounds() {
-    run_driver_under(&ADDRESS, "emulated_cuda_kernels_stay_in_bounds");
+    check(
+        "emulated_cuda_kernels_stay_in_bounds",
+        &ADDRESS,
+        "emulated-cuda",
+        EMULATED_CUDA,
+    );
 }
 
-/// Builds the emulators and the driver with `san`, runs the driver and fails on any report.
-fn run_driver_under(san: &Sanitizer, test: &str) {
+#[test]
+fn cpu_kernels_stay_in_bounds() {
+    if !cfg!(target_arch = "x86_64") {
+        // the instruction-set builds are x86-64's; elsewhere build.rs builds only the baseline
+        eprintln!("SKIPPED cpu_kernels_stay_in_bounds: not an x86-64 machine");
+        return;
+    }
+    check("cpu_kernels_stay_in_bounds", &ADDRESS, "cpu", CPU_KERNELS);
+}
+
+/// Builds `units` into the program `name` with `san`, runs it and fails on any report.
+fn check(test: &str, san: &Sanitizer, name: &str, units: &[Unit]) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     // one directory per profile and sanitizer: target/tmp is shared by debug and release test builds
     let profile = if cfg!(debug_assertions) {
@@ -114,8 +163,8 @@ fn run_driver_under(san: &Sanitizer, test: &str) {
     } else {
         "release"
     };
-    let dir =
-        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("emulator-{}-{profile}", san.name));
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("sanitized-{name}-{}-{profile}", san.name));
     std::fs::create_dir_all(&dir).unwrap();
     if !sanitizer_works(&dir, san) {
         let why = format!(
@@ -137,26 +186,33 @@ fn run_driver_under(san: &Sanitizer, test: &str) {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut objects = Vec::new();
     let mut failures = Vec::new();
-    for batch in SOURCES.chunks(cores) {
+    for batch in units.chunks(cores) {
         let compiles: Vec<_> = batch
             .iter()
-            .map(|src| {
-                let object = dir.join(format!("{}.o", src.replace('/', "_")));
+            .map(|unit| {
+                let object = dir.join(format!(
+                    "{}{}.o",
+                    unit.src.replace('/', "_"),
+                    unit.flags
+                        .first()
+                        .map_or(String::new(), |f| f.replace('=', "_"))
+                ));
                 let child = compiler()
                     .args(["-std=c++17", "-O1", "-g"])
                     .args(san.flags)
+                    .args(unit.flags)
                     .args(["-D_GLIBCXX_USE_CXX11_ABI=1", "-DGLOG_USE_GLOG_EXPORT"])
                     .arg(include("include"))
                     .arg(include("include/torch/csrc/api/include"))
                     .arg(format!("-I{}", root.join("kernels").display()))
                     .arg("-c")
-                    .arg(root.join(src))
+                    .arg(root.join(unit.src))
                     .arg("-o")
                     .arg(&object)
                     .stderr(std::process::Stdio::piped())
                     .spawn()
                     .unwrap_or_else(|e| panic!("cannot start the C++ compiler: {e}"));
-                (src, object, child)
+                (unit.src, object, child)
             })
             .collect();
         for (src, object, child) in compiles {
@@ -173,7 +229,7 @@ fn run_driver_under(san: &Sanitizer, test: &str) {
         san.flags[0],
         failures.join("\n")
     );
-    let exe = dir.join("driver");
+    let exe = dir.join(name);
     let link = run(compiler()
         .args(san.flags)
         .args(&objects)
@@ -201,8 +257,7 @@ fn run_driver_under(san: &Sanitizer, test: &str) {
     let first: String = stderr.lines().take(60).collect::<Vec<_>>().join("\n");
     assert!(
         reports == 0 && out.status.success() && stdout.contains("all kernels ran"),
-        "the emulated CUDA kernels under {}: {reports} reports, exit status {}; the start of \
-         its output:\n{first}",
+        "{name} under {}: {reports} reports, exit status {}; the start of its output:\n{first}",
         san.flags[0],
         out.status
     );

@@ -1,5 +1,5 @@
-// Runs every CUDA kernel of fwp through its CPU emulator, for tests/emulator_races.rs, which builds
-// this file and the emulators twice: with ThreadSanitizer (the emulators run one std::thread per
+// Runs every CUDA kernel of fwp through its CPU emulator, for tests/sanitized_kernels.rs, which
+// builds this file and the emulators twice: with ThreadSanitizer (the emulators run one std::thread per
 // CUDA thread with real barriers, so a missing __syncthreads or __syncwarp, a buffer refilled by
 // cp.async while other threads still read it, or two threads writing one shared-memory word between
 // barriers is a data race between std::threads, and ThreadSanitizer reports it), and with
