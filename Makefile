@@ -58,13 +58,15 @@ dependent-crate: setup
 	cargo build $(CARGO_FLAGS) -p fwp-dependent-crate
 	env -u LD_LIBRARY_PATH $(TARGET_DIR)/fwp-dependent-crate
 
-# The GPU check without a GPU, in full, then with a selection of its stages (GPU_CHECK_STAGES): one
-# that names a stage runs it, one that names none fails.
+# The GPU check without a GPU, in full, then with a selection of its stages (GPU_CHECK_STAGES): the
+# stages it names run (and only they); a name that matches no stage fails the run, saying which.
 gpu-dry-run: setup
 	bash scripts/gpu-bundle >/dev/null
 	OUT=$$(mktemp -d) bash scripts/gpu-check --dry-run
-	GPU_CHECK_STAGES=selftest-cpu OUT=$$(mktemp -d) bash scripts/gpu-check --dry-run | grep "^passed: bundle selftest-cpu$$" >/dev/null
-	! GPU_CHECK_STAGES=no-such-stage OUT=$$(mktemp -d) bash scripts/gpu-check --dry-run >/dev/null
+	GPU_CHECK_STAGES='bundle, selftest-cpu' OUT=$$(mktemp -d) bash scripts/gpu-check --dry-run | \
+	  grep "^passed: bundle selftest-cpu$$" >/dev/null
+	out=$$(mktemp -d); ! GPU_CHECK_STAGES=selftest-cpu,no-such-stage OUT=$$out bash scripts/gpu-check --dry-run \
+	  >/dev/null && grep '"no-such-stage" names none' $$out/gpu-check.log >/dev/null
 
 # The main job: the retrieval experiment's quick capacity sweep (table and plot in runs/retrieval-quick/).
 run: setup

@@ -18,8 +18,9 @@
 //! vector loads and stores against the ends of rows, tensors and their own padded buffers.
 //!
 //! What none of this can see: races between CUDA blocks (the emulators run blocks one after
-//! another), the GPU's own ordering of global memory, and timing (on a GPU, `scripts/gpu-check`'s
-//! compute-sanitizer runs look for those). Each check skips with a notice when the compiler cannot
+//! another), the GPU's own ordering of global memory, and timing; nothing here checks those (on a
+//! GPU, `scripts/gpu-check`'s compute-sanitizer racecheck looks for shared-memory hazards within a
+//! block with the real timing). Each check skips with a notice when the compiler cannot
 //! build and run a program with its sanitizer, unless FWP_REQUIRE_SANITIZERS=1 (set by `make test`),
 //! which makes that a failure.
 
@@ -92,11 +93,12 @@ const THREAD: Sanitizer = Sanitizer {
 };
 
 // libtorch is not instrumented: its own leaks at exit and its operator new / free pairs are not the
-// kernels' faults, so leak checks and the mismatch check are off. Every undefined behaviour aborts.
+// kernels' faults, so leak checks and the mismatch check are off. Every undefined behaviour aborts;
+// GCC's `undefined` leaves out float-to-integer conversions out of range, so they are asked for.
 const ADDRESS: Sanitizer = Sanitizer {
     name: "address-undefined",
     flags: &[
-        "-fsanitize=address,undefined",
+        "-fsanitize=address,undefined,float-cast-overflow",
         "-fno-sanitize-recover=undefined",
         "-fno-omit-frame-pointer",
     ],
