@@ -76,8 +76,8 @@ fn run(cmd: &mut Command) -> Output {
         .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"))
 }
 
-/// A sanitizer the emulators are built with: its compiler flags, its runtime options, and the
-/// line that starts each of its reports.
+/// A sanitizer the kernels are built with: its compiler flags, its runtime options, and the line
+/// that starts each of its reports.
 struct Sanitizer {
     name: &'static str,
     flags: &'static [&'static str],
@@ -93,8 +93,9 @@ const THREAD: Sanitizer = Sanitizer {
 };
 
 // libtorch is not instrumented: its own leaks at exit and its operator new / free pairs are not the
-// kernels' faults, so leak checks and the mismatch check are off. Every undefined behaviour aborts;
-// GCC's `undefined` leaves out float-to-integer conversions out of range, so they are asked for.
+// kernels' faults, so leak checks and the mismatch check are off. GCC's `undefined` leaves out
+// float-to-integer conversions out of range, so they are asked for. The `undefined` group aborts at
+// its first report; float-cast-overflow reports and goes on, and `check` counts its reports.
 const ADDRESS: Sanitizer = Sanitizer {
     name: "address-undefined",
     flags: &[
