@@ -14,8 +14,17 @@ target: FLA / fwp >= 1.5 for forward + backward, at equal or better accuracy.
 Writes fla-compare.jsonl (one record per shape and implementation) and fla-compare.md to --out, and
 fla-compare-profile.md: where each implementation's forward + backward spends its GPU time, kernel by
 kernel (torch.profiler), at T = 4k for each d, so that a first run also says which stage to speed up.
+All three are rewritten after each shape, so a run stopped at its time limit keeps what it measured.
+
+FLA's first call at each d autotunes: Triton compiles and times every config of each of its nine
+kernels, about 85 configs per d, one after another (about 60 s of compiling per d, measured for
+sm_90 on one CPU core). Before the timed runs, --precompile-workers processes (default: most of the
+CPU cores) compile those configs in parallel, each a share of every kernel's configs, into Triton's
+on-disk cache; FLA's own autotuning then loads them instead of compiling, and still times every
+config. Each record holds the seconds FLA's first call took at its d (fla_first_call_s).
 
   usage: python3 scripts/fla-compare.py --lib gpu-bundle/libfwp_torch.so --wheels gpu-bundle/wheels --out DIR
+         [--precompile-workers N]   (0: no precompiling)
          python3 scripts/fla-compare.py --lib gpu-bundle/libfwp_torch.so --dry-run
 --dry-run (what CI runs): no GPU needed; checks on the CPU, in float64 and on a small shape, that the
 library loads and that fwp's op and this script's reference agree, outputs and gradients.
@@ -143,6 +152,87 @@ def dry_run(lib):
     print(table)
 
 
+def fla_delta_rule(site):
+    """FLA's chunk_delta_rule from the folder its wheels were installed to, in fwp's terms: [B, T, H, d]
+    inputs, no scale, no final state."""
+    sys.path.insert(0, site)
+    from fla.ops.delta_rule import chunk_delta_rule
+
+    return lambda q, k, v, beta: chunk_delta_rule(q, k, v, beta, scale=1.0, output_final_state=False)[0]
+
+
+def fla_inputs(t, d, seed=1):
+    """The bf16 inputs and output gradient FLA gets at shape (T, d): [B, T, H, ...] on the GPU."""
+    q, k, v, beta, do = inputs(max(1, TOKENS // t), HEADS, t, d, "cuda", seed)
+    to_fla = lambda x: x.bfloat16().transpose(1, 2).contiguous()  # [B, H, T, ...] -> [B, T, H, ...]
+    return [to_fla(x) for x in (q, k, v, beta)], to_fla(do)
+
+
+def first_shapes():
+    """The first shape of each d in SHAPES: FLA autotunes once per d (its autotuning keys hold H, d and
+    the chunk, not T), at the first call."""
+    return [next(s for s in SHAPES if s[1] == d) for d in sorted({d for _, d in SHAPES})]
+
+
+def precompile_worker(site, index, count):
+    """Worker `index` of `count`: one FLA forward + backward at each d's first shape, with every
+    autotuned kernel's configs cut to this worker's share (configs[index::count], or the first where
+    that share is empty), so that the workers together compile each config once into Triton's on-disk
+    cache. Its timings are thrown away."""
+    from triton.runtime import autotuner
+
+    run = autotuner.Autotuner.run
+
+    def share(self, *args, **kwargs):
+        configs = self.configs
+        self.configs = configs[index::count] or configs[:1]
+        try:
+            return run(self, *args, **kwargs)
+        except Exception:
+            # none of this share's configs ran (one alone is not timed, so one that does not fit the
+            # GPU fails): all of them, as FLA itself does, so that the later kernels still get inputs
+            self.cache.clear()
+            self.configs = configs
+            return run(self, *args, **kwargs)
+        finally:
+            self.configs = configs
+
+    autotuner.Autotuner.run = share
+    fla = fla_delta_rule(site)
+    for t, d in first_shapes():
+        x, grad_out = fla_inputs(t, d)
+        grads(fla, x, grad_out)
+    torch.cuda.synchronize()
+
+
+def precompile(site, workers, limit_s=60):
+    """Runs `workers` precompile_worker processes side by side (at most limit_s seconds, then stops
+    them) and reports how they ended. Best effort: what a worker compiled before it failed or was
+    stopped is in the cache, and FLA's own autotuning compiles whatever the cache lacks."""
+    if workers < 1:
+        return
+    t0 = time.time()
+    procs = [subprocess.Popen([sys.executable, __file__, "--precompile-worker", f"{i}/{workers}", "--fla-site", site],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(workers)]
+    failed = []
+    for i, p in enumerate(procs):
+        try:
+            out, _ = p.communicate(timeout=max(1.0, limit_s - (time.time() - t0)))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, _ = p.communicate()
+            failed.append(f"worker {i}: stopped at the {limit_s:g}-s limit")
+            continue
+        if p.returncode != 0:
+            failed.append(f"worker {i}: exit {p.returncode}: " + " | ".join(out.strip().splitlines()[-3:]))
+    print(f"FLA's Triton kernels precompiled by {workers} processes in {time.time() - t0:.1f} s"
+          + ("" if not failed else f"; {len(failed)} did not finish (FLA's autotuning compiles their share):"),
+          flush=True)
+    for f in failed:
+        print("  " + f[:400], flush=True)
+
+
 def median_ms(fn, warmup, reps):
     for _ in range(warmup):
         fn()
@@ -219,13 +309,23 @@ def profile_table(title, rows, top=15):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--lib", required=True, help="gpu-bundle/libfwp_torch.so")
+    ap.add_argument("--lib", help="gpu-bundle/libfwp_torch.so (required)")
     ap.add_argument("--wheels", help="folder with the flash-linear-attention and fla-core wheels")
     ap.add_argument("--out", default="runs/fla-compare")
     ap.add_argument("--dry-run", action="store_true")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--precompile-workers", type=int, default=max(0, min(12, (os.cpu_count() or 1) - 2)),
+                    help="processes that compile FLA's Triton kernels before the timed runs (0: none)")
+    ap.add_argument("--precompile-worker", help=argparse.SUPPRESS)  # I/N: run as worker I of N
+    ap.add_argument("--fla-site", help=argparse.SUPPRESS)  # where the worker finds FLA
     args = ap.parse_args()
+    if args.precompile_worker:
+        index, count = (int(x) for x in args.precompile_worker.split("/"))
+        precompile_worker(args.fla_site, index, count)
+        return
+    if not args.lib:
+        ap.error("--lib is required")
     if args.dry_run:
         dry_run(args.lib)
         return
@@ -238,16 +338,25 @@ def main():
         sys.exit(f"fla-compare: no wheels in {args.wheels}")
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--target", target,
                     *wheels], check=True)
-    sys.path.insert(0, target)
-    from fla.ops.delta_rule import chunk_delta_rule
-
-    def fla(q, k, v, beta):  # [B, T, H, d] layout
-        return chunk_delta_rule(q, k, v, beta, scale=1.0, output_final_state=False)[0]
+    print(f"GPU: {torch.cuda.get_device_name(0)}, torch {torch.__version__}", flush=True)
+    precompile(target, args.precompile_workers)
+    fla = fla_delta_rule(target)
 
     os.makedirs(args.out, exist_ok=True)
-    records, profiles = [], []
-    print(f"GPU: {torch.cuda.get_device_name(0)}, torch {torch.__version__}")
+    records, profiles, first_call = [], [], {}
     for t, d in SHAPES:
+        if d not in first_call:  # FLA's autotuning at this d, kept out of the timed runs
+            x, grad_out = fla_inputs(t, d)
+            t0 = time.time()
+            try:
+                grads(fla, x, grad_out)
+                torch.cuda.synchronize()
+                first_call[d] = round(time.time() - t0, 1)
+                print(f"FLA's first forward + backward at d = {d} (its autotuning): {first_call[d]} s", flush=True)
+            except Exception as e:  # reported with the shape's records below
+                first_call[d] = None
+                print(f"FLA's first call at d = {d} failed: {type(e).__name__}: {e}"[:500], flush=True)
+            del x, grad_out
         b = max(1, TOKENS // t)
         q, k, v, beta, do = inputs(b, HEADS, t, d, "cuda", 1)
         bf = [x.bfloat16() for x in (q, k, v, beta)]  # the inputs both implementations see
@@ -259,7 +368,8 @@ def main():
         fla_x = [to_fla(x) for x in bf]
         fla_do = to_fla(do)
         want_fla = (to_fla(want[0]), [to_fla(g) for g in want[1]])
-        shape = {"B": b, "H": HEADS, "T": t, "d": d, "dtype": "bf16", "reference_s": round(ref_s, 1)}
+        shape = {"B": b, "H": HEADS, "T": t, "d": d, "dtype": "bf16", "reference_s": round(ref_s, 1),
+                 "fla_first_call_s": first_call[d]}
         # fwp-first: the chunked kernels with their first-version sequential passes (FWP_CHUNKED_PASSES)
         for name, fn, x, grad_out, w in (("fla", fla, fla_x, fla_do, want_fla),
                                          ("fwp", fwp_op, bf, do, want),
@@ -283,12 +393,22 @@ def main():
                 print(profiles[-1], flush=True)
         del q, k, v, beta, do, bf, want, fla_x, fla_do, want_fla
         torch.cuda.empty_cache()
-    with open(os.path.join(args.out, "fla-compare.jsonl"), "w") as f:
+        table = write_outputs(args.out, records, profiles)
+    print(table)
+
+
+def write_outputs(out, records, profiles):
+    """(Re)writes fla-compare.jsonl, fla-compare.md (the shapes measured so far) and
+    fla-compare-profile.md to `out`; returns the table."""
+    with open(os.path.join(out, "fla-compare.jsonl"), "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in records)
     lines = ["| T | d | FLA fwd / bwd / total ms | fwp fwd / bwd / total ms | FLA / fwp (total) "
-             "| FLA max rel. RMS error | fwp max rel. RMS error | fwp, first-version passes: total ms |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| FLA max rel. RMS error | fwp max rel. RMS error | fwp, first-version passes: total ms "
+             "| FLA's first call (autotuning), s |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for t, d in SHAPES:
+        if not any(r["T"] == t and r["d"] == d and r["impl"] == "fwp-first" for r in records):
+            continue  # not measured (yet)
         fr = next(r for r in records if r["T"] == t and r["d"] == d and r["impl"] == "fla")
         ow = next(r for r in records if r["T"] == t and r["d"] == d and r["impl"] == "fwp")
         first = next(r for r in records if r["T"] == t and r["d"] == d and r["impl"] == "fwp-first")
@@ -297,13 +417,15 @@ def main():
         err = lambda r: "–" if "failed" in r else f"{max(r['errors'].values()):.2e}"
         ratio = "–" if "failed" in fr or "failed" in ow else f"{fr['train_ms'] / ow['train_ms']:.2f}"
         first_ms = first["failed"] if "failed" in first else f"{first['train_ms']:.3f}"
-        lines.append(f"| {t} | {d} | {cell(fr)} | {cell(ow)} | {ratio} | {err(fr)} | {err(ow)} | {first_ms} |")
+        fc = fr["fla_first_call_s"]
+        lines.append(f"| {t} | {d} | {cell(fr)} | {cell(ow)} | {ratio} | {err(fr)} | {err(ow)} | {first_ms} "
+                     f"| {'–' if fc is None else fc} |")
     table = "\n".join(lines) + "\n"
-    with open(os.path.join(args.out, "fla-compare.md"), "w") as f:
+    with open(os.path.join(out, "fla-compare.md"), "w") as f:
         f.write(table)
-    with open(os.path.join(args.out, "fla-compare-profile.md"), "w") as f:
+    with open(os.path.join(out, "fla-compare-profile.md"), "w") as f:
         f.write("\n".join(profiles))
-    print(table)
+    return table
 
 
 if __name__ == "__main__":
