@@ -178,12 +178,16 @@ def precompile_worker(site, index, count):
     """Worker `index` of `count`: one FLA forward + backward at each d's first shape, with every
     autotuned kernel's configs cut to this worker's share (configs[index::count], or the first where
     that share is empty), so that the workers together compile each config once into Triton's on-disk
-    cache. Its timings are thrown away."""
+    cache. Each config runs once instead of being timed (a config that does not compile or fit still
+    drops out, as in FLA's timing), and no autotuning result is written to disk: the main process
+    times every config itself, alone on the GPU."""
     from triton.runtime import autotuner
 
     run = autotuner.Autotuner.run
+    autotuner.Autotuner.do_bench = property(lambda self: lambda fn, quantiles=None, **kw: (fn(), [0.0] * 3)[1])
 
     def share(self, *args, **kwargs):
+        self.cache_results = False  # a share's best config (or one picked here) must not reach the main process
         configs = self.configs
         self.configs = configs[index::count] or configs[:1]
         try:
@@ -212,20 +216,23 @@ def precompile(site, workers, limit_s=60):
     if workers < 1:
         return
     t0 = time.time()
+    logs = [tempfile.TemporaryFile() for _ in range(workers)]  # files, not pipes: a worker never waits on us
     procs = [subprocess.Popen([sys.executable, __file__, "--precompile-worker", f"{i}/{workers}", "--fla-site", site],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for i in range(workers)]
+                              stdout=log, stderr=subprocess.STDOUT)
+             for i, log in enumerate(logs)]
     failed = []
-    for i, p in enumerate(procs):
+    for i, (p, log) in enumerate(zip(procs, logs)):
         try:
-            out, _ = p.communicate(timeout=max(1.0, limit_s - (time.time() - t0)))
+            p.wait(timeout=max(0.1, limit_s - (time.time() - t0)))
         except subprocess.TimeoutExpired:
             p.kill()
-            out, _ = p.communicate()
+            p.wait()
             failed.append(f"worker {i}: stopped at the {limit_s:g}-s limit")
             continue
         if p.returncode != 0:
-            failed.append(f"worker {i}: exit {p.returncode}: " + " | ".join(out.strip().splitlines()[-3:]))
+            log.seek(0)
+            tail = log.read().decode(errors="replace").strip().splitlines()[-3:]
+            failed.append(f"worker {i}: exit {p.returncode}: " + " | ".join(tail))
     print(f"FLA's Triton kernels precompiled by {workers} processes in {time.time() - t0:.1f} s"
           + ("" if not failed else f"; {len(failed)} did not finish (FLA's autotuning compiles their share):"),
           flush=True)
@@ -315,7 +322,7 @@ def main():
     ap.add_argument("--dry-run", action="store_true")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--reps", type=int, default=10)
-    ap.add_argument("--precompile-workers", type=int, default=max(0, min(12, (os.cpu_count() or 1) - 2)),
+    ap.add_argument("--precompile-workers", type=int, default=max(0, min(12, len(os.sched_getaffinity(0)) - 2)),
                     help="processes that compile FLA's Triton kernels before the timed runs (0: none)")
     ap.add_argument("--precompile-worker", help=argparse.SUPPRESS)  # I/N: run as worker I of N
     ap.add_argument("--fla-site", help=argparse.SUPPRESS)  # where the worker finds FLA
