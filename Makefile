@@ -62,7 +62,9 @@ dependent-crate: setup
 # stages it names run (and only they); a name that matches no stage fails the run, saying which.
 gpu-dry-run: setup
 	bash scripts/gpu-bundle >/dev/null
-	OUT=$$(mktemp -d) bash scripts/gpu-check --dry-run
+	rm -rf gpu-bundle  # as on the GPU machine, where only the tarball travels: gpu-check unpacks it
+	out=$$(mktemp -d); OUT=$$out bash scripts/gpu-check --dry-run && \
+	  grep "^unpacked gpu-bundle.tar.xz" $$out/gpu-check.log >/dev/null
 	GPU_CHECK_STAGES='bundle, selftest-cpu' OUT=$$(mktemp -d) bash scripts/gpu-check --dry-run | \
 	  grep "^passed: bundle selftest-cpu$$" >/dev/null
 	out=$$(mktemp -d); ! GPU_CHECK_STAGES=selftest-cpu,no-such-stage OUT=$$out bash scripts/gpu-check --dry-run \
