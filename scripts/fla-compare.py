@@ -161,11 +161,15 @@ def fla_delta_rule(site):
     return lambda q, k, v, beta: chunk_delta_rule(q, k, v, beta, scale=1.0, output_final_state=False)[0]
 
 
+def to_fla(x):
+    """fwp's layout [B, H, T, ...] to FLA's [B, T, H, ...]."""
+    return x.transpose(1, 2).contiguous()
+
+
 def fla_inputs(t, d, seed=1):
     """The bf16 inputs and output gradient FLA gets at shape (T, d): [B, T, H, ...] on the GPU."""
     q, k, v, beta, do = inputs(max(1, TOKENS // t), HEADS, t, d, "cuda", seed)
-    to_fla = lambda x: x.bfloat16().transpose(1, 2).contiguous()  # [B, H, T, ...] -> [B, T, H, ...]
-    return [to_fla(x) for x in (q, k, v, beta)], to_fla(do)
+    return [to_fla(x.bfloat16()) for x in (q, k, v, beta)], to_fla(do.bfloat16())
 
 
 def first_shapes():
@@ -371,7 +375,6 @@ def main():
         t0 = time.time()
         want = grads(lambda *x: reference(*x)[0], [x.double() for x in bf], do.double())
         ref_s = time.time() - t0
-        to_fla = lambda x: x.transpose(1, 2).contiguous()  # [B, H, T, ...] -> [B, T, H, ...]
         fla_x = [to_fla(x) for x in bf]
         fla_do = to_fla(do)
         want_fla = (to_fla(want[0]), [to_fla(g) for g in want[1]])
