@@ -145,6 +145,55 @@ FWP_DEV int imin(int x, int y) { return x < y ? x : y; }
 
 FWP_DEV uint32_t pack(uint16_t lo, uint16_t hi) { return uint32_t(lo) | (uint32_t(hi) << 16); }
 
+// The bf16 values at p and p + 1 (p 4-byte aligned) as one register, p's in the lower half: one
+// 32-bit load on the GPU.
+FWP_DEV uint32_t bf16_pair(const uint16_t* p) {
+#ifdef __CUDACC__
+  return *reinterpret_cast<const uint32_t*>(p);
+#else
+  return pack(p[0], p[1]);
+#endif
+}
+
+// Fragments of bf16 matrices taken as one part: the bits go into the registers as they are (split<1>
+// of a bf16 value is that value), with no conversion. Element (i, j) of m is m[i * ld + j]; the
+// fragments' layouts are load_a's and load_b's (below).
+//   bf16_a_rows: A(r, c) = m(r0 + r, c0 + c), a register's pair in one 32-bit load (ld and c0 even,
+//                m 4-byte aligned);
+//   bf16_a_cols: A(r, c) = m(c0 + c, r0 + r), the transpose, two loads per register;
+//   bf16_b_rows: B(k, n) = m(k0 + k, n0 + n), zero where n0 + n >= cols, two loads per register;
+//   bf16_b_cols: B(k, n) = m(n0 + n, k0 + k), one 32-bit load per register (as bf16_a_rows).
+FWP_DEV void bf16_a_rows(uint32_t (&a)[4], const uint16_t* m, int64_t ld, int r0, int c0) {
+  const int g = lane_id() >> 2, t = lane_id() & 3;
+FWP_UNROLL
+  for (int i = 0; i < 4; ++i) a[i] = bf16_pair(m + (r0 + g + 8 * (i & 1)) * ld + c0 + 2 * t + 8 * (i >> 1));
+}
+FWP_DEV void bf16_a_cols(uint32_t (&a)[4], const uint16_t* m, int64_t ld, int r0, int c0) {
+  const int g = lane_id() >> 2, t = lane_id() & 3;
+FWP_UNROLL
+  for (int i = 0; i < 4; ++i) {
+    const int r = r0 + g + 8 * (i & 1), c = c0 + 2 * t + 8 * (i >> 1);
+    a[i] = pack(m[c * ld + r], m[(c + 1) * ld + r]);
+  }
+}
+FWP_DEV void bf16_b_rows(uint32_t (&b)[2], const uint16_t* m, int64_t ld, int k0, int n0, int cols) {
+  const int g = lane_id() >> 2, t = lane_id() & 3, n = n0 + g;
+FWP_UNROLL
+  for (int i = 0; i < 2; ++i) {
+    const int k = k0 + 2 * t + 8 * i;
+    b[i] = n < cols ? pack(m[k * ld + n], m[(k + 1) * ld + n]) : 0u;
+  }
+}
+FWP_DEV void bf16_b_cols(uint32_t (&b)[2], const uint16_t* m, int64_t ld, int k0, int n0) {
+  const int g = lane_id() >> 2, t = lane_id() & 3;
+FWP_UNROLL
+  for (int i = 0; i < 2; ++i) b[i] = bf16_pair(m + (n0 + g) * ld + k0 + 2 * t + 8 * i);
+}
+
+// The bf16 elements of a matrix read as it is (In), and whether its pairs may be read as 32-bit words.
+FWP_DEV const uint16_t* bf16_of(const In& m) { return static_cast<const uint16_t*>(m.p); }
+FWP_DEV bool word_aligned(const In& m) { return (reinterpret_cast<uintptr_t>(m.p) & 3) == 0; }
+
 // The first P bf16 parts of x (hi first; each next part is bf16 of what the earlier ones leave).
 template <int P>
 FWP_DEV void split(float x, uint16_t (&h)[P]) {
@@ -213,6 +262,85 @@ struct Tile {
 };
 
 FWP_DEV Tile smem_tile(const float* slot, bool bf16, int width) { return Tile{In{slot, bf16}, tile_ld(width, bf16)}; }
+
+// The A fragment, in P parts, of rows r0.. and columns c0.. of a tile, or (transposed) of its
+// transpose: A(r, c) = t(c0 + c, r0 + r). A bf16 tile taken as one part is its own operand: its
+// bits go into the registers as they are (split<1> of a bf16 value is that value), a row's pair of
+// elements in one 32-bit load; the transpose's pairs are two loads packed.
+template <int P, bool transposed>
+FWP_DEV void tile_a(uint32_t (&a)[P][4], const Tile& t, int r0, int c0) {
+  if (P == 1 && t.m.bf16) {
+    if (transposed)
+      bf16_a_cols(a[0], bf16_of(t.m), t.ld, r0, c0);
+    else
+      bf16_a_rows(a[0], bf16_of(t.m), t.ld, r0, c0);
+  } else if (transposed) {
+    load_a<P>(a, [&](int r, int c) { return t(c0 + c, r0 + r); });
+  } else {
+    load_a<P>(a, [&](int r, int c) { return t(r0 + r, c0 + c); });
+  }
+}
+
+// The B fragment, in P parts, of rows k0.. and columns n0.. of a tile (as tile_a: a bf16 tile's
+// bits as they are when P = 1).
+template <int P>
+FWP_DEV void tile_b(uint32_t (&b)[P][2], const Tile& t, int k0, int n0) {
+  if (P == 1 && t.m.bf16) {
+    bf16_b_rows(b[0], bf16_of(t.m), t.ld, k0, n0, t.ld);
+  } else {
+    load_b<P>(b, [&](int k, int n) { return t(k0 + k, n0 + n); });
+  }
+}
+
+// A matrix in shared memory as its bf16 parts (split), each part transposed: element (k, n) of part
+// p at h[p * plane + n * ld + k], ld = rows + 8 (even, so pairs are 4-byte aligned; a warp's
+// fragment loads fall on distinct banks when rows is a multiple of 64). Each element is split once,
+// by the thread that writes it, rather than by every warp that multiplies with it, and a B
+// fragment's register (rows k, k + 1 of column n) is one 32-bit load. The passes keep their state
+// and U' (dU') this way when operands take at most two parts: then the planes fit in the space of
+// the fp32 tiles they replace (pass_floats counts those).
+struct Planes {
+  uint16_t* h;
+  int ld, plane;
+
+  template <int P>
+  FWP_DEV void put(int k, int n, float x) const {
+    uint16_t parts[P];
+    split<P>(x, parts);
+FWP_UNROLL
+    for (int p = 0; p < P; ++p) h[p * plane + n * ld + k] = parts[p];
+  }
+
+  // The B fragment (rows k0.., columns n0..) in P parts.
+  template <int P>
+  FWP_DEV void fragment(uint32_t (&b)[P][2], int k0, int n0) const {
+FWP_UNROLL
+    for (int p = 0; p < P; ++p) bf16_b_cols(b[p], h + p * plane, ld, k0, n0);
+  }
+};
+
+// Planes of `rows` x kBV at sm (rows: a multiple of 64).
+FWP_DEV Planes planes_at(float* sm, int rows) { return Planes{reinterpret_cast<uint16_t*>(sm), rows + 8, kBV * (rows + 8)}; }
+
+// Whether a pass with P parts per operand keeps its state (two parts) and U' (dU', P parts) as
+// Planes; their space, in halves, within the fp32 tiles' (KT*16 x kLdV and C x kLdV floats).
+template <int P>
+constexpr bool kPassPlanes = P <= 2;
+static_assert(2 * kBV * (4 * 16 + 8) <= 2 * 4 * 16 * kLdV && 2 * kBV * (kPassC + 8) <= 2 * kPassC * kLdV,
+              "the passes' planes fit in the space of the fp32 tiles (smallest key tile: KT = 4)");
+
+// The B operand of a pass's product, fragment by fragment: a tile of the chunk's inputs (from_tile)
+// or planes (from_planes).
+template <int P>
+struct TileB {
+  Tile t;
+  FWP_DEV void operator()(uint32_t (&b)[P][2], int k0, int n0) const { tile_b<P>(b, t, k0, n0); }
+};
+template <int P>
+struct PlanesB {
+  Planes s;
+  FWP_DEV void operator()(uint32_t (&b)[P][2], int k0, int n0) const { s.template fragment<P>(b, k0, n0); }
+};
 
 // Copies rows x `cols` elements of src (row stride lds, elements of `bytes` bytes) into dst (row
 // stride ldd), zero-filling columns cols .. width - 1, asynchronously: 16-byte copies where the rows
@@ -292,8 +420,11 @@ FWP_UNROLL
         }
   }
 
-  // To shared memory (sm[r * kLdV + c], every row and column) and to dst[r * ld + c] (r < dk, c < nv).
+  // To shared memory (every row and column: as fp32, sm[r * kLdV + c], or with planes, as their two
+  // parts) and to dst[r * ld + c] (r < dk, c < nv).
+  template <bool planes>
   FWP_DEV void store(float* sm, float* dst, int64_t ld, int dk, int nv) const {
+    const Planes pl = planes_at(sm, KT * 16);
 FWP_UNROLL
     for (int i = 0; i < KT / 4; ++i)
 FWP_UNROLL
@@ -301,15 +432,20 @@ FWP_UNROLL
 FWP_UNROLL
         for (int e = 0; e < 4; ++e) {
           const int r = row(i, e), c = 8 * j + acc_col(e);
-          if (sm != nullptr) sm[r * kLdV + c] = x[i][j][e];
+          if (sm != nullptr) {
+            if (planes)
+              pl.template put<2>(r, c, x[i][j][e]);
+            else
+              sm[r * kLdV + c] = x[i][j][e];
+          }
           if (r < dk && c < nv) dst[r * ld + c] = x[i][j][e];
         }
   }
 
-  // x += sign * A^T B for this warp's rows, with A (C x KT*16: A^T's row r is column r of A) and
-  // B (C x kBV) tiles in shared memory; P parts each.
-  template <int P>
-  FWP_DEV void add_transposed_product(float sign, const Tile& a_sm, const Tile& b_sm) {
+  // x += sign * A^T B for this warp's rows, with A (C x KT*16: A^T's row r is column r of A) a tile
+  // in shared memory and B (C x kBV) given fragment by fragment by b_frag (TileB, PlanesB); P parts each.
+  template <int P, class BFrag>
+  FWP_DEV void add_transposed_product(float sign, const Tile& a_sm, const BFrag& b_frag) {
 FWP_UNROLL
     for (int i = 0; i < KT / 4; ++i) {
       const int m0 = 16 * (warp_id() + 4 * i);
@@ -317,11 +453,11 @@ FWP_UNROLL
 FWP_NO_UNROLL
       for (int kk = 0; kk < kPassC / 16; ++kk) {
         uint32_t a[P][4];
-        load_a<P>(a, [&](int r, int c) { return a_sm(16 * kk + c, m0 + r); });
+        tile_a<P, true>(a, a_sm, m0, 16 * kk);
 FWP_UNROLL
         for (int j = 0; j < kNT; ++j) {
           uint32_t b[P][2];
-          load_b<P>(b, [&](int r, int c) { return b_sm(16 * kk + r, 8 * j + c); });
+          b_frag(b, 16 * kk, 8 * j);
           mma_parts<P, P>(acc[j], a, b);
         }
       }
@@ -334,21 +470,27 @@ FWP_UNROLL
 };
 
 // This warp's 16 rows (chunk steps 16 warp ..) of base + sign * A S, A = a_sm (C x KT*16, P parts),
-// S = s_sm (KT*16 x kBV, the state, row stride kLdV, PS parts), base = base_sm (C x kBV); into out_sm
-// (C x kBV, row stride kLdV) and out[r * ld + c] for c < nv.
+// S = the state at s_sm (KT*16 x kBV, PS parts: fp32 with row stride kLdV, or planes),
+// base = base_sm (C x kBV); into out_sm (C x kBV: fp32 with row stride kLdV, or P planes) and
+// out[r * ld + c] for c < nv.
 template <int KT, int P, int PS>
-FWP_DEV void rows_times_state(const Tile& a_sm, const float* s_sm, float sign, const Tile& base_sm, float* out_sm,
+FWP_DEV void rows_times_state(const Tile& a_sm, float* s_sm, float sign, const Tile& base_sm, float* out_sm,
                               Out out, int64_t ld, int nv) {
+  constexpr bool planes = kPassPlanes<P>;
+  const Planes s_pl = planes_at(s_sm, KT * 16), out_pl = planes_at(out_sm, kPassC);
   const int m0 = 16 * warp_id();
   float acc[kNT][4] = {};
 FWP_NO_UNROLL
   for (int kk = 0; kk < KT; ++kk) {
     uint32_t a[P][4];
-    load_a<P>(a, [&](int r, int c) { return a_sm(m0 + r, 16 * kk + c); });
+    tile_a<P, false>(a, a_sm, m0, 16 * kk);
 FWP_UNROLL
     for (int j = 0; j < kNT; ++j) {
       uint32_t b[PS][2];
-      load_b<PS>(b, [&](int r, int c) { return s_sm[(16 * kk + r) * kLdV + 8 * j + c]; });
+      if (planes)
+        s_pl.template fragment<PS>(b, 16 * kk, 8 * j);
+      else
+        load_b<PS>(b, [&](int r, int c) { return s_sm[(16 * kk + r) * kLdV + 8 * j + c]; });
       mma_parts<P, PS>(acc[j], a, b);
     }
   }
@@ -358,9 +500,22 @@ FWP_UNROLL
     for (int e = 0; e < 4; ++e) {
       const int r = m0 + acc_row(e), c = 8 * j + acc_col(e);
       const float x = base_sm(r, c) + sign * acc[j][e];
-      out_sm[r * kLdV + c] = x;
+      if (planes)
+        out_pl.template put<P>(r, c, x);
+      else
+        out_sm[r * kLdV + c] = x;
       if (c < nv) out.set(r * ld + c, x);
     }
+}
+
+// The B operand of a pass's product that rows_times_state wrote to values_sm (U', dU'): planes or
+// an fp32 tile.
+template <int P, class Use>
+FWP_DEV void with_values(float* values_sm, const Use& use) {
+  if constexpr (kPassPlanes<P>)
+    use(PlanesB<P>{planes_at(values_sm, kPassC)});
+  else
+    use(TileB<P>{smem_tile(values_sm, false, kBV)});
 }
 
 // What a pass block (bh, tile) works on: its value columns col0 .. col0 + nv - 1, the size of one
@@ -409,19 +564,21 @@ FWP_DEV void state_forward_pass(const PassArgs& x, float* smem, int bh, int tile
   StateTile<KT> st;
   st.load(x.init + bh * state + col0, x.dv, x.dk, nv);
   walk_chunks(x.N, false, x.stages, load, [&](int64_t c, int s) {
-    st.store(s_sm, x.per_chunk + (int64_t(bh) * x.N + c) * state + col0, x.dv, x.dk, nv);  // checkpoint c = S_c
-    block_sync();
-    const Tile u = smem_tile(u_sm(s), x.c.bf16, kBV);
-    Tile vn = u;
+    // checkpoint c = S_c (and, for the delta rule's W S_c, to shared memory)
+    st.template store<kPassPlanes<P>>(delta ? s_sm : nullptr, x.per_chunk + (int64_t(bh) * x.N + c) * state + col0,
+                                      x.dv, x.dk, nv);
+    block_sync();  // also for the sum rule: it makes every thread's copies of this chunk visible to all
+    const Tile u = smem_tile(u_sm(s), x.c.bf16, kBV), k = smem_tile(k_sm(s), x.a.bf16, KT * 16);
     if (delta) {  // U' = U - W S_c
       rows_times_state<KT, P, PS>(smem_tile(w_sm(s), x.b.bf16, KT * 16), s_sm, -1.f, u, vn_sm,
                                   x.values + (int64_t(bh) * x.N + c) * kPassC * x.dv + col0, x.dv, nv);
       block_sync();
-      vn = smem_tile(vn_sm, false, kBV);
+      with_values<P>(vn_sm, [&](const auto& vn) { st.template add_transposed_product<P>(1.f, k, vn); });
+    } else {
+      st.template add_transposed_product<P>(1.f, k, TileB<P>{u});  // S_{c+1} = S_c + K^T U'
     }
-    st.template add_transposed_product<P>(1.f, smem_tile(k_sm(s), x.a.bf16, KT * 16), vn);  // S_{c+1} = S_c + K^T U'
   });
-  st.store(nullptr, x.last + bh * state + col0, x.dv, x.dk, nv);
+  st.template store<false>(nullptr, x.last + bh * state + col0, x.dv, x.dk, nv);
 }
 
 // B2 for block (bh, tile), in reverse over chunks: see the header.
@@ -452,17 +609,22 @@ FWP_DEV void state_backward_pass(const PassArgs& x, float* smem, int bh, int til
   StateTile<KT> ds;
   ds.load(x.init + bh * state + col0, x.dv, x.dk, nv);
   walk_chunks(x.N, true, x.stages, load, [&](int64_t c, int s) {
-    ds.store(ds_sm, x.per_chunk + (int64_t(bh) * x.N + c) * state + col0, x.dv, x.dk, nv);  // dS_{c+1}
+    // dS_{c+1}
+    ds.template store<kPassPlanes<P>>(ds_sm, x.per_chunk + (int64_t(bh) * x.N + c) * state + col0, x.dv, x.dk, nv);
     block_sync();
     // dU' = dU'_loc + K dS_{c+1}
     rows_times_state<KT, P, PS>(smem_tile(k_sm(s), x.a.bf16, KT * 16), ds_sm, 1.f, smem_tile(dl_sm(s), false, kBV), dvn_sm,
                                 x.values + (int64_t(bh) * x.N + c) * kPassC * x.dv + col0, x.dv, nv);
     block_sync();
     // dS_c = dS_{c+1} + Q^T dO - W^T dU'
-    ds.template add_transposed_product<P>(1.f, smem_tile(q_sm(s), x.c.bf16, KT * 16), smem_tile(do_sm(s), x.e.bf16, kBV));
-    if (delta) ds.template add_transposed_product<P>(-1.f, smem_tile(w_sm(s), x.b.bf16, KT * 16), smem_tile(dvn_sm, false, kBV));
+    ds.template add_transposed_product<P>(1.f, smem_tile(q_sm(s), x.c.bf16, KT * 16),
+                                          TileB<P>{smem_tile(do_sm(s), x.e.bf16, kBV)});
+    if (delta)
+      with_values<P>(dvn_sm, [&](const auto& dvn) {
+        ds.template add_transposed_product<P>(-1.f, smem_tile(w_sm(s), x.b.bf16, KT * 16), dvn);
+      });
   });
-  ds.store(nullptr, x.last + bh * state + col0, x.dv, x.dk, nv);
+  ds.template store<false>(nullptr, x.last + bh * state + col0, x.dv, x.dk, nv);
 }
 
 // ---- The per-chunk row stages (chunked.h: values, F3 output, B1 local_grad), fast version ----
@@ -490,21 +652,30 @@ struct RowArgs {
   int dk, dv;
 };
 
-// acc[j] += A B over k in [0, K) by 16, for this warp's 16 rows: A(r, k) = ga(r, k) in PA parts,
-// B(k, n) = gb(k, n) for n-tile j's columns 8 j .. in PB parts (the getters give 0 outside).
-template <int NJ, int PA, int PB, class GA, class GB>
-FWP_DEV void warp_product(float (&acc)[NJ][4], int K, const GA& ga, const GB& gb) {
+// acc[j] += A B over k in [0, K) by 16, for this warp's 16 rows, from fragments: fa(a, k0) loads A's
+// columns k0.. (PA parts), fb(b, k0, n0) B's rows k0.. and columns n0.. (PB parts).
+template <int NJ, int PA, int PB, class FA, class FB>
+FWP_DEV void warp_product_fragments(float (&acc)[NJ][4], int K, const FA& fa, const FB& fb) {
   FWP_NO_UNROLL
   for (int k0 = 0; k0 < K; k0 += 16) {
     uint32_t a[PA][4];
-    load_a<PA>(a, [&](int r, int c) { return ga(r, k0 + c); });
+    fa(a, k0);
     FWP_UNROLL
     for (int j = 0; j < NJ; ++j) {
       uint32_t b[PB][2];
-      load_b<PB>(b, [&](int r, int c) { return gb(k0 + r, 8 * j + c); });
+      fb(b, k0, 8 * j);
       mma_parts<PA, PB>(acc[j], a, b);
     }
   }
+}
+
+// The same from element getters: A(r, k) = ga(r, k) in PA parts, B(k, n) = gb(k, n) for n-tile j's
+// columns 8 j .. in PB parts (the getters give 0 outside).
+template <int NJ, int PA, int PB, class GA, class GB>
+FWP_DEV void warp_product(float (&acc)[NJ][4], int K, const GA& ga, const GB& gb) {
+  warp_product_fragments<NJ, PA, PB>(
+      acc, K, [&](uint32_t(&a)[PA][4], int k0) { load_a<PA>(a, [&](int r, int c) { return ga(r, k0 + c); }); },
+      [&](uint32_t(&b)[PB][2], int k0, int n0) { load_b<PB>(b, [&](int r, int c) { return gb(k0 + r, n0 + c); }); });
 }
 
 // The A fragment, in P parts, of k-block kk of a 16 x C row block held as accumulators (n-tiles 2 kk
@@ -530,23 +701,44 @@ FWP_DEV void row_stage(const RowArgs& x, int bh, int64_t c, int tile) {
   const int nv = imin(kRowCols, x.dv - col0), dk = x.dk;
   const int64_t chunk = int64_t(bh) * x.N + c;
   const In a = x.a + chunk * kPassC * dk;                     // [C, d_k] rows of W or Q
-  const auto ga = [&](int r, int k) { return k < dk ? a[(m0 + r) * dk + k] : 0.f; };
+  const In b = stage == RowStage::Values ? a : x.b + chunk * kPassC * dk;  // [C, d_k] rows of K
+  // bf16 operands of bf16 matrices are read as they are, a row's pairs as words, where d_k needs no
+  // zero columns (a multiple of 16)
+  const bool words = P == 1 && a.bf16 && b.bf16 && dk % 16 == 0 && word_aligned(a) && word_aligned(b);
+  // A = rows m0.. of m (W, Q or K), and B(k, n) = m(n, k) (K^T or Q^T)
+  const auto rows_of = [&](const In& m) {
+    return [&, m](uint32_t(&f)[P][4], int k0) {
+      if (words)
+        bf16_a_rows(f[0], bf16_of(m), dk, m0, k0);
+      else
+        load_a<P>(f, [&](int r, int k) { return k0 + k < dk ? m[(m0 + r) * dk + k0 + k] : 0.f; });
+    };
+  };
+  const auto transpose_of = [&](const In& m) {
+    return [&, m](uint32_t(&f)[P][2], int k0, int n0) {
+      if (words)
+        bf16_b_cols(f[0], bf16_of(m), dk, k0, n0);
+      else
+        load_b<P>(f, [&](int k, int n) { return k0 + k < dk ? m[(n0 + n) * dk + k0 + k] : 0.f; });
+    };
+  };
   float acc[kRowNT][4] = {};
   if (stage != RowStage::LocalGrad) {  // W S_c or Q S_c
     const float* sc = x.s + chunk * dk * x.dv + col0;         // [d_k, d_v] checkpoint
-    warp_product<kRowNT, P, PS>(acc, dk, ga,
-                                [&](int k, int n) { return k < dk && n < nv ? sc[k * x.dv + n] : 0.f; });
+    warp_product_fragments<kRowNT, P, PS>(acc, dk, rows_of(a), [&](uint32_t(&f)[PS][2], int k0, int n0) {
+      load_b<PS>(f, [&](int k, int n) {
+        return k0 + k < dk && n0 + n < nv ? sc[(k0 + k) * x.dv + n0 + n] : 0.f;
+      });
+    });
   }
   float local[kRowNT][4] = {};
   if (stage != RowStage::Values) {
     // rows m0.. of tril(Q K^T) (Output) or of triu(K Q^T) = tril(Q K^T)^T (LocalGrad)
-    const In b = x.b + chunk * kPassC * dk;                   // [C, d_k] rows of K
     float qk[kQKNT][4] = {};
     if (stage == RowStage::Output)
-      warp_product<kQKNT, P, P>(qk, dk, ga, [&](int k, int n) { return k < dk ? b[n * dk + k] : 0.f; });
+      warp_product_fragments<kQKNT, P, P>(qk, dk, rows_of(a), transpose_of(b));
     else
-      warp_product<kQKNT, P, P>(qk, dk, [&](int r, int k) { return k < dk ? b[(m0 + r) * dk + k] : 0.f; },
-                                [&](int k, int n) { return k < dk ? a[n * dk + k] : 0.f; });
+      warp_product_fragments<kQKNT, P, P>(qk, dk, rows_of(b), transpose_of(a));
     FWP_UNROLL
     for (int j = 0; j < kQKNT; ++j)
       FWP_UNROLL
@@ -562,10 +754,13 @@ FWP_DEV void row_stage(const RowArgs& x, int bh, int64_t c, int tile) {
       FWP_UNROLL
       for (int j = 0; j < kRowNT; ++j) {
         uint32_t bf[P][2];
-        load_b<P>(bf, [&](int r, int n) {
-          const int col = 8 * j + n;
-          return col < nv ? v[(16 * kk + r) * x.dv + col] : 0.f;
-        });
+        if (P == 1 && v.bf16)
+          bf16_b_rows(bf[0], bf16_of(v), x.dv, 16 * kk, 8 * j, nv);
+        else
+          load_b<P>(bf, [&](int r, int n) {
+            const int col = 8 * j + n;
+            return col < nv ? v[(16 * kk + r) * x.dv + col] : 0.f;
+          });
         mma_parts<P, P>(local[j], af, bf);
       }
     }
