@@ -10,7 +10,9 @@
 // with cp.async, the next chunk's while this one is computed when two stages fit (the launcher picks
 // the stages from the device's shared-memory limit). Products are mma.sync.m16n8k16 on bf16 parts,
 // built in registers from the fp32 tiles by the same splitting as the twin (chunked.h, Operands), with
-// fp32 accumulation. Per chunk (sum rule: W = 0, U' = U):
+// fp32 accumulation; a bf16 tile taken as one part goes into the registers as it is, and the state
+// and U' (dU') are kept as bf16 parts (Planes) where two parts or fewer are wanted. Per chunk (sum
+// rule: W = 0, U' = U):
 //   forward:  S_c -> checkpoint c;  U' = U - W S_c;  S_{c+1} = S_c + K^T U'
 //   backward: dS_{c+1} -> ds_next[c];  dU' = dU'_loc + K dS_{c+1};  dS_c = dS_{c+1} + Q^T dO - W^T dU'
 // with each product accumulated from zero and then added, as the first-version kernels and the twin do.
@@ -146,11 +148,12 @@ FWP_DEV int imin(int x, int y) { return x < y ? x : y; }
 FWP_DEV uint32_t pack(uint16_t lo, uint16_t hi) { return uint32_t(lo) | (uint32_t(hi) << 16); }
 
 // The bf16 values at p and p + 1 (p 4-byte aligned) as one register, p's in the lower half: one
-// 32-bit load on the GPU.
+// 32-bit load on the GPU, where a misaligned one stops the kernel; so it stops the emulator too.
 FWP_DEV uint32_t bf16_pair(const uint16_t* p) {
 #ifdef __CUDACC__
   return *reinterpret_cast<const uint32_t*>(p);
 #else
+  if ((reinterpret_cast<uintptr_t>(p) & 3) != 0) __builtin_trap();
   return pack(p[0], p[1]);
 #endif
 }
@@ -264,9 +267,8 @@ struct Tile {
 FWP_DEV Tile smem_tile(const float* slot, bool bf16, int width) { return Tile{In{slot, bf16}, tile_ld(width, bf16)}; }
 
 // The A fragment, in P parts, of rows r0.. and columns c0.. of a tile, or (transposed) of its
-// transpose: A(r, c) = t(c0 + c, r0 + r). A bf16 tile taken as one part is its own operand: its
-// bits go into the registers as they are (split<1> of a bf16 value is that value), a row's pair of
-// elements in one 32-bit load; the transpose's pairs are two loads packed.
+// transpose: A(r, c) = t(c0 + c, r0 + r). A bf16 tile taken as one part goes in as it is (bf16_a_rows,
+// bf16_a_cols); any other is split element by element.
 template <int P, bool transposed>
 FWP_DEV void tile_a(uint32_t (&a)[P][4], const Tile& t, int r0, int c0) {
   if (P == 1 && t.m.bf16) {
@@ -281,8 +283,8 @@ FWP_DEV void tile_a(uint32_t (&a)[P][4], const Tile& t, int r0, int c0) {
   }
 }
 
-// The B fragment, in P parts, of rows k0.. and columns n0.. of a tile (as tile_a: a bf16 tile's
-// bits as they are when P = 1).
+// The B fragment, in P parts, of rows k0.. and columns n0.. of a tile (as tile_a: a bf16 tile as it
+// is when P = 1; its columns past the input's are zeros already, so no column is cut off).
 template <int P>
 FWP_DEV void tile_b(uint32_t (&b)[P][2], const Tile& t, int k0, int n0) {
   if (P == 1 && t.m.bf16) {
@@ -323,14 +325,15 @@ FWP_UNROLL
 FWP_DEV Planes planes_at(float* sm, int rows) { return Planes{reinterpret_cast<uint16_t*>(sm), rows + 8, kBV * (rows + 8)}; }
 
 // Whether a pass with P parts per operand keeps its state (two parts) and U' (dU', P parts) as
-// Planes; their space, in halves, within the fp32 tiles' (KT*16 x kLdV and C x kLdV floats).
+// Planes. Their space, in halves, is within the fp32 tiles' (KT*16 x kLdV and C x kLdV floats):
+// 2 kBV (16 KT + 8) <= 32 KT kLdV for every KT >= 4, and 2 kBV (C + 8) <= 2 C kLdV.
 template <int P>
 constexpr bool kPassPlanes = P <= 2;
 static_assert(2 * kBV * (4 * 16 + 8) <= 2 * 4 * 16 * kLdV && 2 * kBV * (kPassC + 8) <= 2 * kPassC * kLdV,
               "the passes' planes fit in the space of the fp32 tiles (smallest key tile: KT = 4)");
 
-// The B operand of a pass's product, fragment by fragment: a tile of the chunk's inputs (from_tile)
-// or planes (from_planes).
+// The B operand of a pass's product, fragment by fragment: a tile of the chunk's inputs (TileB) or
+// planes (PlanesB).
 template <int P>
 struct TileB {
   Tile t;
@@ -669,13 +672,82 @@ FWP_DEV void warp_product_fragments(float (&acc)[NJ][4], int K, const FA& fa, co
   }
 }
 
-// The same from element getters: A(r, k) = ga(r, k) in PA parts, B(k, n) = gb(k, n) for n-tile j's
-// columns 8 j .. in PB parts (the getters give 0 outside).
+// Element getters of a matrix m read as it is (In), [rows, d] with row stride d, that warp_product
+// takes whole fragments from when they are bf16 and taken as one part (bf16_a_rows and the rest):
+//   RowsOf:      A(r, j) = m(r0 + r, j), zero for j >= d;
+//   ColsOf:      B(j, n) = m(j, c0 + n), zero for c0 + n >= d;
+//   TransposeOf: B(j, n) = m(n, j), zero for j >= d;
+//   TRowsOf:     A(r, j) = m(j, r0 + r) (no bounds).
+// Any other getter (a lambda) is read element by element.
+struct RowsOf {
+  In m;
+  int d, r0;
+  FWP_DEV float operator()(int r, int j) const { return j < d ? m[(r0 + r) * d + j] : 0.f; }
+  FWP_DEV bool words() const { return m.bf16 && d % 16 == 0 && word_aligned(m); }
+};
+struct ColsOf {
+  In m;
+  int d, c0;
+  FWP_DEV float operator()(int j, int n) const { return c0 + n < d ? m[j * d + c0 + n] : 0.f; }
+};
+struct TransposeOf {
+  In m;
+  int d;
+  FWP_DEV float operator()(int j, int n) const { return j < d ? m[n * d + j] : 0.f; }
+  FWP_DEV bool words() const { return m.bf16 && d % 16 == 0 && word_aligned(m); }
+};
+struct TRowsOf {
+  In m;
+  int d, r0;
+  FWP_DEV float operator()(int r, int j) const { return m[j * d + r0 + r]; }
+};
+
+// A's columns k0.. (P parts) from getter g, and B's rows k0.., columns n0..: whole bf16 fragments
+// where the getter allows (the overloads), else element by element.
+template <int P, class G>
+FWP_DEV void fragment_a(uint32_t (&a)[P][4], const G& g, int k0) {
+  load_a<P>(a, [&](int r, int c) { return g(r, k0 + c); });
+}
+template <int P, class G>
+FWP_DEV void fragment_b(uint32_t (&b)[P][2], const G& g, int k0, int n0) {
+  load_b<P>(b, [&](int k, int n) { return g(k0 + k, n0 + n); });
+}
+template <int P>
+FWP_DEV void fragment_a(uint32_t (&a)[P][4], const RowsOf& g, int k0) {
+  if (P == 1 && g.words())
+    bf16_a_rows(a[0], bf16_of(g.m), g.d, g.r0, k0);
+  else
+    load_a<P>(a, [&](int r, int c) { return g(r, k0 + c); });
+}
+template <int P>
+FWP_DEV void fragment_a(uint32_t (&a)[P][4], const TRowsOf& g, int k0) {
+  if (P == 1 && g.m.bf16)
+    bf16_a_cols(a[0], bf16_of(g.m), g.d, g.r0, k0);
+  else
+    load_a<P>(a, [&](int r, int c) { return g(r, k0 + c); });
+}
+template <int P>
+FWP_DEV void fragment_b(uint32_t (&b)[P][2], const ColsOf& g, int k0, int n0) {
+  if (P == 1 && g.m.bf16)
+    bf16_b_rows(b[0], bf16_of(g.m) + g.c0, g.d, k0, n0, g.d - g.c0);
+  else
+    load_b<P>(b, [&](int k, int n) { return g(k0 + k, n0 + n); });
+}
+template <int P>
+FWP_DEV void fragment_b(uint32_t (&b)[P][2], const TransposeOf& g, int k0, int n0) {
+  if (P == 1 && g.words())
+    bf16_b_cols(b[0], bf16_of(g.m), g.d, k0, n0);
+  else
+    load_b<P>(b, [&](int k, int n) { return g(k0 + k, n0 + n); });
+}
+
+// acc[j] += A B as warp_product_fragments, from getters: A(r, k) = ga(r, k) in PA parts,
+// B(k, n) = gb(k, n) for n-tile j's columns 8 j .. in PB parts (the getters give 0 outside).
 template <int NJ, int PA, int PB, class GA, class GB>
 FWP_DEV void warp_product(float (&acc)[NJ][4], int K, const GA& ga, const GB& gb) {
   warp_product_fragments<NJ, PA, PB>(
-      acc, K, [&](uint32_t(&a)[PA][4], int k0) { load_a<PA>(a, [&](int r, int c) { return ga(r, k0 + c); }); },
-      [&](uint32_t(&b)[PB][2], int k0, int n0) { load_b<PB>(b, [&](int r, int c) { return gb(k0 + r, n0 + c); }); });
+      acc, K, [&](uint32_t(&a)[PA][4], int k0) { fragment_a<PA>(a, ga, k0); },
+      [&](uint32_t(&b)[PB][2], int k0, int n0) { fragment_b<PB>(b, gb, k0, n0); });
 }
 
 // The A fragment, in P parts, of k-block kk of a 16 x C row block held as accumulators (n-tiles 2 kk
@@ -701,44 +773,21 @@ FWP_DEV void row_stage(const RowArgs& x, int bh, int64_t c, int tile) {
   const int nv = imin(kRowCols, x.dv - col0), dk = x.dk;
   const int64_t chunk = int64_t(bh) * x.N + c;
   const In a = x.a + chunk * kPassC * dk;                     // [C, d_k] rows of W or Q
-  const In b = stage == RowStage::Values ? a : x.b + chunk * kPassC * dk;  // [C, d_k] rows of K
-  // bf16 operands of bf16 matrices are read as they are, a row's pairs as words, where d_k needs no
-  // zero columns (a multiple of 16)
-  const bool words = P == 1 && a.bf16 && b.bf16 && dk % 16 == 0 && word_aligned(a) && word_aligned(b);
-  // A = rows m0.. of m (W, Q or K), and B(k, n) = m(n, k) (K^T or Q^T)
-  const auto rows_of = [&](const In& m) {
-    return [&, m](uint32_t(&f)[P][4], int k0) {
-      if (words)
-        bf16_a_rows(f[0], bf16_of(m), dk, m0, k0);
-      else
-        load_a<P>(f, [&](int r, int k) { return k0 + k < dk ? m[(m0 + r) * dk + k0 + k] : 0.f; });
-    };
-  };
-  const auto transpose_of = [&](const In& m) {
-    return [&, m](uint32_t(&f)[P][2], int k0, int n0) {
-      if (words)
-        bf16_b_cols(f[0], bf16_of(m), dk, k0, n0);
-      else
-        load_b<P>(f, [&](int k, int n) { return k0 + k < dk ? m[(n0 + n) * dk + k0 + k] : 0.f; });
-    };
-  };
   float acc[kRowNT][4] = {};
   if (stage != RowStage::LocalGrad) {  // W S_c or Q S_c
     const float* sc = x.s + chunk * dk * x.dv + col0;         // [d_k, d_v] checkpoint
-    warp_product_fragments<kRowNT, P, PS>(acc, dk, rows_of(a), [&](uint32_t(&f)[PS][2], int k0, int n0) {
-      load_b<PS>(f, [&](int k, int n) {
-        return k0 + k < dk && n0 + n < nv ? sc[(k0 + k) * x.dv + n0 + n] : 0.f;
-      });
-    });
+    warp_product<kRowNT, P, PS>(acc, dk, RowsOf{a, dk, m0},
+                                [&](int k, int n) { return k < dk && n < nv ? sc[k * x.dv + n] : 0.f; });
   }
   float local[kRowNT][4] = {};
   if (stage != RowStage::Values) {
     // rows m0.. of tril(Q K^T) (Output) or of triu(K Q^T) = tril(Q K^T)^T (LocalGrad)
+    const In b = x.b + chunk * kPassC * dk;                   // [C, d_k] rows of K
     float qk[kQKNT][4] = {};
     if (stage == RowStage::Output)
-      warp_product_fragments<kQKNT, P, P>(qk, dk, rows_of(a), transpose_of(b));
+      warp_product<kQKNT, P, P>(qk, dk, RowsOf{a, dk, m0}, TransposeOf{b, dk});
     else
-      warp_product_fragments<kQKNT, P, P>(qk, dk, rows_of(b), transpose_of(a));
+      warp_product<kQKNT, P, P>(qk, dk, RowsOf{b, dk, m0}, TransposeOf{a, dk});
     FWP_UNROLL
     for (int j = 0; j < kQKNT; ++j)
       FWP_UNROLL
@@ -746,7 +795,7 @@ FWP_DEV void row_stage(const RowArgs& x, int bh, int64_t c, int tile) {
         const int r = m0 + acc_row(e), n = 8 * j + acc_col(e);
         if (stage == RowStage::Output ? n > r : n < r) qk[j][e] = 0.f;
       }
-    const In v = x.v + (chunk * kPassC * x.dv + col0);        // [C, d_v] rows of U' or dO
+    const ColsOf v{x.v + chunk * kPassC * x.dv, x.dv, col0};  // columns col0.. of U' or dO [C, d_v]
     FWP_UNROLL
     for (int kk = 0; kk < kPassC / 16; ++kk) {
       uint32_t af[P][4];
@@ -754,13 +803,7 @@ FWP_DEV void row_stage(const RowArgs& x, int bh, int64_t c, int tile) {
       FWP_UNROLL
       for (int j = 0; j < kRowNT; ++j) {
         uint32_t bf[P][2];
-        if (P == 1 && v.bf16)
-          bf16_b_rows(bf[0], bf16_of(v), x.dv, 16 * kk, 8 * j, nv);
-        else
-          load_b<P>(bf, [&](int r, int n) {
-            const int col = 8 * j + n;
-            return col < nv ? v[(16 * kk + r) * x.dv + col] : 0.f;
-          });
+        fragment_b<P>(bf, v, 16 * kk, 8 * j);
         mma_parts<P, P>(local[j], af, bf);
       }
     }
@@ -879,7 +922,7 @@ FWP_DEV void wy_stage(const WyArgs& x, WySmem& sh, int bh, int64_t c) {
     float acc[kQKNT][4] = {};
     warp_product<kQKNT, P, P>(
         acc, dk, [&](int r, int j) { return j < dk ? mul_rn(k[(m0 + r) * dk + j], beta[m0 + r]) : 0.f; },
-        [&](int j, int n) { return j < dk ? k[n * dk + j] : 0.f; });
+        TransposeOf{k, dk});
     FWP_UNROLL
     for (int j = 0; j < kQKNT; ++j)
       FWP_UNROLL
@@ -953,17 +996,15 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmem& sh, int bh, int64_t 
   const float* dsc = x.ds_next + chunk * dk * dv;      // dS_{c+1} [d_k, d_v]
   const Out dw = delta ? x.dw + chunk * kPassC * dk : Out{nullptr, false};  // dW [C, d_k]
   // this warp's rows of a [C, d] matrix, and the columns c0.. of a state's transpose
-  const auto rows = [&](auto a, int d) { return [=](int r, int j) { return j < d ? a[(m0 + r) * d + j] : 0.f; }; };
+  const auto rows = [&](const In& a, int d) { return RowsOf{a, d, m0}; };
   const auto state_t = [&](const float* s, int c0) {
     return [=](int j, int n) { return j < dv && c0 + n < dk ? s[(c0 + n) * dv + j] : 0.f; };
   };
-  const auto cols = [&](auto a, int d, int c0) {  // B(j, n) = a[j, c0 + n], j < C
-    return [=](int j, int n) { return c0 + n < d ? a[j * d + c0 + n] : 0.f; };
-  };
+  const auto cols = [&](const In& a, int d, int c0) { return ColsOf{a, d, c0}; };  // B(j, n) = a[j, c0 + n], j < C
 
   {  // P = tril(dO U'^T), this warp's rows, into shared memory
     float p[kQKNT][4] = {};
-    warp_product<kQKNT, P, P>(p, dv, rows(go, dv), [&](int j, int n) { return j < dv ? vn[n * dv + j] : 0.f; });
+    warp_product<kQKNT, P, P>(p, dv, rows(go, dv), TransposeOf{vn, dv});
     FWP_UNROLL
     for (int j = 0; j < kQKNT; ++j)
       FWP_UNROLL
@@ -991,7 +1032,7 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmem& sh, int bh, int64_t 
   const In beta = delta ? x.beta + chunk * kPassC : In{nullptr, false};
   const In tinv = delta ? x.tinv + chunk * kPassC * kPassC : In{nullptr, false};  // T~ [C, C]
   const In v = delta ? x.v + chunk * kPassC * dv : In{nullptr, false};
-  const auto tinv_t = [&](int r, int j) { return tinv[j * kPassC + m0 + r]; };  // T~^T, this warp's rows
+  const TRowsOf tinv_t{tinv, kPassC, m0};  // T~^T, this warp's rows
   if (delta) {
     {  // dT~ = dW (beta K)^T + dU' (beta V)^T, this warp's rows, into shared memory
       float dt[kQKNT][4] = {};
@@ -1017,8 +1058,7 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmem& sh, int bh, int64_t 
     block_sync();
     {  // dA = -tril(T~^T dT~ T~^T, -1), over T~^T dT~ once read
       float da[kQKNT][4] = {};
-      warp_product<kQKNT, P, P>(da, kPassC, [&](int r, int j) { return sh.m[m0 + r][j]; },
-                                [&](int j, int n) { return tinv[n * kPassC + j]; });
+      warp_product<kQKNT, P, P>(da, kPassC, [&](int r, int j) { return sh.m[m0 + r][j]; }, TransposeOf{tinv, kPassC});
       block_sync();
       FWP_UNROLL
       for (int j = 0; j < kQKNT; ++j)
@@ -1030,7 +1070,7 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmem& sh, int bh, int64_t 
     }
     {  // rowsum(dA . K K^T): each lane its own elements of dA, which it wrote itself
       float kk_t[kQKNT][4] = {};
-      warp_product<kQKNT, P, P>(kk_t, dk, rows(k, dk), [&](int j, int n) { return j < dk ? k[n * dk + j] : 0.f; });
+      warp_product<kQKNT, P, P>(kk_t, dk, rows(k, dk), TransposeOf{k, dk});
       FWP_UNROLL
       for (int j = 0; j < kQKNT; ++j)
         FWP_UNROLL
