@@ -158,6 +158,17 @@ FWP_DEV uint32_t bf16_pair(const uint16_t* p) {
 #endif
 }
 
+// Stores w's halves at p (4-byte aligned) and p + 1 (the lower half at p), as bf16_pair loads them.
+FWP_DEV void store_pair(uint16_t* p, uint32_t w) {
+#ifdef __CUDACC__
+  *reinterpret_cast<uint32_t*>(p) = w;
+#else
+  if ((reinterpret_cast<uintptr_t>(p) & 3) != 0) __builtin_trap();
+  p[0] = uint16_t(w & 0xFFFFu);
+  p[1] = uint16_t(w >> 16);
+#endif
+}
+
 // Fragments of bf16 matrices taken as one part: the bits go into the registers as they are (split<1>
 // of a bf16 value is that value), with no conversion. Element (i, j) of m is m[i * ld + j]; the
 // fragments' layouts are load_a's and load_b's (below).
@@ -311,6 +322,16 @@ struct Planes {
     split<P>(x, parts);
 FWP_UNROLL
     for (int p = 0; p < P; ++p) h[p * plane + n * ld + k] = parts[p];
+  }
+
+  // Elements (k, n) and (k + 1, n), k even, one 32-bit store per part.
+  template <int P>
+  FWP_DEV void put_pair(int k, int n, float x0, float x1) const {
+    uint16_t lo[P], hi[P];
+    split<P>(x0, lo);
+    split<P>(x1, hi);
+FWP_UNROLL
+    for (int p = 0; p < P; ++p) store_pair(h + p * plane + n * ld + k, pack(lo[p], hi[p]));
   }
 
   // The B fragment (rows k0.., columns n0..) in P parts.
@@ -655,16 +676,20 @@ struct RowArgs {
   int dk, dv;
 };
 
-// acc[j] += A B over k in [0, K) by 16, for this warp's 16 rows, from fragments: fa(a, k0) loads A's
-// columns k0.. (PA parts), fb(b, k0, n0) B's rows k0.. and columns n0.. (PB parts).
+// acc[j] += A B over k in [k_begin, K) by 16, for this warp's 16 rows and n-tiles j < nj, from
+// fragments: fa(a, k0) loads A's columns k0.. (PA parts), fb(b, k0, n0) B's rows k0.. and columns
+// n0.. (PB parts). A triangular operand's zero blocks are left out by nj, K or k_begin (a multiple
+// of 16): their products would add exact zeros.
 template <int NJ, int PA, int PB, class FA, class FB>
-FWP_DEV void warp_product_fragments(float (&acc)[NJ][4], int K, const FA& fa, const FB& fb) {
+FWP_DEV void warp_product_fragments(float (&acc)[NJ][4], int K, const FA& fa, const FB& fb, int nj = NJ,
+                                    int k_begin = 0) {
   FWP_NO_UNROLL
-  for (int k0 = 0; k0 < K; k0 += 16) {
+  for (int k0 = k_begin; k0 < K; k0 += 16) {
     uint32_t a[PA][4];
     fa(a, k0);
     FWP_UNROLL
     for (int j = 0; j < NJ; ++j) {
+      if (j >= nj) break;
       uint32_t b[PB][2];
       fb(b, k0, 8 * j);
       mma_parts<PA, PB>(acc[j], a, b);
@@ -744,10 +769,10 @@ FWP_DEV void fragment_b(uint32_t (&b)[P][2], const TransposeOf& g, int k0, int n
 // acc[j] += A B as warp_product_fragments, from getters: A(r, k) = ga(r, k) in PA parts,
 // B(k, n) = gb(k, n) for n-tile j's columns 8 j .. in PB parts (the getters give 0 outside).
 template <int NJ, int PA, int PB, class GA, class GB>
-FWP_DEV void warp_product(float (&acc)[NJ][4], int K, const GA& ga, const GB& gb) {
+FWP_DEV void warp_product(float (&acc)[NJ][4], int K, const GA& ga, const GB& gb, int nj = NJ, int k_begin = 0) {
   warp_product_fragments<NJ, PA, PB>(
       acc, K, [&](uint32_t(&a)[PA][4], int k0) { fragment_a<PA>(a, ga, k0); },
-      [&](uint32_t(&b)[PB][2], int k0, int n0) { fragment_b<PB>(b, gb, k0, n0); });
+      [&](uint32_t(&b)[PB][2], int k0, int n0) { fragment_b<PB>(b, gb, k0, n0); }, nj, k_begin);
 }
 
 // The A fragment, in P parts, of k-block kk of a 16 x C row block held as accumulators (n-tiles 2 kk
@@ -784,8 +809,8 @@ FWP_DEV void row_stage(const RowArgs& x, int bh, int64_t c, int tile) {
     // rows m0.. of tril(Q K^T) (Output) or of triu(K Q^T) = tril(Q K^T)^T (LocalGrad)
     const In b = x.b + chunk * kPassC * dk;                   // [C, d_k] rows of K
     float qk[kQKNT][4] = {};
-    if (stage == RowStage::Output)
-      warp_product<kQKNT, P, P>(qk, dk, RowsOf{a, dk, m0}, TransposeOf{b, dk});
+    if (stage == RowStage::Output)  // n-tiles right of the diagonal block are masked out: left out
+      warp_product<kQKNT, P, P>(qk, dk, RowsOf{a, dk, m0}, TransposeOf{b, dk}, (m0 + 16) / 8);
     else
       warp_product<kQKNT, P, P>(qk, dk, RowsOf{b, dk, m0}, TransposeOf{a, dk});
     FWP_UNROLL
@@ -798,6 +823,8 @@ FWP_DEV void row_stage(const RowArgs& x, int bh, int64_t c, int tile) {
     const ColsOf v{x.v + chunk * kPassC * x.dv, x.dv, col0};  // columns col0.. of U' or dO [C, d_v]
     FWP_UNROLL
     for (int kk = 0; kk < kPassC / 16; ++kk) {
+      // the blocks of qk right (Output) or left (LocalGrad) of the diagonal block are zeros
+      if (stage == RowStage::Output ? 16 * kk > m0 : 16 * kk < m0) continue;
       uint32_t af[P][4];
       a_from_acc<P>(af, qk, kk);
       FWP_UNROLL
@@ -840,7 +867,9 @@ FWP_DEV void row_stage(const RowArgs& x, int bh, int64_t c, int tile) {
 // A = tril((beta K) K^T, -1) into shared memory, the block inverts I + A there in fp32 (forward
 // substitution on the four 16 x 16 diagonal blocks, one warp each, then merges 16 -> 32 -> 64, the
 // first version's order), and each warp computes its rows of W = T~ (beta K) and U = T~ (beta V),
-// 64 columns at a time, with T~'s rows read from shared memory.
+// 64 columns at a time, with its rows of T~ held as fragments and beta X rounded into shared memory
+// once per element (where two parts or fewer are wanted). Products with blocks that are zero by the
+// triangular shapes (A's n-tiles right of the diagonal block, T~'s blocks above it) are skipped.
 
 struct WyArgs {
   In k, v, beta;  // caller's dtype
@@ -850,14 +879,28 @@ struct WyArgs {
   int dk, dv;
 };
 
-struct WySmem {
+// The solve's shared memory: A, then scratch for the merges.
+struct WySolve {
   float a[kPassC][kPassC + 1];
-  float x[kPassC][kPassC + 1];  // T~
   float t[32][33];
 };
 
-// sh.x = (I + sh.a)^-1 for strictly lower sh.a, by the whole block. Ends with a barrier.
+// W's and U's operand beta X, 64 columns at a time, as Planes of at most two parts (P <= 2).
+constexpr int kWyLd = kPassC + 8, kWyPlane = kRowCols * kWyLd;
+
+struct WySmem {
+  float x[kPassC][kPassC + 1];  // T~
+  union {
+    WySolve solve;                       // until T~ is known
+    uint16_t scaled[2 * kWyPlane];       // then beta X (kPassPlanes)
+  };
+};
+static_assert(sizeof(uint16_t) * 2 * kWyPlane <= sizeof(WySolve), "beta X's planes fit in the solve's space");
+
+// sh.x = (I + A)^-1 for strictly lower A = sh.solve.a, by the whole block. Ends with a barrier.
 FWP_DEV void unit_lower_inverse(WySmem& sh) {
+  float(&a)[kPassC][kPassC + 1] = sh.solve.a;
+  float(&t)[32][33] = sh.solve.t;
   for (int e = thread_id(); e < kPassC * kPassC; e += kPassThreads) sh.x[e / kPassC][e % kPassC] = 0.f;
   block_sync();
   const int lane = lane_id();
@@ -865,7 +908,7 @@ FWP_DEV void unit_lower_inverse(WySmem& sh) {
     const int base = 16 * warp_id(), col = base + lane;
     for (int i = 0; i < 16; ++i) {
       float v = (i == lane) ? 1.f : 0.f;
-      for (int j = 0; j < i; ++j) v -= sh.a[base + i][base + j] * sh.x[base + j][col];
+      for (int j = 0; j < i; ++j) v -= a[base + i][base + j] * sh.x[base + j][col];
       sh.x[base + i][col] = v;
     }
   }
@@ -877,15 +920,15 @@ FWP_DEV void unit_lower_inverse(WySmem& sh) {
       for (int e = thread_id(); e < s * s; e += kPassThreads) {
         const int i = e / s, j = e % s;
         float v = 0.f;
-        for (int m = 0; m < s; ++m) v += sh.x[r0 + i][r0 + m] * sh.a[r0 + m][c0 + j];
-        sh.t[i][j] = v;
+        for (int m = 0; m < s; ++m) v += sh.x[r0 + i][r0 + m] * a[r0 + m][c0 + j];
+        t[i][j] = v;
       }
       block_sync();
       // x[r0.., c0..] = -t X^-1 with X^-1 = x[c0.., c0..]
       for (int e = thread_id(); e < s * s; e += kPassThreads) {
         const int i = e / s, j = e % s;
         float v = 0.f;
-        for (int m = 0; m < s; ++m) v += sh.t[i][m] * sh.x[c0 + m][c0 + j];
+        for (int m = 0; m < s; ++m) v += t[i][m] * sh.x[c0 + m][c0 + j];
         sh.x[r0 + i][c0 + j] = -v;
       }
       block_sync();
@@ -893,15 +936,44 @@ FWP_DEV void unit_lower_inverse(WySmem& sh) {
   }
 }
 
-// out rows m0.. (C x cols, row stride cols) = T~ (beta X) for X = x (C x cols), 64 columns at a time.
+// This warp's rows of T~ as A fragments, one per 16-column block, in P parts.
 template <int P>
-FWP_DEV void tinv_times_scaled(const WySmem& sh, In x, In beta, int cols, Out out) {
+using TinvRows = uint32_t[kPassC / 16][P][4];
+
+// out rows m0.. (C x cols, row stride cols) = T~ (beta X) for X = x (C x cols), 64 columns at a time,
+// from this warp's rows of T~ (ta). T~ is lower triangular: the blocks right of the warp's diagonal
+// block are zeros, and their products are skipped. With P <= 2 the block first rounds beta X's
+// columns into shared memory (Planes), each element once, where every warp takes its B fragments;
+// with P = 3 each warp computes the elements it needs.
+template <int P>
+FWP_DEV void tinv_times_scaled(WySmem& sh, const TinvRows<P>& ta, In x, In beta, int cols, Out out) {
   const int m0 = 16 * warp_id();
+  const Planes bx{sh.scaled, kWyLd, kWyPlane};
   for (int c0 = 0; c0 < cols; c0 += kRowCols) {
+    const auto scaled = [&](int k, int n) { return c0 + n < cols ? mul_rn(x[k * cols + c0 + n], beta[k]) : 0.f; };
+    if constexpr (kPassPlanes<P>) {
+      block_sync();  // every warp is done with the solve, or with the last columns' planes
+      // a warp writes rows 8 b .. 8 b + 7 of columns 8 a .. 8 a + 7 in pairs, 32 distinct banks
+      for (int e = thread_id(); e < kPassC * kRowCols / 2; e += kPassThreads) {
+        const int n = (e & 7) + 8 * ((e >> 5) & 7), k = 2 * (((e >> 3) & 3) + 4 * (e >> 8));
+        bx.template put_pair<P>(k, n, scaled(k, n), scaled(k + 1, n));
+      }
+      block_sync();
+    }
     float acc[kRowNT][4] = {};
-    warp_product<kRowNT, P, P>(
-        acc, kPassC, [&](int r, int k) { return sh.x[m0 + r][k]; },
-        [&](int k, int n) { return c0 + n < cols ? mul_rn(x[k * cols + c0 + n], beta[k]) : 0.f; });
+    FWP_UNROLL
+    for (int kk = 0; kk < kPassC / 16; ++kk) {
+      if (16 * kk > m0) break;
+      FWP_UNROLL
+      for (int j = 0; j < kRowNT; ++j) {
+        uint32_t b[P][2];
+        if constexpr (kPassPlanes<P>)
+          bx.template fragment<P>(b, 16 * kk, 8 * j);
+        else
+          load_b<P>(b, [&](int k, int n) { return scaled(16 * kk + k, 8 * j + n); });
+        mma_parts<P, P>(acc[j], ta[kk], b);
+      }
+    }
     FWP_UNROLL
     for (int j = 0; j < kRowNT; ++j)
       FWP_UNROLL
@@ -918,17 +990,17 @@ FWP_DEV void wy_stage(const WyArgs& x, WySmem& sh, int bh, int64_t c) {
   const int64_t chunk = int64_t(bh) * x.N + c;
   const In k = x.k + chunk * kPassC * dk;
   const In beta = x.beta + chunk * kPassC;
-  {  // A = tril((beta K) K^T, -1), this warp's rows
+  {  // A = tril((beta K) K^T, -1), this warp's rows; the n-tiles right of its diagonal block are zeros
     float acc[kQKNT][4] = {};
     warp_product<kQKNT, P, P>(
         acc, dk, [&](int r, int j) { return j < dk ? mul_rn(k[(m0 + r) * dk + j], beta[m0 + r]) : 0.f; },
-        TransposeOf{k, dk});
+        TransposeOf{k, dk}, (m0 + 16) / 8);
     FWP_UNROLL
     for (int j = 0; j < kQKNT; ++j)
       FWP_UNROLL
       for (int e = 0; e < 4; ++e) {
         const int r = m0 + acc_row(e), n = 8 * j + acc_col(e);
-        sh.a[r][n] = n < r ? acc[j][e] : 0.f;
+        sh.solve.a[r][n] = n < r ? acc[j][e] : 0.f;
       }
   }
   block_sync();
@@ -937,8 +1009,11 @@ FWP_DEV void wy_stage(const WyArgs& x, WySmem& sh, int bh, int64_t c) {
     const Out tinv = x.tinv + chunk * kPassC * kPassC;
     for (int e = thread_id(); e < kPassC * kPassC; e += kPassThreads) tinv.set(e, sh.x[e / kPassC][e % kPassC]);
   }
-  tinv_times_scaled<P>(sh, k, beta, dk, x.w + chunk * kPassC * dk);
-  tinv_times_scaled<P>(sh, x.v + chunk * kPassC * x.dv, beta, x.dv, Out{x.u + chunk * kPassC * x.dv, false});
+  TinvRows<P> ta;
+  FWP_UNROLL
+  for (int kk = 0; kk < kPassC / 16; ++kk) load_a<P>(ta[kk], [&](int r, int j) { return sh.x[m0 + r][16 * kk + j]; });
+  tinv_times_scaled<P>(sh, ta, k, beta, dk, x.w + chunk * kPassC * dk);
+  tinv_times_scaled<P>(sh, ta, x.v + chunk * kPassC * x.dv, beta, x.dv, Out{x.u + chunk * kPassC * x.dv, false});
 }
 
 // ---- B3, the input gradients, fast version ----
@@ -1017,7 +1092,7 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmem& sh, int bh, int64_t 
   for (int c0 = 0; c0 < dk; c0 += kRowCols) {  // dQ = dO S_c^T + P K
     float acc[kRowNT][4] = {};
     warp_product<kRowNT, P, PS>(acc, dv, rows(go, dv), state_t(sc, c0));
-    warp_product<kRowNT, P, P>(acc, kPassC, [&](int r, int j) { return sh.p[m0 + r][j]; }, cols(k, dk, c0));
+    warp_product<kRowNT, P, P>(acc, m0 + 16, [&](int r, int j) { return sh.p[m0 + r][j]; }, cols(k, dk, c0));
     const Out dq = x.grad_q + chunk * kPassC * dk;
     for_tile(acc, m0, c0, dk, [&](int r, int col, int, float y) { dq.set(r * dk + col, y); });
   }
@@ -1048,7 +1123,7 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmem& sh, int bh, int64_t 
     block_sync();
     {  // T~^T dT~, this warp's rows, into shared memory over dT~ once every warp has read it
       float tmp[kQKNT][4] = {};
-      warp_product<kQKNT, P, P>(tmp, kPassC, tinv_t, [&](int j, int n) { return sh.m[j][n]; });
+      warp_product<kQKNT, P, P>(tmp, kPassC, tinv_t, [&](int j, int n) { return sh.m[j][n]; }, kQKNT, m0);
       block_sync();
       FWP_UNROLL
       for (int j = 0; j < kQKNT; ++j)
@@ -1058,7 +1133,8 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmem& sh, int bh, int64_t 
     block_sync();
     {  // dA = -tril(T~^T dT~ T~^T, -1), over T~^T dT~ once read
       float da[kQKNT][4] = {};
-      warp_product<kQKNT, P, P>(da, kPassC, [&](int r, int j) { return sh.m[m0 + r][j]; }, TransposeOf{tinv, kPassC});
+      warp_product<kQKNT, P, P>(da, m0 + 16, [&](int r, int j) { return sh.m[m0 + r][j]; }, TransposeOf{tinv, kPassC},
+                                (m0 + 16) / 8);
       block_sync();
       FWP_UNROLL
       for (int j = 0; j < kQKNT; ++j)
@@ -1070,7 +1146,7 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmem& sh, int bh, int64_t 
     }
     {  // rowsum(dA . K K^T): each lane its own elements of dA, which it wrote itself
       float kk_t[kQKNT][4] = {};
-      warp_product<kQKNT, P, P>(kk_t, dk, rows(k, dk), TransposeOf{k, dk});
+      warp_product<kQKNT, P, P>(kk_t, dk, rows(k, dk), TransposeOf{k, dk}, (m0 + 16) / 8);
       FWP_UNROLL
       for (int j = 0; j < kQKNT; ++j)
         FWP_UNROLL
@@ -1083,7 +1159,7 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmem& sh, int bh, int64_t 
     float acc[kRowNT][4] = {};
     if (delta) {
       // d(beta K) = T~^T dW, first: its terms rowsum(d(beta K) . K) and beta d(beta K) are taken at once
-      warp_product<kRowNT, P, P>(acc, kPassC, tinv_t, cols(dw.in(), dk, c0));
+      warp_product<kRowNT, P, P>(acc, kPassC, tinv_t, cols(dw.in(), dk, c0), kRowNT, m0);
       FWP_UNROLL
       for (int j = 0; j < kRowNT; ++j)
         FWP_UNROLL
@@ -1093,12 +1169,13 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmem& sh, int bh, int64_t 
           acc[j][e] = mul_rn(acc[j][e], beta[r]);
         }
       // + G K + G^T K with G = diag(beta) dA
-      warp_product<kRowNT, P, P>(acc, kPassC, [&](int r, int j) { return mul_rn(sh.m[m0 + r][j], beta[m0 + r]); },
+      warp_product<kRowNT, P, P>(acc, m0 + 16, [&](int r, int j) { return mul_rn(sh.m[m0 + r][j], beta[m0 + r]); },
                                  cols(k, dk, c0));
       warp_product<kRowNT, P, P>(acc, kPassC, [&](int r, int j) { return mul_rn(sh.m[j][m0 + r], beta[j]); },
-                                 cols(k, dk, c0));
+                                 cols(k, dk, c0), kRowNT, m0);
     }
-    warp_product<kRowNT, P, P>(acc, kPassC, [&](int r, int j) { return sh.p[j][m0 + r]; }, cols(q, dk, c0));  // + P^T Q
+    warp_product<kRowNT, P, P>(acc, kPassC, [&](int r, int j) { return sh.p[j][m0 + r]; }, cols(q, dk, c0), kRowNT,
+                               m0);  // + P^T Q
     warp_product<kRowNT, P, PS>(acc, dv, rows(vn, dv), state_t(dsc, c0));  // + U' dS_{c+1}^T
     const Out dko = x.grad_k + chunk * kPassC * dk;
     for_tile(acc, m0, c0, dk, [&](int r, int col, int, float y) { dko.set(r * dk + col, y); });
@@ -1106,7 +1183,7 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmem& sh, int bh, int64_t 
   if (!delta) return;
   for (int c0 = 0; c0 < dv; c0 += kRowCols) {
     float dvb[kRowNT][4] = {};  // d(beta V) = T~^T dU'; dV = beta d(beta V)
-    warp_product<kRowNT, P, P>(dvb, kPassC, tinv_t, cols(dvn, dv, c0));
+    warp_product<kRowNT, P, P>(dvb, kPassC, tinv_t, cols(dvn, dv, c0), kRowNT, m0);
     const Out dvo = x.grad_v + chunk * kPassC * dv;
     for_tile(dvb, m0, c0, dv, [&](int r, int col, int e, float y) {
       dbeta[e >> 1] += y * v[r * dv + col];  // rowsum(d(beta V) . V)

@@ -452,6 +452,121 @@ fn emulated_stages_match_the_twin(
     );
 }
 
+/// A developer's check for kernel changes that should change no result: every output of every
+/// emulated fast stage (both pass versions; five shapes with d_k = 7, 30, 64, 96, 200, so every key
+/// tile; both rules; the three operand modes; fp32 inputs and, with one part, bf16 ones), saved to
+/// the file `FWP_SAVE_STAGE_OUTPUTS` names, or compared bit for bit (NaN positions included) with
+/// such a file from before the change, `FWP_COMPARE_STAGE_OUTPUTS`. About 6 minutes on 2 cores:
+/// `FWP_SAVE_STAGE_OUTPUTS=/tmp/before.ot cargo test --release --test chunked_stages -- --ignored
+/// emulated_stage_outputs`, change the kernels, then the same with `FWP_COMPARE_STAGE_OUTPUTS`.
+#[test]
+#[ignore = "a developer's tool: needs FWP_SAVE_STAGE_OUTPUTS or FWP_COMPARE_STAGE_OUTPUTS"]
+fn emulated_stage_outputs_bit_for_bit() {
+    let save = std::env::var("FWP_SAVE_STAGE_OUTPUTS").ok();
+    let compare = std::env::var("FWP_COMPARE_STAGE_OUTPUTS").ok();
+    assert!(
+        save.is_some() != compare.is_some(),
+        "set one of FWP_SAVE_STAGE_OUTPUTS and FWP_COMPARE_STAGE_OUTPUTS to a file path"
+    );
+    let outputs = emulated_stage_outputs();
+    if let Some(path) = save {
+        Tensor::save_multi(&outputs, &path).unwrap();
+        eprintln!("{} stage outputs saved to {path}", outputs.len());
+        return;
+    }
+    let path = compare.unwrap();
+    let saved = Tensor::load_multi(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    assert_eq!(
+        saved.len(),
+        outputs.len(),
+        "{path}: another number of outputs"
+    );
+    let mut differ = Vec::new();
+    for ((name, got), (saved_name, want)) in outputs.iter().zip(&saved) {
+        assert_eq!(name, saved_name, "{path}: outputs in another order");
+        let (g, w) = (got.to_kind(Kind::Float), want.to_kind(Kind::Float));
+        let same = got.kind() == want.kind()
+            && g.size() == w.size()
+            && g.isnan().equal(&w.isnan())
+            && g.masked_fill(&g.isnan(), 0.0)
+                .equal(&w.masked_fill(&w.isnan(), 0.0));
+        if !same {
+            differ.push(name.clone());
+        }
+    }
+    eprintln!("{} stage outputs compared with {path}", outputs.len());
+    assert!(differ.is_empty(), "{} differ: {differ:?}", differ.len());
+}
+
+/// The outputs of `emulated_stage_outputs_bit_for_bit`, each named by its case, stage, kernel
+/// version, input dtype and position.
+fn emulated_stage_outputs() -> Vec<(String, Tensor)> {
+    let _rng = seeded(91);
+    let mut all = Vec::new();
+    for (bh, t, d_k, d_v) in [
+        (1, 130, 7, 20),
+        (1, 130, 30, 72),
+        (2, 64, 64, 64),
+        (1, 65, 96, 33),
+        (1, 65, 200, 24),
+    ] {
+        let mut x = StageInputs::new(bh, t, d_k, d_v);
+        for t in [&mut x.q, &mut x.k, &mut x.v, &mut x.beta, &mut x.grad_out] {
+            *t = t.to_kind(Kind::BFloat16).to_kind(Kind::Float);
+        }
+        for delta in [false, true] {
+            for operands in [Operands::Bf16, Operands::Bf16x2, Operands::Bf16x3] {
+                for twin in chain(&x, delta, operands) {
+                    let versions: &[&str] = if twin.name.starts_with("state_") {
+                        &["emulated1", "emulated2"]
+                    } else {
+                        &["emulated2"]
+                    };
+                    let mut runs = vec![("f32", shallow(&twin.inputs))];
+                    if operands == Operands::Bf16 {
+                        runs.push(("bf16", bf16_where_exact(&twin, delta)));
+                    }
+                    for version in versions {
+                        let name = format!("{}:{version}", twin.name);
+                        for (dtype, inputs) in &runs {
+                            let got = chunked_stage(&name, &refs(inputs), C, operands).unwrap();
+                            for (i, g) in got.into_iter().enumerate() {
+                                let key = format!(
+                                    "{bh}_{t}_{d_k}_{d_v}_{delta}_{operands:?}_{name}_{dtype}_{i}"
+                                );
+                                if let Some(g) = g {
+                                    all.push((key.replace(':', "-"), g));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    all
+}
+
+/// The stage's inputs with its operand-only ones in bf16, and its caller inputs where bf16 holds
+/// them exactly.
+fn bf16_where_exact(twin: &Stage, delta: bool) -> Vec<Option<Tensor>> {
+    let (caller, operand) = (caller_inputs(twin.name), operand_inputs(twin.name, delta));
+    let inputs = twin.inputs.iter().enumerate();
+    inputs
+        .map(|(i, t)| {
+            t.as_ref().map(|t| {
+                let b = t.to_kind(Kind::BFloat16);
+                let exact = b.to_kind(Kind::Float).equal(t);
+                if operand.contains(&i) || (caller.contains(&i) && exact) {
+                    b
+                } else {
+                    t.shallow_clone()
+                }
+            })
+        })
+        .collect()
+}
+
 /// The inputs of stage `name` that the caller gives in its own dtype (q, k, v, beta, dO, and the
 /// sum rule's U' = V), by position in the stage's inputs.
 fn caller_inputs(name: &str) -> &'static [usize] {
@@ -476,6 +591,12 @@ fn operand_inputs(name: &str, delta: bool) -> &'static [usize] {
         ("input_grads", true) => &[4, 5, 6, 10],
         _ => &[],
     }
+}
+
+fn shallow(v: &[Option<Tensor>]) -> Vec<Option<Tensor>> {
+    v.iter()
+        .map(|t| t.as_ref().map(Tensor::shallow_clone))
+        .collect()
 }
 
 fn refs(v: &[Option<Tensor>]) -> Vec<Option<&Tensor>> {
