@@ -1040,7 +1040,7 @@ struct GradArgs {
 
 struct GradSmem {
   float p[kPassC][kPassC + 1];  // P = tril(dO U'^T); at the end the dbeta partial sums
-  float m[kPassC][kPassC + 1];  // dT~, then T~^T dT~, then dA
+  float m[kPassC][kPassC + 1];  // first beta K and beta V (times_scaled_t), then dT~, T~^T dT~, dA
 };
 
 // f(r, col, e, y) for each accumulator element y (index e) of a 64-column tile starting at column c0:
@@ -1054,6 +1054,30 @@ FWP_DEV void for_tile(const float (&acc)[kRowNT][4], int m0, int c0, int cols, c
       const int col = c0 + 8 * j + acc_col(e);
       if (col < cols) f(m0 + acc_row(e), col, e, acc[j][e]);
     }
+}
+
+// acc += A (beta X)^T for this warp's rows of A (getter ga, C x d) and X (C x d), P <= 2: for each
+// kScaledCols columns of X in turn, the block rounds beta X's into Planes over `space`, each element
+// once, and every warp takes its B fragments there, B(j, n) = beta_n X(n, j). Starts and ends with a
+// barrier: `space` may hold what the warps read before, and is free again after.
+constexpr int kScaledCols = 32, kScaledLd = kScaledCols + 8;
+static_assert(2 * kPassC * kScaledLd * sizeof(uint16_t) <= sizeof(GradSmem::m), "two planes fit in GradSmem::m");
+template <int P, class GA>
+FWP_DEV void times_scaled_t(float (&acc)[kQKNT][4], float* space, const GA& ga, In x, In beta, int d) {
+  const Planes bx{reinterpret_cast<uint16_t*>(space), kScaledLd, kPassC * kScaledLd};
+  for (int j0 = 0; j0 < d; j0 += kScaledCols) {
+    block_sync();
+    for (int e = thread_id(); e < kPassC * kScaledCols / 2; e += kPassThreads) {
+      const int n = e / (kScaledCols / 2), j = 2 * (e % (kScaledCols / 2));  // X(n, j0 + j), X(n, j0 + j + 1)
+      const auto scaled = [&](int i) { return j0 + i < d ? mul_rn(x[n * d + j0 + i], beta[n]) : 0.f; };
+      bx.template put_pair<P>(j, n, scaled(j), scaled(j + 1));
+    }
+    block_sync();
+    warp_product_fragments<kQKNT, P, P>(
+        acc, kScaledCols, [&](uint32_t(&a)[P][4], int k0) { fragment_a<P>(a, ga, j0 + k0); },
+        [&](uint32_t(&b)[P][2], int k0, int n0) { bx.template fragment<P>(b, k0, n0); });
+  }
+  block_sync();
 }
 
 template <int P>
@@ -1111,10 +1135,15 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmem& sh, int bh, int64_t 
   if (delta) {
     {  // dT~ = dW (beta K)^T + dU' (beta V)^T, this warp's rows, into shared memory
       float dt[kQKNT][4] = {};
-      warp_product<kQKNT, P, P>(dt, dk, rows(dw.in(), dk),
-                                [&](int j, int n) { return j < dk ? mul_rn(k[n * dk + j], beta[n]) : 0.f; });
-      warp_product<kQKNT, P, P>(dt, dv, rows(dvn, dv),
-                                [&](int j, int n) { return j < dv ? mul_rn(v[n * dv + j], beta[n]) : 0.f; });
+      if constexpr (kPassPlanes<P>) {  // beta K and beta V through shared memory, where dT~ goes next
+        times_scaled_t<P>(dt, &sh.m[0][0], rows(dw.in(), dk), k, beta, dk);
+        times_scaled_t<P>(dt, &sh.m[0][0], rows(dvn, dv), v, beta, dv);
+      } else {
+        warp_product<kQKNT, P, P>(dt, dk, rows(dw.in(), dk),
+                                  [&](int j, int n) { return j < dk ? mul_rn(k[n * dk + j], beta[n]) : 0.f; });
+        warp_product<kQKNT, P, P>(dt, dv, rows(dvn, dv),
+                                  [&](int j, int n) { return j < dv ? mul_rn(v[n * dv + j], beta[n]) : 0.f; });
+      }
       FWP_UNROLL
       for (int j = 0; j < kQKNT; ++j)
         FWP_UNROLL

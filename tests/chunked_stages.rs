@@ -524,7 +524,8 @@ fn emulated_stage_outputs() -> Vec<(String, Tensor)> {
                     };
                     let mut runs = vec![("f32", shallow(&twin.inputs))];
                     if operands == Operands::Bf16 {
-                        runs.push(("bf16", bf16_where_exact(&twin, delta)));
+                        let (mixed, _) = bf16_where_exact(&twin.inputs, twin.name, delta, true);
+                        runs.push(("bf16", mixed));
                     }
                     for version in versions {
                         let name = format!("{}:{version}", twin.name);
@@ -545,26 +546,6 @@ fn emulated_stage_outputs() -> Vec<(String, Tensor)> {
         }
     }
     all
-}
-
-/// The stage's inputs with its operand-only ones in bf16, and its caller inputs where bf16 holds
-/// them exactly.
-fn bf16_where_exact(twin: &Stage, delta: bool) -> Vec<Option<Tensor>> {
-    let (caller, operand) = (caller_inputs(twin.name), operand_inputs(twin.name, delta));
-    let inputs = twin.inputs.iter().enumerate();
-    inputs
-        .map(|(i, t)| {
-            t.as_ref().map(|t| {
-                let b = t.to_kind(Kind::BFloat16);
-                let exact = b.to_kind(Kind::Float).equal(t);
-                if operand.contains(&i) || (caller.contains(&i) && exact) {
-                    b
-                } else {
-                    t.shallow_clone()
-                }
-            })
-        })
-        .collect()
 }
 
 /// The inputs of stage `name` that the caller gives in its own dtype (q, k, v, beta, dO, and the
@@ -634,23 +615,17 @@ fn bf16_case(x: &StageInputs, device: Device, suffix: &str) {
     }
 }
 
-fn bf16_stage(
-    x: &StageInputs,
-    twin: &Stage,
+/// Stage `name`'s inputs with its operand-only ones in bf16, and (callers_too) its caller inputs
+/// where bf16 holds them exactly; and how many are bf16.
+fn bf16_where_exact(
+    inputs: &[Option<Tensor>],
+    name: &str,
     delta: bool,
     callers_too: bool,
-    device: Device,
-    suffix: &str,
-) {
-    let caller = caller_inputs(twin.name);
-    let operand = operand_inputs(twin.name, delta);
-    let f32_inputs: Vec<Option<Tensor>> = twin
-        .inputs
-        .iter()
-        .map(|t| t.as_ref().map(|t| t.to_device(device)))
-        .collect();
+) -> (Vec<Option<Tensor>>, usize) {
+    let (caller, operand) = (caller_inputs(name), operand_inputs(name, delta));
     let mut converted = 0;
-    let mixed: Vec<Option<Tensor>> = f32_inputs
+    let mixed = inputs
         .iter()
         .enumerate()
         .map(|(i, t)| {
@@ -666,6 +641,25 @@ fn bf16_stage(
             })
         })
         .collect();
+    (mixed, converted)
+}
+
+fn bf16_stage(
+    x: &StageInputs,
+    twin: &Stage,
+    delta: bool,
+    callers_too: bool,
+    device: Device,
+    suffix: &str,
+) {
+    let caller = caller_inputs(twin.name);
+    let operand = operand_inputs(twin.name, delta);
+    let f32_inputs: Vec<Option<Tensor>> = twin
+        .inputs
+        .iter()
+        .map(|t| t.as_ref().map(|t| t.to_device(device)))
+        .collect();
+    let (mixed, converted) = bf16_where_exact(&f32_inputs, twin.name, delta, callers_too);
     assert_eq!(
         converted > 0,
         (callers_too && !caller.is_empty()) || !operand.is_empty(),
