@@ -869,7 +869,7 @@ FWP_DEV void row_stage(const RowArgs& x, int bh, int64_t c, int tile) {
 // first version's order), and each warp computes its rows of W = T~ (beta K) and U = T~ (beta V),
 // 64 columns at a time, with its rows of T~ held as fragments and beta X rounded into shared memory
 // once per element (where two parts or fewer are wanted). Products with blocks that are zero by the
-// triangular shapes (A's n-tiles right of the diagonal block, T~'s blocks above it) are skipped.
+// triangular shapes (A's n-tiles and T~'s column blocks right of a warp's diagonal block) are skipped.
 
 struct WyArgs {
   In k, v, beta;  // caller's dtype
@@ -953,7 +953,8 @@ FWP_DEV void tinv_times_scaled(WySmem& sh, const TinvRows<P>& ta, In x, In beta,
     const auto scaled = [&](int k, int n) { return c0 + n < cols ? mul_rn(x[k * cols + c0 + n], beta[k]) : 0.f; };
     if constexpr (kPassPlanes<P>) {
       block_sync();  // every warp is done with the solve, or with the last columns' planes
-      // a warp writes rows 8 b .. 8 b + 7 of columns 8 a .. 8 a + 7 in pairs, 32 distinct banks
+      // e = a + 8 b + 32 c + 256 d (a < 8, b < 4): a warp writes rows 8 d .. 8 d + 7 of columns
+      // 8 c .. 8 c + 7, lane (a, b) rows 8 d + 2 b and the next of column 8 c + a: 32 distinct banks
       for (int e = thread_id(); e < kPassC * kRowCols / 2; e += kPassThreads) {
         const int n = (e & 7) + 8 * ((e >> 5) & 7), k = 2 * (((e >> 3) & 3) + 4 * (e >> 8));
         bx.template put_pair<P>(k, n, scaled(k, n), scaled(k + 1, n));

@@ -455,8 +455,9 @@ fn emulated_stages_match_the_twin(
 /// A developer's check for kernel changes that should change no result: every output of every
 /// emulated fast stage (both pass versions; five shapes with d_k = 7, 30, 64, 96, 200, so every key
 /// tile; both rules; the three operand modes; fp32 inputs and, with one part, bf16 ones), saved to
-/// the file `FWP_SAVE_STAGE_OUTPUTS` names, or compared bit for bit (NaN positions included) with
-/// such a file from before the change, `FWP_COMPARE_STAGE_OUTPUTS`. About 6 minutes on 2 cores:
+/// the file `FWP_SAVE_STAGE_OUTPUTS` names, or compared with such a file from before the change,
+/// `FWP_COMPARE_STAGE_OUTPUTS`: same dtype, shape, NaN positions and values (a zero's sign is not
+/// compared). About 6 minutes on 2 cores:
 /// `FWP_SAVE_STAGE_OUTPUTS=/tmp/before.ot cargo test --release --test chunked_stages -- --ignored
 /// emulated_stage_outputs`, change the kernels, then the same with `FWP_COMPARE_STAGE_OUTPUTS`.
 #[test]
