@@ -104,6 +104,19 @@ struct In {
   }
 };
 
+// f(read) with read(i) = m[i] as fp32, instantiated once per dtype: a loop inside f reads without
+// a branch on the dtype.
+template <class F>
+FWP_DEV void by_dtype(In m, const F& f) {
+  if (m.bf16) {
+    const uint16_t* h = static_cast<const uint16_t*>(m.p);
+    f([h](int64_t i) { return bf16_value(h[i]); });
+  } else {
+    const float* v = static_cast<const float*>(m.p);
+    f([v](int64_t i) { return v[i]; });
+  }
+}
+
 // A matrix written as fp32 or bf16 (round to nearest even). The op's results (O, dQ, dK, dV, dbeta)
 // come in the caller's dtype, and with one bf16 part per operand (Operands::Bf16) the intermediates
 // that are only ever product operands (W, U', T~, dU', dW) are stored as the bf16 value each
@@ -676,19 +689,20 @@ struct RowArgs {
   int dk, dv;
 };
 
-// acc[j] += A B over k in [k_begin, K) by 16, for this warp's 16 rows and n-tiles j < nj, from
-// fragments: fa(a, k0) loads A's columns k0.. (PA parts), fb(b, k0, n0) B's rows k0.. and columns
-// n0.. (PB parts). A triangular operand's zero blocks are left out by nj, K or k_begin (a multiple
-// of 16): their products would add exact zeros.
+// acc[j] += A B over k in [k_begin, K) by 16, for this warp's 16 rows and n-tiles j_begin <= j < nj,
+// from fragments: fa(a, k0) loads A's columns k0.. (PA parts), fb(b, k0, n0) B's rows k0.. and
+// columns n0.. (PB parts). A triangular operand's zero blocks are left out by K, k_begin (a multiple
+// of 16), nj or j_begin: their products would add exact zeros.
 template <int NJ, int PA, int PB, class FA, class FB>
 FWP_DEV void warp_product_fragments(float (&acc)[NJ][4], int K, const FA& fa, const FB& fb, int nj = NJ,
-                                    int k_begin = 0) {
+                                    int k_begin = 0, int j_begin = 0) {
   FWP_NO_UNROLL
   for (int k0 = k_begin; k0 < K; k0 += 16) {
     uint32_t a[PA][4];
     fa(a, k0);
     FWP_UNROLL
     for (int j = 0; j < NJ; ++j) {
+      if (j < j_begin) continue;
       if (j >= nj) break;
       uint32_t b[PB][2];
       fb(b, k0, 8 * j);
@@ -702,7 +716,8 @@ FWP_DEV void warp_product_fragments(float (&acc)[NJ][4], int K, const FA& fa, co
 //   RowsOf:      A(r, j) = m(r0 + r, j), zero for j >= d;
 //   ColsOf:      B(j, n) = m(j, c0 + n), zero for c0 + n >= d;
 //   TransposeOf: B(j, n) = m(n, j), zero for j >= d;
-//   TRowsOf:     A(r, j) = m(j, r0 + r) (no bounds).
+//   TRowsOf:     A(r, j) = m(j, r0 + r) (no bounds);
+//   ScaledRowsOf: A(r, j) = beta(r0 + r) m(r0 + r, j) rounded to fp32 (beta X's rows), zero for j >= d.
 // Any other getter (a lambda) is read element by element.
 struct RowsOf {
   In m;
@@ -725,6 +740,13 @@ struct TRowsOf {
   In m;
   int d, r0;
   FWP_DEV float operator()(int r, int j) const { return m[j * d + r0 + r]; }
+};
+
+struct ScaledRowsOf {
+  In m, beta;
+  int d, r0;
+  FWP_DEV float operator()(int r, int j) const { return j < d ? mul_rn(m[(r0 + r) * d + j], beta[r0 + r]) : 0.f; }
+  FWP_DEV bool words() const { return m.bf16 && d % 16 == 0 && word_aligned(m); }
 };
 
 // A's columns k0.. (P parts) from getter g, and B's rows k0.., columns n0..: whole bf16 fragments
@@ -752,6 +774,25 @@ FWP_DEV void fragment_a(uint32_t (&a)[P][4], const TRowsOf& g, int k0) {
     load_a<P>(a, [&](int r, int c) { return g(r, k0 + c); });
 }
 template <int P>
+FWP_DEV void fragment_a(uint32_t (&a)[P][4], const ScaledRowsOf& g, int k0) {
+  if (!g.words()) {
+    load_a<P>(a, [&](int r, int c) { return g(r, k0 + c); });
+    return;
+  }
+  // load_a's elements, each register's pair of X in one 32-bit load, times its row's beta
+  const int r = g.r0 + (lane_id() >> 2), c = k0 + 2 * (lane_id() & 3);
+  const float beta[2] = {g.beta[r], g.beta[r + 8]};
+  FWP_UNROLL
+  for (int i = 0; i < 4; ++i) {
+    const uint32_t w = bf16_pair(bf16_of(g.m) + (r + 8 * (i & 1)) * g.d + c + 8 * (i >> 1));
+    uint16_t lo[P], hi[P];
+    split<P>(mul_rn(bf16_value(uint16_t(w & 0xFFFFu)), beta[i & 1]), lo);
+    split<P>(mul_rn(bf16_value(uint16_t(w >> 16)), beta[i & 1]), hi);
+    FWP_UNROLL
+    for (int p = 0; p < P; ++p) a[p][i] = pack(lo[p], hi[p]);
+  }
+}
+template <int P>
 FWP_DEV void fragment_b(uint32_t (&b)[P][2], const ColsOf& g, int k0, int n0) {
   if (P == 1 && g.m.bf16)
     bf16_b_rows(b[0], bf16_of(g.m) + g.c0, g.d, k0, n0, g.d - g.c0);
@@ -769,10 +810,11 @@ FWP_DEV void fragment_b(uint32_t (&b)[P][2], const TransposeOf& g, int k0, int n
 // acc[j] += A B as warp_product_fragments, from getters: A(r, k) = ga(r, k) in PA parts,
 // B(k, n) = gb(k, n) for n-tile j's columns 8 j .. in PB parts (the getters give 0 outside).
 template <int NJ, int PA, int PB, class GA, class GB>
-FWP_DEV void warp_product(float (&acc)[NJ][4], int K, const GA& ga, const GB& gb, int nj = NJ, int k_begin = 0) {
+FWP_DEV void warp_product(float (&acc)[NJ][4], int K, const GA& ga, const GB& gb, int nj = NJ, int k_begin = 0,
+                          int j_begin = 0) {
   warp_product_fragments<NJ, PA, PB>(
       acc, K, [&](uint32_t(&a)[PA][4], int k0) { fragment_a<PA>(a, ga, k0); },
-      [&](uint32_t(&b)[PB][2], int k0, int n0) { fragment_b<PB>(b, gb, k0, n0); }, nj, k_begin);
+      [&](uint32_t(&b)[PB][2], int k0, int n0) { fragment_b<PB>(b, gb, k0, n0); }, nj, k_begin, j_begin);
 }
 
 // The A fragment, in P parts, of k-block kk of a 16 x C row block held as accumulators (n-tiles 2 kk
@@ -809,10 +851,11 @@ FWP_DEV void row_stage(const RowArgs& x, int bh, int64_t c, int tile) {
     // rows m0.. of tril(Q K^T) (Output) or of triu(K Q^T) = tril(Q K^T)^T (LocalGrad)
     const In b = x.b + chunk * kPassC * dk;                   // [C, d_k] rows of K
     float qk[kQKNT][4] = {};
-    if (stage == RowStage::Output)  // n-tiles right of the diagonal block are masked out: left out
+    // the n-tiles right (Output) or left (LocalGrad) of the diagonal block are masked out: left out
+    if (stage == RowStage::Output)
       warp_product<kQKNT, P, P>(qk, dk, RowsOf{a, dk, m0}, TransposeOf{b, dk}, (m0 + 16) / 8);
     else
-      warp_product<kQKNT, P, P>(qk, dk, RowsOf{b, dk, m0}, TransposeOf{a, dk});
+      warp_product<kQKNT, P, P>(qk, dk, RowsOf{b, dk, m0}, TransposeOf{a, dk}, kQKNT, 0, m0 / 8);
     FWP_UNROLL
     for (int j = 0; j < kQKNT; ++j)
       FWP_UNROLL
@@ -866,10 +909,11 @@ FWP_DEV void row_stage(const RowArgs& x, int bh, int64_t c, int tile) {
 // One block of 4 warps per (batch·head, chunk): warp w computes rows 16 w .. of
 // A = tril((beta K) K^T, -1) into shared memory, the block inverts I + A there in fp32 (forward
 // substitution on the four 16 x 16 diagonal blocks, one warp each, then merges 16 -> 32 -> 64, the
-// first version's order), and each warp computes its rows of W = T~ (beta K) and U = T~ (beta V),
-// 64 columns at a time, with its rows of T~ held as fragments and beta X rounded into shared memory
-// once per element (where two parts or fewer are wanted). Products with blocks that are zero by the
-// triangular shapes (A's n-tiles and T~'s column blocks right of a warp's diagonal block) are skipped.
+// first version's order), and the warps compute W = T~ (beta K) and U = T~ (beta V), 64 columns at a
+// time, each its share of equal work (TinvRows) with its rows of T~ held as fragments and beta X
+// rounded into shared memory once per element (where two parts or fewer are wanted). Products with
+// blocks that are zero by the triangular shapes (A's n-tiles and T~'s column blocks right of the
+// diagonal block) are skipped.
 
 struct WyArgs {
   In k, v, beta;  // caller's dtype
@@ -936,51 +980,97 @@ FWP_DEV void unit_lower_inverse(WySmem& sh) {
   }
 }
 
-// This warp's rows of T~ as A fragments, one per 16-column block, in P parts.
+// The warps' shares of T~'s products, balanced: T~ is lower triangular, so row block i (rows 16 i ..)
+// has i + 1 column blocks that are not zero. Warps w and 3 - w share row blocks lo = min(w, 3 - w)
+// and hi = 3 - lo (1 + 4 or 2 + 3 blocks: the same work for every warp), each taking half the output
+// columns of both: warps 0 and 1 the first half, warps 2 and 3 the second. A warp holds its two row
+// blocks of T~ as A fragments, one per 16-column block that is not zero, in P parts.
+static_assert(kPassWarps == 4 && kPassC == 64, "TinvRows pairs the four row blocks of a chunk");
 template <int P>
-using TinvRows = uint32_t[kPassC / 16][P][4];
+struct TinvRows {
+  int lo, hi;           // the row blocks
+  uint32_t a_lo[2][P][4];  // column blocks 0 .. lo of row block lo (lo <= 1)
+  uint32_t a_hi[4][P][4];  // column blocks 0 .. hi of row block hi
 
-// out rows m0.. (C x cols, row stride cols) = T~ (beta X) for X = x (C x cols), 64 columns at a time,
-// from this warp's rows of T~ (ta). T~ is lower triangular: the blocks right of the warp's diagonal
-// block are zeros, and their products are skipped. With P <= 2 the block first rounds beta X's
-// columns into shared memory (Planes), each element once, where every warp takes its B fragments;
-// with P = 3 each warp computes the elements it needs.
+  FWP_DEV explicit TinvRows(const float (&t)[kPassC][kPassC + 1]) : lo(imin(warp_id(), 3 - warp_id())), hi(3 - lo) {
+    FWP_UNROLL
+    for (int kk = 0; kk < 4; ++kk) {
+      if (kk < 2 && kk <= lo) load_a<P>(a_lo[kk], [&](int r, int j) { return t[16 * lo + r][16 * kk + j]; });
+      if (kk <= hi) load_a<P>(a_hi[kk], [&](int r, int j) { return t[16 * hi + r][16 * kk + j]; });
+    }
+  }
+};
+
+// bx = beta X for the C x 64 matrix X = x (row stride ld; columns from `cols` on are zeros), by the
+// whole block, each element rounded once: thread t = a + 8 b + 32 c (a < 8, b < 4) writes rows
+// 8 d + 2 b and the next (d < 8) of columns 8 c + a and 8 c + a + 32. A store of a warp (one c)
+// writes rows 8 d + 2 b, 8 d + 2 b + 1 of 8 columns: 32 distinct banks (ld = C + 8).
+static_assert(kPassThreads == 128 && kPassC == 64 && kRowCols == 64, "scaled_planes's thread map");
+template <int P>
+FWP_DEV void scaled_planes(const Planes& bx, In x, In beta, int cols, int ld) {
+  const int t = thread_id(), a = t & 7, b = (t >> 3) & 3, c = t >> 5;
+  by_dtype(x, [&](const auto& xr) {
+    by_dtype(beta, [&](const auto& br) {
+      FWP_NO_UNROLL  // unrolled, the loads of all 8 would be hoisted, in registers the products need
+      for (int d = 0; d < 8; ++d) {
+        const int k = 8 * d + 2 * b;
+        const float b0 = br(k), b1 = br(k + 1);
+        FWP_UNROLL
+        for (int h = 0; h < 2; ++h) {
+          const int n = 8 * c + a + 32 * h;
+          const bool in = n < cols;
+          bx.template put_pair<P>(k, n, in ? mul_rn(xr(k * ld + n), b0) : 0.f,
+                                  in ? mul_rn(xr((k + 1) * ld + n), b1) : 0.f);
+        }
+      }
+    });
+  });
+}
+
+// out (C x cols, row stride cols) = T~ (beta X) for X = x (C x cols), 64 columns at a time, this
+// warp's share (TinvRows). The blocks of T~ right of the diagonal block are zeros, and their products
+// are left out. With P <= 2 the block first rounds beta X's columns into shared memory (Planes), each
+// element once, where every warp takes its B fragments; with P = 3 each warp computes the elements it
+// needs. A B fragment serves both row blocks where both use it.
 template <int P>
 FWP_DEV void tinv_times_scaled(WySmem& sh, const TinvRows<P>& ta, In x, In beta, int cols, Out out) {
-  const int m0 = 16 * warp_id();
+  constexpr int kHalfNT = kRowNT / 2;  // n-tiles per warp
+  const int n_half = warp_id() >= 2 ? 8 * kHalfNT : 0;
   const Planes bx{sh.scaled, kWyLd, kWyPlane};
   for (int c0 = 0; c0 < cols; c0 += kRowCols) {
-    const auto scaled = [&](int k, int n) { return c0 + n < cols ? mul_rn(x[k * cols + c0 + n], beta[k]) : 0.f; };
     if constexpr (kPassPlanes<P>) {
       block_sync();  // every warp is done with the solve, or with the last columns' planes
-      // e = a + 8 b + 32 c + 256 d (a < 8, b < 4): a warp writes rows 8 d .. 8 d + 7 of columns
-      // 8 c .. 8 c + 7, lane (a, b) rows 8 d + 2 b and the next of column 8 c + a: 32 distinct banks
-      for (int e = thread_id(); e < kPassC * kRowCols / 2; e += kPassThreads) {
-        const int n = (e & 7) + 8 * ((e >> 5) & 7), k = 2 * (((e >> 3) & 3) + 4 * (e >> 8));
-        bx.template put_pair<P>(k, n, scaled(k, n), scaled(k + 1, n));
-      }
+      scaled_planes<P>(bx, x + c0, beta, cols - c0, cols);
       block_sync();
     }
-    float acc[kRowNT][4] = {};
+    float acc_lo[kHalfNT][4] = {}, acc_hi[kHalfNT][4] = {};
     FWP_UNROLL
-    for (int kk = 0; kk < kPassC / 16; ++kk) {
-      if (16 * kk > m0) break;
+    for (int kk = 0; kk < 4; ++kk) {
+      if (kk > ta.hi) break;
       FWP_UNROLL
-      for (int j = 0; j < kRowNT; ++j) {
+      for (int j = 0; j < kHalfNT; ++j) {
+        const int n0 = n_half + 8 * j;
         uint32_t b[P][2];
         if constexpr (kPassPlanes<P>)
-          bx.template fragment<P>(b, 16 * kk, 8 * j);
+          bx.template fragment<P>(b, 16 * kk, n0);
         else
-          load_b<P>(b, [&](int k, int n) { return scaled(16 * kk + k, 8 * j + n); });
-        mma_parts<P, P>(acc[j], ta[kk], b);
+          load_b<P>(b, [&](int k, int n) {  // beta X's element (16 kk + k, c0 + n0 + n)
+            k += 16 * kk;
+            n += c0 + n0;
+            return n < cols ? mul_rn(x[k * cols + n], beta[k]) : 0.f;
+          });
+        mma_parts<P, P>(acc_hi[j], ta.a_hi[kk], b);
+        if (kk < 2 && kk <= ta.lo) mma_parts<P, P>(acc_lo[j], ta.a_lo[kk], b);
       }
     }
     FWP_UNROLL
-    for (int j = 0; j < kRowNT; ++j)
+    for (int j = 0; j < kHalfNT; ++j)
       FWP_UNROLL
       for (int e = 0; e < 4; ++e) {
-        const int r = m0 + acc_row(e), n = c0 + 8 * j + acc_col(e);
-        if (n < cols) out.set(r * cols + n, acc[j][e]);
+        const int n = c0 + n_half + 8 * j + acc_col(e);
+        if (n >= cols) continue;
+        out.set((16 * ta.lo + acc_row(e)) * cols + n, acc_lo[j][e]);
+        out.set((16 * ta.hi + acc_row(e)) * cols + n, acc_hi[j][e]);
       }
   }
 }
@@ -993,9 +1083,7 @@ FWP_DEV void wy_stage(const WyArgs& x, WySmem& sh, int bh, int64_t c) {
   const In beta = x.beta + chunk * kPassC;
   {  // A = tril((beta K) K^T, -1), this warp's rows; the n-tiles right of its diagonal block are zeros
     float acc[kQKNT][4] = {};
-    warp_product<kQKNT, P, P>(
-        acc, dk, [&](int r, int j) { return j < dk ? mul_rn(k[(m0 + r) * dk + j], beta[m0 + r]) : 0.f; },
-        TransposeOf{k, dk}, (m0 + 16) / 8);
+    warp_product<kQKNT, P, P>(acc, dk, ScaledRowsOf{k, beta, dk, m0}, TransposeOf{k, dk}, (m0 + 16) / 8);
     FWP_UNROLL
     for (int j = 0; j < kQKNT; ++j)
       FWP_UNROLL
@@ -1010,9 +1098,7 @@ FWP_DEV void wy_stage(const WyArgs& x, WySmem& sh, int bh, int64_t c) {
     const Out tinv = x.tinv + chunk * kPassC * kPassC;
     for (int e = thread_id(); e < kPassC * kPassC; e += kPassThreads) tinv.set(e, sh.x[e / kPassC][e % kPassC]);
   }
-  TinvRows<P> ta;
-  FWP_UNROLL
-  for (int kk = 0; kk < kPassC / 16; ++kk) load_a<P>(ta[kk], [&](int r, int j) { return sh.x[m0 + r][16 * kk + j]; });
+  const TinvRows<P> ta(sh.x);
   tinv_times_scaled<P>(sh, ta, k, beta, dk, x.w + chunk * kPassC * dk);
   tinv_times_scaled<P>(sh, ta, x.v + chunk * kPassC * x.dv, beta, x.dv, Out{x.u + chunk * kPassC * x.dv, false});
 }
@@ -1068,11 +1154,19 @@ FWP_DEV void times_scaled_t(float (&acc)[kQKNT][4], float* space, const GA& ga, 
   const Planes bx{reinterpret_cast<uint16_t*>(space), kScaledLd, kPassC * kScaledLd};
   for (int j0 = 0; j0 < d; j0 += kScaledCols) {
     block_sync();
-    for (int e = thread_id(); e < kPassC * kScaledCols / 2; e += kPassThreads) {
-      const int n = e / (kScaledCols / 2), j = 2 * (e % (kScaledCols / 2));  // X(n, j0 + j), X(n, j0 + j + 1)
-      const auto scaled = [&](int i) { return j0 + i < d ? mul_rn(x[n * d + j0 + i], beta[n]) : 0.f; };
-      bx.template put_pair<P>(j, n, scaled(j), scaled(j + 1));
-    }
+    // thread t writes X(n, j0 + j) and X(n, j0 + j + 1) for n = t / 16 + 8 i (i < 8), j = 2 (t % 16)
+    const int j = 2 * (thread_id() % (kScaledCols / 2));
+    by_dtype(x, [&](const auto& xr) {
+      by_dtype(beta, [&](const auto& br) {
+        FWP_UNROLL
+        for (int i = 0; i < kPassC * kScaledCols / 2 / kPassThreads; ++i) {
+          const int n = thread_id() / (kScaledCols / 2) + i * (2 * kPassThreads / kScaledCols);
+          const float bn = br(n);
+          const auto scaled = [&](int jj) { return j0 + jj < d ? mul_rn(xr(n * d + j0 + jj), bn) : 0.f; };
+          bx.template put_pair<P>(j, n, scaled(j), scaled(j + 1));
+        }
+      });
+    });
     block_sync();
     warp_product_fragments<kQKNT, P, P>(
         acc, kScaledCols, [&](uint32_t(&a)[P][4], int k0) { fragment_a<P>(a, ga, j0 + k0); },
