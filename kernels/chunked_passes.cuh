@@ -957,22 +957,26 @@ FWP_DEV void unit_lower_inverse(WySmem& sh) {
     }
   }
   block_sync();
+  // The merges' sums leave out the terms that the inverses' zeros above the diagonal make zero:
+  // for a finite T~ they would add exact zeros (+0 or -0, to a sum that starts at +0), so the sums
+  // are the full sums bit for bit. Each sum's length is the same across a warp: row i of t takes a
+  // warp (lanes over j), column j of the new block a warp (lanes over i).
   for (int s = 16; s < kPassC; s *= 2) {
     for (int blk = 0; blk < kPassC / (2 * s); ++blk) {
       const int r0 = blk * 2 * s + s, c0 = blk * 2 * s;
-      // t = Y^-1 B with Y^-1 = x[r0.., r0..], B = a[r0.., c0..]
+      // t = Y^-1 B with Y^-1 = x[r0.., r0..] (zero right of its diagonal), B = a[r0.., c0..]
       for (int e = thread_id(); e < s * s; e += kPassThreads) {
         const int i = e / s, j = e % s;
         float v = 0.f;
-        for (int m = 0; m < s; ++m) v += sh.x[r0 + i][r0 + m] * a[r0 + m][c0 + j];
+        for (int m = 0; m <= i; ++m) v += sh.x[r0 + i][r0 + m] * a[r0 + m][c0 + j];
         t[i][j] = v;
       }
       block_sync();
-      // x[r0.., c0..] = -t X^-1 with X^-1 = x[c0.., c0..]
+      // x[r0.., c0..] = -t X^-1 with X^-1 = x[c0.., c0..] (zero above its diagonal)
       for (int e = thread_id(); e < s * s; e += kPassThreads) {
-        const int i = e / s, j = e % s;
+        const int j = e / s, i = e % s;
         float v = 0.f;
-        for (int m = 0; m < s; ++m) v += t[i][m] * sh.x[c0 + m][c0 + j];
+        for (int m = j; m < s; ++m) v += t[i][m] * sh.x[c0 + m][c0 + j];
         sh.x[r0 + i][c0 + j] = -v;
       }
       block_sync();
