@@ -182,6 +182,20 @@ FWP_DEV void store_pair(uint16_t* p, uint32_t w) {
 #endif
 }
 
+// The fp32 values at p and p + 1 (p 8-byte aligned): one 64-bit load on the GPU; a misaligned one
+// stops the emulator, as it would the kernel.
+FWP_DEV void float_pair(const float* p, float& x0, float& x1) {
+#ifdef __CUDACC__
+  const float2 v = *reinterpret_cast<const float2*>(p);
+  x0 = v.x;
+  x1 = v.y;
+#else
+  if ((reinterpret_cast<uintptr_t>(p) & 7) != 0) __builtin_trap();
+  x0 = p[0];
+  x1 = p[1];
+#endif
+}
+
 // Fragments of bf16 matrices taken as one part: the bits go into the registers as they are (split<1>
 // of a bf16 value is that value), with no conversion. Element (i, j) of m is m[i * ld + j]; the
 // fragments' layouts are load_a's and load_b's (below).
@@ -717,7 +731,9 @@ FWP_DEV void warp_product_fragments(float (&acc)[NJ][4], int K, const FA& fa, co
 //   ColsOf:      B(j, n) = m(j, c0 + n), zero for c0 + n >= d;
 //   TransposeOf: B(j, n) = m(n, j), zero for j >= d;
 //   TRowsOf:     A(r, j) = m(j, r0 + r) (no bounds);
-//   ScaledRowsOf: A(r, j) = beta(r0 + r) m(r0 + r, j) rounded to fp32 (beta X's rows), zero for j >= d.
+//   ScaledRowsOf: A(r, j) = beta(r0 + r) m(r0 + r, j) rounded to fp32 (beta X's rows), zero for j >= d;
+//   StateT:      B(j, n) = s(c0 + n, j) for an fp32 d_k x d_v state s (a checkpoint's transpose), zero
+//                for j >= d_v or c0 + n >= d_k: a register's pair in one 64-bit load, split in place.
 // Any other getter (a lambda) is read element by element.
 struct RowsOf {
   In m;
@@ -747,6 +763,13 @@ struct ScaledRowsOf {
   int d, r0;
   FWP_DEV float operator()(int r, int j) const { return j < d ? mul_rn(m[(r0 + r) * d + j], beta[r0 + r]) : 0.f; }
   FWP_DEV bool words() const { return m.bf16 && d % 16 == 0 && word_aligned(m); }
+};
+
+struct StateT {
+  const float* s;
+  int dk, dv, c0;
+  FWP_DEV float operator()(int j, int n) const { return j < dv && c0 + n < dk ? s[(c0 + n) * dv + j] : 0.f; }
+  FWP_DEV bool pairs() const { return dv % 16 == 0 && (reinterpret_cast<uintptr_t>(s) & 7) == 0; }
 };
 
 // A's columns k0.. (P parts) from getter g, and B's rows k0.., columns n0..: whole bf16 fragments
@@ -790,6 +813,26 @@ FWP_DEV void fragment_a(uint32_t (&a)[P][4], const ScaledRowsOf& g, int k0) {
     split<P>(mul_rn(bf16_value(uint16_t(w >> 16)), beta[i & 1]), hi);
     FWP_UNROLL
     for (int p = 0; p < P; ++p) a[p][i] = pack(lo[p], hi[p]);
+  }
+}
+template <int P>
+FWP_DEV void fragment_b(uint32_t (&b)[P][2], const StateT& g, int k0, int n0) {
+  if (!g.pairs()) {
+    load_b<P>(b, [&](int k, int n) { return g(k0 + k, n0 + n); });
+    return;
+  }
+  // load_b's elements: register i holds rows 2t + 8 i and the next one of column g, which are
+  // s(c0 + n0 + g, k0 + 2t + 8 i) and its neighbour (k0 + 2t even, so the pair is 8-byte aligned)
+  const int n = g.c0 + n0 + (lane_id() >> 2), k = k0 + 2 * (lane_id() & 3);
+  FWP_UNROLL
+  for (int i = 0; i < 2; ++i) {
+    float x0 = 0.f, x1 = 0.f;
+    if (n < g.dk) float_pair(g.s + int64_t(n) * g.dv + k + 8 * i, x0, x1);
+    uint16_t lo[P], hi[P];
+    split<P>(x0, lo);
+    split<P>(x1, hi);
+    FWP_UNROLL
+    for (int p = 0; p < P; ++p) b[p][i] = pack(lo[p], hi[p]);
   }
 }
 template <int P>
@@ -1195,9 +1238,7 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmem& sh, int bh, int64_t 
   const Out dw = delta ? x.dw + chunk * kPassC * dk : Out{nullptr, false};  // dW [C, d_k]
   // this warp's rows of a [C, d] matrix, and the columns c0.. of a state's transpose
   const auto rows = [&](const In& a, int d) { return RowsOf{a, d, m0}; };
-  const auto state_t = [&](const float* s, int c0) {
-    return [=](int j, int n) { return j < dv && c0 + n < dk ? s[(c0 + n) * dv + j] : 0.f; };
-  };
+  const auto state_t = [&](const float* s, int c0) { return StateT{s, dk, dv, c0}; };
   const auto cols = [&](const In& a, int d, int c0) { return ColsOf{a, d, c0}; };  // B(j, n) = a[j, c0 + n], j < C
 
   {  // P = tril(dO U'^T), this warp's rows, into shared memory
