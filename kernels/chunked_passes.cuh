@@ -714,13 +714,26 @@ FWP_DEV void warp_product_fragments(float (&acc)[NJ][4], int K, const FA& fa, co
   for (int k0 = k_begin; k0 < K; k0 += 16) {
     uint32_t a[PA][4];
     fa(a, k0);
-    FWP_UNROLL
-    for (int j = 0; j < NJ; ++j) {
-      if (j < j_begin) continue;
-      if (j >= nj) break;
+    const auto tile = [&](int j) {
       uint32_t b[PB][2];
       fb(b, k0, 8 * j);
       mma_parts<PA, PB>(acc[j], a, b);
+    };
+    // Each n-tile is a product of its own, so their order is free: with n-tiles left out on the left
+    // they are taken right to left, and the first left-out one ends the loop (a test per n-tile
+    // costs more than the n-tiles it saves)
+    if (j_begin == 0) {
+      FWP_UNROLL
+      for (int j = 0; j < NJ; ++j) {
+        if (j >= nj) break;
+        tile(j);
+      }
+    } else {
+      FWP_UNROLL
+      for (int j = NJ - 1; j >= 0; --j) {
+        if (j < j_begin) break;
+        if (j < nj) tile(j);
+      }
     }
   }
 }
