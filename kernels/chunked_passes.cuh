@@ -245,6 +245,17 @@ FWP_UNROLL
   }
 }
 
+// Register i of a fragment in P parts: x0 in the lower half and x1 in the upper, each split into
+// its bf16 parts (part p into f[p]).
+template <int P, int N>
+FWP_DEV void put_parts(uint32_t (&f)[P][N], int i, float x0, float x1) {
+  uint16_t lo[P], hi[P];
+  split<P>(x0, lo);
+  split<P>(x1, hi);
+FWP_UNROLL
+  for (int p = 0; p < P; ++p) f[p][i] = pack(lo[p], hi[p]);
+}
+
 // The A fragment (16 x 16, row-major) of m16n8k16 in P parts, element (r, c) = get(r, c): register i
 // holds rows g + 8 (i & 1), columns 2t + 8 (i >> 1) and the next one (g = lane / 4, t = lane % 4;
 // the lower column in the lower half).
@@ -254,11 +265,7 @@ FWP_DEV void load_a(uint32_t (&a)[P][4], const Get& get) {
 FWP_UNROLL
   for (int i = 0; i < 4; ++i) {
     const int r = g + 8 * (i & 1), c = 2 * t + 8 * (i >> 1);
-    uint16_t lo[P], hi[P];
-    split<P>(get(r, c), lo);
-    split<P>(get(r, c + 1), hi);
-FWP_UNROLL
-    for (int p = 0; p < P; ++p) a[p][i] = pack(lo[p], hi[p]);
+    put_parts<P>(a, i, get(r, c), get(r, c + 1));
   }
 }
 
@@ -270,11 +277,7 @@ FWP_DEV void load_b(uint32_t (&b)[P][2], const Get& get) {
 FWP_UNROLL
   for (int i = 0; i < 2; ++i) {
     const int k = 2 * t + 8 * i;
-    uint16_t lo[P], hi[P];
-    split<P>(get(k, g), lo);
-    split<P>(get(k + 1, g), hi);
-FWP_UNROLL
-    for (int p = 0; p < P; ++p) b[p][i] = pack(lo[p], hi[p]);
+    put_parts<P>(b, i, get(k, g), get(k + 1, g));
   }
 }
 
@@ -354,11 +357,10 @@ FWP_UNROLL
   // Elements (k, n) and (k + 1, n), k even, one 32-bit store per part.
   template <int P>
   FWP_DEV void put_pair(int k, int n, float x0, float x1) const {
-    uint16_t lo[P], hi[P];
-    split<P>(x0, lo);
-    split<P>(x1, hi);
+    uint32_t w[P][1];
+    put_parts<P>(w, 0, x0, x1);
 FWP_UNROLL
-    for (int p = 0; p < P; ++p) store_pair(h + p * plane + n * ld + k, pack(lo[p], hi[p]));
+    for (int p = 0; p < P; ++p) store_pair(h + p * plane + n * ld + k, w[p][0]);
   }
 
   // The B fragment (rows k0.., columns n0..) in P parts.
@@ -821,11 +823,8 @@ FWP_DEV void fragment_a(uint32_t (&a)[P][4], const ScaledRowsOf& g, int k0) {
   FWP_UNROLL
   for (int i = 0; i < 4; ++i) {
     const uint32_t w = bf16_pair(bf16_of(g.m) + (r + 8 * (i & 1)) * g.d + c + 8 * (i >> 1));
-    uint16_t lo[P], hi[P];
-    split<P>(mul_rn(bf16_value(uint16_t(w & 0xFFFFu)), beta[i & 1]), lo);
-    split<P>(mul_rn(bf16_value(uint16_t(w >> 16)), beta[i & 1]), hi);
-    FWP_UNROLL
-    for (int p = 0; p < P; ++p) a[p][i] = pack(lo[p], hi[p]);
+    put_parts<P>(a, i, mul_rn(bf16_value(uint16_t(w & 0xFFFFu)), beta[i & 1]),
+                 mul_rn(bf16_value(uint16_t(w >> 16)), beta[i & 1]));
   }
 }
 template <int P>
@@ -841,11 +840,7 @@ FWP_DEV void fragment_b(uint32_t (&b)[P][2], const StateT& g, int k0, int n0) {
   for (int i = 0; i < 2; ++i) {
     float x0 = 0.f, x1 = 0.f;
     if (n < g.dk) float_pair(g.s + int64_t(n) * g.dv + k + 8 * i, x0, x1);
-    uint16_t lo[P], hi[P];
-    split<P>(x0, lo);
-    split<P>(x1, hi);
-    FWP_UNROLL
-    for (int p = 0; p < P; ++p) b[p][i] = pack(lo[p], hi[p]);
+    put_parts<P>(b, i, x0, x1);
   }
 }
 template <int P>
@@ -879,11 +874,7 @@ template <int P>
 FWP_DEV void a_from_acc(uint32_t (&a)[P][4], const float (&acc)[kQKNT][4], int kk) {
   FWP_UNROLL
   for (int i = 0; i < 4; ++i) {
-    uint16_t lo[P], hi[P];
-    split<P>(acc[2 * kk + (i >> 1)][2 * (i & 1)], lo);
-    split<P>(acc[2 * kk + (i >> 1)][2 * (i & 1) + 1], hi);
-    FWP_UNROLL
-    for (int p = 0; p < P; ++p) a[p][i] = pack(lo[p], hi[p]);
+    put_parts<P>(a, i, acc[2 * kk + (i >> 1)][2 * (i & 1)], acc[2 * kk + (i >> 1)][2 * (i & 1) + 1]);
   }
 }
 
