@@ -34,6 +34,7 @@ import argparse
 import glob
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -303,12 +304,37 @@ def profile(fn, x, grad_out, reps):
     return sorted((r for r in rows if r[2] > 0), key=lambda r: -r[2])
 
 
+def kernel_name(name):
+    """A CUDA kernel's name as the profiler gives it, readable: nvcc's mangled names of kernels in an
+    anonymous namespace (`__nv_static_..._ZN...`) demangled by c++filt, without namespace and
+    arguments (`wy_stage_kernel<1>`); where c++filt is missing, the identifier ending in `kernel`."""
+    start = name.find("_ZN")
+    if not name.startswith("__nv_static_") or start < 0:
+        return name
+    mangled, text = name[start:], None
+    try:
+        text = subprocess.run(["c++filt", mangled], capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    if not text or text == mangled:
+        found = re.findall(r"\d+([A-Za-z_]\w*?kernel)", mangled)
+        return found[-1] if found else name
+    text = re.sub(r"^void ", "", text.replace("(anonymous namespace)::", ""))
+    depth = 0
+    for i, ch in enumerate(text):
+        depth += (ch == "<") - (ch == ">")
+        if ch == "(" and depth == 0:
+            return text[:i]
+    return text
+
+
 def profile_table(title, rows, top=15):
     """A markdown table of profile()'s rows: the `top` most expensive and the rest summed."""
     total = sum(r[2] for r in rows)
     lines = [f"### {title}: {total / 1000:.3f} ms per forward + backward", "",
              "| kernel (CPU: op) | calls | ms | share |", "|---|---|---|---|"]
     clip = lambda name: (name[:97] + "...") if len(name) > 100 else name
+    rows = [(kernel_name(name), calls, us) for name, calls, us in rows]
     for name, calls, us in rows[:top]:
         lines.append(f"| `{clip(name)}` | {calls:g} | {us / 1000:.3f} | {us / max(total, 1e-9):.0%} |")
     rest = rows[top:]

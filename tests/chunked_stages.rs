@@ -335,17 +335,36 @@ fn operand_outputs(name: &str, delta: bool) -> &'static [usize] {
 }
 
 /// The dtype the fast kernels (or, with `:first`, the first-version ones) write output `i` of
-/// stage `name` in, given fp32 inputs.
-fn stored_kind(name: &str, i: usize, operands: Operands, delta: bool) -> Kind {
-    let (stage, version) = name.split_once(':').unwrap_or((name, "fast"));
-    if !version.ends_with("first")
-        && operands == Operands::Bf16
-        && operand_outputs(stage, delta).contains(&i)
-    {
+/// stage `name` in, given fp32 inputs; `fast`: whether the fast kernel runs at all (`runs_fast`).
+fn stored_kind(name: &str, i: usize, operands: Operands, delta: bool, fast: bool) -> Kind {
+    let stage = name.split_once(':').map_or(name, |(stage, _)| stage);
+    if fast && operands == Operands::Bf16 && operand_outputs(stage, delta).contains(&i) {
         Kind::BFloat16
     } else {
         Kind::Float
     }
+}
+
+/// Whether stage `name` runs a fast kernel on `inputs` (fp32 here): not with `:first`; the emulated
+/// versions always; on CUDA (no suffix) the per-chunk stages always, and the sequential passes
+/// where their shared memory fits the device's limit, else the launcher runs the first-version
+/// kernel (kernels/chunked_cuda.cpp, `pass_stages`; `fwp info` prints the plan), as the backward
+/// pass at d_k = 256 with fp32 inputs on an H200.
+fn runs_fast(name: &str, inputs: &[Option<&Tensor>], delta: bool) -> bool {
+    let backward = match name.split_once(':') {
+        Some((_, version)) => return !version.ends_with("first"),
+        None if name == "state_forward" => false,
+        None if name == "state_backward" => true,
+        None => return true,
+    };
+    assert!(
+        inputs.iter().flatten().all(|t| t.kind() == Kind::Float),
+        "{name}: this test gives the passes fp32 inputs"
+    );
+    let d_k = inputs[0].expect("the passes' first input (k or q)").size()[3];
+    let gpu = &fwp::info::gpus().expect("the GPUs")[0];
+    let limit = gpu.shared_memory_per_block as i64;
+    fwp::ops::chunked_pass_stages(d_k, backward, delta, false, limit).expect("d_k <= 256") > 0
 }
 
 /// Runs stage `name` (the twin's stage, perhaps with a pass suffix) on `inputs` and returns each
@@ -360,12 +379,13 @@ fn stage_errors(
     case: &str,
 ) -> Vec<(String, f64)> {
     let got = chunked_stage(name, inputs, C, operands).unwrap();
+    let fast = runs_fast(name, inputs, delta);
     let mut errors = Vec::new();
     for (i, (want, got)) in twin.outputs.iter().zip(&got).enumerate() {
         let label = format!("{operands:?} {case} {name} output {i}");
         match (want, got) {
             (Some(w), Some(g)) => {
-                let kind = stored_kind(name, i, operands, delta);
+                let kind = stored_kind(name, i, operands, delta, fast);
                 assert_eq!(g.kind(), kind, "{label}: stored as {:?}", g.kind());
                 errors.push((label, rel_rms(g, &w.to_kind(kind))));
             }

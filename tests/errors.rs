@@ -312,9 +312,13 @@ fn language_model_refuses_token_ids_outside_the_vocabulary() {
 
 #[test]
 fn allocations_too_large_name_the_parameter_and_its_size() {
-    // FAVOR+ with 1e12 random features: a [1e12, 4] projection, 14.6 TiB of f32
+    // FAVOR+ with 1e14 random features: a [1e14, 4] projection, 1.4 PiB of f32. Each size here is
+    // beyond the 128 TiB a Linux x86-64 process can map by default, so the allocation fails on any
+    // machine: 14.6 TiB ([1e12, 4]) was granted on a GPU machine that overcommits memory
+    // (vm.overcommit_memory = 1), whose initialisation then wrote it page by page until the test
+    // timed out.
     let favor = FastWeightConfig::sum(FeatureMap::Favor {
-        m: 1_000_000_000_000,
+        m: 100_000_000_000_000,
     });
     let vs = nn::VarStore::new(Device::Cpu);
     let cfg = AttentionConfig {
@@ -327,7 +331,7 @@ fn allocations_too_large_name_the_parameter_and_its_size() {
     let e = MultiHeadAttention::new(vs.root() / "attn", cfg).unwrap_err();
     assert_mentions(
         &e.to_string(),
-        &["favor_projection", "[1000000000000, 4]", "TiB"],
+        &["favor_projection", "[100000000000000, 4]", "PiB"],
     );
     // a retrieval model over 5e7 keys: an embedding of 5e7 x 1.1e8 floats
     use fwp::retrieval::{ModelConfig, RetrievalModel, Variant};
