@@ -302,7 +302,10 @@ void run_wy(const WyArgs& x, int64_t BH) {
 
 template <int P>
 void run_input_grads(const GradArgs& x, int64_t BH) {
-  run_chunks<GradSmem>(BH, x.N, [&](GradSmem& sh, int bh, int64_t c) { input_grads_stage<P>(x, sh, bh, c); });
+  if (x.tinv.p != nullptr)  // the delta rule
+    run_chunks<GradSmem>(BH, x.N, [&](GradSmem& sh, int bh, int64_t c) { input_grads_stage<P, true>(x, sh, bh, c); });
+  else
+    run_chunks<GradSmem>(BH, x.N, [&](GradSmem& sh, int bh, int64_t c) { input_grads_stage<P, false>(x, sh, bh, c); });
 }
 
 void check_chunks(const Tensor& x, const char* name) {

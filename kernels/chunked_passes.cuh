@@ -1226,11 +1226,14 @@ FWP_DEV void times_scaled_t(float (&acc)[kQKNT][4], float* space, const GA& ga, 
   block_sync();
 }
 
-template <int P>
+// B3 for the delta rule (Delta: x.tinv given) or the sum rule: one kernel per rule, so that the sum
+// rule's has none of the delta rule's branches and registers (109-127 a thread instead of 168, so 4
+// blocks per multiprocessor instead of 3), and neither keeps the rule in a register.
+template <int P, bool Delta>
 FWP_DEV void input_grads_stage(const GradArgs& x, GradSmem& sh, int bh, int64_t c) {
   constexpr int PS = P > 2 ? P : 2;
+  constexpr bool delta = Delta;
   const int m0 = 16 * warp_id(), dk = x.dk, dv = x.dv;
-  const bool delta = x.tinv.p != nullptr;
   const int64_t chunk = int64_t(bh) * x.N + c;
   const In q = x.q + chunk * kPassC * dk;             // [C, d_k]
   const In k = x.k + chunk * kPassC * dk;             // [C, d_k]
@@ -1274,10 +1277,10 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmem& sh, int bh, int64_t 
   float dbeta[2] = {0.f, 0.f};  // this lane's share of rows m0 + g and m0 + g + 8
   const In beta = delta ? x.beta + chunk * kPassC : In{nullptr, false};
   const In tinv = delta ? x.tinv + chunk * kPassC * kPassC : In{nullptr, false};  // T~ [C, C]
-  const In v = delta ? x.v + chunk * kPassC * dv : In{nullptr, false};
   const TRowsOf tinv_t{tinv, kPassC, m0};  // T~^T, this warp's rows
   if (delta) {
     {  // dT~ = dW (beta K)^T + dU' (beta V)^T, this warp's rows, into shared memory
+      const In v = x.v + chunk * kPassC * dv;
       float dt[kQKNT][4] = {};
       if constexpr (kPassPlanes<P>) {  // beta K and beta V through shared memory, where dT~ goes next
         times_scaled_t<P>(dt, &sh.m[0][0], rows(dw.in(), dk), k, beta, dk);
@@ -1317,13 +1320,19 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmem& sh, int bh, int64_t 
           sh.m[r][n] = n < r ? -da[j][e] : 0.f;
         }
     }
-    {  // rowsum(dA . K K^T): each lane its own elements of dA, which it wrote itself
+    {  // rowsum(dA . K K^T): each lane its own elements of dA, which it wrote itself, and then puts
+       // G = diag(beta) dA in their place, for G K and G^T K below
       float kk_t[kQKNT][4] = {};
       warp_product<kQKNT, P, P>(kk_t, dk, rows(k, dk), TransposeOf{k, dk}, (m0 + 16) / 8);
+      const float beta_row[2] = {beta[m0 + acc_row(0)], beta[m0 + acc_row(2)]};
       FWP_UNROLL
       for (int j = 0; j < kQKNT; ++j)
         FWP_UNROLL
-        for (int e = 0; e < 4; ++e) dbeta[e >> 1] += sh.m[m0 + acc_row(e)][8 * j + acc_col(e)] * kk_t[j][e];
+        for (int e = 0; e < 4; ++e) {
+          float& m = sh.m[m0 + acc_row(e)][8 * j + acc_col(e)];
+          dbeta[e >> 1] += m * kk_t[j][e];
+          m = mul_rn(m, beta_row[e >> 1]);
+        }
     }
     block_sync();
   }
@@ -1341,11 +1350,10 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmem& sh, int bh, int64_t 
           if (col < dk) dbeta[e >> 1] += acc[j][e] * k[r * dk + col];
           acc[j][e] = mul_rn(acc[j][e], beta[r]);
         }
-      // + G K + G^T K with G = diag(beta) dA
-      warp_product<kRowNT, P, P>(acc, m0 + 16, [&](int r, int j) { return mul_rn(sh.m[m0 + r][j], beta[m0 + r]); },
-                                 cols(k, dk, c0));
-      warp_product<kRowNT, P, P>(acc, kPassC, [&](int r, int j) { return mul_rn(sh.m[j][m0 + r], beta[j]); },
-                                 cols(k, dk, c0), kRowNT, m0);
+      // + G K + G^T K with G = diag(beta) dA (in shared memory)
+      warp_product<kRowNT, P, P>(acc, m0 + 16, [&](int r, int j) { return sh.m[m0 + r][j]; }, cols(k, dk, c0));
+      warp_product<kRowNT, P, P>(acc, kPassC, [&](int r, int j) { return sh.m[j][m0 + r]; }, cols(k, dk, c0), kRowNT,
+                                 m0);
     }
     warp_product<kRowNT, P, P>(acc, kPassC, [&](int r, int j) { return sh.p[j][m0 + r]; }, cols(q, dk, c0), kRowNT,
                                m0);  // + P^T Q
@@ -1354,6 +1362,7 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmem& sh, int bh, int64_t 
     for_tile(acc, m0, c0, dk, [&](int r, int col, int, float y) { dko.set(r * dk + col, y); });
   }
   if (!delta) return;
+  const In v = x.v + chunk * kPassC * dv;
   for (int c0 = 0; c0 < dv; c0 += kRowCols) {
     float dvb[kRowNT][4] = {};  // d(beta V) = T~^T dU'; dV = beta d(beta V)
     warp_product<kRowNT, P, P>(dvb, kPassC, tinv_t, cols(dvn, dv, c0), kRowNT, m0);
