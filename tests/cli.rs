@@ -287,6 +287,56 @@ fn the_cpu_kernel_ab_script_runs_and_refuses_bad_arguments() {
     assert!(stdout.contains("base / head at the minimum"), "{stdout}");
 }
 
+/// scripts/gpu-kernel-ab builds a variant of the fast chunked kernels as a library PyTorch loads,
+/// for timing on a GPU: without a patch it builds the working tree's kernels, none of whose
+/// 1-part instantiations spills; bad arguments are refused by name before anything is built.
+#[test]
+fn the_gpu_kernel_ab_script_builds_and_refuses_bad_arguments() {
+    // it takes the CUDA objects of the release build
+    if cfg!(debug_assertions) || fwp::info::cuda_archs().is_empty() {
+        println!("SKIPPED: gpu-kernel-ab takes a release build with CUDA");
+        return;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/gpu-kernel-ab");
+    fails("bash", &[script], &["usage"]);
+    fails("bash", &[script, "a/b"], &["NAME must be", "a/b"]);
+    fails(
+        "bash",
+        &[script, "x", "no-such.patch"],
+        &["no patch file no-such.patch"],
+    );
+    let name = format!("cli-test-{}", std::process::id());
+    let out = Command::new("bash").args([script, &name]).output().unwrap();
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("gpu-kernel-ab")
+        .join(&name);
+    let built = dir.join("libfwp_torch.so").is_file();
+    let _ = std::fs::remove_dir_all(&dir);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && built,
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let kernels: Vec<&str> = stdout.lines().filter(|l| l.contains("registers")).collect();
+    for kernel in [
+        "wy_stage",
+        "row_stage",
+        "input_grads_stage",
+        "state_forward_pass",
+        "state_backward_pass",
+    ] {
+        assert!(
+            kernels.iter().any(|l| l.starts_with(kernel)),
+            "{kernel}: {stdout}"
+        );
+    }
+    assert!(
+        kernels.iter().all(|l| l.contains(" 0 bytes spill stores")),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn every_binary_names_a_bad_keep_freed_memory_setting() {
     for bin in [

@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
 """Times builds of fwp's chunked kernels against each other on one GPU (A/B), for a short device call.
 
-Each NAME is a library scripts/kernel-ab built (kernel-ab/NAME/libfwp_torch.so), loaded in a process of
+Each NAME is a library scripts/gpu-kernel-ab built (gpu-kernel-ab/NAME/libfwp_torch.so), loaded in a process of
 its own (a library, once loaded, stays). For each: the delta rule's forward + backward through
 `torch.ops.fwp.chunked_rule` on bf16 inputs (operands 'bf16'), B*T = 16k tokens, H = 16, at each
 (T, d) of --shapes: the median of --reps runs timed with CUDA events after warm-up runs; at T = 4k
 the GPU time of each kernel (torch.profiler) and whether the output and every gradient are bit for
-bit those of the first NAME. Prints a markdown table and writes kernel-ab.json to $OUT (or --out).
+bit those of the first NAME. Prints a markdown table and writes gpu-kernel-ab.json to $OUT (or --out).
 
-  usage: python3 scripts/kernel-ab.py base NAME... [--shapes 4096x64,4096x128] [--reps 20]
+  usage: python3 scripts/gpu-kernel-ab.py base NAME... [--shapes 4096x64,4096x128] [--reps 20]
 """
 
 import argparse
@@ -85,10 +85,10 @@ def child(lib, name, shapes, reps, scratch):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("names", nargs="*", help="builds under kernel-ab/, the first the baseline")
+    ap.add_argument("names", nargs="*", help="builds under gpu-kernel-ab/, the first the baseline")
     ap.add_argument("--shapes", default="4096x64,4096x128,1024x64,16384x64")
     ap.add_argument("--reps", type=int, default=20)
-    ap.add_argument("--out", default=os.environ.get("OUT", "runs/kernel-ab"))
+    ap.add_argument("--out", default=os.environ.get("OUT", "runs/gpu-kernel-ab"))
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     shapes = [tuple(int(n) for n in s.split("x")) for s in args.shapes.split(",")]
@@ -96,15 +96,15 @@ def main():
         child(*args.child[:2], shapes, args.reps, args.child[2])
         return
     if not args.names:
-        ap.error("name at least one build (kernel-ab/NAME/libfwp_torch.so)")
+        ap.error("name at least one build (gpu-kernel-ab/NAME/libfwp_torch.so)")
     if not torch.cuda.is_available():
-        sys.exit("kernel-ab: no GPU visible")
+        sys.exit("gpu-kernel-ab: no GPU visible")
     os.makedirs(args.out, exist_ok=True)
     scratch = os.path.join(args.out, "outputs")
     os.makedirs(scratch, exist_ok=True)
     results = []
     for name in args.names:
-        lib = os.path.join(HERE, "..", "kernel-ab", name, "libfwp_torch.so")
+        lib = os.path.join(HERE, "..", "gpu-kernel-ab", name, "libfwp_torch.so")
         run = subprocess.run([sys.executable, __file__, "--child", lib, name, scratch, "--shapes", args.shapes,
                               "--reps", str(args.reps)], capture_output=True, text=True, timeout=600)
         lines = [l for l in run.stdout.splitlines() if l.startswith("RESULT ")]
@@ -120,7 +120,7 @@ def main():
         results.append(r)
         print(json.dumps(r, indent=1), flush=True)
     if not results:
-        sys.exit("kernel-ab: no build ran")
+        sys.exit("gpu-kernel-ab: no build ran")
     keys = list(results[0]["train_ms"])
     print("\nforward + backward ms (median), delta rule, bf16, B*T = 16k, H = 16\n")
     print("| build | " + " | ".join(keys) + " | same bits as the first |")
@@ -129,7 +129,7 @@ def main():
         same = ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in r["same_bits_as_first"].items())
         print(f"| {r['name']} | " + " | ".join(f"{r['train_ms'].get(k, float('nan')):.3f}" for k in keys)
               + f" | {same} |")
-    with open(os.path.join(args.out, "kernel-ab.json"), "w") as f:
+    with open(os.path.join(args.out, "gpu-kernel-ab.json"), "w") as f:
         json.dump(results, f, indent=1)
 
 
