@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import re
-import statistics
 import subprocess
 import sys
 
@@ -24,6 +23,15 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 KERNELS = ("wy_stage_kernel", "row_stage_kernel", "input_grads_stage_kernel", "state_forward_pass_kernel",
            "state_backward_pass_kernel")
+
+
+def fla_compare():
+    """scripts/fla-compare.py as a module, for its timing (median_ms)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("fla_compare", os.path.join(HERE, "fla-compare.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def inputs(t, d):
@@ -50,23 +58,13 @@ def kernel_label(name):
 def child(lib, name, shapes, reps, scratch):
     torch.ops.load_library(lib)
     op = lambda q, k, v, beta: torch.ops.fwp.chunked_rule(q, k, v, beta, None, 64, "bf16")[0]
+    median_ms = fla_compare().median_ms
     result = {"name": name, "train_ms": {}, "profile_ms": {}}
     for t, d in shapes:
         x, do = inputs(t, d)
         leaves = [a.detach().requires_grad_() for a in x]
         step = lambda: torch.autograd.grad(op(*leaves), leaves, do)
-        for _ in range(3):
-            step()
-        torch.cuda.synchronize()
-        times = []
-        for _ in range(reps):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            step()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        result["train_ms"][f"T={t} d={d}"] = statistics.median(times)
+        result["train_ms"][f"T={t} d={d}"] = median_ms(step, 3, reps)
         if t == 4096:
             out = op(*leaves)
             grads = torch.autograd.grad(out, leaves, do)
