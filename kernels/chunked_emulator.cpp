@@ -300,12 +300,22 @@ void run_wy(const WyArgs& x, int64_t BH) {
   run_chunks<WySmem>(BH, x.N, [&](WySmem& sh, int bh, int64_t c) { wy_stage<P>(x, sh, bh, c); });
 }
 
+// The kernel the launcher picks (chunked_passes.cu): Whole where whole_fragments holds.
+template <int P, bool Whole>
+void run_input_grads_as(const GradArgs& x, int64_t BH) {
+  if (x.tinv.p != nullptr)  // the delta rule
+    run_chunks<GradSmem>(BH, x.N,
+                         [&](GradSmem& sh, int bh, int64_t c) { input_grads_stage<P, true, Whole>(x, sh, bh, c); });
+  else
+    run_chunks<GradSmem>(BH, x.N,
+                         [&](GradSmem& sh, int bh, int64_t c) { input_grads_stage<P, false, Whole>(x, sh, bh, c); });
+}
 template <int P>
 void run_input_grads(const GradArgs& x, int64_t BH) {
-  if (x.tinv.p != nullptr)  // the delta rule
-    run_chunks<GradSmem>(BH, x.N, [&](GradSmem& sh, int bh, int64_t c) { input_grads_stage<P, true>(x, sh, bh, c); });
+  if (P == 1 && whole_fragments(x, P))
+    run_input_grads_as<1, true>(x, BH);
   else
-    run_chunks<GradSmem>(BH, x.N, [&](GradSmem& sh, int bh, int64_t c) { input_grads_stage<P, false>(x, sh, bh, c); });
+    run_input_grads_as<P, false>(x, BH);
 }
 
 void check_chunks(const Tensor& x, const char* name) {

@@ -98,14 +98,14 @@ __global__ void __launch_bounds__(kPassThreads, 1) wy_stage_kernel(WyArgs x) {
   wy_stage<P>(x, sh, int(blockIdx.x), int64_t(blockIdx.y));
 }
 
-// One kernel per rule (input_grads_stage). B3 waits on its loads, so blocks per multiprocessor count:
-// the sum rule's kernel takes about 110-130 registers a thread (4 blocks), the delta rule's about 165
-// (3); on an H200 the delta rule's with 4 blocks (capped at 128 registers) took 20% less time, but
-// spilled (docs/performance.md).
-template <int P, bool Delta>
-__global__ void __launch_bounds__(kPassThreads, 1) input_grads_stage_kernel(GradArgs x) {
+// One kernel per rule and, for one part, per Whole (input_grads_stage). B3 waits on its loads, so
+// blocks per multiprocessor count: the Whole kernels fit 128 registers without spilling (4 blocks);
+// on an H200 the delta rule's B3 with 4 blocks took about 20% less time than with 2 or 3
+// (docs/performance.md). The others keep their fallbacks and need more.
+template <int P, bool Delta, bool Whole>
+__global__ void __launch_bounds__(kPassThreads, Whole ? 4 : 1) input_grads_stage_kernel(GradArgs x) {
   __shared__ GradSmem sh;
-  input_grads_stage<P, Delta>(x, sh, int(blockIdx.x), int64_t(blockIdx.y));
+  input_grads_stage<P, Delta, Whole>(x, sh, int(blockIdx.x), int64_t(blockIdx.y));
 }
 
 // Launches kernels[parts - 1] (the instantiations for 1, 2 and 3 bf16 parts) on a (BH, N) grid of
@@ -251,13 +251,17 @@ int fwp_chunked_cuda_input_grads_rows(FwpIn q, FwpIn k, FwpIn v, FwpIn beta, Fwp
   const GradArgs x{in(q),       in(k),       in(v),       in(beta),       in(v_new),   in(grad_out),
                    in(tinv),    in(dv_new),  ckpt,        ds_next,        out(dq),     out(dk_out),
                    out(dv_out), out(dbeta),  out(dw_scratch), N,          int(dk),     int(dv)};
-  if (x.tinv.p != nullptr)  // the delta rule
-    return launch_chunks<GradArgs>(
-        {input_grads_stage_kernel<1, true>, input_grads_stage_kernel<2, true>, input_grads_stage_kernel<3, true>}, x,
-        BH, parts, stream);
-  return launch_chunks<GradArgs>(
-      {input_grads_stage_kernel<1, false>, input_grads_stage_kernel<2, false>, input_grads_stage_kernel<3, false>}, x,
-      BH, parts, stream);
+  const bool delta = x.tinv.p != nullptr;
+  if (whole_fragments(x, parts))
+    return launch_chunks<GradArgs>({delta ? input_grads_stage_kernel<1, true, true> : input_grads_stage_kernel<1, false, true>},
+                                   x, BH, parts, stream);
+  if (delta)
+    return launch_chunks<GradArgs>({input_grads_stage_kernel<1, true, false>, input_grads_stage_kernel<2, true, false>,
+                                    input_grads_stage_kernel<3, true, false>},
+                                   x, BH, parts, stream);
+  return launch_chunks<GradArgs>({input_grads_stage_kernel<1, false, false>, input_grads_stage_kernel<2, false, false>,
+                                  input_grads_stage_kernel<3, false, false>},
+                                 x, BH, parts, stream);
 }
 
 }  // extern "C"

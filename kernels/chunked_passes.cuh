@@ -87,6 +87,38 @@ FWP_HD constexpr int64_t pass_floats(int kt, bool backward, bool delta, int bf16
   return int64_t(kt) * 16 * kLdV + kPassC * kLdV + stages * pass_layout(kt, backward, delta, bf16).floats;
 }
 
+FWP_DEV uint32_t pack(uint16_t lo, uint16_t hi) { return uint32_t(lo) | (uint32_t(hi) << 16); }
+
+// Stores w's halves at p (4-byte aligned) and p + 1 (the lower half at p), as bf16_pair loads them.
+FWP_DEV void store_pair(uint16_t* p, uint32_t w) {
+#ifdef __CUDACC__
+  *reinterpret_cast<uint32_t*>(p) = w;
+#else
+  if ((reinterpret_cast<uintptr_t>(p) & 3) != 0) __builtin_trap();
+  p[0] = uint16_t(w & 0xFFFFu);
+  p[1] = uint16_t(w >> 16);
+#endif
+}
+
+// Two neighbours in one store: x0 at p and x1 at p + 1, p 4-byte (bf16) or 8-byte (fp32) aligned; a
+// misaligned p stops the emulator, as it would the kernel.
+FWP_DEV void store_two(uint16_t* p, uint16_t x0, uint16_t x1) { store_pair(p, pack(x0, x1)); }
+FWP_DEV void store_two(float* p, float x0, float x1) {
+#ifdef __CUDACC__
+  *reinterpret_cast<float2*>(p) = make_float2(x0, x1);
+#else
+  if ((reinterpret_cast<uintptr_t>(p) & 7) != 0) __builtin_trap();
+  p[0] = x0;
+  p[1] = x1;
+#endif
+}
+
+// Whether element pairs (2i, 2i + 1) at p may go out through store_two.
+template <class T>
+FWP_DEV bool pair_aligned(const T* p) {
+  return (reinterpret_cast<uintptr_t>(p) & (2 * sizeof(T) - 1)) == 0;
+}
+
 // A matrix read as fp32 from fp32 or bf16 (bits). The chunked inputs q, k, v, beta and dO may be
 // bf16: the fast kernels read them as they are, half the bytes of fp32 (the sum rule's U' is v
 // itself); so may the operand-only intermediates (see Out). Every other intermediate is fp32.
@@ -131,6 +163,20 @@ struct Out {
     else
       static_cast<float*>(p)[i] = x;
   }
+  // Elements i and i + 1 (i even) in one store; `pairs` (pairs()) says whether the address allows it.
+  FWP_DEV void set_two(int64_t i, float x0, float x1, bool pairs) const {
+    if (!pairs) {
+      set(i, x0);
+      set(i + 1, x1);
+    } else if (bf16) {
+      store_two(static_cast<uint16_t*>(p) + i, bf16_bits(x0), bf16_bits(x1));
+    } else {
+      store_two(static_cast<float*>(p) + i, x0, x1);
+    }
+  }
+  FWP_DEV bool pairs() const {
+    return bf16 ? pair_aligned(static_cast<const uint16_t*>(p)) : pair_aligned(static_cast<const float*>(p));
+  }
   FWP_DEV Out operator+(int64_t n) const {
     return Out{bf16 ? static_cast<void*>(static_cast<uint16_t*>(p) + n) : static_cast<void*>(static_cast<float*>(p) + n),
                bf16};
@@ -158,8 +204,6 @@ FWP_HD int pass_bf16(const PassArgs& x) {
 
 FWP_DEV int imin(int x, int y) { return x < y ? x : y; }
 
-FWP_DEV uint32_t pack(uint16_t lo, uint16_t hi) { return uint32_t(lo) | (uint32_t(hi) << 16); }
-
 // The bf16 values at p and p + 1 (p 4-byte aligned) as one register, p's in the lower half: one
 // 32-bit load on the GPU, where a misaligned one stops the kernel; so it stops the emulator too.
 FWP_DEV uint32_t bf16_pair(const uint16_t* p) {
@@ -168,17 +212,6 @@ FWP_DEV uint32_t bf16_pair(const uint16_t* p) {
 #else
   if ((reinterpret_cast<uintptr_t>(p) & 3) != 0) __builtin_trap();
   return pack(p[0], p[1]);
-#endif
-}
-
-// Stores w's halves at p (4-byte aligned) and p + 1 (the lower half at p), as bf16_pair loads them.
-FWP_DEV void store_pair(uint16_t* p, uint32_t w) {
-#ifdef __CUDACC__
-  *reinterpret_cast<uint32_t*>(p) = w;
-#else
-  if ((reinterpret_cast<uintptr_t>(p) & 3) != 0) __builtin_trap();
-  p[0] = uint16_t(w & 0xFFFFu);
-  p[1] = uint16_t(w >> 16);
 #endif
 }
 
@@ -749,28 +782,37 @@ FWP_DEV void warp_product_fragments(float (&acc)[NJ][4], int K, const FA& fa, co
 //   ScaledRowsOf: A(r, j) = beta(r0 + r) m(r0 + r, j) rounded to fp32 (beta X's rows), zero for j >= d;
 //   StateT:      B(j, n) = s(c0 + n, j) for an fp32 d_k x d_v state s (a checkpoint's transpose), zero
 //                for j >= d_v or c0 + n >= d_k: a register's pair in one 64-bit load, split in place.
-// Any other getter (a lambda) is read element by element.
+// Any other getter (a lambda) is read element by element. With Whole = true (RowsOf<true> and the
+// rest) the caller has checked what whole fragments need (whole_fragments: P = 1, m bf16, 4-byte
+// aligned, d a multiple of 16), and the element-by-element fallback is not compiled: a kernel that
+// carries it needs more registers even where it never runs it.
+template <bool Whole = false>
 struct RowsOf {
   In m;
   int d, r0;
   FWP_DEV float operator()(int r, int j) const { return j < d ? m[(r0 + r) * d + j] : 0.f; }
-  FWP_DEV bool words() const { return m.bf16 && d % 16 == 0 && word_aligned(m); }
+  FWP_DEV bool words() const { return Whole || (m.bf16 && d % 16 == 0 && word_aligned(m)); }
 };
+template <bool Whole = false>
 struct ColsOf {
   In m;
   int d, c0;
   FWP_DEV float operator()(int j, int n) const { return c0 + n < d ? m[j * d + c0 + n] : 0.f; }
+  FWP_DEV bool words() const { return Whole || m.bf16; }
 };
+template <bool Whole = false>
 struct TransposeOf {
   In m;
   int d;
   FWP_DEV float operator()(int j, int n) const { return j < d ? m[n * d + j] : 0.f; }
-  FWP_DEV bool words() const { return m.bf16 && d % 16 == 0 && word_aligned(m); }
+  FWP_DEV bool words() const { return Whole || (m.bf16 && d % 16 == 0 && word_aligned(m)); }
 };
+template <bool Whole = false>
 struct TRowsOf {
   In m;
   int d, r0;
   FWP_DEV float operator()(int r, int j) const { return m[j * d + r0 + r]; }
+  FWP_DEV bool words() const { return Whole || m.bf16; }
 };
 
 struct ScaledRowsOf {
@@ -780,11 +822,12 @@ struct ScaledRowsOf {
   FWP_DEV bool words() const { return m.bf16 && d % 16 == 0 && word_aligned(m); }
 };
 
+template <bool Whole = false>
 struct StateT {
   const float* s;
   int dk, dv, c0;
   FWP_DEV float operator()(int j, int n) const { return j < dv && c0 + n < dk ? s[(c0 + n) * dv + j] : 0.f; }
-  FWP_DEV bool pairs() const { return dv % 16 == 0 && (reinterpret_cast<uintptr_t>(s) & 7) == 0; }
+  FWP_DEV bool pairs() const { return Whole || (dv % 16 == 0 && (reinterpret_cast<uintptr_t>(s) & 7) == 0); }
 };
 
 // A's columns k0.. (P parts) from getter g, and B's rows k0.., columns n0..: whole bf16 fragments
@@ -797,16 +840,16 @@ template <int P, class G>
 FWP_DEV void fragment_b(uint32_t (&b)[P][2], const G& g, int k0, int n0) {
   load_b<P>(b, [&](int k, int n) { return g(k0 + k, n0 + n); });
 }
-template <int P>
-FWP_DEV void fragment_a(uint32_t (&a)[P][4], const RowsOf& g, int k0) {
+template <int P, bool W>
+FWP_DEV void fragment_a(uint32_t (&a)[P][4], const RowsOf<W>& g, int k0) {
   if (P == 1 && g.words())
     bf16_a_rows(a[0], bf16_of(g.m), g.d, g.r0, k0);
   else
     load_a<P>(a, [&](int r, int c) { return g(r, k0 + c); });
 }
-template <int P>
-FWP_DEV void fragment_a(uint32_t (&a)[P][4], const TRowsOf& g, int k0) {
-  if (P == 1 && g.m.bf16)
+template <int P, bool W>
+FWP_DEV void fragment_a(uint32_t (&a)[P][4], const TRowsOf<W>& g, int k0) {
+  if (P == 1 && g.words())
     bf16_a_cols(a[0], bf16_of(g.m), g.d, g.r0, k0);
   else
     load_a<P>(a, [&](int r, int c) { return g(r, k0 + c); });
@@ -827,8 +870,8 @@ FWP_DEV void fragment_a(uint32_t (&a)[P][4], const ScaledRowsOf& g, int k0) {
                  mul_rn(bf16_value(uint16_t(w >> 16)), beta[i & 1]));
   }
 }
-template <int P>
-FWP_DEV void fragment_b(uint32_t (&b)[P][2], const StateT& g, int k0, int n0) {
+template <int P, bool W>
+FWP_DEV void fragment_b(uint32_t (&b)[P][2], const StateT<W>& g, int k0, int n0) {
   if (!g.pairs()) {
     load_b<P>(b, [&](int k, int n) { return g(k0 + k, n0 + n); });
     return;
@@ -843,15 +886,15 @@ FWP_DEV void fragment_b(uint32_t (&b)[P][2], const StateT& g, int k0, int n0) {
     put_parts<P>(b, i, x0, x1);
   }
 }
-template <int P>
-FWP_DEV void fragment_b(uint32_t (&b)[P][2], const ColsOf& g, int k0, int n0) {
-  if (P == 1 && g.m.bf16)
+template <int P, bool W>
+FWP_DEV void fragment_b(uint32_t (&b)[P][2], const ColsOf<W>& g, int k0, int n0) {
+  if (P == 1 && g.words())
     bf16_b_rows(b[0], bf16_of(g.m) + g.c0, g.d, k0, n0, g.d - g.c0);
   else
     load_b<P>(b, [&](int k, int n) { return g(k0 + k, n0 + n); });
 }
-template <int P>
-FWP_DEV void fragment_b(uint32_t (&b)[P][2], const TransposeOf& g, int k0, int n0) {
+template <int P, bool W>
+FWP_DEV void fragment_b(uint32_t (&b)[P][2], const TransposeOf<W>& g, int k0, int n0) {
   if (P == 1 && g.words())
     bf16_b_cols(b[0], bf16_of(g.m), g.d, k0, n0);
   else
@@ -890,7 +933,7 @@ FWP_DEV void row_stage(const RowArgs& x, int bh, int64_t c, int tile) {
   float acc[kRowNT][4] = {};
   if (stage != RowStage::LocalGrad) {  // W S_c or Q S_c
     const float* sc = x.s + chunk * dk * x.dv + col0;         // [d_k, d_v] checkpoint
-    warp_product<kRowNT, P, PS>(acc, dk, RowsOf{a, dk, m0},
+    warp_product<kRowNT, P, PS>(acc, dk, RowsOf<>{a, dk, m0},
                                 [&](int k, int n) { return k < dk && n < nv ? sc[k * x.dv + n] : 0.f; });
   }
   float local[kRowNT][4] = {};
@@ -900,9 +943,9 @@ FWP_DEV void row_stage(const RowArgs& x, int bh, int64_t c, int tile) {
     float qk[kQKNT][4] = {};
     // the n-tiles right (Output) or left (LocalGrad) of the diagonal block are masked out: left out
     if (stage == RowStage::Output)
-      warp_product<kQKNT, P, P>(qk, dk, RowsOf{a, dk, m0}, TransposeOf{b, dk}, (m0 + 16) / 8);
+      warp_product<kQKNT, P, P>(qk, dk, RowsOf<>{a, dk, m0}, TransposeOf<>{b, dk}, (m0 + 16) / 8);
     else
-      warp_product<kQKNT, P, P>(qk, dk, RowsOf{b, dk, m0}, TransposeOf{a, dk}, kQKNT, 0, m0 / 8);
+      warp_product<kQKNT, P, P>(qk, dk, RowsOf<>{b, dk, m0}, TransposeOf<>{a, dk}, kQKNT, 0, m0 / 8);
     FWP_UNROLL
     for (int j = 0; j < kQKNT; ++j)
       FWP_UNROLL
@@ -910,7 +953,7 @@ FWP_DEV void row_stage(const RowArgs& x, int bh, int64_t c, int tile) {
         const int r = m0 + acc_row(e), n = 8 * j + acc_col(e);
         if (stage == RowStage::Output ? n > r : n < r) qk[j][e] = 0.f;
       }
-    const ColsOf v{x.v + chunk * kPassC * x.dv, x.dv, col0};  // columns col0.. of U' or dO [C, d_v]
+    const ColsOf<> v{x.v + chunk * kPassC * x.dv, x.dv, col0};  // columns col0.. of U' or dO [C, d_v]
     FWP_UNROLL
     for (int kk = 0; kk < kPassC / 16; ++kk) {
       // the blocks of qk right (Output) or left (LocalGrad) of the diagonal block are zeros
@@ -928,21 +971,32 @@ FWP_DEV void row_stage(const RowArgs& x, int bh, int64_t c, int tile) {
   const Out out = x.out + (chunk * kPassC * x.dv + col0);
   const float* base = stage == RowStage::Values ? x.base + chunk * kPassC * x.dv + col0 : nullptr;
   // one store loop per dtype; dU'_loc is always fp32 (with a bf16 branch there ptxas spilled)
+  // (a row's two neighbouring columns in one store where the address allows)
   const auto store = [&](auto* dst, const auto& convert) {
+    const bool pairs = pair_aligned(dst) && x.dv % 2 == 0;
     FWP_UNROLL
     for (int j = 0; j < kRowNT; ++j)
       FWP_UNROLL
-      for (int e = 0; e < 4; ++e) {
+      for (int e = 0; e < 4; e += 2) {
         const int r = m0 + acc_row(e), n = 8 * j + acc_col(e);
         if (n >= nv) continue;
-        float y;
-        if (stage == RowStage::Values)
-          y = base[r * x.dv + n] - acc[j][e];  // U' = U - W S_c
-        else if (stage == RowStage::Output)
-          y = acc[j][e] + local[j][e];         // O = Q S_c + tril(Q K^T) U'
-        else
-          y = local[j][e];                     // dU'_loc = tril(Q K^T)^T dO
-        dst[r * x.dv + n] = convert(y);
+        const auto y = [&](int i) {
+          if (stage == RowStage::Values)
+            return base[r * x.dv + n + (i & 1)] - acc[j][i];  // U' = U - W S_c
+          else if (stage == RowStage::Output)
+            return acc[j][i] + local[j][i];                  // O = Q S_c + tril(Q K^T) U'
+          else
+            return local[j][i];                              // dU'_loc = tril(Q K^T)^T dO
+        };
+        auto* at = dst + r * x.dv + n;
+        if (n + 1 >= nv) {
+          at[0] = convert(y(e));
+        } else if (pairs) {
+          store_two(at, convert(y(e)), convert(y(e + 1)));
+        } else {
+          at[0] = convert(y(e));
+          at[1] = convert(y(e + 1));
+        }
       }
   };
   if (stage != RowStage::LocalGrad && out.bf16)
@@ -1114,14 +1168,21 @@ FWP_DEV void tinv_times_scaled(WySmem& sh, const TinvRows<P>& ta, In x, In beta,
         if (kk < 2 && kk <= ta.lo) mma_parts<P, P>(acc_lo[j], ta.a_lo[kk], b);
       }
     }
+    const bool pairs = out.pairs() && cols % 2 == 0;
     FWP_UNROLL
     for (int j = 0; j < kHalfNT; ++j)
       FWP_UNROLL
-      for (int e = 0; e < 4; ++e) {
+      for (int e = 0; e < 4; e += 2) {
         const int n = c0 + n_half + 8 * j + acc_col(e);
         if (n >= cols) continue;
-        out.set((16 * ta.lo + acc_row(e)) * cols + n, acc_lo[j][e]);
-        out.set((16 * ta.hi + acc_row(e)) * cols + n, acc_hi[j][e]);
+        const int64_t lo = (16 * ta.lo + acc_row(e)) * cols + n, hi = (16 * ta.hi + acc_row(e)) * cols + n;
+        if (n + 1 < cols) {  // a row's two neighbouring columns in one store where the address allows
+          out.set_two(lo, acc_lo[j][e], acc_lo[j][e + 1], pairs);
+          out.set_two(hi, acc_hi[j][e], acc_hi[j][e + 1], pairs);
+        } else {
+          out.set(lo, acc_lo[j][e]);
+          out.set(hi, acc_hi[j][e]);
+        }
       }
   }
 }
@@ -1134,7 +1195,7 @@ FWP_DEV void wy_stage(const WyArgs& x, WySmem& sh, int bh, int64_t c) {
   const In beta = x.beta + chunk * kPassC;
   {  // A = tril((beta K) K^T, -1), this warp's rows; the n-tiles right of its diagonal block are zeros
     float acc[kQKNT][4] = {};
-    warp_product<kQKNT, P, P>(acc, dk, ScaledRowsOf{k, beta, dk, m0}, TransposeOf{k, dk}, (m0 + 16) / 8);
+    warp_product<kQKNT, P, P>(acc, dk, ScaledRowsOf{k, beta, dk, m0}, TransposeOf<>{k, dk}, (m0 + 16) / 8);
     FWP_UNROLL
     for (int j = 0; j < kQKNT; ++j)
       FWP_UNROLL
@@ -1157,8 +1218,10 @@ FWP_DEV void wy_stage(const WyArgs& x, WySmem& sh, int bh, int64_t c) {
 // ---- B3, the input gradients, fast version ----
 //
 // One block of 4 warps per (batch·head, chunk); warp w owns the chunk's rows 16 w .. 16 w + 15 of
-// every C-row result, d_k and d_v wide ones 64 columns at a time. Operands are read straight from
-// global memory, as in the row stages; shared memory holds the C x C intermediates, which other warps
+// every C-row result, d_k and d_v wide ones kGradCols = 32 columns at a time (half the row stages'
+// 64: fewer accumulators, so that the delta rule's Whole kernel fits 128 registers, 4 blocks per
+// multiprocessor; docs/performance.md). Operands are read straight from global memory, as in the
+// row stages; shared memory holds the C x C intermediates, which other warps
 // need whole or which would hold too many registers: P (for P K and P^T Q), and in turn dT~, T~^T dT~
 // and dA (for T~^T dT~, its product with T~^T, and G K, G^T K). dW = -dU' S_c^T, which every warp needs whole
 // (T~^T dW), goes through a C x d_k scratch per chunk in global memory. The products and the
@@ -1176,21 +1239,36 @@ struct GradArgs {
   int dk, dv;
 };
 
+// Rows of kGradLd = C + 4 floats: a warp's 32-bit accesses at (g, 2t + e) (fragments and
+// accumulators) put at most 2 lanes on one bank, those at (2t + e, g) (transposed fragments) 1,
+// where rows of C + 1 put up to 4 (g = lane / 4, t = lane % 4).
+constexpr int kGradLd = kPassC + 4;
 struct GradSmem {
-  float p[kPassC][kPassC + 1];  // P = tril(dO U'^T); at the end the dbeta partial sums
-  float m[kPassC][kPassC + 1];  // first beta K and beta V (times_scaled_t), then dT~, T~^T dT~, dA
+  float p[kPassC][kGradLd];  // P = tril(dO U'^T); at the end the dbeta partial sums
+  float m[kPassC][kGradLd];  // first beta K and beta V (times_scaled_t), then dT~, T~^T dT~, dA
 };
 
-// f(r, col, e, y) for each accumulator element y (index e) of a 64-column tile starting at column c0:
-// row r (of this warp's rows), column col < cols.
-template <class F>
-FWP_DEV void for_tile(const float (&acc)[kRowNT][4], int m0, int c0, int cols, const F& f) {
+constexpr int kGradCols = 32, kGradNT = kGradCols / 8;  // B3's column tile and its n-tiles
+
+// o[r * ld + col] = f(r, col, e, y) for each accumulator element y (index e) of an NT * 8-column
+// tile starting at column c0: row r (of this warp's rows), column col < cols; f is called in the
+// accumulators' order. With Pairs (o aligned to two elements, ld and cols even) a row's two
+// neighbouring columns go out in one store.
+template <bool Pairs, int NT, class F>
+FWP_DEV void store_tile(const float (&acc)[NT][4], int m0, int c0, int cols, Out o, int ld, const F& f) {
   FWP_UNROLL
-  for (int j = 0; j < kRowNT; ++j)
+  for (int j = 0; j < NT; ++j)
     FWP_UNROLL
-    for (int e = 0; e < 4; ++e) {
-      const int col = c0 + 8 * j + acc_col(e);
-      if (col < cols) f(m0 + acc_row(e), col, e, acc[j][e]);
+    for (int e = 0; e < 4; e += 2) {
+      const int r = m0 + acc_row(e), col = c0 + 8 * j + acc_col(e);
+      if (col >= cols) continue;
+      const float y0 = f(r, col, e, acc[j][e]);
+      if (Pairs) {
+        o.set_two(int64_t(r) * ld + col, y0, f(r, col + 1, e + 1, acc[j][e + 1]), true);
+      } else {
+        o.set(int64_t(r) * ld + col, y0);
+        if (col + 1 < cols) o.set(int64_t(r) * ld + col + 1, f(r, col + 1, e + 1, acc[j][e + 1]));
+      }
     }
 }
 
@@ -1226,10 +1304,25 @@ FWP_DEV void times_scaled_t(float (&acc)[kQKNT][4], float* space, const GA& ga, 
   block_sync();
 }
 
+// Whether B3 may take every fragment whole and store its results in pairs (Whole = true below): one
+// bf16 part per operand, every matrix it multiplies bf16 and 4-byte aligned, the states and the
+// results aligned to two elements, d_k and d_v multiples of 16.
+FWP_HD bool whole_fragments(const GradArgs& x, int parts) {
+  const auto aligned = [](const void* p, bool bf16) { return (reinterpret_cast<uintptr_t>(p) & (bf16 ? 3 : 7)) == 0; };
+  const auto words = [&](const In& m) { return m.p == nullptr || (m.bf16 && aligned(m.p, true)); };
+  const auto pairs = [&](const Out& m) { return m.p == nullptr || aligned(m.p, m.bf16); };
+  return parts == 1 && x.dk % 16 == 0 && x.dv % 16 == 0 && words(x.q) && words(x.k) && words(x.v_new) &&
+         words(x.grad_out) && words(x.tinv) && words(x.dv_new) && words(In{x.dw.p, x.dw.bf16}) &&
+         aligned(x.ckpt, false) && aligned(x.ds_next, false) && pairs(x.grad_q) && pairs(x.grad_k) &&
+         pairs(x.grad_v) && pairs(x.dw);
+}
+
 // B3 for the delta rule (Delta: x.tinv given) or the sum rule: one kernel per rule, so that the sum
-// rule's has none of the delta rule's branches and registers (109-127 a thread instead of 168, so 4
-// blocks per multiprocessor instead of 3), and neither keeps the rule in a register.
-template <int P, bool Delta>
+// rule's has none of the delta rule's branches and registers, and neither keeps the rule in a
+// register; Whole where whole_fragments(x, P) holds, which leaves the element-by-element fallbacks
+// out (the delta rule's kernel then takes about 120 registers with 4 blocks per multiprocessor,
+// against about 190 and 2 with them).
+template <int P, bool Delta, bool Whole>
 FWP_DEV void input_grads_stage(const GradArgs& x, GradSmem& sh, int bh, int64_t c) {
   constexpr int PS = P > 2 ? P : 2;
   constexpr bool delta = Delta;
@@ -1244,13 +1337,13 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmem& sh, int bh, int64_t 
   const float* dsc = x.ds_next + chunk * dk * dv;      // dS_{c+1} [d_k, d_v]
   const Out dw = delta ? x.dw + chunk * kPassC * dk : Out{nullptr, false};  // dW [C, d_k]
   // this warp's rows of a [C, d] matrix, and the columns c0.. of a state's transpose
-  const auto rows = [&](const In& a, int d) { return RowsOf{a, d, m0}; };
-  const auto state_t = [&](const float* s, int c0) { return StateT{s, dk, dv, c0}; };
-  const auto cols = [&](const In& a, int d, int c0) { return ColsOf{a, d, c0}; };  // B(j, n) = a[j, c0 + n], j < C
+  const auto rows = [&](const In& a, int d) { return RowsOf<Whole>{a, d, m0}; };
+  const auto state_t = [&](const float* s, int c0) { return StateT<>{s, dk, dv, c0}; };
+  const auto cols = [&](const In& a, int d, int c0) { return ColsOf<Whole>{a, d, c0}; };  // B(j, n) = a[j, c0 + n], j < C
 
   {  // P = tril(dO U'^T), this warp's rows, into shared memory
     float p[kQKNT][4] = {};
-    warp_product<kQKNT, P, P>(p, dv, rows(go, dv), TransposeOf{vn, dv});
+    warp_product<kQKNT, P, P>(p, dv, rows(go, dv), TransposeOf<Whole>{vn, dv});
     FWP_UNROLL
     for (int j = 0; j < kQKNT; ++j)
       FWP_UNROLL
@@ -1260,24 +1353,24 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmem& sh, int bh, int64_t 
       }
   }
   block_sync();
-  for (int c0 = 0; c0 < dk; c0 += kRowCols) {  // dQ = dO S_c^T + P K
-    float acc[kRowNT][4] = {};
-    warp_product<kRowNT, P, PS>(acc, dv, rows(go, dv), state_t(sc, c0));
-    warp_product<kRowNT, P, P>(acc, m0 + 16, [&](int r, int j) { return sh.p[m0 + r][j]; }, cols(k, dk, c0));
+  for (int c0 = 0; c0 < dk; c0 += kGradCols) {  // dQ = dO S_c^T + P K
+    float acc[kGradNT][4] = {};
+    warp_product<kGradNT, P, PS>(acc, dv, rows(go, dv), state_t(sc, c0));
+    warp_product<kGradNT, P, P>(acc, m0 + 16, [&](int r, int j) { return sh.p[m0 + r][j]; }, cols(k, dk, c0));
     const Out dq = x.grad_q + chunk * kPassC * dk;
-    for_tile(acc, m0, c0, dk, [&](int r, int col, int, float y) { dq.set(r * dk + col, y); });
+    store_tile<Whole>(acc, m0, c0, dk, dq, dk, [](int, int, int, float y) { return y; });
   }
-  for (int c0 = 0; delta && c0 < dk; c0 += kRowCols) {  // dW = -dU' S_c^T
-    float d[kRowNT][4] = {};
-    warp_product<kRowNT, P, PS>(d, dv, rows(dvn, dv), state_t(sc, c0));
-    for_tile(d, m0, c0, dk, [&](int r, int col, int, float y) { dw.set(r * dk + col, -y); });
+  for (int c0 = 0; delta && c0 < dk; c0 += kGradCols) {  // dW = -dU' S_c^T
+    float d[kGradNT][4] = {};
+    warp_product<kGradNT, P, PS>(d, dv, rows(dvn, dv), state_t(sc, c0));
+    store_tile<Whole>(d, m0, c0, dk, dw, dk, [](int, int, int, float y) { return -y; });
   }
   block_sync();
 
   float dbeta[2] = {0.f, 0.f};  // this lane's share of rows m0 + g and m0 + g + 8
   const In beta = delta ? x.beta + chunk * kPassC : In{nullptr, false};
   const In tinv = delta ? x.tinv + chunk * kPassC * kPassC : In{nullptr, false};  // T~ [C, C]
-  const TRowsOf tinv_t{tinv, kPassC, m0};  // T~^T, this warp's rows
+  const TRowsOf<Whole> tinv_t{tinv, kPassC, m0};  // T~^T, this warp's rows
   if (delta) {
     {  // dT~ = dW (beta K)^T + dU' (beta V)^T, this warp's rows, into shared memory
       const In v = x.v + chunk * kPassC * dv;
@@ -1309,7 +1402,7 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmem& sh, int bh, int64_t 
     block_sync();
     {  // dA = -tril(T~^T dT~ T~^T, -1), over T~^T dT~ once read
       float da[kQKNT][4] = {};
-      warp_product<kQKNT, P, P>(da, m0 + 16, [&](int r, int j) { return sh.m[m0 + r][j]; }, TransposeOf{tinv, kPassC},
+      warp_product<kQKNT, P, P>(da, m0 + 16, [&](int r, int j) { return sh.m[m0 + r][j]; }, TransposeOf<Whole>{tinv, kPassC},
                                 (m0 + 16) / 8);
       block_sync();
       FWP_UNROLL
@@ -1323,7 +1416,7 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmem& sh, int bh, int64_t 
     {  // rowsum(dA . K K^T): each lane its own elements of dA, which it wrote itself, and then puts
        // G = diag(beta) dA in their place, for G K and G^T K below
       float kk_t[kQKNT][4] = {};
-      warp_product<kQKNT, P, P>(kk_t, dk, rows(k, dk), TransposeOf{k, dk}, (m0 + 16) / 8);
+      warp_product<kQKNT, P, P>(kk_t, dk, rows(k, dk), TransposeOf<Whole>{k, dk}, (m0 + 16) / 8);
       const float beta_row[2] = {beta[m0 + acc_row(0)], beta[m0 + acc_row(2)]};
       FWP_UNROLL
       for (int j = 0; j < kQKNT; ++j)
@@ -1337,13 +1430,13 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmem& sh, int bh, int64_t 
     block_sync();
   }
 
-  for (int c0 = 0; c0 < dk; c0 += kRowCols) {
-    float acc[kRowNT][4] = {};
+  for (int c0 = 0; c0 < dk; c0 += kGradCols) {
+    float acc[kGradNT][4] = {};
     if (delta) {
       // d(beta K) = T~^T dW, first: its terms rowsum(d(beta K) . K) and beta d(beta K) are taken at once
-      warp_product<kRowNT, P, P>(acc, kPassC, tinv_t, cols(dw.in(), dk, c0), kRowNT, m0);
+      warp_product<kGradNT, P, P>(acc, kPassC, tinv_t, cols(dw.in(), dk, c0), kGradNT, m0);
       FWP_UNROLL
-      for (int j = 0; j < kRowNT; ++j)
+      for (int j = 0; j < kGradNT; ++j)
         FWP_UNROLL
         for (int e = 0; e < 4; ++e) {
           const int r = m0 + acc_row(e), col = c0 + 8 * j + acc_col(e);
@@ -1351,25 +1444,25 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmem& sh, int bh, int64_t 
           acc[j][e] = mul_rn(acc[j][e], beta[r]);
         }
       // + G K + G^T K with G = diag(beta) dA (in shared memory)
-      warp_product<kRowNT, P, P>(acc, m0 + 16, [&](int r, int j) { return sh.m[m0 + r][j]; }, cols(k, dk, c0));
-      warp_product<kRowNT, P, P>(acc, kPassC, [&](int r, int j) { return sh.m[j][m0 + r]; }, cols(k, dk, c0), kRowNT,
+      warp_product<kGradNT, P, P>(acc, m0 + 16, [&](int r, int j) { return sh.m[m0 + r][j]; }, cols(k, dk, c0));
+      warp_product<kGradNT, P, P>(acc, kPassC, [&](int r, int j) { return sh.m[j][m0 + r]; }, cols(k, dk, c0), kGradNT,
                                  m0);
     }
-    warp_product<kRowNT, P, P>(acc, kPassC, [&](int r, int j) { return sh.p[j][m0 + r]; }, cols(q, dk, c0), kRowNT,
+    warp_product<kGradNT, P, P>(acc, kPassC, [&](int r, int j) { return sh.p[j][m0 + r]; }, cols(q, dk, c0), kGradNT,
                                m0);  // + P^T Q
-    warp_product<kRowNT, P, PS>(acc, dv, rows(vn, dv), state_t(dsc, c0));  // + U' dS_{c+1}^T
+    warp_product<kGradNT, P, PS>(acc, dv, rows(vn, dv), state_t(dsc, c0));  // + U' dS_{c+1}^T
     const Out dko = x.grad_k + chunk * kPassC * dk;
-    for_tile(acc, m0, c0, dk, [&](int r, int col, int, float y) { dko.set(r * dk + col, y); });
+    store_tile<Whole>(acc, m0, c0, dk, dko, dk, [](int, int, int, float y) { return y; });
   }
   if (!delta) return;
   const In v = x.v + chunk * kPassC * dv;
-  for (int c0 = 0; c0 < dv; c0 += kRowCols) {
-    float dvb[kRowNT][4] = {};  // d(beta V) = T~^T dU'; dV = beta d(beta V)
-    warp_product<kRowNT, P, P>(dvb, kPassC, tinv_t, cols(dvn, dv, c0), kRowNT, m0);
+  for (int c0 = 0; c0 < dv; c0 += kGradCols) {
+    float dvb[kGradNT][4] = {};  // d(beta V) = T~^T dU'; dV = beta d(beta V)
+    warp_product<kGradNT, P, P>(dvb, kPassC, tinv_t, cols(dvn, dv, c0), kGradNT, m0);
     const Out dvo = x.grad_v + chunk * kPassC * dv;
-    for_tile(dvb, m0, c0, dv, [&](int r, int col, int e, float y) {
+    store_tile<Whole>(dvb, m0, c0, dv, dvo, dv, [&](int r, int col, int e, float y) {
       dbeta[e >> 1] += y * v[r * dv + col];  // rowsum(d(beta V) . V)
-      dvo.set(r * dv + col, mul_rn(y, beta[r]));
+      return mul_rn(y, beta[r]);
     });
   }
   // dbeta: each row's four lanes (t = lane % 4) through shared memory, summed in order of t
