@@ -1297,8 +1297,9 @@ FWP_DEV void times_scaled_t(float (&acc)[kQKNT][4], float* space, const GA& ga, 
       });
     });
     block_sync();
+    // (only the k-blocks that hold columns of X: whole fragments of A are read without a bound)
     warp_product_fragments<kQKNT, P, P>(
-        acc, kScaledCols, [&](uint32_t(&a)[P][4], int k0) { fragment_a<P>(a, ga, j0 + k0); },
+        acc, imin(kScaledCols, d - j0), [&](uint32_t(&a)[P][4], int k0) { fragment_a<P>(a, ga, j0 + k0); },
         [&](uint32_t(&b)[P][2], int k0, int n0) { bx.template fragment<P>(b, k0, n0); });
   }
   block_sync();
