@@ -822,12 +822,11 @@ struct ScaledRowsOf {
   FWP_DEV bool words() const { return m.bf16 && d % 16 == 0 && word_aligned(m); }
 };
 
-template <bool Whole = false>
 struct StateT {
   const float* s;
   int dk, dv, c0;
   FWP_DEV float operator()(int j, int n) const { return j < dv && c0 + n < dk ? s[(c0 + n) * dv + j] : 0.f; }
-  FWP_DEV bool pairs() const { return Whole || (dv % 16 == 0 && (reinterpret_cast<uintptr_t>(s) & 7) == 0); }
+  FWP_DEV bool pairs() const { return dv % 16 == 0 && (reinterpret_cast<uintptr_t>(s) & 7) == 0; }
 };
 
 // A's columns k0.. (P parts) from getter g, and B's rows k0.., columns n0..: whole bf16 fragments
@@ -870,8 +869,8 @@ FWP_DEV void fragment_a(uint32_t (&a)[P][4], const ScaledRowsOf& g, int k0) {
                  mul_rn(bf16_value(uint16_t(w >> 16)), beta[i & 1]));
   }
 }
-template <int P, bool W>
-FWP_DEV void fragment_b(uint32_t (&b)[P][2], const StateT<W>& g, int k0, int n0) {
+template <int P>
+FWP_DEV void fragment_b(uint32_t (&b)[P][2], const StateT& g, int k0, int n0) {
   if (!g.pairs()) {
     load_b<P>(b, [&](int k, int n) { return g(k0 + k, n0 + n); });
     return;
@@ -1321,8 +1320,8 @@ FWP_HD bool whole_fragments(const GradArgs& x, int parts) {
 // B3 for the delta rule (Delta: x.tinv given) or the sum rule: one kernel per rule, so that the sum
 // rule's has none of the delta rule's branches and registers, and neither keeps the rule in a
 // register; Whole where whole_fragments(x, P) holds, which leaves the element-by-element fallbacks
-// out (the delta rule's kernel then takes about 120 registers with 4 blocks per multiprocessor,
-// against about 190 and 2 with them).
+// out (sm_90: the delta rule's kernel then needs 116 registers, 4 blocks per multiprocessor, against
+// 140 and 3 with them).
 template <int P, bool Delta, bool Whole>
 FWP_DEV void input_grads_stage(const GradArgs& x, GradSmem& sh, int bh, int64_t c) {
   constexpr int PS = P > 2 ? P : 2;
@@ -1339,7 +1338,7 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmem& sh, int bh, int64_t 
   const Out dw = delta ? x.dw + chunk * kPassC * dk : Out{nullptr, false};  // dW [C, d_k]
   // this warp's rows of a [C, d] matrix, and the columns c0.. of a state's transpose
   const auto rows = [&](const In& a, int d) { return RowsOf<Whole>{a, d, m0}; };
-  const auto state_t = [&](const float* s, int c0) { return StateT<>{s, dk, dv, c0}; };
+  const auto state_t = [&](const float* s, int c0) { return StateT{s, dk, dv, c0}; };
   const auto cols = [&](const In& a, int d, int c0) { return ColsOf<Whole>{a, d, c0}; };  // B(j, n) = a[j, c0 + n], j < C
 
   {  // P = tril(dO U'^T), this warp's rows, into shared memory
