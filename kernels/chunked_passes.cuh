@@ -428,11 +428,27 @@ struct PlanesB {
   FWP_DEV void operator()(uint32_t (&b)[P][2], int k0, int n0) const { s.template fragment<P>(b, k0, n0); }
 };
 
-// Copies rows x `cols` elements of src (row stride lds, elements of `bytes` bytes) into dst (row
-// stride ldd), zero-filling columns cols .. width - 1, asynchronously: 16-byte copies where the rows
+// Issues the copies of Rows x Pieces pieces of `per` elements of `bytes` bytes each (`chunk` bytes
+// a piece) from src (row stride lds) into dst (row stride ldd), zeros for the pieces at columns cols
+// and past: thread t takes pieces t, t + kPassThreads, ... With Rows and Pieces known when compiling,
+// a piece's row and column are a shift and a mask (or a multiply) rather than an integer division.
+template <int Rows, int Pieces>
+FWP_DEV void copy_pieces(char* d, int ldd, const char* s, int64_t lds, int cols, int per, int chunk, int bytes) {
+FWP_NO_UNROLL  // (unrolled, the fp32 4-byte path alone grew each pass by a thousand instructions)
+  for (int e = thread_id(); e < Rows * Pieces; e += kPassThreads) {
+    const int r = e / Pieces, c = per * (e % Pieces);
+    const bool valid = c < cols;
+    copy_async(d + (int64_t(r) * ldd + c) * bytes, valid ? s + (r * lds + c) * bytes : s, chunk, valid);
+  }
+}
+
+// Copies Rows x `cols` elements of src (row stride lds, elements of `bytes` bytes) into dst (row
+// stride ldd), zero-filling columns cols .. Width - 1, asynchronously: 16-byte copies where the rows
 // allow, else 4-byte ones, else (bf16 with odd sizes or addresses) plain loads and stores, which the
 // pass's barrier before its step makes visible as it does the copies.
-FWP_DEV void copy_tile(void* dst, int ldd, const void* src, int64_t lds, int rows, int cols, int width, int bytes) {
+template <int Rows, int Width>
+FWP_DEV void copy_tile(void* dst, int ldd, const void* src, int64_t lds, int cols, int bytes) {
+  static_assert(Width % 8 == 0, "a tile's width is a whole number of 16-byte bf16 pieces");
   const auto aligned = [&](int b) {
     const int per = b / bytes;
     return (reinterpret_cast<uintptr_t>(src) % b) == 0 && lds % per == 0 && cols % per == 0;
@@ -441,26 +457,30 @@ FWP_DEV void copy_tile(void* dst, int ldd, const void* src, int64_t lds, int row
   if (chunk == 0) {  // bf16 only: 4-byte copies need pairs
     const uint16_t* s = static_cast<const uint16_t*>(src);
     uint16_t* d = static_cast<uint16_t*>(dst);
-    for (int e = thread_id(); e < rows * width; e += kPassThreads) {
-      const int r = e / width, c = e % width;
+    for (int e = thread_id(); e < Rows * Width; e += kPassThreads) {
+      const int r = e / Width, c = e % Width;
       d[r * ldd + c] = c < cols ? s[r * lds + c] : uint16_t(0);
     }
     return;
   }
-  const int per = chunk / bytes, pieces = width / per;
-  const char* s = static_cast<const char*>(src);
+  const int per = chunk / bytes;  // 8 or 2 bf16 elements, 4 or 1 fp32 ones
   char* d = static_cast<char*>(dst);
-  for (int e = thread_id(); e < rows * pieces; e += kPassThreads) {
-    const int r = e / pieces, c = per * (e % pieces);
-    const bool valid = c < cols;
-    copy_async(d + (int64_t(r) * ldd + c) * bytes, valid ? s + (r * lds + c) * bytes : s, chunk, valid);
-  }
+  const char* s = static_cast<const char*>(src);
+  if (per == 8)
+    copy_pieces<Rows, Width / 8>(d, ldd, s, lds, cols, per, chunk, bytes);
+  else if (per == 4)
+    copy_pieces<Rows, Width / 4>(d, ldd, s, lds, cols, per, chunk, bytes);
+  else if (per == 2)
+    copy_pieces<Rows, Width / 2>(d, ldd, s, lds, cols, per, chunk, bytes);
+  else
+    copy_pieces<Rows, Width>(d, ldd, s, lds, cols, per, chunk, bytes);
 }
 
-// Starts copying rows x cols of src (row stride lds, fp32 or bf16) into the tile at `slot`
-// (smem_tile(slot, src.bf16, width) reads it).
-FWP_DEV void load_tile(float* slot, In src, int64_t lds, int rows, int cols, int width) {
-  copy_tile(slot, tile_ld(width, src.bf16), src.p, lds, rows, cols, width, src.bf16 ? 2 : 4);
+// Starts copying one chunk's kPassC rows x cols of src (row stride lds, fp32 or bf16) into the tile
+// at `slot` (smem_tile(slot, src.bf16, Width) reads it).
+template <int Width>
+FWP_DEV void load_tile(float* slot, In src, int64_t lds, int cols) {
+  copy_tile<kPassC, Width>(slot, tile_ld(Width, src.bf16), src.p, lds, cols, src.bf16 ? 2 : 4);
 }
 
 // Walks the N chunks, in order or in reverse, through `stages` (1 or 2) buffers of shared memory:
@@ -507,24 +527,39 @@ FWP_UNROLL
   }
 
   // To shared memory (every row and column: as fp32, sm[r * kLdV + c], or with planes, as their two
-  // parts) and to dst[r * ld + c] (r < dk, c < nv).
+  // parts) and to dst[r * ld + c] (r < dk, c < nv; a row's two neighbouring columns in one store
+  // where the address allows).
   template <bool planes>
   FWP_DEV void store(float* sm, float* dst, int64_t ld, int dk, int nv) const {
     const Planes pl = planes_at(sm, KT * 16);
+    const bool pairs = pair_aligned(dst) && ld % 2 == 0;
 FWP_UNROLL
     for (int i = 0; i < KT / 4; ++i)
 FWP_UNROLL
       for (int j = 0; j < kNT; ++j)
 FWP_UNROLL
-        for (int e = 0; e < 4; ++e) {
-          const int r = row(i, e), c = 8 * j + acc_col(e);
+        for (int e = 0; e < 4; e += 2) {
+          const int r = row(i, e), c = 8 * j + acc_col(e);  // c even; element e + 1 is (r, c + 1)
+          const float x0 = x[i][j][e], x1 = x[i][j][e + 1];
           if (sm != nullptr) {
-            if (planes)
-              pl.template put<2>(r, c, x[i][j][e]);
-            else
-              sm[r * kLdV + c] = x[i][j][e];
+            if (planes) {
+              pl.template put<2>(r, c, x0);
+              pl.template put<2>(r, c + 1, x1);
+            } else {
+              sm[r * kLdV + c] = x0;
+              sm[r * kLdV + c + 1] = x1;
+            }
           }
-          if (r < dk && c < nv) dst[r * ld + c] = x[i][j][e];
+          if (r >= dk || c >= nv) continue;
+          float* at = dst + r * ld + c;
+          if (c + 1 >= nv) {
+            at[0] = x0;
+          } else if (pairs) {
+            store_two(at, x0, x1);
+          } else {
+            at[0] = x0;
+            at[1] = x1;
+          }
         }
   }
 
@@ -580,17 +615,24 @@ FWP_UNROLL
       mma_parts<P, PS>(acc[j], a, b);
     }
   }
+  const bool pairs = out.pairs() && ld % 2 == 0;
 FWP_UNROLL
   for (int j = 0; j < kNT; ++j)
 FWP_UNROLL
-    for (int e = 0; e < 4; ++e) {
-      const int r = m0 + acc_row(e), c = 8 * j + acc_col(e);
-      const float x = base_sm(r, c) + sign * acc[j][e];
-      if (planes)
-        out_pl.template put<P>(r, c, x);
-      else
-        out_sm[r * kLdV + c] = x;
-      if (c < nv) out.set(r * ld + c, x);
+    for (int e = 0; e < 4; e += 2) {
+      const int r = m0 + acc_row(e), c = 8 * j + acc_col(e);  // c even; element e + 1 is (r, c + 1)
+      const float x0 = base_sm(r, c) + sign * acc[j][e], x1 = base_sm(r, c + 1) + sign * acc[j][e + 1];
+      if (planes) {
+        out_pl.template put<P>(r, c, x0);
+        out_pl.template put<P>(r, c + 1, x1);
+      } else {
+        out_sm[r * kLdV + c] = x0;
+        out_sm[r * kLdV + c + 1] = x1;
+      }
+      if (c + 1 < nv)
+        out.set_two(r * ld + c, x0, x1, pairs);
+      else if (c < nv)
+        out.set(r * ld + c, x0);
     }
 }
 
@@ -641,9 +683,9 @@ FWP_DEV void state_forward_pass(const PassArgs& x, float* smem, int bh, int tile
   const auto u_sm = [&](int s) { return blk.stage(s) + blk.layout.c; };
   const auto load = [&](int64_t c, int s) {
     const int64_t row0 = (int64_t(bh) * x.N + c) * kPassC;
-    load_tile(k_sm(s), x.a + row0 * x.dk, x.dk, kPassC, x.dk, KT * 16);
-    if (delta) load_tile(w_sm(s), x.b + row0 * x.dk, x.dk, kPassC, x.dk, KT * 16);
-    load_tile(u_sm(s), x.c + row0 * x.dv + col0, x.dv, kPassC, nv, kBV);
+    load_tile<KT * 16>(k_sm(s), x.a + row0 * x.dk, x.dk, x.dk);
+    if (delta) load_tile<KT * 16>(w_sm(s), x.b + row0 * x.dk, x.dk, x.dk);
+    load_tile<kBV>(u_sm(s), x.c + row0 * x.dv + col0, x.dv, nv);
     copy_commit();
   };
 
@@ -684,11 +726,11 @@ FWP_DEV void state_backward_pass(const PassArgs& x, float* smem, int bh, int til
   const auto do_sm = [&](int s) { return blk.stage(s) + blk.layout.e; };
   const auto load = [&](int64_t c, int s) {
     const int64_t row0 = (int64_t(bh) * x.N + c) * kPassC;
-    load_tile(k_sm(s), x.a + row0 * x.dk, x.dk, kPassC, x.dk, KT * 16);
-    load_tile(q_sm(s), x.c + row0 * x.dk, x.dk, kPassC, x.dk, KT * 16);
-    if (delta) load_tile(w_sm(s), x.b + row0 * x.dk, x.dk, kPassC, x.dk, KT * 16);
-    load_tile(dl_sm(s), In{x.d + row0 * x.dv + col0, false}, x.dv, kPassC, nv, kBV);
-    load_tile(do_sm(s), x.e + row0 * x.dv + col0, x.dv, kPassC, nv, kBV);
+    load_tile<KT * 16>(k_sm(s), x.a + row0 * x.dk, x.dk, x.dk);
+    load_tile<KT * 16>(q_sm(s), x.c + row0 * x.dk, x.dk, x.dk);
+    if (delta) load_tile<KT * 16>(w_sm(s), x.b + row0 * x.dk, x.dk, x.dk);
+    load_tile<kBV>(dl_sm(s), In{x.d + row0 * x.dv + col0, false}, x.dv, nv);
+    load_tile<kBV>(do_sm(s), x.e + row0 * x.dv + col0, x.dv, nv);
     copy_commit();
   };
 
