@@ -229,22 +229,22 @@ at::TensorOptions operand_options(const Tensor& t, const Config& cfg) {
 constexpr size_t kGuardFloats = 256;
 constexpr float kGuardValue = 1234.5f;
 
-template <int KT, int P>
+template <int KT, int P, int BV>
 void run_grid(bool backward, const PassArgs& x, int64_t BH) {
-  const size_t n = size_t(pass_floats(KT, backward, x.b.p != nullptr, pass_bf16(x), x.stages));
+  const size_t n = size_t(pass_floats(KT, backward, x.b.p != nullptr, pass_bf16(x), x.stages, BV));
   std::vector<float> smem(n + kGuardFloats);
   // CUDA's dynamic shared memory (extern __shared__ float4) starts 16-byte aligned; so must this,
   // for the alignment check of cp.async to mean the same.
   static_assert(__STDCPP_DEFAULT_NEW_ALIGNMENT__ >= 16, "std::vector<float> may start below 16-byte alignment");
   for (int64_t bh = 0; bh < BH; ++bh)
-    for (int tile = 0; tile * kBV < x.dv; ++tile) {
+    for (int tile = 0; tile * BV < x.dv; ++tile) {
       std::fill(smem.begin(), smem.begin() + n, std::numeric_limits<float>::quiet_NaN());
       std::fill(smem.begin() + n, smem.end(), kGuardValue);
       run_block([&] {
         if (backward)
-          state_backward_pass<KT, P>(x, smem.data(), int(bh), tile);
+          state_backward_pass<KT, P, BV>(x, smem.data(), int(bh), tile);
         else
-          state_forward_pass<KT, P>(x, smem.data(), int(bh), tile);
+          state_forward_pass<KT, P, BV>(x, smem.data(), int(bh), tile);
       });
       TORCH_CHECK(std::all_of(smem.begin() + n, smem.end(), [](float g) { return g == kGuardValue; }),
                   "fwp::chunked emulated passes: a block wrote past its ", n * sizeof(float),
@@ -252,11 +252,18 @@ void run_grid(bool backward, const PassArgs& x, int64_t BH) {
     }
 }
 
+// The emulator picks the blocks' value columns as the launcher does (pass_value_cols) for a GPU of
+// kEmulatedSMs multiprocessors: so the tests' small shapes take both widths (16 where BH and d_v
+// give a single block of 32 columns).
+constexpr int kEmulatedSMs = 2;
+
 template <int KT>
 void run_parts(bool backward, const PassArgs& x, int64_t BH, int parts) {
-  if (parts == 1) run_grid<KT, 1>(backward, x, BH);
-  if (parts == 2) run_grid<KT, 2>(backward, x, BH);
-  if (parts == 3) run_grid<KT, 3>(backward, x, BH);
+  const bool narrow = pass_value_cols(BH, x.dv, parts, kEmulatedSMs) == kNarrowBV;  // (only where parts == 1)
+  if (parts == 1 && narrow) run_grid<KT, 1, kNarrowBV>(backward, x, BH);
+  if (parts == 1 && !narrow) run_grid<KT, 1, kBV>(backward, x, BH);
+  if (parts == 2) run_grid<KT, 2, kBV>(backward, x, BH);
+  if (parts == 3) run_grid<KT, 3, kBV>(backward, x, BH);
 }
 
 void run(bool backward, const PassArgs& x, int64_t BH, int parts) {

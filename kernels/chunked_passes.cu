@@ -1,6 +1,6 @@
 // The fast chunked kernels (chunked_passes.cuh) as CUDA kernels: the device primitives the shared
 // code asks for (mma.sync, cp.async, bf16 rounding), one kernel per instantiation (passes: key tiles
-// KT x parts P; per-chunk stages: P), and the launchers. The passes size their shared memory from the
+// KT x parts P x value columns BV, 16 only with P = 1; per-chunk stages: P), and the launchers. The passes size their shared memory from the
 // device's opt-in limit (cached per device); where a pass does not fit, the host side runs the
 // first-version kernel of chunked.cu instead (chunked_launch.h).
 
@@ -54,16 +54,16 @@ FWP_DEV float mul_rn(float a, float b) { return __fmul_rn(a, b); }
 In in(FwpIn x) { return In{x.p, x.bf16 != 0}; }
 Out out(FwpOut x) { return Out{x.p, x.bf16 != 0}; }
 
-template <int KT, int P>
+template <int KT, int P, int BV>
 __global__ void __launch_bounds__(kPassThreads, 1) state_forward_pass_kernel(PassArgs x) {
   extern __shared__ float4 smem[];
-  state_forward_pass<KT, P>(x, reinterpret_cast<float*>(smem), int(blockIdx.x), int(blockIdx.y));
+  state_forward_pass<KT, P, BV>(x, reinterpret_cast<float*>(smem), int(blockIdx.x), int(blockIdx.y));
 }
 
-template <int KT, int P>
+template <int KT, int P, int BV>
 __global__ void __launch_bounds__(kPassThreads, 1) state_backward_pass_kernel(PassArgs x) {
   extern __shared__ float4 smem[];
-  state_backward_pass<KT, P>(x, reinterpret_cast<float*>(smem), int(blockIdx.x), int(blockIdx.y));
+  state_backward_pass<KT, P, BV>(x, reinterpret_cast<float*>(smem), int(blockIdx.x), int(blockIdx.y));
 }
 
 // At most 128 registers, so four blocks fit an SM (without the bound ptxas chose 64-80 for some
@@ -133,36 +133,58 @@ int smem_limit(int device) {
 // Keys padded to KT * 16 columns: 4 (d_k <= 64), 8 (<= 128) or 16 (<= 256); 0 above.
 int key_tiles(int64_t dk) { return dk <= 64 ? 4 : dk <= 128 ? 8 : dk <= 256 ? 16 : 0; }
 
-size_t pass_bytes(int64_t dk, bool backward, bool delta, int bf16, int stages) {
-  return size_t(pass_floats(key_tiles(dk), backward, delta, bf16, stages)) * sizeof(float);
+// The multiprocessors of the current device (cached per device), or 0 where they cannot be read.
+int sm_count() {
+  static std::atomic<int> cache[kMaxDevices] = {};  // 0: not read yet
+  int device = 0, sms = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) {
+    (void)cudaGetLastError();  // not left pending for the next launch to report
+    return 0;
+  }
+  if (device < kMaxDevices && (sms = cache[device].load(std::memory_order_acquire)) > 0) return sms;
+  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  if (device < kMaxDevices) cache[device].store(sms, std::memory_order_release);
+  return sms;
 }
 
-// Launches one (KT, P) instantiation with `bytes` of dynamic shared memory. Above the default 48 KiB
+// Shared memory of a pass with blocks of bv value columns (by default the widest, kBV: the most a
+// pass takes, which decides its stages).
+size_t pass_bytes(int64_t dk, bool backward, bool delta, int bf16, int stages, int bv = kBV) {
+  return size_t(pass_floats(key_tiles(dk), backward, delta, bf16, stages, bv)) * sizeof(float);
+}
+
+// Launches one (KT, P, BV) instantiation with `bytes` of dynamic shared memory. Above the default 48 KiB
 // the kernel's limit on this device is first raised to the device's whole opt-in limit, once per
 // kernel and device (fwp_cuda::allow_shared_memory; the sum and delta rules share a kernel).
-template <typename Kernel>
+template <int BV, typename Kernel>
 int launch(Kernel kernel, std::atomic<bool>* raised, const PassArgs& x, int64_t BH, size_t bytes, void* stream) {
   if (BH > fwp_cuda::kMaxGridX) return int(cudaErrorInvalidConfiguration);
   if (bytes > 48 * 1024) {
     const cudaError_t err = fwp_cuda::allow_shared_memory(kernel, raised);
     if (err != cudaSuccess) return int(err);
   }
-  const dim3 grid(unsigned(BH), unsigned((x.dv + kBV - 1) / kBV));
+  const dim3 grid(unsigned(BH), unsigned((x.dv + BV - 1) / BV));
   return int(fwp_cuda::launch_checked([&] { kernel<<<grid, kPassThreads, bytes, cudaStream_t(stream)>>>(x); }));
 }
 
-template <int KT, int P>
+template <int KT, int P, int BV = kBV>
 int launch_pass(bool backward, const PassArgs& x, int64_t BH, void* stream) {
   static std::atomic<bool> raised_forward[kMaxDevices] = {}, raised_backward[kMaxDevices] = {};
-  const size_t bytes = pass_bytes(x.dk, backward, x.b.p != nullptr, pass_bf16(x), x.stages);
-  return backward ? launch(state_backward_pass_kernel<KT, P>, raised_backward, x, BH, bytes, stream)
-                  : launch(state_forward_pass_kernel<KT, P>, raised_forward, x, BH, bytes, stream);
+  const size_t bytes = pass_bytes(x.dk, backward, x.b.p != nullptr, pass_bf16(x), x.stages, BV);
+  return backward ? launch<BV>(state_backward_pass_kernel<KT, P, BV>, raised_backward, x, BH, bytes, stream)
+                  : launch<BV>(state_forward_pass_kernel<KT, P, BV>, raised_forward, x, BH, bytes, stream);
 }
 
+// (narrow blocks only where operands take one part, the fast bf16 case: pass_value_cols)
 template <int KT>
 int launch_parts(bool backward, const PassArgs& x, int64_t BH, int parts, void* stream) {
   switch (parts) {
-    case 1: return launch_pass<KT, 1>(backward, x, BH, stream);
+    case 1:
+      return pass_value_cols(BH, x.dv, 1, sm_count()) == kNarrowBV ? launch_pass<KT, 1, kNarrowBV>(backward, x, BH, stream)
+                                                                   : launch_pass<KT, 1>(backward, x, BH, stream);
     case 2: return launch_pass<KT, 2>(backward, x, BH, stream);
     case 3: return launch_pass<KT, 3>(backward, x, BH, stream);
     default: return int(cudaErrorInvalidValue);

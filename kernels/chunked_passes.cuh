@@ -4,8 +4,9 @@
 // (chunked_passes.cu) and the host compiler builds them for chunked_emulator.cpp, which runs the
 // same code on the CPU with one thread per CUDA thread, so that CI checks its indexing without a GPU.
 //
-// Design (docs/derivations.md Sec. 9): one block of 4 warps per (batch·head, tile of kBV value
-// columns) walks the chunks in order (backward: in reverse). The state tile (d_k x kBV, fp32) lives
+// Design (docs/derivations.md Sec. 9): one block of 4 warps per (batch·head, tile of BV value
+// columns; BV = 32, or 16 where that leaves SMs idle: pass_value_cols) walks the chunks in order
+// (backward: in reverse). The state tile (d_k x BV, fp32) lives
 // in the warps' registers as mma.sync accumulators; each chunk's inputs are copied into shared memory
 // with cp.async, the next chunk's while this one is computed when two stages fit (the launcher picks
 // the stages from the device's shared-memory limit). Products are mma.sync.m16n8k16 on bf16 parts,
@@ -40,11 +41,22 @@
 constexpr int kPassC = 64;          // chunk
 constexpr int kPassWarps = 4;
 constexpr int kPassThreads = 32 * kPassWarps;
-constexpr int kBV = 32;             // value columns per block
-constexpr int kNT = kBV / 8;        // n-tiles (8 columns) per block
-constexpr int kLdV = kBV + 4;       // row length of value tiles in shared memory (floats; padding
-                                    // keeps the fragment loads off each other's banks)
+constexpr int kBV = 32;             // value columns per block (BV), or, where that leaves SMs idle,
+constexpr int kNarrowBV = 16;       // these (pass_value_cols)
 constexpr int kPassMaxKT = 16;      // d_k <= 16 * 16 = 256
+
+// Row length of value tiles of bv columns in shared memory (floats; the padding keeps the fragment
+// loads off each other's banks).
+FWP_HD constexpr int value_ld(int bv) { return bv + 4; }
+
+// The value columns of a pass's blocks: kNarrowBV where blocks of kBV would be fewer than the
+// device's `sms` multiprocessors and the operands take one bf16 part, else kBV. A pass walks its
+// chunks one after another, so with fewer blocks than SMs some SMs idle; narrow blocks double the
+// blocks (and the key-side work per value column, which is why they lose where the SMs are busy:
+// docs/performance.md, GPU).
+FWP_HD constexpr int pass_value_cols(int64_t bh, int64_t dv, int parts, int64_t sms) {
+  return parts == 1 && bh * ((dv + kBV - 1) / kBV) < sms ? kNarrowBV : kBV;
+}
 
 // Row stride (elements) of a tile of a chunk's input in shared memory, `width` elements wide (a
 // multiple of 16): width + 4 floats in fp32, width + 8 halves in bf16. Rows stay 16-byte aligned for
@@ -58,33 +70,34 @@ FWP_HD constexpr int64_t slot_floats(int width, bool bf16) {
 
 // Where a pass's chunk inputs sit in one stage buffer (floats from its start), each tile in its
 // input's dtype (`bf16`, a mask of chunked_launch.h's FwpPassBf16), and the buffer's size: forward K, W (delta rule), U (or V);
-// backward K, Q, W (delta rule), dU'_loc (fp32), dO. Keys are padded to kt * 16 columns.
+// backward K, Q, W (delta rule), dU'_loc (fp32), dO. Keys are padded to kt * 16 columns; value
+// tiles are bv columns wide.
 struct PassLayout {
   int64_t k, c, w, d, e, floats;
 };
 
-FWP_HD constexpr PassLayout pass_layout(int kt, bool backward, bool delta, int bf16) {
+FWP_HD constexpr PassLayout pass_layout(int kt, bool backward, bool delta, int bf16, int bv) {
   const int wide = kt * 16;
   const int64_t k_slot = slot_floats(wide, bf16 & FWP_PASS_K_BF16), w_slot = delta ? slot_floats(wide, bf16 & FWP_PASS_W_BF16) : 0;
   PassLayout l{};
   if (!backward) {
     l.w = k_slot;
     l.c = l.w + w_slot;
-    l.floats = l.d = l.e = l.c + slot_floats(kBV, bf16 & FWP_PASS_UQ_BF16);
+    l.floats = l.d = l.e = l.c + slot_floats(bv, bf16 & FWP_PASS_UQ_BF16);
   } else {
     l.c = k_slot;
     l.w = l.c + slot_floats(wide, bf16 & FWP_PASS_UQ_BF16);
     l.d = l.w + w_slot;
-    l.e = l.d + slot_floats(kBV, false);
-    l.floats = l.e + slot_floats(kBV, bf16 & FWP_PASS_DO_BF16);
+    l.e = l.d + slot_floats(bv, false);
+    l.floats = l.e + slot_floats(bv, bf16 & FWP_PASS_DO_BF16);
   }
   return l;
 }
 
-// Floats of shared memory a pass needs: the state tile (kt*16 x kBV), one C x kBV tile of U' (dU'),
+// Floats of shared memory a pass needs: the state tile (kt*16 x bv), one C x bv tile of U' (dU'),
 // then `stages` buffers of the layout above.
-FWP_HD constexpr int64_t pass_floats(int kt, bool backward, bool delta, int bf16, int stages) {
-  return int64_t(kt) * 16 * kLdV + kPassC * kLdV + stages * pass_layout(kt, backward, delta, bf16).floats;
+FWP_HD constexpr int64_t pass_floats(int kt, bool backward, bool delta, int bf16, int stages, int bv) {
+  return (int64_t(kt) * 16 + kPassC) * value_ld(bv) + stages * pass_layout(kt, backward, delta, bf16, bv).floats;
 }
 
 FWP_DEV uint32_t pack(uint16_t lo, uint16_t hi) { return uint32_t(lo) | (uint32_t(hi) << 16); }
@@ -404,15 +417,19 @@ FWP_UNROLL
   }
 };
 
-// Planes of `rows` x kBV at sm (rows: a multiple of 64).
-FWP_DEV Planes planes_at(float* sm, int rows) { return Planes{reinterpret_cast<uint16_t*>(sm), rows + 8, kBV * (rows + 8)}; }
+// Planes of `rows` x BV at sm (rows: a multiple of 64).
+template <int BV>
+FWP_DEV Planes planes_at(float* sm, int rows) { return Planes{reinterpret_cast<uint16_t*>(sm), rows + 8, BV * (rows + 8)}; }
 
 // Whether a pass with P parts per operand keeps its state (two parts) and U' (dU', P parts) as
-// Planes. Their space, in halves, is within the fp32 tiles' (KT*16 x kLdV and C x kLdV floats):
-// 2 kBV (16 KT + 8) <= 32 KT kLdV for every KT >= 4, and 2 kBV (C + 8) <= 2 C kLdV.
+// Planes. Their space, in halves, is within the fp32 tiles' (KT*16 x value_ld(BV) and C x value_ld(BV)
+// floats): 2 BV (16 KT + 8) <= 32 KT value_ld(BV) for every KT >= 4, and 2 BV (C + 8) <= 2 C value_ld(BV).
 template <int P>
 constexpr bool kPassPlanes = P <= 2;
-static_assert(2 * kBV * (4 * 16 + 8) <= 2 * 4 * 16 * kLdV && 2 * kBV * (kPassC + 8) <= 2 * kPassC * kLdV,
+constexpr bool planes_fit(int bv) {
+  return 2 * bv * (4 * 16 + 8) <= 2 * 4 * 16 * value_ld(bv) && 2 * bv * (kPassC + 8) <= 2 * kPassC * value_ld(bv);
+}
+static_assert(planes_fit(kBV) && planes_fit(kNarrowBV),
               "the passes' planes fit in the space of the fp32 tiles (smallest key tile: KT = 4)");
 
 // The B operand of a pass's product, fragment by fragment: a tile of the chunk's inputs (TileB) or
@@ -505,11 +522,12 @@ FWP_DEV void walk_chunks(int64_t N, bool reverse, int stages, const Load& load, 
   }
 }
 
-// The state tile of this warp: m-tiles warp + 4 i (i < KT / 4) of 16 key rows, kNT n-tiles of 8 value
+// The state tile of this warp: m-tiles warp + 4 i (i < KT / 4) of 16 key rows, NT n-tiles of 8 value
 // columns, as accumulators.
-template <int KT>
+template <int KT, int BV>
 struct StateTile {
-  float x[KT / 4][kNT][4];
+  static constexpr int NT = BV / 8;
+  float x[KT / 4][NT][4];
 
   FWP_DEV int row(int i, int e) const { return 16 * (warp_id() + 4 * i) + acc_row(e); }
 
@@ -518,7 +536,7 @@ struct StateTile {
 FWP_UNROLL
     for (int i = 0; i < KT / 4; ++i)
 FWP_UNROLL
-      for (int j = 0; j < kNT; ++j)
+      for (int j = 0; j < NT; ++j)
 FWP_UNROLL
         for (int e = 0; e < 4; ++e) {
           const int r = row(i, e), c = 8 * j + acc_col(e);
@@ -526,17 +544,17 @@ FWP_UNROLL
         }
   }
 
-  // To shared memory (every row and column: as fp32, sm[r * kLdV + c], or with planes, as their two
-  // parts) and to dst[r * ld + c] (r < dk, c < nv; a row's two neighbouring columns in one store
+  // To shared memory (every row and column: as fp32, sm[r * value_ld(BV) + c], or with planes, as
+  // their two parts) and to dst[r * ld + c] (r < dk, c < nv; a row's two neighbouring columns in one store
   // where the address allows).
   template <bool planes>
   FWP_DEV void store(float* sm, float* dst, int64_t ld, int dk, int nv) const {
-    const Planes pl = planes_at(sm, KT * 16);
+    const Planes pl = planes_at<BV>(sm, KT * 16);
     const bool pairs = pair_aligned(dst) && ld % 2 == 0;
 FWP_UNROLL
     for (int i = 0; i < KT / 4; ++i)
 FWP_UNROLL
-      for (int j = 0; j < kNT; ++j)
+      for (int j = 0; j < NT; ++j)
 FWP_UNROLL
         for (int e = 0; e < 4; e += 2) {
           const int r = row(i, e), c = 8 * j + acc_col(e);  // c even; element e + 1 is (r, c + 1)
@@ -546,8 +564,8 @@ FWP_UNROLL
               pl.template put<2>(r, c, x0);
               pl.template put<2>(r, c + 1, x1);
             } else {
-              sm[r * kLdV + c] = x0;
-              sm[r * kLdV + c + 1] = x1;
+              sm[r * value_ld(BV) + c] = x0;
+              sm[r * value_ld(BV) + c + 1] = x1;
             }
           }
           if (r >= dk || c >= nv) continue;
@@ -564,26 +582,26 @@ FWP_UNROLL
   }
 
   // x += sign * A^T B for this warp's rows, with A (C x KT*16: A^T's row r is column r of A) a tile
-  // in shared memory and B (C x kBV) given fragment by fragment by b_frag (TileB, PlanesB); P parts each.
+  // in shared memory and B (C x BV) given fragment by fragment by b_frag (TileB, PlanesB); P parts each.
   template <int P, class BFrag>
   FWP_DEV void add_transposed_product(float sign, const Tile& a_sm, const BFrag& b_frag) {
 FWP_UNROLL
     for (int i = 0; i < KT / 4; ++i) {
       const int m0 = 16 * (warp_id() + 4 * i);
-      float acc[kNT][4] = {};
+      float acc[NT][4] = {};
 FWP_NO_UNROLL
       for (int kk = 0; kk < kPassC / 16; ++kk) {
         uint32_t a[P][4];
         tile_a<P, true>(a, a_sm, m0, 16 * kk);
 FWP_UNROLL
-        for (int j = 0; j < kNT; ++j) {
+        for (int j = 0; j < NT; ++j) {
           uint32_t b[P][2];
           b_frag(b, 16 * kk, 8 * j);
           mma_parts<P, P>(acc[j], a, b);
         }
       }
 FWP_UNROLL
-      for (int j = 0; j < kNT; ++j)
+      for (int j = 0; j < NT; ++j)
 FWP_UNROLL
         for (int e = 0; e < 4; ++e) x[i][j][e] += sign * acc[j][e];
     }
@@ -591,33 +609,34 @@ FWP_UNROLL
 };
 
 // This warp's 16 rows (chunk steps 16 warp ..) of base + sign * A S, A = a_sm (C x KT*16, P parts),
-// S = the state at s_sm (KT*16 x kBV, PS parts: fp32 with row stride kLdV, or planes),
-// base = base_sm (C x kBV); into out_sm (C x kBV: fp32 with row stride kLdV, or P planes) and
+// S = the state at s_sm (KT*16 x BV, PS parts: fp32 with row stride value_ld(BV), or planes),
+// base = base_sm (C x BV); into out_sm (C x BV: fp32 with row stride value_ld(BV), or P planes) and
 // out[r * ld + c] for c < nv.
-template <int KT, int P, int PS>
+template <int KT, int P, int PS, int BV>
 FWP_DEV void rows_times_state(const Tile& a_sm, float* s_sm, float sign, const Tile& base_sm, float* out_sm,
                               Out out, int64_t ld, int nv) {
   constexpr bool planes = kPassPlanes<P>;
-  const Planes s_pl = planes_at(s_sm, KT * 16), out_pl = planes_at(out_sm, kPassC);
+  constexpr int NT = BV / 8;
+  const Planes s_pl = planes_at<BV>(s_sm, KT * 16), out_pl = planes_at<BV>(out_sm, kPassC);
   const int m0 = 16 * warp_id();
-  float acc[kNT][4] = {};
+  float acc[NT][4] = {};
 FWP_NO_UNROLL
   for (int kk = 0; kk < KT; ++kk) {
     uint32_t a[P][4];
     tile_a<P, false>(a, a_sm, m0, 16 * kk);
 FWP_UNROLL
-    for (int j = 0; j < kNT; ++j) {
+    for (int j = 0; j < NT; ++j) {
       uint32_t b[PS][2];
       if (planes)
         s_pl.template fragment<PS>(b, 16 * kk, 8 * j);
       else
-        load_b<PS>(b, [&](int r, int c) { return s_sm[(16 * kk + r) * kLdV + 8 * j + c]; });
+        load_b<PS>(b, [&](int r, int c) { return s_sm[(16 * kk + r) * value_ld(BV) + 8 * j + c]; });
       mma_parts<P, PS>(acc[j], a, b);
     }
   }
   const bool pairs = out.pairs() && ld % 2 == 0;
 FWP_UNROLL
-  for (int j = 0; j < kNT; ++j)
+  for (int j = 0; j < NT; ++j)
 FWP_UNROLL
     for (int e = 0; e < 4; e += 2) {
       const int r = m0 + acc_row(e), c = 8 * j + acc_col(e);  // c even; element e + 1 is (r, c + 1)
@@ -626,8 +645,8 @@ FWP_UNROLL
         out_pl.template put<P>(r, c, x0);
         out_pl.template put<P>(r, c + 1, x1);
       } else {
-        out_sm[r * kLdV + c] = x0;
-        out_sm[r * kLdV + c + 1] = x1;
+        out_sm[r * value_ld(BV) + c] = x0;
+        out_sm[r * value_ld(BV) + c + 1] = x1;
       }
       if (c + 1 < nv)
         out.set_two(r * ld + c, x0, x1, pairs);
@@ -638,18 +657,18 @@ FWP_UNROLL
 
 // The B operand of a pass's product that rows_times_state wrote to values_sm (U', dU'): planes or
 // an fp32 tile.
-template <int P, class Use>
+template <int P, int BV, class Use>
 FWP_DEV void with_values(float* values_sm, const Use& use) {
   if constexpr (kPassPlanes<P>)
-    use(PlanesB<P>{planes_at(values_sm, kPassC)});
+    use(PlanesB<P>{planes_at<BV>(values_sm, kPassC)});
   else
-    use(TileB<P>{smem_tile(values_sm, false, kBV)});
+    use(TileB<P>{smem_tile(values_sm, false, BV)});
 }
 
 // What a pass block (bh, tile) works on: its value columns col0 .. col0 + nv - 1, the size of one
-// state, and its shared memory: the state tile (KT*16 x kBV), one C x kBV tile (U' or dU'), then
+// state, and its shared memory: the state tile (KT*16 x BV), one C x BV tile (U' or dU'), then
 // `stages` buffers laid out as `layout` says (the sizes pass_floats counts).
-template <int KT>
+template <int KT, int BV>
 struct PassBlock {
   int col0, nv;
   int64_t state;
@@ -657,23 +676,23 @@ struct PassBlock {
   PassLayout layout;
 
   FWP_DEV PassBlock(const PassArgs& x, float* smem, int tile, bool backward)
-      : col0(tile * kBV),
-        nv(imin(kBV, x.dv - tile * kBV)),
+      : col0(tile * BV),
+        nv(imin(BV, x.dv - tile * BV)),
         state(int64_t(x.dk) * x.dv),
         state_sm(smem),
-        values_sm(smem + KT * 16 * kLdV),
-        stages(smem + KT * 16 * kLdV + kPassC * kLdV),
-        layout(pass_layout(KT, backward, x.b.p != nullptr, pass_bf16(x))) {}
+        values_sm(smem + KT * 16 * value_ld(BV)),
+        stages(smem + (KT * 16 + kPassC) * value_ld(BV)),
+        layout(pass_layout(KT, backward, x.b.p != nullptr, pass_bf16(x), BV)) {}
 
   FWP_DEV float* stage(int s) const { return stages + s * layout.floats; }
 };
 
 // F2 for block (bh, tile): see the header. P parts per plain operand, the state max(2, P).
-template <int KT, int P>
+template <int KT, int P, int BV>
 FWP_DEV void state_forward_pass(const PassArgs& x, float* smem, int bh, int tile) {
   constexpr int PS = P > 2 ? P : 2;
   const bool delta = x.b.p != nullptr;
-  const PassBlock<KT> blk(x, smem, tile, false);
+  const PassBlock<KT, BV> blk(x, smem, tile, false);
   const int col0 = blk.col0, nv = blk.nv;
   const int64_t state = blk.state;
   float* s_sm = blk.state_sm;
@@ -685,23 +704,23 @@ FWP_DEV void state_forward_pass(const PassArgs& x, float* smem, int bh, int tile
     const int64_t row0 = (int64_t(bh) * x.N + c) * kPassC;
     load_tile<KT * 16>(k_sm(s), x.a + row0 * x.dk, x.dk, x.dk);
     if (delta) load_tile<KT * 16>(w_sm(s), x.b + row0 * x.dk, x.dk, x.dk);
-    load_tile<kBV>(u_sm(s), x.c + row0 * x.dv + col0, x.dv, nv);
+    load_tile<BV>(u_sm(s), x.c + row0 * x.dv + col0, x.dv, nv);
     copy_commit();
   };
 
-  StateTile<KT> st;
+  StateTile<KT, BV> st;
   st.load(x.init + bh * state + col0, x.dv, x.dk, nv);
   walk_chunks(x.N, false, x.stages, load, [&](int64_t c, int s) {
     // checkpoint c = S_c (and, for the delta rule's W S_c, to shared memory)
     st.template store<kPassPlanes<P>>(delta ? s_sm : nullptr, x.per_chunk + (int64_t(bh) * x.N + c) * state + col0,
                                       x.dv, x.dk, nv);
     block_sync();  // also for the sum rule: it makes every thread's copies of this chunk visible to all
-    const Tile u = smem_tile(u_sm(s), x.c.bf16, kBV), k = smem_tile(k_sm(s), x.a.bf16, KT * 16);
+    const Tile u = smem_tile(u_sm(s), x.c.bf16, BV), k = smem_tile(k_sm(s), x.a.bf16, KT * 16);
     if (delta) {  // U' = U - W S_c
-      rows_times_state<KT, P, PS>(smem_tile(w_sm(s), x.b.bf16, KT * 16), s_sm, -1.f, u, vn_sm,
+      rows_times_state<KT, P, PS, BV>(smem_tile(w_sm(s), x.b.bf16, KT * 16), s_sm, -1.f, u, vn_sm,
                                   x.values + (int64_t(bh) * x.N + c) * kPassC * x.dv + col0, x.dv, nv);
       block_sync();
-      with_values<P>(vn_sm, [&](const auto& vn) { st.template add_transposed_product<P>(1.f, k, vn); });
+      with_values<P, BV>(vn_sm, [&](const auto& vn) { st.template add_transposed_product<P>(1.f, k, vn); });
     } else {
       st.template add_transposed_product<P>(1.f, k, TileB<P>{u});  // S_{c+1} = S_c + K^T U'
     }
@@ -710,11 +729,11 @@ FWP_DEV void state_forward_pass(const PassArgs& x, float* smem, int bh, int tile
 }
 
 // B2 for block (bh, tile), in reverse over chunks: see the header.
-template <int KT, int P>
+template <int KT, int P, int BV>
 FWP_DEV void state_backward_pass(const PassArgs& x, float* smem, int bh, int tile) {
   constexpr int PS = P > 2 ? P : 2;
   const bool delta = x.b.p != nullptr;
-  const PassBlock<KT> blk(x, smem, tile, true);
+  const PassBlock<KT, BV> blk(x, smem, tile, true);
   const int col0 = blk.col0, nv = blk.nv;
   const int64_t state = blk.state;
   float* ds_sm = blk.state_sm;
@@ -729,26 +748,26 @@ FWP_DEV void state_backward_pass(const PassArgs& x, float* smem, int bh, int til
     load_tile<KT * 16>(k_sm(s), x.a + row0 * x.dk, x.dk, x.dk);
     load_tile<KT * 16>(q_sm(s), x.c + row0 * x.dk, x.dk, x.dk);
     if (delta) load_tile<KT * 16>(w_sm(s), x.b + row0 * x.dk, x.dk, x.dk);
-    load_tile<kBV>(dl_sm(s), In{x.d + row0 * x.dv + col0, false}, x.dv, nv);
-    load_tile<kBV>(do_sm(s), x.e + row0 * x.dv + col0, x.dv, nv);
+    load_tile<BV>(dl_sm(s), In{x.d + row0 * x.dv + col0, false}, x.dv, nv);
+    load_tile<BV>(do_sm(s), x.e + row0 * x.dv + col0, x.dv, nv);
     copy_commit();
   };
 
-  StateTile<KT> ds;
+  StateTile<KT, BV> ds;
   ds.load(x.init + bh * state + col0, x.dv, x.dk, nv);
   walk_chunks(x.N, true, x.stages, load, [&](int64_t c, int s) {
     // dS_{c+1}
     ds.template store<kPassPlanes<P>>(ds_sm, x.per_chunk + (int64_t(bh) * x.N + c) * state + col0, x.dv, x.dk, nv);
     block_sync();
     // dU' = dU'_loc + K dS_{c+1}
-    rows_times_state<KT, P, PS>(smem_tile(k_sm(s), x.a.bf16, KT * 16), ds_sm, 1.f, smem_tile(dl_sm(s), false, kBV), dvn_sm,
+    rows_times_state<KT, P, PS, BV>(smem_tile(k_sm(s), x.a.bf16, KT * 16), ds_sm, 1.f, smem_tile(dl_sm(s), false, BV), dvn_sm,
                                 x.values + (int64_t(bh) * x.N + c) * kPassC * x.dv + col0, x.dv, nv);
     block_sync();
     // dS_c = dS_{c+1} + Q^T dO - W^T dU'
     ds.template add_transposed_product<P>(1.f, smem_tile(q_sm(s), x.c.bf16, KT * 16),
-                                          TileB<P>{smem_tile(do_sm(s), x.e.bf16, kBV)});
+                                          TileB<P>{smem_tile(do_sm(s), x.e.bf16, BV)});
     if (delta)
-      with_values<P>(dvn_sm, [&](const auto& dvn) {
+      with_values<P, BV>(dvn_sm, [&](const auto& dvn) {
         ds.template add_transposed_product<P>(-1.f, smem_tile(w_sm(s), x.b.bf16, KT * 16), dvn);
       });
   });
