@@ -63,8 +63,8 @@ pub enum Backend {
     /// per chunk. CPU: any float dtype, exact products, the CUDA kernels' twin (faster than the
     /// recurrent kernels only for large heads, docs/performance.md). CUDA: bf16 inputs with bf16
     /// tensor-core products, f16 and f32 inputs with each operand split into two and three bf16
-    /// parts (f16 and f32 accuracy); checked on an H200, about 1.3-3.5x slower than flash-linear-attention there
-    /// (docs/performance.md). Registered as the libtorch op `fwp::chunked_rule`. Non-finite inputs
+    /// parts (f16 and f32 accuracy); checked on an H200, about 1.1-1.6x slower than
+    /// flash-linear-attention there at d = 64 and 3x at d = 128 (docs/performance.md). Registered as the libtorch op `fwp::chunked_rule`. Non-finite inputs
     /// run the recurrent kernel instead, which keeps a NaN or infinity from reaching earlier steps.
     FusedChunked,
     /// `Fused` wherever one of our kernels takes the device, dtype and sizes, else
