@@ -3,7 +3,7 @@
 // same source, compiled by the host compiler, with one std::thread per CUDA thread of a block, real
 // barriers for __syncthreads, and mma.sync emulated from the documented m16n8k16 fragment layout
 // (each lane publishes its fragments, the warp meets, each lane sums its own accumulator elements
-// from everyone's). cp.async leaves NaN in its destination until the issuing thread waits for it.
+// from everyone's), ldmatrix likewise from its documented layout. cp.async leaves NaN in its destination until the issuing thread waits for it.
 // So the fragment indexing, the part splitting, the tile loads with their zero padding and the
 // stage pipeline, its waits included, are checked against the twin without a GPU; the rest of the
 // GPU's memory model is not.
@@ -42,6 +42,8 @@ int lane_id() { return t_tid & 31; }
 int warp_id() { return t_tid >> 5; }
 void block_sync();
 void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]);
+template <int N, bool trans>
+void ldmatrix(uint32_t (&r)[N], const uint16_t* row);
 
 // cp.async with the destination undefined from the issue to the wait, as on the GPU, where the copy
 // may land at any moment in between: the issue fills it with NaN, and the data lands only when the
@@ -116,6 +118,7 @@ struct BlockState {
   Barrier warps[kPassWarps] = {Barrier(32), Barrier(32), Barrier(32), Barrier(32)};
   uint32_t a[kPassWarps][32][4];
   uint32_t b[kPassWarps][32][2];
+  const uint16_t* rows[kPassWarps][32];  // ldmatrix's row addresses
   std::atomic<bool> copies_left{false};  // a thread ended with cp.async copies it never waited for
   std::once_flag bad_copy_once;
   std::string bad_copy;  // the first cp.async that broke the GPU's size or alignment rules
@@ -154,6 +157,25 @@ void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
     d[e] = sum;
   }
   bs.warps[w].wait();  // everyone has read the fragments before they are replaced
+}
+
+// ldmatrix: each lane publishes its row address, the warp meets, each lane takes its elements of
+// the N matrices from everyone's rows (row j of matrix i from lane 8 i + j; lane l gets row l / 4,
+// columns 2 (l % 4) and the next, of each, or of each one's transpose). A row address that is not
+// 16-byte aligned faults on the GPU, and stops the emulator.
+template <int N, bool trans>
+void ldmatrix(uint32_t (&r)[N], const uint16_t* row) {
+  BlockState& bs = *t_block;
+  const int w = warp_id(), lane = lane_id();
+  if (lane < 8 * N && (reinterpret_cast<uintptr_t>(row) & 15) != 0) __builtin_trap();
+  bs.rows[w][lane] = row;
+  bs.warps[w].wait();
+  const int g = lane >> 2, t = lane & 3;
+  for (int i = 0; i < N; ++i) {
+    const uint16_t* const* m = bs.rows[w] + 8 * i;
+    r[i] = trans ? pack(m[2 * t][g], m[2 * t + 1][g]) : pack(m[g][2 * t], m[g][2 * t + 1]);
+  }
+  bs.warps[w].wait();  // everyone has read the rows before the addresses are replaced
 }
 
 // Runs body() as one block of kPassThreads threads.

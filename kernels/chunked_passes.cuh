@@ -24,6 +24,9 @@
 //   thread_id(), lane_id(), warp_id()
 //   block_sync()                    __syncthreads()
 //   mma_16816(d, a, b)              d += A B for one m16n8k16 bf16 tile (warp-collective)
+//   ldmatrix<N, trans>(r, row)      ldmatrix.sync.aligned.m8n8.xN(.trans).shared.b16 (warp-collective):
+//                                   N = 2 or 4 matrices of 8 x 8 bf16 values, row j of matrix i at the
+//                                   16-byte aligned shared address `row` of lane 8 i + j
 //   copy_async(dst, src, bytes, valid)   cp.async of 4 or 16 bytes (zero-fill when !valid)
 //   copy_commit(), copy_wait_all(), copy_wait_but_one()
 //   bf16_bits(float) -> uint16_t (round to nearest even), bf16_value(uint16_t) -> float
@@ -277,6 +280,26 @@ FWP_UNROLL
   for (int i = 0; i < 2; ++i) b[i] = bf16_pair(m + (n0 + g) * ld + k0 + 2 * t + 8 * i);
 }
 
+// The same fragments of bf16 tiles in shared memory, by ldmatrix: one instruction per fragment
+// where bf16_a_cols takes 8 loads. Every row read must start 16-byte aligned: ld and the column
+// offsets multiples of 8, m 16-byte aligned (the passes' tiles and planes are).
+FWP_DEV void smem_a_rows(uint32_t (&a)[4], const uint16_t* m, int ld, int r0, int c0) {
+  const int i = lane_id() >> 3, j = lane_id() & 7;  // matrix i: rows 8 (i & 1).., columns 8 (i >> 1)..
+  ldmatrix<4, false>(a, m + (r0 + 8 * (i & 1) + j) * ld + c0 + 8 * (i >> 1));
+}
+FWP_DEV void smem_a_cols(uint32_t (&a)[4], const uint16_t* m, int ld, int r0, int c0) {
+  const int i = lane_id() >> 3, j = lane_id() & 7;  // matrix i: the transpose of m's rows c0 + 8 (i >> 1)..
+  ldmatrix<4, true>(a, m + (c0 + 8 * (i >> 1) + j) * ld + r0 + 8 * (i & 1));
+}
+FWP_DEV void smem_b_rows(uint32_t (&b)[2], const uint16_t* m, int ld, int k0, int n0) {
+  const int i = (lane_id() >> 3) & 1, j = lane_id() & 7;  // (lanes 16.. give addresses x2 does not read)
+  ldmatrix<2, true>(b, m + (k0 + 8 * i + j) * ld + n0);
+}
+FWP_DEV void smem_b_cols(uint32_t (&b)[2], const uint16_t* m, int ld, int k0, int n0) {
+  const int i = (lane_id() >> 3) & 1, j = lane_id() & 7;
+  ldmatrix<2, false>(b, m + (n0 + j) * ld + k0 + 8 * i);
+}
+
 // The bf16 elements of a matrix read as it is (In), and whether its pairs may be read as 32-bit words.
 FWP_DEV const uint16_t* bf16_of(const In& m) { return static_cast<const uint16_t*>(m.p); }
 FWP_DEV bool word_aligned(const In& m) { return (reinterpret_cast<uintptr_t>(m.p) & 3) == 0; }
@@ -354,15 +377,15 @@ struct Tile {
 FWP_DEV Tile smem_tile(const float* slot, bool bf16, int width) { return Tile{In{slot, bf16}, tile_ld(width, bf16)}; }
 
 // The A fragment, in P parts, of rows r0.. and columns c0.. of a tile, or (transposed) of its
-// transpose: A(r, c) = t(c0 + c, r0 + r). A bf16 tile taken as one part goes in as it is (bf16_a_rows,
-// bf16_a_cols); any other is split element by element.
+// transpose: A(r, c) = t(c0 + c, r0 + r). A bf16 tile taken as one part goes in as it is (smem_a_rows,
+// smem_a_cols); any other is split element by element.
 template <int P, bool transposed>
 FWP_DEV void tile_a(uint32_t (&a)[P][4], const Tile& t, int r0, int c0) {
   if (P == 1 && t.m.bf16) {
     if (transposed)
-      bf16_a_cols(a[0], bf16_of(t.m), t.ld, r0, c0);
+      smem_a_cols(a[0], bf16_of(t.m), t.ld, r0, c0);
     else
-      bf16_a_rows(a[0], bf16_of(t.m), t.ld, r0, c0);
+      smem_a_rows(a[0], bf16_of(t.m), t.ld, r0, c0);
   } else if (transposed) {
     load_a<P>(a, [&](int r, int c) { return t(c0 + c, r0 + r); });
   } else {
@@ -375,7 +398,7 @@ FWP_DEV void tile_a(uint32_t (&a)[P][4], const Tile& t, int r0, int c0) {
 template <int P>
 FWP_DEV void tile_b(uint32_t (&b)[P][2], const Tile& t, int k0, int n0) {
   if (P == 1 && t.m.bf16) {
-    bf16_b_rows(b[0], bf16_of(t.m), t.ld, k0, n0, t.ld);
+    smem_b_rows(b[0], bf16_of(t.m), t.ld, k0, n0);
   } else {
     load_b<P>(b, [&](int k, int n) { return t(k0 + k, n0 + n); });
   }
@@ -409,11 +432,17 @@ FWP_UNROLL
     for (int p = 0; p < P; ++p) store_pair(h + p * plane + n * ld + k, w[p][0]);
   }
 
-  // The B fragment (rows k0.., columns n0..) in P parts.
-  template <int P>
+  // The B fragment (rows k0.., columns n0..) in P parts; by ldmatrix where the planes allow it
+  // (smem_b_cols: the passes' planes).
+  template <int P, bool Ldsm = false>
   FWP_DEV void fragment(uint32_t (&b)[P][2], int k0, int n0) const {
 FWP_UNROLL
-    for (int p = 0; p < P; ++p) bf16_b_cols(b[p], h + p * plane, ld, k0, n0);
+    for (int p = 0; p < P; ++p) {
+      if (Ldsm)
+        smem_b_cols(b[p], h + p * plane, ld, k0, n0);
+      else
+        bf16_b_cols(b[p], h + p * plane, ld, k0, n0);
+    }
   }
 };
 
@@ -442,7 +471,7 @@ struct TileB {
 template <int P>
 struct PlanesB {
   Planes s;
-  FWP_DEV void operator()(uint32_t (&b)[P][2], int k0, int n0) const { s.template fragment<P>(b, k0, n0); }
+  FWP_DEV void operator()(uint32_t (&b)[P][2], int k0, int n0) const { s.template fragment<P, true>(b, k0, n0); }
 };
 
 // Issues the copies of Rows x Pieces pieces of `per` elements of `bytes` bytes each (`chunk` bytes
@@ -628,7 +657,7 @@ FWP_UNROLL
     for (int j = 0; j < NT; ++j) {
       uint32_t b[PS][2];
       if (planes)
-        s_pl.template fragment<PS>(b, 16 * kk, 8 * j);
+        s_pl.template fragment<PS, true>(b, 16 * kk, 8 * j);
       else
         load_b<PS>(b, [&](int r, int c) { return s_sm[(16 * kk + r) * value_ld(BV) + 8 * j + c]; });
       mma_parts<P, PS>(acc[j], a, b);
@@ -1122,7 +1151,9 @@ FWP_DEV void unit_lower_inverse(WySmem& sh) {
   // for a finite T~ they would add exact zeros (+0 or -0, to a sum that starts at +0), so the sums
   // are the full sums bit for bit. Each sum's length is the same across a warp: row i of t takes a
   // warp (lanes over j), column j of the new block a warp (lanes over i).
+FWP_UNROLL  // (so that s is known when compiling, and e / s a shift)
   for (int s = 16; s < kPassC; s *= 2) {
+FWP_UNROLL
     for (int blk = 0; blk < kPassC / (2 * s); ++blk) {
       const int r0 = blk * 2 * s + s, c0 = blk * 2 * s;
       // t = Y^-1 B with Y^-1 = x[r0.., r0..] (zero right of its diagonal), B = a[r0.., c0..]
@@ -1268,7 +1299,9 @@ FWP_DEV void wy_stage(const WyArgs& x, WySmem& sh, int bh, int64_t c) {
   unit_lower_inverse(sh);
   if (x.tinv.p != nullptr) {  // the backward's B3 reads T~; the forward has no use for it
     const Out tinv = x.tinv + chunk * kPassC * kPassC;
-    for (int e = thread_id(); e < kPassC * kPassC; e += kPassThreads) tinv.set(e, sh.x[e / kPassC][e % kPassC]);
+    const bool pairs = tinv.pairs();  // a row's two neighbouring columns in one store where the address allows
+    for (int e = 2 * thread_id(); e < kPassC * kPassC; e += 2 * kPassThreads)
+      tinv.set_two(e, sh.x[e / kPassC][e % kPassC], sh.x[e / kPassC][e % kPassC + 1], pairs);
   }
   const TinvRows<P> ta(sh.x);
   tinv_times_scaled<P>(sh, ta, k, beta, dk, x.w + chunk * kPassC * dk);
