@@ -1,8 +1,9 @@
 // The fast chunked kernels (chunked_passes.cuh) as CUDA kernels: the device primitives the shared
-// code asks for (mma.sync, cp.async, bf16 rounding), one kernel per instantiation (passes: key tiles
-// KT x parts P x value columns BV, 16 only with P = 1; per-chunk stages: P), and the launchers. The passes size their shared memory from the
-// device's opt-in limit (cached per device); where a pass does not fit, the host side runs the
-// first-version kernel of chunked.cu instead (chunked_launch.h).
+// code asks for (mma.sync, ldmatrix, cp.async, bf16 rounding), one kernel per instantiation (passes:
+// key tiles KT x parts P x value columns BV, 16 only with P = 1; per-chunk stages: P), and the
+// launchers. The passes size their shared memory from the device's opt-in limit (cached per
+// device); where a pass does not fit, the host side runs the first-version kernel of chunked.cu
+// instead (chunked_launch.h).
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -172,9 +173,9 @@ size_t pass_bytes(int64_t dk, bool backward, bool delta, int bf16, int stages, i
   return size_t(pass_floats(key_tiles(dk), backward, delta, bf16, stages, bv)) * sizeof(float);
 }
 
-// Launches one (KT, P, BV) instantiation with `bytes` of dynamic shared memory. Above the default 48 KiB
-// the kernel's limit on this device is first raised to the device's whole opt-in limit, once per
-// kernel and device (fwp_cuda::allow_shared_memory; the sum and delta rules share a kernel).
+// Launches one (KT, P, BV) instantiation with `bytes` of dynamic shared memory. Above the default
+// 48 KiB the kernel's limit on this device is first raised to the device's whole opt-in limit, once
+// per kernel and device (fwp_cuda::allow_shared_memory; the sum and delta rules share a kernel).
 template <int BV, typename Kernel>
 int launch(Kernel kernel, std::atomic<bool>* raised, const PassArgs& x, int64_t BH, size_t bytes, void* stream) {
   if (BH > fwp_cuda::kMaxGridX) return int(cudaErrorInvalidConfiguration);
