@@ -574,12 +574,13 @@ FWP_UNROLL
   }
 
   // To shared memory (every row and column: as fp32, sm[r * value_ld(BV) + c], or with planes, as
-  // their two parts) and to dst[r * ld + c] (r < dk, c < nv; a row's two neighbouring columns in one store
-  // where the address allows).
+  // their two parts) and to dst[r * ld + c] (r < dk, c < nv; a row's two neighbouring columns in
+  // one store where the address allows, as rows_times_state stores U').
   template <bool planes>
   FWP_DEV void store(float* sm, float* dst, int64_t ld, int dk, int nv) const {
     const Planes pl = planes_at<BV>(sm, KT * 16);
-    const bool pairs = pair_aligned(dst) && ld % 2 == 0;
+    const Out out{dst, false};
+    const bool pairs = out.pairs() && ld % 2 == 0;
 FWP_UNROLL
     for (int i = 0; i < KT / 4; ++i)
 FWP_UNROLL
@@ -597,16 +598,11 @@ FWP_UNROLL
               sm[r * value_ld(BV) + c + 1] = x1;
             }
           }
-          if (r >= dk || c >= nv) continue;
-          float* at = dst + r * ld + c;
-          if (c + 1 >= nv) {
-            at[0] = x0;
-          } else if (pairs) {
-            store_two(at, x0, x1);
-          } else {
-            at[0] = x0;
-            at[1] = x1;
-          }
+          if (r >= dk) continue;
+          if (c + 1 < nv)
+            out.set_two(r * ld + c, x0, x1, pairs);
+          else if (c < nv)
+            out.set(r * ld + c, x0);
         }
   }
 
