@@ -85,9 +85,9 @@ __global__ void __launch_bounds__(kPassThreads, 1) state_backward_pass_kernel(Pa
 
 // At most 128 registers, so four blocks fit an SM (without the bound ptxas chose 64-80 for some
 // instantiations and spilled 4 bytes in one).
-template <RowStage stage, int P>
+template <RowStage stage, int P, bool Whole = false>
 __global__ void __launch_bounds__(kPassThreads, 4) row_stage_kernel(RowArgs x, int tiles) {
-  row_stage<stage, P>(x, int(blockIdx.x / tiles), int64_t(blockIdx.y), int(blockIdx.x % tiles));
+  row_stage<stage, P, Whole>(x, int(blockIdx.x / tiles), int64_t(blockIdx.y), int(blockIdx.x % tiles));
 }
 
 // Blocks (batch·head, value tile) along x, value tiles fastest: the blocks of one chunk's tiles,
@@ -102,7 +102,12 @@ int launch_rows(const RowArgs& x, int64_t BH, int parts, void* stream) {
   const cudaStream_t s = cudaStream_t(stream);
   return int(fwp_cuda::launch_checked([&] {
     switch (parts) {
-      case 1: row_stage_kernel<stage, 1><<<grid, kPassThreads, 0, s>>>(x, tiles); break;
+      case 1:
+        if (whole_rows(x, parts))
+          row_stage_kernel<stage, 1, true><<<grid, kPassThreads, 0, s>>>(x, tiles);
+        else
+          row_stage_kernel<stage, 1><<<grid, kPassThreads, 0, s>>>(x, tiles);
+        break;
       case 2: row_stage_kernel<stage, 2><<<grid, kPassThreads, 0, s>>>(x, tiles); break;
       default: row_stage_kernel<stage, 3><<<grid, kPassThreads, 0, s>>>(x, tiles); break;
     }

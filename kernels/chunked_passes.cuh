@@ -267,11 +267,14 @@ FWP_UNROLL
   }
 }
 FWP_DEV void bf16_b_rows(uint32_t (&b)[2], const uint16_t* m, int64_t ld, int k0, int n0, int cols) {
-  const int g = lane_id() >> 2, t = lane_id() & 3, n = n0 + g;
+  // a column past the end reads column 0 and keeps zero: loads under no condition, which the compiler
+  // may issue ahead of the products before them (a load under a branch waits for the branch)
+  const int g = lane_id() >> 2, t = lane_id() & 3, n = n0 + g, nr = n < cols ? n : 0;
 FWP_UNROLL
   for (int i = 0; i < 2; ++i) {
     const int k = k0 + 2 * t + 8 * i;
-    b[i] = n < cols ? pack(m[k * ld + n], m[(k + 1) * ld + n]) : 0u;
+    const uint32_t w = pack(m[k * ld + nr], m[(k + 1) * ld + nr]);
+    b[i] = n < cols ? w : 0u;
   }
 }
 FWP_DEV void bf16_b_cols(uint32_t (&b)[2], const uint16_t* m, int64_t ld, int k0, int n0) {
@@ -827,14 +830,26 @@ struct RowArgs {
 // acc[j] += A B over k in [k_begin, K) by 16, for this warp's 16 rows and n-tiles j_begin <= j < nj,
 // from fragments: fa(a, k0) loads A's columns k0.. (PA parts), fb(b, k0, n0) B's rows k0.. and
 // columns n0.. (PB parts). A triangular operand's zero blocks are left out by K, k_begin (a multiple
-// of 16), nj or j_begin: their products would add exact zeros.
-template <int NJ, int PA, int PB, class FA, class FB>
+// of 16), nj or j_begin: their products would add exact zeros. Eager (where fb may read every n-tile
+// j < NJ, left out or not): all of a k-block's B fragments are loaded first, under no branch, so
+// that their loads are in flight together; otherwise each left-out n-tile's test comes before its
+// loads, and a left-out n-tile's fragment is not read.
+template <int NJ, int PA, int PB, bool Eager = false, class FA, class FB>
 FWP_DEV void warp_product_fragments(float (&acc)[NJ][4], int K, const FA& fa, const FB& fb, int nj = NJ,
                                     int k_begin = 0, int j_begin = 0) {
   FWP_NO_UNROLL
   for (int k0 = k_begin; k0 < K; k0 += 16) {
     uint32_t a[PA][4];
     fa(a, k0);
+    if constexpr (Eager) {
+      uint32_t b[NJ][PB][2];
+      FWP_UNROLL
+      for (int j = 0; j < NJ; ++j) fb(b[j], k0, 8 * j);
+      FWP_UNROLL
+      for (int j = 0; j < NJ; ++j)
+        if (j >= j_begin && j < nj) mma_parts<PA, PB>(acc[j], a, b[j]);
+      continue;
+    }
     const auto tile = [&](int j) {
       uint32_t b[PB][2];
       fb(b, k0, 8 * j);
@@ -859,6 +874,11 @@ FWP_DEV void warp_product_fragments(float (&acc)[NJ][4], int K, const FA& fa, co
   }
 }
 
+// Whether matrix m may be read in whole bf16 fragments (or is not given): bf16, 4-byte aligned.
+FWP_HD bool whole_words(const In& m) {
+  return m.p == nullptr || (m.bf16 && (reinterpret_cast<uintptr_t>(m.p) & 3) == 0);
+}
+
 // Element getters of a matrix m read as it is (In), [rows, d] with row stride d, that warp_product
 // takes whole fragments from when they are bf16 and taken as one part (bf16_a_rows and the rest):
 //   RowsOf:      A(r, j) = m(r0 + r, j), zero for j >= d;
@@ -868,6 +888,9 @@ FWP_DEV void warp_product_fragments(float (&acc)[NJ][4], int K, const FA& fa, co
 //   ScaledRowsOf: A(r, j) = beta(r0 + r) m(r0 + r, j) rounded to fp32 (beta X's rows), zero for j >= d;
 //   StateT:      B(j, n) = s(c0 + n, j) for an fp32 d_k x d_v state s (a checkpoint's transpose), zero
 //                for j >= d_v or c0 + n >= d_k: a register's pair in one 64-bit load, split in place.
+//   StateRows:   B(k, n) = s(k, n) for an fp32 state's tile s of nv columns and row stride ld, zero
+//                for k >= d_k or n >= nv: element by element, but with Whole (d_k a multiple of 16)
+//                every load under no condition.
 // Any other getter (a lambda) is read element by element. With Whole = true (RowsOf<true> and the
 // rest) the caller has checked what whole fragments need (whole_fragments: P = 1, m bf16, 4-byte
 // aligned, d a multiple of 16), and the element-by-element fallback is not compiled: a kernel that
@@ -901,18 +924,27 @@ struct TRowsOf {
   FWP_DEV bool words() const { return Whole || m.bf16; }
 };
 
+template <bool Whole = false>
 struct ScaledRowsOf {
   In m, beta;
   int d, r0;
   FWP_DEV float operator()(int r, int j) const { return j < d ? mul_rn(m[(r0 + r) * d + j], beta[r0 + r]) : 0.f; }
-  FWP_DEV bool words() const { return m.bf16 && d % 16 == 0 && word_aligned(m); }
+  FWP_DEV bool words() const { return Whole || (m.bf16 && d % 16 == 0 && word_aligned(m)); }
 };
 
+template <bool Whole = false>
 struct StateT {
   const float* s;
   int dk, dv, c0;
   FWP_DEV float operator()(int j, int n) const { return j < dv && c0 + n < dk ? s[(c0 + n) * dv + j] : 0.f; }
-  FWP_DEV bool pairs() const { return dv % 16 == 0 && (reinterpret_cast<uintptr_t>(s) & 7) == 0; }
+  FWP_DEV bool pairs() const { return Whole || (dv % 16 == 0 && (reinterpret_cast<uintptr_t>(s) & 7) == 0); }
+};
+template <bool Whole = false>
+struct StateRows {
+  const float* s;
+  int64_t ld;
+  int dk, nv;
+  FWP_DEV float operator()(int k, int n) const { return k < dk && n < nv ? s[k * ld + n] : 0.f; }
 };
 
 // A's columns k0.. (P parts) from getter g, and B's rows k0.., columns n0..: whole bf16 fragments
@@ -939,8 +971,8 @@ FWP_DEV void fragment_a(uint32_t (&a)[P][4], const TRowsOf<W>& g, int k0) {
   else
     load_a<P>(a, [&](int r, int c) { return g(r, k0 + c); });
 }
-template <int P>
-FWP_DEV void fragment_a(uint32_t (&a)[P][4], const ScaledRowsOf& g, int k0) {
+template <int P, bool W>
+FWP_DEV void fragment_a(uint32_t (&a)[P][4], const ScaledRowsOf<W>& g, int k0) {
   if (!g.words()) {
     load_a<P>(a, [&](int r, int c) { return g(r, k0 + c); });
     return;
@@ -955,8 +987,8 @@ FWP_DEV void fragment_a(uint32_t (&a)[P][4], const ScaledRowsOf& g, int k0) {
                  mul_rn(bf16_value(uint16_t(w >> 16)), beta[i & 1]));
   }
 }
-template <int P>
-FWP_DEV void fragment_b(uint32_t (&b)[P][2], const StateT& g, int k0, int n0) {
+template <int P, bool W>
+FWP_DEV void fragment_b(uint32_t (&b)[P][2], const StateT<W>& g, int k0, int n0) {
   if (!g.pairs()) {
     load_b<P>(b, [&](int k, int n) { return g(k0 + k, n0 + n); });
     return;
@@ -969,6 +1001,21 @@ FWP_DEV void fragment_b(uint32_t (&b)[P][2], const StateT& g, int k0, int n0) {
     float x0 = 0.f, x1 = 0.f;
     if (n < g.dk) float_pair(g.s + int64_t(n) * g.dv + k + 8 * i, x0, x1);
     put_parts<P>(b, i, x0, x1);
+  }
+}
+template <int P, bool W>
+FWP_DEV void fragment_b(uint32_t (&b)[P][2], const StateRows<W>& g, int k0, int n0) {
+  if (!W) {
+    load_b<P>(b, [&](int k, int n) { return g(k0 + k, n0 + n); });
+    return;
+  }
+  // load_b's elements, rows below d_k (k0 + 15 < d_k): predicated loads, no branch
+  const int n = n0 + (lane_id() >> 2), k = k0 + 2 * (lane_id() & 3);
+  const bool in = n < g.nv;
+  FWP_UNROLL
+  for (int i = 0; i < 2; ++i) {
+    const float* at = g.s + int64_t(k + 8 * i) * g.ld + n;
+    put_parts<P>(b, i, in ? at[0] : 0.f, in ? at[g.ld] : 0.f);
   }
 }
 template <int P, bool W>
@@ -988,10 +1035,10 @@ FWP_DEV void fragment_b(uint32_t (&b)[P][2], const TransposeOf<W>& g, int k0, in
 
 // acc[j] += A B as warp_product_fragments, from getters: A(r, k) = ga(r, k) in PA parts,
 // B(k, n) = gb(k, n) for n-tile j's columns 8 j .. in PB parts (the getters give 0 outside).
-template <int NJ, int PA, int PB, class GA, class GB>
+template <int NJ, int PA, int PB, bool Eager = false, class GA, class GB>
 FWP_DEV void warp_product(float (&acc)[NJ][4], int K, const GA& ga, const GB& gb, int nj = NJ, int k_begin = 0,
                           int j_begin = 0) {
-  warp_product_fragments<NJ, PA, PB>(
+  warp_product_fragments<NJ, PA, PB, Eager>(
       acc, K, [&](uint32_t(&a)[PA][4], int k0) { fragment_a<PA>(a, ga, k0); },
       [&](uint32_t(&b)[PB][2], int k0, int n0) { fragment_b<PB>(b, gb, k0, n0); }, nj, k_begin, j_begin);
 }
@@ -1006,21 +1053,23 @@ FWP_DEV void a_from_acc(uint32_t (&a)[P][4], const float (&acc)[kQKNT][4], int k
   }
 }
 
+// Whether a row stage may take every fragment whole (Whole = true below): one bf16 part per operand,
+// A, B and V bf16 and 4-byte aligned, d_k and d_v multiples of 16. Whole kernels carry no fallback
+// and no branch between a product's loads, which can then all be in flight at once.
+FWP_HD bool whole_rows(const RowArgs& x, int parts) {
+  return parts == 1 && x.dk % 16 == 0 && x.dv % 16 == 0 && whole_words(x.a) && whole_words(x.b) &&
+         whole_words(x.v);
+}
+
 // The row stage `stage` for block (bh, chunk c, value tile): see RowArgs. P parts per plain operand,
-// max(2, P) for the checkpoints.
-template <RowStage stage, int P>
+// max(2, P) for the checkpoints; Whole where whole_rows(x, P) holds.
+template <RowStage stage, int P, bool Whole>
 FWP_DEV void row_stage(const RowArgs& x, int bh, int64_t c, int tile) {
   constexpr int PS = P > 2 ? P : 2;
   const int m0 = 16 * warp_id(), col0 = tile * kRowCols;
   const int nv = imin(kRowCols, x.dv - col0), dk = x.dk;
   const int64_t chunk = int64_t(bh) * x.N + c;
   const In a = x.a + chunk * kPassC * dk;                     // [C, d_k] rows of W or Q
-  float acc[kRowNT][4] = {};
-  if (stage != RowStage::LocalGrad) {  // W S_c or Q S_c
-    const float* sc = x.s + chunk * dk * x.dv + col0;         // [d_k, d_v] checkpoint
-    warp_product<kRowNT, P, PS>(acc, dk, RowsOf<>{a, dk, m0},
-                                [&](int k, int n) { return k < dk && n < nv ? sc[k * x.dv + n] : 0.f; });
-  }
   float local[kRowNT][4] = {};
   if (stage != RowStage::Values) {
     // rows m0.. of tril(Q K^T) (Output) or of triu(K Q^T) = tril(Q K^T)^T (LocalGrad)
@@ -1028,9 +1077,9 @@ FWP_DEV void row_stage(const RowArgs& x, int bh, int64_t c, int tile) {
     float qk[kQKNT][4] = {};
     // the n-tiles right (Output) or left (LocalGrad) of the diagonal block are masked out: left out
     if (stage == RowStage::Output)
-      warp_product<kQKNT, P, P>(qk, dk, RowsOf<>{a, dk, m0}, TransposeOf<>{b, dk}, (m0 + 16) / 8);
+      warp_product<kQKNT, P, P, Whole>(qk, dk, RowsOf<Whole>{a, dk, m0}, TransposeOf<Whole>{b, dk}, (m0 + 16) / 8);
     else
-      warp_product<kQKNT, P, P>(qk, dk, RowsOf<>{b, dk, m0}, TransposeOf<>{a, dk}, kQKNT, 0, m0 / 8);
+      warp_product<kQKNT, P, P, Whole>(qk, dk, RowsOf<Whole>{b, dk, m0}, TransposeOf<Whole>{a, dk}, kQKNT, 0, m0 / 8);
     FWP_UNROLL
     for (int j = 0; j < kQKNT; ++j)
       FWP_UNROLL
@@ -1038,20 +1087,27 @@ FWP_DEV void row_stage(const RowArgs& x, int bh, int64_t c, int tile) {
         const int r = m0 + acc_row(e), n = 8 * j + acc_col(e);
         if (stage == RowStage::Output ? n > r : n < r) qk[j][e] = 0.f;
       }
-    const ColsOf<> v{x.v + chunk * kPassC * x.dv, x.dv, col0};  // columns col0.. of U' or dO [C, d_v]
+    const ColsOf<Whole> v{x.v + chunk * kPassC * x.dv, x.dv, col0};  // columns col0.. of U' or dO [C, d_v]
+    // qk's A fragments first (qk is then no longer held), then per n-tile the k-blocks in order
+    uint32_t af[kPassC / 16][P][4];
     FWP_UNROLL
-    for (int kk = 0; kk < kPassC / 16; ++kk) {
-      // the blocks of qk right (Output) or left (LocalGrad) of the diagonal block are zeros
-      if (stage == RowStage::Output ? 16 * kk > m0 : 16 * kk < m0) continue;
-      uint32_t af[P][4];
-      a_from_acc<P>(af, qk, kk);
+    for (int kk = 0; kk < kPassC / 16; ++kk) a_from_acc<P>(af[kk], qk, kk);
+    FWP_UNROLL
+    for (int j = 0; j < kRowNT; ++j)
       FWP_UNROLL
-      for (int j = 0; j < kRowNT; ++j) {
+      for (int kk = 0; kk < kPassC / 16; ++kk) {
+        // the blocks of qk right (Output) or left (LocalGrad) of the diagonal block are zeros
+        if (stage == RowStage::Output ? 16 * kk > m0 : 16 * kk < m0) continue;
         uint32_t bf[P][2];
         fragment_b<P>(bf, v, 16 * kk, 8 * j);
-        mma_parts<P, P>(local[j], af, bf);
+        mma_parts<P, P>(local[j], af[kk], bf);
       }
-    }
+  }
+  // (after the local product, whose C x C intermediate is then no longer held: fewer registers at once)
+  float acc[kRowNT][4] = {};
+  if (stage != RowStage::LocalGrad) {  // W S_c or Q S_c
+    const float* sc = x.s + chunk * dk * x.dv + col0;         // [d_k, d_v] checkpoint
+    warp_product<kRowNT, P, PS>(acc, dk, RowsOf<Whole>{a, dk, m0}, StateRows<Whole>{sc, x.dv, dk, nv});
   }
   const Out out = x.out + (chunk * kPassC * x.dv + col0);
   const float* base = stage == RowStage::Values ? x.base + chunk * kPassC * x.dv + col0 : nullptr;
@@ -1282,7 +1338,14 @@ FWP_DEV void wy_stage(const WyArgs& x, WySmem& sh, int bh, int64_t c) {
   const In beta = x.beta + chunk * kPassC;
   {  // A = tril((beta K) K^T, -1), this warp's rows; the n-tiles right of its diagonal block are zeros
     float acc[kQKNT][4] = {};
-    warp_product<kQKNT, P, P>(acc, dk, ScaledRowsOf{k, beta, dk, m0}, TransposeOf<>{k, dk}, (m0 + 16) / 8);
+    const int nj = (m0 + 16) / 8;
+    bool whole = false;
+    if constexpr (P == 1) {  // whole fragments, a k-block's loads all in flight at once (no branch between)
+      whole = dk % 16 == 0 && whole_words(k);
+      if (whole)
+        warp_product<kQKNT, P, P, true>(acc, dk, ScaledRowsOf<true>{k, beta, dk, m0}, TransposeOf<true>{k, dk}, nj);
+    }
+    if (!whole) warp_product<kQKNT, P, P>(acc, dk, ScaledRowsOf<>{k, beta, dk, m0}, TransposeOf<>{k, dk}, nj);
     FWP_UNROLL
     for (int j = 0; j < kQKNT; ++j)
       FWP_UNROLL
@@ -1399,19 +1462,18 @@ FWP_DEV void times_scaled_t(float (&acc)[kQKNT][4], float* space, const GA& ga, 
 // results aligned to two elements, d_k and d_v multiples of 16.
 FWP_HD bool whole_fragments(const GradArgs& x, int parts) {
   const auto aligned = [](const void* p, bool bf16) { return (reinterpret_cast<uintptr_t>(p) & (bf16 ? 3 : 7)) == 0; };
-  const auto words = [&](const In& m) { return m.p == nullptr || (m.bf16 && aligned(m.p, true)); };
   const auto pairs = [&](const Out& m) { return m.p == nullptr || aligned(m.p, m.bf16); };
-  return parts == 1 && x.dk % 16 == 0 && x.dv % 16 == 0 && words(x.q) && words(x.k) && words(x.v_new) &&
-         words(x.grad_out) && words(x.tinv) && words(x.dv_new) && words(In{x.dw.p, x.dw.bf16}) &&
-         aligned(x.ckpt, false) && aligned(x.ds_next, false) && pairs(x.grad_q) && pairs(x.grad_k) &&
-         pairs(x.grad_v) && pairs(x.dw);
+  return parts == 1 && x.dk % 16 == 0 && x.dv % 16 == 0 && whole_words(x.q) && whole_words(x.k) &&
+         whole_words(x.v_new) && whole_words(x.grad_out) && whole_words(x.tinv) && whole_words(x.dv_new) &&
+         whole_words(In{x.dw.p, x.dw.bf16}) && aligned(x.ckpt, false) && aligned(x.ds_next, false) &&
+         pairs(x.grad_q) && pairs(x.grad_k) && pairs(x.grad_v) && pairs(x.dw);
 }
 
 // B3 for the delta rule (Delta: x.tinv given) or the sum rule: one kernel per rule, so that the sum
 // rule's has none of the delta rule's branches and registers, and neither keeps the rule in a
 // register; Whole where whole_fragments(x, P) holds, which leaves the element-by-element fallbacks
-// out (sm_90: the delta rule's kernel then needs 116 registers, 4 blocks per multiprocessor, against
-// 140 and 3 with them).
+// out (sm_90: the delta rule's kernel then needs 118 registers, 4 blocks per multiprocessor, against
+// 136 and 3 with them).
 template <int P, bool Delta, bool Whole>
 FWP_DEV void input_grads_stage(const GradArgs& x, GradSmem& sh, int bh, int64_t c) {
   constexpr int PS = P > 2 ? P : 2;
@@ -1428,7 +1490,7 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmem& sh, int bh, int64_t 
   const Out dw = delta ? x.dw + chunk * kPassC * dk : Out{nullptr, false};  // dW [C, d_k]
   // this warp's rows of a [C, d] matrix, and the columns c0.. of a state's transpose
   const auto rows = [&](const In& a, int d) { return RowsOf<Whole>{a, d, m0}; };
-  const auto state_t = [&](const float* s, int c0) { return StateT{s, dk, dv, c0}; };
+  const auto state_t = [&](const float* s, int c0) { return StateT<Whole>{s, dk, dv, c0}; };
   const auto cols = [&](const In& a, int d, int c0) { return ColsOf<Whole>{a, d, c0}; };  // B(j, n) = a[j, c0 + n], j < C
 
   {  // P = tril(dO U'^T), this warp's rows, into shared memory
@@ -1492,8 +1554,8 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmem& sh, int bh, int64_t 
     block_sync();
     {  // dA = -tril(T~^T dT~ T~^T, -1), over T~^T dT~ once read
       float da[kQKNT][4] = {};
-      warp_product<kQKNT, P, P>(da, m0 + 16, [&](int r, int j) { return sh.m[m0 + r][j]; }, TransposeOf<Whole>{tinv, kPassC},
-                                (m0 + 16) / 8);
+      warp_product<kQKNT, P, P, Whole>(da, m0 + 16, [&](int r, int j) { return sh.m[m0 + r][j]; },
+                                       TransposeOf<Whole>{tinv, kPassC}, (m0 + 16) / 8);
       block_sync();
       FWP_UNROLL
       for (int j = 0; j < kQKNT; ++j)
@@ -1506,7 +1568,7 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmem& sh, int bh, int64_t 
     {  // rowsum(dA . K K^T): each lane its own elements of dA, which it wrote itself, and then puts
        // G = diag(beta) dA in their place, for G K and G^T K below
       float kk_t[kQKNT][4] = {};
-      warp_product<kQKNT, P, P>(kk_t, dk, rows(k, dk), TransposeOf<Whole>{k, dk}, (m0 + 16) / 8);
+      warp_product<kQKNT, P, P, Whole>(kk_t, dk, rows(k, dk), TransposeOf<Whole>{k, dk}, (m0 + 16) / 8);
       const float beta_row[2] = {beta[m0 + acc_row(0)], beta[m0 + acc_row(2)]};
       FWP_UNROLL
       for (int j = 0; j < kQKNT; ++j)
@@ -1530,7 +1592,8 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmem& sh, int bh, int64_t 
         FWP_UNROLL
         for (int e = 0; e < 4; ++e) {
           const int r = m0 + acc_row(e), col = c0 + 8 * j + acc_col(e);
-          if (col < dk) dbeta[e >> 1] += acc[j][e] * k[r * dk + col];
+          // (K is bf16 where Whole: read as such, without In's test of its dtype)
+          if (col < dk) dbeta[e >> 1] += acc[j][e] * (Whole ? bf16_value(bf16_of(k)[r * dk + col]) : k[r * dk + col]);
           acc[j][e] = mul_rn(acc[j][e], beta[r]);
         }
       // + G K + G^T K with G = diag(beta) dA (in shared memory)
