@@ -614,8 +614,9 @@ fn refs(v: &[Option<Tensor>]) -> Vec<Option<&Tensor>> {
 /// each way the passes copy a bf16 tile: 16-byte and 4-byte `cp.async` (d_v = 72, d_k = 30), and
 /// plain loads (odd d_k and d_v).
 fn bf16_inputs_read_as_they_are(device: Device, suffix: &str) {
-    // (32, 16): d_k and d_v multiples of 16, so B3 runs its `Whole` kernel (no element-by-element
-    // fallbacks); the others run the fallbacks
+    // (32, 16): d_k and d_v multiples of 16, so B3 and (with bf16 callers' inputs) the row stages run
+    // their `Whole` kernels (no element-by-element fallbacks; d_v = 16 is a partial tile of the row
+    // stages' 64 columns); the others run the fallbacks
     for (bh, t, d_k, d_v) in [(1, 130, 30, 72), (1, 70, 7, 33), (1, 70, 32, 16)] {
         let mut x = StageInputs::new(bh, t, d_k, d_v);
         for t in [&mut x.q, &mut x.k, &mut x.v, &mut x.beta, &mut x.grad_out] {
