@@ -251,7 +251,8 @@ FWP_DEV void float_pair(const float* p, float& x0, float& x1) {
 //   bf16_a_rows: A(r, c) = m(r0 + r, c0 + c), a register's pair in one 32-bit load (ld and c0 even,
 //                m 4-byte aligned);
 //   bf16_a_cols: A(r, c) = m(c0 + c, r0 + r), the transpose, two loads per register;
-//   bf16_b_rows: B(k, n) = m(k0 + k, n0 + n), zero where n0 + n >= cols, two loads per register;
+//   bf16_b_rows: B(k, n) = m(k0 + k, n0 + n), zero where n0 + n >= cols, two loads per register
+//                (such a column reads column 0 instead, so cols >= 1);
 //   bf16_b_cols: B(k, n) = m(n0 + n, k0 + k), one 32-bit load per register (as bf16_a_rows).
 FWP_DEV void bf16_a_rows(uint32_t (&a)[4], const uint16_t* m, int64_t ld, int r0, int c0) {
   const int g = lane_id() >> 2, t = lane_id() & 3;
@@ -889,12 +890,13 @@ FWP_HD bool whole_words(const In& m) {
 //   StateT:      B(j, n) = s(c0 + n, j) for an fp32 d_k x d_v state s (a checkpoint's transpose), zero
 //                for j >= d_v or c0 + n >= d_k: a register's pair in one 64-bit load, split in place.
 //   StateRows:   B(k, n) = s(k, n) for an fp32 state's tile s of nv columns and row stride ld, zero
-//                for k >= d_k or n >= nv: element by element, but with Whole (d_k a multiple of 16)
-//                every load under no condition.
+//                for k >= d_k or n >= nv: element by element; with Whole (d_k a multiple of 16) no
+//                test of k, and the test of n as predicated loads rather than a branch.
 // Any other getter (a lambda) is read element by element. With Whole = true (RowsOf<true> and the
-// rest) the caller has checked what whole fragments need (whole_fragments: P = 1, m bf16, 4-byte
-// aligned, d a multiple of 16), and the element-by-element fallback is not compiled: a kernel that
-// carries it needs more registers even where it never runs it.
+// rest) the caller has checked what whole fragments need (whole_fragments, whole_rows: P = 1, m bf16,
+// 4-byte aligned, d_k and d_v multiples of 16; for StateT also the state 8-byte aligned), and the
+// element-by-element fallback is not compiled: a kernel that carries it needs more registers even
+// where it never runs it, and its test between loads keeps them from being issued together.
 template <bool Whole = false>
 struct RowsOf {
   In m;
