@@ -2,7 +2,10 @@
 """The loops of the fast chunked CUDA kernels as the GPU runs them, read on the CPU: disassembles
 the sm_90 (or --arch) code that build.rs compiled from kernels/chunked_passes.cu and prints, for each
 kernel (or those matching --kernel), every loop (a backward branch) with its instruction count and
-how many of those are tensor-core products (HMMA), shared and global loads and stores and barriers.
+how many of those are tensor-core products (HMMA), shared and global loads and stores, barriers,
+branches, and load groups: runs of loads that the loop's products and branches separate (1 where all
+of the loop's loads can be in flight before its first product waits on one; a branch between two
+n-tiles' loads makes each wait in turn).
 
 A static count, not a measurement: a loop's body is counted once, both sides of a branch inside it
 included, whatever its trip count. What it is good for: the instructions per HMMA of the inner
@@ -11,6 +14,7 @@ keeps a scheduler's tensor core busy for a few cycles, so that loads, conversion
 arithmetic around the products decide the time (docs/performance.md, "GPU").
 
 Usage (after a build): python3 scripts/sass-loops.py [--kernel state_forward] [--arch sm_90] [--object PATH]
+[--innermost]. --object also reads the libraries scripts/gpu-kernel-ab builds (gpu-kernel-ab/NAME/libfwp_torch.so).
 """
 import argparse
 import glob
@@ -20,7 +24,8 @@ import shutil
 import subprocess
 import sys
 
-COUNTED = ["HMMA", "LDS", "LDG", "LDGSTS", "STS", "STG", "BAR"]
+COUNTED = ["HMMA", "LDS", "LDSM", "LDG", "LDGSTS", "STS", "STG", "BAR"]
+LOADS = ("LDS", "LDSM", "LDG")
 
 
 def cuobjdump():
@@ -65,12 +70,26 @@ def short(mangled):
     m = re.search(r"\d([a-z_]+_kernel)I(.*?)EEv", mangled)
     if not m:
         return None
-    args = re.findall(r"Li(\d+)E|RowStageE(\d)", m.group(2))
-    return m.group(1) + "<" + ",".join(a or "stage" + b for a, b in args) + ">"
+    args = re.findall(r"Li(\d+)E|Lb(\d)E|RowStageE(\d)", m.group(2))
+    names = [a or ("true" if b == "1" else "false") if a or b else "stage" + c for a, b, c in args]
+    return m.group(1) + "<" + ",".join(names) + ">"
 
 
 def opcode(text):
     return re.sub(r"^@!?U?P\w+\s+", "", text).split(" ")[0].split(".")[0]
+
+
+def load_groups(ops):
+    """Runs of loads (shared or global) that products (HMMA) and branches separate: 1 where all of
+    the loop's loads can be issued before its first product waits on one of them."""
+    groups, in_run = 0, False
+    for op in ops:
+        if op in LOADS:
+            groups += not in_run
+            in_run = True
+        elif op in ("HMMA", "BRA"):
+            in_run = False
+    return groups
 
 
 def main():
@@ -79,6 +98,7 @@ def main():
     ap.add_argument("--arch", default="sm_90")
     ap.add_argument("--object", default=None, help="the object file (default: the newest build's)")
     ap.add_argument("--min-hmma", type=int, default=1, help="only loops with at least this many HMMA")
+    ap.add_argument("--innermost", action="store_true", help="only loops that hold no other loop")
     args = ap.parse_args()
     obj = args.object or newest_object()
     run = subprocess.run([cuobjdump(), "-sass", "-arch", args.arch, obj], capture_output=True, text=True)
@@ -86,25 +106,28 @@ def main():
         sys.exit(f"sass-loops: cuobjdump could not read {args.arch} code from {obj}: {run.stderr.strip()}")
     sass = run.stdout
     print(f"# {os.path.relpath(obj)} ({args.arch})")
-    print("| kernel | loop | instructions | " + " | ".join(COUNTED) + " | per HMMA |")
-    print("|---|---|---|" + "---|" * len(COUNTED) + "---|")
+    print("| kernel | loop | instructions | " + " | ".join(COUNTED) + " | BRA | load groups | per HMMA |")
+    print("|---|---|---|" + "---|" * len(COUNTED) + "---|---|---|")
     for mangled, body in functions(sass):
         name = short(mangled)
         if not name or args.kernel not in name:
             continue
         index = {addr: i for i, (addr, _) in enumerate(body)}
+        loops = []  # (first, last) instruction of each loop: a backward branch and its target
         for i, (addr, text) in enumerate(body):
             m = re.search(r"\bBRA\b.*?0x([0-9a-f]+)", text)
-            if not m or int(m.group(1), 16) > addr or int(m.group(1), 16) not in index:
+            if m and int(m.group(1), 16) <= addr and int(m.group(1), 16) in index:
+                loops.append((index[int(m.group(1), 16)], i))
+        for start, i in loops:
+            if args.innermost and any(start <= s and e < i for s, e in loops if (s, e) != (start, i)):
                 continue
-            start = index[int(m.group(1), 16)]
             ops = [opcode(t) for _, t in body[start:i + 1]]
             counts = {op: sum(1 for o in ops if o == op) for op in COUNTED}
             if counts["HMMA"] < args.min_hmma:
                 continue
             per = f"{len(ops) / counts['HMMA']:.1f}" if counts["HMMA"] else "-"
             print(f"| {name} | {start}..{i} | {len(ops)} | " + " | ".join(str(counts[op]) for op in COUNTED)
-                  + f" | {per} |")
+                  + f" | {ops.count('BRA')} | {load_groups(ops)} | {per} |")
 
 
 if __name__ == "__main__":
