@@ -414,3 +414,17 @@ extern "C" int fwp_chunked_pass_stages(int64_t dk, int backward, int delta, int 
   return -1;
 #endif
 }
+
+// The stages the fast pass runs with on a device of `sms` multiprocessors, by the launcher's own
+// rule (fwp_chunked_cuda_pass_stages_for_grid): `most` (the stages that fit), or 1 where that lets
+// the grid of `blocks` run in fewer waves, an SM holding `per_sm_one` blocks with one stage and
+// `per_sm_two` with two; -1 in a build without CUDA.
+extern "C" int fwp_chunked_pass_stages_for_grid(int most, int64_t blocks, int64_t sms, int64_t per_sm_one,
+                                                int64_t per_sm_two) {
+#ifdef FWP_WITH_CUDA
+  return fwp_chunked_cuda_pass_stages_for_grid(most, blocks, sms, per_sm_one, per_sm_two);
+#else
+  (void)most, (void)blocks, (void)sms, (void)per_sm_one, (void)per_sm_two;
+  return -1;
+#endif
+}

@@ -302,12 +302,13 @@ void run(bool backward, const PassArgs& x, int64_t BH, int parts) {
 
 template <RowStage stage>
 void run_rows(const RowArgs& x, int64_t BH, int parts) {
+  const bool whole = parts == 1 && whole_rows(x, parts);  // the launcher's choice of kernel
   for (int64_t bh = 0; bh < BH; ++bh)
     for (int64_t c = 0; c < x.N; ++c)
       for (int tile = 0; tile * kRowCols < x.dv; ++tile)
         run_block([&] {
-          if (parts == 1 && whole_rows(x, parts)) row_stage<stage, 1, true>(x, int(bh), c, tile);
-          if (parts == 1 && !whole_rows(x, parts)) row_stage<stage, 1, false>(x, int(bh), c, tile);
+          if (parts == 1 && whole) row_stage<stage, 1, true>(x, int(bh), c, tile);
+          if (parts == 1 && !whole) row_stage<stage, 1, false>(x, int(bh), c, tile);
           if (parts == 2) row_stage<stage, 2, false>(x, int(bh), c, tile);
           if (parts == 3) row_stage<stage, 3, false>(x, int(bh), c, tile);
         });

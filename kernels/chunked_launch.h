@@ -76,7 +76,8 @@ struct FwpOut {
 };
 
 // The fast sequential passes: the state tile in registers, each chunk's inputs copied into shared
-// memory (cp.async for fp32), `stages` (1 or 2) chunks deep. Same buffers and results as
+// memory (cp.async for fp32), `stages` (1 or 2) chunks deep at most (one where the grid then runs in
+// fewer waves: fwp_chunked_cuda_pass_stages_for_grid). Same buffers and results as
 // fwp_chunked_cuda_state_forward / _state_backward; d_k <= 256. Forward: u is W's partner U (fp32)
 // for the delta rule, V for the sum rule.
 
@@ -92,6 +93,13 @@ int64_t fwp_chunked_cuda_pass_bytes(int64_t dk, int backward, int delta, int bf1
 // fwp_chunked_cuda_pass_bytes fit; 0 when even one does not (then the first-version kernel runs); -1
 // for d_k > 256. The one rule both the launcher and `fwp info` (ops::chunked_pass_stages) follow.
 int fwp_chunked_cuda_pass_stages_within(int64_t dk, int backward, int delta, int bf16, int64_t limit);
+
+// The stages a pass runs with on a device of `sms` multiprocessors, given the most that fit (`most`),
+// its grid's `blocks`, and how many of them an SM holds at once with one stage and with two: one
+// where that takes fewer waves of blocks, else `most`. The launcher's rule, with the numbers it asks
+// the device for (cudaOccupancyMaxActiveBlocksPerMultiprocessor).
+int fwp_chunked_cuda_pass_stages_for_grid(int most, int64_t blocks, int64_t sms, int64_t per_sm_one,
+                                          int64_t per_sm_two);
 
 // The stages a pass gets within the current device's limit; 0 when even one does not fit, the limit
 // cannot be read, or d_k > 256 (then the first-version kernels run).

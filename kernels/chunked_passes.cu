@@ -192,12 +192,36 @@ int launch(Kernel kernel, std::atomic<bool>* raised, const PassArgs& x, int64_t 
   return int(fwp_cuda::launch_checked([&] { kernel<<<grid, kPassThreads, bytes, cudaStream_t(stream)>>>(x); }));
 }
 
+// The stages `kernel` runs with: x.stages (the most that fit the device's limit), or one where that
+// lets its grid of `blocks` run in fewer waves (pass_stages_for_grid), as the device's occupancy
+// calculator counts blocks per SM. The kernel's shared-memory limit is raised first, since the
+// calculator counts against it. Where the device cannot be asked, x.stages.
+template <typename Kernel>
+int stages_for_grid(Kernel kernel, std::atomic<bool>* raised, bool backward, const PassArgs& x, int64_t blocks,
+                    int bv) {
+  if (x.stages != 2) return x.stages;
+  const bool delta = x.b.p != nullptr;
+  const size_t one = pass_bytes(x.dk, backward, delta, pass_bf16(x), 1, bv),
+               two = pass_bytes(x.dk, backward, delta, pass_bf16(x), 2, bv);
+  int per_sm_one = 0, per_sm_two = 0;
+  if ((two > 48 * 1024 && fwp_cuda::allow_shared_memory(kernel, raised) != cudaSuccess) ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm_one, kernel, kPassThreads, one) != cudaSuccess ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm_two, kernel, kPassThreads, two) != cudaSuccess) {
+    (void)cudaGetLastError();  // not left pending for the launch to report
+    return x.stages;
+  }
+  return pass_stages_for_grid(x.stages, blocks, sm_count(), per_sm_one, per_sm_two);
+}
+
 template <int KT, int P, int BV = kBV>
 int launch_pass(bool backward, const PassArgs& x, int64_t BH, void* stream) {
   static std::atomic<bool> raised_forward[kMaxDevices] = {}, raised_backward[kMaxDevices] = {};
-  const size_t bytes = pass_bytes(x.dk, backward, x.b.p != nullptr, pass_bf16(x), x.stages, BV);
-  return backward ? launch<BV>(state_backward_pass_kernel<KT, P, BV>, raised_backward, x, BH, bytes, stream)
-                  : launch<BV>(state_forward_pass_kernel<KT, P, BV>, raised_forward, x, BH, bytes, stream);
+  const auto kernel = backward ? state_backward_pass_kernel<KT, P, BV> : state_forward_pass_kernel<KT, P, BV>;
+  std::atomic<bool>* raised = backward ? raised_backward : raised_forward;
+  PassArgs y = x;
+  y.stages = stages_for_grid(kernel, raised, backward, x, BH * ((x.dv + BV - 1) / BV), BV);
+  const size_t bytes = pass_bytes(y.dk, backward, y.b.p != nullptr, pass_bf16(y), y.stages, BV);
+  return launch<BV>(kernel, raised, y, BH, bytes, stream);
 }
 
 // (narrow blocks only where operands take one part, the fast bf16 case: pass_value_cols)
@@ -237,6 +261,11 @@ int fwp_chunked_cuda_pass_stages_within(int64_t dk, int backward, int delta, int
   for (int stages = 2; stages >= 1; --stages)
     if (limit >= 0 && pass_bytes(dk, backward != 0, delta != 0, bf16, stages) <= size_t(limit)) return stages;
   return 0;
+}
+
+int fwp_chunked_cuda_pass_stages_for_grid(int most, int64_t blocks, int64_t sms, int64_t per_sm_one,
+                                          int64_t per_sm_two) {
+  return pass_stages_for_grid(most, blocks, sms, per_sm_one, per_sm_two);
 }
 
 int fwp_chunked_cuda_pass_stages(int64_t dk, int backward, int delta, int bf16) {

@@ -61,6 +61,20 @@ FWP_HD constexpr int pass_value_cols(int64_t bh, int64_t dv, int parts, int64_t 
   return parts == 1 && bh * ((dv + kBV - 1) / kBV) < sms ? kNarrowBV : kBV;
 }
 
+// The stages of shared memory a pass runs with, given the most that fit (`most`), its grid's
+// `blocks` and how many of them one of the `sms` multiprocessors holds at once with one stage and
+// with two (`per_sm_one`, `per_sm_two`: what shared memory and registers allow). Two stages copy the
+// next chunk while this one computes, but take more shared memory, so that fewer blocks share an SM.
+// A pass's block is a chain of dependent instructions with one warp per scheduler
+// (docs/performance.md, GPU), so blocks that share an SM hide each other's waits: where one stage
+// lets the grid run in fewer waves of blocks than two do, one stage; otherwise the most.
+FWP_HD constexpr int pass_stages_for_grid(int most, int64_t blocks, int64_t sms, int64_t per_sm_one,
+                                          int64_t per_sm_two) {
+  if (most != 2 || blocks <= 0 || sms <= 0 || per_sm_one <= 0 || per_sm_two <= 0) return most;
+  const int64_t one = sms * per_sm_one, two = sms * per_sm_two;
+  return (blocks + one - 1) / one < (blocks + two - 1) / two ? 1 : 2;
+}
+
 // Row stride (elements) of a tile of a chunk's input in shared memory, `width` elements wide (a
 // multiple of 16): width + 4 floats in fp32, width + 8 halves in bf16. Rows stay 16-byte aligned for
 // cp.async, and a warp's fragment loads stay on distinct banks.
@@ -306,7 +320,7 @@ FWP_DEV void smem_b_cols(uint32_t (&b)[2], const uint16_t* m, int ld, int k0, in
 
 // The bf16 elements of a matrix read as it is (In), and whether its pairs may be read as 32-bit words.
 FWP_DEV const uint16_t* bf16_of(const In& m) { return static_cast<const uint16_t*>(m.p); }
-FWP_DEV bool word_aligned(const In& m) { return (reinterpret_cast<uintptr_t>(m.p) & 3) == 0; }
+FWP_HD bool word_aligned(const In& m) { return (reinterpret_cast<uintptr_t>(m.p) & 3) == 0; }
 
 // The first P bf16 parts of x (hi first; each next part is bf16 of what the earlier ones leave).
 template <int P>
@@ -877,7 +891,7 @@ FWP_DEV void warp_product_fragments(float (&acc)[NJ][4], int K, const FA& fa, co
 
 // Whether matrix m may be read in whole bf16 fragments (or is not given): bf16, 4-byte aligned.
 FWP_HD bool whole_words(const In& m) {
-  return m.p == nullptr || (m.bf16 && (reinterpret_cast<uintptr_t>(m.p) & 3) == 0);
+  return m.p == nullptr || (m.bf16 && word_aligned(m));
 }
 
 // Element getters of a matrix m read as it is (In), [rows, d] with row stride d, that warp_product

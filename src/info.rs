@@ -68,8 +68,10 @@ pub fn gpus() -> Result<Vec<Gpu>, String> {
 
 /// The chunked kernels' fast sequential passes on a GPU with `smem_limit` bytes of opt-in shared
 /// memory per block: for d_k up to 64, 128 and 256, how many chunks of inputs each pass keeps in
-/// flight (forward / backward, delta rule; [`crate::ops::chunked_pass_stages`]) with fp32 and with
-/// bf16 inputs, 0 where the first-version kernel runs instead; `None` in a build without CUDA.
+/// flight at most (forward / backward, delta rule; [`crate::ops::chunked_pass_stages`]) with fp32
+/// and with bf16 inputs, 0 where the first-version kernel runs instead; `None` in a build without
+/// CUDA. A pass runs one stage where two fit but one lets its grid run in fewer waves
+/// ([`crate::ops::chunked_pass_stages_for_grid`]).
 pub fn pass_plan(smem_limit: i64) -> Option<String> {
     let mut parts = Vec::new();
     for d_k in [64, 128, 256] {
@@ -138,8 +140,8 @@ impl std::fmt::Display for BuildInfo {
                     } else if let Some(plan) = pass_plan(gpu.shared_memory_per_block as i64) {
                         writeln!(
                             f,
-                            "  chunked kernels run here; chunks in flight per pass (forward/backward, \
-                             delta rule, 0: first-version kernel): {plan}"
+                            "  chunked kernels run here; chunks in flight per pass at most (forward/backward, \
+                             delta rule, 0: first-version kernel; 1 where that runs a grid in fewer waves): {plan}"
                         )?;
                     }
                 }

@@ -102,6 +102,13 @@ extern "C" {
         bf16: c_int,
         limit: i64,
     ) -> c_int;
+    fn fwp_chunked_pass_stages_for_grid(
+        most: c_int,
+        blocks: i64,
+        sms: i64,
+        per_sm_one: i64,
+        per_sm_two: i64,
+    ) -> c_int;
     fn fwp_cpu_kernel_isa(name: *mut *const c_char) -> *mut c_char;
     fn fwp_cuda_event_create(device: c_int, event: *mut *mut std::ffi::c_void) -> *mut c_char;
     fn fwp_cuda_event_record(device: c_int, event: *mut std::ffi::c_void) -> *mut c_char;
@@ -171,7 +178,8 @@ pub fn chunked_cuda_runs_on(device: usize) -> bool {
 /// (kernels/chunked_passes.cuh) for keys of width `d_k`, forward or backward, delta or sum rule, fp32
 /// inputs or (`bf16`) bf16 inputs with `Operands::Bf16` (whose tiles take half the space), with
 /// `stages` (1 or 2) chunks of inputs in flight; `None` for d_k > 256 or a build without CUDA. A pass
-/// runs with the most stages that fit the device's opt-in limit, else the first-version kernel runs.
+/// runs with the most stages that fit the device's opt-in limit (one where that lets its grid run
+/// in fewer waves: [`chunked_pass_stages_for_grid`]), else the first-version kernel runs.
 pub fn chunked_pass_shared_bytes(
     d_k: i64,
     backward: bool,
@@ -192,11 +200,12 @@ pub fn chunked_pass_shared_bytes(
     (bytes >= 0).then_some(bytes)
 }
 
-/// How many chunks of inputs the fast sequential pass keeps in flight on a GPU with `smem_limit`
-/// bytes of opt-in shared memory per block: 2 or 1, the most whose [`chunked_pass_shared_bytes`]
-/// fit; 0 when not even one does (then the first-version kernel runs); `None` for d_k > 256 or a
-/// build without CUDA. It asks the launcher's own rule (kernels/chunked_passes.cu), so what
-/// `fwp info` prints is what runs.
+/// How many chunks of inputs the fast sequential pass keeps in flight at most on a GPU with
+/// `smem_limit` bytes of opt-in shared memory per block: 2 or 1, the most whose
+/// [`chunked_pass_shared_bytes`] fit; 0 when not even one does (then the first-version kernel runs);
+/// `None` for d_k > 256 or a build without CUDA. It asks the launcher's own rule
+/// (kernels/chunked_passes.cu), so what `fwp info` prints is what runs, except that a pass takes one
+/// stage where two fit but one lets its grid run in fewer waves ([`chunked_pass_stages_for_grid`]).
 pub fn chunked_pass_stages(
     d_k: i64,
     backward: bool,
@@ -214,6 +223,26 @@ pub fn chunked_pass_stages(
             smem_limit,
         )
     };
+    (stages >= 0).then_some(stages)
+}
+
+/// How many chunks of inputs the fast sequential pass keeps in flight when its grid has `blocks`
+/// blocks on a GPU of `sms` multiprocessors: `most` (what [`chunked_pass_stages`] says fits), or 1
+/// where one stage lets the grid run in fewer waves of blocks than two, an SM holding `per_sm_one`
+/// blocks at once with one stage and `per_sm_two` with two. Blocks that share an SM hide each
+/// other's waits, which is worth more than copying the next chunk ahead (docs/performance.md, GPU).
+/// The launcher's own rule (kernels/chunked_passes.cuh), which it feeds with the device's
+/// occupancy; `None` in a build without CUDA.
+pub fn chunked_pass_stages_for_grid(
+    most: i32,
+    blocks: i64,
+    sms: i64,
+    per_sm_one: i64,
+    per_sm_two: i64,
+) -> Option<i32> {
+    // SAFETY: no pointers; arithmetic only.
+    let stages =
+        unsafe { fwp_chunked_pass_stages_for_grid(most, blocks, sms, per_sm_one, per_sm_two) };
     (stages >= 0).then_some(stages)
 }
 

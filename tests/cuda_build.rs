@@ -194,6 +194,60 @@ fn chunked_fast_passes_fit_shared_memory() {
     );
 }
 
+/// The launcher's choice between one and two chunks in flight for a grid (`chunked_pass_stages_for_grid`):
+/// one where it lets the grid run in fewer waves of blocks, else the most that fit. On an H200
+/// (132 SMs, 228 KiB of shared memory per SM, 1 KiB of it reserved per block), counting blocks
+/// per SM by shared memory alone (registers allow at least two blocks of every pass kernel), with
+/// the goal's shapes (B·T = 16k tokens, 16 heads, bf16, delta rule, 32 value columns per block):
+/// at d = 128 and T = 4k the backward pass's 256 blocks take one SM each with two stages (two
+/// waves) and share the SMs two by two with one (one wave), so it runs one; the forward pass fits
+/// two blocks per SM with two stages and keeps them.
+#[test]
+fn chunked_pass_stages_follow_the_grid() {
+    if skipped_without_cuda("chunked_pass_stages_follow_the_grid") {
+        return;
+    }
+    let rule = fwp::ops::chunked_pass_stages_for_grid;
+    const SMS: i64 = 132;
+    let per_sm = |d_k, backward, stages| {
+        let bytes = fwp::ops::chunked_pass_shared_bytes(d_k, backward, true, true, stages).unwrap();
+        (228 * 1024) / (bytes + 1024)
+    };
+    let runs = |d_k: i64, backward, batch_heads: i64| {
+        let blocks = batch_heads * ((d_k + 31) / 32);
+        let (one, two) = (per_sm(d_k, backward, 1), per_sm(d_k, backward, 2));
+        rule(2, blocks, SMS, one, two).unwrap()
+    };
+    assert_eq!((per_sm(128, true, 1), per_sm(128, true, 2)), (2, 1));
+    assert_eq!(runs(128, true, 64), 1, "d = 128, T = 4k, backward");
+    assert_eq!(
+        runs(128, true, 256),
+        1,
+        "d = 128, T = 1k, backward: 4 waves, not 8"
+    );
+    assert_eq!(per_sm(128, false, 2), 2);
+    assert_eq!(
+        runs(128, false, 64),
+        2,
+        "d = 128, T = 4k, forward: one wave either way"
+    );
+    assert_eq!(
+        runs(64, true, 256),
+        2,
+        "d = 64, T = 1k, backward: two waves either way"
+    );
+    // A grid that one wave holds either way keeps two stages; fewer that fit stay as they are.
+    assert_eq!(rule(2, SMS, SMS, 2, 1), Some(2));
+    assert_eq!(rule(2, SMS + 1, SMS, 2, 1), Some(1));
+    assert_eq!(rule(2, 3 * SMS, SMS, 3, 2), Some(1));
+    assert_eq!(rule(2, 4 * SMS, SMS, 3, 2), Some(2));
+    assert_eq!(rule(1, 1000, SMS, 4, 2), Some(1));
+    assert_eq!(rule(0, 1000, SMS, 4, 2), Some(0));
+    // Where the device's numbers are missing (0), the most that fit.
+    assert_eq!(rule(2, 1000, 0, 2, 1), Some(2));
+    assert_eq!(rule(2, 1000, SMS, 0, 1), Some(2));
+}
+
 /// The launcher's choice of chunks in flight (`chunked_pass_stages`), which `fwp info` prints per
 /// GPU: the most stages whose shared memory fits the limit, 0 where none does, `None` above
 /// d_k = 256; at the limits of A100 and H100 / H200 as `chunked_fast_passes_fit_shared_memory`
