@@ -275,15 +275,16 @@ void run_grid(bool backward, const PassArgs& x, int64_t BH) {
 }
 
 // The emulator picks the blocks' value columns as the launcher does (pass_value_cols) for a GPU of
-// kEmulatedSMs multiprocessors: so the tests' small shapes take both widths (16 where BH and d_v
-// give a single block of 32 columns).
+// kEmulatedSMs multiprocessors: so the tests' small shapes take all three widths (with one
+// batch·head: 16 for d_v of 17 to 32, 8 for d_v up to 16).
 constexpr int kEmulatedSMs = 2;
 
 template <int KT>
 void run_parts(bool backward, const PassArgs& x, int64_t BH, int parts) {
-  const bool narrow = pass_value_cols(BH, x.dv, parts, kEmulatedSMs) == kNarrowBV;  // (only where parts == 1)
-  if (parts == 1 && narrow) run_grid<KT, 1, kNarrowBV>(backward, x, BH);
-  if (parts == 1 && !narrow) run_grid<KT, 1, kBV>(backward, x, BH);
+  const int bv = pass_value_cols(BH, x.dv, parts, kEmulatedSMs);  // (narrower than kBV only where parts == 1)
+  if (parts == 1 && bv == kNarrowestBV) run_grid<KT, 1, kNarrowestBV>(backward, x, BH);
+  if (parts == 1 && bv == kNarrowBV) run_grid<KT, 1, kNarrowBV>(backward, x, BH);
+  if (parts == 1 && bv == kBV) run_grid<KT, 1, kBV>(backward, x, BH);
   if (parts == 2) run_grid<KT, 2, kBV>(backward, x, BH);
   if (parts == 3) run_grid<KT, 3, kBV>(backward, x, BH);
 }

@@ -229,8 +229,11 @@ template <int KT>
 int launch_parts(bool backward, const PassArgs& x, int64_t BH, int parts, void* stream) {
   switch (parts) {
     case 1:
-      return pass_value_cols(BH, x.dv, 1, sm_count()) == kNarrowBV ? launch_pass<KT, 1, kNarrowBV>(backward, x, BH, stream)
-                                                                   : launch_pass<KT, 1>(backward, x, BH, stream);
+      switch (pass_value_cols(BH, x.dv, 1, sm_count())) {
+        case kNarrowestBV: return launch_pass<KT, 1, kNarrowestBV>(backward, x, BH, stream);
+        case kNarrowBV: return launch_pass<KT, 1, kNarrowBV>(backward, x, BH, stream);
+        default: return launch_pass<KT, 1>(backward, x, BH, stream);
+      }
     case 2: return launch_pass<KT, 2>(backward, x, BH, stream);
     case 3: return launch_pass<KT, 3>(backward, x, BH, stream);
     default: return int(cudaErrorInvalidValue);

@@ -5,7 +5,7 @@
 // same code on the CPU with one thread per CUDA thread, so that CI checks its indexing without a GPU.
 //
 // Design (docs/derivations.md Sec. 9): one block of 4 warps per (batch·head, tile of BV value
-// columns; BV = 32, or 16 where that leaves SMs idle: pass_value_cols) walks the chunks in order
+// columns; BV = 32, or 16 or 8 where that leaves SMs idle: pass_value_cols) walks the chunks in order
 // (backward: in reverse). The state tile (d_k x BV, fp32) lives
 // in the warps' registers as mma.sync accumulators; each chunk's inputs are copied into shared memory
 // with cp.async, the next chunk's while this one is computed when two stages fit (the launcher picks
@@ -45,20 +45,27 @@ constexpr int kPassC = 64;          // chunk
 constexpr int kPassWarps = 4;
 constexpr int kPassThreads = 32 * kPassWarps;
 constexpr int kBV = 32;             // value columns per block (BV), or, where that leaves SMs idle,
-constexpr int kNarrowBV = 16;       // these (pass_value_cols)
+constexpr int kNarrowBV = 16;       // these, or
+constexpr int kNarrowestBV = 8;     // these (pass_value_cols)
 constexpr int kPassMaxKT = 16;      // d_k <= 16 * 16 = 256
 
 // Row length of value tiles of bv columns in shared memory (floats; the padding keeps the fragment
 // loads off each other's banks).
 FWP_HD constexpr int value_ld(int bv) { return bv + 4; }
 
-// The value columns of a pass's blocks: kNarrowBV where blocks of kBV would be fewer than the
-// device's `sms` multiprocessors and the operands take one bf16 part, else kBV. A pass walks its
-// chunks one after another, so with fewer blocks than SMs some SMs idle; narrow blocks double the
-// blocks (and the key-side work per value column, which is why they lose where the SMs are busy:
-// docs/performance.md, GPU).
+// The blocks of a pass over d_v value columns in blocks of bv, for bh batch·heads.
+FWP_HD constexpr int64_t pass_blocks(int64_t bh, int64_t dv, int bv) { return bh * ((dv + bv - 1) / bv); }
+
+// The value columns of a pass's blocks on a device of `sms` multiprocessors, where the operands
+// take one bf16 part (else kBV): kBV; kNarrowBV where blocks of kBV would be fewer than the SMs;
+// kNarrowestBV where blocks of kNarrowBV would be fewer too and those of kNarrowestBV are not more.
+// A pass walks its chunks one after another, so with fewer blocks than SMs some SMs idle; narrower
+// blocks multiply the blocks, and the key-side work per value column (each block copies and
+// multiplies all of K, W and Q), which is why they lose where the SMs are busy (docs/performance.md,
+// GPU) and why the narrowest are taken only where each block has an SM to itself.
 FWP_HD constexpr int pass_value_cols(int64_t bh, int64_t dv, int parts, int64_t sms) {
-  return parts == 1 && bh * ((dv + kBV - 1) / kBV) < sms ? kNarrowBV : kBV;
+  if (parts != 1 || pass_blocks(bh, dv, kBV) >= sms) return kBV;
+  return pass_blocks(bh, dv, kNarrowBV) < sms && pass_blocks(bh, dv, kNarrowestBV) <= sms ? kNarrowestBV : kNarrowBV;
 }
 
 // The stages of shared memory a pass runs with, given the most that fit (`most`), its grid's
@@ -476,7 +483,7 @@ constexpr bool kPassPlanes = P <= 2;
 constexpr bool planes_fit(int bv) {
   return 2 * bv * (4 * 16 + 8) <= 2 * 4 * 16 * value_ld(bv) && 2 * bv * (kPassC + 8) <= 2 * kPassC * value_ld(bv);
 }
-static_assert(planes_fit(kBV) && planes_fit(kNarrowBV),
+static_assert(planes_fit(kBV) && planes_fit(kNarrowBV) && planes_fit(kNarrowestBV),
               "the passes' planes fit in the space of the fp32 tiles (smallest key tile: KT = 4)");
 
 // The B operand of a pass's product, fragment by fragment: a tile of the chunk's inputs (TileB) or
