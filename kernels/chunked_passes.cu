@@ -1,6 +1,6 @@
 // The fast chunked kernels (chunked_passes.cuh) as CUDA kernels: the device primitives the shared
 // code asks for (mma.sync, ldmatrix, cp.async, bf16 rounding), one kernel per instantiation (passes:
-// key tiles KT x parts P x value columns BV, 16 only with P = 1; per-chunk stages: P), and the
+// key tiles KT x parts P x value columns BV, 16 or 8 only with P = 1; per-chunk stages: P), and the
 // launchers. The passes size their shared memory from the device's opt-in limit (cached per
 // device); where a pass does not fit, the host side runs the first-version kernel of chunked.cu
 // instead (chunked_launch.h).
@@ -188,7 +188,7 @@ int launch(Kernel kernel, std::atomic<bool>* raised, const PassArgs& x, int64_t 
     const cudaError_t err = fwp_cuda::allow_shared_memory(kernel, raised);
     if (err != cudaSuccess) return int(err);
   }
-  const dim3 grid(unsigned(BH), unsigned((x.dv + BV - 1) / BV));
+  const dim3 grid(unsigned(BH), unsigned(pass_blocks(1, x.dv, BV)));
   return int(fwp_cuda::launch_checked([&] { kernel<<<grid, kPassThreads, bytes, cudaStream_t(stream)>>>(x); }));
 }
 
@@ -219,7 +219,7 @@ int launch_pass(bool backward, const PassArgs& x, int64_t BH, void* stream) {
   const auto kernel = backward ? state_backward_pass_kernel<KT, P, BV> : state_forward_pass_kernel<KT, P, BV>;
   std::atomic<bool>* raised = backward ? raised_backward : raised_forward;
   PassArgs y = x;
-  y.stages = stages_for_grid(kernel, raised, backward, x, BH * ((x.dv + BV - 1) / BV), BV);
+  y.stages = stages_for_grid(kernel, raised, backward, x, pass_blocks(BH, x.dv, BV), BV);
   const size_t bytes = pass_bytes(y.dk, backward, y.b.p != nullptr, pass_bf16(y), y.stages, BV);
   return launch<BV>(kernel, raised, y, BH, bytes, stream);
 }

@@ -9,11 +9,11 @@
 // (backward: in reverse). The state tile (d_k x BV, fp32) lives
 // in the warps' registers as mma.sync accumulators; each chunk's inputs are copied into shared memory
 // with cp.async, the next chunk's while this one is computed when two stages fit (the launcher picks
-// the stages from the device's shared-memory limit). Products are mma.sync.m16n8k16 on bf16 parts,
-// built in registers from the fp32 tiles by the same splitting as the twin (chunked.h, Operands), with
-// fp32 accumulation; a bf16 tile taken as one part goes into the registers as it is, and the state
-// and U' (dU') are kept as bf16 parts (Planes) where two parts or fewer are wanted. Per chunk (sum
-// rule: W = 0, U' = U):
+// the stages from the device's shared-memory limit and the grid: pass_stages_for_grid). Products are
+// mma.sync.m16n8k16 on bf16 parts, built in registers from the fp32 tiles by the same splitting as
+// the twin (chunked.h, Operands), with fp32 accumulation; a bf16 tile taken as one part goes into
+// the registers as it is, and the state and U' (dU') are kept as bf16 parts (Planes) where two parts
+// or fewer are wanted. Per chunk (sum rule: W = 0, U' = U):
 //   forward:  S_c -> checkpoint c;  U' = U - W S_c;  S_{c+1} = S_c + K^T U'
 //   backward: dS_{c+1} -> ds_next[c];  dU' = dU'_loc + K dS_{c+1};  dS_c = dS_{c+1} + Q^T dO - W^T dU'
 // with each product accumulated from zero and then added, as the first-version kernels and the twin do.
@@ -81,11 +81,24 @@ FWP_HD constexpr int pass_stages_for_grid(int most, int64_t blocks, int64_t sms,
   const int64_t one = sms * per_sm_one, two = sms * per_sm_two;
   return (blocks + one - 1) / one < (blocks + two - 1) / two ? 1 : 2;
 }
+// An H200 (132 SMs) at B*T = 16k tokens, 16 heads, d = 128 (docs/performance.md, GPU): the backward
+// pass's 256 blocks, one per SM with two stages and two with one, run one stage; a grid that one
+// wave holds either way, or two waves either way, keeps two.
+static_assert(pass_stages_for_grid(2, 256, 132, 2, 1) == 1 && pass_stages_for_grid(2, 132, 132, 2, 1) == 2 &&
+                  pass_stages_for_grid(2, 512, 132, 3, 2) == 2 && pass_stages_for_grid(1, 256, 132, 2, 1) == 1,
+              "pass_stages_for_grid");
+// On 132 SMs with one bf16 part: 64 batch·heads of d_v = 64 (T = 4k) take 16 columns, 16 of them
+// (T = 16k) 8, and 16 of d_v = 128 16 (256 blocks of 8 would be more than the SMs); more parts, 32.
+static_assert(pass_value_cols(64, 64, 1, 132) == kNarrowBV && pass_value_cols(16, 64, 1, 132) == kNarrowestBV &&
+                  pass_value_cols(16, 128, 1, 132) == kNarrowBV && pass_value_cols(256, 64, 1, 132) == kBV &&
+                  pass_value_cols(16, 64, 3, 132) == kBV,
+              "pass_value_cols");
 
 // Row stride (elements) of a tile of a chunk's input in shared memory, `width` elements wide (a
-// multiple of 16): width + 4 floats in fp32, width + 8 halves in bf16. Rows stay 16-byte aligned for
-// cp.async, and a warp's fragment loads stay on distinct banks.
-FWP_HD constexpr int tile_ld(int width, bool bf16) { return width + (bf16 ? 8 : 4); }
+// multiple of 8): width + 4 floats in fp32; width + 8 halves in bf16, but 24 for width 8 (rows 48
+// bytes apart: at 32, two of an ldmatrix's eight rows would share banks). Rows stay 16-byte aligned
+// for cp.async, and ldmatrix's rows of a bf16 tile fall on distinct banks.
+FWP_HD constexpr int tile_ld(int width, bool bf16) { return bf16 ? (width == 8 ? 24 : width + 8) : width + 4; }
 
 // Floats of shared memory such a tile of C rows takes.
 FWP_HD constexpr int64_t slot_floats(int width, bool bf16) {

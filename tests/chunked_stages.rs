@@ -623,8 +623,15 @@ fn refs(v: &[Option<Tensor>]) -> Vec<Option<&Tensor>> {
 fn bf16_inputs_read_as_they_are(device: Device, suffix: &str) {
     // (32, 16): d_k and d_v multiples of 16, so B3 and (with bf16 callers' inputs) the row stages run
     // their `Whole` kernels (no element-by-element fallbacks; d_v = 16 is a partial tile of the row
-    // stages' 64 columns); the others run the fallbacks
-    for (bh, t, d_k, d_v) in [(1, 130, 30, 72), (1, 70, 7, 33), (1, 70, 32, 16)] {
+    // stages' 64 columns); the others run the fallbacks. The passes' blocks (one bf16 part, the
+    // emulator's GPU of two SMs) are 32 value columns wide for d_v = 72 and 33, 8 for d_v = 16 and
+    // 16 for d_v = 24.
+    for (bh, t, d_k, d_v) in [
+        (1, 130, 30, 72),
+        (1, 70, 7, 33),
+        (1, 70, 32, 16),
+        (1, 70, 32, 24),
+    ] {
         let mut x = StageInputs::new(bh, t, d_k, d_v);
         for t in [&mut x.q, &mut x.k, &mut x.v, &mut x.beta, &mut x.grad_out] {
             *t = t.to_kind(Kind::BFloat16).to_kind(Kind::Float);
@@ -814,6 +821,9 @@ fn chunked_cuda_stages_match_the_cpu_twin() {
             (1, 65, 128, 40),
             (1, 100, 30, 37),
             (2, 130, 256, 256),
+            // 9 batch·heads of d_v = 128: the passes' blocks of 16 value columns (72 of them on a
+            // GPU of 132 SMs; the shapes above take blocks of 8 there)
+            (9, 64, 64, 128),
         ]
     };
     for (operands, tolerance) in STAGE_TOLERANCES {

@@ -198,11 +198,12 @@ fn chunked_fast_passes_fit_shared_memory() {
 /// The launcher's choice between one and two chunks in flight for a grid (`chunked_pass_stages_for_grid`):
 /// one where it lets the grid run in fewer waves of blocks, else the most that fit. On an H200
 /// (132 SMs, 228 KiB of shared memory per SM, 1 KiB of it reserved per block), counting blocks
-/// per SM by shared memory alone (registers allow at least two blocks of every pass kernel), with
-/// the goal's shapes (B·T = 16k tokens, 16 heads, bf16, delta rule, 32 value columns per block):
-/// at d = 128 and T = 4k the backward pass's 256 blocks take one SM each with two stages (two
-/// waves) and share the SMs two by two with one (one wave), so it runs one; the forward pass fits
-/// two blocks per SM with two stages and keeps them.
+/// per SM by shared memory alone, which decides in the cases below (the registers of these
+/// kernels, 139 to 164 a thread with one part and 32 value columns, allow three blocks per SM),
+/// with the goal's shapes (B·T = 16k tokens, 16 heads, bf16, delta rule, 32 value columns per
+/// block): at d = 128 and T = 4k the backward pass's 256 blocks take one SM each with two stages
+/// (two waves) and share the SMs two by two with one (one wave), so it runs one; the forward pass
+/// fits two blocks per SM with two stages and keeps them; at T = 1k, 1024 blocks, both run one.
 #[test]
 fn chunked_pass_stages_follow_the_grid() {
     if skipped_without_cuda("chunked_pass_stages_follow_the_grid") {
@@ -231,6 +232,12 @@ fn chunked_pass_stages_follow_the_grid() {
         runs(128, false, 64),
         2,
         "d = 128, T = 4k, forward: one wave either way"
+    );
+    assert_eq!(per_sm(128, false, 1), 3);
+    assert_eq!(
+        runs(128, false, 256),
+        1,
+        "d = 128, T = 1k, forward: 3 waves, not 4"
     );
     assert_eq!(
         runs(64, true, 256),
