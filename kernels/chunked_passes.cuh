@@ -921,14 +921,12 @@ FWP_HD bool whole_words(const In& m) {
 //   TransposeOf: B(j, n) = m(n, j), zero for j >= d;
 //   TRowsOf:     A(r, j) = m(j, r0 + r) (no bounds);
 //   ScaledRowsOf: A(r, j) = beta(r0 + r) m(r0 + r, j) rounded to fp32 (beta X's rows), zero for j >= d;
-//   StateT:      B(j, n) = s(c0 + n, j) for an fp32 d_k x d_v state s (a checkpoint's transpose), zero
-//                for j >= d_v or c0 + n >= d_k: a register's pair in one 64-bit load, split in place.
 //   StateRows:   B(k, n) = s(k, n) for an fp32 state's tile s of nv columns and row stride ld, zero
 //                for k >= d_k or n >= nv: element by element; with Whole (d_k a multiple of 16) no
 //                test of k, and the test of n as predicated loads rather than a branch.
 // Any other getter (a lambda) is read element by element. With Whole = true (RowsOf<true> and the
 // rest) the caller has checked what whole fragments need (whole_fragments, whole_rows: P = 1, m bf16,
-// 4-byte aligned, d_k and d_v multiples of 16; for StateT also the state 8-byte aligned), and the
+// 4-byte aligned, d_k and d_v multiples of 16), and the
 // element-by-element fallback is not compiled: a kernel that carries it needs more registers even
 // where it never runs it, and its test between loads keeps them from being issued together.
 template <bool Whole = false>
@@ -968,13 +966,6 @@ struct ScaledRowsOf {
   FWP_DEV bool words() const { return Whole || (m.bf16 && d % 16 == 0 && word_aligned(m)); }
 };
 
-template <bool Whole = false>
-struct StateT {
-  const float* s;
-  int dk, dv, c0;
-  FWP_DEV float operator()(int j, int n) const { return j < dv && c0 + n < dk ? s[(c0 + n) * dv + j] : 0.f; }
-  FWP_DEV bool pairs() const { return Whole || (dv % 16 == 0 && (reinterpret_cast<uintptr_t>(s) & 7) == 0); }
-};
 template <bool Whole = false>
 struct StateRows {
   const float* s;
@@ -1021,22 +1012,6 @@ FWP_DEV void fragment_a(uint32_t (&a)[P][4], const ScaledRowsOf<W>& g, int k0) {
     const uint32_t w = bf16_pair(bf16_of(g.m) + (r + 8 * (i & 1)) * g.d + c + 8 * (i >> 1));
     put_parts<P>(a, i, mul_rn(bf16_value(uint16_t(w & 0xFFFFu)), beta[i & 1]),
                  mul_rn(bf16_value(uint16_t(w >> 16)), beta[i & 1]));
-  }
-}
-template <int P, bool W>
-FWP_DEV void fragment_b(uint32_t (&b)[P][2], const StateT<W>& g, int k0, int n0) {
-  if (!g.pairs()) {
-    load_b<P>(b, [&](int k, int n) { return g(k0 + k, n0 + n); });
-    return;
-  }
-  // load_b's elements: register i holds rows 2t + 8 i and the next one of column g, which are
-  // s(c0 + n0 + g, k0 + 2t + 8 i) and its neighbour (k0 + 2t even, so the pair is 8-byte aligned)
-  const int n = g.c0 + n0 + (lane_id() >> 2), k = k0 + 2 * (lane_id() & 3);
-  FWP_UNROLL
-  for (int i = 0; i < 2; ++i) {
-    float x0 = 0.f, x1 = 0.f;
-    if (n < g.dk) float_pair(g.s + int64_t(n) * g.dv + k + 8 * i, x0, x1);
-    put_parts<P>(b, i, x0, x1);
   }
 }
 template <int P, bool W>
@@ -1408,8 +1383,10 @@ FWP_DEV void wy_stage(const WyArgs& x, WySmem& sh, int bh, int64_t c) {
 // One block of 4 warps per (batch·head, chunk); warp w owns the chunk's rows 16 w .. 16 w + 15 of
 // every C-row result, d_k and d_v wide ones kGradCols = 32 columns at a time (half the row stages'
 // 64: fewer accumulators, so that the delta rule's Whole kernel fits 128 registers, 4 blocks per
-// multiprocessor; docs/performance.md). Operands are read straight from global memory, as in the
-// row stages; shared memory holds the C x C intermediates, which other warps
+// multiprocessor; docs/performance.md). The chunk's operands are read straight from global memory,
+// as in the row stages, but the fp32 states (S_c, dS_{c+1}) go through shared memory in slabs, split
+// into bf16 parts once per block rather than once per warp (state_t_slabs); shared memory also holds
+// the C x C intermediates, which other warps
 // need whole or which would hold too many registers: P (for P K and P^T Q), and in turn dT~, T~^T dT~
 // and dA (for T~^T dT~, its product with T~^T, and G K, G^T K). dW = -dU' S_c^T, which every warp needs whole
 // (T~^T dW), goes through a C x d_k scratch per chunk in global memory. The products and the
@@ -1427,6 +1404,18 @@ struct GradArgs {
   int dk, dv;
 };
 
+constexpr int kGradCols = 32, kGradNT = kGradCols / 8;  // B3's column tile and its n-tiles
+
+// State columns per slab of B3's state products (state_t_slabs) with PS bf16 parts, and the halves
+// of shared memory its planes take: kGradCols state rows of kSlabCols + 8 (ldmatrix's 16-byte rows,
+// 8 of them on distinct banks), PS planes; three parts take slabs half as wide, so that the block's
+// static shared memory stays under 48 KB.
+template <int PS>
+constexpr int kSlabCols = PS <= 2 ? 64 : 32;
+constexpr int slab_halves(int ps, int cols) { return ps * kGradCols * (cols + 8); }
+constexpr int kSlabHalves = slab_halves(2, kSlabCols<2>);
+static_assert(slab_halves(3, kSlabCols<3>) <= kSlabHalves, "three parts' slabs fit GradSmem::slab");
+
 // Rows of kGradLd = C + 4 floats: a warp's 32-bit accesses at (g, 2t + e) (fragments and
 // accumulators) put at most 2 lanes on one bank, those at (2t + e, g) (transposed fragments) 1,
 // where rows of C + 1 put up to 4 (g = lane / 4, t = lane % 4).
@@ -1434,9 +1423,9 @@ constexpr int kGradLd = kPassC + 4;
 struct GradSmem {
   float p[kPassC][kGradLd];  // P = tril(dO U'^T); at the end the dbeta partial sums
   float m[kPassC][kGradLd];  // first beta K and beta V (times_scaled_t), then dT~, T~^T dT~, dA
+  alignas(16) uint16_t slab[kSlabHalves];  // a state's slab (state_t_slabs)
 };
-
-constexpr int kGradCols = 32, kGradNT = kGradCols / 8;  // B3's column tile and its n-tiles
+static_assert(sizeof(GradSmem) <= 48 * 1024, "B3's shared memory is static: at most 48 KB");
 
 // o[r * ld + col] = f(r, col, e, y) for each accumulator element y (index e) of an NT * 8-column
 // tile starting at column c0: row r (of this warp's rows), column col < cols; f is called in the
@@ -1493,6 +1482,53 @@ FWP_DEV void times_scaled_t(float (&acc)[kQKNT][4], float* space, const GA& ga, 
   block_sync();
 }
 
+// B3's products with a state's transpose, B(j, n) = s(c0 + n, j) for j < d_v and the kGradCols state
+// rows c0.. (zero past d_k), through shared memory: for each kSlabCols<PS> state columns j0.. in
+// turn, the block splits those rows' elements into PS planes over `space`, each element once (read
+// from global memory, every warp split each one it took: 4 times), and use(planes, j0, cols)
+// multiplies with the slab's first cols columns, its warps taking B fragments by ldmatrix (times_slab).
+// Each slab starts with a barrier, after which nobody reads the previous one. With Whole (or d_v
+// even and s 8-byte aligned) an element pair is one 64-bit load.
+template <int PS, bool Whole, class Use>
+FWP_DEV void state_t_slabs(uint16_t* space, const float* s, int dk, int dv, int c0, const Use& use) {
+  constexpr int K = kSlabCols<PS>, half = K / 2;
+  const Planes planes{space, K + 8, kGradCols * (K + 8)};
+  const bool pairs = Whole || (dv % 2 == 0 && (reinterpret_cast<uintptr_t>(s) & 7) == 0);
+  for (int j0 = 0; j0 < dv; j0 += K) {
+    block_sync();
+    // thread t takes the pairs e = t + i kPassThreads: state row c0 + e / half, columns j0 + 2 (e % half)
+    // and the next (a warp reads whole rows' runs); 4 pairs in flight at a time, so that the slab's
+    // loads hold few registers next to the accumulators
+    FWP_NO_UNROLL
+    for (int i0 = 0; i0 < kGradCols * half / kPassThreads; i0 += 4)
+    FWP_UNROLL
+    for (int i = i0; i < i0 + 4; ++i) {
+      const int e = thread_id() + i * kPassThreads, n = e / half, k = 2 * (e % half);
+      const int row = c0 + n, col = j0 + k;
+      const float* at = s + int64_t(row) * dv + col;
+      float x0 = 0.f, x1 = 0.f;
+      if (row < dk && pairs) {
+        if (col < dv) float_pair(at, x0, x1);  // (d_v even: col + 1 < d_v too)
+      } else if (row < dk) {
+        x0 = col < dv ? at[0] : 0.f;
+        x1 = col + 1 < dv ? at[1] : 0.f;
+      }
+      planes.template put_pair<PS>(k, n, x0, x1);
+    }
+    block_sync();
+    use(planes, j0, imin(K, dv - j0));
+  }
+}
+
+// acc += A B for this warp's rows of A (getter ga, its columns j0.. in turn) and the first `cols`
+// rows of a slab's planes (state_t_slabs: B(j, n) = s(c0 + n, j0 + j)).
+template <int P, int PS, class GA>
+FWP_DEV void times_slab(float (&acc)[kGradNT][4], const GA& ga, const Planes& s, int j0, int cols) {
+  warp_product_fragments<kGradNT, P, PS>(
+      acc, cols, [&](uint32_t(&a)[P][4], int k0) { fragment_a<P>(a, ga, j0 + k0); },
+      [&](uint32_t(&b)[PS][2], int k0, int n0) { s.template fragment<PS, true>(b, k0, n0); });
+}
+
 // Whether B3 may take every fragment whole and store its results in pairs (Whole = true below): one
 // bf16 part per operand, every matrix it multiplies bf16 and 4-byte aligned, the states and the
 // results aligned to two elements, d_k and d_v multiples of 16.
@@ -1526,7 +1562,6 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmem& sh, int bh, int64_t 
   const Out dw = delta ? x.dw + chunk * kPassC * dk : Out{nullptr, false};  // dW [C, d_k]
   // this warp's rows of a [C, d] matrix, and the columns c0.. of a state's transpose
   const auto rows = [&](const In& a, int d) { return RowsOf<Whole>{a, d, m0}; };
-  const auto state_t = [&](const float* s, int c0) { return StateT<Whole>{s, dk, dv, c0}; };
   const auto cols = [&](const In& a, int d, int c0) { return ColsOf<Whole>{a, d, c0}; };  // B(j, n) = a[j, c0 + n], j < C
 
   {  // P = tril(dO U'^T), this warp's rows, into shared memory
@@ -1541,17 +1576,16 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmem& sh, int bh, int64_t 
       }
   }
   block_sync();
-  for (int c0 = 0; c0 < dk; c0 += kGradCols) {  // dQ = dO S_c^T + P K
-    float acc[kGradNT][4] = {};
-    warp_product<kGradNT, P, PS>(acc, dv, rows(go, dv), state_t(sc, c0));
+  for (int c0 = 0; c0 < dk; c0 += kGradCols) {  // dQ = dO S_c^T + P K and dW = -dU' S_c^T, one slab of S_c for both
+    float acc[kGradNT][4] = {}, d[kGradNT][4] = {};
+    state_t_slabs<PS, Whole>(sh.slab, sc, dk, dv, c0, [&](const Planes& s, int j0, int width) {
+      times_slab<P, PS>(acc, rows(go, dv), s, j0, width);
+      if (delta) times_slab<P, PS>(d, rows(dvn, dv), s, j0, width);
+    });
+    if (delta) store_tile<Whole>(d, m0, c0, dk, dw, dk, [](int, int, int, float y) { return -y; });
     warp_product<kGradNT, P, P>(acc, m0 + 16, [&](int r, int j) { return sh.p[m0 + r][j]; }, cols(k, dk, c0));
     const Out dq = x.grad_q + chunk * kPassC * dk;
     store_tile<Whole>(acc, m0, c0, dk, dq, dk, [](int, int, int, float y) { return y; });
-  }
-  for (int c0 = 0; delta && c0 < dk; c0 += kGradCols) {  // dW = -dU' S_c^T
-    float d[kGradNT][4] = {};
-    warp_product<kGradNT, P, PS>(d, dv, rows(dvn, dv), state_t(sc, c0));
-    store_tile<Whole>(d, m0, c0, dk, dw, dk, [](int, int, int, float y) { return -y; });
   }
   block_sync();
 
@@ -1639,7 +1673,9 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmem& sh, int bh, int64_t 
     }
     warp_product<kGradNT, P, P>(acc, kPassC, [&](int r, int j) { return sh.p[j][m0 + r]; }, cols(q, dk, c0), kGradNT,
                                m0);  // + P^T Q
-    warp_product<kGradNT, P, PS>(acc, dv, rows(vn, dv), state_t(dsc, c0));  // + U' dS_{c+1}^T
+    state_t_slabs<PS, Whole>(sh.slab, dsc, dk, dv, c0, [&](const Planes& s, int j0, int width) {
+      times_slab<P, PS>(acc, rows(vn, dv), s, j0, width);  // + U' dS_{c+1}^T
+    });
     const Out dko = x.grad_k + chunk * kPassC * dk;
     store_tile<Whole>(acc, m0, c0, dk, dko, dk, [](int, int, int, float y) { return y; });
   }
