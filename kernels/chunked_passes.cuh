@@ -943,6 +943,12 @@ struct ColsOf {
   FWP_DEV float operator()(int j, int n) const { return c0 + n < d ? m[j * d + c0 + n] : 0.f; }
   FWP_DEV bool words() const { return Whole || m.bf16; }
 };
+// ColsOf's B from a bf16 tile in shared memory: B(j, n) = t[j * ld + n] (ld a multiple of 8, t 16-byte
+// aligned), by ldmatrix (B3's staged columns, with_cols).
+struct ColsTile {
+  const uint16_t* t;
+  int ld;
+};
 template <bool Whole = false>
 struct TransposeOf {
   In m;
@@ -1035,6 +1041,11 @@ FWP_DEV void fragment_b(uint32_t (&b)[P][2], const ColsOf<W>& g, int k0, int n0)
     bf16_b_rows(b[0], bf16_of(g.m) + g.c0, g.d, k0, n0, g.d - g.c0);
   else
     load_b<P>(b, [&](int k, int n) { return g(k0 + k, n0 + n); });
+}
+template <int P>
+FWP_DEV void fragment_b(uint32_t (&b)[P][2], const ColsTile& g, int k0, int n0) {
+  static_assert(P == 1, "a bf16 tile is one part");
+  smem_b_rows(b[0], g.t, g.ld, k0, n0);
 }
 template <int P, bool W>
 FWP_DEV void fragment_b(uint32_t (&b)[P][2], const TransposeOf<W>& g, int k0, int n0) {
@@ -1385,7 +1396,9 @@ FWP_DEV void wy_stage(const WyArgs& x, WySmem& sh, int bh, int64_t c) {
 // 64: fewer accumulators, so that the delta rule's Whole kernel fits 128 registers, 4 blocks per
 // multiprocessor; docs/performance.md). The chunk's operands are read straight from global memory,
 // as in the row stages, but the fp32 states (S_c, dS_{c+1}) go through shared memory in slabs, split
-// into bf16 parts once per block rather than once per warp (state_t_slabs); shared memory also holds
+// into bf16 parts once per block rather than once per warp (state_t_slabs), and so, in the Whole
+// kernels, do the bf16 column blocks of K, Q, dW and dU' that are right operands (with_cols, where
+// each warp took two 16-bit loads per fragment register); shared memory also holds
 // the C x C intermediates, which other warps
 // need whole or which would hold too many registers: P (for P K and P^T Q), and in turn dT~, T~^T dT~
 // and dA (for T~^T dT~, its product with T~^T, and G K, G^T K). dW = -dU' S_c^T, which every warp needs whole
@@ -1414,6 +1427,7 @@ template <int PS>
 constexpr int kSlabCols = PS <= 2 ? 64 : 32;
 constexpr int slab_halves(int ps, int cols) { return ps * kGradCols * (cols + 8); }
 constexpr int kSlabHalves = slab_halves(2, kSlabCols<2>);
+constexpr int kColsLd = kGradCols + 8;  // with_cols's rows (halves): 80 bytes, ldmatrix's 8 rows on distinct banks
 static_assert(slab_halves(3, kSlabCols<3>) <= kSlabHalves, "three parts' slabs fit GradSmem::slab");
 
 // Rows of kGradLd = C + 4 floats: a warp's 32-bit accesses at (g, 2t + e) (fragments and
@@ -1424,6 +1438,7 @@ struct GradSmem {
   float p[kPassC][kGradLd];  // P = tril(dO U'^T); at the end the dbeta partial sums
   float m[kPassC][kGradLd];  // first beta K and beta V (times_scaled_t), then dT~, T~^T dT~, dA
   alignas(16) uint16_t slab[kSlabHalves];  // a state's slab (state_t_slabs)
+  alignas(16) uint16_t cols[kPassC * kColsLd];  // a bf16 matrix's kGradCols columns (with_cols)
 };
 static_assert(sizeof(GradSmem) <= 48 * 1024, "B3's shared memory is static: at most 48 KB");
 
@@ -1520,6 +1535,26 @@ FWP_DEV void state_t_slabs(uint16_t* space, const float* s, int dk, int dv, int 
   }
 }
 
+// use(b) with b the chunk's rows of a [C, d] matrix's columns c0 .. c0 + kGradCols - 1 as a product's
+// B, B(j, n) = a[j, c0 + n], zero past d. With Whole, b is a tile that the block copies into shared
+// memory (cp.async, 16 or 4 bytes a piece) and from which its warps take B fragments by ldmatrix:
+// read from global memory, each fragment register is two 16-bit loads from two rows, which every
+// warp made for every k-block. Else b is ColsOf, read from global memory. With Whole it starts with
+// a barrier, after which nobody reads the tile's previous columns.
+template <bool Whole, class Use>
+FWP_DEV void with_cols(uint16_t* tile, const In& a, int d, int c0, const Use& use) {
+  if constexpr (Whole) {
+    block_sync();
+    copy_tile<kPassC, kGradCols>(tile, kColsLd, (a + c0).p, d, imin(kGradCols, d - c0), 2);
+    copy_commit();
+    copy_wait_all();
+    block_sync();
+    use(ColsTile{tile, kColsLd});
+  } else {
+    use(ColsOf<false>{a, d, c0});
+  }
+}
+
 // acc += A B for this warp's rows of A (getter ga, its columns j0.. in turn) and the first `cols`
 // rows of a slab's planes (state_t_slabs: B(j, n) = s(c0 + n, j0 + j)).
 template <int P, int PS, class GA>
@@ -1562,7 +1597,8 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmem& sh, int bh, int64_t 
   const Out dw = delta ? x.dw + chunk * kPassC * dk : Out{nullptr, false};  // dW [C, d_k]
   // this warp's rows of a [C, d] matrix, and the columns c0.. of a state's transpose
   const auto rows = [&](const In& a, int d) { return RowsOf<Whole>{a, d, m0}; };
-  const auto cols = [&](const In& a, int d, int c0) { return ColsOf<Whole>{a, d, c0}; };  // B(j, n) = a[j, c0 + n], j < C
+  // use(B) with B(j, n) = a[j, c0 + n] for the chunk's rows j
+  const auto cols = [&](const In& a, int d, int c0, const auto& use) { with_cols<Whole>(sh.cols, a, d, c0, use); };
 
   {  // P = tril(dO U'^T), this warp's rows, into shared memory
     float p[kQKNT][4] = {};
@@ -1583,7 +1619,9 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmem& sh, int bh, int64_t 
       if (delta) times_slab<P, PS>(d, rows(dvn, dv), s, j0, width);
     });
     if (delta) store_tile<Whole>(d, m0, c0, dk, dw, dk, [](int, int, int, float y) { return -y; });
-    warp_product<kGradNT, P, P>(acc, m0 + 16, [&](int r, int j) { return sh.p[m0 + r][j]; }, cols(k, dk, c0));
+    cols(k, dk, c0, [&](const auto& kc) {
+      warp_product<kGradNT, P, P>(acc, m0 + 16, [&](int r, int j) { return sh.p[m0 + r][j]; }, kc);
+    });
     const Out dq = x.grad_q + chunk * kPassC * dk;
     store_tile<Whole>(acc, m0, c0, dk, dq, dk, [](int, int, int, float y) { return y; });
   }
@@ -1656,7 +1694,7 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmem& sh, int bh, int64_t 
     float acc[kGradNT][4] = {};
     if (delta) {
       // d(beta K) = T~^T dW, first: its terms rowsum(d(beta K) . K) and beta d(beta K) are taken at once
-      warp_product<kGradNT, P, P>(acc, kPassC, tinv_t, cols(dw.in(), dk, c0), kGradNT, m0);
+      cols(dw.in(), dk, c0, [&](const auto& dwc) { warp_product<kGradNT, P, P>(acc, kPassC, tinv_t, dwc, kGradNT, m0); });
       FWP_UNROLL
       for (int j = 0; j < kGradNT; ++j)
         FWP_UNROLL
@@ -1667,12 +1705,14 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmem& sh, int bh, int64_t 
           acc[j][e] = mul_rn(acc[j][e], beta[r]);
         }
       // + G K + G^T K with G = diag(beta) dA (in shared memory)
-      warp_product<kGradNT, P, P>(acc, m0 + 16, [&](int r, int j) { return sh.m[m0 + r][j]; }, cols(k, dk, c0));
-      warp_product<kGradNT, P, P>(acc, kPassC, [&](int r, int j) { return sh.m[j][m0 + r]; }, cols(k, dk, c0), kGradNT,
-                                 m0);
+      cols(k, dk, c0, [&](const auto& kc) {
+        warp_product<kGradNT, P, P>(acc, m0 + 16, [&](int r, int j) { return sh.m[m0 + r][j]; }, kc);
+        warp_product<kGradNT, P, P>(acc, kPassC, [&](int r, int j) { return sh.m[j][m0 + r]; }, kc, kGradNT, m0);
+      });
     }
-    warp_product<kGradNT, P, P>(acc, kPassC, [&](int r, int j) { return sh.p[j][m0 + r]; }, cols(q, dk, c0), kGradNT,
-                               m0);  // + P^T Q
+    cols(q, dk, c0, [&](const auto& qc) {  // + P^T Q
+      warp_product<kGradNT, P, P>(acc, kPassC, [&](int r, int j) { return sh.p[j][m0 + r]; }, qc, kGradNT, m0);
+    });
     state_t_slabs<PS, Whole>(sh.slab, dsc, dk, dv, c0, [&](const Planes& s, int j0, int width) {
       times_slab<P, PS>(acc, rows(vn, dv), s, j0, width);  // + U' dS_{c+1}^T
     });
@@ -1683,7 +1723,7 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmem& sh, int bh, int64_t 
   const In v = x.v + chunk * kPassC * dv;
   for (int c0 = 0; c0 < dv; c0 += kGradCols) {
     float dvb[kGradNT][4] = {};  // d(beta V) = T~^T dU'; dV = beta d(beta V)
-    warp_product<kGradNT, P, P>(dvb, kPassC, tinv_t, cols(dvn, dv, c0), kGradNT, m0);
+    cols(dvn, dv, c0, [&](const auto& dvc) { warp_product<kGradNT, P, P>(dvb, kPassC, tinv_t, dvc, kGradNT, m0); });
     const Out dvo = x.grad_v + chunk * kPassC * dv;
     store_tile<Whole>(dvb, m0, c0, dv, dvo, dv, [&](int r, int col, int e, float y) {
       dbeta[e >> 1] += y * v[r * dv + col];  // rowsum(d(beta V) . V)

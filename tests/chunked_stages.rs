@@ -401,7 +401,8 @@ fn stage_errors(
 /// the twin's outputs. The shapes cover each key-tile size of the passes (d_k up to 64,
 /// 128, 256), partial value tiles, two 64-column tiles of values (the per-chunk stages), a T tail,
 /// d_k and d_v not multiples of 4 (the passes' 4-byte copies) or 8,
-/// both rules, the three operand modes and one and two stages of shared memory; with one bf16
+/// both rules, the three operand modes and one and two stages of shared memory (one stage with one
+/// bf16 part, where the launcher sends d = 128 on an H200, and with three); with one bf16
 /// part, each width of the passes' blocks (32 value columns; 16 for d_v = 24 and 8 for d_v = 12,
 /// where the emulator's GPU of two SMs would leave one idle: kernels/chunked_emulator.cpp).
 #[test]
@@ -414,7 +415,7 @@ fn emulated_fast_passes_match_the_twin() {
         (1, 70, 48, 12),
     ];
     emulated_stages_match_the_twin("emulated fast passes", &shapes, |operands, stage| {
-        if operands == Operands::Bf16x3 && stage.starts_with("state_") {
+        if operands != Operands::Bf16x2 && stage.starts_with("state_") {
             &["emulated1", "emulated2"]
         } else {
             &["emulated2"]
