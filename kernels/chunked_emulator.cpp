@@ -301,18 +301,27 @@ void run(bool backward, const PassArgs& x, int64_t BH, int parts) {
     run_parts<16>(backward, x, BH, parts);
 }
 
-template <RowStage stage>
-void run_rows(const RowArgs& x, int64_t BH, int parts) {
-  const bool whole = parts == 1 && whole_rows(x, parts);  // the launcher's choice of kernel
+template <RowStage stage, int P, bool Whole>
+void run_rows_as(const RowArgs& x, int64_t BH) {
   for (int64_t bh = 0; bh < BH; ++bh)
     for (int64_t c = 0; c < x.N; ++c)
-      for (int tile = 0; tile * kRowCols < x.dv; ++tile)
-        run_block([&] {
-          if (parts == 1 && whole) row_stage<stage, 1, true>(x, int(bh), c, tile);
-          if (parts == 1 && !whole) row_stage<stage, 1, false>(x, int(bh), c, tile);
-          if (parts == 2) row_stage<stage, 2, false>(x, int(bh), c, tile);
-          if (parts == 3) row_stage<stage, 3, false>(x, int(bh), c, tile);
-        });
+      for (int tile = 0; tile * kRowCols < x.dv; ++tile) {
+        RowSmem<kStateParts<P>> sh;
+        std::memset(&sh, 0xFF, sizeof(sh));  // NaN: what nobody wrote must not be read
+        run_block([&] { row_stage<stage, P, Whole>(x, sh, int(bh), c, tile); });
+      }
+}
+// The kernel the launcher picks (chunked_passes.cu): Whole where whole_rows holds.
+template <RowStage stage>
+void run_rows(const RowArgs& x, int64_t BH, int parts) {
+  if (parts == 1 && whole_rows(x, parts))
+    run_rows_as<stage, 1, true>(x, BH);
+  else if (parts == 1)
+    run_rows_as<stage, 1, false>(x, BH);
+  else if (parts == 2)
+    run_rows_as<stage, 2, false>(x, BH);
+  else
+    run_rows_as<stage, 3, false>(x, BH);
 }
 
 // Runs block(sh, bh, c) for every (batch·head, chunk) as one block, with fresh shared memory `Smem`.

@@ -87,7 +87,8 @@ __global__ void __launch_bounds__(kPassThreads, 1) state_backward_pass_kernel(Pa
 // instantiations and spilled 4 bytes in one).
 template <RowStage stage, int P, bool Whole = false>
 __global__ void __launch_bounds__(kPassThreads, 4) row_stage_kernel(RowArgs x, int tiles) {
-  row_stage<stage, P, Whole>(x, int(blockIdx.x / tiles), int64_t(blockIdx.y), int(blockIdx.x % tiles));
+  __shared__ RowSmem<kStateParts<P>> sh;
+  row_stage<stage, P, Whole>(x, sh, int(blockIdx.x / tiles), int64_t(blockIdx.y), int(blockIdx.x % tiles));
 }
 
 // Blocks (batch·head, value tile) along x, value tiles fastest: the blocks of one chunk's tiles,

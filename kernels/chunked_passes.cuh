@@ -484,6 +484,52 @@ FWP_UNROLL
   }
 };
 
+// Rows r0 .. r0 + R - 1 and columns c0 .. c0 + W - 1 of an fp32 matrix s (row stride ld), zero at rows
+// >= `rows` or columns >= `cols`, split into PS bf16 parts by the whole block, each element once:
+// element (r, c) of part p goes to h[p * R * (W + 8) + r * (W + 8) + c] (rows 16-byte aligned for
+// ldmatrix, 8 of them on distinct banks). Thread t takes the element pairs e = t + i kPassThreads,
+// row e / (W / 2), columns 2 (e % (W / 2)) and the next, so that a warp reads runs of a row; with
+// Pairs (ld even, s 8-byte aligned) a pair is one 64-bit load, under no condition (an element
+// outside reads s's first pair and keeps zero), 4 pairs in flight at a time (few registers).
+template <int PS, int R, int W, bool Pairs>
+FWP_DEV void split_into_planes(uint16_t* h, const float* s, int64_t ld, int r0, int c0, int rows, int cols) {
+  constexpr int half = W / 2, ldh = W + 8, step = kPassThreads / half;  // step: rows between a thread's pairs
+  static_assert(kPassThreads % half == 0 && R % (4 * step) == 0 && W % 8 == 0, "whole rounds of 4 pairs per thread");
+  // (a thread's pairs share their columns: c stays, the row moves on by step)
+  const int r = thread_id() / half, c = 2 * (thread_id() % half);
+  const bool col_in = c0 + c < cols;
+  const float* at = s + int64_t(r0 + r) * ld + c0 + c;
+  const int64_t stride = int64_t(step) * ld;
+  uint16_t* to = h + r * ldh + c;
+  FWP_NO_UNROLL
+  for (int i0 = 0; i0 < R / step; i0 += 4, at += 4 * stride, to += 4 * step * ldh)
+  FWP_UNROLL
+  for (int i = 0; i < 4; ++i) {
+    const bool in = col_in && r0 + r + (i0 + i) * step < rows;
+    const float* from = in ? at + i * stride : s;
+    float x0 = 0.f, x1 = 0.f;
+    if (Pairs) {
+      float_pair(from, x0, x1);  // (ld even: cols is even, so c0 + c + 1 < cols too)
+      x0 = in ? x0 : 0.f;
+      x1 = in ? x1 : 0.f;
+    } else if (in) {
+      x0 = from[0];
+      x1 = c0 + c + 1 < cols ? from[1] : 0.f;
+    }
+    uint32_t w[PS][1];
+    put_parts<PS>(w, 0, x0, x1);
+    FWP_UNROLL
+    for (int p = 0; p < PS; ++p) store_pair(to + p * R * ldh + i * step * ldh, w[p][0]);
+  }
+}
+template <int PS, int R, int W>
+FWP_DEV void split_into_planes(uint16_t* h, const float* s, int64_t ld, int r0, int c0, int rows, int cols) {
+  if (ld % 2 == 0 && (reinterpret_cast<uintptr_t>(s) & 7) == 0)
+    split_into_planes<PS, R, W, true>(h, s, ld, r0, c0, rows, cols);
+  else
+    split_into_planes<PS, R, W, false>(h, s, ld, r0, c0, rows, cols);
+}
+
 // Planes of `rows` x BV at sm (rows: a multiple of 64).
 template <int BV>
 FWP_DEV Planes planes_at(float* sm, int rows) { return Planes{reinterpret_cast<uint16_t*>(sm), rows + 8, BV * (rows + 8)}; }
@@ -840,14 +886,29 @@ FWP_DEV void state_backward_pass(const PassArgs& x, float* smem, int bh, int til
 // ---- The per-chunk row stages (chunked.h: values, F3 output, B1 local_grad), fast version ----
 //
 // One block of 4 warps per (batch·head, chunk, tile of kRowCols value columns); warp w computes the
-// chunk's rows 16 w .. 16 w + 15 on its own, with no shared memory and no barrier: fragments are read
-// straight from global memory (L1 / L2), and the C x C intermediate tril(Q K^T) never leaves the
+// chunk's rows 16 w .. 16 w + 15 on its own: fragments are read straight from global memory (L1 /
+// L2), but for the fp32 checkpoint S_c, which the block splits into bf16 parts in shared memory, a
+// slab at a time (times_state_rows); the C x C intermediate tril(Q K^T) never leaves the
 // registers: an m16n8k16 accumulator pair (n-tiles 2 kk, 2 kk + 1) holds exactly the A fragment of
 // k-block kk, split into bf16 parts in place.
 
 constexpr int kRowCols = 64;          // value columns per block
 constexpr int kRowNT = kRowCols / 8;  // n-tiles per warp
 constexpr int kQKNT = kPassC / 8;     // n-tiles of a C x C row block
+
+// The parts a checkpoint takes where plain operands take P: at least two, so that an fp32 state keeps
+// fp32-level accuracy.
+template <int P>
+constexpr int kStateParts = P > 2 ? P : 2;
+
+// A row stage's shared memory: a slab of kRowSlab rows of the checkpoint's kRowCols value columns
+// in PS bf16 planes, row-major: element (k, n) of part p at slab[p * kRowSlabPlane + k * kRowSlabLd + n]
+// (rows of kRowCols + 8 halves: 16-byte aligned for ldmatrix, and its 8 rows on distinct banks).
+constexpr int kRowSlab = 32, kRowSlabLd = kRowCols + 8, kRowSlabPlane = kRowSlab * kRowSlabLd;
+template <int PS>
+struct RowSmem {
+  alignas(16) uint16_t slab[PS * kRowSlabPlane];
+};
 
 enum class RowStage { Values, Output, LocalGrad };
 
@@ -921,9 +982,6 @@ FWP_HD bool whole_words(const In& m) {
 //   TransposeOf: B(j, n) = m(n, j), zero for j >= d;
 //   TRowsOf:     A(r, j) = m(j, r0 + r) (no bounds);
 //   ScaledRowsOf: A(r, j) = beta(r0 + r) m(r0 + r, j) rounded to fp32 (beta X's rows), zero for j >= d;
-//   StateRows:   B(k, n) = s(k, n) for an fp32 state's tile s of nv columns and row stride ld, zero
-//                for k >= d_k or n >= nv: element by element; with Whole (d_k a multiple of 16) no
-//                test of k, and the test of n as predicated loads rather than a branch.
 // Any other getter (a lambda) is read element by element. With Whole = true (RowsOf<true> and the
 // rest) the caller has checked what whole fragments need (whole_fragments, whole_rows: P = 1, m bf16,
 // 4-byte aligned, d_k and d_v multiples of 16), and the
@@ -972,13 +1030,6 @@ struct ScaledRowsOf {
   FWP_DEV bool words() const { return Whole || (m.bf16 && d % 16 == 0 && word_aligned(m)); }
 };
 
-template <bool Whole = false>
-struct StateRows {
-  const float* s;
-  int64_t ld;
-  int dk, nv;
-  FWP_DEV float operator()(int k, int n) const { return k < dk && n < nv ? s[k * ld + n] : 0.f; }
-};
 
 // A's columns k0.. (P parts) from getter g, and B's rows k0.., columns n0..: whole bf16 fragments
 // where the getter allows (the overloads), else element by element.
@@ -1018,21 +1069,6 @@ FWP_DEV void fragment_a(uint32_t (&a)[P][4], const ScaledRowsOf<W>& g, int k0) {
     const uint32_t w = bf16_pair(bf16_of(g.m) + (r + 8 * (i & 1)) * g.d + c + 8 * (i >> 1));
     put_parts<P>(a, i, mul_rn(bf16_value(uint16_t(w & 0xFFFFu)), beta[i & 1]),
                  mul_rn(bf16_value(uint16_t(w >> 16)), beta[i & 1]));
-  }
-}
-template <int P, bool W>
-FWP_DEV void fragment_b(uint32_t (&b)[P][2], const StateRows<W>& g, int k0, int n0) {
-  if (!W) {
-    load_b<P>(b, [&](int k, int n) { return g(k0 + k, n0 + n); });
-    return;
-  }
-  // load_b's elements, rows below d_k (k0 + 15 < d_k): predicated loads, no branch
-  const int n = n0 + (lane_id() >> 2), k = k0 + 2 * (lane_id() & 3);
-  const bool in = n < g.nv;
-  FWP_UNROLL
-  for (int i = 0; i < 2; ++i) {
-    const float* at = g.s + int64_t(k + 8 * i) * g.ld + n;
-    put_parts<P>(b, i, in ? at[0] : 0.f, in ? at[g.ld] : 0.f);
   }
 }
 template <int P, bool W>
@@ -1083,11 +1119,33 @@ FWP_HD bool whole_rows(const RowArgs& x, int parts) {
          whole_words(x.v);
 }
 
+// acc += A S for this warp's rows of A (getter ga, d_k columns) and a checkpoint's tile s (row stride
+// ld, d_k rows, nv <= kRowCols columns; zero past them), through shared memory: for each kRowSlab
+// rows of s in turn the block splits their elements into PS planes over `slab`, each element once
+// (from global memory every warp split each one it read: 4 times), and the warps take B fragments
+// there by ldmatrix. The splits and the order of the products are what they would be from global
+// memory. Each slab starts with a barrier, after which nobody reads the previous one.
+template <int P, int PS, class GA>
+FWP_DEV void times_state_rows(float (&acc)[kRowNT][4], const GA& ga, uint16_t* slab, const float* s, int64_t ld,
+                              int dk, int nv) {
+  for (int k0 = 0; k0 < dk; k0 += kRowSlab) {
+    block_sync();
+    split_into_planes<PS, kRowSlab, kRowCols>(slab, s, ld, k0, 0, dk, nv);
+    block_sync();
+    warp_product_fragments<kRowNT, P, PS>(
+        acc, imin(kRowSlab, dk - k0), [&](uint32_t(&a)[P][4], int kk) { fragment_a<P>(a, ga, k0 + kk); },
+        [&](uint32_t(&b)[PS][2], int kk, int n0) {
+          FWP_UNROLL
+          for (int p = 0; p < PS; ++p) smem_b_rows(b[p], slab + p * kRowSlabPlane, kRowSlabLd, kk, n0);
+        });
+  }
+}
+
 // The row stage `stage` for block (bh, chunk c, value tile): see RowArgs. P parts per plain operand,
 // max(2, P) for the checkpoints; Whole where whole_rows(x, P) holds.
 template <RowStage stage, int P, bool Whole>
-FWP_DEV void row_stage(const RowArgs& x, int bh, int64_t c, int tile) {
-  constexpr int PS = P > 2 ? P : 2;
+FWP_DEV void row_stage(const RowArgs& x, RowSmem<kStateParts<P>>& sh, int bh, int64_t c, int tile) {
+  constexpr int PS = kStateParts<P>;
   const int m0 = 16 * warp_id(), col0 = tile * kRowCols;
   const int nv = imin(kRowCols, x.dv - col0), dk = x.dk;
   const int64_t chunk = int64_t(bh) * x.N + c;
@@ -1129,7 +1187,7 @@ FWP_DEV void row_stage(const RowArgs& x, int bh, int64_t c, int tile) {
   float acc[kRowNT][4] = {};
   if (stage != RowStage::LocalGrad) {  // W S_c or Q S_c
     const float* sc = x.s + chunk * dk * x.dv + col0;         // [d_k, d_v] checkpoint
-    warp_product<kRowNT, P, PS>(acc, dk, RowsOf<Whole>{a, dk, m0}, StateRows<Whole>{sc, x.dv, dk, nv});
+    times_state_rows<P, PS>(acc, RowsOf<Whole>{a, dk, m0}, sh.slab, sc, x.dv, dk, nv);
   }
   const Out out = x.out + (chunk * kPassC * x.dv + col0);
   const float* base = stage == RowStage::Values ? x.base + chunk * kPassC * x.dv + col0 : nullptr;
@@ -1502,34 +1560,17 @@ FWP_DEV void times_scaled_t(float (&acc)[kQKNT][4], float* space, const GA& ga, 
 // turn, the block splits those rows' elements into PS planes over `space`, each element once (read
 // from global memory, every warp split each one it took: 4 times), and use(planes, j0, cols)
 // multiplies with the slab's first cols columns, its warps taking B fragments by ldmatrix (times_slab).
-// Each slab starts with a barrier, after which nobody reads the previous one. With Whole (or d_v
-// even and s 8-byte aligned) an element pair is one 64-bit load.
+// Each slab starts with a barrier, after which nobody reads the previous one.
 template <int PS, bool Whole, class Use>
 FWP_DEV void state_t_slabs(uint16_t* space, const float* s, int dk, int dv, int c0, const Use& use) {
-  constexpr int K = kSlabCols<PS>, half = K / 2;
-  const Planes planes{space, K + 8, kGradCols * (K + 8)};
-  const bool pairs = Whole || (dv % 2 == 0 && (reinterpret_cast<uintptr_t>(s) & 7) == 0);
+  constexpr int K = kSlabCols<PS>;
+  const Planes planes{space, K + 8, kGradCols * (K + 8)};  // B(j, n) = s(c0 + n, j0 + j): slab row n, column j
   for (int j0 = 0; j0 < dv; j0 += K) {
     block_sync();
-    // thread t takes the pairs e = t + i kPassThreads: state row c0 + e / half, columns j0 + 2 (e % half)
-    // and the next (a warp reads whole rows' runs); 4 pairs in flight at a time, so that the slab's
-    // loads hold few registers next to the accumulators
-    FWP_NO_UNROLL
-    for (int i0 = 0; i0 < kGradCols * half / kPassThreads; i0 += 4)
-    FWP_UNROLL
-    for (int i = i0; i < i0 + 4; ++i) {
-      const int e = thread_id() + i * kPassThreads, n = e / half, k = 2 * (e % half);
-      const int row = c0 + n, col = j0 + k;
-      const float* at = s + int64_t(row) * dv + col;
-      float x0 = 0.f, x1 = 0.f;
-      if (row < dk && pairs) {
-        if (col < dv) float_pair(at, x0, x1);  // (d_v even: col + 1 < d_v too)
-      } else if (row < dk) {
-        x0 = col < dv ? at[0] : 0.f;
-        x1 = col + 1 < dv ? at[1] : 0.f;
-      }
-      planes.template put_pair<PS>(k, n, x0, x1);
-    }
+    if (Whole)  // (whole_fragments: the states 8-byte aligned, d_v even)
+      split_into_planes<PS, kGradCols, K, true>(space, s, dv, c0, j0, dk, dv);
+    else
+      split_into_planes<PS, kGradCols, K>(space, s, dv, c0, j0, dk, dv);
     block_sync();
     use(planes, j0, imin(K, dv - j0));
   }
