@@ -66,8 +66,9 @@ const char* operands_name(Operands operands);
 // Which kernels run the CUDA stages (chunked_passes.cuh has a fast version of every one): the two
 // sequential passes (F2, B2: state in registers, inputs through shared memory, where it fits the
 // device: d_k <= 256 and its shared memory), the row stages (values, F3 output, B1 local_grad:
-// warp-local, no shared memory), F1 (wy: rows warp-local, the solve in shared memory) and B3
-// (input_grads: rows warp-local, P, dT~ and dA in shared memory). `Fast`: those; `First`: chunked.cu's
+// warp-local, but for the checkpoint, split into bf16 parts once per block in shared memory), F1
+// (wy: rows warp-local, the solve in shared memory) and B3 (input_grads: rows warp-local; P, dT~
+// and dA, slabs of the states and, where the operands allow, column blocks in shared memory). `Fast`: those; `First`: chunked.cu's
 // first version of every stage (every product through global memory). `Emulated1` / `Emulated2`:
 // chunked_passes.cuh's code run on the CPU by chunked_emulator.cpp, the passes with one or two
 // stages, for tests (fp32 CPU tensors, or bf16 for the caller's inputs; chunks of 64).

@@ -489,7 +489,7 @@ FWP_UNROLL
 // element (r, c) of part p goes to h[p * R * (W + 8) + r * (W + 8) + c] (rows 16-byte aligned for
 // ldmatrix, 8 of them on distinct banks). Thread t takes the element pairs e = t + i kPassThreads,
 // row e / (W / 2), columns 2 (e % (W / 2)) and the next, so that a warp reads runs of a row; with
-// Pairs (ld even, s 8-byte aligned) a pair is one 64-bit load, under no condition (an element
+// Pairs (ld and cols even, s 8-byte aligned) a pair is one 64-bit load, under no condition (an element
 // outside reads s's first pair and keeps zero), 4 pairs in flight at a time (few registers).
 template <int PS, int R, int W, bool Pairs>
 FWP_DEV void split_into_planes(uint16_t* h, const float* s, int64_t ld, int r0, int c0, int rows, int cols) {
@@ -498,18 +498,18 @@ FWP_DEV void split_into_planes(uint16_t* h, const float* s, int64_t ld, int r0, 
   // (a thread's pairs share their columns: c stays, the row moves on by step)
   const int r = thread_id() / half, c = 2 * (thread_id() % half);
   const bool col_in = c0 + c < cols;
-  const float* at = s + int64_t(r0 + r) * ld + c0 + c;
   const int64_t stride = int64_t(step) * ld;
+  int64_t at = int64_t(r0 + r) * ld + c0 + c;  // (an offset: a pointer is formed only in range)
   uint16_t* to = h + r * ldh + c;
   FWP_NO_UNROLL
   for (int i0 = 0; i0 < R / step; i0 += 4, at += 4 * stride, to += 4 * step * ldh)
   FWP_UNROLL
   for (int i = 0; i < 4; ++i) {
     const bool in = col_in && r0 + r + (i0 + i) * step < rows;
-    const float* from = in ? at + i * stride : s;
+    const float* from = s + (in ? at + i * stride : 0);
     float x0 = 0.f, x1 = 0.f;
     if (Pairs) {
-      float_pair(from, x0, x1);  // (ld even: cols is even, so c0 + c + 1 < cols too)
+      float_pair(from, x0, x1);  // (cols even: c0 + c + 1 < cols too)
       x0 = in ? x0 : 0.f;
       x1 = in ? x1 : 0.f;
     } else if (in) {
@@ -524,7 +524,7 @@ FWP_DEV void split_into_planes(uint16_t* h, const float* s, int64_t ld, int r0, 
 }
 template <int PS, int R, int W>
 FWP_DEV void split_into_planes(uint16_t* h, const float* s, int64_t ld, int r0, int c0, int rows, int cols) {
-  if (ld % 2 == 0 && (reinterpret_cast<uintptr_t>(s) & 7) == 0)
+  if (ld % 2 == 0 && cols % 2 == 0 && (reinterpret_cast<uintptr_t>(s) & 7) == 0)
     split_into_planes<PS, R, W, true>(h, s, ld, r0, c0, rows, cols);
   else
     split_into_planes<PS, R, W, false>(h, s, ld, r0, c0, rows, cols);
@@ -1480,7 +1480,7 @@ constexpr int kGradCols = 32, kGradNT = kGradCols / 8;  // B3's column tile and 
 // State columns per slab of B3's state products (state_t_slabs) with PS bf16 parts, and the halves
 // of shared memory its planes take: kGradCols state rows of kSlabCols + 8 (ldmatrix's 16-byte rows,
 // 8 of them on distinct banks), PS planes; three parts take slabs half as wide, so that the block's
-// static shared memory stays under 48 KB.
+// static shared memory stays within 48 KB.
 template <int PS>
 constexpr int kSlabCols = PS <= 2 ? 64 : 32;
 constexpr int slab_halves(int ps, int cols) { return ps * kGradCols * (cols + 8); }
@@ -1567,7 +1567,7 @@ FWP_DEV void state_t_slabs(uint16_t* space, const float* s, int dk, int dv, int 
   const Planes planes{space, K + 8, kGradCols * (K + 8)};  // B(j, n) = s(c0 + n, j0 + j): slab row n, column j
   for (int j0 = 0; j0 < dv; j0 += K) {
     block_sync();
-    if (Whole)  // (whole_fragments: the states 8-byte aligned, d_v even)
+    if (Whole)  // (whole_fragments: the states 8-byte aligned, d_v a multiple of 16)
       split_into_planes<PS, kGradCols, K, true>(space, s, dv, c0, j0, dk, dv);
     else
       split_into_planes<PS, kGradCols, K>(space, s, dv, c0, j0, dk, dv);
