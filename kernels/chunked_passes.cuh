@@ -1030,7 +1030,6 @@ struct ScaledRowsOf {
   FWP_DEV bool words() const { return Whole || (m.bf16 && d % 16 == 0 && word_aligned(m)); }
 };
 
-
 // A's columns k0.. (P parts) from getter g, and B's rows k0.., columns n0..: whole bf16 fragments
 // where the getter allows (the overloads), else element by element.
 template <int P, class G>
@@ -1636,7 +1635,7 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmem& sh, int bh, int64_t 
   const float* sc = x.ckpt + chunk * dk * dv;          // S_c [d_k, d_v]
   const float* dsc = x.ds_next + chunk * dk * dv;      // dS_{c+1} [d_k, d_v]
   const Out dw = delta ? x.dw + chunk * kPassC * dk : Out{nullptr, false};  // dW [C, d_k]
-  // this warp's rows of a [C, d] matrix, and the columns c0.. of a state's transpose
+  // this warp's rows of a [C, d] matrix
   const auto rows = [&](const In& a, int d) { return RowsOf<Whole>{a, d, m0}; };
   // use(B) with B(j, n) = a[j, c0 + n] for the chunk's rows j
   const auto cols = [&](const In& a, int d, int c0, const auto& use) { with_cols<Whole>(sh.cols, a, d, c0, use); };
