@@ -301,15 +301,24 @@ void run(bool backward, const PassArgs& x, int64_t BH, int parts) {
     run_parts<16>(backward, x, BH, parts);
 }
 
+// Runs block(sh, bh, c) for every (batch·head, chunk) as one block, with fresh shared memory `Smem`.
+template <class Smem, class Block>
+void run_chunks(int64_t BH, int64_t N, const Block& block) {
+  for (int64_t bh = 0; bh < BH; ++bh)
+    for (int64_t c = 0; c < N; ++c) {
+      static_assert(std::is_trivially_copyable<Smem>::value, "shared memory is plain data");
+      Smem sh;
+      std::memset(&sh, 0xFF, sizeof(Smem));  // NaN: what nobody wrote must not be read
+      run_block([&] { block(sh, int(bh), c); });
+    }
+}
+
+// A row stage's blocks, each value tile's in turn (the blocks are independent).
 template <RowStage stage, int P, bool Whole>
 void run_rows_as(const RowArgs& x, int64_t BH) {
-  for (int64_t bh = 0; bh < BH; ++bh)
-    for (int64_t c = 0; c < x.N; ++c)
-      for (int tile = 0; tile * kRowCols < x.dv; ++tile) {
-        RowSmem<kStateParts<P>> sh;
-        std::memset(&sh, 0xFF, sizeof(sh));  // NaN: what nobody wrote must not be read
-        run_block([&] { row_stage<stage, P, Whole>(x, sh, int(bh), c, tile); });
-      }
+  for (int tile = 0; tile * kRowCols < x.dv; ++tile)
+    run_chunks<RowSmem<kStateParts<P>>>(
+        BH, x.N, [&](RowSmem<kStateParts<P>>& sh, int bh, int64_t c) { row_stage<stage, P, Whole>(x, sh, bh, c, tile); });
 }
 // The kernel the launcher picks (chunked_passes.cu): Whole where whole_rows holds.
 template <RowStage stage>
@@ -322,18 +331,6 @@ void run_rows(const RowArgs& x, int64_t BH, int parts) {
     run_rows_as<stage, 2, false>(x, BH);
   else
     run_rows_as<stage, 3, false>(x, BH);
-}
-
-// Runs block(sh, bh, c) for every (batch·head, chunk) as one block, with fresh shared memory `Smem`.
-template <class Smem, class Block>
-void run_chunks(int64_t BH, int64_t N, const Block& block) {
-  for (int64_t bh = 0; bh < BH; ++bh)
-    for (int64_t c = 0; c < N; ++c) {
-      static_assert(std::is_trivially_copyable<Smem>::value, "shared memory is plain data");
-      Smem sh;
-      std::memset(&sh, 0xFF, sizeof(Smem));  // NaN: what nobody wrote must not be read
-      run_block([&] { block(sh, int(bh), c); });
-    }
 }
 
 template <int P>
