@@ -1244,17 +1244,21 @@ struct WyArgs {
   int dk, dv;
 };
 
-// The solve's shared memory: A, then scratch for the merges.
+// The solve's shared memory: A, then scratch for the merges. Rows of kInvLd = C + 4 floats (and the
+// scratch's of kMergeLd = 32 + 4): 16-byte aligned, so that a row's 4 neighbours come in one load
+// (float_quad), and a lane's quad of the scratch at (lane, 4 q) lies on banks of its own within each
+// quarter warp.
+constexpr int kInvLd = kPassC + 4, kMergeLd = 32 + 4;
 struct WySolve {
-  float a[kPassC][kPassC + 1];
-  float t[32][33];
+  alignas(16) float a[kPassC][kInvLd];
+  alignas(16) float t[32][kMergeLd];
 };
 
 // W's and U's operand beta X, 64 columns at a time, as Planes of at most two parts (P <= 2).
 constexpr int kWyLd = kPassC + 8, kWyPlane = kRowCols * kWyLd;
 
 struct WySmem {
-  float x[kPassC][kPassC + 1];  // T~
+  alignas(16) float x[kPassC][kInvLd];  // T~
   union {
     WySolve solve;                       // until T~ is known
     uint16_t scaled[2 * kWyPlane];       // then beta X (kPassPlanes)
@@ -1262,49 +1266,129 @@ struct WySmem {
 };
 static_assert(sizeof(uint16_t) * 2 * kWyPlane <= sizeof(WySolve), "beta X's planes fit in the solve's space");
 
-// sh.x = (I + A)^-1 for strictly lower A = sh.solve.a, by the whole block. Ends with a barrier.
-FWP_DEV void unit_lower_inverse(WySmem& sh) {
-  float(&a)[kPassC][kPassC + 1] = sh.solve.a;
-  float(&t)[32][33] = sh.solve.t;
-  for (int e = thread_id(); e < kPassC * kPassC; e += kPassThreads) sh.x[e / kPassC][e % kPassC] = 0.f;
-  block_sync();
-  const int lane = lane_id();
-  if (lane < 16) {  // diagonal block warp_id(), one lane per column
-    const int base = 16 * warp_id(), col = base + lane;
-    for (int i = 0; i < 16; ++i) {
-      float v = (i == lane) ? 1.f : 0.f;
-      for (int j = 0; j < i; ++j) v -= a[base + i][base + j] * sh.x[base + j][col];
-      sh.x[base + i][col] = v;
-    }
-  }
-  block_sync();
-  // The merges' sums leave out the terms that the inverses' zeros above the diagonal make zero:
-  // for a finite T~ they would add exact zeros (+0 or -0, to a sum that starts at +0), so the sums
-  // are the full sums bit for bit. Each sum's length is the same across a warp: row i of t takes a
-  // warp (lanes over j), column j of the new block a warp (lanes over i).
-FWP_UNROLL  // (so that s is known when compiling, and e / s a shift)
-  for (int s = 16; s < kPassC; s *= 2) {
+// The fp32 values at p .. p + 3 (p 16-byte aligned): one 128-bit shared-memory access on the GPU; a
+// misaligned p stops the emulator, as it would the kernel.
+FWP_DEV void float_quad(const float* p, float (&v)[4]) {
+#ifdef __CUDACC__
+  const float4 f = *reinterpret_cast<const float4*>(p);
+  v[0] = f.x;
+  v[1] = f.y;
+  v[2] = f.z;
+  v[3] = f.w;
+#else
+  if ((reinterpret_cast<uintptr_t>(p) & 15) != 0) __builtin_trap();
+  for (int q = 0; q < 4; ++q) v[q] = p[q];
+#endif
+}
+FWP_DEV void store_quad(float* p, const float (&v)[4]) {
+#ifdef __CUDACC__
+  *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+#else
+  if ((reinterpret_cast<uintptr_t>(p) & 15) != 0) __builtin_trap();
+  for (int q = 0; q < 4; ++q) p[q] = v[q];
+#endif
+}
+
+// T~'s diagonal block b (rows and columns 16 b ..) by forward substitution, one lane per column,
+// its column in registers: x_ij = [i = j] - sum_{m < i} a_im x_mj, the terms in order of m.
+FWP_DEV void diagonal_inverse(WySmem& sh, int b) {
+  const int base = 16 * b, lane = lane_id();
+  float col[16];
 FWP_UNROLL
-    for (int blk = 0; blk < kPassC / (2 * s); ++blk) {
-      const int r0 = blk * 2 * s + s, c0 = blk * 2 * s;
-      // t = Y^-1 B with Y^-1 = x[r0.., r0..] (zero right of its diagonal), B = a[r0.., c0..]
-      for (int e = thread_id(); e < s * s; e += kPassThreads) {
-        const int i = e / s, j = e % s;
-        float v = 0.f;
-        for (int m = 0; m <= i; ++m) v += sh.x[r0 + i][r0 + m] * a[r0 + m][c0 + j];
-        t[i][j] = v;
-      }
-      block_sync();
-      // x[r0.., c0..] = -t X^-1 with X^-1 = x[c0.., c0..] (zero above its diagonal)
-      for (int e = thread_id(); e < s * s; e += kPassThreads) {
-        const int j = e / s, i = e % s;
-        float v = 0.f;
-        for (int m = j; m < s; ++m) v += t[i][m] * sh.x[c0 + m][c0 + j];
-        sh.x[r0 + i][c0 + j] = -v;
-      }
-      block_sync();
+  for (int i = 0; i < 16; ++i) {
+    float v = i == lane ? 1.f : 0.f;
+FWP_UNROLL
+    for (int m4 = 0; m4 < i; m4 += 4) {
+      float ar[4];
+      float_quad(&sh.solve.a[base + i][base + m4], ar);
+FWP_UNROLL
+      for (int q = 0; q < 4; ++q)
+        if (m4 + q < i) v -= ar[q] * col[m4 + q];
     }
+    col[i] = v;
   }
+FWP_UNROLL
+  for (int i = 0; i < 16; ++i) sh.x[base + i][base + lane] = col[i];
+}
+
+// A merge of two inverted diagonal blocks of size s into one of 2 s, rows r0 .. and columns c0 ..
+// of T~ (r0 = c0 + s): x[r0.., c0..] = -Y^-1 B X^-1, with Y^-1 = x[r0.., r0..] and X^-1 = x[c0.., c0..]
+// (both zero above their diagonals) and B = a[r0.., c0..]. Its sums leave out the terms that those
+// zeros make zero: for a finite T~ they would add exact zeros (+0 or -0, to a sum that starts at
+// +0), so the sums are the full sums bit for bit. A thread computes 4 neighbouring results of one
+// column (step 1) or one row (step 2), group g (rows or columns 4 g ..): each operand it loads
+// serves all 4, and every sum takes its terms in order of m.
+// Step 1: t[tr + i][j] = sum_{m <= i} Y^-1_im B_mj for i = 4 g .., column j. One group of terms:
+// m = m4 .. m4 + 3, where in the diagonal group (m4 = 4 g) row i takes those with m <= i.
+template <bool Diagonal>
+FWP_DEV void merge_row_terms(float (&acc)[4], const WySmem& sh, int r0, int c0, int g, int j, int m4) {
+  float b[4];
+FWP_UNROLL
+  for (int q = 0; q < 4; ++q) b[q] = sh.solve.a[r0 + m4 + q][c0 + j];
+FWP_UNROLL
+  for (int r = 0; r < 4; ++r) {
+    float y[4];
+    float_quad(&sh.x[r0 + 4 * g + r][r0 + m4], y);
+FWP_UNROLL
+    for (int q = 0; q < 4; ++q)
+      if (!Diagonal || q <= r) acc[r] += y[q] * b[q];
+  }
+}
+FWP_DEV void merge_rows(WySmem& sh, int r0, int c0, int tr, int g, int j) {
+  float acc[4] = {};
+  for (int m4 = 0; m4 < 4 * g; m4 += 4) merge_row_terms<false>(acc, sh, r0, c0, g, j, m4);
+  merge_row_terms<true>(acc, sh, r0, c0, g, j, 4 * g);
+FWP_UNROLL
+  for (int r = 0; r < 4; ++r) sh.solve.t[tr + 4 * g + r][j] = acc[r];
+}
+
+// Step 2: x[r0 + i][c0 + j] = -sum_{m >= j} t[tr + i][m] X^-1_mj for j = 4 g .., row i (s: the
+// blocks' size). One group of terms: m = m4 .. m4 + 3, where in the diagonal group (m4 = 4 g)
+// column j takes those with m >= j.
+template <bool Diagonal>
+FWP_DEV void merge_col_terms(float (&acc)[4], const WySmem& sh, int c0, int tr, int g, int i, int m4) {
+  float tv[4];
+  float_quad(&sh.solve.t[tr + i][m4], tv);
+FWP_UNROLL
+  for (int q = 0; q < 4; ++q) {
+    float xr[4];
+    float_quad(&sh.x[c0 + m4 + q][c0 + 4 * g], xr);
+FWP_UNROLL
+    for (int c = 0; c < 4; ++c)
+      if (!Diagonal || c <= q) acc[c] += tv[q] * xr[c];
+  }
+}
+FWP_DEV void merge_cols(WySmem& sh, int s, int r0, int c0, int tr, int g, int i) {
+  float acc[4] = {};
+  merge_col_terms<true>(acc, sh, c0, tr, g, i, 4 * g);
+  for (int m4 = 4 * g + 4; m4 < s; m4 += 4) merge_col_terms<false>(acc, sh, c0, tr, g, i, m4);
+  const float out[4] = {-acc[0], -acc[1], -acc[2], -acc[3]};
+  store_quad(&sh.x[r0 + i][c0 + 4 * g], out);
+}
+
+// sh.x = (I + A)^-1 for strictly lower A = sh.solve.a, by the whole block: the four diagonal blocks
+// (a warp each), then merges 16 -> 32 (both pairs at once: a pair takes two warps, a half warp a
+// group of 4 rows or columns) -> 64 (a warp takes groups w and 7 - w, the same number of terms for
+// every warp). Ends with a barrier. The blocks above the diagonal blocks are left unwritten: they are
+// zeros, which no product reads (the store of T~ writes them).
+FWP_DEV void unit_lower_inverse(WySmem& sh) {
+  const int w = warp_id(), lane = lane_id();
+  if (lane < 16) diagonal_inverse(sh, w);
+  block_sync();
+  {  // 16 -> 32: pair p = w / 2 (rows 32 p + 16 .., columns 32 p ..), group 2 (w % 2) + lane / 16
+    const int p = w >> 1, g = 2 * (w & 1) + (lane >> 4), r0 = 32 * p + 16, c0 = 32 * p;
+    merge_rows(sh, r0, c0, 16 * p, g, lane & 15);
+    block_sync();
+    merge_cols(sh, 16, r0, c0, 16 * p, g, lane & 15);
+    block_sync();
+  }
+  // 32 -> 64
+  merge_rows(sh, 32, 0, 0, w, lane);
+  merge_rows(sh, 32, 0, 0, 7 - w, lane);
+  block_sync();
+  merge_cols(sh, 32, 32, 0, 0, w, lane);
+  merge_cols(sh, 32, 32, 0, 0, 7 - w, lane);
+  block_sync();
 }
 
 // The warps' shares of T~'s products, balanced: T~ is lower triangular, so row block i (rows 16 i ..)
@@ -1319,7 +1403,7 @@ struct TinvRows {
   uint32_t a_lo[2][P][4];  // column blocks 0 .. lo of row block lo (lo <= 1)
   uint32_t a_hi[4][P][4];  // column blocks 0 .. hi of row block hi
 
-  FWP_DEV explicit TinvRows(const float (&t)[kPassC][kPassC + 1]) : lo(imin(warp_id(), 3 - warp_id())), hi(3 - lo) {
+  FWP_DEV explicit TinvRows(const float (&t)[kPassC][kInvLd]) : lo(imin(warp_id(), 3 - warp_id())), hi(3 - lo) {
     FWP_UNROLL
     for (int kk = 0; kk < 4; ++kk) {
       if (kk < 2 && kk <= lo) load_a<P>(a_lo[kk], [&](int r, int j) { return t[16 * lo + r][16 * kk + j]; });
@@ -1438,8 +1522,11 @@ FWP_DEV void wy_stage(const WyArgs& x, WySmem& sh, int bh, int64_t c) {
   if (x.tinv.p != nullptr) {  // the backward's B3 reads T~; the forward has no use for it
     const Out tinv = x.tinv + chunk * kPassC * kPassC;
     const bool pairs = tinv.pairs();  // a row's two neighbouring columns in one store where the address allows
-    for (int e = 2 * thread_id(); e < kPassC * kPassC; e += 2 * kPassThreads)
-      tinv.set_two(e, sh.x[e / kPassC][e % kPassC], sh.x[e / kPassC][e % kPassC + 1], pairs);
+    for (int e = 2 * thread_id(); e < kPassC * kPassC; e += 2 * kPassThreads) {
+      const int r = e / kPassC, c = e % kPassC;  // c even: both in one block of 16 columns
+      const bool zero = c / 16 > r / 16;          // above the diagonal blocks (unit_lower_inverse)
+      tinv.set_two(e, zero ? 0.f : sh.x[r][c], zero ? 0.f : sh.x[r][c + 1], pairs);
+    }
   }
   const TinvRows<P> ta(sh.x);
   tinv_times_scaled<P>(sh, ta, k, beta, dk, x.w + chunk * kPassC * dk);
