@@ -36,9 +36,11 @@
 #ifdef __CUDACC__
 #define FWP_UNROLL _Pragma("unroll")
 #define FWP_NO_UNROLL _Pragma("unroll 1")
+#define FWP_UNROLL_4 _Pragma("unroll 4")
 #else
 #define FWP_UNROLL
 #define FWP_NO_UNROLL
+#define FWP_UNROLL_4
 #endif
 
 constexpr int kPassC = 64;          // chunk
@@ -558,17 +560,31 @@ struct PlanesB {
   FWP_DEV void operator()(uint32_t (&b)[P][2], int k0, int n0) const { s.template fragment<P, true>(b, k0, n0); }
 };
 
-// Issues the copies of Rows x Pieces pieces of `per` elements of `bytes` bytes each (`chunk` bytes
-// a piece) from src (row stride lds) into dst (row stride ldd), zeros for the pieces at columns cols
-// and past: thread t takes pieces t, t + kPassThreads, ... With Rows and Pieces known when compiling,
-// a piece's row and column are a shift and a mask (or a multiply) rather than an integer division.
-template <int Rows, int Pieces>
-FWP_DEV void copy_pieces(char* d, int ldd, const char* s, int64_t lds, int cols, int per, int chunk, int bytes) {
-FWP_NO_UNROLL  // (unrolled, the fp32 4-byte path alone grew each pass by a thousand instructions)
-  for (int e = thread_id(); e < Rows * Pieces; e += kPassThreads) {
-    const int r = e / Pieces, c = per * (e % Pieces);
+// Issues the copies of Rows x Pieces pieces of Chunk bytes (Chunk / Bytes elements of Bytes bytes)
+// from s (row stride lds elements) into d (row stride ldd), zeros for the pieces at columns cols and
+// past: thread t takes pieces t, t + kPassThreads, ... Where Pieces divides kPassThreads, those are
+// one column of every (kPassThreads / Pieces)-th row, so that the thread finds its column once and
+// then steps two addresses; otherwise a piece's row and column are a shift and a mask (or a
+// multiply), Rows and Pieces being known when compiling.
+template <int Rows, int Pieces, int Chunk, int Bytes>
+FWP_DEV void copy_pieces(char* d, int ldd, const char* s, int64_t lds, int cols) {
+  constexpr int per = Chunk / Bytes;
+  if constexpr (kPassThreads % Pieces == 0) {
+    constexpr int step = kPassThreads / Pieces, n = (Rows + step - 1) / step;
+    const int r0 = thread_id() / Pieces, c = per * (thread_id() % Pieces);
     const bool valid = c < cols;
-    copy_async(d + (int64_t(r) * ldd + c) * bytes, valid ? s + (r * lds + c) * bytes : s, chunk, valid);
+    const int d_off = (r0 * ldd + c) * Bytes, d_step = step * ldd * Bytes;
+    const int64_t s_off = valid ? (r0 * lds + c) * Bytes : 0, s_step = valid ? step * lds * Bytes : 0;
+FWP_UNROLL_4
+    for (int k = 0; k < n; ++k)
+      if (Rows % step == 0 || r0 + k * step < Rows) copy_async(d + d_off + k * d_step, s + s_off + k * s_step, Chunk, valid);
+  } else {
+FWP_NO_UNROLL  // (unrolled, the fp32 4-byte path alone grew each pass by a thousand instructions)
+    for (int e = thread_id(); e < Rows * Pieces; e += kPassThreads) {
+      const int r = e / Pieces, c = per * (e % Pieces);
+      const bool valid = c < cols;
+      copy_async(d + (int64_t(r) * ldd + c) * Bytes, valid ? s + (r * lds + c) * Bytes : s, Chunk, valid);
+    }
   }
 }
 
@@ -593,17 +609,19 @@ FWP_DEV void copy_tile(void* dst, int ldd, const void* src, int64_t lds, int col
     }
     return;
   }
-  const int per = chunk / bytes;  // 8 or 2 bf16 elements, 4 or 1 fp32 ones
   char* d = static_cast<char*>(dst);
   const char* s = static_cast<const char*>(src);
-  if (per == 8)
-    copy_pieces<Rows, Width / 8>(d, ldd, s, lds, cols, per, chunk, bytes);
-  else if (per == 4)
-    copy_pieces<Rows, Width / 4>(d, ldd, s, lds, cols, per, chunk, bytes);
-  else if (per == 2)
-    copy_pieces<Rows, Width / 2>(d, ldd, s, lds, cols, per, chunk, bytes);
-  else
-    copy_pieces<Rows, Width>(d, ldd, s, lds, cols, per, chunk, bytes);
+  if (bytes == 2) {
+    if (chunk == 16)
+      copy_pieces<Rows, Width / 8, 16, 2>(d, ldd, s, lds, cols);
+    else
+      copy_pieces<Rows, Width / 2, 4, 2>(d, ldd, s, lds, cols);
+  } else {
+    if (chunk == 16)
+      copy_pieces<Rows, Width / 4, 16, 4>(d, ldd, s, lds, cols);
+    else
+      copy_pieces<Rows, Width, 4, 4>(d, ldd, s, lds, cols);
+  }
 }
 
 // Starts copying one chunk's kPassC rows x cols of src (row stride lds, fp32 or bf16) into the tile
