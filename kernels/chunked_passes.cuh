@@ -37,10 +37,12 @@
 #define FWP_UNROLL _Pragma("unroll")
 #define FWP_NO_UNROLL _Pragma("unroll 1")
 #define FWP_UNROLL_4 _Pragma("unroll 4")
+#define FWP_UNROLL_2 _Pragma("unroll 2")
 #else
 #define FWP_UNROLL
 #define FWP_NO_UNROLL
 #define FWP_UNROLL_4
+#define FWP_UNROLL_2
 #endif
 
 constexpr int kPassC = 64;          // chunk
@@ -1440,7 +1442,7 @@ FWP_DEV void scaled_planes(const Planes& bx, In x, In beta, int cols, int ld) {
   const int t = thread_id(), a = t & 7, b = (t >> 3) & 3, c = t >> 5;
   by_dtype(x, [&](const auto& xr) {
     by_dtype(beta, [&](const auto& br) {
-      FWP_NO_UNROLL  // unrolled, the loads of all 8 would be hoisted, in registers the products need
+      FWP_UNROLL_2  // two row pairs' loads in flight at once (all 8 pairs' would take registers the products need)
       for (int d = 0; d < 8; ++d) {
         const int k = 8 * d + 2 * b;
         const float b0 = br(k), b1 = br(k + 1);
