@@ -1542,10 +1542,13 @@ FWP_DEV void wy_stage(const WyArgs& x, WySmem& sh, int bh, int64_t c) {
   if (x.tinv.p != nullptr) {  // the backward's B3 reads T~; the forward has no use for it
     const Out tinv = x.tinv + chunk * kPassC * kPassC;
     const bool pairs = tinv.pairs();  // a row's two neighbouring columns in one store where the address allows
-    for (int e = 2 * thread_id(); e < kPassC * kPassC; e += 2 * kPassThreads) {
-      const int r = e / kPassC, c = e % kPassC;  // c even: both in one block of 16 columns
-      const bool zero = c / 16 > r / 16;          // above the diagonal blocks (unit_lower_inverse)
-      tinv.set_two(e, zero ? 0.f : sh.x[r][c], zero ? 0.f : sh.x[r][c + 1], pairs);
+    static_assert(2 * 32 == kPassC, "a warp's lanes take a row's column pairs");
+    const int c = 2 * lane_id();  // this thread's columns c, c + 1 (one block of 16) of every fourth row
+    for (int r = warp_id(); r < kPassC; r += kPassWarps) {
+      const bool zero = c / 16 > r / 16;  // above the diagonal blocks (unit_lower_inverse)
+      float x0, x1;
+      float_pair(&sh.x[r][c], x0, x1);
+      tinv.set_two(r * kPassC + c, zero ? 0.f : x0, zero ? 0.f : x1, pairs);
     }
   }
   const TinvRows<P> ta(sh.x);
