@@ -251,7 +251,7 @@ at::TensorOptions operand_options(const Tensor& t, const Config& cfg) {
 constexpr size_t kGuardFloats = 256;
 constexpr float kGuardValue = 1234.5f;
 
-template <int KT, int P, int BV>
+template <int KT, int P, int BV, bool Whole = false>
 void run_grid(bool backward, const PassArgs& x, int64_t BH) {
   const size_t n = size_t(pass_floats(KT, backward, x.b.p != nullptr, pass_bf16(x), x.stages, BV));
   std::vector<float> smem(n + kGuardFloats);
@@ -264,9 +264,9 @@ void run_grid(bool backward, const PassArgs& x, int64_t BH) {
       std::fill(smem.begin() + n, smem.end(), kGuardValue);
       run_block([&] {
         if (backward)
-          state_backward_pass<KT, P, BV>(x, smem.data(), int(bh), tile);
+          state_backward_pass<KT, P, BV, Whole>(x, smem.data(), int(bh), tile);
         else
-          state_forward_pass<KT, P, BV>(x, smem.data(), int(bh), tile);
+          state_forward_pass<KT, P, BV, Whole>(x, smem.data(), int(bh), tile);
       });
       TORCH_CHECK(std::all_of(smem.begin() + n, smem.end(), [](float g) { return g == kGuardValue; }),
                   "fwp::chunked emulated passes: a block wrote past its ", n * sizeof(float),
@@ -279,12 +279,20 @@ void run_grid(bool backward, const PassArgs& x, int64_t BH) {
 // batch·head: 16 for d_v of 17 to 32, 8 for d_v up to 16).
 constexpr int kEmulatedSMs = 2;
 
+// One part, as the launcher picks (chunked_passes.cu): the blocks' width, then Whole where
+// whole_pass holds.
+template <int KT, bool Whole>
+void run_one_part(bool backward, const PassArgs& x, int64_t BH) {
+  const int bv = pass_value_cols(BH, x.dv, 1, kEmulatedSMs);
+  if (bv == kNarrowestBV) run_grid<KT, 1, kNarrowestBV, Whole>(backward, x, BH);
+  if (bv == kNarrowBV) run_grid<KT, 1, kNarrowBV, Whole>(backward, x, BH);
+  if (bv == kBV) run_grid<KT, 1, kBV, Whole>(backward, x, BH);
+}
+
 template <int KT>
 void run_parts(bool backward, const PassArgs& x, int64_t BH, int parts) {
-  const int bv = pass_value_cols(BH, x.dv, parts, kEmulatedSMs);  // (narrower than kBV only where parts == 1)
-  if (parts == 1 && bv == kNarrowestBV) run_grid<KT, 1, kNarrowestBV>(backward, x, BH);
-  if (parts == 1 && bv == kNarrowBV) run_grid<KT, 1, kNarrowBV>(backward, x, BH);
-  if (parts == 1 && bv == kBV) run_grid<KT, 1, kBV>(backward, x, BH);
+  if (parts == 1 && whole_pass(x, parts, backward)) run_one_part<KT, true>(backward, x, BH);
+  if (parts == 1 && !whole_pass(x, parts, backward)) run_one_part<KT, false>(backward, x, BH);
   if (parts == 2) run_grid<KT, 2, kBV>(backward, x, BH);
   if (parts == 3) run_grid<KT, 3, kBV>(backward, x, BH);
 }

@@ -1,9 +1,9 @@
 // The fast chunked kernels (chunked_passes.cuh) as CUDA kernels: the device primitives the shared
 // code asks for (mma.sync, ldmatrix, cp.async, bf16 rounding), one kernel per instantiation (passes:
-// key tiles KT x parts P x value columns BV, 16 or 8 only with P = 1; per-chunk stages: P), and the
-// launchers. The passes size their shared memory from the device's opt-in limit (cached per
-// device); where a pass does not fit, the host side runs the first-version kernel of chunked.cu
-// instead (chunked_launch.h).
+// key tiles KT x parts P x value columns BV, 16 or 8 only with P = 1, and with P = 1 a Whole kernel
+// beside each, see whole_pass; per-chunk stages: P), and the launchers. The passes size their
+// shared memory from the device's opt-in limit (cached per device); where a pass does not fit, the
+// host side runs the first-version kernel of chunked.cu instead (chunked_launch.h).
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -71,16 +71,16 @@ FWP_DEV float mul_rn(float a, float b) { return __fmul_rn(a, b); }
 In in(FwpIn x) { return In{x.p, x.bf16 != 0}; }
 Out out(FwpOut x) { return Out{x.p, x.bf16 != 0}; }
 
-template <int KT, int P, int BV>
+template <int KT, int P, int BV, bool Whole>
 __global__ void __launch_bounds__(kPassThreads, 1) state_forward_pass_kernel(PassArgs x) {
   extern __shared__ float4 smem[];
-  state_forward_pass<KT, P, BV>(x, reinterpret_cast<float*>(smem), int(blockIdx.x), int(blockIdx.y));
+  state_forward_pass<KT, P, BV, Whole>(x, reinterpret_cast<float*>(smem), int(blockIdx.x), int(blockIdx.y));
 }
 
-template <int KT, int P, int BV>
+template <int KT, int P, int BV, bool Whole>
 __global__ void __launch_bounds__(kPassThreads, 1) state_backward_pass_kernel(PassArgs x) {
   extern __shared__ float4 smem[];
-  state_backward_pass<KT, P, BV>(x, reinterpret_cast<float*>(smem), int(blockIdx.x), int(blockIdx.y));
+  state_backward_pass<KT, P, BV, Whole>(x, reinterpret_cast<float*>(smem), int(blockIdx.x), int(blockIdx.y));
 }
 
 // At most 128 registers, so four blocks fit an SM (without the bound ptxas chose 64-80 for some
@@ -214,10 +214,11 @@ int stages_for_grid(Kernel kernel, std::atomic<bool>* raised, bool backward, con
   return pass_stages_for_grid(x.stages, blocks, sm_count(), per_sm_one, per_sm_two);
 }
 
-template <int KT, int P, int BV = kBV>
+template <int KT, int P, int BV = kBV, bool Whole = false>
 int launch_pass(bool backward, const PassArgs& x, int64_t BH, void* stream) {
   static std::atomic<bool> raised_forward[kMaxDevices] = {}, raised_backward[kMaxDevices] = {};
-  const auto kernel = backward ? state_backward_pass_kernel<KT, P, BV> : state_forward_pass_kernel<KT, P, BV>;
+  const auto kernel =
+      backward ? state_backward_pass_kernel<KT, P, BV, Whole> : state_forward_pass_kernel<KT, P, BV, Whole>;
   std::atomic<bool>* raised = backward ? raised_backward : raised_forward;
   PassArgs y = x;
   y.stages = stages_for_grid(kernel, raised, backward, x, pass_blocks(BH, x.dv, BV), BV);
@@ -225,16 +226,23 @@ int launch_pass(bool backward, const PassArgs& x, int64_t BH, void* stream) {
   return launch<BV>(kernel, raised, y, BH, bytes, stream);
 }
 
-// (narrow blocks only where operands take one part, the fast bf16 case: pass_value_cols)
+// One part: the block's value columns (narrow blocks only where operands take one part, the fast
+// bf16 case: pass_value_cols), then Whole where whole_pass holds.
+template <int KT, bool Whole>
+int launch_one_part(bool backward, const PassArgs& x, int64_t BH, void* stream) {
+  switch (pass_value_cols(BH, x.dv, 1, sm_count())) {
+    case kNarrowestBV: return launch_pass<KT, 1, kNarrowestBV, Whole>(backward, x, BH, stream);
+    case kNarrowBV: return launch_pass<KT, 1, kNarrowBV, Whole>(backward, x, BH, stream);
+    default: return launch_pass<KT, 1, kBV, Whole>(backward, x, BH, stream);
+  }
+}
+
 template <int KT>
 int launch_parts(bool backward, const PassArgs& x, int64_t BH, int parts, void* stream) {
   switch (parts) {
     case 1:
-      switch (pass_value_cols(BH, x.dv, 1, sm_count())) {
-        case kNarrowestBV: return launch_pass<KT, 1, kNarrowestBV>(backward, x, BH, stream);
-        case kNarrowBV: return launch_pass<KT, 1, kNarrowBV>(backward, x, BH, stream);
-        default: return launch_pass<KT, 1>(backward, x, BH, stream);
-      }
+      return whole_pass(x, parts, backward) ? launch_one_part<KT, true>(backward, x, BH, stream)
+                                            : launch_one_part<KT, false>(backward, x, BH, stream);
     case 2: return launch_pass<KT, 2>(backward, x, BH, stream);
     case 3: return launch_pass<KT, 3>(backward, x, BH, stream);
     default: return int(cudaErrorInvalidValue);

@@ -17,6 +17,9 @@
 //   forward:  S_c -> checkpoint c;  U' = U - W S_c;  S_{c+1} = S_c + K^T U'
 //   backward: dS_{c+1} -> ds_next[c];  dU' = dU'_loc + K dS_{c+1};  dS_c = dS_{c+1} + Q^T dO - W^T dU'
 // with each product accumulated from zero and then added, as the first-version kernels and the twin do.
+// Where operands take one bf16 part and every chunk copy is whole 16-byte pieces (whole_pass), a
+// Whole kernel runs: the same code with the dtypes and copy sizes fixed when compiling, so that its
+// chunk loop tests none of them.
 //
 // The includer defines, before including this file:
 //   FWP_DEV                         the qualifier of device functions
@@ -597,9 +600,10 @@ FWP_NO_UNROLL  // (unrolled, the fp32 4-byte path alone grew each pass by a thou
 template <int Rows, int Width>
 FWP_DEV void copy_tile(void* dst, int ldd, const void* src, int64_t lds, int cols, int bytes) {
   static_assert(Width % 8 == 0, "a tile's width is a whole number of 16-byte bf16 pieces");
+  // (b, 16 or 4, is a power of two and a multiple of bytes: masks, no division, since the block
+  // asks this for every chunk)
   const auto aligned = [&](int b) {
-    const int per = b / bytes;
-    return (reinterpret_cast<uintptr_t>(src) % b) == 0 && lds % per == 0 && cols % per == 0;
+    return ((reinterpret_cast<uintptr_t>(src) | uintptr_t(lds * bytes) | uintptr_t(cols * bytes)) & (b - 1)) == 0;
   };
   const int chunk = aligned(16) ? 16 : aligned(4) ? 4 : 0;
   if (chunk == 0) {  // bf16 only: 4-byte copies need pairs
@@ -627,10 +631,20 @@ FWP_DEV void copy_tile(void* dst, int ldd, const void* src, int64_t lds, int col
 }
 
 // Starts copying one chunk's kPassC rows x cols of src (row stride lds, fp32 or bf16) into the tile
-// at `slot` (smem_tile(slot, src.bf16, Width) reads it).
-template <int Width>
+// at `slot` (smem_tile(slot, src.bf16, Width) reads it). Whole (whole_pass holds): in 16-byte
+// pieces, with no test of the addresses.
+template <int Width, bool Whole = false>
 FWP_DEV void load_tile(float* slot, In src, int64_t lds, int cols) {
-  copy_tile<kPassC, Width>(slot, tile_ld(Width, src.bf16), src.p, lds, cols, src.bf16 ? 2 : 4);
+  if constexpr (Whole) {
+    char* d = reinterpret_cast<char*>(slot);
+    const char* s = static_cast<const char*>(src.p);
+    if (src.bf16)
+      copy_pieces<kPassC, Width / 8, 16, 2>(d, tile_ld(Width, true), s, lds, cols);
+    else
+      copy_pieces<kPassC, Width / 4, 16, 4>(d, tile_ld(Width, false), s, lds, cols);
+  } else {
+    copy_tile<kPassC, Width>(slot, tile_ld(Width, src.bf16), src.p, lds, cols, src.bf16 ? 2 : 4);
+  }
 }
 
 // Walks the N chunks, in order or in reverse, through `stages` (1 or 2) buffers of shared memory:
@@ -680,11 +694,12 @@ FWP_UNROLL
   // To shared memory (every row and column: as fp32, sm[r * value_ld(BV) + c], or with planes, as
   // their two parts) and to dst[r * ld + c] (r < dk, c < nv; a row's two neighbouring columns in
   // one store where the address allows, as rows_times_state stores U').
-  template <bool planes>
+  // Whole: dst and ld allow pairs (whole_pass).
+  template <bool planes, bool Whole = false>
   FWP_DEV void store(float* sm, float* dst, int64_t ld, int dk, int nv) const {
     const Planes pl = planes_at<BV>(sm, KT * 16);
     const Out out{dst, false};
-    const bool pairs = out.pairs() && ld % 2 == 0;
+    const bool pairs = Whole || (out.pairs() && ld % 2 == 0);
 FWP_UNROLL
     for (int i = 0; i < KT / 4; ++i)
 FWP_UNROLL
@@ -740,8 +755,8 @@ FWP_UNROLL
 // This warp's 16 rows (chunk steps 16 warp ..) of base + sign * A S, A = a_sm (C x KT*16, P parts),
 // S = the state at s_sm (KT*16 x BV, PS parts: fp32 with row stride value_ld(BV), or planes),
 // base = base_sm (C x BV); into out_sm (C x BV: fp32 with row stride value_ld(BV), or P planes) and
-// out[r * ld + c] for c < nv.
-template <int KT, int P, int PS, int BV>
+// out[r * ld + c] for c < nv (Whole: out and ld allow pairs).
+template <int KT, int P, int PS, int BV, bool Whole = false>
 FWP_DEV void rows_times_state(const Tile& a_sm, float* s_sm, float sign, const Tile& base_sm, float* out_sm,
                               Out out, int64_t ld, int nv) {
   constexpr bool planes = kPassPlanes<P>;
@@ -763,7 +778,7 @@ FWP_UNROLL
       mma_parts<P, PS>(acc[j], a, b);
     }
   }
-  const bool pairs = out.pairs() && ld % 2 == 0;
+  const bool pairs = Whole || (out.pairs() && ld % 2 == 0);
 FWP_UNROLL
   for (int j = 0; j < NT; ++j)
 FWP_UNROLL
@@ -816,11 +831,46 @@ struct PassBlock {
   FWP_DEV float* stage(int s) const { return stages + s * layout.floats; }
 };
 
-// F2 for block (bh, tile): see the header. P parts per plain operand, the state max(2, P).
-template <int KT, int P, int BV>
+// Whether a pass may run its Whole kernel (Whole = true below): one bf16 part per operand; K, W,
+// U (Q) and dO bf16 and every chunk copy in 16-byte pieces (those inputs and dU'_loc 16-byte
+// aligned, d_k and d_v multiples of 8); the checkpoints (fp32) and U' (dU', bf16) stored in
+// pairs. A Whole kernel knows every dtype and copy size when it is compiled, so that its chunk loop
+// tests none of them (no address tests, no branch between a product's loads).
+FWP_HD bool whole_pass(const PassArgs& x, int parts, bool backward) {
+  const auto at = [](const void* p, uintptr_t bytes) { return (reinterpret_cast<uintptr_t>(p) & (bytes - 1)) == 0; };
+  const auto copied = [&](const In& m) { return m.bf16 && at(m.p, 16); };
+  return parts == 1 && x.dk % 8 == 0 && x.dv % 8 == 0 && copied(x.a) && (x.b.p == nullptr || copied(x.b)) &&
+         copied(x.c) && (!backward || (copied(x.e) && at(x.d, 16))) && at(x.per_chunk, 8) &&
+         (x.values.p == nullptr || (x.values.bf16 && at(x.values.p, 4)));
+}
+
+// An input or result as a Whole pass kernel reads it: bf16, as whole_pass requires, written in as
+// a constant (the compiler then leaves out every branch on the dtype); otherwise the argument
+// itself (a copy would hold registers that the three-part kernels do not have to spare).
+template <bool Whole>
+struct Dtypes {
+  template <class M>
+  FWP_DEV static M of(M m) {
+    m.bf16 = true;
+    return m;
+  }
+};
+template <>
+struct Dtypes<false> {
+  template <class M>
+  FWP_DEV static const M& of(const M& m) {
+    return m;
+  }
+};
+
+// F2 for block (bh, tile): see the header. P parts per plain operand, the state max(2, P); Whole
+// where whole_pass holds.
+template <int KT, int P, int BV, bool Whole = false>
 FWP_DEV void state_forward_pass(const PassArgs& x, float* smem, int bh, int tile) {
   constexpr int PS = P > 2 ? P : 2;
-  const bool delta = x.b.p != nullptr;
+  const In &k_in = Dtypes<Whole>::of(x.a), &w_in = Dtypes<Whole>::of(x.b), &u_in = Dtypes<Whole>::of(x.c);
+  const Out& vn_out = Dtypes<Whole>::of(x.values);
+  const bool delta = w_in.p != nullptr;
   const PassBlock<KT, BV> blk(x, smem, tile, false);
   const int col0 = blk.col0, nv = blk.nv;
   const int64_t state = blk.state;
@@ -831,9 +881,9 @@ FWP_DEV void state_forward_pass(const PassArgs& x, float* smem, int bh, int tile
   const auto u_sm = [&](int s) { return blk.stage(s) + blk.layout.c; };
   const auto load = [&](int64_t c, int s) {
     const int64_t row0 = (int64_t(bh) * x.N + c) * kPassC;
-    load_tile<KT * 16>(k_sm(s), x.a + row0 * x.dk, x.dk, x.dk);
-    if (delta) load_tile<KT * 16>(w_sm(s), x.b + row0 * x.dk, x.dk, x.dk);
-    load_tile<BV>(u_sm(s), x.c + row0 * x.dv + col0, x.dv, nv);
+    load_tile<KT * 16, Whole>(k_sm(s), k_in + row0 * x.dk, x.dk, x.dk);
+    if (delta) load_tile<KT * 16, Whole>(w_sm(s), w_in + row0 * x.dk, x.dk, x.dk);
+    load_tile<BV, Whole>(u_sm(s), u_in + row0 * x.dv + col0, x.dv, nv);
     copy_commit();
   };
 
@@ -841,13 +891,13 @@ FWP_DEV void state_forward_pass(const PassArgs& x, float* smem, int bh, int tile
   st.load(x.init + bh * state + col0, x.dv, x.dk, nv);
   walk_chunks(x.N, false, x.stages, load, [&](int64_t c, int s) {
     // checkpoint c = S_c (and, for the delta rule's W S_c, to shared memory)
-    st.template store<kPassPlanes<P>>(delta ? s_sm : nullptr, x.per_chunk + (int64_t(bh) * x.N + c) * state + col0,
-                                      x.dv, x.dk, nv);
+    st.template store<kPassPlanes<P>, Whole>(delta ? s_sm : nullptr,
+                                             x.per_chunk + (int64_t(bh) * x.N + c) * state + col0, x.dv, x.dk, nv);
     block_sync();  // also for the sum rule: it makes every thread's copies of this chunk visible to all
-    const Tile u = smem_tile(u_sm(s), x.c.bf16, BV), k = smem_tile(k_sm(s), x.a.bf16, KT * 16);
+    const Tile u = smem_tile(u_sm(s), u_in.bf16, BV), k = smem_tile(k_sm(s), k_in.bf16, KT * 16);
     if (delta) {  // U' = U - W S_c
-      rows_times_state<KT, P, PS, BV>(smem_tile(w_sm(s), x.b.bf16, KT * 16), s_sm, -1.f, u, vn_sm,
-                                  x.values + (int64_t(bh) * x.N + c) * kPassC * x.dv + col0, x.dv, nv);
+      rows_times_state<KT, P, PS, BV, Whole>(smem_tile(w_sm(s), w_in.bf16, KT * 16), s_sm, -1.f, u, vn_sm,
+                                             vn_out + (int64_t(bh) * x.N + c) * kPassC * x.dv + col0, x.dv, nv);
       block_sync();
       with_values<P, BV>(vn_sm, [&](const auto& vn) { st.template add_transposed_product<P>(1.f, k, vn); });
     } else {
@@ -858,10 +908,13 @@ FWP_DEV void state_forward_pass(const PassArgs& x, float* smem, int bh, int tile
 }
 
 // B2 for block (bh, tile), in reverse over chunks: see the header.
-template <int KT, int P, int BV>
+template <int KT, int P, int BV, bool Whole = false>
 FWP_DEV void state_backward_pass(const PassArgs& x, float* smem, int bh, int tile) {
   constexpr int PS = P > 2 ? P : 2;
-  const bool delta = x.b.p != nullptr;
+  const In &k_in = Dtypes<Whole>::of(x.a), &w_in = Dtypes<Whole>::of(x.b), &q_in = Dtypes<Whole>::of(x.c),
+           &do_in = Dtypes<Whole>::of(x.e);
+  const Out& dvn_out = Dtypes<Whole>::of(x.values);
+  const bool delta = w_in.p != nullptr;
   const PassBlock<KT, BV> blk(x, smem, tile, true);
   const int col0 = blk.col0, nv = blk.nv;
   const int64_t state = blk.state;
@@ -874,11 +927,11 @@ FWP_DEV void state_backward_pass(const PassArgs& x, float* smem, int bh, int til
   const auto do_sm = [&](int s) { return blk.stage(s) + blk.layout.e; };
   const auto load = [&](int64_t c, int s) {
     const int64_t row0 = (int64_t(bh) * x.N + c) * kPassC;
-    load_tile<KT * 16>(k_sm(s), x.a + row0 * x.dk, x.dk, x.dk);
-    load_tile<KT * 16>(q_sm(s), x.c + row0 * x.dk, x.dk, x.dk);
-    if (delta) load_tile<KT * 16>(w_sm(s), x.b + row0 * x.dk, x.dk, x.dk);
-    load_tile<BV>(dl_sm(s), In{x.d + row0 * x.dv + col0, false}, x.dv, nv);
-    load_tile<BV>(do_sm(s), x.e + row0 * x.dv + col0, x.dv, nv);
+    load_tile<KT * 16, Whole>(k_sm(s), k_in + row0 * x.dk, x.dk, x.dk);
+    load_tile<KT * 16, Whole>(q_sm(s), q_in + row0 * x.dk, x.dk, x.dk);
+    if (delta) load_tile<KT * 16, Whole>(w_sm(s), w_in + row0 * x.dk, x.dk, x.dk);
+    load_tile<BV, Whole>(dl_sm(s), In{x.d + row0 * x.dv + col0, false}, x.dv, nv);
+    load_tile<BV, Whole>(do_sm(s), do_in + row0 * x.dv + col0, x.dv, nv);
     copy_commit();
   };
 
@@ -886,18 +939,20 @@ FWP_DEV void state_backward_pass(const PassArgs& x, float* smem, int bh, int til
   ds.load(x.init + bh * state + col0, x.dv, x.dk, nv);
   walk_chunks(x.N, true, x.stages, load, [&](int64_t c, int s) {
     // dS_{c+1}
-    ds.template store<kPassPlanes<P>>(ds_sm, x.per_chunk + (int64_t(bh) * x.N + c) * state + col0, x.dv, x.dk, nv);
+    ds.template store<kPassPlanes<P>, Whole>(ds_sm, x.per_chunk + (int64_t(bh) * x.N + c) * state + col0, x.dv, x.dk,
+                                             nv);
     block_sync();
     // dU' = dU'_loc + K dS_{c+1}
-    rows_times_state<KT, P, PS, BV>(smem_tile(k_sm(s), x.a.bf16, KT * 16), ds_sm, 1.f, smem_tile(dl_sm(s), false, BV), dvn_sm,
-                                x.values + (int64_t(bh) * x.N + c) * kPassC * x.dv + col0, x.dv, nv);
+    rows_times_state<KT, P, PS, BV, Whole>(smem_tile(k_sm(s), k_in.bf16, KT * 16), ds_sm, 1.f,
+                                           smem_tile(dl_sm(s), false, BV), dvn_sm,
+                                           dvn_out + (int64_t(bh) * x.N + c) * kPassC * x.dv + col0, x.dv, nv);
     block_sync();
     // dS_c = dS_{c+1} + Q^T dO - W^T dU'
-    ds.template add_transposed_product<P>(1.f, smem_tile(q_sm(s), x.c.bf16, KT * 16),
-                                          TileB<P>{smem_tile(do_sm(s), x.e.bf16, BV)});
+    ds.template add_transposed_product<P>(1.f, smem_tile(q_sm(s), q_in.bf16, KT * 16),
+                                          TileB<P>{smem_tile(do_sm(s), do_in.bf16, BV)});
     if (delta)
       with_values<P, BV>(dvn_sm, [&](const auto& dvn) {
-        ds.template add_transposed_product<P>(-1.f, smem_tile(w_sm(s), x.b.bf16, KT * 16), dvn);
+        ds.template add_transposed_product<P>(-1.f, smem_tile(w_sm(s), w_in.bf16, KT * 16), dvn);
       });
   });
   ds.template store<false>(nullptr, x.last + bh * state + col0, x.dv, x.dk, nv);

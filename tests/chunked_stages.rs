@@ -625,13 +625,16 @@ fn bf16_inputs_read_as_they_are(device: Device, suffix: &str) {
     // (32, 16): d_k and d_v multiples of 16, so B3 and (with bf16 callers' inputs) the row stages run
     // their `Whole` kernels (no element-by-element fallbacks; d_v = 16 is a partial tile of the row
     // stages' 64 columns); the others run the fallbacks. The passes' blocks (one bf16 part, the
-    // emulator's GPU of two SMs) are 32 value columns wide for d_v = 72 and 33, 8 for d_v = 16 and
-    // 16 for d_v = 24.
+    // emulator's GPU of two SMs) are 32 value columns wide for d_v = 72, 33 and 40, 8 for d_v = 16
+    // and 16 for d_v = 24. With bf16 callers' inputs and d_k, d_v multiples of 8 (the last three
+    // shapes) the passes run their `Whole` kernels (whole_pass), here against the others: every
+    // block width, a partial block of 8 columns (d_v = 24, 40) and keys padded past d_k (40).
     for (bh, t, d_k, d_v) in [
         (1, 130, 30, 72),
         (1, 70, 7, 33),
         (1, 70, 32, 16),
         (1, 70, 32, 24),
+        (1, 70, 40, 40),
     ] {
         let mut x = StageInputs::new(bh, t, d_k, d_v);
         for t in [&mut x.q, &mut x.k, &mut x.v, &mut x.beta, &mut x.grad_out] {

@@ -132,7 +132,7 @@ int main() {
                         at::kBFloat16);
       // bf16 inputs with d_k and d_v multiples of 16 but not of 32: B3's Whole kernel (whole bf16
       // fragments read without a bound), where B3's 32-column blocks of dW and dU' once read past
-      // the rows' ends
+      // the rows' ends, and the passes' Whole kernels (16-byte copies with no address test)
       chunked_run<Fast>("fast, whole fragments", Config{kC, Operands::Bf16, Passes::Emulated2}, delta, 1, 3, 48, 16,
                         at::kBFloat16);
       chunked_run<First>("first version", Config{kC, Operands::Bf16x3, Passes::EmulatedFirst}, delta, 1, 2, 30, 72,
