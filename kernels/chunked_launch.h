@@ -97,7 +97,7 @@ int fwp_chunked_cuda_pass_stages_within(int64_t dk, int backward, int delta, int
 // The stages a pass runs with on a device of `sms` multiprocessors, given the most that fit (`most`),
 // its grid's `blocks`, and how many of them an SM holds at once with one stage and with two: one
 // where that takes fewer waves of blocks, else `most`. The launcher's rule, with the numbers it asks
-// the device for (cudaOccupancyMaxActiveBlocksPerMultiprocessor).
+// the device for (cudaOccupancyMaxActiveBlocksPerMultiprocessor; once per device, kernel and size).
 int fwp_chunked_cuda_pass_stages_for_grid(int most, int64_t blocks, int64_t sms, int64_t per_sm_one,
                                           int64_t per_sm_two);
 

@@ -193,35 +193,58 @@ int launch(Kernel kernel, std::atomic<bool>* raised, const PassArgs& x, int64_t 
   return int(fwp_cuda::launch_checked([&] { kernel<<<grid, kPassThreads, bytes, cudaStream_t(stream)>>>(x); }));
 }
 
+// A pass kernel's blocks per SM with one stage and with two, per device and shared-memory size:
+// the size follows from the kernel (KT, BV, direction), the rule and the inputs' dtypes (the bf16
+// mask of pass_bf16, below 16), so each (rule, mask) has its entry. An entry holds
+// (one + 1) | (two + 1) << 16, or 0 where the device was not asked yet.
+constexpr int kFitKeys = 2 * 16;
+struct PassFit {
+  std::atomic<int> packed[kMaxDevices][kFitKeys] = {};
+};
+
 // The stages `kernel` runs with: x.stages (the most that fit the device's limit), or one where that
 // lets its grid of `blocks` run in fewer waves (pass_stages_for_grid), as the device's occupancy
 // calculator counts blocks per SM. The kernel's shared-memory limit is raised first, since the
-// calculator counts against it. Where the device cannot be asked, x.stages.
+// calculator counts against it. The counts are asked once per device and size (`fit`, one per
+// kernel instantiation). Where the device cannot be asked, x.stages.
 template <typename Kernel>
-int stages_for_grid(Kernel kernel, std::atomic<bool>* raised, bool backward, const PassArgs& x, int64_t blocks,
-                    int bv) {
+int stages_for_grid(Kernel kernel, std::atomic<bool>* raised, PassFit& fit, bool backward, const PassArgs& x,
+                    int64_t blocks, int bv) {
   if (x.stages != 2) return x.stages;
   const bool delta = x.b.p != nullptr;
-  const size_t one = pass_bytes(x.dk, backward, delta, pass_bf16(x), 1, bv),
-               two = pass_bytes(x.dk, backward, delta, pass_bf16(x), 2, bv);
-  int per_sm_one = 0, per_sm_two = 0;
-  if ((two > 48 * 1024 && fwp_cuda::allow_shared_memory(kernel, raised) != cudaSuccess) ||
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm_one, kernel, kPassThreads, one) != cudaSuccess ||
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm_two, kernel, kPassThreads, two) != cudaSuccess) {
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) {
     (void)cudaGetLastError();  // not left pending for the launch to report
     return x.stages;
   }
-  return pass_stages_for_grid(x.stages, blocks, sm_count(), per_sm_one, per_sm_two);
+  std::atomic<int>* known = device < kMaxDevices ? &fit.packed[device][(delta ? 16 : 0) + pass_bf16(x)] : nullptr;
+  int packed = known != nullptr ? known->load(std::memory_order_acquire) : 0;
+  if (packed == 0) {
+    const size_t one = pass_bytes(x.dk, backward, delta, pass_bf16(x), 1, bv),
+                 two = pass_bytes(x.dk, backward, delta, pass_bf16(x), 2, bv);
+    int per_sm_one = 0, per_sm_two = 0;
+    if ((two > 48 * 1024 && fwp_cuda::allow_shared_memory(kernel, raised) != cudaSuccess) ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm_one, kernel, kPassThreads, one) != cudaSuccess ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm_two, kernel, kPassThreads, two) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return x.stages;
+    }
+    packed = (per_sm_one + 1) | ((per_sm_two + 1) << 16);
+    if (known != nullptr) known->store(packed, std::memory_order_release);
+  }
+  return pass_stages_for_grid(x.stages, blocks, sm_count(), (packed & 0xffff) - 1, (packed >> 16) - 1);
 }
 
 template <int KT, int P, int BV = kBV, bool Whole = false>
 int launch_pass(bool backward, const PassArgs& x, int64_t BH, void* stream) {
   static std::atomic<bool> raised_forward[kMaxDevices] = {}, raised_backward[kMaxDevices] = {};
+  static PassFit fit_forward, fit_backward;
   const auto kernel =
       backward ? state_backward_pass_kernel<KT, P, BV, Whole> : state_forward_pass_kernel<KT, P, BV, Whole>;
   std::atomic<bool>* raised = backward ? raised_backward : raised_forward;
   PassArgs y = x;
-  y.stages = stages_for_grid(kernel, raised, backward, x, pass_blocks(BH, x.dv, BV), BV);
+  y.stages = stages_for_grid(kernel, raised, backward ? fit_backward : fit_forward, backward, x,
+                             pass_blocks(BH, x.dv, BV), BV);
   const size_t bytes = pass_bytes(y.dk, backward, y.b.p != nullptr, pass_bf16(y), y.stages, BV);
   return launch<BV>(kernel, raised, y, BH, bytes, stream);
 }
