@@ -47,7 +47,7 @@ void ldmatrix(uint32_t (&r)[N], const uint16_t* row);
 
 // cp.async with the destination undefined from the issue to the wait, as on the GPU, where the copy
 // may land at any moment in between: the issue fills it with NaN, and the data lands only when the
-// issuing thread waits for its group (wait_group 0 or 1). So a thread that reads its own copy before
+// issuing thread waits for its group (wait_group 0). So a thread that reads its own copy before
 // its wait sees NaN (chunked_stages.rs then fails). A read of another thread's copy before the
 // barrier after the wait, and a buffer refilled while other threads still read it, are writes
 // unordered with reads: data races, which ThreadSanitizer reports (tests/sanitized_kernels.rs) and the
@@ -76,9 +76,9 @@ void copy_commit() {
   t_groups.push_back(std::move(t_uncommitted));
   t_uncommitted.clear();
 }
-// Lands every committed group but the newest `keep` (cp.async.wait_group keep).
-void copy_wait(size_t keep) {
-  while (t_groups.size() > keep) {
+// Lands every committed group (cp.async.wait_group 0).
+void copy_wait_all() {
+  while (!t_groups.empty()) {
     for (const PendingCopy& c : t_groups.front()) {
       if (c.valid)
         std::memcpy(c.dst, c.src, size_t(c.bytes));
@@ -88,8 +88,6 @@ void copy_wait(size_t keep) {
     t_groups.erase(t_groups.begin());
   }
 }
-void copy_wait_all() { copy_wait(0); }
-void copy_wait_but_one() { copy_wait(1); }
 
 // Round to nearest even, as __float2bfloat16_rn (NaN stays NaN).
 uint16_t bf16_bits(float x) {

@@ -31,7 +31,7 @@
 //                                   N = 2 or 4 matrices of 8 x 8 bf16 values, row j of matrix i at the
 //                                   16-byte aligned shared address `row` of lane 8 i + j
 //   copy_async(dst, src, bytes, valid)   cp.async of 4 or 16 bytes (zero-fill when !valid)
-//   copy_commit(), copy_wait_all(), copy_wait_but_one()
+//   copy_commit(), copy_wait_all()
 //   bf16_bits(float) -> uint16_t (round to nearest even), bf16_value(uint16_t) -> float
 //   mul_rn(float, float)            a product rounded on its own (never fused into a later add)
 // and includes it inside its own namespace, after chunked_launch.h (its constants).
@@ -648,24 +648,28 @@ FWP_DEV void load_tile(float* slot, In src, int64_t lds, int cols) {
 }
 
 // Walks the N chunks, in order or in reverse, through `stages` (1 or 2) buffers of shared memory:
-// load(c, s) starts copying chunk c's inputs into buffer s (and commits them), step(c, s) computes
-// with them once they have arrived. With two buffers the next chunk's copy runs during this chunk's
-// step. Every step ends at a barrier, after which its buffer may be refilled.
-template <class Load, class Step>
-FWP_DEV void walk_chunks(int64_t N, bool reverse, int stages, const Load& load, const Step& step) {
+// load(c, s) starts copying chunk c's inputs into buffer s (and commits them); store(c) stores the
+// state of chunk c, reading no buffer; then a barrier, after which every thread's copies of chunk c
+// and its stored state are visible to all; then step(c, s) computes with them. With two buffers the
+// next chunk's copy starts right after that barrier, into the buffer the previous step read (each
+// of its reads came before the barrier), and runs during this step: two barriers per chunk, the
+// step's own and this one. With one buffer each step ends at a barrier, after which its buffer may
+// be refilled.
+template <class Load, class Store, class Step>
+FWP_DEV void walk_chunks(int64_t N, bool reverse, int stages, const Load& load, const Store& store, const Step& step) {
   const auto chunk = [&](int64_t n) { return reverse ? N - 1 - n : n; };
   load(chunk(0), 0);
   for (int64_t n = 0; n < N; ++n) {
     const int s = stages == 2 ? int(n & 1) : 0;
-    if (stages == 2 && n + 1 < N) {
-      load(chunk(n + 1), s ^ 1);  // buffer s ^ 1 was freed by the previous step's barrier
-      copy_wait_but_one();
-    } else {
-      copy_wait_all();
-    }
-    step(chunk(n), s);
+    copy_wait_all();  // this chunk's copies: the only ones in flight
+    store(chunk(n));
     block_sync();
-    if (stages == 1 && n + 1 < N) load(chunk(n + 1), 0);
+    if (stages == 2 && n + 1 < N) load(chunk(n + 1), s ^ 1);
+    step(chunk(n), s);
+    if (stages == 1) {
+      block_sync();
+      if (n + 1 < N) load(chunk(n + 1), 0);
+    }
   }
 }
 
@@ -889,11 +893,12 @@ FWP_DEV void state_forward_pass(const PassArgs& x, float* smem, int bh, int tile
 
   StateTile<KT, BV> st;
   st.load(x.init + bh * state + col0, x.dv, x.dk, nv);
-  walk_chunks(x.N, false, x.stages, load, [&](int64_t c, int s) {
-    // checkpoint c = S_c (and, for the delta rule's W S_c, to shared memory)
+  // checkpoint c = S_c (and, for the delta rule's W S_c, to shared memory)
+  const auto store = [&](int64_t c) {
     st.template store<kPassPlanes<P>, Whole>(delta ? s_sm : nullptr,
                                              x.per_chunk + (int64_t(bh) * x.N + c) * state + col0, x.dv, x.dk, nv);
-    block_sync();  // also for the sum rule: it makes every thread's copies of this chunk visible to all
+  };
+  walk_chunks(x.N, false, x.stages, load, store, [&](int64_t c, int s) {
     const Tile u = smem_tile(u_sm(s), u_in.bf16, BV), k = smem_tile(k_sm(s), k_in.bf16, KT * 16);
     if (delta) {  // U' = U - W S_c
       rows_times_state<KT, P, PS, BV, Whole>(smem_tile(w_sm(s), w_in.bf16, KT * 16), s_sm, -1.f, u, vn_sm,
@@ -937,11 +942,12 @@ FWP_DEV void state_backward_pass(const PassArgs& x, float* smem, int bh, int til
 
   StateTile<KT, BV> ds;
   ds.load(x.init + bh * state + col0, x.dv, x.dk, nv);
-  walk_chunks(x.N, true, x.stages, load, [&](int64_t c, int s) {
-    // dS_{c+1}
+  // dS_{c+1}
+  const auto store = [&](int64_t c) {
     ds.template store<kPassPlanes<P>, Whole>(ds_sm, x.per_chunk + (int64_t(bh) * x.N + c) * state + col0, x.dv, x.dk,
                                              nv);
-    block_sync();
+  };
+  walk_chunks(x.N, true, x.stages, load, store, [&](int64_t c, int s) {
     // dU' = dU'_loc + K dS_{c+1}
     rows_times_state<KT, P, PS, BV, Whole>(smem_tile(k_sm(s), k_in.bf16, KT * 16), ds_sm, 1.f,
                                            smem_tile(dl_sm(s), false, BV), dvn_sm,
