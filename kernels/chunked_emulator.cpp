@@ -289,8 +289,12 @@ void run_one_part(bool backward, const PassArgs& x, int64_t BH) {
 
 template <int KT>
 void run_parts(bool backward, const PassArgs& x, int64_t BH, int parts) {
-  if (parts == 1 && whole_pass(x, parts, backward)) run_one_part<KT, true>(backward, x, BH);
-  if (parts == 1 && !whole_pass(x, parts, backward)) run_one_part<KT, false>(backward, x, BH);
+  if (parts == 1) {
+    if (whole_pass(x, parts, backward))
+      run_one_part<KT, true>(backward, x, BH);
+    else
+      run_one_part<KT, false>(backward, x, BH);
+  }
   if (parts == 2) run_grid<KT, 2, kBV>(backward, x, BH);
   if (parts == 3) run_grid<KT, 3, kBV>(backward, x, BH);
 }

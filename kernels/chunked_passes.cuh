@@ -596,8 +596,9 @@ FWP_NO_UNROLL  // (unrolled, the fp32 4-byte path alone grew each pass by a thou
 // Copies Rows x `cols` elements of src (row stride lds, elements of `bytes` bytes) into dst (row
 // stride ldd), zero-filling columns cols .. Width - 1, asynchronously: 16-byte copies where the rows
 // allow, else 4-byte ones, else (bf16 with odd sizes or addresses) plain loads and stores, which the
-// pass's barrier before its step makes visible as it does the copies.
-template <int Rows, int Width>
+// pass's barrier before its step makes visible as it does the copies. Whole: the caller knows the
+// 16-byte copies fit (whole_pass), and nothing is tested.
+template <int Rows, int Width, bool Whole = false>
 FWP_DEV void copy_tile(void* dst, int ldd, const void* src, int64_t lds, int cols, int bytes) {
   static_assert(Width % 8 == 0, "a tile's width is a whole number of 16-byte bf16 pieces");
   // (b, 16 or 4, is a power of two and a multiple of bytes: masks, no division, since the block
@@ -605,7 +606,7 @@ FWP_DEV void copy_tile(void* dst, int ldd, const void* src, int64_t lds, int col
   const auto aligned = [&](int b) {
     return ((reinterpret_cast<uintptr_t>(src) | uintptr_t(lds * bytes) | uintptr_t(cols * bytes)) & (b - 1)) == 0;
   };
-  const int chunk = aligned(16) ? 16 : aligned(4) ? 4 : 0;
+  const int chunk = Whole || aligned(16) ? 16 : aligned(4) ? 4 : 0;
   if (chunk == 0) {  // bf16 only: 4-byte copies need pairs
     const uint16_t* s = static_cast<const uint16_t*>(src);
     uint16_t* d = static_cast<uint16_t*>(dst);
@@ -635,16 +636,7 @@ FWP_DEV void copy_tile(void* dst, int ldd, const void* src, int64_t lds, int col
 // pieces, with no test of the addresses.
 template <int Width, bool Whole = false>
 FWP_DEV void load_tile(float* slot, In src, int64_t lds, int cols) {
-  if constexpr (Whole) {
-    char* d = reinterpret_cast<char*>(slot);
-    const char* s = static_cast<const char*>(src.p);
-    if (src.bf16)
-      copy_pieces<kPassC, Width / 8, 16, 2>(d, tile_ld(Width, true), s, lds, cols);
-    else
-      copy_pieces<kPassC, Width / 4, 16, 4>(d, tile_ld(Width, false), s, lds, cols);
-  } else {
-    copy_tile<kPassC, Width>(slot, tile_ld(Width, src.bf16), src.p, lds, cols, src.bf16 ? 2 : 4);
-  }
+  copy_tile<kPassC, Width, Whole>(slot, tile_ld(Width, src.bf16), src.p, lds, cols, src.bf16 ? 2 : 4);
 }
 
 // Walks the N chunks, in order or in reverse, through `stages` (1 or 2) buffers of shared memory:
