@@ -352,11 +352,11 @@ void run_wy(const WyArgs& x, int64_t BH) {
 template <int P, bool Whole>
 void run_input_grads_as(const GradArgs& x, int64_t BH) {
   if (x.tinv.p != nullptr)  // the delta rule
-    run_chunks<GradSmem>(BH, x.N,
-                         [&](GradSmem& sh, int bh, int64_t c) { input_grads_stage<P, true, Whole>(x, sh, bh, c); });
+    run_chunks<GradSmemOf<Whole>>(
+        BH, x.N, [&](GradSmemOf<Whole>& sh, int bh, int64_t c) { input_grads_stage<P, true, Whole>(x, sh, bh, c); });
   else
-    run_chunks<GradSmem>(BH, x.N,
-                         [&](GradSmem& sh, int bh, int64_t c) { input_grads_stage<P, false, Whole>(x, sh, bh, c); });
+    run_chunks<GradSmemOf<Whole>>(
+        BH, x.N, [&](GradSmemOf<Whole>& sh, int bh, int64_t c) { input_grads_stage<P, false, Whole>(x, sh, bh, c); });
 }
 template <int P>
 void run_input_grads(const GradArgs& x, int64_t BH) {

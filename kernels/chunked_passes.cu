@@ -11,6 +11,7 @@
 #include <atomic>
 #include <cstdint>
 #include <initializer_list>
+#include <type_traits>
 
 #include "chunked_launch.h"
 #include "cuda_launch.cuh"
@@ -126,7 +127,7 @@ __global__ void __launch_bounds__(kPassThreads, 1) wy_stage_kernel(WyArgs x) {
 // (docs/performance.md). The others keep their fallbacks and need more.
 template <int P, bool Delta, bool Whole>
 __global__ void __launch_bounds__(kPassThreads, Whole ? 4 : 1) input_grads_stage_kernel(GradArgs x) {
-  __shared__ GradSmem sh;
+  __shared__ GradSmemOf<Whole> sh;
   input_grads_stage<P, Delta, Whole>(x, sh, int(blockIdx.x), int64_t(blockIdx.y));
 }
 

@@ -1074,11 +1074,27 @@ struct ColsOf {
   FWP_DEV float operator()(int j, int n) const { return c0 + n < d ? m[j * d + c0 + n] : 0.f; }
   FWP_DEV bool words() const { return Whole || m.bf16; }
 };
-// ColsOf's B from a bf16 tile in shared memory: B(j, n) = t[j * ld + n] (ld a multiple of 8, t 16-byte
-// aligned), by ldmatrix (B3's staged columns, with_cols).
+// Getters of a bf16 matrix t in shared memory (ld a multiple of 8, t 16-byte aligned), whose
+// fragments come by ldmatrix, one part (B3's staged operands):
+//   ColsTile:      B(j, n) = t[j * ld + n] (with_cols's columns);
+//   TransposeTile: B(j, n) = t[n * ld + j];
+//   RowsTile:      A(r, j) = t[(r0 + r) * ld + j];
+//   TRowsTile:     A(r, j) = t[j * ld + r0 + r].
 struct ColsTile {
   const uint16_t* t;
   int ld;
+};
+struct TransposeTile {
+  const uint16_t* t;
+  int ld;
+};
+struct RowsTile {
+  const uint16_t* t;
+  int ld, r0;
+};
+struct TRowsTile {
+  const uint16_t* t;
+  int ld, r0;
 };
 template <bool Whole = false>
 struct TransposeOf {
@@ -1154,6 +1170,21 @@ template <int P>
 FWP_DEV void fragment_b(uint32_t (&b)[P][2], const ColsTile& g, int k0, int n0) {
   static_assert(P == 1, "a bf16 tile is one part");
   smem_b_rows(b[0], g.t, g.ld, k0, n0);
+}
+template <int P>
+FWP_DEV void fragment_b(uint32_t (&b)[P][2], const TransposeTile& g, int k0, int n0) {
+  static_assert(P == 1, "a bf16 tile is one part");
+  smem_b_cols(b[0], g.t, g.ld, k0, n0);
+}
+template <int P>
+FWP_DEV void fragment_a(uint32_t (&a)[P][4], const RowsTile& g, int k0) {
+  static_assert(P == 1, "a bf16 tile is one part");
+  smem_a_rows(a[0], g.t, g.ld, g.r0, k0);
+}
+template <int P>
+FWP_DEV void fragment_a(uint32_t (&a)[P][4], const TRowsTile& g, int k0) {
+  static_assert(P == 1, "a bf16 tile is one part");
+  smem_a_cols(a[0], g.t, g.ld, g.r0, k0);
 }
 template <int P, bool W>
 FWP_DEV void fragment_b(uint32_t (&b)[P][2], const TransposeOf<W>& g, int k0, int n0) {
@@ -1656,11 +1687,41 @@ static_assert(slab_halves(3, kSlabCols<3>) <= kSlabHalves, "three parts' slabs f
 constexpr int kGradLd = kPassC + 4;
 struct GradSmem {
   float p[kPassC][kGradLd];  // P = tril(dO U'^T); at the end the dbeta partial sums
-  float m[kPassC][kGradLd];  // first beta K and beta V (times_scaled_t), then dT~, T~^T dT~, dA
+  float m[kPassC][kGradLd];  // first beta K and beta V (times_scaled_t), then dT~, T~^T dT~, dA, G
   alignas(16) uint16_t slab[kSlabHalves];  // a state's slab (state_t_slabs)
   alignas(16) uint16_t cols[kPassC * kColsLd];  // a bf16 matrix's kGradCols columns (with_cols)
 };
 static_assert(sizeof(GradSmem) <= 48 * 1024, "B3's shared memory is static: at most 48 KB");
+
+// The Whole kernels' B3 (one bf16 part) keeps the C x C operands it multiplies in bf16, the only
+// form its products take them in: P and G = diag(beta) dA, rounded once where they are formed, and
+// T~, copied once per block, each C x (C + 8) halves, rows 16-byte aligned and 8 of them on
+// distinct banks for ldmatrix. Each of P's and G's A fragments was 8 loads of fp32 and their
+// rounding, in every column tile; each of T~^T's, 8 16-bit loads from global memory. G goes where dA
+// was once dA is read, and the slabs and column tiles, not used while `m` is, share its space with
+// G: 41 KB in all.
+constexpr int kGradHalfLd = kPassC + 8;
+struct WholeGradLater {
+  alignas(16) uint16_t g[kPassC * kGradHalfLd];   // G, from dA's rowsum on
+  alignas(16) uint16_t slab[kSlabHalves];         // as GradSmem's
+  alignas(16) uint16_t cols[kPassC * kColsLd];
+};
+struct WholeGradSmem {
+  alignas(16) uint16_t p[kPassC * kGradHalfLd];     // P; at the end the dbeta partial sums
+  alignas(16) uint16_t tinv[kPassC * kGradHalfLd];  // T~ (the delta rule)
+  union {
+    float m[kPassC][kGradLd];  // as GradSmem's, up to dA
+    WholeGradLater later;
+  };
+};
+static_assert(sizeof(WholeGradSmem) <= 48 * 1024, "B3's shared memory is static: at most 48 KB");
+static_assert(kPassC * kGradHalfLd * sizeof(uint16_t) >= kPassC * 4 * sizeof(float), "dbeta's partials fit in P's space");
+template <bool Whole>
+using GradSmemOf = typename std::conditional<Whole, WholeGradSmem, GradSmem>::type;
+FWP_DEV uint16_t* slab_space(GradSmem& sh) { return sh.slab; }
+FWP_DEV uint16_t* slab_space(WholeGradSmem& sh) { return sh.later.slab; }
+FWP_DEV uint16_t* cols_space(GradSmem& sh) { return sh.cols; }
+FWP_DEV uint16_t* cols_space(WholeGradSmem& sh) { return sh.later.cols; }
 
 // o[r * ld + col] = f(r, col, e, y) for each accumulator element y (index e) of an NT * 8-column
 // tile starting at column c0: row r (of this warp's rows), column col < cols; f is called in the
@@ -1785,7 +1846,7 @@ FWP_HD bool whole_fragments(const GradArgs& x, int parts) {
 // out (sm_90: the delta rule's kernel then needs 118 registers, 4 blocks per multiprocessor, against
 // 136 and 3 with them).
 template <int P, bool Delta, bool Whole>
-FWP_DEV void input_grads_stage(const GradArgs& x, GradSmem& sh, int bh, int64_t c) {
+FWP_DEV void input_grads_stage(const GradArgs& x, GradSmemOf<Whole>& sh, int bh, int64_t c) {
   constexpr int PS = P > 2 ? P : 2;
   constexpr bool delta = Delta;
   const int m0 = 16 * warp_id(), dk = x.dk, dv = x.dv;
@@ -1801,7 +1862,22 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmem& sh, int bh, int64_t 
   // this warp's rows of a [C, d] matrix
   const auto rows = [&](const In& a, int d) { return RowsOf<Whole>{a, d, m0}; };
   // use(B) with B(j, n) = a[j, c0 + n] for the chunk's rows j
-  const auto cols = [&](const In& a, int d, int c0, const auto& use) { with_cols<Whole>(sh.cols, a, d, c0, use); };
+  const auto cols = [&](const In& a, int d, int c0, const auto& use) { with_cols<Whole>(cols_space(sh), a, d, c0, use); };
+  const In tinv = delta ? x.tinv + chunk * kPassC * kPassC : In{nullptr, false};  // T~ [C, C]
+  if constexpr (Whole && Delta) {  // T~ into shared memory, in flight until the first column tile waits
+    copy_tile<kPassC, kPassC>(sh.tinv, kGradHalfLd, tinv.p, kPassC, kPassC, 2);
+    copy_commit();
+  }
+  // A = P (A(r, j) = P(m0 + r, j)) and A = P^T (P(j, m0 + r)), this warp's rows, and the same of G
+  // (Whole: from their bf16 tiles)
+  const auto p_rows = [&] {
+    if constexpr (Whole) return RowsTile{sh.p, kGradHalfLd, m0};
+    else return [&](int r, int j) { return sh.p[m0 + r][j]; };
+  }();
+  const auto p_t_rows = [&] {
+    if constexpr (Whole) return TRowsTile{sh.p, kGradHalfLd, m0};
+    else return [&](int r, int j) { return sh.p[j][m0 + r]; };
+  }();
 
   {  // P = tril(dO U'^T), this warp's rows, into shared memory
     float p[kQKNT][4] = {};
@@ -1809,31 +1885,43 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmem& sh, int bh, int64_t 
     FWP_UNROLL
     for (int j = 0; j < kQKNT; ++j)
       FWP_UNROLL
-      for (int e = 0; e < 4; ++e) {
-        const int r = m0 + acc_row(e), n = 8 * j + acc_col(e);
-        sh.p[r][n] = n > r ? 0.f : p[j][e];
+      for (int e = 0; e < 4; e += 2) {
+        const int r = m0 + acc_row(e), n = 8 * j + acc_col(e);  // n even; element e + 1 is (r, n + 1)
+        const float p0 = n > r ? 0.f : p[j][e], p1 = n + 1 > r ? 0.f : p[j][e + 1];
+        if constexpr (Whole) {
+          store_two(sh.p + r * kGradHalfLd + n, bf16_bits(p0), bf16_bits(p1));
+        } else {
+          sh.p[r][n] = p0;
+          sh.p[r][n + 1] = p1;
+        }
       }
   }
   block_sync();
   for (int c0 = 0; c0 < dk; c0 += kGradCols) {  // dQ = dO S_c^T + P K and dW = -dU' S_c^T, one slab of S_c for both
     float acc[kGradNT][4] = {}, d[kGradNT][4] = {};
-    state_t_slabs<PS, Whole>(sh.slab, sc, dk, dv, c0, [&](const Planes& s, int j0, int width) {
+    state_t_slabs<PS, Whole>(slab_space(sh), sc, dk, dv, c0, [&](const Planes& s, int j0, int width) {
       times_slab<P, PS>(acc, rows(go, dv), s, j0, width);
       if (delta) times_slab<P, PS>(d, rows(dvn, dv), s, j0, width);
     });
     if (delta) store_tile<Whole>(d, m0, c0, dk, dw, dk, [](int, int, int, float y) { return -y; });
-    cols(k, dk, c0, [&](const auto& kc) {
-      warp_product<kGradNT, P, P>(acc, m0 + 16, [&](int r, int j) { return sh.p[m0 + r][j]; }, kc);
-    });
+    cols(k, dk, c0, [&](const auto& kc) { warp_product<kGradNT, P, P>(acc, m0 + 16, p_rows, kc); });
     const Out dq = x.grad_q + chunk * kPassC * dk;
     store_tile<Whole>(acc, m0, c0, dk, dq, dk, [](int, int, int, float y) { return y; });
   }
+  if (Whole && Delta) copy_wait_all();  // T~ (each column tile waited for it already)
   block_sync();
 
   float dbeta[2] = {0.f, 0.f};  // this lane's share of rows m0 + g and m0 + g + 8
   const In beta = delta ? x.beta + chunk * kPassC : In{nullptr, false};
-  const In tinv = delta ? x.tinv + chunk * kPassC * kPassC : In{nullptr, false};  // T~ [C, C]
-  const TRowsOf<Whole> tinv_t{tinv, kPassC, m0};  // T~^T, this warp's rows
+  // A = T~^T, this warp's rows, and B = T~^T
+  const auto tinv_t = [&] {
+    if constexpr (Whole) return TRowsTile{sh.tinv, kGradHalfLd, m0};
+    else return TRowsOf<false>{tinv, kPassC, m0};
+  }();
+  const auto tinv_cols = [&] {
+    if constexpr (Whole) return TransposeTile{sh.tinv, kGradHalfLd};
+    else return TransposeOf<false>{tinv, kPassC};
+  }();
   if (delta) {
     {  // dT~ = dW (beta K)^T + dU' (beta V)^T, this warp's rows, into shared memory
       const In v = x.v + chunk * kPassC * dv;
@@ -1865,8 +1953,8 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmem& sh, int bh, int64_t 
     block_sync();
     {  // dA = -tril(T~^T dT~ T~^T, -1), over T~^T dT~ once read
       float da[kQKNT][4] = {};
-      warp_product<kQKNT, P, P, Whole>(da, m0 + 16, [&](int r, int j) { return sh.m[m0 + r][j]; },
-                                       TransposeOf<Whole>{tinv, kPassC}, (m0 + 16) / 8);
+      warp_product<kQKNT, P, P, Whole>(da, m0 + 16, [&](int r, int j) { return sh.m[m0 + r][j]; }, tinv_cols,
+                                       (m0 + 16) / 8);
       block_sync();
       FWP_UNROLL
       for (int j = 0; j < kQKNT; ++j)
@@ -1877,18 +1965,35 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmem& sh, int bh, int64_t 
         }
     }
     {  // rowsum(dA . K K^T): each lane its own elements of dA, which it wrote itself, and then puts
-       // G = diag(beta) dA in their place, for G K and G^T K below
+       // G = diag(beta) dA in their place (Whole: in bf16, over dA once every warp has read its
+       // own), for G K and G^T K below
       float kk_t[kQKNT][4] = {};
       warp_product<kQKNT, P, P, Whole>(kk_t, dk, rows(k, dk), TransposeOf<Whole>{k, dk}, (m0 + 16) / 8);
       const float beta_row[2] = {beta[m0 + acc_row(0)], beta[m0 + acc_row(2)]};
+      uint32_t g[kQKNT][2];  // (Whole) G's bf16 pairs: elements e = 2 i and 2 i + 1 of n-tile j
       FWP_UNROLL
       for (int j = 0; j < kQKNT; ++j)
         FWP_UNROLL
-        for (int e = 0; e < 4; ++e) {
-          float& m = sh.m[m0 + acc_row(e)][8 * j + acc_col(e)];
-          dbeta[e >> 1] += m * kk_t[j][e];
-          m = mul_rn(m, beta_row[e >> 1]);
+        for (int e = 0; e < 4; e += 2) {
+          float* m = &sh.m[m0 + acc_row(e)][8 * j + acc_col(e)];  // elements e and e + 1
+          dbeta[e >> 1] += m[0] * kk_t[j][e];
+          dbeta[e >> 1] += m[1] * kk_t[j][e + 1];
+          const float g0 = mul_rn(m[0], beta_row[e >> 1]), g1 = mul_rn(m[1], beta_row[e >> 1]);
+          if constexpr (Whole) {
+            g[j][e >> 1] = pack(bf16_bits(g0), bf16_bits(g1));
+          } else {
+            m[0] = g0;
+            m[1] = g1;
+          }
         }
+      if constexpr (Whole) {
+        block_sync();
+        FWP_UNROLL
+        for (int j = 0; j < kQKNT; ++j)
+          FWP_UNROLL
+          for (int e = 0; e < 4; e += 2)
+            store_pair(sh.later.g + (m0 + acc_row(e)) * kGradHalfLd + 8 * j + acc_col(e), g[j][e >> 1]);
+      }
     }
     block_sync();
   }
@@ -1908,15 +2013,21 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmem& sh, int bh, int64_t 
           acc[j][e] = mul_rn(acc[j][e], beta[r]);
         }
       // + G K + G^T K with G = diag(beta) dA (in shared memory)
+      const auto g_rows = [&] {
+        if constexpr (Whole) return RowsTile{sh.later.g, kGradHalfLd, m0};
+        else return [&](int r, int j) { return sh.m[m0 + r][j]; };
+      }();
+      const auto g_t_rows = [&] {
+        if constexpr (Whole) return TRowsTile{sh.later.g, kGradHalfLd, m0};
+        else return [&](int r, int j) { return sh.m[j][m0 + r]; };
+      }();
       cols(k, dk, c0, [&](const auto& kc) {
-        warp_product<kGradNT, P, P>(acc, m0 + 16, [&](int r, int j) { return sh.m[m0 + r][j]; }, kc);
-        warp_product<kGradNT, P, P>(acc, kPassC, [&](int r, int j) { return sh.m[j][m0 + r]; }, kc, kGradNT, m0);
+        warp_product<kGradNT, P, P>(acc, m0 + 16, g_rows, kc);
+        warp_product<kGradNT, P, P>(acc, kPassC, g_t_rows, kc, kGradNT, m0);
       });
     }
-    cols(q, dk, c0, [&](const auto& qc) {  // + P^T Q
-      warp_product<kGradNT, P, P>(acc, kPassC, [&](int r, int j) { return sh.p[j][m0 + r]; }, qc, kGradNT, m0);
-    });
-    state_t_slabs<PS, Whole>(sh.slab, dsc, dk, dv, c0, [&](const Planes& s, int j0, int width) {
+    cols(q, dk, c0, [&](const auto& qc) { warp_product<kGradNT, P, P>(acc, kPassC, p_t_rows, qc, kGradNT, m0); });  // + P^T Q
+    state_t_slabs<PS, Whole>(slab_space(sh), dsc, dk, dv, c0, [&](const Planes& s, int j0, int width) {
       times_slab<P, PS>(acc, rows(vn, dv), s, j0, width);  // + U' dS_{c+1}^T
     });
     const Out dko = x.grad_k + chunk * kPassC * dk;
@@ -1935,7 +2046,7 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmem& sh, int bh, int64_t 
   }
   // dbeta: each row's four lanes (t = lane % 4) through shared memory, summed in order of t
   block_sync();  // every warp is done with P
-  float* part = &sh.p[0][0];  // [C][4]
+  float* part = reinterpret_cast<float*>(&sh.p[0]);  // [C][4]
   const int t = lane_id() & 3;
   part[(m0 + (lane_id() >> 2)) * 4 + t] = dbeta[0];
   part[(m0 + (lane_id() >> 2) + 8) * 4 + t] = dbeta[1];
