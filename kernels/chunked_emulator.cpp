@@ -324,16 +324,20 @@ void run_chunks(int64_t BH, int64_t N, const Block& block) {
 }
 
 // A row stage's blocks, each value tile's in turn (the blocks are independent).
-template <RowStage stage, int P, bool Whole>
+template <RowStage stage, int P, bool Whole, bool Staged = false>
 void run_rows_as(const RowArgs& x, int64_t BH) {
   for (int tile = 0; tile * kRowCols < x.dv; ++tile)
-    run_chunks<RowSmem<kStateParts<P>>>(
-        BH, x.N, [&](RowSmem<kStateParts<P>>& sh, int bh, int64_t c) { row_stage<stage, P, Whole>(x, sh, bh, c, tile); });
+    run_chunks<RowSmemOf<P, Staged>>(BH, x.N, [&](RowSmemOf<P, Staged>& sh, int bh, int64_t c) {
+      row_stage<stage, P, Whole, Staged>(x, sh, bh, c, tile);
+    });
 }
-// The kernel the launcher picks (chunked_passes.cu): Whole where whole_rows holds.
+// The kernel the launcher picks (chunked_passes.cu): Staged where staged_rows holds, else Whole
+// where whole_rows does.
 template <RowStage stage>
 void run_rows(const RowArgs& x, int64_t BH, int parts) {
-  if (parts == 1 && whole_rows(x, parts))
+  if (parts == 1 && staged_rows(x, parts))
+    run_rows_as<stage, 1, true, true>(x, BH);
+  else if (parts == 1 && whole_rows(x, parts))
     run_rows_as<stage, 1, true>(x, BH);
   else if (parts == 1)
     run_rows_as<stage, 1, false>(x, BH);

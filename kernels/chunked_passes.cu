@@ -85,10 +85,10 @@ __global__ void __launch_bounds__(kPassThreads, 1) state_backward_pass_kernel(Pa
 
 // At most 128 registers, so four blocks fit an SM (without the bound ptxas chose 64-80 for some
 // instantiations and spilled 4 bytes in one).
-template <RowStage stage, int P, bool Whole = false>
+template <RowStage stage, int P, bool Whole = false, bool Staged = false>
 __global__ void __launch_bounds__(kPassThreads, 4) row_stage_kernel(RowArgs x, int tiles) {
-  __shared__ RowSmem<kStateParts<P>> sh;
-  row_stage<stage, P, Whole>(x, sh, int(blockIdx.x / tiles), int64_t(blockIdx.y), int(blockIdx.x % tiles));
+  __shared__ RowSmemOf<P, Staged> sh;
+  row_stage<stage, P, Whole, Staged>(x, sh, int(blockIdx.x / tiles), int64_t(blockIdx.y), int(blockIdx.x % tiles));
 }
 
 // Blocks (batch·head, value tile) along x, value tiles fastest: the blocks of one chunk's tiles,
@@ -104,7 +104,9 @@ int launch_rows(const RowArgs& x, int64_t BH, int parts, void* stream) {
   return int(fwp_cuda::launch_checked([&] {
     switch (parts) {
       case 1:
-        if (whole_rows(x, parts))
+        if (staged_rows(x, parts))
+          row_stage_kernel<stage, 1, true, true><<<grid, kPassThreads, 0, s>>>(x, tiles);
+        else if (whole_rows(x, parts))
           row_stage_kernel<stage, 1, true><<<grid, kPassThreads, 0, s>>>(x, tiles);
         else
           row_stage_kernel<stage, 1><<<grid, kPassThreads, 0, s>>>(x, tiles);

@@ -960,8 +960,9 @@ FWP_DEV void state_backward_pass(const PassArgs& x, float* smem, int bh, int til
 //
 // One block of 4 warps per (batch·head, chunk, tile of kRowCols value columns); warp w computes the
 // chunk's rows 16 w .. 16 w + 15 on its own: fragments are read straight from global memory (L1 /
-// L2), but for the fp32 checkpoint S_c, which the block splits into bf16 parts in shared memory, a
-// slab at a time (times_state_rows); the C x C intermediate tril(Q K^T) never leaves the
+// L2), or, in the Staged kernels (one bf16 part, d_k <= 128), from the chunk's operands that the
+// block first copies into shared memory; the fp32 checkpoint S_c is split into bf16 parts in shared
+// memory by the block, a slab at a time (times_state_rows); the C x C intermediate tril(Q K^T) never leaves the
 // registers: an m16n8k16 accumulator pair (n-tiles 2 kk, 2 kk + 1) holds exactly the A fragment of
 // k-block kk, split into bf16 parts in place.
 
@@ -982,6 +983,25 @@ template <int PS>
 struct RowSmem {
   alignas(16) uint16_t slab[PS * kRowSlabPlane];
 };
+
+// The Staged row kernels (staged_rows: Whole, d_k <= kStagedDk) first copy the chunk's operands into
+// shared memory, all at once (cp.async), and their warps take every fragment there by ldmatrix;
+// the other kernels read each fragment from global memory just before its product, so that every
+// k-block waited for its loads (L2) in turn. C x (kStagedDk + 8) halves per C x d_k matrix (rows
+// 16-byte aligned, 8 of them on distinct banks): 43 KB in all, the checkpoint's slab over the second
+// matrix once the local product has read it.
+constexpr int kStagedDk = 128, kStagedLd = kStagedDk + 8;
+struct StagedRowSmem {
+  alignas(16) uint16_t a[kPassC * kStagedLd];  // rows of W (values), Q (output) or K (local gradient)
+  union {
+    alignas(16) uint16_t b[kPassC * kStagedLd];                 // K (output) or Q (local gradient)
+    alignas(16) uint16_t slab[kStateParts<1> * kRowSlabPlane];  // then the checkpoint's slab (two parts)
+  };
+  alignas(16) uint16_t v[kPassC * kRowSlabLd];  // the value tile's columns of U' (output) or dO (local gradient)
+};
+static_assert(sizeof(StagedRowSmem) <= 48 * 1024, "the row stages' shared memory is static: at most 48 KB");
+template <int P, bool Staged>
+using RowSmemOf = typename std::conditional<Staged, StagedRowSmem, RowSmem<kStateParts<P>>>::type;
 
 enum class RowStage { Values, Output, LocalGrad };
 
@@ -1222,6 +1242,19 @@ FWP_HD bool whole_rows(const RowArgs& x, int parts) {
          whole_words(x.v);
 }
 
+// Whether a row stage runs its Staged kernel (Staged = true below; StagedRowSmem): whole_rows, and
+// d_k within the staged tiles. (copy_tile tests the addresses for its 16-byte copies; whole_rows'
+// 4-byte alignment allows 4-byte ones.)
+FWP_HD bool staged_rows(const RowArgs& x, int parts) { return whole_rows(x, parts) && x.dk <= kStagedDk; }
+
+// Starts copying a chunk's rows of a bf16 matrix m [C, d] (d <= kStagedDk) into a staged tile.
+FWP_DEV void stage_rows(uint16_t* tile, const In& m, int d) {
+  if (d <= kStagedDk / 2)
+    copy_tile<kPassC, kStagedDk / 2>(tile, kStagedLd, m.p, d, d, 2);
+  else
+    copy_tile<kPassC, kStagedDk>(tile, kStagedLd, m.p, d, d, 2);
+}
+
 // acc += A S for this warp's rows of A (getter ga, d_k columns) and a checkpoint's tile s (row stride
 // ld, d_k rows, nv <= kRowCols columns; zero past them), through shared memory: for each kRowSlab
 // rows of s in turn the block splits their elements into PS planes over `slab`, each element once
@@ -1245,24 +1278,48 @@ FWP_DEV void times_state_rows(float (&acc)[kRowNT][4], const GA& ga, uint16_t* s
 }
 
 // The row stage `stage` for block (bh, chunk c, value tile): see RowArgs. P parts per plain operand,
-// max(2, P) for the checkpoints; Whole where whole_rows(x, P) holds.
-template <RowStage stage, int P, bool Whole>
-FWP_DEV void row_stage(const RowArgs& x, RowSmem<kStateParts<P>>& sh, int bh, int64_t c, int tile) {
+// max(2, P) for the checkpoints; Whole where whole_rows(x, P) holds, Staged (and Whole) where
+// staged_rows does.
+template <RowStage stage, int P, bool Whole, bool Staged = false>
+FWP_DEV void row_stage(const RowArgs& x, RowSmemOf<P, Staged>& sh, int bh, int64_t c, int tile) {
+  static_assert(!Staged || Whole, "the Staged kernels are Whole ones");
   constexpr int PS = kStateParts<P>;
   const int m0 = 16 * warp_id(), col0 = tile * kRowCols;
   const int nv = imin(kRowCols, x.dv - col0), dk = x.dk;
   const int64_t chunk = int64_t(bh) * x.N + c;
   const In a = x.a + chunk * kPassC * dk;                     // [C, d_k] rows of W or Q
+  const In b = x.b + chunk * kPassC * dk;                     // [C, d_k] rows of K
+  const In vt = x.v + chunk * kPassC * x.dv;                  // [C, d_v] U' or dO
+  if constexpr (Staged) {  // sh.a: the product's A rows (K for LocalGrad), sh.b: its B^T, sh.v: the value tile
+    stage_rows(sh.a, stage == RowStage::LocalGrad ? b : a, dk);
+    if (stage != RowStage::Values) {
+      stage_rows(sh.b, stage == RowStage::LocalGrad ? a : b, dk);
+      copy_tile<kPassC, kRowCols>(sh.v, kRowSlabLd, (vt + col0).p, x.dv, nv, 2);
+    }
+    copy_commit();
+    copy_wait_all();
+    block_sync();
+  }
+  // this warp's rows of W or Q
+  const auto a_rows = [&] {
+    if constexpr (Staged) return RowsTile{sh.a, kStagedLd, m0};
+    else return RowsOf<Whole>{a, dk, m0};
+  }();
   float local[kRowNT][4] = {};
   if (stage != RowStage::Values) {
     // rows m0.. of tril(Q K^T) (Output) or of triu(K Q^T) = tril(Q K^T)^T (LocalGrad)
-    const In b = x.b + chunk * kPassC * dk;                   // [C, d_k] rows of K
     float qk[kQKNT][4] = {};
     // the n-tiles right (Output) or left (LocalGrad) of the diagonal block are masked out: left out
-    if (stage == RowStage::Output)
-      warp_product<kQKNT, P, P, Whole>(qk, dk, RowsOf<Whole>{a, dk, m0}, TransposeOf<Whole>{b, dk}, (m0 + 16) / 8);
-    else
+    if constexpr (Staged) {
+      if (stage == RowStage::Output)
+        warp_product<kQKNT, P, P, Whole>(qk, dk, a_rows, TransposeTile{sh.b, kStagedLd}, (m0 + 16) / 8);
+      else
+        warp_product<kQKNT, P, P, Whole>(qk, dk, a_rows, TransposeTile{sh.b, kStagedLd}, kQKNT, 0, m0 / 8);
+    } else if (stage == RowStage::Output) {
+      warp_product<kQKNT, P, P, Whole>(qk, dk, a_rows, TransposeOf<Whole>{b, dk}, (m0 + 16) / 8);
+    } else {
       warp_product<kQKNT, P, P, Whole>(qk, dk, RowsOf<Whole>{b, dk, m0}, TransposeOf<Whole>{a, dk}, kQKNT, 0, m0 / 8);
+    }
     FWP_UNROLL
     for (int j = 0; j < kQKNT; ++j)
       FWP_UNROLL
@@ -1270,7 +1327,11 @@ FWP_DEV void row_stage(const RowArgs& x, RowSmem<kStateParts<P>>& sh, int bh, in
         const int r = m0 + acc_row(e), n = 8 * j + acc_col(e);
         if (stage == RowStage::Output ? n > r : n < r) qk[j][e] = 0.f;
       }
-    const ColsOf<Whole> v{x.v + chunk * kPassC * x.dv, x.dv, col0};  // columns col0.. of U' or dO [C, d_v]
+    // columns col0.. of U' or dO [C, d_v]
+    const auto v = [&] {
+      if constexpr (Staged) return ColsTile{sh.v, kRowSlabLd};
+      else return ColsOf<Whole>{vt, x.dv, col0};
+    }();
     // qk's A fragments first (qk is then no longer held), then per n-tile the k-blocks in order
     uint32_t af[kPassC / 16][P][4];
     FWP_UNROLL
@@ -1290,7 +1351,7 @@ FWP_DEV void row_stage(const RowArgs& x, RowSmem<kStateParts<P>>& sh, int bh, in
   float acc[kRowNT][4] = {};
   if (stage != RowStage::LocalGrad) {  // W S_c or Q S_c
     const float* sc = x.s + chunk * dk * x.dv + col0;         // [d_k, d_v] checkpoint
-    times_state_rows<P, PS>(acc, RowsOf<Whole>{a, dk, m0}, sh.slab, sc, x.dv, dk, nv);
+    times_state_rows<P, PS>(acc, a_rows, sh.slab, sc, x.dv, dk, nv);
   }
   const Out out = x.out + (chunk * kPassC * x.dv + col0);
   const float* base = stage == RowStage::Values ? x.base + chunk * kPassC * x.dv + col0 : nullptr;

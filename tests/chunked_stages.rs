@@ -622,9 +622,10 @@ fn refs(v: &[Option<Tensor>]) -> Vec<Option<&Tensor>> {
 /// each way the passes copy a bf16 tile: 16-byte and 4-byte `cp.async` (d_v = 72, d_k = 30), and
 /// plain loads (odd d_k and d_v).
 fn bf16_inputs_read_as_they_are(device: Device, suffix: &str) {
-    // (32, 16): d_k and d_v multiples of 16, so B3 and (with bf16 callers' inputs) the row stages run
-    // their `Whole` kernels (no element-by-element fallbacks; d_v = 16 is a partial tile of the row
-    // stages' 64 columns); the others run the fallbacks. The passes' blocks (one bf16 part, the
+    // (32, 16) and (144, 16): d_k and d_v multiples of 16, so B3 and (with bf16 callers' inputs) the
+    // row stages run their `Whole` kernels (no element-by-element fallbacks; d_v = 16 is a partial
+    // tile of the row stages' 64 columns), the row stages' `Staged` ones where d_k <= 128 (32); the
+    // others run the fallbacks. The passes' blocks (one bf16 part, the
     // emulator's GPU of two SMs) are 32 value columns wide for d_v = 72, 33 and 40, 8 for d_v = 16
     // and 16 for d_v = 24. With bf16 callers' inputs and d_k, d_v multiples of 8 (the last three
     // shapes) the passes run their `Whole` kernels (whole_pass), here against the others: every
@@ -635,6 +636,7 @@ fn bf16_inputs_read_as_they_are(device: Device, suffix: &str) {
         (1, 70, 32, 16),
         (1, 70, 32, 24),
         (1, 70, 40, 40),
+        (1, 70, 144, 16),
     ] {
         let mut x = StageInputs::new(bh, t, d_k, d_v);
         for t in [&mut x.q, &mut x.k, &mut x.v, &mut x.beta, &mut x.grad_out] {
