@@ -1095,7 +1095,8 @@ struct ColsOf {
   FWP_DEV bool words() const { return Whole || m.bf16; }
 };
 // Getters of a bf16 matrix t in shared memory (ld a multiple of 8, t 16-byte aligned), whose
-// fragments come by ldmatrix, one part (B3's staged operands):
+// fragments come by ldmatrix, one part (the operands B3, the Staged row kernels and the WY stage
+// copy into shared memory):
 //   ColsTile:      B(j, n) = t[j * ld + n] (with_cols's columns);
 //   TransposeTile: B(j, n) = t[n * ld + j];
 //   RowsTile:      A(r, j) = t[(r0 + r) * ld + j];
@@ -1139,6 +1140,15 @@ struct ScaledRowsOf {
   FWP_DEV bool words() const { return Whole || (m.bf16 && d % 16 == 0 && word_aligned(m)); }
 };
 
+// ScaledRowsOf's A from a bf16 tile in shared memory: A(r, j) = beta(r0 + r) t[(r0 + r) * ld + j]
+// rounded to fp32, the pairs by ldmatrix (the WY stage's staged K).
+struct ScaledRowsTile {
+  const uint16_t* t;
+  int ld;
+  In beta;
+  int r0;
+};
+
 // A's columns k0.. (P parts) from getter g, and B's rows k0.., columns n0..: whole bf16 fragments
 // where the getter allows (the overloads), else element by element.
 template <int P, class G>
@@ -1178,6 +1188,17 @@ FWP_DEV void fragment_a(uint32_t (&a)[P][4], const ScaledRowsOf<W>& g, int k0) {
     put_parts<P>(a, i, mul_rn(bf16_value(uint16_t(w & 0xFFFFu)), beta[i & 1]),
                  mul_rn(bf16_value(uint16_t(w >> 16)), beta[i & 1]));
   }
+}
+template <int P>
+FWP_DEV void fragment_a(uint32_t (&a)[P][4], const ScaledRowsTile& g, int k0) {
+  uint32_t w[4];  // load_a's pairs of the tile, each times its row's beta
+  smem_a_rows(w, g.t, g.ld, g.r0, k0);
+  const int r = g.r0 + (lane_id() >> 2);
+  const float beta[2] = {g.beta[r], g.beta[r + 8]};
+  FWP_UNROLL
+  for (int i = 0; i < 4; ++i)
+    put_parts<P>(a, i, mul_rn(bf16_value(uint16_t(w[i] & 0xFFFFu)), beta[i & 1]),
+                 mul_rn(bf16_value(uint16_t(w[i] >> 16)), beta[i & 1]));
 }
 template <int P, bool W>
 FWP_DEV void fragment_b(uint32_t (&b)[P][2], const ColsOf<W>& g, int k0, int n0) {
@@ -1414,6 +1435,7 @@ struct WyArgs {
 // (float_quad), and a lane's quad of the scratch at (lane, 4 q) lies on banks of its own within each
 // quarter warp.
 constexpr int kInvLd = kPassC + 4, kMergeLd = 32 + 4;
+static_assert(kPassC * kStagedLd * sizeof(uint16_t) <= kPassC * kInvLd * sizeof(float), "a staged K fits in T~'s space");
 struct WySolve {
   alignas(16) float a[kPassC][kInvLd];
   alignas(16) float t[32][kMergeLd];
@@ -1423,7 +1445,7 @@ struct WySolve {
 constexpr int kWyLd = kPassC + 8, kWyPlane = kRowCols * kWyLd;
 
 struct WySmem {
-  alignas(16) float x[kPassC][kInvLd];  // T~
+  alignas(16) float x[kPassC][kInvLd];  // K staged as bf16 for A's product (d_k <= kStagedDk), then T~
   union {
     WySolve solve;                       // until T~ is known
     uint16_t scaled[2 * kWyPlane];       // then beta X (kPassPlanes)
@@ -1670,8 +1692,16 @@ FWP_DEV void wy_stage(const WyArgs& x, WySmem& sh, int bh, int64_t c) {
     bool whole = false;
     if constexpr (P == 1) {  // whole fragments, a k-block's loads all in flight at once (no branch between)
       whole = dk % 16 == 0 && whole_words(k);
-      if (whole)
+      if (whole && dk <= kStagedDk) {  // from K copied into T~'s space at once (stage_rows), by ldmatrix
+        uint16_t* kt = reinterpret_cast<uint16_t*>(&sh.x[0][0]);
+        stage_rows(kt, k, dk);
+        copy_commit();
+        copy_wait_all();
+        block_sync();
+        warp_product<kQKNT, P, P, true>(acc, dk, ScaledRowsTile{kt, kStagedLd, beta, m0}, TransposeTile{kt, kStagedLd}, nj);
+      } else if (whole) {
         warp_product<kQKNT, P, P, true>(acc, dk, ScaledRowsOf<true>{k, beta, dk, m0}, TransposeOf<true>{k, dk}, nj);
+      }
     }
     if (!whole) warp_product<kQKNT, P, P>(acc, dk, ScaledRowsOf<>{k, beta, dk, m0}, TransposeOf<>{k, dk}, nj);
     FWP_UNROLL
@@ -1682,7 +1712,7 @@ FWP_DEV void wy_stage(const WyArgs& x, WySmem& sh, int bh, int64_t c) {
         sh.solve.a[r][n] = n < r ? acc[j][e] : 0.f;
       }
   }
-  block_sync();
+  block_sync();  // (and every warp is done with the staged K)
   unit_lower_inverse(sh);
   if (x.tinv.p != nullptr) {  // the backward's B3 reads T~; the forward has no use for it
     const Out tinv = x.tinv + chunk * kPassC * kPassC;
