@@ -1,7 +1,8 @@
 // The fast chunked kernels (chunked_passes.cuh) as CUDA kernels: the device primitives the shared
 // code asks for (mma.sync, ldmatrix, cp.async, bf16 rounding), one kernel per instantiation (passes:
 // key tiles KT x parts P x value columns BV, 16 or 8 only with P = 1, and with P = 1 a Whole kernel
-// beside each, see whole_pass; per-chunk stages: P), and the launchers. The passes size their
+// beside each, see whole_pass; per-chunk stages: P, and with P = 1 Whole and Staged kernels, see
+// whole_fragments, whole_rows, staged_rows), and the launchers. The passes size their
 // shared memory from the device's opt-in limit (cached per device); where a pass does not fit, the
 // host side runs the first-version kernel of chunked.cu instead (chunked_launch.h).
 

@@ -1311,36 +1311,36 @@ FWP_DEV void row_stage(const RowArgs& x, RowSmemOf<P, Staged>& sh, int bh, int64
   const In a = x.a + chunk * kPassC * dk;                     // [C, d_k] rows of W or Q
   const In b = x.b + chunk * kPassC * dk;                     // [C, d_k] rows of K
   const In vt = x.v + chunk * kPassC * x.dv;                  // [C, d_v] U' or dO
-  if constexpr (Staged) {  // sh.a: the product's A rows (K for LocalGrad), sh.b: its B^T, sh.v: the value tile
-    stage_rows(sh.a, stage == RowStage::LocalGrad ? b : a, dk);
+  // the products' A rows: W or Q (W S_c, Q S_c, Q K^T), K for LocalGrad (K Q^T); and B^T: K, or Q
+  const In rows_in = stage == RowStage::LocalGrad ? b : a, t_in = stage == RowStage::LocalGrad ? a : b;
+  if constexpr (Staged) {  // sh.a: rows_in, sh.b: t_in, sh.v: the value tile
+    stage_rows(sh.a, rows_in, dk);
     if (stage != RowStage::Values) {
-      stage_rows(sh.b, stage == RowStage::LocalGrad ? a : b, dk);
+      stage_rows(sh.b, t_in, dk);
       copy_tile<kPassC, kRowCols>(sh.v, kRowSlabLd, (vt + col0).p, x.dv, nv, 2);
     }
     copy_commit();
     copy_wait_all();
     block_sync();
   }
-  // this warp's rows of W or Q
+  // this warp's rows of rows_in
   const auto a_rows = [&] {
     if constexpr (Staged) return RowsTile{sh.a, kStagedLd, m0};
-    else return RowsOf<Whole>{a, dk, m0};
+    else return RowsOf<Whole>{rows_in, dk, m0};
   }();
   float local[kRowNT][4] = {};
   if (stage != RowStage::Values) {
     // rows m0.. of tril(Q K^T) (Output) or of triu(K Q^T) = tril(Q K^T)^T (LocalGrad)
     float qk[kQKNT][4] = {};
     // the n-tiles right (Output) or left (LocalGrad) of the diagonal block are masked out: left out
-    if constexpr (Staged) {
-      if (stage == RowStage::Output)
-        warp_product<kQKNT, P, P, Whole>(qk, dk, a_rows, TransposeTile{sh.b, kStagedLd}, (m0 + 16) / 8);
-      else
-        warp_product<kQKNT, P, P, Whole>(qk, dk, a_rows, TransposeTile{sh.b, kStagedLd}, kQKNT, 0, m0 / 8);
-    } else if (stage == RowStage::Output) {
-      warp_product<kQKNT, P, P, Whole>(qk, dk, a_rows, TransposeOf<Whole>{b, dk}, (m0 + 16) / 8);
-    } else {
-      warp_product<kQKNT, P, P, Whole>(qk, dk, RowsOf<Whole>{b, dk, m0}, TransposeOf<Whole>{a, dk}, kQKNT, 0, m0 / 8);
-    }
+    const auto b_t = [&] {  // B(j, n) = t_in(n, j)
+      if constexpr (Staged) return TransposeTile{sh.b, kStagedLd};
+      else return TransposeOf<Whole>{t_in, dk};
+    }();
+    if (stage == RowStage::Output)
+      warp_product<kQKNT, P, P, Whole>(qk, dk, a_rows, b_t, (m0 + 16) / 8);
+    else
+      warp_product<kQKNT, P, P, Whole>(qk, dk, a_rows, b_t, kQKNT, 0, m0 / 8);
     FWP_UNROLL
     for (int j = 0; j < kQKNT; ++j)
       FWP_UNROLL
