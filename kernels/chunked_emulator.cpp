@@ -89,6 +89,10 @@ void copy_wait_all() {
   }
 }
 
+// The kernels' checks of their own bookkeeping (the GPU skips them): the first failure's `what`
+// is reported at the block's end.
+void expect(bool ok, const char* what);
+
 // Round to nearest even, as __float2bfloat16_rn (NaN stays NaN).
 uint16_t bf16_bits(float x) {
   uint32_t u;
@@ -120,7 +124,15 @@ struct BlockState {
   std::atomic<bool> copies_left{false};  // a thread ended with cp.async copies it never waited for
   std::once_flag bad_copy_once;
   std::string bad_copy;  // the first cp.async that broke the GPU's size or alignment rules
+  std::once_flag failed_once;
+  std::string failed;  // the first expect() that failed
 };
+
+void expect(bool ok, const char* what) {
+  if (ok) return;
+  BlockState& bs = *t_block;
+  std::call_once(bs.failed_once, [&] { bs.failed = "thread " + std::to_string(t_tid) + ": " + what; });
+}
 
 void note_bad_copy(const void* dst, const void* src, int bytes) {
   BlockState& bs = *t_block;
@@ -194,6 +206,7 @@ void run_block(const Body& body) {
               "wait for");
   TORCH_CHECK(bs.bad_copy.empty(), "fwp::chunked emulated passes: ", bs.bad_copy,
               " (a GPU needs 4 or 16 bytes, both addresses aligned to the size)");
+  TORCH_CHECK(bs.failed.empty(), "fwp::chunked emulated passes: ", bs.failed);
 }
 
 int stages_of(const Config& cfg) {

@@ -32,6 +32,8 @@
 //                                   16-byte aligned shared address `row` of lane 8 i + j
 //   copy_async(dst, src, bytes, valid)   cp.async of 4 or 16 bytes (zero-fill when !valid)
 //   copy_commit(), copy_wait_all()
+//   expect(ok, what)                a check of the kernels' own bookkeeping: the emulator reports
+//                                   `what` where ok is false; the GPU skips it
 //   bf16_bits(float) -> uint16_t (round to nearest even), bf16_value(uint16_t) -> float
 //   mul_rn(float, float)            a product rounded on its own (never fused into a later add)
 // and includes it inside its own namespace, after chunked_launch.h (its constants).
@@ -1097,7 +1099,7 @@ struct ColsOf {
 // Getters of a bf16 matrix t in shared memory (ld a multiple of 8, t 16-byte aligned), whose
 // fragments come by ldmatrix, one part (the operands B3, the Staged row kernels and the WY stage
 // copy into shared memory):
-//   ColsTile:      B(j, n) = t[j * ld + n] (with_cols's columns);
+//   ColsTile:      B(j, n) = t[j * ld + n] (B3's column tiles, GradColsQueue);
 //   TransposeTile: B(j, n) = t[n * ld + j];
 //   RowsTile:      A(r, j) = t[(r0 + r) * ld + j];
 //   TRowsTile:     A(r, j) = t[j * ld + r0 + r].
@@ -1739,8 +1741,8 @@ FWP_DEV void wy_stage(const WyArgs& x, WySmem& sh, int bh, int64_t c) {
 // multiprocessor; docs/performance.md). The chunk's operands are read straight from global memory,
 // as in the row stages, but the fp32 states (S_c, dS_{c+1}) go through shared memory in slabs, split
 // into bf16 parts once per block rather than once per warp (state_t_slabs), and so, in the Whole
-// kernels, do the bf16 column blocks of K, Q, dW and dU' that are right operands (with_cols, where
-// each warp took two 16-bit loads per fragment register); shared memory also holds
+// kernels, do the bf16 column blocks of K, Q, dW and dU' that are right operands (GradColsQueue:
+// each block's copy in flight while the block works on the one before); shared memory also holds
 // the C x C intermediates, which other warps
 // need whole or which would hold too many registers: P (for P K and P^T Q), and in turn dT~, T~^T dT~
 // and dA (for T~^T dT~, its product with T~^T, and G K, G^T K). dW = -dU' S_c^T, which every warp needs whole
@@ -1769,7 +1771,7 @@ template <int PS>
 constexpr int kSlabCols = PS <= 2 ? 64 : 32;
 constexpr int slab_halves(int ps, int cols) { return ps * kGradCols * (cols + 8); }
 constexpr int kSlabHalves = slab_halves(2, kSlabCols<2>);
-constexpr int kColsLd = kGradCols + 8;  // with_cols's rows (halves): 80 bytes, ldmatrix's 8 rows on distinct banks
+constexpr int kColsLd = kGradCols + 8;  // a column tile's rows (halves): 80 bytes, ldmatrix's 8 rows on distinct banks
 static_assert(slab_halves(3, kSlabCols<3>) <= kSlabHalves, "three parts' slabs fit GradSmem::slab");
 
 // Rows of kGradLd = C + 4 floats: a warp's 32-bit accesses at (g, 2t + e) (fragments and
@@ -1780,7 +1782,6 @@ struct GradSmem {
   float p[kPassC][kGradLd];  // P = tril(dO U'^T); at the end the dbeta partial sums
   float m[kPassC][kGradLd];  // first beta K and beta V (times_scaled_t), then dT~, T~^T dT~, dA, G
   alignas(16) uint16_t slab[kSlabHalves];  // a state's slab (state_t_slabs)
-  alignas(16) uint16_t cols[kPassC * kColsLd];  // a bf16 matrix's kGradCols columns (with_cols)
 };
 static_assert(sizeof(GradSmem) <= 48 * 1024, "B3's shared memory is static: at most 48 KB");
 
@@ -1789,17 +1790,19 @@ static_assert(sizeof(GradSmem) <= 48 * 1024, "B3's shared memory is static: at m
 // T~, copied once per block, each C x (C + 8) halves, rows 16-byte aligned and 8 of them on
 // distinct banks for ldmatrix. Each of P's and G's A fragments was 8 loads of fp32 and their
 // rounding, in every column tile; each of T~^T's, 8 16-bit loads from global memory. G goes where dA
-// was once dA is read, and the slabs and column tiles, not used while `m` is, share its space with
-// G: 41 KB in all.
+// was once dA is read, and the slabs, not used while `m` is, share its space with G. The column
+// tiles have two buffers of their own (GradColsQueue: the next tile's copy is in flight while the
+// block works on one, across the dT~ .. dA steps too): 46 KB in all.
 constexpr int kGradHalfLd = kPassC + 8;
+constexpr int kColsHalves = kPassC * kColsLd;  // one column tile
 struct WholeGradLater {
   alignas(16) uint16_t g[kPassC * kGradHalfLd];   // G, from dA's rowsum on
   alignas(16) uint16_t slab[kSlabHalves];         // as GradSmem's
-  alignas(16) uint16_t cols[kPassC * kColsLd];
 };
 struct WholeGradSmem {
   alignas(16) uint16_t p[kPassC * kGradHalfLd];     // P; at the end the dbeta partial sums
   alignas(16) uint16_t tinv[kPassC * kGradHalfLd];  // T~ (the delta rule)
+  alignas(16) uint16_t cols[2 * kColsHalves];       // two column tiles (GradColsQueue)
   union {
     float m[kPassC][kGradLd];  // as GradSmem's, up to dA
     WholeGradLater later;
@@ -1811,8 +1814,6 @@ template <bool Whole>
 using GradSmemOf = typename std::conditional<Whole, WholeGradSmem, GradSmem>::type;
 FWP_DEV uint16_t* slab_space(GradSmem& sh) { return sh.slab; }
 FWP_DEV uint16_t* slab_space(WholeGradSmem& sh) { return sh.later.slab; }
-FWP_DEV uint16_t* cols_space(GradSmem& sh) { return sh.cols; }
-FWP_DEV uint16_t* cols_space(WholeGradSmem& sh) { return sh.later.cols; }
 
 // o[r * ld + col] = f(r, col, e, y) for each accumulator element y (index e) of an NT * 8-column
 // tile starting at column c0: row r (of this warp's rows), column col < cols; f is called in the
@@ -1890,25 +1891,71 @@ FWP_DEV void state_t_slabs(uint16_t* space, const float* s, int dk, int dv, int 
   }
 }
 
-// use(b) with b the chunk's rows of a [C, d] matrix's columns c0 .. c0 + kGradCols - 1 as a product's
-// B, B(j, n) = a[j, c0 + n], zero past d. With Whole, b is a tile that the block copies into shared
-// memory (cp.async, 16 or 4 bytes a piece) and from which its warps take B fragments by ldmatrix:
-// read from global memory, each fragment register is two 16-bit loads from two rows, which every
-// warp made for every k-block. Else b is ColsOf, read from global memory. With Whole it starts with
-// a barrier, after which nobody reads the tile's previous columns.
-template <bool Whole, class Use>
-FWP_DEV void with_cols(uint16_t* tile, const In& a, int d, int c0, const Use& use) {
-  if constexpr (Whole) {
-    block_sync();
-    copy_tile<kPassC, kGradCols>(tile, kColsLd, (a + c0).p, d, imin(kGradCols, d - c0), 2);
+// The Whole kernels' column tiles, B(j, n) = a[j, c0 + n] for the chunk's rows j and kGradCols
+// columns c0.. of a [C, d] matrix (zero past d), in the order input_grads_stage takes them: K's
+// (for P K), then for each kGradCols columns of d_k those of dW, K and Q (the sum rule: Q's alone),
+// then dU''s (the delta rule). at(i, d, c0): tile i's matrix, its width d and first column c0.
+template <bool Delta>
+struct GradCols {
+  In k, q, dw, dvn;
+  int dk, dv;
+  FWP_DEV int key_tiles() const { return (dk + kGradCols - 1) / kGradCols; }
+  FWP_DEV int count() const {
+    return Delta ? 4 * key_tiles() + (dv + kGradCols - 1) / kGradCols : 2 * key_tiles();
+  }
+  FWP_DEV In at(int i, int& d, int& c0) const {
+    const int nk = key_tiles();
+    d = dk;
+    if (i < nk) {
+      c0 = kGradCols * i;
+      return k;
+    }
+    i -= nk;
+    if (!Delta) {
+      c0 = kGradCols * i;
+      return q;
+    }
+    if (i < 3 * nk) {
+      c0 = kGradCols * (i / 3);
+      return i % 3 == 0 ? dw : i % 3 == 1 ? k : q;
+    }
+    d = dv;
+    c0 = kGradCols * (i - 3 * nk);
+    return dvn;
+  }
+};
+
+// Two buffers of column tiles, each C x kColsLd halves (80-byte rows: ldmatrix's 8 rows on distinct
+// banks): take(a, c0, use) waits for tile i (the next in GradCols's order, which must be a's columns
+// c0..), then, after a barrier (tile i is visible to all, and nobody reads tile i - 1 any more),
+// starts copying tile i + 1 into the buffer tile i - 1 had (cp.async, 16 or 4 bytes a piece), and
+// calls use(tile i) while that copy is in flight. Read from global memory, each fragment register
+// of such a B was two 16-bit loads from two rows, made by every warp for every k-block; copied
+// when needed, each tile's copy was a wait of its own.
+template <bool Delta>
+struct GradColsQueue {
+  GradCols<Delta> tiles;
+  uint16_t* buf;  // 2 * kColsHalves
+  int taken;
+  FWP_DEV uint16_t* slot(int i) const { return buf + (i & 1) * kColsHalves; }
+  FWP_DEV void issue(int i) const {
+    if (i >= tiles.count()) return;
+    int d, c0;
+    const In a = tiles.at(i, d, c0);
+    copy_tile<kPassC, kGradCols>(slot(i), kColsLd, (a + c0).p, d, imin(kGradCols, d - c0), 2);
     copy_commit();
+  }
+  template <class Use>
+  FWP_DEV void take(const In& a, int c0, const Use& use) {
     copy_wait_all();
     block_sync();
-    use(ColsTile{tile, kColsLd});
-  } else {
-    use(ColsOf<false>{a, d, c0});
+    const int i = taken++;
+    int d, c;
+    expect(tiles.at(i, d, c).p == a.p && c == c0, "B3 takes its column tiles in GradCols's order");
+    issue(i + 1);
+    use(ColsTile{slot(i), kColsLd});
   }
-}
+};
 
 // acc += A B for this warp's rows of A (getter ga, its columns j0.. in turn) and the first `cols`
 // rows of a slab's planes (state_t_slabs: B(j, n) = s(c0 + n, j0 + j)).
@@ -1952,13 +1999,25 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmemOf<Whole>& sh, int bh,
   const Out dw = delta ? x.dw + chunk * kPassC * dk : Out{nullptr, false};  // dW [C, d_k]
   // this warp's rows of a [C, d] matrix
   const auto rows = [&](const In& a, int d) { return RowsOf<Whole>{a, d, m0}; };
-  // use(B) with B(j, n) = a[j, c0 + n] for the chunk's rows j
-  const auto cols = [&](const In& a, int d, int c0, const auto& use) { with_cols<Whole>(cols_space(sh), a, d, c0, use); };
   const In tinv = delta ? x.tinv + chunk * kPassC * kPassC : In{nullptr, false};  // T~ [C, C]
-  if constexpr (Whole && Delta) {  // T~ into shared memory, in flight until the first column tile waits
-    copy_tile<kPassC, kPassC>(sh.tinv, kGradHalfLd, tinv.p, kPassC, kPassC, 2);
-    copy_commit();
+  // (Whole) the column tiles, the first one's copy in flight from here on, with T~'s, which lands
+  // when the first column tile is taken
+  GradColsQueue<Delta> queue{{k, q, dw.in(), dvn, dk, dv}, nullptr, 0};
+  if constexpr (Whole) {
+    if constexpr (Delta) {
+      copy_tile<kPassC, kPassC>(sh.tinv, kGradHalfLd, tinv.p, kPassC, kPassC, 2);
+      copy_commit();
+    }
+    queue.buf = sh.cols;
+    queue.issue(0);
   }
+  // use(B) with B(j, n) = a[j, c0 + n] for the chunk's rows j (Whole: from the queue's tile)
+  const auto cols = [&](const In& a, int d, int c0, const auto& use) {
+    if constexpr (Whole)
+      queue.take(a, c0, use);
+    else
+      use(ColsOf<false>{a, d, c0});
+  };
   // A = P (A(r, j) = P(m0 + r, j)) and A = P^T (P(j, m0 + r)), this warp's rows, and the same of G
   // (Whole: from their bf16 tiles)
   const auto p_rows = [&] {
@@ -1999,8 +2058,7 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmemOf<Whole>& sh, int bh,
     const Out dq = x.grad_q + chunk * kPassC * dk;
     store_tile<Whole>(acc, m0, c0, dk, dq, dk, [](int, int, int, float y) { return y; });
   }
-  if (Whole && Delta) copy_wait_all();  // T~ (each column tile waited for it already)
-  block_sync();
+  block_sync();  // (Whole: T~ landed at the first column tile; dW's first tile is in flight)
 
   float dbeta[2] = {0.f, 0.f};  // this lane's share of rows m0 + g and m0 + g + 8
   const In beta = delta ? x.beta + chunk * kPassC : In{nullptr, false};
@@ -2092,17 +2150,10 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmemOf<Whole>& sh, int bh,
   for (int c0 = 0; c0 < dk; c0 += kGradCols) {
     float acc[kGradNT][4] = {};
     if (delta) {
-      // d(beta K) = T~^T dW, first: its terms rowsum(d(beta K) . K) and beta d(beta K) are taken at once
+      // d(beta K) = T~^T dW, first: its terms rowsum(d(beta K) . K) and beta d(beta K) are taken at
+      // once, K's elements from its column tile (Whole: in shared memory, where they were 16-bit
+      // loads from global memory, one per element)
       cols(dw.in(), dk, c0, [&](const auto& dwc) { warp_product<kGradNT, P, P>(acc, kPassC, tinv_t, dwc, kGradNT, m0); });
-      FWP_UNROLL
-      for (int j = 0; j < kGradNT; ++j)
-        FWP_UNROLL
-        for (int e = 0; e < 4; ++e) {
-          const int r = m0 + acc_row(e), col = c0 + 8 * j + acc_col(e);
-          // (K is bf16 where Whole: read as such, without In's test of its dtype)
-          if (col < dk) dbeta[e >> 1] += acc[j][e] * (Whole ? bf16_value(bf16_of(k)[r * dk + col]) : k[r * dk + col]);
-          acc[j][e] = mul_rn(acc[j][e], beta[r]);
-        }
       // + G K + G^T K with G = diag(beta) dA (in shared memory)
       const auto g_rows = [&] {
         if constexpr (Whole) return RowsTile{sh.later.g, kGradHalfLd, m0};
@@ -2113,6 +2164,19 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmemOf<Whole>& sh, int bh,
         else return [&](int r, int j) { return sh.m[j][m0 + r]; };
       }();
       cols(k, dk, c0, [&](const auto& kc) {
+        FWP_UNROLL
+        for (int j = 0; j < kGradNT; ++j)
+          FWP_UNROLL
+          for (int e = 0; e < 4; ++e) {
+            const int r = m0 + acc_row(e), n = 8 * j + acc_col(e);  // K(r, c0 + n)
+            if (c0 + n < dk) {
+              if constexpr (Whole)
+                dbeta[e >> 1] += acc[j][e] * bf16_value(kc.t[r * kc.ld + n]);
+              else
+                dbeta[e >> 1] += acc[j][e] * kc(r, n);
+            }
+            acc[j][e] = mul_rn(acc[j][e], beta[r]);
+          }
         warp_product<kGradNT, P, P>(acc, m0 + 16, g_rows, kc);
         warp_product<kGradNT, P, P>(acc, kPassC, g_t_rows, kc, kGradNT, m0);
       });
