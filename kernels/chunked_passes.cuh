@@ -499,11 +499,12 @@ FWP_UNROLL
 // ldmatrix, 8 of them on distinct banks). Thread t takes the element pairs e = t + i kPassThreads,
 // row e / (W / 2), columns 2 (e % (W / 2)) and the next, so that a warp reads runs of a row; with
 // Pairs (ld and cols even, s 8-byte aligned) a pair is one 64-bit load, under no condition (an element
-// outside reads s's first pair and keeps zero), 4 pairs in flight at a time (few registers).
-template <int PS, int R, int W, bool Pairs>
+// outside reads s's first pair and keeps zero), `Round` pairs in flight at a time (4 by default: few
+// registers).
+template <int PS, int R, int W, bool Pairs, int Round = 4>
 FWP_DEV void split_into_planes(uint16_t* h, const float* s, int64_t ld, int r0, int c0, int rows, int cols) {
   constexpr int half = W / 2, ldh = W + 8, step = kPassThreads / half;  // step: rows between a thread's pairs
-  static_assert(kPassThreads % half == 0 && R % (4 * step) == 0 && W % 8 == 0, "whole rounds of 4 pairs per thread");
+  static_assert(kPassThreads % half == 0 && R % (Round * step) == 0 && W % 8 == 0, "whole rounds of pairs per thread");
   // (a thread's pairs share their columns: c stays, the row moves on by step)
   const int r = thread_id() / half, c = 2 * (thread_id() % half);
   const bool col_in = c0 + c < cols;
@@ -511,9 +512,9 @@ FWP_DEV void split_into_planes(uint16_t* h, const float* s, int64_t ld, int r0, 
   int64_t at = int64_t(r0 + r) * ld + c0 + c;  // (an offset: a pointer is formed only in range)
   uint16_t* to = h + r * ldh + c;
   FWP_NO_UNROLL
-  for (int i0 = 0; i0 < R / step; i0 += 4, at += 4 * stride, to += 4 * step * ldh)
+  for (int i0 = 0; i0 < R / step; i0 += Round, at += Round * stride, to += Round * step * ldh)
   FWP_UNROLL
-  for (int i = 0; i < 4; ++i) {
+  for (int i = 0; i < Round; ++i) {
     const bool in = col_in && r0 + r + (i0 + i) * step < rows;
     const float* from = s + (in ? at + i * stride : 0);
     float x0 = 0.f, x1 = 0.f;
@@ -1792,7 +1793,8 @@ static_assert(sizeof(GradSmem) <= 48 * 1024, "B3's shared memory is static: at m
 // rounding, in every column tile; each of T~^T's, 8 16-bit loads from global memory. G goes where dA
 // was once dA is read, and the slabs, not used while `m` is, share its space with G. The column
 // tiles have two buffers of their own (GradColsQueue: the next tile's copy is in flight while the
-// block works on one, across the dT~ .. dA steps too): 46 KB in all.
+// block works on one, across the dT~ .. dA steps too), and beta, read where dbeta's terms and the
+// scaled rows need it, once per block rather than once per element: 46 KB in all.
 constexpr int kGradHalfLd = kPassC + 8;
 constexpr int kColsHalves = kPassC * kColsLd;  // one column tile
 struct WholeGradLater {
@@ -1803,6 +1805,7 @@ struct WholeGradSmem {
   alignas(16) uint16_t p[kPassC * kGradHalfLd];     // P; at the end the dbeta partial sums
   alignas(16) uint16_t tinv[kPassC * kGradHalfLd];  // T~ (the delta rule)
   alignas(16) uint16_t cols[2 * kColsHalves];       // two column tiles (GradColsQueue)
+  float beta[kPassC];                                // the chunk's beta (the delta rule)
   union {
     float m[kPassC][kGradLd];  // as GradSmem's, up to dA
     WholeGradLater later;
@@ -1875,7 +1878,8 @@ FWP_DEV void times_scaled_t(float (&acc)[kQKNT][4], float* space, const GA& ga, 
 // turn, the block splits those rows' elements into PS planes over `space`, each element once (read
 // from global memory, every warp split each one it took: 4 times), and use(planes, j0, cols)
 // multiplies with the slab's first cols columns, its warps taking B fragments by ldmatrix (times_slab).
-// Each slab starts with a barrier, after which nobody reads the previous one.
+// Each slab starts with a barrier, after which nobody reads the previous one. Whole: each thread's
+// loads of a slab (8 pairs) are in flight together, one wait per slab where 4 at a time made two.
 template <int PS, bool Whole, class Use>
 FWP_DEV void state_t_slabs(uint16_t* space, const float* s, int dk, int dv, int c0, const Use& use) {
   constexpr int K = kSlabCols<PS>;
@@ -1883,7 +1887,7 @@ FWP_DEV void state_t_slabs(uint16_t* space, const float* s, int dk, int dv, int 
   for (int j0 = 0; j0 < dv; j0 += K) {
     block_sync();
     if (Whole)  // (whole_fragments: the states 8-byte aligned, d_v a multiple of 16)
-      split_into_planes<PS, kGradCols, K, true>(space, s, dv, c0, j0, dk, dv);
+      split_into_planes<PS, kGradCols, K, true, kGradCols * K / (2 * kPassThreads)>(space, s, dv, c0, j0, dk, dv);
     else
       split_into_planes<PS, kGradCols, K>(space, s, dv, c0, j0, dk, dv);
     block_sync();
@@ -2007,6 +2011,7 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmemOf<Whole>& sh, int bh,
     if constexpr (Delta) {
       copy_tile<kPassC, kPassC>(sh.tinv, kGradHalfLd, tinv.p, kPassC, kPassC, 2);
       copy_commit();
+      if (thread_id() < kPassC) sh.beta[thread_id()] = x.beta[chunk * kPassC + thread_id()];  // (visible after P's barrier)
     }
     queue.buf = sh.cols;
     queue.issue(0);
@@ -2062,6 +2067,11 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmemOf<Whole>& sh, int bh,
 
   float dbeta[2] = {0.f, 0.f};  // this lane's share of rows m0 + g and m0 + g + 8
   const In beta = delta ? x.beta + chunk * kPassC : In{nullptr, false};
+  // beta_r (Whole: from shared memory, filled at the start)
+  const auto beta_at = [&](int r) {
+    if constexpr (Whole) return sh.beta[r];
+    else return beta[r];
+  };
   // A = T~^T, this warp's rows, and B = T~^T
   const auto tinv_t = [&] {
     if constexpr (Whole) return TRowsTile{sh.tinv, kGradHalfLd, m0};
@@ -2118,7 +2128,7 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmemOf<Whole>& sh, int bh,
        // own), for G K and G^T K below
       float kk_t[kQKNT][4] = {};
       warp_product<kQKNT, P, P, Whole>(kk_t, dk, rows(k, dk), TransposeOf<Whole>{k, dk}, (m0 + 16) / 8);
-      const float beta_row[2] = {beta[m0 + acc_row(0)], beta[m0 + acc_row(2)]};
+      const float beta_row[2] = {beta_at(m0 + acc_row(0)), beta_at(m0 + acc_row(2))};
       uint32_t g[kQKNT][2];  // (Whole) G's bf16 pairs: elements e = 2 i and 2 i + 1 of n-tile j
       FWP_UNROLL
       for (int j = 0; j < kQKNT; ++j)
@@ -2175,7 +2185,7 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmemOf<Whole>& sh, int bh,
               else
                 dbeta[e >> 1] += acc[j][e] * kc(r, n);
             }
-            acc[j][e] = mul_rn(acc[j][e], beta[r]);
+            acc[j][e] = mul_rn(acc[j][e], beta_at(r));
           }
         warp_product<kGradNT, P, P>(acc, m0 + 16, g_rows, kc);
         warp_product<kGradNT, P, P>(acc, kPassC, g_t_rows, kc, kGradNT, m0);
@@ -2196,7 +2206,7 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmemOf<Whole>& sh, int bh,
     const Out dvo = x.grad_v + chunk * kPassC * dv;
     store_tile<Whole>(dvb, m0, c0, dv, dvo, dv, [&](int r, int col, int e, float y) {
       dbeta[e >> 1] += y * v[r * dv + col];  // rowsum(d(beta V) . V)
-      return mul_rn(y, beta[r]);
+      return mul_rn(y, beta_at(r));
     });
   }
   // dbeta: each row's four lanes (t = lane % 4) through shared memory, summed in order of t
