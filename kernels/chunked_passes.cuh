@@ -1898,14 +1898,15 @@ FWP_DEV void state_t_slabs(uint16_t* space, const float* s, int dk, int dv, int 
 // The Whole kernels' column tiles, B(j, n) = a[j, c0 + n] for the chunk's rows j and kGradCols
 // columns c0.. of a [C, d] matrix (zero past d), in the order input_grads_stage takes them: K's
 // (for P K), then for each kGradCols columns of d_k those of dW, K and Q (the sum rule: Q's alone),
-// then dU''s (the delta rule). at(i, d, c0): tile i's matrix, its width d and first column c0.
+// then for each kGradCols columns of d_v those of dU' and V (the delta rule). at(i, d, c0): tile i's
+// matrix, its width d and first column c0.
 template <bool Delta>
 struct GradCols {
-  In k, q, dw, dvn;
+  In k, q, dw, dvn, v;
   int dk, dv;
   FWP_DEV int key_tiles() const { return (dk + kGradCols - 1) / kGradCols; }
   FWP_DEV int count() const {
-    return Delta ? 4 * key_tiles() + (dv + kGradCols - 1) / kGradCols : 2 * key_tiles();
+    return Delta ? 4 * key_tiles() + 2 * ((dv + kGradCols - 1) / kGradCols) : 2 * key_tiles();
   }
   FWP_DEV In at(int i, int& d, int& c0) const {
     const int nk = key_tiles();
@@ -1923,9 +1924,10 @@ struct GradCols {
       c0 = kGradCols * (i / 3);
       return i % 3 == 0 ? dw : i % 3 == 1 ? k : q;
     }
+    i -= 3 * nk;
     d = dv;
-    c0 = kGradCols * (i - 3 * nk);
-    return dvn;
+    c0 = kGradCols * (i / 2);
+    return i % 2 == 0 ? dvn : v;
   }
 };
 
@@ -1971,14 +1973,15 @@ FWP_DEV void times_slab(float (&acc)[kGradNT][4], const GA& ga, const Planes& s,
 }
 
 // Whether B3 may take every fragment whole and store its results in pairs (Whole = true below): one
-// bf16 part per operand, every matrix it multiplies bf16 and 4-byte aligned, the states and the
-// results aligned to two elements, d_k and d_v multiples of 16.
+// bf16 part per operand, every matrix it multiplies (and, for the delta rule, V, whose tiles it copies
+// for dbeta) bf16 and 4-byte aligned, the states and the results aligned to two elements, d_k and d_v
+// multiples of 16.
 FWP_HD bool whole_fragments(const GradArgs& x, int parts) {
   const auto aligned = [](const void* p, bool bf16) { return (reinterpret_cast<uintptr_t>(p) & (bf16 ? 3 : 7)) == 0; };
   const auto pairs = [&](const Out& m) { return m.p == nullptr || aligned(m.p, m.bf16); };
   return parts == 1 && x.dk % 16 == 0 && x.dv % 16 == 0 && whole_words(x.q) && whole_words(x.k) &&
-         whole_words(x.v_new) && whole_words(x.grad_out) && whole_words(x.tinv) && whole_words(x.dv_new) &&
-         whole_words(In{x.dw.p, x.dw.bf16}) && aligned(x.ckpt, false) && aligned(x.ds_next, false) &&
+         (x.tinv.p == nullptr || whole_words(x.v)) && whole_words(x.v_new) && whole_words(x.grad_out) &&
+         whole_words(x.tinv) && whole_words(x.dv_new) && whole_words(In{x.dw.p, x.dw.bf16}) && aligned(x.ckpt, false) && aligned(x.ds_next, false) &&
          pairs(x.grad_q) && pairs(x.grad_k) && pairs(x.grad_v) && pairs(x.dw);
 }
 
@@ -1998,6 +2001,7 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmemOf<Whole>& sh, int bh,
   const In vn = x.v_new + chunk * kPassC * dv;        // U' [C, d_v]
   const In go = x.grad_out + chunk * kPassC * dv;     // dO [C, d_v]
   const In dvn = x.dv_new + chunk * kPassC * dv;      // dU' [C, d_v]
+  const In v = delta ? x.v + chunk * kPassC * dv : In{nullptr, false};  // V [C, d_v] (the delta rule)
   const float* sc = x.ckpt + chunk * dk * dv;          // S_c [d_k, d_v]
   const float* dsc = x.ds_next + chunk * dk * dv;      // dS_{c+1} [d_k, d_v]
   const Out dw = delta ? x.dw + chunk * kPassC * dk : Out{nullptr, false};  // dW [C, d_k]
@@ -2006,7 +2010,7 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmemOf<Whole>& sh, int bh,
   const In tinv = delta ? x.tinv + chunk * kPassC * kPassC : In{nullptr, false};  // T~ [C, C]
   // (Whole) the column tiles, the first one's copy in flight from here on, with T~'s, which lands
   // when the first column tile is taken
-  GradColsQueue<Delta> queue{{k, q, dw.in(), dvn, dk, dv}, nullptr, 0};
+  GradColsQueue<Delta> queue{{k, q, dw.in(), dvn, v, dk, dv}, nullptr, 0};
   if constexpr (Whole) {
     if constexpr (Delta) {
       copy_tile<kPassC, kPassC>(sh.tinv, kGradHalfLd, tinv.p, kPassC, kPassC, 2);
@@ -2083,7 +2087,6 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmemOf<Whole>& sh, int bh,
   }();
   if (delta) {
     {  // dT~ = dW (beta K)^T + dU' (beta V)^T, this warp's rows, into shared memory
-      const In v = x.v + chunk * kPassC * dv;
       float dt[kQKNT][4] = {};
       if constexpr (kPassPlanes<P>) {  // beta K and beta V through shared memory, where dT~ goes next
         times_scaled_t<P>(dt, &sh.m[0][0], rows(dw.in(), dk), k, beta, dk);
@@ -2199,14 +2202,20 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmemOf<Whole>& sh, int bh,
     store_tile<Whole>(acc, m0, c0, dk, dko, dk, [](int, int, int, float y) { return y; });
   }
   if (!delta) return;
-  const In v = x.v + chunk * kPassC * dv;
   for (int c0 = 0; c0 < dv; c0 += kGradCols) {
     float dvb[kGradNT][4] = {};  // d(beta V) = T~^T dU'; dV = beta d(beta V)
     cols(dvn, dv, c0, [&](const auto& dvc) { warp_product<kGradNT, P, P>(dvb, kPassC, tinv_t, dvc, kGradNT, m0); });
     const Out dvo = x.grad_v + chunk * kPassC * dv;
-    store_tile<Whole>(dvb, m0, c0, dv, dvo, dv, [&](int r, int col, int e, float y) {
-      dbeta[e >> 1] += y * v[r * dv + col];  // rowsum(d(beta V) . V)
-      return mul_rn(y, beta_at(r));
+    // rowsum(d(beta V) . V), V's elements from its column tile (Whole: in shared memory, where they
+    // were global loads, one per element)
+    cols(v, dv, c0, [&](const auto& vc) {
+      store_tile<Whole>(dvb, m0, c0, dv, dvo, dv, [&](int r, int col, int e, float y) {
+        if constexpr (Whole)
+          dbeta[e >> 1] += y * bf16_value(vc.t[r * vc.ld + col - c0]);
+        else
+          dbeta[e >> 1] += y * vc(r, col - c0);
+        return mul_rn(y, beta_at(r));
+      });
     });
   }
   // dbeta: each row's four lanes (t = lane % 4) through shared memory, summed in order of t
