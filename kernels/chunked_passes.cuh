@@ -1742,8 +1742,9 @@ FWP_DEV void wy_stage(const WyArgs& x, WySmem& sh, int bh, int64_t c) {
 // multiprocessor; docs/performance.md). The chunk's operands are read straight from global memory,
 // as in the row stages, but the fp32 states (S_c, dS_{c+1}) go through shared memory in slabs, split
 // into bf16 parts once per block rather than once per warp (state_t_slabs), and so, in the Whole
-// kernels, do the bf16 column blocks of K, Q, dW and dU' that are right operands (GradColsQueue:
-// each block's copy in flight while the block works on the one before); shared memory also holds
+// kernels, do the bf16 column blocks of K, Q, dW and dU' that are right operands, and of K and V
+// where dbeta's terms and dT~'s scaled planes read them (GradColsQueue: each block's copy in flight
+// while the block works on the one before); shared memory also holds
 // the C x C intermediates, which other warps
 // need whole or which would hold too many registers: P (for P K and P^T Q), and in turn dT~, T~^T dT~
 // and dA (for T~^T dT~, its product with T~^T, and G K, G^T K). dW = -dU' S_c^T, which every warp needs whole
@@ -1807,7 +1808,7 @@ struct WholeGradSmem {
   alignas(16) uint16_t cols[2 * kColsHalves];       // two column tiles (GradColsQueue)
   float beta[kPassC];                                // the chunk's beta (the delta rule)
   union {
-    float m[kPassC][kGradLd];  // as GradSmem's, up to dA
+    float m[kPassC][kGradLd];  // as GradSmem's (beta K and beta V by times_scaled_tile), up to dA
     WholeGradLater later;
   };
 };
@@ -1873,6 +1874,31 @@ FWP_DEV void times_scaled_t(float (&acc)[kQKNT][4], float* space, const GA& ga, 
   block_sync();
 }
 
+// One kScaledCols-column step of times_scaled_t (P = 1, the Whole kernels) with X's columns j0.. from
+// their column tile xt (GradColsQueue: the take that gave it passed the barrier after which `space`
+// is free) and beta from shared memory: the same roundings and products, where each element was a
+// 16-bit global load. One barrier, between its fill and its product, and none after: the caller's
+// next take, or a barrier of its own, frees `space`.
+static_assert(kScaledCols == kGradCols, "a step of times_scaled_t is one column tile");
+template <int P, class GA>
+FWP_DEV void times_scaled_tile(float (&acc)[kQKNT][4], float* space, const GA& ga, const ColsTile& xt,
+                               const float* beta, int j0, int d) {
+  const Planes bx{reinterpret_cast<uint16_t*>(space), kScaledLd, kPassC * kScaledLd};
+  // thread t writes X(n, j0 + j) and X(n, j0 + j + 1) for n = t / 16 + 8 i (i < 8), j = 2 (t % 16)
+  const int j = 2 * (thread_id() % (kScaledCols / 2));
+  FWP_UNROLL
+  for (int i = 0; i < kPassC * kScaledCols / 2 / kPassThreads; ++i) {
+    const int n = thread_id() / (kScaledCols / 2) + i * (2 * kPassThreads / kScaledCols);
+    const float bn = beta[n];
+    const auto scaled = [&](int jj) { return j0 + jj < d ? mul_rn(bf16_value(xt.t[n * xt.ld + jj]), bn) : 0.f; };
+    bx.template put_pair<P>(j, n, scaled(j), scaled(j + 1));
+  }
+  block_sync();
+  warp_product_fragments<kQKNT, P, P>(
+      acc, imin(kScaledCols, d - j0), [&](uint32_t(&a)[P][4], int k0) { fragment_a<P>(a, ga, j0 + k0); },
+      [&](uint32_t(&b)[P][2], int k0, int n0) { bx.template fragment<P>(b, k0, n0); });
+}
+
 // B3's products with a state's transpose, B(j, n) = s(c0 + n, j) for j < d_v and the kGradCols state
 // rows c0.. (zero past d_k), through shared memory: for each kSlabCols<PS> state columns j0.. in
 // turn, the block splits those rows' elements into PS planes over `space`, each element once (read
@@ -1897,16 +1923,18 @@ FWP_DEV void state_t_slabs(uint16_t* space, const float* s, int dk, int dv, int 
 
 // The Whole kernels' column tiles, B(j, n) = a[j, c0 + n] for the chunk's rows j and kGradCols
 // columns c0.. of a [C, d] matrix (zero past d), in the order input_grads_stage takes them: K's
-// (for P K), then for each kGradCols columns of d_k those of dW, K and Q (the sum rule: Q's alone),
-// then for each kGradCols columns of d_v those of dU' and V (the delta rule). at(i, d, c0): tile i's
-// matrix, its width d and first column c0.
+// (for P K); the delta rule's K's and V's again (for dT~'s beta K and beta V); then for each
+// kGradCols columns of d_k those of dW, K and Q (the sum rule: Q's alone); then for each kGradCols
+// columns of d_v those of dU' and V (the delta rule). at(i, d, c0): tile i's matrix, its width d
+// and first column c0.
 template <bool Delta>
 struct GradCols {
   In k, q, dw, dvn, v;
   int dk, dv;
   FWP_DEV int key_tiles() const { return (dk + kGradCols - 1) / kGradCols; }
+  FWP_DEV int value_tiles() const { return (dv + kGradCols - 1) / kGradCols; }
   FWP_DEV int count() const {
-    return Delta ? 4 * key_tiles() + 2 * ((dv + kGradCols - 1) / kGradCols) : 2 * key_tiles();
+    return Delta ? 5 * key_tiles() + 3 * value_tiles() : 2 * key_tiles();
   }
   FWP_DEV In at(int i, int& d, int& c0) const {
     const int nk = key_tiles();
@@ -1920,6 +1948,17 @@ struct GradCols {
       c0 = kGradCols * i;
       return q;
     }
+    if (i < nk) {  // dT~'s beta K
+      c0 = kGradCols * i;
+      return k;
+    }
+    i -= nk;
+    if (i < value_tiles()) {  // dT~'s beta V
+      d = dv;
+      c0 = kGradCols * i;
+      return v;
+    }
+    i -= value_tiles();
     if (i < 3 * nk) {
       c0 = kGradCols * (i / 3);
       return i % 3 == 0 ? dw : i % 3 == 1 ? k : q;
@@ -2067,7 +2106,7 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmemOf<Whole>& sh, int bh,
     const Out dq = x.grad_q + chunk * kPassC * dk;
     store_tile<Whole>(acc, m0, c0, dk, dq, dk, [](int, int, int, float y) { return y; });
   }
-  block_sync();  // (Whole: T~ landed at the first column tile; dW's first tile is in flight)
+  block_sync();  // (Whole: T~ landed at the first column tile; K's first tile for dT~ is in flight)
 
   float dbeta[2] = {0.f, 0.f};  // this lane's share of rows m0 + g and m0 + g + 8
   const In beta = delta ? x.beta + chunk * kPassC : In{nullptr, false};
@@ -2088,7 +2127,17 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmemOf<Whole>& sh, int bh,
   if (delta) {
     {  // dT~ = dW (beta K)^T + dU' (beta V)^T, this warp's rows, into shared memory
       float dt[kQKNT][4] = {};
-      if constexpr (kPassPlanes<P>) {  // beta K and beta V through shared memory, where dT~ goes next
+      if constexpr (Whole) {  // the same from K's and V's column tiles, and beta in shared memory
+        for (int j0 = 0; j0 < dk; j0 += kScaledCols)
+          cols(k, dk, j0, [&](const ColsTile& kt) {
+            times_scaled_tile<P>(dt, &sh.m[0][0], rows(dw.in(), dk), kt, sh.beta, j0, dk);
+          });
+        for (int j0 = 0; j0 < dv; j0 += kScaledCols)
+          cols(v, dv, j0, [&](const ColsTile& vt) {
+            times_scaled_tile<P>(dt, &sh.m[0][0], rows(dvn, dv), vt, sh.beta, j0, dv);
+          });
+        block_sync();  // every warp is done with the planes, where dT~ goes next
+      } else if constexpr (kPassPlanes<P>) {  // beta K and beta V through shared memory, where dT~ goes next
         times_scaled_t<P>(dt, &sh.m[0][0], rows(dw.in(), dk), k, beta, dk);
         times_scaled_t<P>(dt, &sh.m[0][0], rows(dvn, dv), v, beta, dv);
       } else {
