@@ -360,9 +360,13 @@ void run_rows(const RowArgs& x, int64_t BH, int parts) {
     run_rows_as<stage, 3, false>(x, BH);
 }
 
+// The kernel the launcher picks (chunked_passes.cu): Whole where whole_wy holds.
 template <int P>
 void run_wy(const WyArgs& x, int64_t BH) {
-  run_chunks<WySmem>(BH, x.N, [&](WySmem& sh, int bh, int64_t c) { wy_stage<P>(x, sh, bh, c); });
+  if (P == 1 && whole_wy(x, P))
+    run_chunks<WySmem>(BH, x.N, [&](WySmem& sh, int bh, int64_t c) { wy_stage<1, true>(x, sh, bh, c); });
+  else
+    run_chunks<WySmem>(BH, x.N, [&](WySmem& sh, int bh, int64_t c) { wy_stage<P>(x, sh, bh, c); });
 }
 
 // The kernel the launcher picks (chunked_passes.cu): Whole where whole_fragments holds.

@@ -119,10 +119,13 @@ int launch_rows(const RowArgs& x, int64_t BH, int parts, void* stream) {
   }));
 }
 
-template <int P>
-__global__ void __launch_bounds__(kPassThreads, 1) wy_stage_kernel(WyArgs x) {
+// The Whole kernel is bounded to 5 blocks per multiprocessor (96 registers on sm_90, no spill; 39 KB
+// of static shared memory each: 5 on an H100 or H200, 4 on an A100), where it would take 117
+// registers and 4 blocks: its barriers and shared-memory loads leave warps waiting.
+template <int P, bool Whole = false>
+__global__ void __launch_bounds__(kPassThreads, Whole ? 5 : 1) wy_stage_kernel(WyArgs x) {
   __shared__ WySmem sh;
-  wy_stage<P>(x, sh, int(blockIdx.x), int64_t(blockIdx.y));
+  wy_stage<P, Whole>(x, sh, int(blockIdx.x), int64_t(blockIdx.y));
 }
 
 // One kernel per rule and, for one part, per Whole (input_grads_stage). B3 waits on its loads, so
@@ -353,6 +356,7 @@ int fwp_chunked_cuda_local_grad_rows(FwpIn q, FwpIn k, FwpIn grad_out, float* dv
 int fwp_chunked_cuda_wy_rows(FwpIn k, FwpIn v, FwpIn beta, FwpOut tinv, FwpOut w, float* u, int64_t BH, int64_t N,
                              int64_t dk, int64_t dv, int parts, void* stream) {
   const WyArgs x{in(k), in(v), in(beta), out(tinv), out(w), u, N, int(dk), int(dv)};
+  if (whole_wy(x, parts)) return launch_chunks<WyArgs>({wy_stage_kernel<1, true>}, x, BH, parts, stream);
   return launch_chunks<WyArgs>({wy_stage_kernel<1>, wy_stage_kernel<2>, wy_stage_kernel<3>}, x, BH, parts, stream);
 }
 

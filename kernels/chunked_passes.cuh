@@ -1421,7 +1421,8 @@ FWP_DEV void row_stage(const RowArgs& x, RowSmemOf<P, Staged>& sh, int bh, int64
 // substitution on the four 16 x 16 diagonal blocks, one warp each, then merges 16 -> 32 -> 64, the
 // first version's order), and the warps compute W = T~ (beta K) and U = T~ (beta V), 64 columns at a
 // time, each its share of equal work (TinvRows) with its rows of T~ held as fragments and beta X
-// rounded into shared memory once per element (where two parts or fewer are wanted). Products with
+// rounded into shared memory once per element (where two parts or fewer are wanted; the Whole
+// kernel copies K's and V's tiles there and scales them in place, tinv_times_tiles). Products with
 // blocks that are zero by the triangular shapes (A's n-tiles and T~'s column blocks right of the
 // diagonal block) are skipped.
 
@@ -1451,8 +1452,9 @@ struct WySmem {
   alignas(16) float x[kPassC][kInvLd];  // K staged as bf16 for A's product (d_k <= kStagedDk), then T~
   union {
     WySolve solve;                       // until T~ is known
-    uint16_t scaled[2 * kWyPlane];       // then beta X (kPassPlanes)
+    alignas(16) uint16_t scaled[2 * kWyPlane];  // then beta X (kPassPlanes), or two tiles of it (Whole)
   };
+  float beta[kPassC];  // the chunk's beta (Whole)
 };
 static_assert(sizeof(uint16_t) * 2 * kWyPlane <= sizeof(WySolve), "beta X's planes fit in the solve's space");
 
@@ -1628,85 +1630,178 @@ FWP_DEV void scaled_planes(const Planes& bx, In x, In beta, int cols, int ld) {
   });
 }
 
-// out (C x cols, row stride cols) = T~ (beta X) for X = x (C x cols), 64 columns at a time, this
-// warp's share (TinvRows). The blocks of T~ right of the diagonal block are zeros, and their products
-// are left out. With P <= 2 the block first rounds beta X's columns into shared memory (Planes), each
-// element once, where every warp takes its B fragments; with P = 3 each warp computes the elements it
-// needs. A B fragment serves both row blocks where both use it.
-template <int P>
-FWP_DEV void tinv_times_scaled(WySmem& sh, const TinvRows<P>& ta, In x, In beta, int cols, Out out) {
+// out's columns c0 .. c0 + 63 (out: C x cols, row stride cols) = T~ B, this warp's share (TinvRows),
+// with fb(b, k0, n0) giving B's fragment (rows k0.., columns n0..), B = beta X's columns c0... The
+// blocks of T~ right of the diagonal block are zeros, and their products are left out. A B fragment
+// serves both row blocks where both use it.
+template <int P, class FB>
+FWP_DEV void tinv_times_cols(const TinvRows<P>& ta, const FB& fb, int c0, int cols, Out out) {
   constexpr int kHalfNT = kRowNT / 2;  // n-tiles per warp
   const int n_half = warp_id() >= 2 ? 8 * kHalfNT : 0;
+  float acc_lo[kHalfNT][4] = {}, acc_hi[kHalfNT][4] = {};
+  FWP_UNROLL
+  for (int kk = 0; kk < 4; ++kk) {
+    if (kk > ta.hi) break;
+    FWP_UNROLL
+    for (int j = 0; j < kHalfNT; ++j) {
+      uint32_t b[P][2];
+      fb(b, 16 * kk, n_half + 8 * j);
+      mma_parts<P, P>(acc_hi[j], ta.a_hi[kk], b);
+      if (kk < 2 && kk <= ta.lo) mma_parts<P, P>(acc_lo[j], ta.a_lo[kk], b);
+    }
+  }
+  const bool pairs = out.pairs() && cols % 2 == 0;
+  FWP_UNROLL
+  for (int j = 0; j < kHalfNT; ++j)
+    FWP_UNROLL
+    for (int e = 0; e < 4; e += 2) {
+      const int n = c0 + n_half + 8 * j + acc_col(e);
+      if (n >= cols) continue;
+      const int64_t lo = (16 * ta.lo + acc_row(e)) * cols + n, hi = (16 * ta.hi + acc_row(e)) * cols + n;
+      if (n + 1 < cols) {  // a row's two neighbouring columns in one store where the address allows
+        out.set_two(lo, acc_lo[j][e], acc_lo[j][e + 1], pairs);
+        out.set_two(hi, acc_hi[j][e], acc_hi[j][e + 1], pairs);
+      } else {
+        out.set(lo, acc_lo[j][e]);
+        out.set(hi, acc_hi[j][e]);
+      }
+    }
+}
+
+// out (C x cols, row stride cols) = T~ (beta X) for X = x (C x cols), 64 columns at a time. With
+// P <= 2 the block first rounds beta X's columns into shared memory (Planes), each element once,
+// where every warp takes its B fragments; with P = 3 each warp computes the elements it needs.
+template <int P>
+FWP_DEV void tinv_times_scaled(WySmem& sh, const TinvRows<P>& ta, In x, In beta, int cols, Out out) {
   const Planes bx{sh.scaled, kWyLd, kWyPlane};
   for (int c0 = 0; c0 < cols; c0 += kRowCols) {
     if constexpr (kPassPlanes<P>) {
       block_sync();  // every warp is done with the solve, or with the last columns' planes
       scaled_planes<P>(bx, x + c0, beta, cols - c0, cols);
       block_sync();
+      tinv_times_cols<P>(ta, [&](uint32_t(&b)[P][2], int k0, int n0) { bx.template fragment<P>(b, k0, n0); }, c0, cols,
+                         out);
+    } else {
+      tinv_times_cols<P>(ta,
+                         [&](uint32_t(&b)[P][2], int k0, int n0) {
+                           load_b<P>(b, [&](int k, int n) {  // beta X's element (k0 + k, c0 + n0 + n)
+                             k += k0;
+                             n += c0 + n0;
+                             return n < cols ? mul_rn(x[k * cols + n], beta[k]) : 0.f;
+                           });
+                         },
+                         c0, cols, out);
     }
-    float acc_lo[kHalfNT][4] = {}, acc_hi[kHalfNT][4] = {};
-    FWP_UNROLL
-    for (int kk = 0; kk < 4; ++kk) {
-      if (kk > ta.hi) break;
-      FWP_UNROLL
-      for (int j = 0; j < kHalfNT; ++j) {
-        const int n0 = n_half + 8 * j;
-        uint32_t b[P][2];
-        if constexpr (kPassPlanes<P>)
-          bx.template fragment<P>(b, 16 * kk, n0);
-        else
-          load_b<P>(b, [&](int k, int n) {  // beta X's element (16 kk + k, c0 + n0 + n)
-            k += 16 * kk;
-            n += c0 + n0;
-            return n < cols ? mul_rn(x[k * cols + n], beta[k]) : 0.f;
-          });
-        mma_parts<P, P>(acc_hi[j], ta.a_hi[kk], b);
-        if (kk < 2 && kk <= ta.lo) mma_parts<P, P>(acc_lo[j], ta.a_lo[kk], b);
-      }
-    }
-    const bool pairs = out.pairs() && cols % 2 == 0;
-    FWP_UNROLL
-    for (int j = 0; j < kHalfNT; ++j)
-      FWP_UNROLL
-      for (int e = 0; e < 4; e += 2) {
-        const int n = c0 + n_half + 8 * j + acc_col(e);
-        if (n >= cols) continue;
-        const int64_t lo = (16 * ta.lo + acc_row(e)) * cols + n, hi = (16 * ta.hi + acc_row(e)) * cols + n;
-        if (n + 1 < cols) {  // a row's two neighbouring columns in one store where the address allows
-          out.set_two(lo, acc_lo[j][e], acc_lo[j][e + 1], pairs);
-          out.set_two(hi, acc_hi[j][e], acc_hi[j][e + 1], pairs);
-        } else {
-          out.set(lo, acc_lo[j][e]);
-          out.set(hi, acc_hi[j][e]);
-        }
-      }
   }
 }
 
-template <int P>
+// The 32-bit words at p .. p + 3 (p 16-byte aligned), as float_quad.
+FWP_DEV void word_quad(const uint32_t* p, uint32_t (&v)[4]) {
+#ifdef __CUDACC__
+  const uint4 f = *reinterpret_cast<const uint4*>(p);
+  v[0] = f.x;
+  v[1] = f.y;
+  v[2] = f.z;
+  v[3] = f.w;
+#else
+  if ((reinterpret_cast<uintptr_t>(p) & 15) != 0) __builtin_trap();
+  for (int q = 0; q < 4; ++q) v[q] = p[q];
+#endif
+}
+FWP_DEV void store_word_quad(uint32_t* p, const uint32_t (&v)[4]) {
+#ifdef __CUDACC__
+  *reinterpret_cast<uint4*>(p) = make_uint4(v[0], v[1], v[2], v[3]);
+#else
+  if ((reinterpret_cast<uintptr_t>(p) & 15) != 0) __builtin_trap();
+  for (int q = 0; q < 4; ++q) p[q] = v[q];
+#endif
+}
+
+// The Whole kernel's W = T~ (beta K) and U = T~ (beta V) (P = 1, K and V bf16), 64 columns of K, then
+// of V, at a time, each such tile copied whole into one of two buffers over the solve's space
+// (cp.async, one ahead: tile i + 1's copy is in flight while the block works on tile i; tile 0's
+// from the end of the solve on). The block scales a tile in place, beta_k X(k, n) rounded to bf16
+// as scaled_planes rounds it, and the warps take B fragments there by ldmatrix, where scaled_planes
+// read each element with a 16-bit global load (and beta through a test of its dtype).
+static_assert(kPassThreads == 128 && kRowCols == 64 && kWyLd == kRowCols + 8, "tinv_times_tiles's thread map and tiles");
+FWP_DEV void tinv_times_tiles(WySmem& sh, const TinvRows<1>& ta, const WyArgs& x, int64_t chunk) {
+  const int dk = x.dk, dv = x.dv, nk = (dk + kRowCols - 1) / kRowCols, n = nk + (dv + kRowCols - 1) / kRowCols;
+  const In k = x.k + chunk * kPassC * dk, v = x.v + chunk * kPassC * dv;  // [C, d_k], [C, d_v]
+  const auto buf = [&](int i) { return sh.scaled + (i & 1) * kWyPlane; };
+  const auto issue = [&](int i) {  // tile i: K's columns 64 i.. (i < nk), else V's 64 (i - nk)..
+    if (i >= n) return;
+    const In m = i < nk ? k : v;
+    const int d = i < nk ? dk : dv, c0 = kRowCols * (i < nk ? i : i - nk);
+    copy_tile<kPassC, kRowCols>(buf(i), kWyLd, (m + c0).p, d, imin(kRowCols, d - c0), 2);
+    copy_commit();
+  };
+  int i = 0;
+  // tile i, X's columns c0.. (X is d wide), into out's columns c0..
+  const auto step = [&](int d, int c0, Out out) {
+    copy_wait_all();
+    block_sync();  // tile i is visible to all, and every warp is done with tile i - 1
+    issue(i + 1);
+    uint16_t* t = buf(i++);
+    // thread t scales 8 elements e = t + 128 j (j < 4) of 16 bytes each: row e / 8, columns
+    // 8 (e % 8).. (a quarter warp's 16-byte accesses: one row's 128 bytes)
+    const int col = 8 * (thread_id() & 7), left = d - c0 - col;  // (left: this thread's columns in X)
+    FWP_UNROLL
+    for (int j = 0; j < kPassC * kRowCols / 8 / kPassThreads; ++j) {
+      const int r = thread_id() / 8 + j * (kPassThreads / 8);
+      uint32_t* at = reinterpret_cast<uint32_t*>(t + r * kWyLd + col);
+      const float b = sh.beta[r];
+      uint32_t w[4];
+      word_quad(at, w);
+      FWP_UNROLL
+      for (int q = 0; q < 4; ++q) {
+        const float x0 = 2 * q < left ? mul_rn(bf16_value(uint16_t(w[q] & 0xffffu)), b) : 0.f;
+        const float x1 = 2 * q + 1 < left ? mul_rn(bf16_value(uint16_t(w[q] >> 16)), b) : 0.f;
+        w[q] = pack(bf16_bits(x0), bf16_bits(x1));
+      }
+      store_word_quad(at, w);
+    }
+    block_sync();
+    tinv_times_cols<1>(ta, [&](uint32_t(&b)[1][2], int k0, int n0) { smem_b_rows(b[0], t, kWyLd, k0, n0); }, c0, d,
+                       out);
+  };
+  issue(0);
+  for (int c0 = 0; c0 < dk; c0 += kRowCols) step(dk, c0, x.w + chunk * kPassC * dk);
+  for (int c0 = 0; c0 < dv; c0 += kRowCols) step(dv, c0, Out{x.u + chunk * kPassC * dv, false});
+}
+
+// Whether the WY stage runs its Whole kernel (Whole = true below): one bf16 part, K and V bf16 and
+// 4-byte aligned, d_k a multiple of 16.
+FWP_HD bool whole_wy(const WyArgs& x, int parts) {
+  return parts == 1 && x.dk % 16 == 0 && whole_words(x.k) && whole_words(x.v);
+}
+
+// The WY stage for block (bh, chunk c); Whole where whole_wy(x, P) holds.
+template <int P, bool Whole = false>
 FWP_DEV void wy_stage(const WyArgs& x, WySmem& sh, int bh, int64_t c) {
+  static_assert(!Whole || P == 1, "the Whole kernel takes one bf16 part");
   const int m0 = 16 * warp_id(), dk = x.dk;
   const int64_t chunk = int64_t(bh) * x.N + c;
   const In k = x.k + chunk * kPassC * dk;
   const In beta = x.beta + chunk * kPassC;
+  if constexpr (Whole)  // (visible after A's barrier)
+    if (thread_id() < kPassC) sh.beta[thread_id()] = beta[thread_id()];
   {  // A = tril((beta K) K^T, -1), this warp's rows; the n-tiles right of its diagonal block are zeros
     float acc[kQKNT][4] = {};
     const int nj = (m0 + 16) / 8;
-    bool whole = false;
-    if constexpr (P == 1) {  // whole fragments, a k-block's loads all in flight at once (no branch between)
-      whole = dk % 16 == 0 && whole_words(k);
-      if (whole && dk <= kStagedDk) {  // from K copied into T~'s space at once (stage_rows), by ldmatrix
+    if constexpr (Whole) {  // whole fragments, a k-block's loads all in flight at once (no branch between)
+      if (dk <= kStagedDk) {  // from K copied into T~'s space at once (stage_rows), by ldmatrix
         uint16_t* kt = reinterpret_cast<uint16_t*>(&sh.x[0][0]);
         stage_rows(kt, k, dk);
         copy_commit();
         copy_wait_all();
         block_sync();
         warp_product<kQKNT, P, P, true>(acc, dk, ScaledRowsTile{kt, kStagedLd, beta, m0}, TransposeTile{kt, kStagedLd}, nj);
-      } else if (whole) {
+      } else {
         warp_product<kQKNT, P, P, true>(acc, dk, ScaledRowsOf<true>{k, beta, dk, m0}, TransposeOf<true>{k, dk}, nj);
       }
+    } else {
+      warp_product<kQKNT, P, P>(acc, dk, ScaledRowsOf<>{k, beta, dk, m0}, TransposeOf<>{k, dk}, nj);
     }
-    if (!whole) warp_product<kQKNT, P, P>(acc, dk, ScaledRowsOf<>{k, beta, dk, m0}, TransposeOf<>{k, dk}, nj);
     FWP_UNROLL
     for (int j = 0; j < kQKNT; ++j)
       FWP_UNROLL
@@ -1730,8 +1825,12 @@ FWP_DEV void wy_stage(const WyArgs& x, WySmem& sh, int bh, int64_t c) {
     }
   }
   const TinvRows<P> ta(sh.x);
-  tinv_times_scaled<P>(sh, ta, k, beta, dk, x.w + chunk * kPassC * dk);
-  tinv_times_scaled<P>(sh, ta, x.v + chunk * kPassC * x.dv, beta, x.dv, Out{x.u + chunk * kPassC * x.dv, false});
+  if constexpr (Whole) {
+    tinv_times_tiles(sh, ta, x, chunk);
+  } else {
+    tinv_times_scaled<P>(sh, ta, k, beta, dk, x.w + chunk * kPassC * dk);
+    tinv_times_scaled<P>(sh, ta, x.v + chunk * kPassC * x.dv, beta, x.dv, Out{x.u + chunk * kPassC * x.dv, false});
+  }
 }
 
 // ---- B3, the input gradients, fast version ----
