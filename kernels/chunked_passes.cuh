@@ -1942,60 +1942,68 @@ FWP_DEV void store_tile(const float (&acc)[NT][4], int m0, int c0, int cols, Out
 
 // acc += A (beta X)^T for this warp's rows of A (getter ga, C x d) and X (C x d), P <= 2: for each
 // kScaledCols columns of X in turn, the block rounds beta X's into Planes over `space`, each element
-// once, and every warp takes its B fragments there, B(j, n) = beta_n X(n, j). Starts and ends with a
-// barrier: `space` may hold what the warps read before, and is free again after.
+// once, and every warp takes its B fragments there, B(j, n) = beta_n X(n, j). fill_scaled and
+// times_scaled are one such step's two halves; times_scaled_t takes X from global memory, and
+// times_scaled_tile (the Whole kernels) from its column tile.
 constexpr int kScaledCols = 32, kScaledLd = kScaledCols + 8;
 static_assert(2 * kPassC * kScaledLd * sizeof(uint16_t) <= sizeof(GradSmem::m), "two planes fit in GradSmem::m");
-template <int P, class GA>
-FWP_DEV void times_scaled_t(float (&acc)[kQKNT][4], float* space, const GA& ga, In x, In beta, int d) {
-  const Planes bx{reinterpret_cast<uint16_t*>(space), kScaledLd, kPassC * kScaledLd};
-  for (int j0 = 0; j0 < d; j0 += kScaledCols) {
-    block_sync();
-    // thread t writes X(n, j0 + j) and X(n, j0 + j + 1) for n = t / 16 + 8 i (i < 8), j = 2 (t % 16)
-    const int j = 2 * (thread_id() % (kScaledCols / 2));
-    by_dtype(x, [&](const auto& xr) {
-      by_dtype(beta, [&](const auto& br) {
-        FWP_UNROLL
-        for (int i = 0; i < kPassC * kScaledCols / 2 / kPassThreads; ++i) {
-          const int n = thread_id() / (kScaledCols / 2) + i * (2 * kPassThreads / kScaledCols);
-          const float bn = br(n);
-          const auto scaled = [&](int jj) { return j0 + jj < d ? mul_rn(xr(n * d + j0 + jj), bn) : 0.f; };
-          bx.template put_pair<P>(j, n, scaled(j), scaled(j + 1));
-        }
-      });
-    });
-    block_sync();
-    // (only the k-blocks that hold columns of X: whole fragments of A are read without a bound)
-    warp_product_fragments<kQKNT, P, P>(
-        acc, imin(kScaledCols, d - j0), [&](uint32_t(&a)[P][4], int k0) { fragment_a<P>(a, ga, j0 + k0); },
-        [&](uint32_t(&b)[P][2], int k0, int n0) { bx.template fragment<P>(b, k0, n0); });
-  }
-  block_sync();
-}
+FWP_DEV Planes scaled_at(float* space) { return Planes{reinterpret_cast<uint16_t*>(space), kScaledLd, kPassC * kScaledLd}; }
 
-// One kScaledCols-column step of times_scaled_t (P = 1, the Whole kernels) with X's columns j0.. from
-// their column tile xt (GradColsQueue: the take that gave it passed the barrier after which `space`
-// is free) and beta from shared memory: the same roundings and products, where each element was a
-// 16-bit global load. One barrier, between its fill and its product, and none after: the caller's
-// next take, or a barrier of its own, frees `space`.
-static_assert(kScaledCols == kGradCols, "a step of times_scaled_t is one column tile");
-template <int P, class GA>
-FWP_DEV void times_scaled_tile(float (&acc)[kQKNT][4], float* space, const GA& ga, const ColsTile& xt,
-                               const float* beta, int j0, int d) {
-  const Planes bx{reinterpret_cast<uint16_t*>(space), kScaledLd, kPassC * kScaledLd};
-  // thread t writes X(n, j0 + j) and X(n, j0 + j + 1) for n = t / 16 + 8 i (i < 8), j = 2 (t % 16)
+// The planes of beta X's columns j0.. (zero from column d on), x(n, j) = X(n, j0 + j) and
+// beta(n) = beta_n: thread t writes X(n, j0 + j) and X(n, j0 + j + 1) for n = t / 16 + 8 i (i < 8),
+// j = 2 (t % 16).
+template <int P, class X, class B>
+FWP_DEV void fill_scaled(const Planes& bx, const X& x, const B& beta, int j0, int d) {
   const int j = 2 * (thread_id() % (kScaledCols / 2));
   FWP_UNROLL
   for (int i = 0; i < kPassC * kScaledCols / 2 / kPassThreads; ++i) {
     const int n = thread_id() / (kScaledCols / 2) + i * (2 * kPassThreads / kScaledCols);
-    const float bn = beta[n];
-    const auto scaled = [&](int jj) { return j0 + jj < d ? mul_rn(bf16_value(xt.t[n * xt.ld + jj]), bn) : 0.f; };
+    const float bn = beta(n);
+    const auto scaled = [&](int jj) { return j0 + jj < d ? mul_rn(x(n, jj), bn) : 0.f; };
     bx.template put_pair<P>(j, n, scaled(j), scaled(j + 1));
   }
-  block_sync();
+}
+
+// acc += A's columns j0.. times the planes' rows (only the k-blocks that hold columns of X: whole
+// fragments of A are read without a bound).
+template <int P, class GA>
+FWP_DEV void times_scaled(float (&acc)[kQKNT][4], const Planes& bx, const GA& ga, int j0, int d) {
   warp_product_fragments<kQKNT, P, P>(
       acc, imin(kScaledCols, d - j0), [&](uint32_t(&a)[P][4], int k0) { fragment_a<P>(a, ga, j0 + k0); },
       [&](uint32_t(&b)[P][2], int k0, int n0) { bx.template fragment<P>(b, k0, n0); });
+}
+
+// Starts and ends with a barrier: `space` may hold what the warps read before, and is free again after.
+template <int P, class GA>
+FWP_DEV void times_scaled_t(float (&acc)[kQKNT][4], float* space, const GA& ga, In x, In beta, int d) {
+  const Planes bx = scaled_at(space);
+  for (int j0 = 0; j0 < d; j0 += kScaledCols) {
+    block_sync();
+    by_dtype(x, [&](const auto& xr) {
+      by_dtype(beta, [&](const auto& br) {
+        fill_scaled<P>(bx, [&](int n, int j) { return xr(n * d + j0 + j); }, br, j0, d);
+      });
+    });
+    block_sync();
+    times_scaled<P>(acc, bx, ga, j0, d);
+  }
+  block_sync();
+}
+
+// One kScaledCols-column step (P = 1, the Whole kernels) with X's columns j0.. from their column tile
+// xt (GradColsQueue: the take that gave it passed the barrier after which `space` is free) and beta
+// from shared memory: the same roundings and products, where each element was a 16-bit global load.
+// One barrier, between its fill and its product, and none after: the caller's next take, or a
+// barrier of its own, frees `space`.
+static_assert(kScaledCols == kGradCols, "a step of times_scaled_t is one column tile");
+template <int P, class GA>
+FWP_DEV void times_scaled_tile(float (&acc)[kQKNT][4], float* space, const GA& ga, const ColsTile& xt,
+                               const float* beta, int j0, int d) {
+  const Planes bx = scaled_at(space);
+  fill_scaled<P>(bx, [&](int n, int j) { return bf16_value(xt.t[n * xt.ld + j]); }, [&](int n) { return beta[n]; },
+                 j0, d);
+  block_sync();
+  times_scaled<P>(acc, bx, ga, j0, d);
 }
 
 // B3's products with a state's transpose, B(j, n) = s(c0 + n, j) for j < d_v and the kGradCols state
