@@ -1143,12 +1143,12 @@ struct ScaledRowsOf {
   FWP_DEV bool words() const { return Whole || (m.bf16 && d % 16 == 0 && word_aligned(m)); }
 };
 
-// ScaledRowsOf's A from a bf16 tile in shared memory: A(r, j) = beta(r0 + r) t[(r0 + r) * ld + j]
-// rounded to fp32, the pairs by ldmatrix (the WY stage's staged K).
+// ScaledRowsOf's A from a bf16 tile in shared memory: A(r, j) = beta[r0 + r] t[(r0 + r) * ld + j]
+// rounded to fp32, the pairs by ldmatrix (the WY stage's staged K), beta in shared memory too.
 struct ScaledRowsTile {
   const uint16_t* t;
   int ld;
-  In beta;
+  const float* beta;
   int r0;
 };
 
@@ -1436,7 +1436,7 @@ struct WyArgs {
 
 // The solve's shared memory: A, then scratch for the merges. Rows of kInvLd = C + 4 floats (and the
 // scratch's of kMergeLd = 32 + 4): 16-byte aligned, so that a row's 4 neighbours come in one load
-// (float_quad), and a lane's quad of the scratch at (lane, 4 q) lies on banks of its own within each
+// (load_quad), and a lane's quad of the scratch at (lane, 4 q) lies on banks of its own within each
 // quarter warp.
 constexpr int kInvLd = kPassC + 4, kMergeLd = 32 + 4;
 static_assert(kPassC * kStagedLd * sizeof(uint16_t) <= kPassC * kInvLd * sizeof(float), "a staged K fits in T~'s space");
@@ -1458,11 +1458,24 @@ struct WySmem {
 };
 static_assert(sizeof(uint16_t) * 2 * kWyPlane <= sizeof(WySolve), "beta X's planes fit in the solve's space");
 
-// The fp32 values at p .. p + 3 (p 16-byte aligned): one 128-bit shared-memory access on the GPU; a
-// misaligned p stops the emulator, as it would the kernel.
-FWP_DEV void float_quad(const float* p, float (&v)[4]) {
+// The 4-byte values (fp32 or bf16 pairs) at p .. p + 3 (p 16-byte aligned): one 128-bit
+// shared-memory access on the GPU; a misaligned p stops the emulator, as it would the kernel.
 #ifdef __CUDACC__
-  const float4 f = *reinterpret_cast<const float4*>(p);
+template <class T>
+struct Quad;
+template <>
+struct Quad<float> {
+  using type = float4;
+};
+template <>
+struct Quad<uint32_t> {
+  using type = uint4;
+};
+#endif
+template <class T>
+FWP_DEV void load_quad(const T* p, T (&v)[4]) {
+#ifdef __CUDACC__
+  const typename Quad<T>::type f = *reinterpret_cast<const typename Quad<T>::type*>(p);
   v[0] = f.x;
   v[1] = f.y;
   v[2] = f.z;
@@ -1472,9 +1485,10 @@ FWP_DEV void float_quad(const float* p, float (&v)[4]) {
   for (int q = 0; q < 4; ++q) v[q] = p[q];
 #endif
 }
-FWP_DEV void store_quad(float* p, const float (&v)[4]) {
+template <class T>
+FWP_DEV void store_quad(T* p, const T (&v)[4]) {
 #ifdef __CUDACC__
-  *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+  *reinterpret_cast<typename Quad<T>::type*>(p) = typename Quad<T>::type{v[0], v[1], v[2], v[3]};
 #else
   if ((reinterpret_cast<uintptr_t>(p) & 15) != 0) __builtin_trap();
   for (int q = 0; q < 4; ++q) p[q] = v[q];
@@ -1492,7 +1506,7 @@ FWP_UNROLL
 FWP_UNROLL
     for (int m4 = 0; m4 < i; m4 += 4) {
       float ar[4];
-      float_quad(&sh.solve.a[base + i][base + m4], ar);
+      load_quad(&sh.solve.a[base + i][base + m4], ar);
 FWP_UNROLL
       for (int q = 0; q < 4; ++q)
         if (m4 + q < i) v -= ar[q] * col[m4 + q];
@@ -1520,7 +1534,7 @@ FWP_UNROLL
 FWP_UNROLL
   for (int r = 0; r < 4; ++r) {
     float y[4];
-    float_quad(&sh.x[r0 + 4 * g + r][r0 + m4], y);
+    load_quad(&sh.x[r0 + 4 * g + r][r0 + m4], y);
 FWP_UNROLL
     for (int q = 0; q < 4; ++q)
       if (!Diagonal || q <= r) acc[r] += y[q] * b[q];
@@ -1540,11 +1554,11 @@ FWP_UNROLL
 template <bool Diagonal>
 FWP_DEV void merge_col_terms(float (&acc)[4], const WySmem& sh, int c0, int tr, int g, int i, int m4) {
   float tv[4];
-  float_quad(&sh.solve.t[tr + i][m4], tv);
+  load_quad(&sh.solve.t[tr + i][m4], tv);
 FWP_UNROLL
   for (int q = 0; q < 4; ++q) {
     float xr[4];
-    float_quad(&sh.x[c0 + m4 + q][c0 + 4 * g], xr);
+    load_quad(&sh.x[c0 + m4 + q][c0 + 4 * g], xr);
 FWP_UNROLL
     for (int c = 0; c < 4; ++c)
       if (!Diagonal || c <= q) acc[c] += tv[q] * xr[c];
@@ -1695,28 +1709,6 @@ FWP_DEV void tinv_times_scaled(WySmem& sh, const TinvRows<P>& ta, In x, In beta,
   }
 }
 
-// The 32-bit words at p .. p + 3 (p 16-byte aligned), as float_quad.
-FWP_DEV void word_quad(const uint32_t* p, uint32_t (&v)[4]) {
-#ifdef __CUDACC__
-  const uint4 f = *reinterpret_cast<const uint4*>(p);
-  v[0] = f.x;
-  v[1] = f.y;
-  v[2] = f.z;
-  v[3] = f.w;
-#else
-  if ((reinterpret_cast<uintptr_t>(p) & 15) != 0) __builtin_trap();
-  for (int q = 0; q < 4; ++q) v[q] = p[q];
-#endif
-}
-FWP_DEV void store_word_quad(uint32_t* p, const uint32_t (&v)[4]) {
-#ifdef __CUDACC__
-  *reinterpret_cast<uint4*>(p) = make_uint4(v[0], v[1], v[2], v[3]);
-#else
-  if ((reinterpret_cast<uintptr_t>(p) & 15) != 0) __builtin_trap();
-  for (int q = 0; q < 4; ++q) p[q] = v[q];
-#endif
-}
-
 // The Whole kernel's W = T~ (beta K) and U = T~ (beta V) (P = 1, K and V bf16), 64 columns of K, then
 // of V, at a time, each such tile copied whole into one of two buffers over the solve's space
 // (cp.async, one ahead: tile i + 1's copy is in flight while the block works on tile i; tile 0's
@@ -1751,14 +1743,14 @@ FWP_DEV void tinv_times_tiles(WySmem& sh, const TinvRows<1>& ta, const WyArgs& x
       uint32_t* at = reinterpret_cast<uint32_t*>(t + r * kWyLd + col);
       const float b = sh.beta[r];
       uint32_t w[4];
-      word_quad(at, w);
+      load_quad(at, w);
       FWP_UNROLL
       for (int q = 0; q < 4; ++q) {
         const float x0 = 2 * q < left ? mul_rn(bf16_value(uint16_t(w[q] & 0xffffu)), b) : 0.f;
         const float x1 = 2 * q + 1 < left ? mul_rn(bf16_value(uint16_t(w[q] >> 16)), b) : 0.f;
         w[q] = pack(bf16_bits(x0), bf16_bits(x1));
       }
-      store_word_quad(at, w);
+      store_quad(at, w);
     }
     block_sync();
     tinv_times_cols<1>(ta, [&](uint32_t(&b)[1][2], int k0, int n0) { smem_b_rows(b[0], t, kWyLd, k0, n0); }, c0, d,
@@ -1783,7 +1775,7 @@ FWP_DEV void wy_stage(const WyArgs& x, WySmem& sh, int bh, int64_t c) {
   const int64_t chunk = int64_t(bh) * x.N + c;
   const In k = x.k + chunk * kPassC * dk;
   const In beta = x.beta + chunk * kPassC;
-  if constexpr (Whole)  // (visible after A's barrier)
+  if constexpr (Whole)  // (visible after K's copy for A, or after A's barrier)
     if (thread_id() < kPassC) sh.beta[thread_id()] = beta[thread_id()];
   {  // A = tril((beta K) K^T, -1), this warp's rows; the n-tiles right of its diagonal block are zeros
     float acc[kQKNT][4] = {};
@@ -1795,7 +1787,8 @@ FWP_DEV void wy_stage(const WyArgs& x, WySmem& sh, int bh, int64_t c) {
         copy_commit();
         copy_wait_all();
         block_sync();
-        warp_product<kQKNT, P, P, true>(acc, dk, ScaledRowsTile{kt, kStagedLd, beta, m0}, TransposeTile{kt, kStagedLd}, nj);
+        warp_product<kQKNT, P, P, true>(acc, dk, ScaledRowsTile{kt, kStagedLd, sh.beta, m0}, TransposeTile{kt, kStagedLd},
+                                        nj);
       } else {
         warp_product<kQKNT, P, P, true>(acc, dk, ScaledRowsOf<true>{k, beta, dk, m0}, TransposeOf<true>{k, dk}, nj);
       }
