@@ -1100,7 +1100,7 @@ struct ColsOf {
 // Getters of a bf16 matrix t in shared memory (ld a multiple of 8, t 16-byte aligned), whose
 // fragments come by ldmatrix, one part (the operands B3, the Staged row kernels and the WY stage
 // copy into shared memory):
-//   ColsTile:      B(j, n) = t[j * ld + n] (B3's column tiles, GradColsQueue);
+//   ColsTile:      B(j, n) = t[j * ld + n] (a TileQueue's tiles);
 //   TransposeTile: B(j, n) = t[n * ld + j];
 //   RowsTile:      A(r, j) = t[(r0 + r) * ld + j];
 //   TRowsTile:     A(r, j) = t[j * ld + r0 + r].
@@ -1120,6 +1120,44 @@ struct TRowsTile {
   const uint16_t* t;
   int ld, r0;
 };
+
+// Tiles of bf16 matrices, kPassC rows by Width columns each, in the order Tiles gives them
+// (tiles.count() of them; tiles.at(i, d, c0) is tile i's matrix, d wide, from its column c0 on),
+// through two buffers of kPassC x Ld halves (ld: ldmatrix's 8 rows on distinct banks): next() waits
+// for tile i, then, after a barrier (tile i is visible to all, and nobody reads tile i - 1 any more),
+// starts copying tile i + 1 into the buffer tile i - 1 had (cp.async, 16 or 4 bytes a piece) and
+// returns tile i's buffer, which the block uses while that copy is in flight. issue(0) starts the
+// first copy. B3's column tiles (GradColsQueue) and the WY stage's tiles of K and V (tinv_times_tiles)
+// take this path: read from global memory, each of their B fragment registers was two 16-bit loads,
+// made by every warp for every k-block; copied when needed, each tile's copy was a wait of its own.
+template <class Tiles, int Width, int Ld>
+struct TileQueue {
+  Tiles tiles;
+  uint16_t* buf;  // 2 * kPassC * Ld halves
+  int taken;
+  FWP_DEV uint16_t* slot(int i) const { return buf + (i & 1) * (kPassC * Ld); }
+  FWP_DEV void issue(int i) const {
+    if (i >= tiles.count()) return;
+    int d, c0;
+    const In a = tiles.at(i, d, c0);
+    copy_tile<kPassC, Width>(slot(i), Ld, (a + c0).p, d, imin(Width, d - c0), 2);
+    copy_commit();
+  }
+  FWP_DEV uint16_t* next() {
+    copy_wait_all();
+    block_sync();
+    issue(taken + 1);
+    return slot(taken++);
+  }
+  // use(tile i) with B(j, n) = a[j, c0 + n]: tile i must be a's columns c0..
+  template <class Use>
+  FWP_DEV void take(const In& a, int c0, const Use& use) {
+    int d, c;
+    expect(tiles.at(taken, d, c).p == a.p && c == c0, "column tiles are taken in their queue's order");
+    use(ColsTile{next(), Ld});
+  }
+};
+
 template <bool Whole = false>
 struct TransposeOf {
   In m;
@@ -1710,30 +1748,32 @@ FWP_DEV void tinv_times_scaled(WySmem& sh, const TinvRows<P>& ta, In x, In beta,
 }
 
 // The Whole kernel's W = T~ (beta K) and U = T~ (beta V) (P = 1, K and V bf16), 64 columns of K, then
-// of V, at a time, each such tile copied whole into one of two buffers over the solve's space
-// (cp.async, one ahead: tile i + 1's copy is in flight while the block works on tile i; tile 0's
-// from the end of the solve on). The block scales a tile in place, beta_k X(k, n) rounded to bf16
+// of V, at a time, each such tile copied whole through a TileQueue over the solve's space (tile i +
+// 1's copy is in flight while the block works on tile i; tile 0's from the end of the solve on).
+// The block scales a tile in place, beta_k X(k, n) rounded to bf16
 // as scaled_planes rounds it, and the warps take B fragments there by ldmatrix, where scaled_planes
 // read each element with a 16-bit global load (and beta through a test of its dtype).
-static_assert(kPassThreads == 128 && kRowCols == 64 && kWyLd == kRowCols + 8, "tinv_times_tiles's thread map and tiles");
+static_assert(kPassThreads == 128 && kRowCols == 64 && kWyLd == kRowCols + 8 && kWyPlane == kPassC * kWyLd,
+              "tinv_times_tiles's thread map and tiles");
+// (tinv_times_tiles's tiles: K's columns 64 i.. for i < nk, then V's 64 (i - nk)..)
+struct WyTiles {
+  In k, v;
+  int dk, dv, nk, nv;
+  FWP_DEV int count() const { return nk + nv; }
+  FWP_DEV In at(int i, int& d, int& c0) const {
+    d = i < nk ? dk : dv;
+    c0 = kRowCols * (i < nk ? i : i - nk);
+    return i < nk ? k : v;
+  }
+};
 FWP_DEV void tinv_times_tiles(WySmem& sh, const TinvRows<1>& ta, const WyArgs& x, int64_t chunk) {
-  const int dk = x.dk, dv = x.dv, nk = (dk + kRowCols - 1) / kRowCols, n = nk + (dv + kRowCols - 1) / kRowCols;
+  const int dk = x.dk, dv = x.dv;
   const In k = x.k + chunk * kPassC * dk, v = x.v + chunk * kPassC * dv;  // [C, d_k], [C, d_v]
-  const auto buf = [&](int i) { return sh.scaled + (i & 1) * kWyPlane; };
-  const auto issue = [&](int i) {  // tile i: K's columns 64 i.. (i < nk), else V's 64 (i - nk)..
-    if (i >= n) return;
-    const In m = i < nk ? k : v;
-    const int d = i < nk ? dk : dv, c0 = kRowCols * (i < nk ? i : i - nk);
-    copy_tile<kPassC, kRowCols>(buf(i), kWyLd, (m + c0).p, d, imin(kRowCols, d - c0), 2);
-    copy_commit();
-  };
-  int i = 0;
-  // tile i, X's columns c0.. (X is d wide), into out's columns c0..
+  TileQueue<WyTiles, kRowCols, kWyLd> queue{{k, v, dk, dv, (dk + kRowCols - 1) / kRowCols, (dv + kRowCols - 1) / kRowCols},
+                                            sh.scaled, 0};
+  // the next tile, X's columns c0.. (X is d wide), into out's columns c0..
   const auto step = [&](int d, int c0, Out out) {
-    copy_wait_all();
-    block_sync();  // tile i is visible to all, and every warp is done with tile i - 1
-    issue(i + 1);
-    uint16_t* t = buf(i++);
+    uint16_t* t = queue.next();
     // thread t scales 8 elements e = t + 128 j (j < 4) of 16 bytes each: row e / 8, columns
     // 8 (e % 8).. (a quarter warp's 16-byte accesses: one row's 128 bytes)
     const int col = 8 * (thread_id() & 7), left = d - c0 - col;  // (left: this thread's columns in X)
@@ -1756,7 +1796,7 @@ FWP_DEV void tinv_times_tiles(WySmem& sh, const TinvRows<1>& ta, const WyArgs& x
     tinv_times_cols<1>(ta, [&](uint32_t(&b)[1][2], int k0, int n0) { smem_b_rows(b[0], t, kWyLd, k0, n0); }, c0, d,
                        out);
   };
-  issue(0);
+  queue.issue(0);
   for (int c0 = 0; c0 < dk; c0 += kRowCols) step(dk, c0, x.w + chunk * kPassC * dk);
   for (int c0 = 0; c0 < dv; c0 += kRowCols) step(dv, c0, Out{x.u + chunk * kPassC * dv, false});
 }
@@ -2070,37 +2110,9 @@ struct GradCols {
   }
 };
 
-// Two buffers of column tiles, each C x kColsLd halves (80-byte rows: ldmatrix's 8 rows on distinct
-// banks): take(a, c0, use) waits for tile i (the next in GradCols's order, which must be a's columns
-// c0..), then, after a barrier (tile i is visible to all, and nobody reads tile i - 1 any more),
-// starts copying tile i + 1 into the buffer tile i - 1 had (cp.async, 16 or 4 bytes a piece), and
-// calls use(tile i) while that copy is in flight. Read from global memory, each fragment register
-// of such a B was two 16-bit loads from two rows, made by every warp for every k-block; copied
-// when needed, each tile's copy was a wait of its own.
+// B3's column tiles, in GradCols's order, 32 columns wide, rows of kColsLd halves.
 template <bool Delta>
-struct GradColsQueue {
-  GradCols<Delta> tiles;
-  uint16_t* buf;  // 2 * kColsHalves
-  int taken;
-  FWP_DEV uint16_t* slot(int i) const { return buf + (i & 1) * kColsHalves; }
-  FWP_DEV void issue(int i) const {
-    if (i >= tiles.count()) return;
-    int d, c0;
-    const In a = tiles.at(i, d, c0);
-    copy_tile<kPassC, kGradCols>(slot(i), kColsLd, (a + c0).p, d, imin(kGradCols, d - c0), 2);
-    copy_commit();
-  }
-  template <class Use>
-  FWP_DEV void take(const In& a, int c0, const Use& use) {
-    copy_wait_all();
-    block_sync();
-    const int i = taken++;
-    int d, c;
-    expect(tiles.at(i, d, c).p == a.p && c == c0, "B3 takes its column tiles in GradCols's order");
-    issue(i + 1);
-    use(ColsTile{slot(i), kColsLd});
-  }
-};
+using GradColsQueue = TileQueue<GradCols<Delta>, kGradCols, kColsLd>;
 
 // acc += A B for this warp's rows of A (getter ga, its columns j0.. in turn) and the first `cols`
 // rows of a slab's planes (state_t_slabs: B(j, n) = s(c0 + n, j0 + j)).
