@@ -1682,12 +1682,16 @@ FWP_DEV void scaled_planes(const Planes& bx, In x, In beta, int cols, int ld) {
   });
 }
 
+// Whether a row's two neighbouring columns of out (C x cols, row stride cols) may go out in one store.
+FWP_DEV bool wy_pairs(const Out& out, int cols) { return out.pairs() && cols % 2 == 0; }
+
 // out's columns c0 .. c0 + 63 (out: C x cols, row stride cols) = T~ B, this warp's share (TinvRows),
 // with fb(b, k0, n0) giving B's fragment (rows k0.., columns n0..), B = beta X's columns c0... The
 // blocks of T~ right of the diagonal block are zeros, and their products are left out. A B fragment
-// serves both row blocks where both use it.
+// serves both row blocks where both use it. `pairs`: out and cols allow a row's two neighbouring
+// columns in one store (wy_pairs).
 template <int P, class FB>
-FWP_DEV void tinv_times_cols(const TinvRows<P>& ta, const FB& fb, int c0, int cols, Out out) {
+FWP_DEV void tinv_times_cols(const TinvRows<P>& ta, const FB& fb, int c0, int cols, Out out, bool pairs) {
   constexpr int kHalfNT = kRowNT / 2;  // n-tiles per warp
   const int n_half = warp_id() >= 2 ? 8 * kHalfNT : 0;
   float acc_lo[kHalfNT][4] = {}, acc_hi[kHalfNT][4] = {};
@@ -1702,7 +1706,6 @@ FWP_DEV void tinv_times_cols(const TinvRows<P>& ta, const FB& fb, int c0, int co
       if (kk < 2 && kk <= ta.lo) mma_parts<P, P>(acc_lo[j], ta.a_lo[kk], b);
     }
   }
-  const bool pairs = out.pairs() && cols % 2 == 0;
   FWP_UNROLL
   for (int j = 0; j < kHalfNT; ++j)
     FWP_UNROLL
@@ -1710,7 +1713,7 @@ FWP_DEV void tinv_times_cols(const TinvRows<P>& ta, const FB& fb, int c0, int co
       const int n = c0 + n_half + 8 * j + acc_col(e);
       if (n >= cols) continue;
       const int64_t lo = (16 * ta.lo + acc_row(e)) * cols + n, hi = (16 * ta.hi + acc_row(e)) * cols + n;
-      if (n + 1 < cols) {  // a row's two neighbouring columns in one store where the address allows
+      if (n + 1 < cols) {  // a row's two neighbouring columns in one store where `pairs` allows
         out.set_two(lo, acc_lo[j][e], acc_lo[j][e + 1], pairs);
         out.set_two(hi, acc_hi[j][e], acc_hi[j][e + 1], pairs);
       } else {
@@ -1726,13 +1729,14 @@ FWP_DEV void tinv_times_cols(const TinvRows<P>& ta, const FB& fb, int c0, int co
 template <int P>
 FWP_DEV void tinv_times_scaled(WySmem& sh, const TinvRows<P>& ta, In x, In beta, int cols, Out out) {
   const Planes bx{sh.scaled, kWyLd, kWyPlane};
+  const bool pairs = wy_pairs(out, cols);
   for (int c0 = 0; c0 < cols; c0 += kRowCols) {
     if constexpr (kPassPlanes<P>) {
       block_sync();  // every warp is done with the solve, or with the last columns' planes
       scaled_planes<P>(bx, x + c0, beta, cols - c0, cols);
       block_sync();
       tinv_times_cols<P>(ta, [&](uint32_t(&b)[P][2], int k0, int n0) { bx.template fragment<P>(b, k0, n0); }, c0, cols,
-                         out);
+                         out, pairs);
     } else {
       tinv_times_cols<P>(ta,
                          [&](uint32_t(&b)[P][2], int k0, int n0) {
@@ -1742,7 +1746,7 @@ FWP_DEV void tinv_times_scaled(WySmem& sh, const TinvRows<P>& ta, In x, In beta,
                              return n < cols ? mul_rn(x[k * cols + n], beta[k]) : 0.f;
                            });
                          },
-                         c0, cols, out);
+                         c0, cols, out, pairs);
     }
   }
 }
@@ -1771,8 +1775,8 @@ FWP_DEV void tinv_times_tiles(WySmem& sh, const TinvRows<1>& ta, const WyArgs& x
   const In k = x.k + chunk * kPassC * dk, v = x.v + chunk * kPassC * dv;  // [C, d_k], [C, d_v]
   TileQueue<WyTiles, kRowCols, kWyLd> queue{{k, v, dk, dv, (dk + kRowCols - 1) / kRowCols, (dv + kRowCols - 1) / kRowCols},
                                             sh.scaled, 0};
-  // the next tile, X's columns c0.. (X is d wide), into out's columns c0..
-  const auto step = [&](int d, int c0, Out out) {
+  // the next tile, X's columns c0.. (X is d wide), into out's columns c0.. (pairs: as tinv_times_cols)
+  const auto step = [&](int d, int c0, Out out, bool pairs) {
     uint16_t* t = queue.next();
     // thread t scales 8 elements e = t + 128 j (j < 4) of 16 bytes each: row e / 8, columns
     // 8 (e % 8).. (a quarter warp's 16-byte accesses: one row's 128 bytes)
@@ -1794,17 +1798,23 @@ FWP_DEV void tinv_times_tiles(WySmem& sh, const TinvRows<1>& ta, const WyArgs& x
     }
     block_sync();
     tinv_times_cols<1>(ta, [&](uint32_t(&b)[1][2], int k0, int n0) { smem_b_rows(b[0], t, kWyLd, k0, n0); }, c0, d,
-                       out);
+                       out, pairs);
   };
   queue.issue(0);
-  for (int c0 = 0; c0 < dk; c0 += kRowCols) step(dk, c0, x.w + chunk * kPassC * dk);
-  for (int c0 = 0; c0 < dv; c0 += kRowCols) step(dv, c0, Out{x.u + chunk * kPassC * dv, false});
+  // W: bf16 and aligned for pairs (whole_wy; its dtype stays a test at run time: written in as a
+  // constant, as T~'s is, it made ptxas spill 8 bytes at the kernel's 96 registers); U: fp32
+  const Out w = x.w + chunk * kPassC * dk, u{x.u + chunk * kPassC * dv, false};
+  for (int c0 = 0; c0 < dk; c0 += kRowCols) step(dk, c0, w, true);
+  const bool u_pairs = wy_pairs(u, dv);
+  for (int c0 = 0; c0 < dv; c0 += kRowCols) step(dv, c0, u, u_pairs);
 }
 
 // Whether the WY stage runs its Whole kernel (Whole = true below): one bf16 part, K and V bf16 and
-// 4-byte aligned, d_k a multiple of 16.
+// 4-byte aligned, d_k a multiple of 16, and T~ (where wanted) and W bf16 and 4-byte aligned, as the
+// op stores them for one part: their stores are bf16 pairs, with no test of dtype or address.
 FWP_HD bool whole_wy(const WyArgs& x, int parts) {
-  return parts == 1 && x.dk % 16 == 0 && whole_words(x.k) && whole_words(x.v);
+  return parts == 1 && x.dk % 16 == 0 && whole_words(x.k) && whole_words(x.v) && whole_words(In{x.tinv.p, x.tinv.bf16}) &&
+         whole_words(In{x.w.p, x.w.bf16});
 }
 
 // The WY stage for block (bh, chunk c); Whole where whole_wy(x, P) holds.
@@ -1846,8 +1856,8 @@ FWP_DEV void wy_stage(const WyArgs& x, WySmem& sh, int bh, int64_t c) {
   block_sync();  // (and every warp is done with the staged K)
   unit_lower_inverse(sh);
   if (x.tinv.p != nullptr) {  // the backward's B3 reads T~; the forward has no use for it
-    const Out tinv = x.tinv + chunk * kPassC * kPassC;
-    const bool pairs = tinv.pairs();  // a row's two neighbouring columns in one store where the address allows
+    const Out tinv = Dtypes<Whole>::of(x.tinv + chunk * kPassC * kPassC);
+    const bool pairs = Whole || tinv.pairs();  // a row's two neighbouring columns in one store where the address allows
     static_assert(2 * 32 == kPassC, "a warp's lanes take a row's column pairs");
     const int c = 2 * lane_id();  // this thread's columns c, c + 1 (one block of 16) of every fourth row
     for (int r = warp_id(); r < kPassC; r += kPassWarps) {
