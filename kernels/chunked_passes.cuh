@@ -1071,6 +1071,12 @@ FWP_HD bool whole_words(const In& m) {
   return m.p == nullptr || (m.bf16 && word_aligned(m));
 }
 
+// Whether m is null or bf16 and 16-byte aligned: with a width a multiple of 8, each of a chunk's
+// tiles of it copies in whole 16-byte pieces (copy_tile<..., true>: no address test, no fallback).
+FWP_HD bool whole_pieces(const In& m) {
+  return m.p == nullptr || (m.bf16 && (reinterpret_cast<uintptr_t>(m.p) & 15) == 0);
+}
+
 // Element getters of a matrix m read as it is (In), [rows, d] with row stride d, that warp_product
 // takes whole fragments from when they are bf16 and taken as one part (bf16_a_rows and the rest):
 //   RowsOf:      A(r, j) = m(r0 + r, j), zero for j >= d;
@@ -1125,11 +1131,13 @@ struct TRowsTile {
 // (tiles.count() of them; tiles.at(i, d, c0) is tile i's matrix, d wide, from its column c0 on),
 // through two buffers of kPassC x Ld halves (ld: ldmatrix's 8 rows on distinct banks): next() waits
 // for tile i, then, after a barrier (tile i is visible to all, and nobody reads tile i - 1 any more),
-// starts copying tile i + 1 into the buffer tile i - 1 had (cp.async, 16 or 4 bytes a piece) and
+// starts copying tile i + 1 into the buffer tile i - 1 had (cp.async, 16 bytes a piece) and
 // returns tile i's buffer, which the block uses while that copy is in flight. issue(0) starts the
 // first copy. B3's column tiles (GradColsQueue) and the WY stage's tiles of K and V (tinv_times_tiles)
 // take this path: read from global memory, each of their B fragment registers was two 16-bit loads,
 // made by every warp for every k-block; copied when needed, each tile's copy was a wait of its own.
+// Their Whole kernels ask whole_pieces of every matrix the queue copies, and widths that are
+// multiples of 8, so that the copies are whole 16-byte pieces, with no test of the addresses.
 template <class Tiles, int Width, int Ld>
 struct TileQueue {
   Tiles tiles;
@@ -1140,7 +1148,7 @@ struct TileQueue {
     if (i >= tiles.count()) return;
     int d, c0;
     const In a = tiles.at(i, d, c0);
-    copy_tile<kPassC, Width>(slot(i), Ld, (a + c0).p, d, imin(Width, d - c0), 2);
+    copy_tile<kPassC, Width, true>(slot(i), Ld, (a + c0).p, d, imin(Width, d - c0), 2);
     copy_commit();
   }
   FWP_DEV uint16_t* next() {
@@ -1810,10 +1818,12 @@ FWP_DEV void tinv_times_tiles(WySmem& sh, const TinvRows<1>& ta, const WyArgs& x
 }
 
 // Whether the WY stage runs its Whole kernel (Whole = true below): one bf16 part, K and V bf16 and
-// 4-byte aligned, d_k a multiple of 16, and T~ (where wanted) and W bf16 and 4-byte aligned, as the
-// op stores them for one part: their stores are bf16 pairs, with no test of dtype or address.
+// 16-byte aligned with d_k a multiple of 16 and d_v of 8 (whole_pieces: their tiles copy in whole
+// 16-byte pieces), and T~ (where wanted) and W bf16 and 4-byte aligned, as the op stores them for
+// one part: their stores are bf16 pairs, with no test of dtype or address.
 FWP_HD bool whole_wy(const WyArgs& x, int parts) {
-  return parts == 1 && x.dk % 16 == 0 && whole_words(x.k) && whole_words(x.v) && whole_words(In{x.tinv.p, x.tinv.bf16}) &&
+  return parts == 1 && x.dk % 16 == 0 && x.dv % 8 == 0 && whole_pieces(x.k) && whole_pieces(x.v) &&
+         whole_words(In{x.tinv.p, x.tinv.bf16}) &&
          whole_words(In{x.w.p, x.w.bf16});
 }
 
@@ -2135,14 +2145,14 @@ FWP_DEV void times_slab(float (&acc)[kGradNT][4], const GA& ga, const Planes& s,
 
 // Whether B3 may take every fragment whole and store its results in pairs (Whole = true below): one
 // bf16 part per operand, every matrix it multiplies (and, for the delta rule, V, whose tiles it copies
-// for dbeta) bf16 and 4-byte aligned, the states and the results aligned to two elements, d_k and d_v
-// multiples of 16.
+// for dbeta) bf16 and 4-byte aligned, those it copies (Q, K, T~, dW, dU' and V) 16-byte aligned
+// (whole_pieces), the states and the results aligned to two elements, d_k and d_v multiples of 16.
 FWP_HD bool whole_fragments(const GradArgs& x, int parts) {
   const auto aligned = [](const void* p, bool bf16) { return (reinterpret_cast<uintptr_t>(p) & (bf16 ? 3 : 7)) == 0; };
   const auto pairs = [&](const Out& m) { return m.p == nullptr || aligned(m.p, m.bf16); };
-  return parts == 1 && x.dk % 16 == 0 && x.dv % 16 == 0 && whole_words(x.q) && whole_words(x.k) &&
-         (x.tinv.p == nullptr || whole_words(x.v)) && whole_words(x.v_new) && whole_words(x.grad_out) &&
-         whole_words(x.tinv) && whole_words(x.dv_new) && whole_words(In{x.dw.p, x.dw.bf16}) && aligned(x.ckpt, false) && aligned(x.ds_next, false) &&
+  return parts == 1 && x.dk % 16 == 0 && x.dv % 16 == 0 && whole_pieces(x.q) && whole_pieces(x.k) &&
+         (x.tinv.p == nullptr || whole_pieces(x.v)) && whole_words(x.v_new) && whole_words(x.grad_out) &&
+         whole_pieces(x.tinv) && whole_pieces(x.dv_new) && whole_pieces(In{x.dw.p, x.dw.bf16}) && aligned(x.ckpt, false) && aligned(x.ds_next, false) &&
          pairs(x.grad_q) && pairs(x.grad_k) && pairs(x.grad_v) && pairs(x.dw);
 }
 
@@ -2174,7 +2184,7 @@ FWP_DEV void input_grads_stage(const GradArgs& x, GradSmemOf<Whole>& sh, int bh,
   GradColsQueue<Delta> queue{{k, q, dw.in(), dvn, v, dk, dv}, nullptr, 0};
   if constexpr (Whole) {
     if constexpr (Delta) {
-      copy_tile<kPassC, kPassC>(sh.tinv, kGradHalfLd, tinv.p, kPassC, kPassC, 2);
+      copy_tile<kPassC, kPassC, true>(sh.tinv, kGradHalfLd, tinv.p, kPassC, kPassC, 2);
       copy_commit();
       if (thread_id() < kPassC) sh.beta[thread_id()] = x.beta[chunk * kPassC + thread_id()];  // (visible after P's barrier)
     }
