@@ -1770,9 +1770,12 @@ static_assert(kPassThreads == 128 && kRowCols == 64 && kWyLd == kRowCols + 8 && 
 // (tinv_times_tiles's tiles: K's columns 64 i.. for i < nk, then V's 64 (i - nk)..)
 struct WyTiles {
   In k, v;
-  int dk, dv, nk, nv;
-  FWP_DEV int count() const { return nk + nv; }
+  int dk, dv;
+  FWP_DEV int key_tiles() const { return (dk + kRowCols - 1) / kRowCols; }
+  FWP_DEV int value_tiles() const { return (dv + kRowCols - 1) / kRowCols; }
+  FWP_DEV int count() const { return key_tiles() + value_tiles(); }
   FWP_DEV In at(int i, int& d, int& c0) const {
+    const int nk = key_tiles();
     d = i < nk ? dk : dv;
     c0 = kRowCols * (i < nk ? i : i - nk);
     return i < nk ? k : v;
@@ -1781,8 +1784,7 @@ struct WyTiles {
 FWP_DEV void tinv_times_tiles(WySmem& sh, const TinvRows<1>& ta, const WyArgs& x, int64_t chunk) {
   const int dk = x.dk, dv = x.dv;
   const In k = x.k + chunk * kPassC * dk, v = x.v + chunk * kPassC * dv;  // [C, d_k], [C, d_v]
-  TileQueue<WyTiles, kRowCols, kWyLd> queue{{k, v, dk, dv, (dk + kRowCols - 1) / kRowCols, (dv + kRowCols - 1) / kRowCols},
-                                            sh.scaled, 0};
+  TileQueue<WyTiles, kRowCols, kWyLd> queue{{k, v, dk, dv}, sh.scaled, 0};
   // the next tile, X's columns c0.. (X is d wide), into out's columns c0.. (pairs: as tinv_times_cols)
   const auto step = [&](int d, int c0, Out out, bool pairs) {
     uint16_t* t = queue.next();
